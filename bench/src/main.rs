@@ -1,0 +1,73 @@
+//! `atoll-bench`: benchmarks that report medians and ratios against a baseline measured in the
+//! same run.
+//!
+//! Usage: `atoll-bench SUITE [--quick] [suite options]`, where SUITE is one of the suites listed
+//! by `atoll-bench --help`, or `all` to run every suite. `--quick` shrinks every suite so CI can
+//! check that it still compiles and runs; its numbers mean nothing.
+
+use std::process::ExitCode;
+
+/// A benchmark suite: a name, a one-line description, and the function that runs it with the
+/// remaining command-line arguments.
+struct Suite {
+    name: &'static str,
+    about: &'static str,
+    run: fn(&atoll_bench::Options) -> Result<(), String>,
+}
+
+/// Every suite, in the order `all` runs them.
+const SUITES: &[Suite] = &[];
+
+fn usage() -> String {
+    let mut text = String::from(
+        "usage: atoll-bench SUITE [--quick] [options]\n\n\
+         Runs a benchmark and prints, last, one summary line per case.\n\
+         --quick  a few iterations only (CI uses it to keep benchmarks running)\n\nsuites:\n",
+    );
+    for suite in SUITES {
+        text.push_str(&format!("  {:<10} {}\n", suite.name, suite.about));
+    }
+    text.push_str("  all        every suite above, in order\n");
+    text
+}
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(name) = args.first() else {
+        eprint!("{}", usage());
+        return ExitCode::from(2);
+    };
+    if name == "--help" || name == "-h" {
+        print!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let options = match atoll_bench::Options::parse(&args[1..]) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("atoll-bench: {message}\n\n{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    let selected: Vec<&Suite> = if name == "all" {
+        SUITES.iter().collect()
+    } else {
+        match SUITES.iter().find(|suite| suite.name == name) {
+            Some(suite) => vec![suite],
+            None => {
+                eprintln!("atoll-bench: unknown suite {name:?}\n\n{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    };
+    if selected.is_empty() {
+        println!("atoll-bench: no suites yet");
+    }
+    for suite in selected {
+        if let Err(message) = (suite.run)(&options) {
+            eprintln!("atoll-bench {}: {message}", suite.name);
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
