@@ -5,3 +5,8 @@
 //! without bound.
 
 #![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod protocol;
+
+mod blocking;
