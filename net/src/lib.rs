@@ -9,4 +9,7 @@
 pub mod capture;
 pub mod protocol;
 
-mod blocking;
+pub mod blocking;
+pub mod reactor;
+
+mod conn;
