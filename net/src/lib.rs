@@ -12,4 +12,5 @@ pub mod protocol;
 pub mod blocking;
 pub mod reactor;
 
+pub mod client;
 mod conn;
