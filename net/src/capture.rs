@@ -368,8 +368,8 @@ fn normalize(answer: &Answer, addresses: &HashMap<String, String>) -> Answer {
             files
                 .iter()
                 .map(|f| crate::protocol::File {
-                    name: f.name.clone(),
-                    data: vec![0; f.data.len()],
+                    name: format!("{} ({} bytes)", f.name, f.data.len()),
+                    data: Vec::new(),
                 })
                 .collect(),
         )),
