@@ -14,3 +14,4 @@ pub mod reactor;
 
 pub mod client;
 mod conn;
+pub mod fuzz;
