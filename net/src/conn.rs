@@ -7,6 +7,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::protocol::ProtocolVersion;
+use crate::reactor::CloseReason;
 
 /// Bytes read from a socket per `read` call.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -62,8 +63,9 @@ pub struct Conn {
     pub drain_wanted: bool,
     /// Reading was stopped by a limit; the reactor resumes it without a readiness event.
     pub read_paused: bool,
-    /// Close once everything queued is written (after a FAILURE for an oversized frame).
-    pub close_after_flush: bool,
+    /// Close, for this reason, once everything queued is written (after a FAILURE for an
+    /// oversized frame, or when the host asked).
+    pub close_after_flush: Option<CloseReason>,
     /// A malformed frame was logged at warn level; later ones go to debug.
     pub malformed_logged: bool,
     /// Whether the host was told about this connection (Connected), so it must hear of its end.
@@ -90,7 +92,7 @@ impl Conn {
             awaiting_response: false,
             drain_wanted: false,
             read_paused: false,
-            close_after_flush: false,
+            close_after_flush: None,
             malformed_logged: false,
             announced: false,
             flush_queued: false,

@@ -30,12 +30,12 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::conn::{Conn, IoOutcome, Phase, PIPELINE_BYTES_MAX};
+use crate::conn::{Conn, IoOutcome, Phase};
 use crate::protocol::{
     DecodeError, Greeting, Header, ProtocolVersion, Request, Response, HEADER_BYTES,
 };
 
-pub use crate::conn::{BUFFER_CAPACITY_KEEP_BYTES, READ_CHUNK_BYTES};
+pub use crate::conn::{BUFFER_CAPACITY_KEEP_BYTES, PIPELINE_BYTES_MAX, READ_CHUNK_BYTES};
 
 /// Default largest request body: 64 MiB, room for large blobs in parameters.
 pub const MESSAGE_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -385,7 +385,7 @@ impl Reactor {
     pub fn close_after_flush(&mut self, conn: ConnId) {
         if let Some(slot) = self.slot_of(conn) {
             let c = self.slots[slot].conn.as_mut().expect("slot_of checked it");
-            c.close_after_flush = true;
+            c.close_after_flush = Some(CloseReason::Host);
             Self::queue(&mut self.flush_list, &mut c.flush_queued, slot);
         }
     }
@@ -594,8 +594,8 @@ impl Reactor {
         if conn.out_pending_bytes() > 0 {
             return;
         }
-        if conn.close_after_flush {
-            self.close_slot(slot, CloseReason::Host, Some(events));
+        if let Some(reason) = conn.close_after_flush.take() {
+            self.close_slot(slot, reason, Some(events));
             return;
         }
         if conn.drain_wanted {
@@ -631,7 +631,7 @@ impl Reactor {
                 return; // closed
             }
             let conn = self.slots[slot].conn.as_mut().expect("open");
-            let paused = conn.close_after_flush
+            let paused = conn.close_after_flush.is_some()
                 || conn.out_pending_bytes() > out_bytes_high
                 || (conn.awaiting_response && conn.inbound.len() >= PIPELINE_BYTES_MAX);
             conn.read_paused = paused;
@@ -669,7 +669,7 @@ impl Reactor {
         loop {
             let id = self.conn_id(slot);
             let conn = self.slots[slot].conn.as_mut().expect("open");
-            if conn.awaiting_response || conn.close_after_flush {
+            if conn.awaiting_response || conn.close_after_flush.is_some() {
                 return true;
             }
             if conn.out_pending_bytes() > out_bytes_high {
@@ -730,7 +730,7 @@ impl Reactor {
                     // The body cannot be skipped without reading it: answer, then close.
                     conn.inbound.clear();
                     Self::answer_malformed(conn, &error, id);
-                    conn.close_after_flush = true;
+                    conn.close_after_flush = Some(CloseReason::Malformed(error));
                     Self::queue(&mut self.flush_list, &mut conn.flush_queued, slot);
                     return true;
                 }

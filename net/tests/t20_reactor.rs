@@ -337,6 +337,11 @@ fn test_oversized_frame_gets_failure_then_close_and_others_are_served() {
     client.write(&[0xff, 0xff, 0xff, 0xff, 8, 0, 0, 0]);
     assert_failure(client.receive(), 1005);
     assert!(client.read_to_close().is_empty());
+    server.wait_for("the host to hear why", |o| {
+        o.closed
+            .iter()
+            .any(|(_, reason)| matches!(reason, CloseReason::Malformed(_)))
+    });
     // Exactly at the limit is fine.
     let mut client = Client::handshake(server.addr);
     let mut bytes = vec![128, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];

@@ -200,7 +200,16 @@ fn test_leader_discovery_follows_a_follower_to_the_leader() {
         assert!(Instant::now() < deadline, "the second node never joined");
         std::thread::sleep(Duration::from_millis(50));
     };
-    admin.assign(second_id, Role::Voter).unwrap();
+    // The join's own configuration change may still be in flight: dqlite answers BUSY (5).
+    loop {
+        match admin.assign(second_id, Role::Voter) {
+            Ok(()) => break,
+            Err(ClientError::Failure { code: 5, .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("promoting the second node: {e}"),
+        }
+    }
     let mut probe = Connection::connect(&second.address, &ClientConfig::default()).unwrap();
     while probe.leader().unwrap().is_none() {
         assert!(
