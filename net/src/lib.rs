@@ -1,7 +1,56 @@
-//! atoll-net: one mio reactor owning every socket and timer, the dqlite client wire protocol
-//! (version 1), the peer transport, and a blocking Rust client.
+//! atoll-net: the networking of an atoll node. One mio reactor owns every socket and timer,
+//! speaks the dqlite client wire protocol (version 1) so every existing dqlite client works, and
+//! a blocking client talks to a cluster.
 //!
-//! What it must never do: block the reactor thread, or let one connection grow the node's memory
-//! without bound.
+//! What it must never do: block the reactor thread, let one connection grow the node's memory
+//! without bound, panic or over-allocate on bytes from the network, or call into core/raft/storage
+//! (the node loop in `cli/` wires the reactor to them).
+//!
+//! ```text
+//!  clients ──TCP──► Reactor::poll ──Event::Request──► host (node loop) ──► core / raft
+//!                      ▲                                   │
+//!                      └──── Reactor::send / send_encoded ◄┘   (ROWS batches on Drained)
+//! ```
+//!
+//! - [`protocol`]: every request and response, values, framing; decoders check every length
+//!   against the remaining bytes before allocating and return precise [`protocol::DecodeError`]s.
+//! - [`reactor`]: the event loop's I/O half, driven by the host with `poll`/`send`/`close` and
+//!   timers. Invariants: at most one request per connection is with the host at a time; a
+//!   connection is not read while its unwritten output exceeds the high-water mark.
+//! - [`client`]: blocking client with leader discovery and safe retries.
+//! - [`capture`]: real dqlite traffic as test vectors, and a harness replaying it at a server.
+//! - [`fuzz`]: entry points for the fuzz targets.
+//!
+//! The client, against a running node:
+//!
+//! ```no_run
+//! use atoll_net::client::{Client, ClientConfig};
+//! use atoll_net::protocol::Value;
+//!
+//! let nodes = ["127.0.0.1:9001", "127.0.0.1:9002"];
+//! let mut client = Client::connect(&nodes, ClientConfig::default())?;
+//! client.open("app")?;
+//! client.exec_sql("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v BLOB)", &[])?;
+//! let result = client.exec_sql(
+//!     "INSERT INTO kv VALUES (?, ?)",
+//!     &[Value::Text("key".into()), Value::Blob(vec![1, 2, 3])],
+//! )?;
+//! assert_eq!(result.rows_affected, 1);
+//! let rows = client.query_sql("SELECT k, v FROM kv", &[])?;
+//! println!("{:?} {:?}", rows.columns, rows.rows);
+//! for node in client.cluster()? {
+//!     println!("node {} at {} ({:?})", node.id, node.address, node.role);
+//! }
+//! # Ok::<(), atoll_net::client::ClientError>(())
+//! ```
 
 #![forbid(unsafe_code)]
+
+pub mod blocking;
+pub mod capture;
+pub mod client;
+pub mod fuzz;
+pub mod protocol;
+pub mod reactor;
+
+mod conn;

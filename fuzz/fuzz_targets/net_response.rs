@@ -1,0 +1,9 @@
+//! Arbitrary bytes as a stream of server responses (first byte: decoding context): the response
+//! decoder must never panic or over-allocate, and what it decodes must re-encode to itself.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    atoll_net::fuzz::decode_response_bytes(data);
+});

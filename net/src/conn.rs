@@ -1,0 +1,168 @@
+//! One connection of the reactor: its socket, its buffers, and where it is in the conversation.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::protocol::ProtocolVersion;
+use crate::reactor::CloseReason;
+
+/// Bytes read from a socket per `read` call.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Requests a client pipelines while the host owes it a response are buffered up to this many
+/// bytes; past it the reactor stops reading the socket and the kernel applies TCP flow control.
+pub const PIPELINE_BYTES_MAX: usize = 64 * 1024;
+/// Buffers that grew past this (a large request, a DUMP answer) are shrunk back once empty, so an
+/// idle connection holds little memory.
+pub const BUFFER_CAPACITY_KEEP_BYTES: usize = 64 * 1024;
+
+/// Where a connection is in its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the first word: a client protocol version (or, from issue 6 on, the peer
+    /// magic).
+    Handshake,
+    /// A dqlite client.
+    Client(ProtocolVersion),
+    // Issue 6 adds `Peer` here: a connection whose first word is `PEER_MAGIC_V1`, whose frames
+    // go to the peer transport instead of the client protocol.
+}
+
+/// The outcome of one socket operation.
+#[derive(Debug)]
+pub enum IoOutcome {
+    /// Progress was made; call again.
+    Progress,
+    /// The socket would block (or there is nothing to do).
+    Blocked,
+    /// The peer closed its side (read returned 0).
+    Eof,
+    /// The socket failed.
+    Failed(io::Error),
+}
+
+/// A connection's state. Owned by the reactor, never shared.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    /// Bytes received and not yet consumed as a frame.
+    pub inbound: Vec<u8>,
+    /// Encoded responses; `outbound[out_offset..]` is not written yet.
+    pub outbound: Vec<u8>,
+    // Invariant: out_offset <= outbound.len().
+    pub out_offset: usize,
+    /// A request was delivered to the host and its final response not yet sent. While set, no
+    /// further request is parsed: answers go out in request order, and pipelined requests wait
+    /// in `inbound` (bounded by PIPELINE_BYTES_MAX).
+    pub awaiting_response: bool,
+    /// The host sent a non-final ROWS batch and wants `Drained` once it is written.
+    pub drain_wanted: bool,
+    /// Reading was stopped by a limit; the reactor resumes it without a readiness event.
+    pub read_paused: bool,
+    /// Close, for this reason, once everything queued is written (after a FAILURE for an
+    /// oversized frame, or when the host asked).
+    pub close_after_flush: Option<CloseReason>,
+    /// A malformed frame was logged at warn level; later ones go to debug.
+    pub malformed_logged: bool,
+    /// Whether the host was told about this connection (Connected), so it must hear of its end.
+    pub announced: bool,
+    /// Queued on the reactor's flush or revisit list (dedupe flags).
+    pub flush_queued: bool,
+    pub revisit_queued: bool,
+    pub accepted_at: Instant,
+    /// Last read or write progress.
+    pub active_at: Instant,
+    /// Last write progress, or when the outbound buffer became non-empty.
+    pub write_progress_at: Instant,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Conn {
+        Conn {
+            stream,
+            peer,
+            phase: Phase::Handshake,
+            inbound: Vec::with_capacity(READ_CHUNK_BYTES),
+            outbound: Vec::new(),
+            out_offset: 0,
+            awaiting_response: false,
+            drain_wanted: false,
+            read_paused: false,
+            close_after_flush: None,
+            malformed_logged: false,
+            announced: false,
+            flush_queued: false,
+            revisit_queued: false,
+            accepted_at: now,
+            active_at: now,
+            write_progress_at: now,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn out_pending_bytes(&self) -> usize {
+        self.outbound.len() - self.out_offset
+    }
+
+    /// Reads one chunk into `inbound`.
+    pub fn read_once(&mut self, now: Instant) -> IoOutcome {
+        let len = self.inbound.len();
+        self.inbound.resize(len + READ_CHUNK_BYTES, 0);
+        let result = self.stream.read(&mut self.inbound[len..]);
+        let read = match &result {
+            Ok(n) => *n,
+            Err(_) => 0,
+        };
+        self.inbound.truncate(len + read);
+        match result {
+            Ok(0) => IoOutcome::Eof,
+            Ok(_) => {
+                self.active_at = now;
+                IoOutcome::Progress
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => IoOutcome::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => IoOutcome::Progress,
+            Err(e) => IoOutcome::Failed(e),
+        }
+    }
+
+    /// Writes from `outbound` once.
+    pub fn write_once(&mut self, now: Instant) -> IoOutcome {
+        if self.out_pending_bytes() == 0 {
+            return IoOutcome::Blocked;
+        }
+        match self.stream.write(&self.outbound[self.out_offset..]) {
+            Ok(0) => IoOutcome::Failed(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                self.out_offset += n;
+                debug_assert!(self.out_offset <= self.outbound.len());
+                self.active_at = now;
+                self.write_progress_at = now;
+                if self.out_offset == self.outbound.len() {
+                    self.outbound.clear();
+                    self.out_offset = 0;
+                    if self.outbound.capacity() > BUFFER_CAPACITY_KEEP_BYTES {
+                        self.outbound.shrink_to(BUFFER_CAPACITY_KEEP_BYTES);
+                    }
+                }
+                IoOutcome::Progress
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => IoOutcome::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => IoOutcome::Progress,
+            Err(e) => IoOutcome::Failed(e),
+        }
+    }
+
+    /// Drops the first `count` inbound bytes (a consumed frame) and shrinks a buffer that a
+    /// large frame grew.
+    pub fn consume_inbound(&mut self, count: usize) {
+        self.inbound.drain(..count);
+        if self.inbound.is_empty() && self.inbound.capacity() > BUFFER_CAPACITY_KEEP_BYTES {
+            self.inbound.shrink_to(READ_CHUNK_BYTES);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Entry points for the fuzz targets (`fuzz/fuzz_targets/net_request.rs`, `net_response.rs`) and
+//! for the seeded tests that feed them random bytes on stable.
+//!
+//! The property: arbitrary bytes never panic, never allocate more than the input justifies, and
+//! decode to an error or to a value that re-encodes and decodes to itself.
+
+use crate::protocol::{
+    split_message, ClusterFormat, Header, ProtocolVersion, Request, Response, ResponseContext,
+    HEADER_BYTES,
+};
+
+/// Largest body the fuzz entry points accept, as a server would configure it.
+const BODY_BYTES_MAX: u64 = 1 << 20;
+
+/// Splits `bytes` into messages as a server reads a stream (header, then the body it declares)
+/// and decodes each as a request. Every decoded request must survive an encode/decode round
+/// trip. Returns how many decoded.
+pub fn decode_request_bytes(bytes: &[u8]) -> usize {
+    let mut decoded = 0;
+    for (header, body) in frames(bytes) {
+        if let Ok(request) = Request::decode(header, body) {
+            let mut out = Vec::new();
+            request.encode(&mut out);
+            // Compare encodings, not values: a NaN float is not equal to itself.
+            let again = Request::decode_message(&out).expect("an encoded request decodes");
+            let mut out_again = Vec::new();
+            again.encode(&mut out_again);
+            assert_eq!(out_again, out, "request round trip");
+            decoded += 1;
+        }
+    }
+    decoded
+}
+
+/// Like [`decode_request_bytes`] for responses. The first byte picks the decoding context
+/// (protocol version and CLUSTER format), the rest is the stream.
+pub fn decode_response_bytes(bytes: &[u8]) -> usize {
+    let Some((&selector, bytes)) = bytes.split_first() else {
+        return 0;
+    };
+    let context = ResponseContext {
+        version: if selector & 1 == 0 {
+            ProtocolVersion::V1
+        } else {
+            ProtocolVersion::Legacy
+        },
+        cluster_format: if selector & 2 == 0 {
+            ClusterFormat::V1
+        } else {
+            ClusterFormat::V0
+        },
+    };
+    let mut decoded = 0;
+    for (header, body) in frames(bytes) {
+        if let Ok(response) = Response::decode(header, body, &context) {
+            let mut out = Vec::new();
+            response.encode(&mut out, context.version);
+            let again = Response::decode_message(&out, &context);
+            // A legacy SERVER drops the id and format 0 drops roles: compare what survives.
+            if let Ok(again) = &again {
+                let mut out_again = Vec::new();
+                again.encode(&mut out_again, context.version);
+                assert_eq!(out_again, out, "response round trip");
+            } else {
+                panic!("an encoded response decodes: {again:?}");
+            }
+            decoded += 1;
+        }
+    }
+    decoded
+}
+
+/// The frames of a byte stream, stopping at the first invalid header or incomplete frame. The
+/// loop consumes at least one header per turn, so it is bounded by the input length.
+fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (Header, &[u8])> {
+    std::iter::from_fn(move || {
+        let (header, rest) = bytes.split_first_chunk::<HEADER_BYTES>()?;
+        let header = Header::decode(*header);
+        let body_bytes = match header.body_bytes_checked(BODY_BYTES_MAX) {
+            Ok(body_bytes) => body_bytes,
+            Err(_) => {
+                // An empty body is still a frame: decode it (to an error) and go on.
+                if header.words == 0 {
+                    bytes = rest;
+                    return Some((header, &rest[..0]));
+                }
+                return None;
+            }
+        };
+        if rest.len() < body_bytes {
+            return None;
+        }
+        let (body, rest) = rest.split_at(body_bytes);
+        bytes = rest;
+        Some((header, body))
+    })
+}
+
+/// Decodes one complete message as a request (header and body exactly), for callers that
+/// already framed it.
+pub fn decode_request_message(message: &[u8]) -> bool {
+    split_message(message)
+        .and_then(|(header, body)| Request::decode(header, body))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Value;
+
+    /// xorshift64*: our own small PRNG, so a seed means the same bytes forever.
+    struct Prng(u64);
+
+    impl Prng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Random bytes biased toward the protocol: valid headers with known type codes and small
+    /// word counts, real message prefixes, and plain noise.
+    fn random_stream(prng: &mut Prng, responses: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        if responses {
+            out.push(prng.below(4) as u8);
+        }
+        for _ in 0..prng.below(6) {
+            match prng.below(4) {
+                0 => {
+                    // A real message with a mutated byte.
+                    let mut message = Vec::new();
+                    Request::ExecSql {
+                        db_id: 0,
+                        sql: "INSERT INTO t VALUES (?, ?)".into(),
+                        params: vec![Value::Integer(1), Value::Blob(vec![1, 2, 3])],
+                    }
+                    .encode(&mut message);
+                    let at = prng.below(message.len() as u64) as usize;
+                    message[at] = prng.next() as u8;
+                    out.extend_from_slice(&message);
+                }
+                1 | 2 => {
+                    let words = prng.below(8) as u32;
+                    let kind = prng.below(22) as u8;
+                    let schema = if prng.below(8) == 0 { 1 } else { 0 };
+                    out.extend_from_slice(
+                        &Header {
+                            words,
+                            kind,
+                            schema,
+                            extra: 0,
+                        }
+                        .encode(),
+                    );
+                    for _ in 0..words * 8 {
+                        let byte = match prng.below(4) {
+                            0 => 0,
+                            1 => 0xff,
+                            _ => prng.next() as u8,
+                        };
+                        out.push(byte);
+                    }
+                }
+                _ => {
+                    for _ in 0..prng.below(64) {
+                        out.push(prng.next() as u8);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn test_seeded_random_bytes_never_panic_the_decoders() {
+        // 20,000 seeded inputs per decoder; a failing seed reproduces with the same number.
+        let mut decoded_requests = 0;
+        let mut decoded_responses = 0;
+        for seed in 1..=20_000u64 {
+            let mut prng = Prng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let bytes = random_stream(&mut prng, false);
+            decoded_requests += decode_request_bytes(&bytes);
+            decode_request_message(&bytes);
+            let bytes = random_stream(&mut prng, true);
+            decoded_responses += decode_response_bytes(&bytes);
+        }
+        // The generator must reach the decoders' success paths, not only their errors.
+        assert!(decoded_requests > 1000, "{decoded_requests}");
+        assert!(decoded_responses > 1000, "{decoded_responses}");
+    }
+}
