@@ -40,23 +40,16 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands. A new one is a variant here (its doc line is the summary in `atoll --help`),
-/// an arm in `run`, and a module in `cmd/`.
+/// The subcommands. A new one is a variant here, an arm in `run`, and a module in `cmd/` whose
+/// `Args` doc comment is its help (first line: the summary in `atoll --help`).
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run SQL on a database, one-shot or in an interactive shell.
     Shell(cmd::shell::Args),
-    /// Write a database of the cluster to a consistent SQLite file.
     Dump(cmd::dump::Args),
-    /// List the nodes of the cluster: roles, leader, reachability.
     Cluster(cmd::cluster::Args),
-    /// Add a node to the configuration as a spare (raw ADD, for operators).
     Add(cmd::add::Args),
-    /// Change a node's role: voter, standby or spare.
     Assign(cmd::assign::Args),
-    /// Remove a node from the cluster.
     Remove(cmd::remove::Args),
-    /// Hand leadership to another voter.
     Transfer(cmd::transfer::Args),
 }
 

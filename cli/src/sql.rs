@@ -230,6 +230,11 @@ pub fn returns_rows(statement: &str) -> bool {
     ) || has_word(statement, &["RETURNING"])
 }
 
+/// Whether a statement has a RETURNING clause (a write that returns rows).
+pub fn has_returning(statement: &str) -> bool {
+    has_word(statement, &["RETURNING"])
+}
+
 /// Whether a statement's RESULT row count means something: INSERT, UPDATE, DELETE, REPLACE.
 /// (The server reports the connection-wide `sqlite3_changes()`, stale after any other kind.)
 pub fn counts_changes(statement: &str) -> bool {

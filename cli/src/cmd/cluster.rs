@@ -29,7 +29,12 @@ pub struct Args {
 
     /// Output format: table, csv, or json (an array of objects: id, address, role, leader,
     /// reachable, applied_index (null until the server exposes it)).
-    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "table",
+        hide_possible_values = true
+    )]
     pub format: Format,
 }
 

@@ -6,6 +6,9 @@
 //! error" before running it, so that exact answer is followed by the same statement as EXEC_SQL;
 //! atoll and newer dqlite answer an empty ROWS.
 //!
+//! A write with RETURNING outside a transaction runs in a BEGIN … COMMIT of its own: dqlite
+//! 1.11 loses such a write and aborts otherwise.
+//!
 //! The connection persists for the session, so a transaction (BEGIN … COMMIT) spans
 //! statements. The client finds the leader again when it changes between statements; a
 //! statement whose outcome is unknown (the connection broke while it ran) is never resent,
@@ -140,6 +143,39 @@ impl Session {
 
     /// Runs one statement and prints its result.
     fn statement(&mut self, statement: &str) -> Result<(), StepError> {
+        if sql::has_returning(statement) && !self.in_transaction {
+            return self.statement_bracketed(statement);
+        }
+        self.statement_alone(statement)
+    }
+
+    /// Runs a write with RETURNING in a transaction of its own. dqlite 1.11 loses such a write
+    /// sent as QUERY_SQL outside a transaction and then aborts on the next request (observed);
+    /// inside BEGIN … COMMIT it commits it. Correct servers do the same work either way.
+    fn statement_bracketed(&mut self, statement: &str) -> Result<(), StepError> {
+        if let Err(e) = self.client.exec_sql("BEGIN", &[]) {
+            return Err(StepError::Failed(format!(
+                "starting a transaction for the RETURNING statement: {}",
+                explain(&e)
+            )));
+        }
+        if let Err(failed) = self.statement_alone(statement) {
+            // Nothing to keep; a broken connection has rolled back already.
+            if let Err(e) = self.client.exec_sql("ROLLBACK", &[]) {
+                log::debug!("rollback after a failed RETURNING statement: {e}");
+            }
+            return Err(failed);
+        }
+        self.client.exec_sql("COMMIT", &[]).map_err(|e| {
+            StepError::Failed(format!(
+                "committing the RETURNING statement (its rows are shown above): {}",
+                explain(&e)
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn statement_alone(&mut self, statement: &str) -> Result<(), StepError> {
         let mut out = BufWriter::new(io::stdout().lock());
         let result = if sql::returns_rows(statement) {
             self.query(&mut out, statement)

@@ -104,6 +104,13 @@ fn test_returns_rows_like_the_python_client() {
 }
 
 #[test]
+fn test_has_returning() {
+    assert!(has_returning("INSERT INTO t VALUES (1) RETURNING id"));
+    assert!(!has_returning("INSERT INTO t VALUES ('RETURNING')"));
+    assert!(!has_returning("SELECT 1"));
+}
+
+#[test]
 fn test_counts_changes_only_for_data_changes() {
     assert!(counts_changes("insert into t values (1)"));
     assert!(counts_changes("UPDATE t SET x = 1"));
