@@ -1,6 +1,6 @@
 //! `atoll add`: the raw ADD request, for operators.
 
-use super::{connect, explain, parse_node_id, CliError, ClusterArgs};
+use super::{change_membership, connect, explain, parse_node_id, CliError, ClusterArgs};
 
 /// Add a node to the cluster's configuration as a spare (raw ADD, for operators).
 ///
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             node.address, node.id
         )));
     }
-    client.add(args.id, &args.address).map_err(|e| {
+    change_membership(&args.cluster, || client.add(args.id, &args.address)).map_err(|e| {
         CliError::new(format!(
             "adding node {} ({}): {}; `atoll cluster` shows whether it is a member",
             args.id,

@@ -2,7 +2,9 @@
 
 use atoll_net::protocol::Role;
 
-use super::{connect, explain, find_node, parse_node_id, role_name, CliError, ClusterArgs};
+use super::{
+    change_membership, connect, explain, find_node, parse_node_id, role_name, CliError, ClusterArgs,
+};
 
 /// A role a node can be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,7 +70,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    client.assign(node.id, role).map_err(|e| {
+    change_membership(&args.cluster, || client.assign(node.id, role)).map_err(|e| {
         CliError::new(format!(
             "making node {} ({}) a {}: {}; `atoll cluster` shows its current role",
             node.id,

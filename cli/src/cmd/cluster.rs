@@ -7,7 +7,7 @@ use std::time::Duration;
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
 use atoll_net::protocol::{NodeInfo, Value};
 
-use super::{connect, explain, role_name, CliError, ClusterArgs};
+use super::{connect, explain, io_words, role_name, CliError, ClusterArgs};
 use crate::output::{self, Format};
 
 /// List the nodes of the cluster.
@@ -59,9 +59,13 @@ fn probe(address: &str) -> Result<(), String> {
         request_timeout: PROBE_TIMEOUT,
         ..ClientConfig::default()
     };
-    let mut connection = Connection::connect(address, &config).map_err(|e| explain(&e))?;
-    connection.leader().map_err(|e| explain(&e))?;
-    connection.describe().map_err(|e| explain(&e))?;
+    let words = |e: ClientError| match e {
+        ClientError::Io(io) => io_words(&io),
+        other => explain(&other),
+    };
+    let mut connection = Connection::connect(address, &config).map_err(words)?;
+    connection.leader().map_err(words)?;
+    connection.describe().map_err(words)?;
     Ok(())
 }
 

@@ -16,7 +16,8 @@ pub mod transfer;
 use std::fmt;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use atoll_net::client::{Client, ClientConfig, ClientError};
 use atoll_net::protocol::{NodeInfo, Role};
@@ -144,9 +145,8 @@ pub fn io_words(e: &io::Error) -> String {
     }
 }
 
-/// Dials each address once; the error when none accepts a TCP connection, so that a cluster
-/// that is not running is reported at once instead of after the leader timeout.
-fn probe_reachable(args: &ClusterArgs) -> Result<(), CliError> {
+/// Dials each address once: `Err` with the first problem when none accepts a TCP connection.
+fn probe_reachable(args: &ClusterArgs) -> Result<(), String> {
     let timeout = args.client_config().connect_timeout;
     let mut first_problem = None;
     for address in &args.cluster {
@@ -166,26 +166,37 @@ fn probe_reachable(args: &ClusterArgs) -> Result<(), CliError> {
             }
         }
     }
-    Err(CliError::new(format!(
-        "cannot reach any node of {}: {}; is the node running (`atoll start`)?",
-        args.joined(),
-        first_problem.unwrap_or_else(|| "no address".into())
-    )))
+    Err(first_problem.unwrap_or_else(|| "no address".into()))
 }
 
-/// Connects to the cluster's leader.
-pub fn connect(args: &ClusterArgs) -> Result<Client, CliError> {
-    probe_reachable(args)?;
-    log::debug!("looking for the leader among {}", args.joined());
-    let client = Client::connect(&args.cluster, args.client_config()).map_err(|e| match e {
-        ClientError::NoLeader { attempts } => CliError::new(format!(
+/// The message for a cluster without a reachable leader: nothing listens (the nodes are not
+/// running), or nodes answer but none leads (an election, or a lost quorum).
+pub fn no_leader_message(args: &ClusterArgs, attempts: &[String]) -> String {
+    match probe_reachable(args) {
+        Err(problem) => format!(
+            "cannot reach any node of {}: {problem}; is the node running (`atoll start`)?",
+            args.joined()
+        ),
+        Ok(()) => format!(
             "no leader among {} within {:?} ({}); the cluster may be electing one or have lost \
              its quorum: retry, or look with `atoll cluster --cluster {}`",
             args.joined(),
             args.timeout,
             attempts.first().map_or("no answer", String::as_str),
             args.joined()
-        )),
+        ),
+    }
+}
+
+/// Connects to the cluster's leader.
+pub fn connect(args: &ClusterArgs) -> Result<Client, CliError> {
+    // Fail at once, not after the leader timeout, when nothing listens at all.
+    if probe_reachable(args).is_err() {
+        return Err(CliError::new(no_leader_message(args, &[])));
+    }
+    log::debug!("looking for the leader among {}", args.joined());
+    let client = Client::connect(&args.cluster, args.client_config()).map_err(|e| match e {
+        ClientError::NoLeader { attempts } => CliError::new(no_leader_message(args, &attempts)),
         other => CliError::new(format!(
             "connecting to {}: {}",
             args.joined(),
@@ -216,6 +227,33 @@ pub fn explain(e: &ClientError) -> String {
             explain(inner)
         ),
         other => other.to_string(),
+    }
+}
+
+/// SQLITE_BUSY: dqlite's answer when another configuration change is still being committed.
+const CODE_BUSY: u64 = 5;
+
+/// Runs a membership change, retrying while the server answers that another change is in
+/// progress (FAILURE 5: nothing was done, so retrying is safe), until `--timeout`. A node that
+/// just joined has its own change in flight for a moment.
+pub fn change_membership<T>(
+    args: &ClusterArgs,
+    mut change: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let deadline = Instant::now() + args.timeout;
+    let mut pause = Duration::from_millis(50);
+    // Bounded by the deadline.
+    loop {
+        match change() {
+            Err(ClientError::Failure { code, message })
+                if code == CODE_BUSY && Instant::now() + pause < deadline =>
+            {
+                log::info!("{message}; retrying in {pause:?}");
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! `atoll remove`: takes a node out of the cluster's configuration.
 
-use super::{connect, explain, find_node, parse_node_id, CliError, ClusterArgs};
+use super::{change_membership, connect, explain, find_node, parse_node_id, CliError, ClusterArgs};
 
 /// Remove a node from the cluster.
 ///
@@ -37,7 +37,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             node.id
         )));
     }
-    client.remove(node.id).map_err(|e| {
+    change_membership(&args.cluster, || client.remove(node.id)).map_err(|e| {
         CliError::new(format!(
             "removing node {} ({}): {}; `atoll cluster` shows whether it is still a member",
             node.id,

@@ -21,7 +21,7 @@ use atoll_net::client::{Client, ClientError};
 use atoll_net::protocol::Value;
 use rustyline::error::ReadlineError;
 
-use super::{cluster, connect, explain, CliError, ClusterArgs};
+use super::{cluster, connect, explain, no_leader_message, CliError, ClusterArgs};
 use crate::output::{self, Format, JsonRows};
 use crate::sql;
 
@@ -118,6 +118,7 @@ enum QueryError {
 /// One shell session: a connection to the leader with the database open.
 struct Session {
     client: Client,
+    cluster: ClusterArgs,
     format: Format,
     /// A transaction is open on the connection (BEGIN or SAVEPOINT ran, no COMMIT/ROLLBACK
     /// yet), judged from the statements that succeeded.
@@ -136,6 +137,7 @@ impl Session {
         })?;
         Ok(Session {
             client,
+            cluster: args.cluster.clone(),
             format: args.format,
             in_transaction: false,
         })
@@ -310,6 +312,7 @@ impl Session {
                  again",
                 explain(inner)
             ),
+            ClientError::NoLeader { attempts } => no_leader_message(&self.cluster, attempts),
             e => explain(e),
         };
         if connection_lost && self.in_transaction {

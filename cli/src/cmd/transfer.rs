@@ -2,7 +2,9 @@
 
 use atoll_net::protocol::Role;
 
-use super::{connect, explain, find_node, parse_node_id, role_name, CliError, ClusterArgs};
+use super::{
+    change_membership, connect, explain, find_node, parse_node_id, role_name, CliError, ClusterArgs,
+};
 
 /// Hand leadership to another voter.
 ///
@@ -62,7 +64,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             )));
         }
     }
-    client.transfer(target).map_err(|e| {
+    change_membership(&args.cluster, || client.transfer(target)).map_err(|e| {
         CliError::new(format!(
             "transferring leadership from node {old_id} ({old_address}): {}",
             explain(&e)
