@@ -7,7 +7,7 @@
 //!   JSON writes ±infinity as `±9e999` (as SQLite's JSON functions do) and NaN as `null`.
 //! - TEXT: as is; a table escapes control characters (`\n`) to keep cells on one line; CSV
 //!   quotes fields that need it; JSON escapes what JSON requires.
-//! - BLOB: `x'00ff'` in a table (cut after 32 bytes: `x'…'... (N bytes)`); a lowercase hex string
+//! - BLOB: `x'00ff'` in a table (cut after 16 bytes: `x'…'... (N bytes)`); a lowercase hex string
 //!   (`"00ff"`) in JSON and CSV.
 //! - NULL: `NULL` in a table, `null` in JSON, an empty CSV field.
 //! - UNIXTIME (an INTEGER in a DATETIME column): `2024-01-02 03:04:05` (UTC) in a table, the
@@ -54,7 +54,7 @@ impl Format {
 }
 
 /// Blob bytes shown in a table before it is cut short.
-const TABLE_BLOB_BYTES_MAX: usize = 32;
+const TABLE_BLOB_BYTES_MAX: usize = 16;
 
 /// A float in a form that reads back as a float: shortest round-trip digits, an exponent for very
 /// large and very small magnitudes, and always a `.` or an `e` (so `2.0` is not mistaken for the
