@@ -34,7 +34,7 @@ use crate::sql;
 /// until `;`), or from standard input when it is not a terminal (errors are reported with
 /// their line and the exit status is 1 if any statement failed).
 ///
-/// Dot-commands: .help, .tables, .schema [TABLE], .cluster, .leader, .mode table|json|csv,
+/// Dot-commands: .help, .tables, .schema (all, or one TABLE), .cluster, .leader, .mode MODE,
 /// .quit (or .exit, or Ctrl-D).
 ///
 /// Output formats: table (aligned columns, NULL as NULL, blobs as x'00ff', then "N rows" or
