@@ -376,3 +376,38 @@ fn test_help_explains_every_subcommand() {
         assert!(text.contains("Example"), "{command}: {text}");
     }
 }
+
+/// A terminal session (a pseudo-terminal from util-linux's `script`), so rustyline's line
+/// editing and history run for real: a typo erased with Backspace, a statement over two lines,
+/// then a second session recalling the statement from the history file with the Up arrow.
+fn scenario_terminal(cluster: &Cluster) {
+    require("script");
+    let address = cluster.address(0);
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history");
+    let session = |keys: &[&str], wanted: &str| {
+        let command = format!(
+            "{} shell --cluster {address} term",
+            env!("CARGO_BIN_EXE_atoll")
+        );
+        let mut terminal = support::Terminal::start(&command, &history);
+        terminal.expect("atoll> ");
+        for key in keys {
+            terminal.type_keys(key);
+        }
+        terminal.expect(wanted);
+        terminal.type_keys("\x04");
+        assert!(terminal.finish().success(), "the session ends with Ctrl-D");
+    };
+    // "4x", Backspace, "2": the line editor fixes the typo; the statement ends on line two.
+    session(&["SELECT 4x\x7f2 +\r", "0 AS answer;\r"], "|     42 |");
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert!(saved.contains("SELECT 42 +"), "{saved}");
+    // Up recalls the whole statement from the history file.
+    session(&["\x1b[A", "\r"], "|     42 |");
+}
+
+#[test]
+fn test_interactive_terminal_with_line_editing_and_history() {
+    scenario_terminal(&Cluster::start(1));
+}

@@ -134,13 +134,14 @@ pub fn installed(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Fails the test (never skips it) when a program from go-dqlite is missing.
+/// Fails the test (never skips it) when a program it needs is missing.
 pub fn require(program: &str) {
-    assert!(
-        installed(program),
-        "`{program}` is not installed: run scripts/setup-test-deps (it installs Debian's \
-         go-dqlite) before these tests"
-    );
+    let how = if program == "script" {
+        "install util-linux's `script` (Debian: bsdutils, an essential package)"
+    } else {
+        "run scripts/setup-test-deps (it installs Debian's go-dqlite) before these tests"
+    };
+    assert!(installed(program), "`{program}` is not installed: {how}");
 }
 
 /// A running `dqlite-demo` node in a temporary directory.
@@ -436,6 +437,95 @@ impl LiveShell {
 }
 
 impl Drop for LiveShell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A program run on a pseudo-terminal through util-linux's `script`, so that it sees a real
+/// terminal (rustyline's raw mode, line editing, history) while the test types keys into it.
+pub struct Terminal {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    screen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    /// Runs shell command `command` on a terminal, with `ATOLL_HISTORY=history`.
+    pub fn start(command: &str, history: &Path) -> Terminal {
+        require("script");
+        let mut child = Command::new("script")
+            .args(["-q", "-f", "-e", "-c", command, "/dev/null"])
+            .env("ATOLL_HISTORY", history)
+            .env("TERM", "xterm")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn script");
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().expect("stdout piped");
+        let sink = screen.clone();
+        thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = stdout.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buffer[..read]);
+                sink.lock().expect("screen lock").push_str(&text);
+            }
+        });
+        let stdin = child.stdin.take();
+        Terminal {
+            child,
+            stdin,
+            screen,
+        }
+    }
+
+    /// Types `keys` (raw bytes: `\r` is Enter, `\x7f` Backspace, `\x1b[A` Up, `\x04` Ctrl-D).
+    pub fn type_keys(&mut self, keys: &str) {
+        let stdin = self.stdin.as_mut().expect("terminal input open");
+        stdin
+            .write_all(keys.as_bytes())
+            .expect("type into the terminal");
+        stdin.flush().expect("flush the terminal input");
+        // Let the line editor read these keys before the next ones arrive, as a person types.
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Waits until the screen shows `wanted` (since the last match), then forgets what was
+    /// shown up to it.
+    pub fn expect(&mut self, wanted: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            {
+                let mut screen = self.screen.lock().expect("screen lock");
+                if let Some(at) = screen.find(wanted) {
+                    screen.drain(..at + wanted.len());
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the terminal never showed {wanted:?}; it shows {screen:?}"
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the program to exit.
+    pub fn finish(mut self) -> ExitStatus {
+        let status = wait_bounded(&mut self.child, "script");
+        drop(self.stdin.take());
+        status
+    }
+}
+
+impl Drop for Terminal {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
