@@ -79,6 +79,45 @@ fn scenario_types_in_every_format(cluster: &Cluster) {
     );
 }
 
+/// Columns declared DATETIME and BOOLEAN come back typed (UNIXTIME, ISO8601, BOOLEAN on the
+/// wire), NULLs included the way dqlite sends them (ISO8601 "" and BOOLEAN false).
+fn scenario_declared_types(cluster: &Cluster) {
+    let address = cluster.address(0);
+    shell(
+        address,
+        "declared",
+        &[
+            "CREATE TABLE d (id INTEGER PRIMARY KEY, ts DATETIME, ok BOOLEAN); \
+           INSERT INTO d (ts, ok) VALUES (1700000000, 1), ('2024-01-02 03:04:05', 0), \
+           (NULL, NULL)",
+        ],
+    )
+    .ok();
+    let select = "SELECT ts, ok FROM d ORDER BY id";
+    assert_eq!(
+        shell(address, "declared", &[select]).ok(),
+        "+---------------------+-------+\n\
+         | ts                  | ok    |\n\
+         +---------------------+-------+\n\
+         | 2023-11-14 22:13:20 | true  |\n\
+         | 2024-01-02 03:04:05 | false |\n\
+         | NULL                | false |\n\
+         +---------------------+-------+\n\
+         3 rows\n"
+    );
+    assert_eq!(
+        shell(address, "declared", &["-f", "json", select]).ok(),
+        "[{\"ts\":1700000000,\"ok\":true},\n\
+         {\"ts\":\"2024-01-02 03:04:05\",\"ok\":false},\n\
+         {\"ts\":null,\"ok\":false}]\n"
+    );
+}
+
+#[test]
+fn test_declared_datetime_and_boolean_columns() {
+    scenario_declared_types(&Cluster::start(1));
+}
+
 #[test]
 fn test_types_in_every_format() {
     scenario_types_in_every_format(&Cluster::start(1));
