@@ -1,17 +1,106 @@
 //! `atoll`: the command line of a distributed SQLite.
+//!
+//! The client commands (`shell`, `dump`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
+//! to a running cluster over dqlite's client wire protocol through `atoll_net::client`; they work
+//! against atoll and dqlite nodes alike. They never touch SQLite: `dump` applies the WAL itself
+//! (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+mod cmd;
+mod database_header;
+mod output;
+mod sql;
+mod wal;
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use cmd::CliError;
 
 /// atoll: a distributed SQLite that speaks dqlite's client wire protocol.
+///
+/// Every client command takes --cluster HOST:PORT[,...]: the address of any node (or several);
+/// the leader is found from them. Logs go to standard error: -v for debug, -vv for trace, or
+/// RUST_LOG (e.g. RUST_LOG=atoll_net=debug).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
-struct Cli {}
+#[command(
+    name = "atoll",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    /// More log output on standard error (-v debug, -vv trace); RUST_LOG applies otherwise.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
 
-fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let _cli = Cli::parse();
-    eprintln!("atoll: no node yet; see `atoll-bench storage` for the storage benchmark");
-    std::process::exit(2);
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands. A new one is a variant here, an arm in `run`, and a module in `cmd/` whose
+/// `Args` doc comment is its help (first line: the summary in `atoll --help`).
+#[derive(Subcommand, Debug)]
+enum Command {
+    Shell(cmd::shell::Args),
+    Dump(cmd::dump::Args),
+    Cluster(cmd::cluster::Args),
+    Add(cmd::add::Args),
+    Assign(cmd::assign::Args),
+    Remove(cmd::remove::Args),
+    Transfer(cmd::transfer::Args),
+}
+
+impl Command {
+    /// The log level when neither -v nor RUST_LOG says otherwise: client commands keep quiet
+    /// unless something is wrong.
+    fn log_level_default(&self) -> &'static str {
+        "warn"
+    }
+}
+
+fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Shell(args) => cmd::shell::run(args),
+        Command::Dump(args) => cmd::dump::run(args),
+        Command::Cluster(args) => cmd::cluster::run(args),
+        Command::Add(args) => cmd::add::run(args),
+        Command::Assign(args) => cmd::assign::run(args),
+        Command::Remove(args) => cmd::remove::run(args),
+        Command::Transfer(args) => cmd::transfer::run(args),
+    }
+}
+
+fn init_logging(verbose: u8, default_level: &str) {
+    let mut builder = match verbose {
+        0 => env_logger::Builder::from_env(
+            env_logger::Env::default().default_filter_or(default_level),
+        ),
+        1 => {
+            let mut builder = env_logger::Builder::new();
+            builder.parse_filters("debug");
+            builder
+        }
+        _ => {
+            let mut builder = env_logger::Builder::new();
+            builder.parse_filters("trace");
+            builder
+        }
+    };
+    builder.format_timestamp_millis().init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.command.log_level_default());
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Reported) => ExitCode::FAILURE,
+        Err(CliError::Message(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -589,13 +589,18 @@ pub struct RowsIter<'a> {
 
 impl<'a> RowsIter<'a> {
     fn start(connection: &'a mut Connection) -> Result<RowsIter<'a>, ClientError> {
-        let Rows { columns, rows, end } = Self::receive_batch(connection)?;
-        Ok(RowsIter {
+        let first = Self::receive_batch(connection)?;
+        Ok(Self::with_first_batch(connection, first))
+    }
+
+    fn with_first_batch(connection: &'a mut Connection, first: Rows) -> RowsIter<'a> {
+        let Rows { columns, rows, end } = first;
+        RowsIter {
             connection,
             columns,
             batch: rows.into_iter(),
             done: end == RowsEnd::Done,
-        })
+        }
     }
 
     fn receive_batch(connection: &mut Connection) -> Result<Rows, ClientError> {
@@ -873,15 +878,31 @@ impl Client {
         self.with_leader(true, |c| c.query_sql(sql, params))
     }
 
-    /// QUERY_SQL on the leader, rows read batch by batch. Not retried: the caller consumes the
-    /// stream.
+    /// QUERY_SQL on the leader, rows read batch by batch. The first batch is read here: a "not
+    /// leader" answer comes before any row (nothing ran), so it is retried on a newly found
+    /// leader as every other request is; once rows flow, the caller consumes the stream and
+    /// nothing is retried. (QUERY_SQL can write, as with RETURNING, so a connection broken
+    /// before the first batch is reported as an unknown outcome.)
     pub fn query_sql_rows(
         &mut self,
         sql: &str,
         params: &[Value],
     ) -> Result<RowsIter<'_>, ClientError> {
         check_params(params)?;
-        self.connection()?.query_sql_rows(sql, params)
+        let request = Request::QuerySql {
+            db_id: 0,
+            sql: sql.to_owned(),
+            params: params.to_vec(),
+        };
+        let first = self.with_leader(true, |c| {
+            c.send(&request)?;
+            RowsIter::receive_batch(c)
+        })?;
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("with_leader succeeded on this connection");
+        Ok(RowsIter::with_first_batch(connection, first))
     }
 
     /// PREPARE on the leader connection.

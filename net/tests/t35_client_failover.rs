@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use atoll_net::client::{Client, ClientConfig, ClientError};
-use atoll_net::protocol::{Request, Response};
+use atoll_net::protocol::{Request, Response, Rows, RowsEnd, Value};
 use atoll_net::reactor::{Event, Reactor, ReactorConfig};
 
 /// Index of the leading node; `NO_LEADER` when none leads.
@@ -24,8 +24,9 @@ struct Cluster {
 
 impl Cluster {
     /// Two scripted nodes. LEADER names the leading node's address (or ""); OPEN and CLIENT
-    /// succeed everywhere; EXEC_SQL on a non-leader answers 10250 "not leader"; on the leader,
-    /// "LOST" answers 10506, "CRASH" closes the connection, anything else RESULT(1, 1).
+    /// succeed everywhere; EXEC_SQL and QUERY_SQL on a non-leader answer 10250 "not leader"; on
+    /// the leader, EXEC_SQL "LOST" answers 10506, "CRASH" closes the connection, anything else
+    /// RESULT(node + 1, 1); QUERY_SQL answers one row holding node + 1.
     fn start() -> Cluster {
         let leader = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -118,6 +119,14 @@ fn serve(
                     reactor.close(conn);
                     continue;
                 }
+                Request::QuerySql { .. } if leading != index => {
+                    Response::failure(10250, "not leader")
+                }
+                Request::QuerySql { .. } => Response::Rows(Rows {
+                    columns: vec!["node".into()],
+                    rows: vec![vec![Value::Integer(index as i64 + 1)]],
+                    end: RowsEnd::Done,
+                }),
                 Request::ExecSql { .. } => Response::Result {
                     last_insert_id: index as u64 + 1,
                     rows_affected: 1,
@@ -150,6 +159,25 @@ fn test_not_leader_is_retried_on_the_new_leader() {
     assert_eq!(client.exec_sql("INSERT 1", &[]).unwrap().last_insert_id, 1);
     cluster.set_leader(1);
     assert_eq!(client.exec_sql("INSERT 2", &[]).unwrap().last_insert_id, 2);
+    assert_eq!(client.leader_address(), Some(cluster.addresses[1].as_str()));
+}
+
+#[test]
+fn test_streamed_query_is_retried_on_the_new_leader() {
+    // A streamed query's "not leader" answer arrives before any row, so nothing ran: the client
+    // finds the new leader and resends, as for every other request. (Before this was retried,
+    // every streamed query on a connection to a deposed leader kept failing.)
+    let cluster = Cluster::start();
+    let mut client = Client::connect(&cluster.addresses, cluster.config()).unwrap();
+    client.open("db").unwrap();
+    let rows: Vec<_> = client.query_sql_rows("SELECT", &[]).unwrap().collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].as_ref().unwrap(), &vec![Value::Integer(1)]);
+    cluster.set_leader(1);
+    let iter = client.query_sql_rows("SELECT", &[]).unwrap();
+    assert_eq!(iter.columns(), ["node".to_string()]);
+    let rows: Vec<_> = iter.map(Result::unwrap).collect();
+    assert_eq!(rows, vec![vec![Value::Integer(2)]]);
     assert_eq!(client.leader_address(), Some(cluster.addresses[1].as_str()));
 }
 

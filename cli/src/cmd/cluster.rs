@@ -1,0 +1,196 @@
+//! `atoll cluster`: the nodes of the cluster, their roles, which one leads, and which ones
+//! answer.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
+use atoll_net::protocol::{NodeInfo, Value};
+
+use super::{connect, explain, io_words, role_name, CliError, ClusterArgs};
+use crate::output::{self, Format};
+
+/// List the nodes of the cluster.
+///
+/// Asks the leader for the configuration (CLUSTER), then dials every node with a short timeout
+/// and asks it LEADER and DESCRIBE, to show which nodes answer. Columns: id, address, role
+/// (voter, standby or spare), leader (yes/no), reachable (yes/no), applied (the node's applied
+/// Raft index: shown as `-` until the server exposes it over the protocol).
+///
+/// When no leader can be found, the configuration is read from any node that answers, the
+/// table is printed with no leader, and the command fails.
+///
+/// Example: atoll cluster --cluster 127.0.0.1:9001,127.0.0.1:9002 --format json
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// Output format: table, csv, or json (an array of objects: id, address, role, leader,
+    /// reachable, applied_index (null until the server exposes it)).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "table",
+        hide_possible_values = true
+    )]
+    pub format: Format,
+}
+
+/// Time to dial and question one node for the reachability column.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One row of the listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The configuration entry.
+    pub node: NodeInfo,
+    /// Whether it is the leader.
+    pub leader: bool,
+    /// Whether it answered LEADER and DESCRIBE in time, or why not.
+    pub reachable: Result<(), String>,
+}
+
+/// Dials `address` and asks LEADER and DESCRIBE (format 0, the only one dqlite survives).
+fn probe(address: &str) -> Result<(), String> {
+    let config = ClientConfig {
+        connect_timeout: PROBE_TIMEOUT,
+        request_timeout: PROBE_TIMEOUT,
+        ..ClientConfig::default()
+    };
+    let words = |e: ClientError| match e {
+        ClientError::Io(io) => io_words(&io),
+        other => explain(&other),
+    };
+    let mut connection = Connection::connect(address, &config).map_err(words)?;
+    connection.leader().map_err(words)?;
+    connection.describe().map_err(words)?;
+    Ok(())
+}
+
+/// Probes every node at once, so unreachable nodes cost one timeout in all.
+fn probe_all(nodes: &[NodeInfo], leader_id: Option<u64>) -> Vec<NodeStatus> {
+    std::thread::scope(|scope| {
+        let probes: Vec<_> = nodes
+            .iter()
+            .map(|node| scope.spawn(move || probe(&node.address)))
+            .collect();
+        nodes
+            .iter()
+            .zip(probes)
+            .map(|(node, probe)| NodeStatus {
+                node: node.clone(),
+                leader: Some(node.id) == leader_id,
+                reachable: probe.join().unwrap_or_else(|_| Err("probe failed".into())),
+            })
+            .collect()
+    })
+}
+
+/// The configuration as the leader knows it, with every node probed.
+pub fn collect(client: &mut Client) -> Result<Vec<NodeStatus>, ClientError> {
+    let nodes = client.cluster()?;
+    let leader_id = client.leader()?.map(|(id, _)| id);
+    Ok(probe_all(&nodes, leader_id))
+}
+
+/// The configuration from the first node that answers CLUSTER, when there is no leader.
+fn collect_without_leader(args: &ClusterArgs) -> Option<Vec<NodeStatus>> {
+    let config = ClientConfig {
+        connect_timeout: PROBE_TIMEOUT,
+        request_timeout: PROBE_TIMEOUT,
+        ..ClientConfig::default()
+    };
+    args.cluster.iter().find_map(|address| {
+        let nodes = Connection::connect(address, &config)
+            .and_then(|mut c| c.cluster())
+            .ok()?;
+        (!nodes.is_empty()).then(|| probe_all(&nodes, None))
+    })
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Writes the listing in `format` (CSV is written like the shell's tables, as CSV).
+pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            let objects: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{{\"id\":{},\"address\":{},\"role\":{},\"leader\":{},\"reachable\":{},\
+                         \"applied_index\":null}}",
+                        n.node.id,
+                        output::json_string(&n.node.address),
+                        output::json_string(role_name(n.node.role)),
+                        n.leader,
+                        n.reachable.is_ok()
+                    )
+                })
+                .collect();
+            writeln!(out, "[{}]", objects.join(",\n"))
+        }
+        Format::Table | Format::Csv => {
+            let columns: Vec<String> = ["id", "address", "role", "leader", "reachable", "applied"]
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            let rows: Vec<Vec<Value>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        Value::Text(n.node.id.to_string()),
+                        Value::Text(n.node.address.clone()),
+                        Value::Text(role_name(n.node.role).into()),
+                        Value::Text(yes_no(n.leader).into()),
+                        Value::Text(match &n.reachable {
+                            Ok(()) => "yes".into(),
+                            Err(why) => format!("no ({why})"),
+                        }),
+                        Value::Text("-".into()),
+                    ]
+                })
+                .collect();
+            if format == Format::Table {
+                output::write_table(out, &columns, &rows)
+            } else {
+                output::write_csv_header(out, &columns)?;
+                rows.iter()
+                    .try_for_each(|row| output::write_csv_row(out, row))
+            }
+        }
+    }
+}
+
+/// Runs `atoll cluster`.
+pub fn run(args: Args) -> Result<(), CliError> {
+    let mut stdout = io::stdout().lock();
+    let mut client = match connect(&args.cluster) {
+        Ok(client) => client,
+        Err(no_leader) => {
+            // Show what can be seen without a leader: that is when the listing matters most.
+            if let Some(nodes) = collect_without_leader(&args.cluster) {
+                write(&mut stdout, &nodes, args.format)?;
+                stdout.flush()?;
+            }
+            return Err(no_leader);
+        }
+    };
+    let nodes = collect(&mut client).map_err(|e| {
+        CliError::new(format!(
+            "reading the cluster configuration: {}",
+            explain(&e)
+        ))
+    })?;
+    write(&mut stdout, &nodes, args.format)?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The subcommands, one module each, and what the client commands share: the `--cluster`
+//! arguments, connecting with an error that says what to do, and the CLI's error type.
+//!
+//! A subcommand module has an `Args` struct (clap derive: its doc comments are the `--help`)
+//! and `run(args) -> Result<(), CliError>`. Adding one is a variant of `Command` in main.rs and
+//! an arm of its `match`.
+
+pub mod add;
+pub mod assign;
+pub mod cluster;
+pub mod dump;
+pub mod remove;
+pub mod shell;
+pub mod transfer;
+
+use std::fmt;
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use atoll_net::client::{Client, ClientConfig, ClientError};
+use atoll_net::protocol::{NodeInfo, Role};
+
+/// What went wrong, said once to the user by main.
+#[derive(Debug)]
+pub enum CliError {
+    /// One line saying what went wrong and what to do.
+    Message(String),
+    /// Already reported (the shell prints each failed statement's error as it goes); only the
+    /// exit status is left to set.
+    Reported,
+}
+
+impl CliError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> CliError {
+        CliError::Message(message.into())
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Message(message) => f.write_str(message),
+            CliError::Reported => f.write_str("errors were reported above"),
+        }
+    }
+}
+
+impl From<io::Error> for CliError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            // The reader of our output went away (`atoll shell … | head`): nothing to say.
+            return CliError::Reported;
+        }
+        CliError::new(format!("writing output: {e}"))
+    }
+}
+
+/// Where the cluster is; shared by every client command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Addresses of one or more nodes of the cluster, comma-separated, written exactly as the
+    /// nodes advertise themselves. Any node will do: the leader is found from them.
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "HOST:PORT[,...]",
+        value_delimiter = ',',
+        required = true,
+        value_parser = parse_address
+    )]
+    pub cluster: Vec<String>,
+
+    /// How long to look for a leader (an election may be under way) before giving up.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+/// A `HOST:PORT` address, trimmed.
+fn parse_address(text: &str) -> Result<String, String> {
+    let address = text.trim();
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("`{address}` is not HOST:PORT (a port is needed)"));
+    };
+    if host.is_empty() {
+        return Err(format!("`{address}` has no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("`{port}` in `{address}` is not a port number"))?;
+    Ok(address.to_owned())
+}
+
+/// A positive number of seconds, fractions allowed.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err(format!("{text} seconds is not between 0 and 3600"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A node id: decimal, or hexadecimal with `0x` (as the dqlite shell prints them); never 0.
+pub fn parse_node_id(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let id = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|_| format!("`{text}` is not a node id (a number)"))?;
+    if id == 0 {
+        return Err("0 is not a node id".into());
+    }
+    Ok(id)
+}
+
+impl ClusterArgs {
+    /// The client configuration for these arguments.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(2).min(self.timeout),
+            leader_timeout: self.timeout,
+            ..ClientConfig::default()
+        }
+    }
+
+    /// The addresses joined for messages.
+    pub fn joined(&self) -> String {
+        self.cluster.join(",")
+    }
+}
+
+/// An I/O error in a few words ("connection refused" rather than "Connection refused (os error
+/// 111)").
+pub fn io_words(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::UnexpectedEof => "the node closed the connection".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Dials each address once: `Err` with the first problem when none accepts a TCP connection.
+fn probe_reachable(args: &ClusterArgs) -> Result<(), String> {
+    let timeout = args.client_config().connect_timeout;
+    let mut first_problem = None;
+    for address in &args.cluster {
+        let resolved: Vec<_> = match address.to_socket_addrs() {
+            Ok(resolved) => resolved.collect(),
+            Err(e) => {
+                first_problem.get_or_insert(format!("cannot resolve {address}: {e}"));
+                continue;
+            }
+        };
+        for socket_address in resolved {
+            match TcpStream::connect_timeout(&socket_address, timeout) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    first_problem.get_or_insert(io_words(&e));
+                }
+            }
+        }
+    }
+    Err(first_problem.unwrap_or_else(|| "no address".into()))
+}
+
+/// The message for a cluster without a reachable leader: nothing listens (the nodes are not
+/// running), or nodes answer but none leads (an election, or a lost quorum).
+pub fn no_leader_message(args: &ClusterArgs, attempts: &[String]) -> String {
+    match probe_reachable(args) {
+        Err(problem) => format!(
+            "cannot reach any node of {}: {problem}; is the node running (`atoll start`)?",
+            args.joined()
+        ),
+        Ok(()) => format!(
+            "no leader among {} within {:?} ({}); the cluster may be electing one or have lost \
+             its quorum: retry, or look with `atoll cluster --cluster {}`",
+            args.joined(),
+            args.timeout,
+            attempts.first().map_or("no answer", String::as_str),
+            args.joined()
+        ),
+    }
+}
+
+/// Connects to the cluster's leader.
+pub fn connect(args: &ClusterArgs) -> Result<Client, CliError> {
+    // Fail at once, not after the leader timeout, when nothing listens at all.
+    if probe_reachable(args).is_err() {
+        return Err(CliError::new(no_leader_message(args, &[])));
+    }
+    log::debug!("looking for the leader among {}", args.joined());
+    let client = Client::connect(&args.cluster, args.client_config()).map_err(|e| match e {
+        ClientError::NoLeader { attempts } => CliError::new(no_leader_message(args, &attempts)),
+        other => CliError::new(format!(
+            "connecting to {}: {}",
+            args.joined(),
+            explain(&other)
+        )),
+    })?;
+    log::info!(
+        "connected to the leader at {}",
+        client.leader_address().unwrap_or("?")
+    );
+    Ok(client)
+}
+
+/// A client error in words for a person: the server's message for a failure, what to do for
+/// the rest.
+pub fn explain(e: &ClientError) -> String {
+    match e {
+        ClientError::Failure { code, message } => format!("{message} (code {code})"),
+        ClientError::Io(io) => format!("connection to the leader lost: {}", io_words(io)),
+        ClientError::Protocol(p) => format!("the node broke the protocol: {p}"),
+        ClientError::NoLeader { attempts } => format!(
+            "no leader found ({}); the cluster may be electing one or have lost its quorum",
+            attempts.first().map_or("no answer", String::as_str)
+        ),
+        ClientError::OutcomeUnknown(inner) => format!(
+            "the connection to the leader was lost while the request ran ({}); it may or may \
+             not have taken effect, and it was not retried",
+            explain(inner)
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// SQLITE_BUSY: dqlite's answer when another configuration change is still being committed.
+const CODE_BUSY: u64 = 5;
+
+/// Runs a membership change, retrying while the server answers that another change is in
+/// progress (FAILURE 5: nothing was done, so retrying is safe), until `--timeout`. A node that
+/// just joined has its own change in flight for a moment.
+pub fn change_membership<T>(
+    args: &ClusterArgs,
+    mut change: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let deadline = Instant::now() + args.timeout;
+    let mut pause = Duration::from_millis(50);
+    // Bounded by the deadline.
+    loop {
+        match change() {
+            Err(ClientError::Failure { code, message })
+                if code == CODE_BUSY && Instant::now() + pause < deadline =>
+            {
+                log::info!("{message}; retrying in {pause:?}");
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The role's name as the CLI writes it.
+pub fn role_name(role: Option<Role>) -> &'static str {
+    match role {
+        Some(Role::Voter) => "voter",
+        Some(Role::Standby) => "standby",
+        Some(Role::Spare) => "spare",
+        None => "-",
+    }
+}
+
+/// Finds node `id` in the configuration, or says which ids exist.
+pub fn find_node(nodes: &[NodeInfo], id: u64, args: &ClusterArgs) -> Result<NodeInfo, CliError> {
+    nodes.iter().find(|n| n.id == id).cloned().ok_or_else(|| {
+        let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+        CliError::new(format!(
+            "no node with id {id} in the cluster (its nodes: {}); `atoll cluster --cluster {}` \
+             lists them",
+            ids.join(", "),
+            args.joined()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_address() {
+        assert_eq!(parse_address(" 127.0.0.1:9001 ").unwrap(), "127.0.0.1:9001");
+        assert_eq!(parse_address("[::1]:9001").unwrap(), "[::1]:9001");
+        assert!(parse_address("127.0.0.1").is_err());
+        assert!(parse_address(":9001").is_err());
+        assert!(parse_address("host:99999").is_err());
+    }
+
+    #[test]
+    fn test_parse_node_id_accepts_decimal_and_hex() {
+        assert_eq!(parse_node_id("42"), Ok(42));
+        assert_eq!(
+            parse_node_id("0x2dc171858c3155be"),
+            Ok(0x2dc1_7185_8c31_55be)
+        );
+        assert!(parse_node_id("0").is_err());
+        assert!(parse_node_id("x").is_err());
+    }
+
+    #[test]
+    fn test_parse_seconds() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+}

@@ -1,0 +1,533 @@
+//! Test support for the client commands: servers to run them against, and the `atoll` binary run
+//! as a real process.
+//!
+//! Scenarios take a [`Cluster`] and only use its addresses, so the same scenario runs against
+//! any server that speaks dqlite's protocol. Today that is [`ServerKind::DqliteDemo`] (Debian's
+//! go-dqlite 1.11.5 on libdqlite 1.11.1); `ATOLL_TEST_SERVER` selects the kind. To run the
+//! scenarios against atoll's own node: add a variant `Atoll` to [`ServerKind`], a type like
+//! [`DqliteDemo`] that runs `atoll init`/`atoll join` + `atoll start` in a temporary directory
+//! and implements [`Node`], and the two arms in `bootstrap` and `join`.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use atoll_net::client::{Client, ClientConfig, Connection};
+
+/// Longest a test waits for a node to come up or for the cluster to reach a state.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one run of the `atoll` binary may take.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A free loopback port (bound and released; the node binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// A free loopback address.
+pub fn free_address() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One running node of some server kind; stopped (killed) on drop.
+pub trait Node {
+    /// The address the node serves and advertises.
+    fn address(&self) -> &str;
+    /// Kills the node at once (SIGKILL), as a crash would.
+    fn kill(&mut self);
+}
+
+/// Which server the scenarios run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// `dqlite-demo` from Debian's go-dqlite: real dqlite 1.11.
+    DqliteDemo,
+}
+
+impl ServerKind {
+    /// The kind named by `ATOLL_TEST_SERVER` (default: dqlite-demo).
+    pub fn selected() -> ServerKind {
+        match std::env::var("ATOLL_TEST_SERVER").as_deref() {
+            Err(_) | Ok("") | Ok("dqlite-demo") => ServerKind::DqliteDemo,
+            Ok(other) => panic!("ATOLL_TEST_SERVER={other}: known servers are dqlite-demo"),
+        }
+    }
+
+    /// Starts a node that bootstraps a new cluster, and waits until it leads.
+    pub fn bootstrap(self) -> Box<dyn Node> {
+        match self {
+            ServerKind::DqliteDemo => Box::new(DqliteDemo::start(None)),
+        }
+    }
+
+    /// Starts a node that joins the cluster at `cluster`, and waits until the leader lists it.
+    pub fn join(self, cluster: &str) -> Box<dyn Node> {
+        match self {
+            ServerKind::DqliteDemo => Box::new(DqliteDemo::start(Some(cluster))),
+        }
+    }
+}
+
+/// A cluster of running nodes, the first one bootstrapped, the others joined.
+pub struct Cluster {
+    pub kind: ServerKind,
+    pub nodes: Vec<Box<dyn Node>>,
+}
+
+impl Cluster {
+    /// A cluster of `count` nodes of the selected kind.
+    pub fn start(count: usize) -> Cluster {
+        assert!(count >= 1);
+        let kind = ServerKind::selected();
+        let mut nodes = vec![kind.bootstrap()];
+        for _ in 1..count {
+            let first = nodes[0].address().to_owned();
+            nodes.push(kind.join(&first));
+        }
+        Cluster { kind, nodes }
+    }
+
+    /// Address of node `index`.
+    pub fn address(&self, index: usize) -> &str {
+        self.nodes[index].address()
+    }
+
+    /// Every address, comma-separated, for `--cluster`.
+    pub fn addresses(&self) -> String {
+        let addresses: Vec<&str> = self.nodes.iter().map(|n| n.address()).collect();
+        addresses.join(",")
+    }
+
+    /// A client of the cluster, for checks made beside the binary.
+    pub fn client(&self) -> Client {
+        let addresses: Vec<&str> = self.nodes.iter().map(|n| n.address()).collect();
+        Client::connect(&addresses, ClientConfig::default()).expect("connect to the cluster")
+    }
+}
+
+/// Whether `program` is on the PATH.
+pub fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Fails the test (never skips it) when a program it needs is missing.
+pub fn require(program: &str) {
+    let how = if program == "script" {
+        "install util-linux's `script` (Debian: bsdutils, an essential package)"
+    } else {
+        "run scripts/setup-test-deps (it installs Debian's go-dqlite) before these tests"
+    };
+    assert!(installed(program), "`{program}` is not installed: {how}");
+}
+
+/// A running `dqlite-demo` node in a temporary directory.
+pub struct DqliteDemo {
+    address: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl DqliteDemo {
+    /// Starts a node bootstrapping a new cluster (or joining `join`) on a free port and waits
+    /// until it leads (or until the leader lists it).
+    pub fn start(join: Option<&str>) -> DqliteDemo {
+        require("dqlite-demo");
+        let address = free_address();
+        let api = free_address();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut command = Command::new("dqlite-demo");
+        command
+            .args(["--db", &address, "--api", &api, "-D"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(join) = join {
+            command.args(["--join", join]);
+        }
+        let child = command.spawn().expect("dqlite-demo starts");
+        let node = DqliteDemo {
+            address,
+            child,
+            _dir: dir,
+        };
+        match join {
+            None => node.wait_leading(),
+            Some(cluster) => node.wait_listed(cluster),
+        }
+        node
+    }
+
+    fn quick_config() -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(2),
+            leader_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        }
+    }
+
+    fn wait_leading(&self) {
+        let what = format!("dqlite-demo at {} to lead", self.address);
+        wait_for(&what, READY_TIMEOUT, || {
+            let mut connection = Connection::connect(&self.address, &Self::quick_config()).ok()?;
+            match connection.leader() {
+                Ok(Some((_, leader))) if leader == self.address => Some(()),
+                _ => None,
+            }
+        });
+    }
+
+    fn wait_listed(&self, cluster: &str) {
+        let what = format!("dqlite-demo at {} to join {cluster}", self.address);
+        wait_for(&what, READY_TIMEOUT, || {
+            let mut client = Client::connect(&[cluster], Self::quick_config()).ok()?;
+            let nodes = client.cluster().ok()?;
+            nodes
+                .iter()
+                .any(|n| n.address == self.address)
+                .then_some(())
+        });
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+impl Node for DqliteDemo {
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DqliteDemo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a finished process printed and how it ended.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub command: String,
+}
+
+impl Output {
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "`{}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.command,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts failure (exit status 1) and returns stderr.
+    pub fn failed(&self) -> &str {
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "`{}` should have failed with status 1:\nstdout:\n{}\nstderr:\n{}",
+            self.command,
+            self.stdout,
+            self.stderr
+        );
+        &self.stderr
+    }
+}
+
+/// Reads all of a pipe on a thread.
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits for `child` with a deadline; kills it and panics past the deadline.
+fn wait_bounded(child: &mut Child, command: &str) -> ExitStatus {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{command}` did not finish within {RUN_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `atoll` binary with `args`, history off, quiet logs.
+pub fn atoll_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_atoll"));
+    command
+        .args(args)
+        .env("ATOLL_HISTORY", "")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs a program to completion, feeding it `stdin`.
+pub fn run_command(mut command: Command, stdin: Option<&str>) -> Output {
+    let description = format!("{command:?}");
+    if stdin.is_some() {
+        command.stdin(Stdio::piped());
+    }
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let stdout = drain(child.stdout.take().expect("stdout piped"));
+    let stderr = drain(child.stderr.take().expect("stderr piped"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin piped");
+        // The child may exit early (--bail): a closed pipe is fine.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let status = wait_bounded(&mut child, &description);
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        command: description,
+    }
+}
+
+/// Runs `atoll ARGS` to completion.
+pub fn atoll(args: &[&str]) -> Output {
+    run_command(atoll_command(args), None)
+}
+
+/// Runs `atoll ARGS` with `stdin` as its standard input.
+pub fn atoll_with_stdin(args: &[&str], stdin: &str) -> Output {
+    run_command(atoll_command(args), Some(stdin))
+}
+
+/// `atoll shell --cluster ADDRESSES DB [more...]`.
+pub fn shell(cluster: &str, database: &str, more: &[&str]) -> Output {
+    let mut args = vec!["shell", "--cluster", cluster, database];
+    args.extend_from_slice(more);
+    atoll(&args)
+}
+
+/// An `atoll shell` kept running with piped standard input, driven line by line: each
+/// statement is written and its output awaited before the next, so a test can act on the
+/// cluster between statements of one session.
+pub struct LiveShell {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+impl LiveShell {
+    /// Starts `atoll shell --cluster CLUSTER DB EXTRA...` reading statements from a pipe.
+    pub fn start(cluster: &str, database: &str, extra: &[&str]) -> LiveShell {
+        let mut args = vec!["shell", "--cluster", cluster, database];
+        args.extend_from_slice(extra);
+        let mut command = atoll_command(&args);
+        command.stdin(Stdio::piped());
+        let mut child = command.spawn().expect("spawn atoll shell");
+        let stdin = child.stdin.take();
+        let stdout = lines_of(child.stdout.take().expect("stdout piped"));
+        let stderr = lines_of(child.stderr.take().expect("stderr piped"));
+        LiveShell {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Writes one line of input.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to the shell");
+        stdin.flush().expect("flush to the shell");
+    }
+
+    fn expect_line(receiver: &mpsc::Receiver<String>, what: &str, wanted: &str) -> Vec<String> {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(wanted);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no {what} line containing {wanted:?}; saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// Waits for a line of standard output containing `wanted`; returns the lines up to it.
+    pub fn expect_stdout(&mut self, wanted: &str) -> Vec<String> {
+        Self::expect_line(&self.stdout, "stdout", wanted)
+    }
+
+    /// Waits for a line of standard error containing `wanted`; returns the lines up to it.
+    pub fn expect_stderr(&mut self, wanted: &str) -> Vec<String> {
+        Self::expect_line(&self.stderr, "stderr", wanted)
+    }
+
+    /// Closes standard input and waits for the exit status.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        wait_bounded(&mut self.child, "atoll shell")
+    }
+}
+
+impl Drop for LiveShell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A program run on a pseudo-terminal through util-linux's `script`, so that it sees a real
+/// terminal (rustyline's raw mode, line editing, history) while the test types keys into it.
+pub struct Terminal {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    screen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    /// Runs shell command `command` on a terminal, with `ATOLL_HISTORY=history`.
+    pub fn start(command: &str, history: &Path) -> Terminal {
+        require("script");
+        let mut child = Command::new("script")
+            .args(["-q", "-f", "-e", "-c", command, "/dev/null"])
+            .env("ATOLL_HISTORY", history)
+            .env("TERM", "xterm")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn script");
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().expect("stdout piped");
+        let sink = screen.clone();
+        thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = stdout.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buffer[..read]);
+                sink.lock().expect("screen lock").push_str(&text);
+            }
+        });
+        let stdin = child.stdin.take();
+        Terminal {
+            child,
+            stdin,
+            screen,
+        }
+    }
+
+    /// Types `keys` (raw bytes: `\r` is Enter, `\x7f` Backspace, `\x1b[A` Up, `\x04` Ctrl-D).
+    pub fn type_keys(&mut self, keys: &str) {
+        let stdin = self.stdin.as_mut().expect("terminal input open");
+        stdin
+            .write_all(keys.as_bytes())
+            .expect("type into the terminal");
+        stdin.flush().expect("flush the terminal input");
+        // Let the line editor read these keys before the next ones arrive, as a person types.
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Waits until the screen shows `wanted` (since the last match), then forgets what was
+    /// shown up to it.
+    pub fn expect(&mut self, wanted: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            {
+                let mut screen = self.screen.lock().expect("screen lock");
+                if let Some(at) = screen.find(wanted) {
+                    screen.drain(..at + wanted.len());
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the terminal never showed {wanted:?}; it shows {screen:?}"
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the program to exit.
+    pub fn finish(mut self) -> ExitStatus {
+        let status = wait_bounded(&mut self.child, "script");
+        drop(self.stdin.take());
+        status
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
