@@ -1,0 +1,63 @@
+//! Basic replication: a leader and two followers; writes are hidden until applied, then every
+//! replica answers identically.
+
+mod common;
+
+use atoll_core::{Reply, Response, Target, Value};
+use common::*;
+
+#[test]
+fn test_write_hidden_until_apply_then_visible_everywhere() {
+    // A write is proposed but not applied: no reader on the leader sees it, not even a new
+    // session; after apply, all three replicas see the same rows.
+    let mut cluster = Cluster::new(2);
+    let writer = session(&mut cluster.leader, "main.db");
+    cluster
+        .write(
+            writer,
+            "main.db",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+            &[],
+        )
+        .unwrap();
+    let reply = cluster
+        .leader
+        .exec(
+            writer,
+            "main.db",
+            Target::Sql("INSERT INTO t(v) VALUES (?)"),
+            &[Value::Text("hello".into())],
+        )
+        .unwrap();
+    assert!(matches!(reply, Reply::Proposed { .. }));
+    let reader = session(&mut cluster.leader, "main.db");
+    let rows = query_all(
+        &mut cluster.leader,
+        reader,
+        "main.db",
+        "SELECT count(*) FROM t",
+    );
+    assert_eq!(rows.values, vec![Value::Integer(0)]);
+    cluster.commit_all();
+    let done = cluster.leader.take_completions();
+    assert_eq!(done.len(), 1);
+    assert!(matches!(
+        done[0].result,
+        Ok(Response::Exec {
+            last_insert_id: 1,
+            rows_changed: 1
+        })
+    ));
+    for engine in std::iter::once(&mut cluster.leader).chain(cluster.followers.iter_mut()) {
+        let s = session(engine, "main.db");
+        let rows = query_all(engine, s, "main.db", "SELECT id, v FROM t");
+        assert_eq!(
+            rows.values,
+            vec![Value::Integer(1), Value::Text("hello".into())]
+        );
+        assert_eq!(
+            engine.integrity_check("main.db").unwrap(),
+            vec!["ok".to_string()]
+        );
+    }
+}
