@@ -7,6 +7,9 @@ use crate::command::Command;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Applied;
 
+/// Databases a scratch engine accumulates before it starts over.
+const DATABASES_MAX: usize = 16;
+
 /// A scratch engine in a temporary directory that applies arbitrary bytes as commands.
 pub struct Scratch {
     engine: Option<Engine>,
@@ -54,7 +57,12 @@ impl Scratch {
             }
             (Err(error), other) => panic!("decode failed ({error}) but apply said {other:?}"),
             (Ok(_), Ok(Applied::Malformed(error))) => panic!("decoded, then malformed: {error}"),
-            (Ok(_), Ok(_)) => {}
+            (Ok(_), Ok(_)) => {
+                // Every new name creates a database with its connections: keep memory bounded.
+                if engine.database_names().len() > DATABASES_MAX {
+                    self.reset();
+                }
+            }
             (Ok(_), Err(error)) => {
                 // An I/O error (for example a wal-index that cannot take more frames) makes the
                 // database stop serving: start over with a fresh engine.
