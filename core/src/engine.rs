@@ -1429,7 +1429,7 @@ impl Engine {
         let frame_count = decoded.frame_count();
         let database = name.to_string();
         if self.should_checkpoint(&database) {
-            if let Err(error) = self.checkpoint_database(&database) {
+            if let Err(error) = self.checkpoint_database(&database, false) {
                 log::error!("checkpoint of {database:?} failed: {error}");
             }
         }
@@ -1473,16 +1473,16 @@ impl Engine {
                 .map(|h| h.max_frame)
                 .unwrap_or(0);
             if force || frames >= self.config.checkpoint_frames {
-                self.checkpoint_database(&name)?;
+                self.checkpoint_database(&name, force)?;
             }
         }
         Ok(self.min_checkpoint_index())
     }
 
     /// Checkpoints one database: records the intent, copies the WAL into the main file
-    /// (`wal_checkpoint(TRUNCATE)`), fsyncs it, then records the new checkpoint index. Returns
+    /// (`wal_checkpoint(RESTART)`, or `TRUNCATE` when forced), fsyncs it, then records the new checkpoint index. Returns
     /// whether it completed (readers or an open transaction can make it wait for a later try).
-    fn checkpoint_database(&mut self, name: &str) -> Result<bool, EngineError> {
+    fn checkpoint_database(&mut self, name: &str, force: bool) -> Result<bool, EngineError> {
         let target = self.applied_index;
         let db = self.databases.get_mut(name).expect("known database");
         if matches!(db.slot, Slot::Transaction(_))
@@ -1512,13 +1512,20 @@ impl Engine {
             record::write(&db.path, &intent)?;
             db.record = intent;
         }
-        let (busy, _, _): (i64, i64, i64) =
+        // PASSIVE copies the frames no reader needs; once all are copied, the next apply starts
+        // the WAL over in place (bounded by the policy; rewriting cached file pages is cheaper
+        // than growing the file again). A forced checkpoint (the host's, when idle or before
+        // compaction) truncates the WAL and gives the space back.
+        let sql = if force {
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        let (busy, log, copied): (i64, i64, i64) =
             db.control
                 .connection()
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?;
-        if busy != 0 {
+                .query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        if busy != 0 || (!force && log != copied) {
             log::debug!("checkpoint of {name:?} is busy; retrying later");
             return Ok(false);
         }

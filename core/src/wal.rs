@@ -39,8 +39,11 @@ const HASH_MULTIPLIER: u32 = 383;
 /// Byte offset of the hash table within a region: after the page-number array.
 pub const HASH_TABLE_OFFSET: usize = HASH_PAGES_PER_REGION as usize * 4;
 
-/// Offsets of the checkpoint info fields inside region 0.
+/// Offset of the checkpoint info (`WalCkptInfo`) in region 0; its first field is `nBackfill`,
+/// then `aReadMark[5]`, `aLock[8]`, `nBackfillAttempted`.
 pub const CKPT_BACKFILL_OFFSET: usize = 2 * INDEX_HEADER_BYTES;
+/// `READMARK_NOT_USED`.
+pub const READ_MARK_UNUSED: u32 = 0xffff_ffff;
 
 const _: () = assert!(HASH_TABLE_OFFSET + HASH_SLOTS as usize * 2 == SHM_REGION_BYTES);
 const _: () = assert!(INDEX_PREFIX_BYTES == 2 * INDEX_HEADER_BYTES + 40);

@@ -833,6 +833,11 @@ impl DbFiles {
         let Some(mut header) = IndexHeader::decode(&header_bytes).filter(|h| h.is_init == 1) else {
             return Err(io::Error::other("wal-index header is not initialised"));
         };
+        if header.max_frame > 0 && state.shm_u32(0, wal::CKPT_BACKFILL_OFFSET) == header.max_frame {
+            // Everything is checkpointed: start the WAL over (walRestartLog) if no reader uses
+            // its frames (read marks 1..4 free), rewriting the file instead of growing it.
+            state.try_restart_wal(&mut header);
+        }
         let first_frame = header.max_frame + 1;
         let frame_bytes = self.frame_bytes();
         let mut running = header.frame_checksum;
@@ -984,6 +989,26 @@ impl DbState {
         }
     }
 
+    /// `walRestartHdr`, run by the apply path: resets the checkpoint info so the next frames
+    /// start at frame 1. The caller holds the WAL write lock; readers of WAL frames would hold a
+    /// read mark 1..4, so the restart only happens when those are all free.
+    fn try_restart_wal(&mut self, header: &mut IndexHeader) {
+        let first = wal::LOCK_READ_FIRST + 1;
+        let count = wal::LOCK_SLOTS - first;
+        if self.shm_acquire_exclusive(APPLY_CONN, first, count) != OK {
+            return;
+        }
+        header.max_frame = 0;
+        let info = wal::CKPT_BACKFILL_OFFSET;
+        self.set_shm_u32(0, info, 0); // nBackfill
+        self.set_shm_u32(0, info + 4 + 4, 0); // aReadMark[1]
+        for mark in 2..5 {
+            self.set_shm_u32(0, info + 4 + mark * 4, wal::READ_MARK_UNUSED);
+        }
+        self.set_shm_u32(0, info + 32, 0); // nBackfillAttempted
+        self.shm_release(APPLY_CONN, first, count, true);
+    }
+
     fn shm_read(&self, region: usize, offset: usize, out: &mut [u8]) {
         self.regions[region].read(offset, out);
     }
@@ -1074,19 +1099,37 @@ impl DbState {
         self.regions[region].fill_zero(from, wal::HASH_TABLE_OFFSET - from);
     }
 
-    /// Removes every index entry of frames after `max_frame`, up to `touched_frame`.
+    /// Removes the index entries of frames `max_frame + 1 ..= touched_frame` (what
+    /// `walCleanupHash` achieves, but by probing for each removed frame's page instead of
+    /// scanning all 8192 slots: this runs after every captured commit). Removing later entries
+    /// never breaks the probe chain of an earlier one: an earlier entry's chain only crosses
+    /// slots that were already taken when it was inserted, by even earlier entries.
     fn clean_hash_after(&mut self, max_frame: u32, touched_frame: u32) {
-        if touched_frame <= max_frame {
-            return;
-        }
-        let first_region = if max_frame == 0 {
-            0
-        } else {
-            wal::frame_region(max_frame)
-        };
-        let last_region = wal::frame_region(touched_frame).min(self.regions.len() - 1);
-        for region in first_region..=last_region {
-            self.clean_region_after(region, max_frame.max(wal::region_zero(region)));
+        for frame in max_frame + 1..=touched_frame {
+            let region = wal::frame_region(frame);
+            if region >= self.regions.len() {
+                break;
+            }
+            let index = frame - wal::region_zero(region);
+            let entry = wal::region_pages_offset(region) + (index as usize - 1) * 4;
+            let page_number = self.shm_u32(region, entry);
+            if page_number == 0 {
+                continue;
+            }
+            let mut slot = wal::hash_slot(page_number);
+            for _ in 0..wal::HASH_SLOTS {
+                let offset = wal::HASH_TABLE_OFFSET + slot as usize * 2;
+                let value = self.shm_u16(region, offset);
+                if value == 0 {
+                    break;
+                }
+                if u32::from(value) == index {
+                    self.set_shm_u16(region, offset, 0);
+                    break;
+                }
+                slot = wal::hash_next(slot);
+            }
+            self.set_shm_u32(region, entry, 0);
         }
     }
 
