@@ -274,6 +274,10 @@ struct Database {
     recovering_until: u64,
     /// Cloned by live snapshot readers; checkpoints wait while any exists.
     snapshot_token: Arc<()>,
+    /// The policy checkpoints once the WAL reaches this many frames; after an incomplete try
+    /// (a reader still needs frames) it waits for a quarter of the policy more, so a long
+    /// reader does not cost a record fsync on every apply.
+    checkpoint_at_frames: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,6 +647,7 @@ impl Engine {
                 last_command_index: record.last_command_index,
                 recovering_until,
                 snapshot_token: Arc::new(()),
+                checkpoint_at_frames: self.config.checkpoint_frames,
             },
         );
         Ok(())
@@ -1456,7 +1461,7 @@ impl Engine {
     fn should_checkpoint(&self, database: &str) -> bool {
         let db = &self.databases[database];
         match db.files.index_header() {
-            Ok(Some(header)) => header.max_frame >= self.config.checkpoint_frames,
+            Ok(Some(header)) => header.max_frame >= db.checkpoint_at_frames,
             _ => false,
         }
     }
@@ -1480,8 +1485,9 @@ impl Engine {
     }
 
     /// Checkpoints one database: records the intent, copies the WAL into the main file
-    /// (`wal_checkpoint(RESTART)`, or `TRUNCATE` when forced), fsyncs it, then records the new checkpoint index. Returns
-    /// whether it completed (readers or an open transaction can make it wait for a later try).
+    /// (`wal_checkpoint(PASSIVE)`, or `TRUNCATE` when forced), fsyncs it, then records the new
+    /// checkpoint index. Returns whether it completed (readers or an open transaction can make
+    /// it wait for a later try).
     fn checkpoint_database(&mut self, name: &str, force: bool) -> Result<bool, EngineError> {
         let target = self.applied_index;
         let db = self.databases.get_mut(name).expect("known database");
@@ -1527,8 +1533,11 @@ impl Engine {
                 .query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         if busy != 0 || (!force && log != copied) {
             log::debug!("checkpoint of {name:?} is busy; retrying later");
+            let step = (self.config.checkpoint_frames / 4).max(1);
+            db.checkpoint_at_frames = frames.saturating_add(step);
             return Ok(false);
         }
+        db.checkpoint_at_frames = self.config.checkpoint_frames;
         db.files.sync_main()?;
         let record = Record {
             checkpoint_index: target,

@@ -37,8 +37,9 @@
 //!                                        │ wal-index: page array, hash, header (copy 1, 0)
 //!                                        ▼
 //!  take_completions() ◄── responses   (slot: Free; next writers go)
-//!                                        │ every N frames: wal_checkpoint(TRUNCATE),
+//!                                        │ every N frames: wal_checkpoint(PASSIVE),
 //!                                        │ fsync main, record index ───────────────► db, db-atoll
+//!                                        │ (the next apply starts the WAL over in place)
 //! ```
 //!
 //! A minimal run, leader and follower in one process:

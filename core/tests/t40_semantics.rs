@@ -478,3 +478,144 @@ fn test_wal_stays_bounded_and_old_readers_survive_restarts() {
         vec![Value::Integer(600), Value::Integer(599 * 600 / 2)]
     );
 }
+
+#[test]
+fn test_leadership_loss_abandons_local_writes() {
+    // The leader steps down with a transaction open, a proposal out and a writer queued: the
+    // transaction is rolled back (its session learns it at its next request), the proposal's
+    // session and the queued one get errors. The proposal, committed by Raft anyway, still
+    // applies like any replicated command.
+    let mut cluster = Cluster::new(1);
+    let admin = session(&mut cluster.leader, "l.db");
+    cluster
+        .write(admin, "l.db", "CREATE TABLE t(x)", &[])
+        .unwrap();
+    let proposer = session(&mut cluster.leader, "l.db");
+    let queued = session(&mut cluster.leader, "l.db");
+    let reply = cluster
+        .leader
+        .exec(
+            proposer,
+            "l.db",
+            Target::Sql("INSERT INTO t VALUES (1)"),
+            &[],
+        )
+        .unwrap();
+    assert!(matches!(reply, Reply::Proposed { .. }));
+    let pending = cluster.leader.take_proposals();
+    let reply = cluster
+        .leader
+        .exec(queued, "l.db", Target::Sql("INSERT INTO t VALUES (2)"), &[])
+        .unwrap();
+    assert_eq!(reply, Reply::Queued);
+    cluster.leader.abandon_writes("not the leader any more");
+    let completions = cluster.leader.take_completions();
+    assert_eq!(completions.len(), 2);
+    assert!(completions
+        .iter()
+        .all(|c| matches!(c.result, Err(ExecError::Discarded(_)))));
+    // Raft commits the proposal after all: every replica applies it.
+    for proposal in pending {
+        cluster.log.push(proposal.command.clone());
+        let index = cluster.log.len() as u64;
+        cluster.leader.apply(index, &proposal.command).unwrap();
+        cluster.followers[0]
+            .apply(index, &proposal.command)
+            .unwrap();
+    }
+    assert_eq!(count(&mut cluster.leader, admin, "l.db"), Value::Integer(1));
+    // A transaction open when a replicated write arrives is rolled back and reported.
+    let holder = session(&mut cluster.followers[0], "l.db");
+    let follower = &mut cluster.followers[0];
+    follower
+        .exec(holder, "l.db", Target::Sql("BEGIN IMMEDIATE"), &[])
+        .unwrap();
+    follower
+        .exec(
+            holder,
+            "l.db",
+            Target::Sql("INSERT INTO t VALUES (99)"),
+            &[],
+        )
+        .unwrap();
+    let local = follower.take_proposals();
+    assert!(
+        local.is_empty(),
+        "nothing proposed while the transaction is open"
+    );
+    cluster
+        .write(admin, "l.db", "INSERT INTO t VALUES (3)", &[])
+        .unwrap();
+    let follower = &mut cluster.followers[0];
+    assert!(matches!(
+        follower.exec(holder, "l.db", Target::Sql("COMMIT"), &[]),
+        Err(ExecError::Aborted(_))
+    ));
+    let rows = query_all(follower, holder, "l.db", "SELECT x FROM t ORDER BY x");
+    assert_eq!(rows.values, vec![Value::Integer(1), Value::Integer(3)]);
+    assert_eq!(follower.integrity_check("l.db").unwrap(), vec!["ok"]);
+}
+
+#[test]
+fn test_multi_statement_writes_are_atomic_in_a_group() {
+    // Several autocommit writes queue behind a proposal; one is a multi-statement text whose
+    // second statement fails: none of its statements land, the others commit in one command.
+    let mut cluster = Cluster::new(0);
+    let admin = session(&mut cluster.leader, "m.db");
+    cluster
+        .write(admin, "m.db", "CREATE TABLE t(x UNIQUE)", &[])
+        .unwrap();
+    let sessions: Vec<_> = (0..3)
+        .map(|_| session(&mut cluster.leader, "m.db"))
+        .collect();
+    cluster
+        .leader
+        .exec(
+            sessions[0],
+            "m.db",
+            Target::Sql("INSERT INTO t VALUES (1)"),
+            &[],
+        )
+        .unwrap();
+    let reply = cluster
+        .leader
+        .exec(
+            sessions[1],
+            "m.db",
+            Target::Sql("INSERT INTO t VALUES (2); INSERT INTO t VALUES (1)"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(reply, Reply::Queued);
+    cluster
+        .leader
+        .exec(
+            sessions[2],
+            "m.db",
+            Target::Sql("INSERT INTO t VALUES (3); INSERT INTO t VALUES (4)"),
+            &[],
+        )
+        .unwrap();
+    cluster.commit_all();
+    let completions = cluster.leader.take_completions();
+    assert_eq!(completions.len(), 3);
+    for completion in completions {
+        assert_eq!(
+            completion.result.is_err(),
+            completion.session == sessions[1]
+        );
+    }
+    let rows = query_all(
+        &mut cluster.leader,
+        admin,
+        "m.db",
+        "SELECT x FROM t ORDER BY x",
+    );
+    assert_eq!(
+        rows.values,
+        vec![1, 3, 4]
+            .into_iter()
+            .map(Value::Integer)
+            .collect::<Vec<_>>()
+    );
+}

@@ -980,3 +980,16 @@ impl Drop for RawStmt {
         unsafe { ffi::sqlite3_finalize(self.raw()) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_guard_turns_panics_into_error_codes() {
+        // A panicking callback body must not unwind into SQLite's C frames.
+        let code = guard(ffi::SQLITE_IOERR_READ, || panic!("injected"));
+        assert_eq!(code, ffi::SQLITE_IOERR_READ);
+        assert_eq!(guard(ffi::SQLITE_IOERR, || ffi::SQLITE_OK), ffi::SQLITE_OK);
+    }
+}
