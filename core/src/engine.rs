@@ -1015,6 +1015,12 @@ impl Engine {
             }
             return Ok(Reply::Done(response));
         }
+        if !matches!(session.state, WriteState::Idle) {
+            // Its explicit transaction holds another database's write slot.
+            return Err(ExecError::Limit(
+                "one write at a time per session: finish the open transaction first",
+            ));
+        }
         let work = if sdb.txn == Txn::Read || begins_write {
             Work::Session {
                 target: owned,

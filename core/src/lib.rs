@@ -104,3 +104,14 @@ pub(crate) const RESERVED_SUFFIXES: &[&str] = &[
     "-atoll.tmp",
     "-snapshot.tmp",
 ];
+
+#[cfg(test)]
+mod tests {
+    /// The host may move the engine to its event-loop thread.
+    #[test]
+    fn test_engine_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<crate::Engine>();
+        assert_send::<crate::SnapshotReader>();
+    }
+}
