@@ -175,6 +175,9 @@ impl Recovery {
     }
 }
 
+/// Capacity the apply buffer keeps between commands.
+const SCRATCH_RETAINED_BYTES: usize = 2 * 1024 * 1024;
+
 /// Statement id under which SQL-text statements are kept while they run.
 const AD_HOC_STATEMENT: u32 = u32::MAX;
 
@@ -1428,6 +1431,8 @@ impl Engine {
         let salt = index.to_le_bytes();
         db.files
             .append_frames(&frames, decoded.db_size_pages, salt, &mut self.scratch)?;
+        // A large transaction must not pin its buffer for the life of the engine.
+        self.scratch.shrink_to(SCRATCH_RETAINED_BYTES);
         db.last_command_index = index;
         self.applied_index = index;
         if ours {
