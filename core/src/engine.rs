@@ -83,7 +83,8 @@ pub struct Proposal {
 /// [`Engine::set_time`] (milliseconds, ticks): the engine has no clock.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// The directory holding the databases (the node holds its lock).
+    /// The directory holding the databases (the node holds its lock). It belongs to the engine:
+    /// recovery removes SQLite files in it that have no checkpoint record.
     pub dir: PathBuf,
     /// This node's id, written into commands so the engine recognises its own proposals.
     pub node_id: u64,
@@ -558,11 +559,14 @@ impl Engine {
         }
         names.sort();
         for other in others {
-            if validate_database_name(&other).is_ok() && !names.contains(&other) {
+            let path = self.config.dir.join(&other);
+            if validate_database_name(&other).is_ok()
+                && !names.contains(&other)
+                && is_sqlite_file(&path)
+            {
                 // Created without its record: the creation never became durable, and no
                 // checkpoint can have passed the command that created it.
                 log::warn!("removing database {other:?}: it has no checkpoint record");
-                let path = self.config.dir.join(&other);
                 fs::remove_file(&path)?;
                 let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
             }
@@ -1678,6 +1682,16 @@ fn run_single(
     let statement = writer.cached(sql)?;
     let outcome = run_statement(statement, params, query, None, || (0, 0))?;
     Ok(fill_exec(outcome, (writer.last_insert_rowid(), writer.changes())).0)
+}
+
+/// Whether `path` starts like an SQLite database (other files in the directory are left alone).
+fn is_sqlite_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 16];
+    fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"SQLite format 3\0"
 }
 
 /// Writes a fresh database file with the canonical empty page 1, durably.

@@ -190,3 +190,33 @@ fn test_crash_between_checkpoint_and_record() {
         Some(cluster.log.len() as u64)
     );
 }
+
+#[test]
+fn test_creation_interrupted_before_or_after_the_record() {
+    // A database is created record first, file second. A crash before the record leaves a file
+    // that never held data: it is removed (other files are left alone). A crash after the
+    // record but before the file: the empty database is recreated.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut engine, _) = Engine::open(config(dir.path(), 1)).unwrap();
+        session(&mut engine, "kept.db");
+        session(&mut engine, "orphan.db");
+    }
+    std::fs::remove_file(dir.path().join("orphan.db-atoll")).unwrap();
+    std::fs::remove_file(dir.path().join("kept.db")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"not a database").unwrap();
+    let (mut engine, recovery) = Engine::open(config(dir.path(), 1)).unwrap();
+    assert_eq!(engine.database_names(), vec!["kept.db"]);
+    assert_eq!(recovery.databases.len(), 1);
+    assert!(!dir.path().join("orphan.db").exists());
+    assert!(dir.path().join("notes.txt").exists());
+    let s = session(&mut engine, "kept.db");
+    let rows = query_all(
+        &mut engine,
+        s,
+        "kept.db",
+        "SELECT count(*) FROM sqlite_schema",
+    );
+    assert_eq!(rows.values, vec![Value::Integer(0)]);
+    assert_eq!(engine.integrity_check("kept.db").unwrap(), vec!["ok"]);
+}
