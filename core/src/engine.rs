@@ -991,17 +991,27 @@ impl Engine {
                 let rest = sql[used.min(sql.len())..]
                     .trim_matches(|c: char| c.is_whitespace() || c == ';')
                     .is_empty();
-                (
+                let classified = (
                     statement.readonly(),
                     rest,
                     sql.clone(),
                     begins_write_transaction(sql),
-                )
+                );
+                // Kept for the read path, which then runs it without preparing it again.
+                sdb.conn.keep(AD_HOC_STATEMENT, statement);
+                classified
             }
         };
         if readonly && single && !begins_write {
             // Reads, BEGIN [DEFERRED], COMMIT/ROLLBACK of a read transaction: no write slot.
+            let owned = match owned {
+                OwnedTarget::Sql(_) => OwnedTarget::Statement(AD_HOC_STATEMENT),
+                statement => statement,
+            };
             let result = run_target(&mut sdb.conn, &owned, params, query, Some(batch));
+            if !matches!(result, Ok((_, true))) {
+                sdb.conn.forget(AD_HOC_STATEMENT);
+            }
             sdb.txn = if sdb.conn.is_autocommit() {
                 Txn::None
             } else if sdb.txn == Txn::None {
@@ -1011,9 +1021,8 @@ impl Engine {
             };
             let (response, more) = result?;
             if more {
-                let statement = match owned {
-                    OwnedTarget::Statement(statement) => statement,
-                    OwnedTarget::Sql(_) => AD_HOC_STATEMENT,
+                let OwnedTarget::Statement(statement) = owned else {
+                    unreachable!("SQL text runs as the ad-hoc statement")
                 };
                 session.cursor = Some(Cursor {
                     database: database.to_string(),
@@ -1022,6 +1031,7 @@ impl Engine {
             }
             return Ok(Reply::Done(response));
         }
+        sdb.conn.forget(AD_HOC_STATEMENT);
         if !matches!(session.state, WriteState::Idle) {
             // Its explicit transaction holds another database's write slot.
             return Err(ExecError::Limit(
