@@ -132,6 +132,14 @@ fn test_spilled_frames_of_a_large_transaction_stay_hidden() {
             rows.values,
             vec![Value::Integer(40), Value::Integer(4_000_000)]
         );
+        // Sorting 4 MB with a 256 KiB cache spills to temp files (served by the default VFS).
+        let rows = query_all(
+            engine,
+            s,
+            "s.db",
+            "SELECT length(b) FROM t WHERE id > 1 ORDER BY b, randomblob(8) LIMIT 3",
+        );
+        assert_eq!(rows.values, vec![Value::Integer(100_000); 3]);
         assert_eq!(engine.integrity_check("s.db").unwrap(), vec!["ok"]);
     }
 }
