@@ -589,7 +589,11 @@ impl Engine {
             }
             let main_len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if main_len < u64::from(record.page_size) {
-                if record.last_command_index != 0 || record.intent_index != 0 {
+                // Only a database that never held a command may lack its file: created (record
+                // first) or being installed from a snapshot (record checkpoint index 0).
+                let never_written = record.last_command_index == 0
+                    && (record.intent_index == 0 || record.checkpoint_index == 0);
+                if !never_written {
                     return Err(EngineError::CorruptRecord(format!(
                         "{}: database file missing or truncated",
                         path.display()
@@ -671,8 +675,9 @@ impl Engine {
             checkpoint_index: created_at,
             last_command_index: 0,
             intent_index: 0,
+            sequence: 0,
         };
-        record::write(&path, &record)?;
+        let record = record::write(&path, &record)?;
         let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
         write_empty_database(&path, record.page_size)?;
         record::sync_dir(&self.config.dir)?;
@@ -1530,8 +1535,7 @@ impl Engine {
                     last_command_index: db.last_command_index,
                     ..db.record
                 };
-                record::write(&db.path, &record)?;
-                db.record = record;
+                db.record = record::write(&db.path, &record)?;
             }
             return Ok(true);
         }
@@ -1540,8 +1544,7 @@ impl Engine {
                 intent_index: target,
                 ..db.record
             };
-            record::write(&db.path, &intent)?;
-            db.record = intent;
+            db.record = record::write(&db.path, &intent)?;
         }
         // PASSIVE copies the frames no reader needs; once all are copied, the next apply starts
         // the WAL over in place (bounded by the policy; rewriting cached file pages is cheaper
@@ -1570,8 +1573,7 @@ impl Engine {
             intent_index: 0,
             ..db.record
         };
-        record::write(&db.path, &record)?;
-        db.record = record;
+        db.record = record::write(&db.path, &record)?;
         log::debug!("checkpointed {name:?} at index {target}");
         Ok(true)
     }

@@ -289,27 +289,39 @@ impl Engine {
         }
         for database in &incoming {
             let path = dir.join(&database.name);
-            if let Some(old) = record::read(&path)? {
-                // Mark the swap: until the new record lands the file may be either state.
-                record::write(
-                    &path,
-                    &Record {
+            let mut record = match record::read(&path)? {
+                Some(old) => {
+                    // Mark the swap: until the new record lands the file may be either state.
+                    let intent = Record {
                         intent_index: index.max(old.checkpoint_index),
                         ..old
+                    };
+                    record::write(&path, &intent)?
+                }
+                // A new database: its record comes first, saying it is not there yet (index 0,
+                // intent the snapshot's), so a crash before the end makes the host install the
+                // snapshot again instead of losing this database.
+                None => record::write(
+                    &path,
+                    &Record {
+                        page_size: database.page_size,
+                        checkpoint_index: 0,
+                        last_command_index: 0,
+                        intent_index: index,
+                        sequence: 0,
                     },
-                )?;
-            }
+                )?,
+            };
             fs::rename(temp_path(&dir, &database.name), &path)?;
             let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
-            record::write(
-                &path,
-                &Record {
-                    page_size: database.page_size,
-                    checkpoint_index: index,
-                    last_command_index: database.last_command_index,
-                    intent_index: 0,
-                },
-            )?;
+            record = Record {
+                page_size: database.page_size,
+                checkpoint_index: index,
+                last_command_index: database.last_command_index,
+                intent_index: 0,
+                ..record
+            };
+            record::write(&path, &record)?;
         }
         record::sync_dir(&dir)?;
         self.reattach_after_install(index)?;

@@ -125,12 +125,22 @@ fn test_crash_with_damaged_wal_recovers_committed_state() {
     }
 }
 
-/// Rewrites a checkpoint record's intent field (bytes 32..40) and its crc.
+/// Sets the intent field (bytes 32..40) of the newest valid slot of a checkpoint record file
+/// (two 64-byte slots, sequence at 40..48, crc32 of 0..48 at 48..52) and fixes its crc.
 fn with_intent(record: &[u8], intent: u64) -> Vec<u8> {
     let mut bytes = record.to_vec();
-    bytes[32..40].copy_from_slice(&intent.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[0..44]);
-    bytes[44..48].copy_from_slice(&crc.to_le_bytes());
+    let valid = |slot: &[u8]| {
+        crc32fast::hash(&slot[0..48]) == u32::from_le_bytes(slot[48..52].try_into().unwrap())
+    };
+    let sequence = |slot: &[u8]| u64::from_le_bytes(slot[40..48].try_into().unwrap());
+    let newest = (0..2)
+        .filter(|i| valid(&bytes[i * 64..(i + 1) * 64]))
+        .max_by_key(|i| sequence(&bytes[i * 64..(i + 1) * 64]))
+        .expect("a valid slot");
+    let slot = &mut bytes[newest * 64..(newest + 1) * 64];
+    slot[32..40].copy_from_slice(&intent.to_le_bytes());
+    let crc = crc32fast::hash(&slot[0..48]);
+    slot[48..52].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
 

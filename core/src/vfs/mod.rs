@@ -363,10 +363,11 @@ impl DbFiles {
             .map_err(|e| io_code(&e, rusqlite::ffi::SQLITE_IOERR_FSTAT))
     }
 
-    /// Fsyncs the main file (after a checkpoint, before its index is recorded).
+    /// Flushes the main file (after a checkpoint, before its index is recorded). fdatasync
+    /// covers the file size too, which is all a checkpoint changes besides the data.
     pub(crate) fn sync_main(&self) -> io::Result<()> {
         let state = self.lock_io()?;
-        state.main.sync_all()
+        state.main.sync_data()
     }
 
     /// Reads page `page_number` of the main file into `out` (zeros past its end).
