@@ -1585,6 +1585,12 @@ impl Engine {
             .map(|db| db.record.checkpoint_index)
     }
 
+    /// The index of the last command applied to `database` (the base a new command for it
+    /// must carry).
+    pub fn last_command_index(&self, database: &str) -> Option<u64> {
+        self.databases.get(database).map(|db| db.last_command_index)
+    }
+
     /// The minimum checkpoint index over all databases: Raft may compact its log up to it.
     pub fn min_checkpoint_index(&self) -> Option<u64> {
         self.databases

@@ -7,6 +7,9 @@ use crate::command::Command;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Applied;
 
+/// The database structured inputs write.
+const FUZZ_DATABASE: &str = "fuzz.db";
+
 /// Databases a scratch engine accumulates before it starts over.
 const DATABASES_MAX: usize = 16;
 
@@ -36,6 +39,56 @@ impl Scratch {
             dir,
             index: 0,
         }
+    }
+
+    /// Runs one fuzz input: an odd first byte builds a well-formed command from the rest (so
+    /// the fuzzer's bytes reach the WAL and wal-index code: restarts, hash regions,
+    /// checkpoints), anything else goes to the decoder raw.
+    pub fn run_input(&mut self, data: &[u8]) {
+        match data.split_first() {
+            Some((mode, rest)) if mode & 1 == 1 => {
+                let command = self.structured(rest);
+                self.run(&command);
+            }
+            _ => self.run(data),
+        }
+    }
+
+    /// A command for `fuzz.db` from bounded values taken from `data`: 1..=8 frames of 512-byte
+    /// pages numbered 1..=64 (contents from the input), usually on the right base index.
+    fn structured(&self, data: &[u8]) -> Vec<u8> {
+        let engine = self.engine.as_ref().expect("open");
+        let byte = |i: usize| data.get(i).copied().unwrap_or(0);
+        let frame_count = 1 + u32::from(byte(0) % 8);
+        let mut base = engine.last_command_index(FUZZ_DATABASE).unwrap_or(0);
+        if byte(1) == 0xff {
+            base = base.wrapping_add(1);
+        }
+        let page_size = 512usize;
+        let mut pages = Vec::new();
+        for frame in 0..frame_count as usize {
+            let number = 1 + u32::from(byte(2 + frame) % 64);
+            let fill: Vec<u8> = (0..page_size)
+                .map(|i| byte(10 + (frame * 31 + i) % data.len().max(1)) ^ i as u8)
+                .collect();
+            pages.push((number, fill));
+        }
+        let db_size_pages = pages.iter().map(|(n, _)| *n).max().unwrap_or(1);
+        let mut frames = pages.iter().map(|(number, page)| crate::FrameRef {
+            page_number: *number,
+            page,
+        });
+        let mut out = Vec::new();
+        let header = crate::command::CommandHeader {
+            database: FUZZ_DATABASE,
+            page_size: page_size as u32,
+            db_size_pages,
+            base_index: base,
+            origin: 2,
+            proposal: 1,
+        };
+        Command::encode(&mut out, header, frame_count, &mut frames);
+        out
     }
 
     /// Feeds `bytes` to the command decoder and, if they decode, to `apply`. Never panics on any

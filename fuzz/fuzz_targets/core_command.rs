@@ -1,5 +1,6 @@
-//! Arbitrary bytes as a Raft command: decoded and, when they decode, applied to a scratch
-//! database. Malformed commands must be rejected before anything is written; nothing may panic.
+//! Arbitrary bytes as a Raft command (or, with an odd first byte, a well-formed command built
+//! from bounded values): decoded and, when they decode, applied to a scratch database.
+//! Malformed commands must be rejected before anything is written; nothing may panic.
 #![no_main]
 
 use std::cell::RefCell;
@@ -12,5 +13,5 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
-    SCRATCH.with(|scratch| scratch.borrow_mut().run(data));
+    SCRATCH.with(|scratch| scratch.borrow_mut().run_input(data));
 });
