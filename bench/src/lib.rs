@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod core;
+
 /// Options common to every suite, parsed from the command line after the suite name.
 #[derive(Debug, Default, Clone)]
 pub struct Options {

@@ -1,0 +1,1858 @@
+//! The engine: named databases, client sessions, the write queue with group commit, apply,
+//! checkpoints and recovery. See the crate documentation for the flow of a write.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use byteorder::{BigEndian, ByteOrder};
+
+use crate::command::{validate_database_name, Command, CommandHeader};
+use crate::error::{Applied, EngineError, ExecError};
+use crate::lifecycle::WriteState;
+use crate::record::{self, Record};
+use crate::value::{Rows, Value};
+use crate::vfs::{Conn, DbFiles, DbOptions, FrameRef, RawStmt, Role, Step, Vfs};
+
+/// A client session (one client connection of the protocol server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// What a request runs: SQL text (one or more statements) or a prepared statement.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// SQL text; parameters bind to its first statement.
+    Sql(&'a str),
+    /// A statement prepared on the session with [`Engine::prepare`].
+    Statement(u32),
+}
+
+/// The result of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// A statement ran: the connection's last insert rowid and the rows it changed.
+    Exec {
+        /// `sqlite3_last_insert_rowid`.
+        last_insert_id: i64,
+        /// `sqlite3_changes64`.
+        rows_changed: u64,
+    },
+    /// Rows of a query (a batch: see [`Rows::done`] and [`Engine::query_next`]).
+    Rows(Rows),
+}
+
+/// What a request call returns at once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Finished: here is the response.
+    Done(Response),
+    /// Waiting for the database's write slot; the response comes later as a [`Completion`].
+    Queued,
+    /// Its frames were proposed as `proposal` (see [`Engine::take_proposals`]); the response
+    /// comes as a [`Completion`] once the command is applied or discarded.
+    Proposed {
+        /// The proposal id.
+        proposal: u64,
+    },
+}
+
+/// A response that was not returned by the call that made the request.
+#[derive(Debug)]
+pub struct Completion {
+    /// The session the response is for.
+    pub session: SessionId,
+    /// The response, or why the request failed.
+    pub result: Result<Response, ExecError>,
+}
+
+/// A command the host must propose to Raft, then pass to [`Engine::apply`] once committed (or
+/// report with [`Engine::discard`] if the proposal fails).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// The database it writes.
+    pub database: String,
+    /// The engine's id for it (also inside the command).
+    pub id: u64,
+    /// The encoded command ([`crate::command`]).
+    pub command: Vec<u8>,
+}
+
+/// The engine's settings. Time values are in whatever unit the host passes to
+/// [`Engine::set_time`] (milliseconds, ticks): the engine has no clock.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The directory holding the databases (the node holds its lock). It belongs to the engine:
+    /// recovery removes SQLite files in it that have no checkpoint record.
+    pub dir: PathBuf,
+    /// This node's id, written into commands so the engine recognises its own proposals.
+    pub node_id: u64,
+    /// The page size of new databases.
+    pub page_size: u32,
+    /// The most bytes of frames one transaction may produce (default 64 MiB).
+    pub transaction_bytes_max: usize,
+    /// Page cache per connection, in KiB (kept small: one connection per client session).
+    pub cache_kib: u32,
+    /// The most writers queued per database.
+    pub queue_max: usize,
+    /// The longest a writer waits for the write slot before failing with a timeout.
+    pub queue_wait_max: u64,
+    /// The most queued autocommit writes committed together in one command.
+    pub group_max: usize,
+    /// Checkpoint a database once its WAL holds this many frames.
+    pub checkpoint_frames: u32,
+    /// Approximate bytes of values per row batch of a query.
+    pub batch_bytes: usize,
+    /// The most sessions.
+    pub sessions_max: usize,
+    /// The most prepared statements per session.
+    pub statements_max: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for a node with data directory `dir` and id `node_id`.
+    pub fn new(dir: impl Into<PathBuf>, node_id: u64) -> EngineConfig {
+        EngineConfig {
+            dir: dir.into(),
+            node_id,
+            page_size: 4096,
+            transaction_bytes_max: 64 * 1024 * 1024,
+            cache_kib: 256,
+            queue_max: 4096,
+            queue_wait_max: 10_000,
+            group_max: 64,
+            checkpoint_frames: 4096,
+            batch_bytes: 64 * 1024,
+            sessions_max: 16 * 1024,
+            statements_max: 1024,
+        }
+    }
+
+    fn validate(&self) -> Result<(), EngineError> {
+        if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
+            return Err(EngineError::Config(
+                "page_size must be a power of two in 512..=65536",
+            ));
+        }
+        if self.transaction_bytes_max < 2 * self.page_size as usize {
+            return Err(EngineError::Config(
+                "transaction_bytes_max is below two pages",
+            ));
+        }
+        if self.group_max == 0 || self.queue_max == 0 || self.checkpoint_frames == 0 {
+            return Err(EngineError::Config(
+                "group_max, queue_max and checkpoint_frames >= 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What recovery found for one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseRecovery {
+    /// The database.
+    pub name: String,
+    /// Its main file reflects the log up to this index: replay must start after it.
+    pub checkpoint_index: u64,
+    /// A checkpoint towards this index was interrupted: the database answers queries only once
+    /// the log has been applied up to here (0: none).
+    pub replay_through: u64,
+}
+
+/// What [`Engine::open`] found on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Every database, by name.
+    pub databases: Vec<DatabaseRecovery>,
+}
+
+impl Recovery {
+    /// The index after which the host must replay committed commands (the minimum checkpoint
+    /// index), or `None` without databases.
+    pub fn replay_from(&self) -> Option<u64> {
+        self.databases.iter().map(|d| d.checkpoint_index).min()
+    }
+}
+
+/// Capacity the apply buffer keeps between commands.
+const SCRATCH_RETAINED_BYTES: usize = 2 * 1024 * 1024;
+
+/// Statement id under which SQL-text statements are kept while they run.
+const AD_HOC_STATEMENT: u32 = u32::MAX;
+
+/// The bytes of a fresh, empty WAL-mode database page 1, identical on every node (it matches
+/// what SQLite writes for `PRAGMA journal_mode=WAL` on a new file, with our version number).
+pub(crate) fn empty_database_page(page_size: u32) -> Vec<u8> {
+    let mut page = vec![0u8; page_size as usize];
+    page[0..16].copy_from_slice(b"SQLite format 3\0");
+    let size_code = if page_size == 65536 {
+        1
+    } else {
+        page_size as u16
+    };
+    BigEndian::write_u16(&mut page[16..18], size_code);
+    page[18] = 2; // write version: WAL
+    page[19] = 2; // read version: WAL
+    page[21] = 64;
+    page[22] = 32;
+    page[23] = 32;
+    BigEndian::write_u32(&mut page[24..28], 1); // change counter
+    BigEndian::write_u32(&mut page[28..32], 1); // pages
+    BigEndian::write_u32(&mut page[92..96], 1); // version-valid-for
+    BigEndian::write_u32(
+        &mut page[96..100],
+        rusqlite::ffi::SQLITE_VERSION_NUMBER as u32,
+    );
+    page[100] = 0x0d; // an empty table b-tree leaf: sqlite_schema
+    let content = if page_size == 65536 {
+        0
+    } else {
+        page_size as u16
+    };
+    BigEndian::write_u16(&mut page[105..107], content);
+    page
+}
+
+/// Who holds a database's write slot.
+#[derive(Debug)]
+enum Slot {
+    /// Nobody: the next queued writer may go.
+    Free,
+    /// A session's explicit transaction, between its requests.
+    Transaction(SessionId),
+    /// A command is out; its members are answered when it is applied or discarded.
+    Proposed { proposal: u64, members: Vec<Member> },
+}
+
+#[derive(Debug)]
+struct Member {
+    session: SessionId,
+    response: Response,
+}
+
+/// Work waiting for the write slot.
+#[derive(Debug)]
+enum Work {
+    /// An autocommit write: runs on the database's writer connection, possibly grouped.
+    Autocommit {
+        sql: String,
+        params: Vec<Value>,
+        query: bool,
+        single: bool,
+    },
+    /// A statement of the session's own transaction (or `BEGIN IMMEDIATE`).
+    Session {
+        target: OwnedTarget,
+        params: Vec<Value>,
+        query: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum OwnedTarget {
+    Sql(String),
+    Statement(u32),
+}
+
+#[derive(Debug)]
+struct Waiter {
+    session: SessionId,
+    work: Work,
+    since: u64,
+}
+
+struct Database {
+    path: PathBuf,
+    files: Arc<DbFiles>,
+    writer: Conn,
+    control: Conn,
+    slot: Slot,
+    queue: VecDeque<Waiter>,
+    /// The durable record as last written.
+    record: Record,
+    /// The last command applied (in memory; durable as of `record.checkpoint_index`).
+    last_command_index: u64,
+    /// Reads wait until the log is applied up to here (an interrupted checkpoint).
+    recovering_until: u64,
+    /// Cloned by live snapshot readers; checkpoints wait while any exists.
+    snapshot_token: Arc<()>,
+    /// The policy checkpoints once the WAL reaches this many frames; after an incomplete try
+    /// (a reader still needs frames) it waits for a quarter of the policy more, so a long
+    /// reader does not cost a record fsync on every apply.
+    checkpoint_at_frames: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Txn {
+    None,
+    /// A deferred transaction that has not written (no write slot).
+    Read,
+    /// A transaction holding the database's write slot.
+    Write,
+}
+
+struct SessionDb {
+    conn: Conn,
+    txn: Txn,
+    aborted: Option<String>,
+}
+
+struct Cursor {
+    database: String,
+    statement: u32,
+}
+
+struct Session {
+    state: WriteState,
+    databases: HashMap<String, SessionDb>,
+    statements: HashMap<u32, String>,
+    next_statement: u32,
+    cursor: Option<Cursor>,
+}
+
+static VFS_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The replicated SQLite engine of one node.
+///
+/// Field order matters: connections (in `databases` and `sessions`) close before the VFS.
+pub struct Engine {
+    config: EngineConfig,
+    sessions: HashMap<SessionId, Session>,
+    databases: BTreeMap<String, Database>,
+    next_session: u64,
+    next_proposal: u64,
+    /// Invariant: strictly increases with every `apply` / `note_applied`.
+    applied_index: u64,
+    now: u64,
+    proposals: Vec<Proposal>,
+    completions: Vec<Completion>,
+    scratch: Vec<u8>,
+    vfs: Arc<Vfs>,
+}
+
+fn io_exec(error: std::io::Error) -> ExecError {
+    ExecError::Io(error)
+}
+
+fn misuse(message: &str) -> ExecError {
+    ExecError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+        Some(message.to_string()),
+    ))
+}
+
+/// Whether `sql` starts with `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE` (those take the write lock
+/// at once, so they need the write slot).
+fn begins_write_transaction(sql: &str) -> bool {
+    let mut words = sql
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    first.eq_ignore_ascii_case("BEGIN")
+        && (second.eq_ignore_ascii_case("IMMEDIATE") || second.eq_ignore_ascii_case("EXCLUSIVE"))
+}
+
+/// Runs one statement: binds `params`, steps, and returns the response. `batch` limits the
+/// bytes of rows collected (`None`: all rows); the bool says whether rows remain.
+fn run_statement(
+    statement: &mut RawStmt,
+    params: &[Value],
+    query: bool,
+    batch: Option<usize>,
+    conn_result: impl Fn() -> (i64, u64),
+) -> Result<(Response, bool), ExecError> {
+    if let Err(error) = statement.bind_all(params) {
+        statement.reset();
+        return Err(error.into());
+    }
+    collect_rows(statement, query, batch, conn_result)
+}
+
+fn collect_rows(
+    statement: &mut RawStmt,
+    query: bool,
+    batch: Option<usize>,
+    conn_result: impl Fn() -> (i64, u64),
+) -> Result<(Response, bool), ExecError> {
+    let columns = statement.column_count();
+    let mut rows = Rows::default();
+    if query {
+        rows.columns = (0..columns).map(|i| statement.column_name(i)).collect();
+        rows.declared_types = (0..columns).map(|i| statement.column_decltype(i)).collect();
+    }
+    let mut bytes = 0usize;
+    loop {
+        match statement.step() {
+            Ok(Step::Row) => {
+                if !query {
+                    continue;
+                }
+                for column in 0..columns {
+                    let value = statement.column_value(column);
+                    bytes += value.size_bytes();
+                    rows.values.push(value);
+                }
+                if batch.is_some_and(|limit| bytes >= limit) {
+                    return Ok((Response::Rows(rows), true));
+                }
+            }
+            Ok(Step::Done) => break,
+            Err(error) => {
+                statement.reset();
+                return Err(error.into());
+            }
+        }
+    }
+    statement.reset();
+    if query {
+        rows.done = true;
+        return Ok((Response::Rows(rows), false));
+    }
+    let (last_insert_id, rows_changed) = conn_result();
+    Ok((
+        Response::Exec {
+            last_insert_id,
+            rows_changed,
+        },
+        false,
+    ))
+}
+
+/// Runs `target` on `conn`: every statement of SQL text in order (parameters bind to the
+/// first), or a prepared statement. A read query returns its first batch and may leave a cursor
+/// (the bool); other statements run to completion.
+fn run_target(
+    conn: &mut Conn,
+    target: &OwnedTarget,
+    params: &[Value],
+    query: bool,
+    batch: Option<usize>,
+) -> Result<(Response, bool), ExecError> {
+    let connection_result = |conn: &Conn| (conn.last_insert_rowid(), conn.changes());
+    match target {
+        OwnedTarget::Statement(id) => {
+            let statement = conn.kept(*id).ok_or(ExecError::UnknownStatement(*id))?;
+            let batch = if statement.readonly() { batch } else { None };
+            statement
+                .bind_all(params)
+                .inspect_err(|_| statement.reset())?;
+            let outcome = collect_rows(statement, query, batch, || (0, 0))?;
+            Ok(fill_exec(outcome, connection_result(conn)))
+        }
+        OwnedTarget::Sql(text) => {
+            let mut offset = 0;
+            let mut first = true;
+            let mut last = (
+                Response::Exec {
+                    last_insert_id: conn.last_insert_rowid(),
+                    rows_changed: 0,
+                },
+                false,
+            );
+            while offset < text.len() {
+                let (statement, used) = conn.prepare_one(&text[offset..])?;
+                offset += used.max(1);
+                let Some(statement) = statement else {
+                    break;
+                };
+                conn.keep(AD_HOC_STATEMENT, statement);
+                let statement = conn.kept(AD_HOC_STATEMENT).expect("just kept");
+                let is_last = text[offset.min(text.len())..]
+                    .trim_matches(|c: char| c.is_whitespace() || c == ';')
+                    .is_empty();
+                let batch = if is_last && statement.readonly() {
+                    batch
+                } else {
+                    None
+                };
+                let values: &[Value] = if first { params } else { &[] };
+                first = false;
+                statement
+                    .bind_all(values)
+                    .inspect_err(|_| statement.reset())?;
+                let outcome = collect_rows(statement, query, batch, || (0, 0));
+                let outcome = match outcome {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        conn.forget(AD_HOC_STATEMENT);
+                        return Err(error);
+                    }
+                };
+                last = fill_exec(outcome, connection_result(conn));
+                if last.1 {
+                    // A cursor stays open on the ad-hoc statement.
+                    return Ok(last);
+                }
+                conn.forget(AD_HOC_STATEMENT);
+            }
+            Ok(last)
+        }
+    }
+}
+
+fn fill_exec(outcome: (Response, bool), result: (i64, u64)) -> (Response, bool) {
+    match outcome {
+        (Response::Exec { .. }, more) => (
+            Response::Exec {
+                last_insert_id: result.0,
+                rows_changed: result.1,
+            },
+            more,
+        ),
+        other => other,
+    }
+}
+
+impl Engine {
+    /// Opens the engine on `config.dir`, recovering every database found there: the WAL of each
+    /// is dropped (it is never the durable copy) and its checkpoint index reported. The host
+    /// then replays committed commands after [`Recovery::replay_from`] through [`Engine::apply`].
+    pub fn open(config: EngineConfig) -> Result<(Engine, Recovery), EngineError> {
+        config.validate()?;
+        fs::create_dir_all(&config.dir)?;
+        let dir = fs::canonicalize(&config.dir)?;
+        let name = format!(
+            "atoll-{}-{}",
+            std::process::id(),
+            VFS_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let vfs = Arc::new(Vfs::register(&name)?);
+        let mut engine = Engine {
+            config: EngineConfig { dir, ..config },
+            sessions: HashMap::new(),
+            databases: BTreeMap::new(),
+            next_session: 1,
+            next_proposal: 1,
+            applied_index: 0,
+            now: 0,
+            proposals: Vec::new(),
+            completions: Vec::new(),
+            scratch: Vec::new(),
+            vfs,
+        };
+        let recovery = engine.recover()?;
+        engine.applied_index = recovery.replay_from().unwrap_or(0);
+        Ok((engine, recovery))
+    }
+
+    fn recover(&mut self) -> Result<Recovery, EngineError> {
+        let mut names = Vec::new();
+        let mut others = Vec::new();
+        for entry in fs::read_dir(&self.config.dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if file_name.ends_with(record::RECORD_TEMP_SUFFIX)
+                || file_name.ends_with(SNAPSHOT_TEMP_SUFFIX)
+            {
+                fs::remove_file(entry.path())?;
+            } else if let Some(name) = file_name.strip_suffix(record::RECORD_SUFFIX) {
+                names.push(name.to_string());
+            } else if !file_name.ends_with(crate::vfs::WAL_SUFFIX) {
+                others.push(file_name.to_string());
+            }
+        }
+        names.sort();
+        for other in others {
+            let path = self.config.dir.join(&other);
+            if validate_database_name(&other).is_ok()
+                && !names.contains(&other)
+                && is_sqlite_file(&path)
+            {
+                // Created without its record: the creation never became durable, and no
+                // checkpoint can have passed the command that created it.
+                log::warn!("removing database {other:?}: it has no checkpoint record");
+                fs::remove_file(&path)?;
+                let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+            }
+        }
+        let mut recovery = Recovery::default();
+        for name in names {
+            let path = self.config.dir.join(&name);
+            let record = record::read(&path)?.expect("listed above");
+            // Drop the WAL: committed frames come back from the Raft log.
+            match fs::OpenOptions::new()
+                .write(true)
+                .open(crate::vfs::wal_path_of(&path))
+            {
+                Ok(file) => {
+                    file.set_len(0)?;
+                    file.sync_all()?;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+            let main_len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if main_len < u64::from(record.page_size) {
+                // Only a database that never held a command may lack its file: created (record
+                // first) or being installed from a snapshot (record checkpoint index 0).
+                let never_written = record.last_command_index == 0
+                    && (record.intent_index == 0 || record.checkpoint_index == 0);
+                if !never_written {
+                    return Err(EngineError::CorruptRecord(format!(
+                        "{}: database file missing or truncated",
+                        path.display()
+                    )));
+                }
+                write_empty_database(&path, record.page_size)?;
+            }
+            let replay_through = if record.intent_index > record.checkpoint_index {
+                record.intent_index
+            } else {
+                0
+            };
+            self.attach_database(&name, record, replay_through)?;
+            log::info!(
+                "database {name:?}: checkpoint index {}, replay through {replay_through}",
+                record.checkpoint_index
+            );
+            recovery.databases.push(DatabaseRecovery {
+                name,
+                checkpoint_index: record.checkpoint_index,
+                replay_through,
+            });
+        }
+        Ok(recovery)
+    }
+
+    /// Opens the files and connections of an existing database.
+    fn attach_database(
+        &mut self,
+        name: &str,
+        record: Record,
+        recovering_until: u64,
+    ) -> Result<(), EngineError> {
+        let path = self.config.dir.join(name);
+        let options = DbOptions {
+            page_size: record.page_size,
+            capture_bytes_max: self.config.transaction_bytes_max,
+        };
+        let files = self.vfs.add_database(&path, options)?;
+        let opened =
+            Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib).and_then(|control| {
+                let writer = Conn::open(&self.vfs, &path, Role::Capture, self.config.cache_kib)?;
+                Ok((control, writer))
+            });
+        let (control, writer) = match opened {
+            Ok(connections) => connections,
+            Err(error) => {
+                self.vfs.remove_database(&path);
+                return Err(error.into());
+            }
+        };
+        self.databases.insert(
+            name.to_string(),
+            Database {
+                path,
+                files,
+                writer,
+                control,
+                slot: Slot::Free,
+                queue: VecDeque::new(),
+                record,
+                last_command_index: record.last_command_index,
+                recovering_until,
+                snapshot_token: Arc::new(()),
+                checkpoint_at_frames: self.config.checkpoint_frames,
+            },
+        );
+        Ok(())
+    }
+
+    /// Creates a new, empty database that reflects the log up to `created_at`. The record is
+    /// made durable before the main file, so a database file without a record never holds data.
+    fn create_database(&mut self, name: &str, created_at: u64) -> Result<(), EngineError> {
+        assert!(validate_database_name(name).is_ok());
+        assert!(!self.databases.contains_key(name));
+        let path = self.config.dir.join(name);
+        let record = Record {
+            page_size: self.config.page_size,
+            checkpoint_index: created_at,
+            last_command_index: 0,
+            intent_index: 0,
+            sequence: 0,
+        };
+        let record = record::write(&path, &record)?;
+        let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+        write_empty_database(&path, record.page_size)?;
+        record::sync_dir(&self.config.dir)?;
+        log::info!("created database {name:?} at index {created_at}");
+        self.attach_database(name, record, 0)
+    }
+
+    // ---- time, sessions, statements -------------------------------------------------------
+
+    /// Tells the engine the host's current time and fails queued writers that waited longer
+    /// than `queue_wait_max` (their completions come out of [`Engine::take_completions`]).
+    pub fn set_time(&mut self, now: u64) {
+        self.now = now;
+        let wait_max = self.config.queue_wait_max;
+        let mut expired = Vec::new();
+        for database in self.databases.values_mut() {
+            database.queue.retain(|waiter| {
+                let waited = now.saturating_sub(waiter.since);
+                if waited >= wait_max {
+                    expired.push((waiter.session, waited));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for (session, waited) in expired {
+            self.complete(session, Err(ExecError::Timeout { waited }));
+        }
+    }
+
+    /// Opens a session.
+    pub fn open_session(&mut self) -> Result<SessionId, ExecError> {
+        if self.sessions.len() >= self.config.sessions_max {
+            return Err(ExecError::Limit("sessions"));
+        }
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                state: WriteState::Idle,
+                databases: HashMap::new(),
+                statements: HashMap::new(),
+                next_statement: 1,
+                cursor: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Closes a session: an open transaction is rolled back and its write slot released, a
+    /// queued request leaves the queue, and a proposed write still completes (unanswered).
+    pub fn close_session(&mut self, id: SessionId) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        let mut freed = Vec::new();
+        match &session.state {
+            WriteState::Queued { database, .. } => {
+                if let Some(db) = self.databases.get_mut(database) {
+                    db.queue.retain(|w| w.session != id);
+                }
+            }
+            WriteState::Transaction { database } => {
+                if let Some(sdb) = session.databases.get_mut(database) {
+                    sdb.conn.rollback();
+                }
+                if let Some(db) = self.databases.get_mut(database) {
+                    db.files.clear_committed();
+                    db.slot = Slot::Free;
+                    freed.push(database.clone());
+                }
+            }
+            WriteState::Idle | WriteState::Proposed { .. } | WriteState::Executing { .. } => {}
+        }
+        for sdb in session.databases.values() {
+            sdb.conn.rollback();
+        }
+        drop(session);
+        for database in freed {
+            self.pump(&database);
+        }
+    }
+
+    /// Opens database `name` for the session, creating it (empty) if the node has none.
+    pub fn open_database(&mut self, session: SessionId, name: &str) -> Result<(), ExecError> {
+        validate_database_name(name).map_err(ExecError::BadDatabaseName)?;
+        if !self.sessions.contains_key(&session) {
+            return Err(ExecError::UnknownSession);
+        }
+        if !self.databases.contains_key(name) {
+            self.create_database(name, self.applied_index)
+                .map_err(|error| match error {
+                    EngineError::Io(error) => ExecError::Io(error),
+                    EngineError::Sqlite(error) => ExecError::Sqlite(error),
+                    other => ExecError::Io(std::io::Error::other(other.to_string())),
+                })?;
+        }
+        let path = self.databases[name].path.clone();
+        let session = self.sessions.get_mut(&session).expect("checked");
+        if session.databases.contains_key(name) {
+            return Ok(());
+        }
+        let conn = Conn::open(&self.vfs, &path, Role::Capture, self.config.cache_kib)?;
+        session.databases.insert(
+            name.to_string(),
+            SessionDb {
+                conn,
+                txn: Txn::None,
+                aborted: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Prepares the first statement of `sql` on the session's connection to `database`; returns
+    /// its id and parameter count.
+    pub fn prepare(
+        &mut self,
+        session: SessionId,
+        database: &str,
+        sql: &str,
+    ) -> Result<(u32, usize), ExecError> {
+        let statements_max = self.config.statements_max;
+        let session = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(ExecError::UnknownSession)?;
+        if session.statements.len() >= statements_max {
+            return Err(ExecError::Limit("prepared statements per session"));
+        }
+        let sdb = session
+            .databases
+            .get_mut(database)
+            .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        let (statement, _) = sdb.conn.prepare_one(sql)?;
+        let statement = statement.ok_or_else(|| misuse("no SQL statement to prepare"))?;
+        let parameters = statement.parameter_count();
+        let id = session.next_statement;
+        session.next_statement = session.next_statement.wrapping_add(1).max(1);
+        if session.next_statement == AD_HOC_STATEMENT {
+            session.next_statement = 1;
+        }
+        sdb.conn.keep(id, statement);
+        session.statements.insert(id, database.to_string());
+        Ok((id, parameters))
+    }
+
+    /// Finalizes a prepared statement.
+    pub fn finalize(&mut self, session: SessionId, statement: u32) -> Result<(), ExecError> {
+        let session = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(ExecError::UnknownSession)?;
+        let database = session
+            .statements
+            .remove(&statement)
+            .ok_or(ExecError::UnknownStatement(statement))?;
+        if session
+            .cursor
+            .as_ref()
+            .is_some_and(|c| c.statement == statement)
+        {
+            session.cursor = None;
+        }
+        if let Some(sdb) = session.databases.get_mut(&database) {
+            sdb.conn.forget(statement);
+        }
+        Ok(())
+    }
+
+    // ---- requests --------------------------------------------------------------------------
+
+    /// Executes `target` for the session (SQL with parameters, or a prepared statement).
+    /// Reads run at once; writes go through the database's write slot and are answered after
+    /// their command is applied.
+    pub fn exec(
+        &mut self,
+        session: SessionId,
+        database: &str,
+        target: Target<'_>,
+        params: &[Value],
+    ) -> Result<Reply, ExecError> {
+        self.request(session, database, target, params, false)
+    }
+
+    /// Runs a query for the session. A read-only query answers with its first batch of rows
+    /// (more with [`Engine::query_next`]); a query that writes (`INSERT … RETURNING`) takes the
+    /// write path and answers with all its rows once applied.
+    pub fn query(
+        &mut self,
+        session: SessionId,
+        database: &str,
+        target: Target<'_>,
+        params: &[Value],
+    ) -> Result<Reply, ExecError> {
+        self.request(session, database, target, params, true)
+    }
+
+    /// The next batch of rows of the session's unfinished query.
+    pub fn query_next(&mut self, session: SessionId) -> Result<Rows, ExecError> {
+        let batch = self.config.batch_bytes;
+        let session = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(ExecError::UnknownSession)?;
+        let cursor = session.cursor.take().ok_or(ExecError::NoQuery)?;
+        let sdb = session
+            .databases
+            .get_mut(&cursor.database)
+            .ok_or(ExecError::NoQuery)?;
+        let statement = sdb.conn.kept(cursor.statement).ok_or(ExecError::NoQuery)?;
+        let (response, more) = collect_rows(statement, true, Some(batch), || (0, 0))?;
+        if more {
+            session.cursor = Some(cursor);
+        } else if cursor.statement == AD_HOC_STATEMENT {
+            sdb.conn.forget(AD_HOC_STATEMENT);
+        }
+        match response {
+            Response::Rows(rows) => Ok(rows),
+            Response::Exec { .. } => unreachable!("a cursor is a query"),
+        }
+    }
+
+    /// Abandons the session's unfinished query, if any.
+    fn drop_cursor(session: &mut Session) {
+        if let Some(cursor) = session.cursor.take() {
+            if let Some(sdb) = session.databases.get_mut(&cursor.database) {
+                if cursor.statement == AD_HOC_STATEMENT {
+                    sdb.conn.forget(AD_HOC_STATEMENT);
+                } else if let Some(statement) = sdb.conn.kept(cursor.statement) {
+                    statement.reset();
+                }
+            }
+        }
+    }
+
+    fn request(
+        &mut self,
+        id: SessionId,
+        database: &str,
+        target: Target<'_>,
+        params: &[Value],
+        query: bool,
+    ) -> Result<Reply, ExecError> {
+        let batch = self.config.batch_bytes;
+        let applied_index = self.applied_index;
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(ExecError::UnknownSession)?;
+        match &session.state {
+            WriteState::Idle => {}
+            WriteState::Transaction { database: held } if held == database => {}
+            WriteState::Transaction { .. } => {
+                // A transaction on another database holds a slot; allow requests elsewhere.
+            }
+            _ => return Err(ExecError::RequestInProgress),
+        }
+        Self::drop_cursor(session);
+        let db = self
+            .databases
+            .get(database)
+            .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        if db.recovering_until > applied_index {
+            return Err(ExecError::Recovering {
+                index: db.recovering_until,
+            });
+        }
+        let sdb = session
+            .databases
+            .get_mut(database)
+            .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        if let Some(reason) = sdb.aborted.take() {
+            return Err(ExecError::Aborted(reason));
+        }
+        let owned = match target {
+            Target::Sql(sql) => OwnedTarget::Sql(sql.to_string()),
+            Target::Statement(statement) => {
+                if sdb.conn.kept(statement).is_none() {
+                    return Err(ExecError::UnknownStatement(statement));
+                }
+                OwnedTarget::Statement(statement)
+            }
+        };
+        if sdb.txn == Txn::Write {
+            // The session's own transaction holds the slot: run on its connection.
+            session.state.transition(WriteState::Executing {
+                database: database.to_string(),
+            });
+            let result = run_target(&mut sdb.conn, &owned, params, query, None);
+            self.after_session_statement(id, database, result.map(|(r, _)| r));
+            return self.take_reply(id);
+        }
+        // Classify by the first statement, prepared on the session's connection.
+        let (readonly, single, sql_text, begins_write) = match &owned {
+            OwnedTarget::Statement(statement) => {
+                let statement = sdb.conn.kept(*statement).expect("checked");
+                let sql = statement.sql();
+                (
+                    statement.readonly(),
+                    true,
+                    sql.clone(),
+                    begins_write_transaction(&sql),
+                )
+            }
+            OwnedTarget::Sql(sql) => {
+                let (statement, used) = sdb.conn.prepare_one(sql)?;
+                let Some(statement) = statement else {
+                    return Ok(Reply::Done(Response::Exec {
+                        last_insert_id: sdb.conn.last_insert_rowid(),
+                        rows_changed: 0,
+                    }));
+                };
+                let rest = sql[used.min(sql.len())..]
+                    .trim_matches(|c: char| c.is_whitespace() || c == ';')
+                    .is_empty();
+                let classified = (
+                    statement.readonly(),
+                    rest,
+                    sql.clone(),
+                    begins_write_transaction(sql),
+                );
+                // Kept for the read path, which then runs it without preparing it again.
+                sdb.conn.keep(AD_HOC_STATEMENT, statement);
+                classified
+            }
+        };
+        if readonly && single && !begins_write {
+            // Reads, BEGIN [DEFERRED], COMMIT/ROLLBACK of a read transaction: no write slot.
+            let owned = match owned {
+                OwnedTarget::Sql(_) => OwnedTarget::Statement(AD_HOC_STATEMENT),
+                statement => statement,
+            };
+            let result = run_target(&mut sdb.conn, &owned, params, query, Some(batch));
+            if !matches!(result, Ok((_, true))) {
+                sdb.conn.forget(AD_HOC_STATEMENT);
+            }
+            sdb.txn = if sdb.conn.is_autocommit() {
+                Txn::None
+            } else if sdb.txn == Txn::None {
+                Txn::Read
+            } else {
+                sdb.txn
+            };
+            let (response, more) = result?;
+            if more {
+                let OwnedTarget::Statement(statement) = owned else {
+                    unreachable!("SQL text runs as the ad-hoc statement")
+                };
+                session.cursor = Some(Cursor {
+                    database: database.to_string(),
+                    statement,
+                });
+            }
+            return Ok(Reply::Done(response));
+        }
+        sdb.conn.forget(AD_HOC_STATEMENT);
+        if !matches!(session.state, WriteState::Idle) {
+            // Its explicit transaction holds another database's write slot.
+            return Err(ExecError::Limit(
+                "one write at a time per session: finish the open transaction first",
+            ));
+        }
+        let work = if sdb.txn == Txn::Read || begins_write {
+            Work::Session {
+                target: owned,
+                params: params.to_vec(),
+                query,
+            }
+        } else {
+            Work::Autocommit {
+                sql: sql_text,
+                params: params.to_vec(),
+                query,
+                single,
+            }
+        };
+        self.enqueue(id, database, work)?;
+        self.pump(database);
+        self.take_reply(id)
+    }
+
+    /// The reply for a request that went through the write slot: still queued, proposed, or
+    /// finished (its completion is taken back out of the outbox).
+    fn take_reply(&mut self, id: SessionId) -> Result<Reply, ExecError> {
+        let session = self.sessions.get(&id).ok_or(ExecError::UnknownSession)?;
+        match &session.state {
+            WriteState::Queued { .. } => return Ok(Reply::Queued),
+            WriteState::Proposed { proposal, .. } => {
+                return Ok(Reply::Proposed {
+                    proposal: *proposal,
+                })
+            }
+            _ => {}
+        }
+        let position = self
+            .completions
+            .iter()
+            .rposition(|c| c.session == id)
+            .expect("a finished request left its completion");
+        let completion = self.completions.remove(position);
+        completion.result.map(Reply::Done)
+    }
+
+    fn enqueue(&mut self, id: SessionId, database: &str, work: Work) -> Result<(), ExecError> {
+        let queue_max = self.config.queue_max;
+        let db = self.databases.get_mut(database).expect("checked by caller");
+        if db.queue.len() >= queue_max {
+            return Err(ExecError::QueueFull {
+                queued_max: queue_max,
+            });
+        }
+        db.queue.push_back(Waiter {
+            session: id,
+            work,
+            since: self.now,
+        });
+        let session = self.sessions.get_mut(&id).expect("checked by caller");
+        session.state.transition(WriteState::Queued {
+            database: database.to_string(),
+            since: self.now,
+        });
+        Ok(())
+    }
+
+    /// Grants the write slot to queued work while it is free: a run of autocommit writes goes
+    /// as one group (one SQLite transaction, one command), a transaction statement alone.
+    fn pump(&mut self, database: &str) {
+        // Bounded: every iteration removes at least one waiter from the queue.
+        loop {
+            let group_max = self.config.group_max;
+            let Some(db) = self.databases.get_mut(database) else {
+                return;
+            };
+            if !matches!(db.slot, Slot::Free) || db.queue.is_empty() {
+                return;
+            }
+            let mut waiters = Vec::new();
+            while let Some(front) = db.queue.front() {
+                let autocommit = matches!(front.work, Work::Autocommit { .. });
+                if !waiters.is_empty() && (!autocommit || waiters.len() >= group_max) {
+                    break;
+                }
+                let waiter = db.queue.pop_front().expect("front exists");
+                waiters.push(waiter);
+                if !autocommit {
+                    break;
+                }
+            }
+            for waiter in &waiters {
+                if let Some(session) = self.sessions.get_mut(&waiter.session) {
+                    session.state.transition(WriteState::Executing {
+                        database: database.to_string(),
+                    });
+                }
+            }
+            if matches!(waiters[0].work, Work::Session { .. }) {
+                let waiter = waiters.pop().expect("one waiter");
+                self.run_session_work(database, waiter);
+            } else {
+                self.run_group(database, waiters);
+            }
+        }
+    }
+
+    fn run_session_work(&mut self, database: &str, waiter: Waiter) {
+        let Work::Session {
+            target,
+            params,
+            query,
+        } = waiter.work
+        else {
+            unreachable!("session work");
+        };
+        let id = waiter.session;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(sdb) = session.databases.get_mut(database) else {
+            self.complete(id, Err(ExecError::DatabaseNotOpen(database.to_string())));
+            return;
+        };
+        let db = self.databases.get_mut(database).expect("pumped");
+        db.slot = Slot::Transaction(id);
+        sdb.txn = Txn::Write;
+        let result = run_target(&mut sdb.conn, &target, &params, query, None);
+        self.after_session_statement(id, database, result.map(|(r, _)| r));
+    }
+
+    /// After a statement ran on a session's connection while it held the write slot: keep the
+    /// slot while the transaction is open; once it ends, propose its frames (or release).
+    fn after_session_statement(
+        &mut self,
+        id: SessionId,
+        database: &str,
+        result: Result<Response, ExecError>,
+    ) {
+        let session = self.sessions.get_mut(&id).expect("running session");
+        let sdb = session.databases.get_mut(database).expect("open database");
+        let db = self.databases.get_mut(database).expect("open database");
+        let overflow = db.files.take_overflow();
+        let result = result.map_err(|error| match error {
+            ExecError::Sqlite(_) if overflow => ExecError::TransactionTooLarge {
+                bytes_max: self.config.transaction_bytes_max,
+            },
+            other => other,
+        });
+        if !sdb.conn.is_autocommit() {
+            session.state.transition(WriteState::Transaction {
+                database: database.to_string(),
+            });
+            self.completions.push(Completion {
+                session: id,
+                result,
+            });
+            return;
+        }
+        sdb.txn = Txn::None;
+        db.slot = Slot::Free;
+        match result {
+            Ok(response) => self.finish_commit(
+                database,
+                vec![Member {
+                    session: id,
+                    response,
+                }],
+            ),
+            Err(error) => {
+                db.files.clear_committed();
+                self.complete(id, Err(error));
+            }
+        }
+        self.pump(database);
+    }
+
+    fn run_group(&mut self, database: &str, waiters: Vec<Waiter>) {
+        let bytes_max = self.config.transaction_bytes_max;
+        let db = self.databases.get_mut(database).expect("pumped");
+        let (answers, members) = run_group_on(db, waiters, bytes_max);
+        for (session, result) in answers {
+            self.complete(session, result);
+        }
+        if let Some(members) = members {
+            self.finish_commit(database, members);
+        }
+    }
+
+    /// Turns the frames the last transaction left in the capture buffer into a proposal whose
+    /// application answers `members`; without frames, answers them at once.
+    fn finish_commit(&mut self, database: &str, members: Vec<Member>) {
+        let db = self.databases.get_mut(database).expect("open database");
+        assert!(
+            matches!(db.slot, Slot::Free),
+            "a commit while the slot is held"
+        );
+        let proposal = self.next_proposal;
+        let header = CommandHeader {
+            database,
+            page_size: db.files.page_size(),
+            db_size_pages: 0,
+            base_index: db.last_command_index,
+            origin: self.config.node_id,
+            proposal,
+        };
+        let encoded = db.files.take_committed(|frames, committed| {
+            let mut command = Vec::new();
+            let header = CommandHeader {
+                db_size_pages: committed.db_size_pages,
+                ..header
+            };
+            Command::encode(&mut command, header, committed.frame_count, frames);
+            command
+        });
+        match encoded {
+            Err(error) => {
+                let message = error.to_string();
+                for member in members {
+                    self.complete(
+                        member.session,
+                        Err(io_exec(std::io::Error::other(message.clone()))),
+                    );
+                }
+            }
+            Ok(None) => {
+                for member in members {
+                    self.complete(member.session, Ok(member.response));
+                }
+            }
+            Ok(Some(command)) => {
+                self.next_proposal += 1;
+                for member in &members {
+                    if let Some(session) = self.sessions.get_mut(&member.session) {
+                        session.state.transition(WriteState::Proposed {
+                            database: database.to_string(),
+                            proposal,
+                        });
+                    }
+                }
+                db.slot = Slot::Proposed { proposal, members };
+                self.proposals.push(Proposal {
+                    database: database.to_string(),
+                    id: proposal,
+                    command,
+                });
+            }
+        }
+    }
+
+    /// Answers a session's request and returns it to `Idle` (sessions that went away are
+    /// skipped). Sessions inside a transaction keep it.
+    fn complete(&mut self, id: SessionId, result: Result<Response, ExecError>) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match session.state {
+            WriteState::Transaction { .. } => {}
+            _ => session.state.transition(WriteState::Idle),
+        }
+        self.completions.push(Completion {
+            session: id,
+            result,
+        });
+    }
+
+    /// Proposals made since the last call, in order. The host proposes each to Raft.
+    pub fn take_proposals(&mut self) -> Vec<Proposal> {
+        std::mem::take(&mut self.proposals)
+    }
+
+    /// Responses produced since the last call (queued, grouped and applied requests).
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    /// The proposal could not be committed (leadership lost, proposal dropped): its sessions
+    /// are answered with an error and the next writers go. The database never saw its frames.
+    /// If the same command is nevertheless committed later, `apply` applies it like any other.
+    pub fn discard(&mut self, proposal: u64, reason: &str) {
+        let Some(name) = self
+            .databases
+            .iter()
+            .find(|(_, db)| matches!(db.slot, Slot::Proposed { proposal: p, .. } if p == proposal))
+            .map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        self.fail_proposed(&name, reason);
+        self.pump(&name);
+    }
+
+    fn fail_proposed(&mut self, database: &str, reason: &str) {
+        let db = self.databases.get_mut(database).expect("known database");
+        if let Slot::Proposed { members, .. } = std::mem::replace(&mut db.slot, Slot::Free) {
+            for member in members {
+                self.complete(
+                    member.session,
+                    Err(ExecError::Discarded(reason.to_string())),
+                );
+            }
+        }
+    }
+
+    /// This node stopped being the leader: queued writers fail, open write transactions are
+    /// rolled back (their sessions learn it at their next request), and outstanding proposals
+    /// are answered with an error. Proposed commands that Raft still commits are applied anyway.
+    pub fn abandon_writes(&mut self, reason: &str) {
+        let names: Vec<String> = self.databases.keys().cloned().collect();
+        for name in names {
+            self.abort_local_writes(&name, reason);
+            let db = self.databases.get_mut(&name).expect("listed");
+            let waiters: Vec<Waiter> = db.queue.drain(..).collect();
+            for waiter in waiters {
+                self.complete(
+                    waiter.session,
+                    Err(ExecError::Discarded(reason.to_string())),
+                );
+            }
+        }
+    }
+
+    /// Rolls back a session transaction holding the slot of `database` and fails a proposal
+    /// that is out for it.
+    fn abort_local_writes(&mut self, database: &str, reason: &str) {
+        let db = self.databases.get_mut(database).expect("known database");
+        match db.slot {
+            Slot::Transaction(id) => {
+                db.slot = Slot::Free;
+                db.files.clear_committed();
+                if let Some(session) = self.sessions.get_mut(&id) {
+                    if let Some(sdb) = session.databases.get_mut(database) {
+                        sdb.conn.rollback();
+                        sdb.txn = Txn::None;
+                        sdb.aborted = Some(reason.to_string());
+                    }
+                    session.state.transition(WriteState::Idle);
+                }
+            }
+            Slot::Proposed { .. } => self.fail_proposed(database, reason),
+            Slot::Free => {}
+        }
+    }
+
+    // ---- apply -----------------------------------------------------------------------------
+
+    /// Applies the committed command at `index` (on every node, the leader included): its frames
+    /// are appended to the database's WAL and published atomically; the page bytes are copied
+    /// once, straight from `command`. If it is this node's outstanding proposal, its sessions
+    /// are answered. Malformed and stale commands are rejected (before anything is written) the
+    /// same way on every replica. Errors are I/O failures, after which the database stops
+    /// serving until the engine is reopened.
+    pub fn apply(&mut self, index: u64, command: &[u8]) -> Result<Applied, EngineError> {
+        assert!(
+            index > self.applied_index,
+            "apply index {index} after {}",
+            self.applied_index
+        );
+        let decoded = match Command::decode(command) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                log::warn!("entry {index}: malformed command rejected: {error}");
+                self.applied_index = index;
+                return Ok(Applied::Malformed(error));
+            }
+        };
+        let name = decoded.database;
+        if !self.databases.contains_key(name) {
+            self.create_database(name, index - 1)?;
+        }
+        let db = self.databases.get_mut(name).expect("exists");
+        if index <= db.record.checkpoint_index {
+            self.applied_index = index;
+            return Ok(Applied::Skipped);
+        }
+        let ours = matches!(db.slot, Slot::Proposed { proposal, .. }
+            if proposal == decoded.proposal && decoded.origin == self.config.node_id);
+        let stale = if decoded.page_size != db.files.page_size() {
+            Some(format!(
+                "page size {} differs from the database's {}",
+                decoded.page_size,
+                db.files.page_size()
+            ))
+        } else if decoded.base_index != db.last_command_index {
+            Some(format!(
+                "computed against command {}, but the database's last command is {}",
+                decoded.base_index, db.last_command_index
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = stale {
+            log::warn!("entry {index}: stale command for {name:?} rejected: {reason}");
+            if ours {
+                self.fail_proposed(name, &reason);
+                self.pump(name);
+            }
+            self.applied_index = index;
+            return Ok(Applied::Stale {
+                database: name.to_string(),
+                reason,
+            });
+        }
+        if !ours {
+            // Local state computed against the previous database state is now stale.
+            self.abort_local_writes(name, "a replicated write changed the database");
+        }
+        let db = self.databases.get_mut(name).expect("exists");
+        let frames: Vec<FrameRef<'_>> = decoded.frames().collect();
+        let salt = index.to_le_bytes();
+        db.files
+            .append_frames(&frames, decoded.db_size_pages, salt, &mut self.scratch)?;
+        // A large transaction must not pin its buffer for the life of the engine.
+        self.scratch.shrink_to(SCRATCH_RETAINED_BYTES);
+        db.last_command_index = index;
+        self.applied_index = index;
+        if ours {
+            if let Slot::Proposed { members, .. } = std::mem::replace(&mut db.slot, Slot::Free) {
+                for member in members {
+                    self.complete(member.session, Ok(member.response));
+                }
+            }
+        }
+        let frame_count = decoded.frame_count();
+        let database = name.to_string();
+        if self.should_checkpoint(&database) {
+            if let Err(error) = self.checkpoint_database(&database, false) {
+                log::error!("checkpoint of {database:?} failed: {error}");
+            }
+        }
+        self.pump(&database);
+        Ok(Applied::Frames {
+            database,
+            frame_count,
+        })
+    }
+
+    /// Records that the entry at `index` (a no-op or configuration entry) was applied.
+    pub fn note_applied(&mut self, index: u64) {
+        assert!(index > self.applied_index);
+        self.applied_index = index;
+    }
+
+    /// The last index applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    // ---- checkpoints -----------------------------------------------------------------------
+
+    fn should_checkpoint(&self, database: &str) -> bool {
+        let db = &self.databases[database];
+        match db.files.index_header() {
+            Ok(Some(header)) => header.max_frame >= db.checkpoint_at_frames,
+            _ => false,
+        }
+    }
+
+    /// Checkpoints every database whose WAL holds frames (or all of them with `force`, which
+    /// also advances the recorded index of databases without frames, so an idle database never
+    /// holds back log compaction). Returns the minimum checkpoint index afterwards.
+    pub fn checkpoint(&mut self, force: bool) -> Result<Option<u64>, EngineError> {
+        let names: Vec<String> = self.databases.keys().cloned().collect();
+        for name in names {
+            let frames = self.databases[&name]
+                .files
+                .index_header()?
+                .map(|h| h.max_frame)
+                .unwrap_or(0);
+            if force || frames >= self.config.checkpoint_frames {
+                self.checkpoint_database(&name, force)?;
+            }
+        }
+        Ok(self.min_checkpoint_index())
+    }
+
+    /// Checkpoints one database: records the intent, copies the WAL into the main file
+    /// (`wal_checkpoint(PASSIVE)`, or `TRUNCATE` when forced), fsyncs it, then records the new
+    /// checkpoint index. Returns whether it completed (readers or an open transaction can make
+    /// it wait for a later try).
+    fn checkpoint_database(&mut self, name: &str, force: bool) -> Result<bool, EngineError> {
+        let target = self.applied_index;
+        let db = self.databases.get_mut(name).expect("known database");
+        if matches!(db.slot, Slot::Transaction(_))
+            || Arc::strong_count(&db.snapshot_token) > 1
+            || db.recovering_until > target
+        {
+            return Ok(false);
+        }
+        let frames = db.files.index_header()?.map(|h| h.max_frame).unwrap_or(0);
+        if frames == 0 && db.record.intent_index == 0 {
+            if db.record.checkpoint_index < target {
+                let record = Record {
+                    checkpoint_index: target,
+                    last_command_index: db.last_command_index,
+                    ..db.record
+                };
+                db.record = record::write(&db.path, &record)?;
+            }
+            return Ok(true);
+        }
+        if db.record.intent_index < target {
+            let intent = Record {
+                intent_index: target,
+                ..db.record
+            };
+            db.record = record::write(&db.path, &intent)?;
+        }
+        // PASSIVE copies the frames no reader needs; once all are copied, the next apply starts
+        // the WAL over in place (bounded by the policy; rewriting cached file pages is cheaper
+        // than growing the file again). A forced checkpoint (the host's, when idle or before
+        // compaction) truncates the WAL and gives the space back.
+        let sql = if force {
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        let (busy, log, copied): (i64, i64, i64) =
+            db.control
+                .connection()
+                .query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        if busy != 0 || (!force && log != copied) {
+            log::debug!("checkpoint of {name:?} is busy; retrying later");
+            let step = (self.config.checkpoint_frames / 4).max(1);
+            db.checkpoint_at_frames = frames.saturating_add(step);
+            return Ok(false);
+        }
+        db.checkpoint_at_frames = self.config.checkpoint_frames;
+        db.files.sync_main()?;
+        let record = Record {
+            checkpoint_index: target,
+            last_command_index: db.last_command_index,
+            intent_index: 0,
+            ..db.record
+        };
+        db.record = record::write(&db.path, &record)?;
+        log::debug!("checkpointed {name:?} at index {target}");
+        Ok(true)
+    }
+
+    /// The index the main file of `database` durably reflects.
+    pub fn checkpoint_index(&self, database: &str) -> Option<u64> {
+        self.databases
+            .get(database)
+            .map(|db| db.record.checkpoint_index)
+    }
+
+    /// The index of the last command applied to `database` (the base a new command for it
+    /// must carry).
+    pub fn last_command_index(&self, database: &str) -> Option<u64> {
+        self.databases.get(database).map(|db| db.last_command_index)
+    }
+
+    /// The minimum checkpoint index over all databases: Raft may compact its log up to it.
+    pub fn min_checkpoint_index(&self) -> Option<u64> {
+        self.databases
+            .values()
+            .map(|db| db.record.checkpoint_index)
+            .min()
+    }
+
+    /// The names of the databases, in order.
+    pub fn database_names(&self) -> Vec<String> {
+        self.databases.keys().cloned().collect()
+    }
+
+    /// Runs `PRAGMA integrity_check` on a database through its control connection; returns
+    /// SQLite's report (`["ok"]` when healthy).
+    pub fn integrity_check(&self, database: &str) -> Result<Vec<String>, ExecError> {
+        let db = self
+            .databases
+            .get(database)
+            .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        let connection = db.control.connection();
+        let mut statement = connection.prepare("PRAGMA integrity_check")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The path of a database's main file (for tests and tools).
+    pub fn database_path(&self, database: &str) -> Option<&Path> {
+        self.databases.get(database).map(|db| db.path.as_path())
+    }
+
+    pub(crate) fn snapshot_parts(&self) -> Vec<SnapshotPart> {
+        self.databases
+            .iter()
+            .map(|(name, db)| SnapshotPart {
+                name: name.clone(),
+                path: db.path.clone(),
+                files: Arc::clone(&db.files),
+                last_command_index: db.last_command_index,
+                token: Arc::clone(&db.snapshot_token),
+            })
+            .collect()
+    }
+
+    pub(crate) fn vfs(&self) -> &Arc<Vfs> {
+        &self.vfs
+    }
+
+    pub(crate) fn cache_kib(&self) -> u32 {
+        self.config.cache_kib
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Drops every connection and session state of all databases and forgets them (before a
+    /// snapshot replaces them). Sessions stay open but must open their databases again.
+    pub(crate) fn detach_all(&mut self, reason: &str) {
+        self.abandon_writes(reason);
+        for session in self.sessions.values_mut() {
+            session.cursor = None;
+            session.statements.clear();
+            session.databases.clear();
+            if !matches!(session.state, WriteState::Idle) {
+                session.state = WriteState::Idle;
+            }
+        }
+        let databases = std::mem::take(&mut self.databases);
+        for (_, db) in databases {
+            let path = db.path.clone();
+            drop(db);
+            self.vfs.remove_database(&path);
+        }
+    }
+
+    /// Attaches the databases in the directory again after a snapshot install, at `index`.
+    pub(crate) fn reattach_after_install(&mut self, index: u64) -> Result<(), EngineError> {
+        let recovery = self.recover()?;
+        for database in &recovery.databases {
+            assert_eq!(database.checkpoint_index, index);
+        }
+        self.applied_index = index;
+        Ok(())
+    }
+}
+
+/// One database's part of a snapshot.
+pub(crate) struct SnapshotPart {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) files: Arc<DbFiles>,
+    pub(crate) last_command_index: u64,
+    pub(crate) token: Arc<()>,
+}
+
+/// Suffix of a database file being installed from a snapshot.
+pub(crate) const SNAPSHOT_TEMP_SUFFIX: &str = "-snapshot.tmp";
+
+/// Runs one autocommit statement (exactly one) on the writer, through its statement cache.
+fn run_single(
+    writer: &mut Conn,
+    sql: &str,
+    params: &[Value],
+    query: bool,
+) -> Result<Response, ExecError> {
+    let statement = writer.cached(sql)?;
+    let outcome = run_statement(statement, params, query, None, || (0, 0))?;
+    Ok(fill_exec(outcome, (writer.last_insert_rowid(), writer.changes())).0)
+}
+
+/// Whether `path` starts like an SQLite database (other files in the directory are left alone).
+fn is_sqlite_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 16];
+    fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"SQLite format 3\0"
+}
+
+/// Writes a fresh database file with the canonical empty page 1, durably.
+fn write_empty_database(path: &Path, page_size: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::File::create(path)?;
+    file.write_all(&empty_database_page(page_size))?;
+    file.sync_all()
+}
+
+fn too_large(files: &DbFiles, error: ExecError, bytes_max: usize) -> ExecError {
+    if files.take_overflow() {
+        ExecError::TransactionTooLarge { bytes_max }
+    } else {
+        error
+    }
+}
+
+type Answers = Vec<(SessionId, Result<Response, ExecError>)>;
+
+/// Runs a group of autocommit writes on the writer connection: one statement alone as its own
+/// transaction, several inside one transaction with a SAVEPOINT each (a failing member is rolled
+/// back to its savepoint and answered with its own error). Returns the answers to give now and,
+/// if the transaction committed, the members whose answer waits for the command's apply.
+fn run_group_on(
+    db: &mut Database,
+    waiters: Vec<Waiter>,
+    bytes_max: usize,
+) -> (Answers, Option<Vec<Member>>) {
+    let mut answers: Answers = Vec::new();
+    if waiters.len() == 1 {
+        if let Work::Autocommit {
+            sql,
+            params,
+            query,
+            single: true,
+        } = &waiters[0].work
+        {
+            let session = waiters[0].session;
+            return match run_single(&mut db.writer, sql, params, *query) {
+                Ok(response) => (answers, Some(vec![Member { session, response }])),
+                Err(error) => {
+                    db.writer.rollback();
+                    db.files.clear_committed();
+                    let error = too_large(&db.files, error, bytes_max);
+                    answers.push((session, Err(error)));
+                    (answers, None)
+                }
+            };
+        }
+    }
+    if let Err(error) = db.writer.execute_batch("BEGIN IMMEDIATE") {
+        let message = error.to_string();
+        for waiter in waiters {
+            let error = ExecError::Aborted(format!("group could not begin: {message}"));
+            answers.push((waiter.session, Err(error)));
+        }
+        return (answers, None);
+    }
+    let mut members = Vec::new();
+    let mut lost: Option<String> = None;
+    let mut failed: Vec<(SessionId, Option<ExecError>)> = Vec::new();
+    for waiter in waiters {
+        let Work::Autocommit {
+            sql,
+            params,
+            query,
+            single,
+        } = &waiter.work
+        else {
+            unreachable!("groups hold autocommit work only");
+        };
+        if lost.is_some() {
+            failed.push((waiter.session, None));
+            continue;
+        }
+        let result = db
+            .writer
+            .execute_batch("SAVEPOINT atoll_member")
+            .map_err(ExecError::from)
+            .and_then(|()| {
+                if *single {
+                    run_single(&mut db.writer, sql, params, *query)
+                } else {
+                    let target = OwnedTarget::Sql(sql.clone());
+                    run_target(&mut db.writer, &target, params, *query, None).map(|(r, _)| r)
+                }
+            });
+        match result {
+            Ok(response) => match db.writer.execute_batch("RELEASE atoll_member") {
+                Ok(()) => members.push(Member {
+                    session: waiter.session,
+                    response,
+                }),
+                Err(error) => {
+                    lost = Some(error.to_string());
+                    failed.push((waiter.session, Some(ExecError::from(error))));
+                }
+            },
+            Err(error) => {
+                let error = too_large(&db.files, error, bytes_max);
+                if db.writer.is_autocommit() {
+                    // SQLite rolled the whole group back (an I/O error, a full capture).
+                    lost = Some(error.to_string());
+                } else {
+                    let _ = db
+                        .writer
+                        .execute_batch("ROLLBACK TO atoll_member; RELEASE atoll_member");
+                }
+                failed.push((waiter.session, Some(error)));
+            }
+        }
+    }
+    if let Some(reason) = &lost {
+        db.writer.rollback();
+        db.files.clear_committed();
+        for member in members.drain(..) {
+            failed.push((member.session, None));
+        }
+        for (session, error) in failed {
+            let error = error.unwrap_or_else(|| {
+                ExecError::Aborted(format!("its group was rolled back: {reason}"))
+            });
+            answers.push((session, Err(error)));
+        }
+        return (answers, None);
+    }
+    for (session, error) in failed {
+        answers.push((
+            session,
+            Err(error.expect("errors of kept groups are known")),
+        ));
+    }
+    if let Err(error) = db.writer.execute_batch("COMMIT") {
+        let error = too_large(&db.files, error.into(), bytes_max);
+        db.writer.rollback();
+        db.files.clear_committed();
+        let message = error.to_string();
+        for member in members {
+            let error = ExecError::Aborted(format!("group commit failed: {message}"));
+            answers.push((member.session, Err(error)));
+        }
+        return (answers, None);
+    }
+    (answers, Some(members))
+}

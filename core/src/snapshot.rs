@@ -1,0 +1,428 @@
+//! Snapshots of all databases at the applied index, streamed page by page.
+//!
+//! A snapshot is produced by [`Engine::snapshot`] as a [`SnapshotReader`] (`std::io::Read`):
+//! the single-threaded host pulls it incrementally. Each database is read under its own read
+//! transaction, opened when the snapshot starts, so later applies do not change what it yields;
+//! a page comes from the newest WAL frame at or below the transaction's `mxFrame`, else from the
+//! main file (checkpoints wait while a snapshot is live, so neither moves underneath).
+//!
+//! Stream layout (little-endian):
+//!
+//! | field                                   | size                       |
+//! |-----------------------------------------|----------------------------|
+//! | magic `ATSN`                            | 4                          |
+//! | version, 1                              | 4                          |
+//! | applied index                           | 8                          |
+//! | database count D                        | 4                          |
+//! | per database: name length N             | 2                          |
+//! |   name                                  | N                          |
+//! |   page size P                           | 4                          |
+//! |   page count C                          | 4                          |
+//! |   last command index                    | 8                          |
+//! |   pages 1..=C                           | C × P                      |
+//! | crc32 of every byte before it           | 4                          |
+//!
+//! [`Engine::install_snapshot`] writes each database to a temporary file, checks the crc, and
+//! only then replaces the node's databases (rename, WAL dropped, record written).
+
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::sync::Arc;
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use crate::command::validate_database_name;
+use crate::engine::{Engine, SnapshotPart, SNAPSHOT_TEMP_SUFFIX};
+use crate::error::EngineError;
+use crate::record::{self, Record};
+use crate::vfs::{Conn, DbFiles, Role};
+
+const MAGIC: &[u8; 4] = b"ATSN";
+const VERSION: u32 = 1;
+/// The most databases a snapshot may carry.
+const DATABASES_MAX: u32 = 4096;
+
+struct Part {
+    name: String,
+    files: Arc<DbFiles>,
+    last_command_index: u64,
+    page_size: u32,
+    page_count: u32,
+    max_frame: u32,
+    _token: Arc<()>,
+    /// Holds the read transaction that pins the frames this snapshot reads.
+    _reader: Conn,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Header,
+    Database(usize),
+    Page(usize, u32),
+    Trailer,
+    Done,
+}
+
+/// A snapshot being streamed; read it to the end (its last 4 bytes are a crc32).
+pub struct SnapshotReader {
+    index: u64,
+    parts: Vec<Part>,
+    stage: Stage,
+    chunk: Vec<u8>,
+    position: usize,
+    crc: crc32fast::Hasher,
+}
+
+impl SnapshotReader {
+    /// The applied index the snapshot reflects.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Bytes the whole stream will have.
+    pub fn len_bytes(&self) -> u64 {
+        let mut total = 4 + 4 + 8 + 4 + 4;
+        for part in &self.parts {
+            total += 2 + part.name.len() as u64 + 4 + 4 + 8;
+            total += u64::from(part.page_count) * u64::from(part.page_size);
+        }
+        total
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        self.chunk.clear();
+        self.position = 0;
+        match self.stage {
+            Stage::Header => {
+                self.chunk.extend_from_slice(MAGIC);
+                push_u32(&mut self.chunk, VERSION);
+                push_u64(&mut self.chunk, self.index);
+                push_u32(&mut self.chunk, self.parts.len() as u32);
+                self.stage = if self.parts.is_empty() {
+                    Stage::Trailer
+                } else {
+                    Stage::Database(0)
+                };
+            }
+            Stage::Database(at) => {
+                let part = &self.parts[at];
+                let mut length = [0u8; 2];
+                LittleEndian::write_u16(&mut length, part.name.len() as u16);
+                self.chunk.extend_from_slice(&length);
+                self.chunk.extend_from_slice(part.name.as_bytes());
+                push_u32(&mut self.chunk, part.page_size);
+                push_u32(&mut self.chunk, part.page_count);
+                push_u64(&mut self.chunk, part.last_command_index);
+                self.stage = self.after_page(at, 0);
+            }
+            Stage::Page(at, page) => {
+                let part = &self.parts[at];
+                self.chunk.resize(part.page_size as usize, 0);
+                match part.files.find_frame(page, part.max_frame)? {
+                    Some(frame) => part.files.read_wal_page(frame, &mut self.chunk)?,
+                    None => part.files.read_main_page(page, &mut self.chunk)?,
+                }
+                self.stage = self.after_page(at, page);
+            }
+            Stage::Trailer => {
+                let crc = std::mem::take(&mut self.crc).finalize();
+                push_u32(&mut self.chunk, crc);
+                self.stage = Stage::Done;
+                return Ok(());
+            }
+            Stage::Done => return Ok(()),
+        }
+        self.crc.update(&self.chunk);
+        Ok(())
+    }
+
+    fn after_page(&self, at: usize, page: u32) -> Stage {
+        if page < self.parts[at].page_count {
+            Stage::Page(at, page + 1)
+        } else if at + 1 < self.parts.len() {
+            Stage::Database(at + 1)
+        } else {
+            Stage::Trailer
+        }
+    }
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.position == self.chunk.len() {
+            if matches!(self.stage, Stage::Done) {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let count = out.len().min(self.chunk.len() - self.position);
+        out[..count].copy_from_slice(&self.chunk[self.position..self.position + count]);
+        self.position += count;
+        Ok(count)
+    }
+}
+
+fn push_u32(out: &mut Vec<u8>, value: u32) {
+    let mut bytes = [0u8; 4];
+    LittleEndian::write_u32(&mut bytes, value);
+    out.extend_from_slice(&bytes);
+}
+
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    let mut bytes = [0u8; 8];
+    LittleEndian::write_u64(&mut bytes, value);
+    out.extend_from_slice(&bytes);
+}
+
+/// A reader that updates a crc with everything it reads.
+struct CrcReader<'a> {
+    inner: &'a mut dyn Read,
+    crc: crc32fast::Hasher,
+}
+
+impl CrcReader<'_> {
+    fn exact(&mut self, out: &mut [u8]) -> Result<(), EngineError> {
+        self.inner
+            .read_exact(out)
+            .map_err(|e| EngineError::BadSnapshot(format!("truncated stream: {e}")))?;
+        self.crc.update(out);
+        Ok(())
+    }
+
+    fn u16(&mut self) -> Result<u16, EngineError> {
+        let mut bytes = [0u8; 2];
+        self.exact(&mut bytes)?;
+        Ok(LittleEndian::read_u16(&bytes))
+    }
+
+    fn u32(&mut self) -> Result<u32, EngineError> {
+        let mut bytes = [0u8; 4];
+        self.exact(&mut bytes)?;
+        Ok(LittleEndian::read_u32(&bytes))
+    }
+
+    fn u64(&mut self) -> Result<u64, EngineError> {
+        let mut bytes = [0u8; 8];
+        self.exact(&mut bytes)?;
+        Ok(LittleEndian::read_u64(&bytes))
+    }
+}
+
+struct Incoming {
+    name: String,
+    page_size: u32,
+    last_command_index: u64,
+}
+
+impl Engine {
+    /// Starts a consistent snapshot of every database at the applied index. Checkpoints of the
+    /// databases wait until the reader is dropped.
+    pub fn snapshot(&mut self) -> Result<SnapshotReader, EngineError> {
+        let mut parts = Vec::new();
+        for SnapshotPart {
+            name,
+            path,
+            files,
+            last_command_index,
+            token,
+        } in self.snapshot_parts()
+        {
+            let reader = Conn::open(self.vfs(), &path, Role::Plain, self.cache_kib())?;
+            reader.execute_batch("BEGIN")?;
+            reader
+                .connection()
+                .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+            let page_size = files.page_size();
+            let (max_frame, page_count) = match files.index_header()? {
+                Some(header) if header.max_frame > 0 => (header.max_frame, header.db_size_pages),
+                _ => (0, (files.main_len()? / u64::from(page_size)) as u32),
+            };
+            parts.push(Part {
+                name,
+                files,
+                last_command_index,
+                page_size,
+                page_count,
+                max_frame,
+                _token: token,
+                _reader: reader,
+            });
+        }
+        Ok(SnapshotReader {
+            index: self.applied_index(),
+            parts,
+            stage: Stage::Header,
+            chunk: Vec::new(),
+            position: 0,
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// Replaces every database of this node with those of a snapshot stream. The stream is
+    /// written to temporary files and its crc checked first; on any error nothing changes.
+    /// Then open transactions are rolled back, queued and proposed writes fail, and sessions
+    /// must open their databases again. Returns the snapshot's index, now the applied index.
+    ///
+    /// If the node crashes during the swap, [`Engine::open`] reports a checkpoint index below
+    /// the snapshot's for some database: the host installs the snapshot again.
+    pub fn install_snapshot(&mut self, stream: &mut dyn Read) -> Result<u64, EngineError> {
+        let dir = self.dir().to_path_buf();
+        let mut incoming: Vec<Incoming> = Vec::new();
+        let result = receive(stream, &dir, &mut incoming);
+        let index = match result {
+            Ok(index) => index,
+            Err(error) => {
+                for database in &incoming {
+                    let _ = fs::remove_file(temp_path(&dir, &database.name));
+                }
+                return Err(error);
+            }
+        };
+        self.detach_all("the database was replaced by a snapshot");
+        for name in fs_database_names(&dir)? {
+            if !incoming.iter().any(|d| d.name == name) {
+                let path = dir.join(&name);
+                record::remove(&path)?;
+                let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+                fs::remove_file(&path)?;
+            }
+        }
+        for database in &incoming {
+            let path = dir.join(&database.name);
+            let mut record = match record::read(&path)? {
+                Some(old) => {
+                    // Mark the swap: until the new record lands the file may be either state.
+                    let intent = Record {
+                        intent_index: index.max(old.checkpoint_index),
+                        ..old
+                    };
+                    record::write(&path, &intent)?
+                }
+                // A new database: its record comes first, saying it is not there yet (index 0,
+                // intent the snapshot's), so a crash before the end makes the host install the
+                // snapshot again instead of losing this database.
+                None => record::write(
+                    &path,
+                    &Record {
+                        page_size: database.page_size,
+                        checkpoint_index: 0,
+                        last_command_index: 0,
+                        intent_index: index,
+                        sequence: 0,
+                    },
+                )?,
+            };
+            fs::rename(temp_path(&dir, &database.name), &path)?;
+            let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+            record = Record {
+                page_size: database.page_size,
+                checkpoint_index: index,
+                last_command_index: database.last_command_index,
+                intent_index: 0,
+                ..record
+            };
+            record::write(&path, &record)?;
+        }
+        record::sync_dir(&dir)?;
+        self.reattach_after_install(index)?;
+        log::info!(
+            "installed snapshot at index {index} ({} databases)",
+            incoming.len()
+        );
+        Ok(index)
+    }
+}
+
+fn temp_path(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}{SNAPSHOT_TEMP_SUFFIX}"))
+}
+
+/// Names of databases with a record in `dir`.
+fn fs_database_names(dir: &std::path::Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(record::RECORD_SUFFIX))
+        {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Reads a snapshot stream into temporary files; returns its index once the crc matched.
+fn receive(
+    stream: &mut dyn Read,
+    dir: &std::path::Path,
+    incoming: &mut Vec<Incoming>,
+) -> Result<u64, EngineError> {
+    let mut reader = CrcReader {
+        inner: stream,
+        crc: crc32fast::Hasher::new(),
+    };
+    let mut magic = [0u8; 4];
+    reader.exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(EngineError::BadSnapshot("bad magic".to_string()));
+    }
+    let version = reader.u32()?;
+    if version != VERSION {
+        return Err(EngineError::BadSnapshot(format!(
+            "unknown version {version}"
+        )));
+    }
+    let index = reader.u64()?;
+    let count = reader.u32()?;
+    if count > DATABASES_MAX {
+        return Err(EngineError::BadSnapshot(format!("{count} databases")));
+    }
+    let mut page = Vec::new();
+    for _ in 0..count {
+        let length = usize::from(reader.u16()?);
+        let mut name = vec![0u8; length];
+        reader.exact(&mut name)?;
+        let name = String::from_utf8(name)
+            .map_err(|_| EngineError::BadSnapshot("database name is not UTF-8".to_string()))?;
+        validate_database_name(&name)
+            .map_err(|why| EngineError::BadSnapshot(format!("database name: {why}")))?;
+        if incoming.iter().any(|d| d.name == name) {
+            return Err(EngineError::BadSnapshot(format!("{name:?} twice")));
+        }
+        let page_size = reader.u32()?;
+        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
+            return Err(EngineError::BadSnapshot(format!("page size {page_size}")));
+        }
+        let page_count = reader.u32()?;
+        let last_command_index = reader.u64()?;
+        if last_command_index > index || page_count == 0 {
+            return Err(EngineError::BadSnapshot(format!("{name:?}: bad header")));
+        }
+        incoming.push(Incoming {
+            name: name.clone(),
+            page_size,
+            last_command_index,
+        });
+        let file = fs::File::create(temp_path(dir, &name))?;
+        let mut writer = BufWriter::with_capacity(256 * 1024, file);
+        page.resize(page_size as usize, 0);
+        for _ in 0..page_count {
+            reader.exact(&mut page)?;
+            writer.write_all(&page)?;
+        }
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+    }
+    let computed = std::mem::take(&mut reader.crc).finalize();
+    let mut trailer = [0u8; 4];
+    reader
+        .inner
+        .read_exact(&mut trailer)
+        .map_err(|e| EngineError::BadSnapshot(format!("truncated stream: {e}")))?;
+    if LittleEndian::read_u32(&trailer) != computed {
+        return Err(EngineError::BadSnapshot("checksum mismatch".to_string()));
+    }
+    Ok(index)
+}
