@@ -33,9 +33,10 @@ pub trait LogRead {
     /// `first_index() - 1 ..= last_index()`.
     fn term(&self, index: LogIndex) -> io::Result<Option<Term>>;
 
-    /// Appends to `out` the entries with indexes in `low..high`, in order, stopping early once the
-    /// payload bytes appended exceed `bytes_max`, but always appending at least one entry when
-    /// the range is not empty. Panics unless `first_index() <= low <= high <= last_index() + 1`.
+    /// Appends to `out` the entries with indexes in `low..high`, in order, stopping before the
+    /// first entry that would take the payload bytes appended past `bytes_max`, but always
+    /// appending at least one entry when the range is not empty (etcd's `limitSize`).
+    /// Panics unless `first_index() <= low <= high <= last_index() + 1`.
     /// Payloads are borrowed from the log's maps where the implementation has them: no copy.
     fn entries(
         &self,
