@@ -22,8 +22,10 @@
 //!
 //! # Crash safety, step by step
 //!
-//! - A segment is prepared under a temporary name (preallocated, header written, synced), then
-//!   renamed to `open-N` and the directory synced: an `open-N` always has a valid header.
+//! - A segment is prepared under a temporary name (preallocated, header written), then renamed
+//!   to `open-N`; one directory sync covers that rename and the closing rename of the full
+//!   segment before the new one takes an entry. A crash can leave an all-zero `open-N` (it
+//!   never held an entry), which recovery removes; any other `open-N` has a valid header.
 //! - Entries are never written twice in place. Truncation builds a new file holding the kept
 //!   prefix, syncs it and renames it *over* the segment it replaces (atomic), after deleting
 //!   later segments newest first with a directory sync after each; a closed segment that must be
@@ -124,6 +126,9 @@ pub struct SegmentLog {
     cache: RefCell<MapCache>,
     /// Set by a failed write or sync: every later change is refused.
     failed: bool,
+    /// A segment was renamed (a spare prepared, a full segment closed) and the directory not
+    /// yet synced; done before the next spare takes entries.
+    dir_sync_pending: bool,
     snapshots: SnapshotStore,
     #[cfg(any(test, feature = "testing"))]
     faults: Faults,
@@ -292,7 +297,15 @@ impl SegmentLog {
         let mut current: Option<RecoveredOpen> = None;
         for (counter, name) in open_names {
             let path = dir.join(&name);
-            let recovered = recover_open(&path, counter, name, compacted_index)?;
+            let Some(recovered) = recover_open(&path, counter, name, compacted_index)? else {
+                log::info!(
+                    "removing {} (an unfinished spare, all zeros)",
+                    path.display()
+                );
+                remove_file(&path)?;
+                removed_any = true;
+                continue;
+            };
             match recovered.last() {
                 None => spares.push(Spare {
                     counter: recovered.counter,
@@ -374,6 +387,7 @@ impl SegmentLog {
             last_index,
             durable_index: last_index,
             failed: false,
+            dir_sync_pending: false,
             snapshots,
             #[cfg(any(test, feature = "testing"))]
             faults: Faults::default(),
@@ -504,7 +518,9 @@ impl SegmentLog {
     }
 
     /// Creates a segment file at `dir/name.tmp`: blocks preallocated, header and `body` (records
-    /// copied from another segment) written, synced. Returns the file; the caller renames it.
+    /// copied from another segment) written, and, if `durable`, synced. Returns the file; the
+    /// caller renames it. A spare needs no sync: the first `sync` of an entry in it flushes
+    /// the header page and the file's size with it, and recovery removes an all-zero spare.
     /// Fails cleanly (and removes the temporary file) when the disk is full; `Err((_, true))`
     /// means a write or sync failed, which is sticky.
     fn create_segment_file(
@@ -512,6 +528,7 @@ impl SegmentLog {
         name: &str,
         capacity: usize,
         body: &[u8],
+        durable: bool,
     ) -> Result<File, (LogError, bool)> {
         assert!(SEGMENT_HEADER_BYTES + body.len() <= capacity);
         assert!(capacity as u64 <= SEGMENT_BYTES_MAX);
@@ -534,20 +551,21 @@ impl SegmentLog {
         let written = file
             .write_all_at(&segment::encode_segment_header(), 0)
             .and_then(|()| file.write_all_at(body, SEGMENT_HEADER_BYTES as u64))
-            .and_then(|()| file.sync_all());
+            .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
         if let Err(error) = written {
             return Err((LogError::io("writing new segment", &temp_path, error), true));
         }
         Ok(file)
     }
 
-    /// Prepares a spare segment of `capacity` bytes: created, renamed to `open-N`, the
-    /// directory synced.
+    /// Prepares a spare segment of `capacity` bytes: created and renamed to `open-N`. The
+    /// directory sync is left to [`SegmentLog::roll_over`], which does one for this rename and
+    /// the closing of the full segment together, before the spare takes any entry.
     fn prepare_spare(&mut self, capacity: usize) -> Result<(), LogError> {
         let counter = self.open_counter_next;
         self.open_counter_next += 1;
         let name = format!("{OPEN_PREFIX}{counter}");
-        let file = match self.create_segment_file(&name, capacity, &[]) {
+        let file = match self.create_segment_file(&name, capacity, &[], false) {
             Ok(file) => file,
             Err((error, sticky)) => {
                 return if sticky {
@@ -557,8 +575,9 @@ impl SegmentLog {
                 }
             }
         };
-        let renamed = self.rename_and_sync(&format!("{name}{TEMP_SUFFIX}"), &name);
+        let renamed = self.rename(&format!("{name}{TEMP_SUFFIX}"), &name);
         self.sticky(renamed)?;
+        self.dir_sync_pending = true;
         self.spares.push(Spare {
             counter,
             name,
@@ -569,11 +588,15 @@ impl SegmentLog {
     }
 
     fn rename_and_sync(&self, from: &str, to: &str) -> Result<(), LogError> {
+        self.rename(from, to)?;
+        sync_dir_file(&self.dir_file, &self.dir)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), LogError> {
         self.file_operation()?;
         let to_path = self.dir.join(to);
         fs::rename(self.dir.join(from), &to_path)
-            .map_err(|error| LogError::io("renaming segment", &to_path, error))?;
-        sync_dir_file(&self.dir_file, &self.dir)
+            .map_err(|error| LogError::io("renaming segment", &to_path, error))
     }
 
     /// Makes sure spares exist for every new segment `entries` will need, so that appending them
@@ -610,8 +633,9 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Closes the open segment: syncs it, renames it `FIRST-LAST`, syncs the directory. Its map
-    /// and offset index move to the cache, where recent entries are likely to be read again.
+    /// Closes the open segment: syncs it and renames it `FIRST-LAST`; the caller syncs the
+    /// directory. Its map and offset index move to the cache, where recent entries are likely
+    /// to be read again.
     fn close_open_segment(&mut self) -> Result<(), LogError> {
         let open = self.open.as_ref().expect("an open segment to close");
         let last = open
@@ -622,7 +646,8 @@ impl SegmentLog {
             .flush(open.synced_end..open.end)
             .map_err(|error| LogError::io("syncing segment", &path, error))?;
         let name = closed_name(open.first, last);
-        self.rename_and_sync(&open.name, &name)?;
+        self.rename(&open.name, &name)?;
+        self.dir_sync_pending = true;
         let open = self.open.take().expect("checked above");
         self.cache.borrow_mut().insert(
             open.first,
@@ -634,7 +659,6 @@ impl SegmentLog {
             last,
             name,
         });
-        self.durable_index = self.durable_index.max(last);
         Ok(())
     }
 
@@ -652,6 +676,15 @@ impl SegmentLog {
                 });
             } else {
                 self.close_open_segment()?;
+            }
+        }
+        // One directory sync makes both the closed segment's new name and the spare's name
+        // durable, before any entry goes into the spare.
+        if self.dir_sync_pending {
+            sync_dir_file(&self.dir_file, &self.dir)?;
+            self.dir_sync_pending = false;
+            if let Some(last) = self.closed.last() {
+                self.durable_index = self.durable_index.max(last.last);
             }
         }
         let need = SEGMENT_HEADER_BYTES + record_bytes;
@@ -799,7 +832,7 @@ impl SegmentLog {
         let mut replacement = None;
         if let Some((name, counter, first, offsets, body)) = kept {
             let capacity = self.capacity_for(body.len());
-            match self.create_segment_file(&name, capacity, &body) {
+            match self.create_segment_file(&name, capacity, &body, true) {
                 Ok(file) => {
                     replacement = Some(Replacement {
                         name,
@@ -1503,13 +1536,14 @@ fn recover_closed(
 }
 
 /// Recovers the open segment at `path`: checks its header, finds its valid records, and zeroes
-/// a torn tail (with a warning) so that nothing stale can ever follow a later append.
+/// a torn tail (with a warning) so that nothing stale can ever follow a later append. `None`
+/// for a file of zeros (or empty): a spare whose preparation was cut short.
 fn recover_open(
     path: &Path,
     counter: u64,
     name: String,
     compacted_index: LogIndex,
-) -> Result<RecoveredOpen, LogError> {
+) -> Result<Option<RecoveredOpen>, LogError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1519,9 +1553,6 @@ fn recover_open(
         .metadata()
         .map_err(|error| LogError::io("reading segment size", path, error))?
         .len();
-    if len < SEGMENT_HEADER_BYTES as u64 {
-        return Err(LogError::corrupt(path, 0, "shorter than a segment header"));
-    }
     if len > SEGMENT_BYTES_MAX {
         return Err(LogError::corrupt(path, 0, "larger than any segment"));
     }
@@ -1529,7 +1560,13 @@ fn recover_open(
     let map = SegmentMap::open_read_only(&file)
         .map_err(|error| LogError::io("mapping segment", path, error))?;
     let bytes = map.slice(0..map.len());
-    segment::check_segment_header(bytes).map_err(|reason| LogError::corrupt(path, 0, reason))?;
+    if let Err(reason) = segment::check_segment_header(bytes) {
+        if segment::last_nonzero(bytes, 0).is_none() {
+            // A spare whose preparation a crash cut short: it never held an entry.
+            return Ok(None);
+        }
+        return Err(LogError::corrupt(path, 0, reason));
+    }
     let mut offsets = Vec::new();
     let mut runs = TermRuns::default();
     let scan = segment::scan(bytes, |record| {
@@ -1562,7 +1599,7 @@ fn recover_open(
             .and_then(|()| file.sync_data())
             .map_err(|error| LogError::io("zeroing torn tail", path, error))?;
     }
-    Ok(RecoveredOpen {
+    Ok(Some(RecoveredOpen {
         counter,
         name,
         file,
@@ -1571,7 +1608,7 @@ fn recover_open(
         offsets,
         runs,
         end: scan.end,
-    })
+    }))
 }
 
 fn zero_range(file: &File, start: usize, end: usize) -> io::Result<()> {

@@ -559,6 +559,32 @@ fn test_stray_temporary_files_are_removed() {
 }
 
 #[test]
+fn test_unfinished_spare_is_removed_but_junk_is_an_error() {
+    // Spares are prepared without a sync: after a crash one may be empty or all zeros. It never
+    // held an entry, so recovery removes it. An open segment with a bad header and non-zero
+    // bytes is damage, not an unfinished spare: an error.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=2, 1, 100)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    fs::write(dir.path().join("open-7"), vec![0u8; 4096]).unwrap();
+    fs::write(dir.path().join("open-8"), b"").unwrap();
+    let log = open(dir.path(), 4096);
+    assert_eq!(log.last_index(), LogIndex(2));
+    let names = segment_names(dir.path());
+    assert!(!names.contains(&"open-7".to_string()), "{names:?}");
+    assert!(!names.contains(&"open-8".to_string()), "{names:?}");
+    drop(log);
+    let mut junk = vec![0u8; 4096];
+    junk[100] = 1;
+    fs::write(dir.path().join("open-9"), &junk).unwrap();
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    assert!(error.to_string().contains("open-9"), "{error}");
+    assert!(error.to_string().contains("bad magic"), "{error}");
+}
+
+#[test]
 fn test_failure_is_sticky_after_a_crash_point() {
     // After a failed file operation the log refuses appends, until reopened.
     let dir = tempfile::tempdir().unwrap();
