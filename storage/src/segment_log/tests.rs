@@ -422,6 +422,11 @@ fn test_closed_segments_are_mapped_lazily_and_bounded() {
     drop(log);
     let log = open(dir.path(), 4096);
     assert_eq!(log.maps_cached_count(), 0, "nothing mapped before a read");
+    // term() answers from memory, for every index, without mapping a segment.
+    for index in 1..=90 {
+        assert_eq!(log.term(LogIndex(index)).unwrap(), Some(Term(1)));
+    }
+    assert_eq!(log.maps_cached_count(), 0, "term() maps nothing");
     for index in 1..=90 {
         let read = read_all(&log, index, index + 1);
         assert_eq!(read[0], written[index as usize - 1]);
@@ -697,4 +702,14 @@ fn random_operations(seed: u64) {
     drop(log);
     let log = open(dir.path(), segment_bytes);
     assert_eq!(read_all(&log, first, first + model.len() as u64), model);
+}
+
+#[test]
+fn test_log_can_move_to_another_thread() {
+    // The host may open the log on one thread and run it on the event loop's.
+    fn assert_send<T: Send>() {}
+    assert_send::<SegmentLog>();
+    assert_send::<Payload>();
+    fn assert_sync<T: Sync>() {}
+    assert_sync::<Payload>();
 }
