@@ -10,6 +10,8 @@
 //! - `truncate_after`, `compact_through` and `save_hard_state` are durable when they return `Ok`.
 //! - A failed write or sync is sticky: every later mutating call fails until the log is reopened,
 //!   because after a failed fsync the page cache cannot be trusted.
+//! - An `append` refused before it writes anything (no disk space for a new segment, a payload
+//!   over the size limit) changes nothing and is not sticky: the caller may retry later.
 
 use std::io;
 

@@ -603,6 +603,14 @@ impl SegmentLog {
     /// cannot run out of disk space half-way. Changes no entry; a failure is not sticky.
     fn prepare_for(&mut self, entries: &[Entry]) -> Result<(), LogError> {
         let mut free = self.open.as_ref().map(|open| open.capacity - open.end);
+        // The common case, without allocating: the batch fits in the open segment.
+        let batch_bytes: usize = entries
+            .iter()
+            .map(|entry| segment::record_bytes(entry.payload.len()))
+            .sum();
+        if free.is_some_and(|free| batch_bytes <= free) {
+            return Ok(());
+        }
         let mut needed: Vec<usize> = Vec::new();
         for entry in entries {
             let record = segment::record_bytes(entry.payload.len());
@@ -769,11 +777,10 @@ impl SegmentLog {
     fn sync_entries(&mut self) -> Result<(), LogError> {
         self.check_usable()?;
         if let Some(open) = &self.open {
-            let path = self.dir.join(&open.name);
             let flushed = open
                 .writer
                 .flush(open.synced_end..open.end)
-                .map_err(|error| LogError::io("syncing segment", &path, error));
+                .map_err(|error| LogError::io("syncing segment", self.dir.join(&open.name), error));
             self.sticky(flushed)?;
         }
         if let Some(open) = &mut self.open {
@@ -1075,7 +1082,8 @@ impl SegmentLog {
         for index in range.0 .0..range.1 .0 {
             let index = LogIndex(index);
             let offset = offsets[(index.0 - segment_first.0) as usize] as usize;
-            let entry = read_record(&self.dir.join(name), map, offset, index)?;
+            let entry = read_record(map, offset, index)
+                .map_err(|reason| LogError::corrupt(self.dir.join(name), offset as u64, reason))?;
             if !budget.admit(entry.payload.len() as u64) {
                 return Ok(false);
             }
@@ -1285,34 +1293,25 @@ impl ReadBudget {
     }
 }
 
-/// Reads and checks (crc included) the record of `index` at `offset` of `map`.
+/// Reads and checks (crc included) the record of `index` at `offset` of `map`; the error says
+/// which check failed (the caller names the file: no allocation on the read path).
 fn read_record(
-    path: &Path,
     map: &Arc<SegmentMap>,
     offset: usize,
     index: LogIndex,
-) -> Result<Entry, LogError> {
+) -> Result<Entry, &'static str> {
     let frozen = map.frozen();
     if offset + RECORD_HEADER_BYTES > frozen {
-        return Err(LogError::corrupt(
-            path,
-            offset as u64,
-            "record past the end",
-        ));
+        return Err("record past the end");
     }
     let header = map.slice(offset..offset + RECORD_HEADER_BYTES);
-    let record = segment::decode_record_fields(header, offset, frozen)
-        .map_err(|reason| LogError::corrupt(path, offset as u64, reason))?;
+    let record = segment::decode_record_fields(header, offset, frozen)?;
     if record.index != index {
-        return Err(LogError::corrupt(
-            path,
-            offset as u64,
-            "unexpected entry index",
-        ));
+        return Err("unexpected entry index");
     }
     let range = record.payload_start..record.payload_start + record.payload_len;
     if !segment::record_crc_matches(header, map.slice(range.clone())) {
-        return Err(LogError::corrupt(path, offset as u64, "crc mismatch"));
+        return Err("crc mismatch");
     }
     Ok(Entry {
         index,

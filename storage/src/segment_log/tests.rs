@@ -713,3 +713,40 @@ fn test_log_can_move_to_another_thread() {
     fn assert_sync<T: Sync>() {}
     assert_sync::<Payload>();
 }
+
+#[test]
+fn test_damage_after_open_is_caught_on_read() {
+    // Bytes of a closed segment that go bad after the log was opened (the disk lies, or
+    // someone writes into the file) are caught by the crc check of every read: the read
+    // fails, naming the file and offset, instead of handing out bad bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    let written = entries(1..=10, 1, 1000);
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), 4096);
+    let name = "00000000000000000004-00000000000000000006";
+    let second = SEGMENT_HEADER_BYTES + record_bytes(1000);
+    // Written in place (never truncated: the file may be mapped).
+    let file = OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(name))
+        .unwrap();
+    file.write_all_at(&[0x00], (second + RECORD_HEADER_BYTES + 10) as u64)
+        .unwrap();
+    assert_eq!(read_all(&log, 1, 5), &written[..4]);
+    let mut out = Vec::new();
+    let error = log
+        .entries(LogIndex(1), LogIndex(11), u64::MAX, &mut out)
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    let text = error.to_string();
+    assert!(text.contains(name), "{text}");
+    assert!(
+        text.contains(&format!("byte offset {second}: crc mismatch")),
+        "{text}"
+    );
+    // Entries of other segments still read.
+    assert_eq!(read_all(&log, 7, 11), &written[6..]);
+}
