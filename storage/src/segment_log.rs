@@ -56,7 +56,7 @@ use crate::log_store::{LogRead, LogStore};
 use crate::meta::{self, Metadata, MetadataStore, METADATA_FILE_NAMES};
 use crate::mmap::{self, SegmentMap, SegmentWriter};
 use crate::segment::{self, Stop, PAYLOAD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use crate::snapshot::{list_dir, SnapshotStore};
+use crate::snapshot::{create_dir_durably, list_dir, SnapshotStore};
 use crate::types::{Entry, HardState, LogIndex, Payload, Term};
 
 /// The default size of a segment file (8 MiB).
@@ -216,8 +216,7 @@ impl SegmentLog {
             "maps_cached_max is at least 1"
         );
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir)
-            .map_err(|error| LogError::io("creating data directory", &dir, error))?;
+        create_dir_durably(&dir)?;
         let lock_file = lock_dir(&dir)?;
         let dir_file = File::open(&dir)
             .map_err(|error| LogError::io("opening data directory", &dir, error))?;

@@ -164,8 +164,7 @@ impl SnapshotStore {
     /// Opens (creating it if needed) the store in `dir`, and removes the temporary files of
     /// snapshots whose writing never finished.
     pub fn open(dir: &Path) -> Result<SnapshotStore, LogError> {
-        fs::create_dir_all(dir)
-            .map_err(|error| LogError::io("creating snapshot directory", dir, error))?;
+        create_dir_durably(dir)?;
         let mut removed = false;
         for name in list_dir(dir)? {
             if name.ends_with(TEMP_SUFFIX) {
@@ -436,6 +435,27 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, LogError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Creates `dir` (and its missing parents) if needed, and syncs the parent of each directory it
+/// creates, so that the new directory itself survives a crash.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        // Created meanwhile by someone else: fine, as long as it is a directory now.
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(error) => return Err(LogError::io("creating directory", dir, error)),
+    }
+    match dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => sync_dir(Path::new(".")),
+    }
 }
 
 /// fsyncs a directory, so that file creations, renames and removals in it are durable.

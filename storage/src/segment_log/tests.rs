@@ -750,3 +750,17 @@ fn test_damage_after_open_is_caught_on_read() {
     // Entries of other segments still read.
     assert_eq!(read_all(&log, 7, 11), &written[6..]);
 }
+
+#[test]
+fn test_open_creates_missing_directories() {
+    // A data directory several levels below an existing one is created, with its snapshot
+    // directory, and holds entries across a reopen.
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("a").join("b").join("data");
+    let mut log = open(&dir, 4096);
+    log.append(&entries(1..=2, 1, 10)).unwrap();
+    log.sync().unwrap();
+    assert!(dir.join("snapshots").is_dir());
+    drop(log);
+    assert_eq!(open(&dir, 4096).last_index(), LogIndex(2));
+}
