@@ -6,7 +6,7 @@
 //! - `open-N`: segments being written, or prepared and still empty (spares). `N` is a counter;
 //! - `FIRST-LAST`: closed segments (full, synced, read-only), e.g.
 //!   `00000000000000000001-00000000000000000512`: they hold exactly the entries `FIRST..=LAST`;
-//! - `*.tmp`: files being prepared, removed on open;
+//! - `open-N.tmp`: segments being prepared, removed on open (no other file is ever removed);
 //! - `snapshots/`: the [`SnapshotStore`].
 //!
 //! # Durability
@@ -226,7 +226,11 @@ impl SegmentLog {
         let mut open_names = Vec::new();
         let mut removed_any = false;
         for name in names {
-            if name.ends_with(TEMP_SUFFIX) {
+            // Only our own temporary names: never delete a file we did not make.
+            let ours_temp = name
+                .strip_suffix(TEMP_SUFFIX)
+                .is_some_and(|stem| parse_open_name(stem).is_some());
+            if ours_temp {
                 let path = dir.join(&name);
                 log::warn!("removing unfinished file {}", path.display());
                 fs::remove_file(&path)

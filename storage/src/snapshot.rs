@@ -167,7 +167,11 @@ impl SnapshotStore {
         create_dir_durably(dir)?;
         let mut removed = false;
         for name in list_dir(dir)? {
-            if name.ends_with(TEMP_SUFFIX) {
+            // Only our own temporary names: never delete a file we did not make.
+            let ours_temp = name
+                .strip_suffix(TEMP_SUFFIX)
+                .is_some_and(|stem| parse_snapshot_file_name(stem).is_some());
+            if ours_temp {
                 let path = dir.join(&name);
                 log::warn!("removing unfinished snapshot {}", path.display());
                 fs::remove_file(&path)

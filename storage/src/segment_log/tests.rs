@@ -554,12 +554,17 @@ fn test_stray_temporary_files_are_removed() {
     drop(open(dir.path(), 4096));
     fs::write(dir.path().join("open-9.tmp"), b"half-made segment").unwrap();
     fs::write(dir.path().join("notes.txt"), b"not ours").unwrap();
+    fs::write(dir.path().join("draft.tmp"), b"not ours either").unwrap();
     drop(open(dir.path(), 4096));
     let names = list_dir(dir.path()).unwrap();
     assert!(!names.contains(&"open-9.tmp".to_string()));
     assert!(
         names.contains(&"notes.txt".to_string()),
         "unknown files are left alone"
+    );
+    assert!(
+        names.contains(&"draft.tmp".to_string()),
+        "only our own temporary files are removed"
     );
 }
 
