@@ -816,33 +816,39 @@ impl SegmentLog {
                 .iter()
                 .position(|segment| segment.first <= index && index < segment.last)
         };
+        // The kept records are copied straight from the map (held by an `Arc`, so no borrow of
+        // `self`): no buffer as large as a segment.
         let kept = if cut_open {
             let open = self.open.as_ref().expect("cut_open");
             let kept_end = open.offset_of(index.next());
-            let body = open
-                .writer
-                .map()
-                .slice(SEGMENT_HEADER_BYTES..kept_end)
-                .to_vec();
             let offsets = open.offsets[..(index.0 + 1 - open.first.0) as usize].to_vec();
-            Some((open.name.clone(), open.counter, open.first, offsets, body))
+            let map = Arc::clone(open.writer.map());
+            Some((
+                open.name.clone(),
+                open.counter,
+                open.first,
+                offsets,
+                map,
+                kept_end,
+            ))
         } else if let Some(k) = cut_closed {
             let segment = self.closed[k].clone();
             let (map, offsets) = self.closed_map(k)?;
             let kept = (index.0 + 1 - segment.first.0) as usize;
             let kept_end = offsets[kept] as usize;
-            let body = map.slice(SEGMENT_HEADER_BYTES..kept_end).to_vec();
             let counter = self.open_counter_next;
             self.open_counter_next += 1;
             let name = format!("{OPEN_PREFIX}{counter}");
-            Some((name, counter, segment.first, offsets[..kept].to_vec(), body))
+            let offsets = offsets[..kept].to_vec();
+            Some((name, counter, segment.first, offsets, map, kept_end))
         } else {
             None
         };
         let mut replacement = None;
-        if let Some((name, counter, first, offsets, body)) = kept {
+        if let Some((name, counter, first, offsets, map, kept_end)) = kept {
+            let body = map.slice(SEGMENT_HEADER_BYTES..kept_end);
             let capacity = self.capacity_for(body.len());
-            match self.create_segment_file(&name, capacity, &body, true) {
+            match self.create_segment_file(&name, capacity, body, true) {
                 Ok(file) => {
                     replacement = Some(Replacement {
                         name,
