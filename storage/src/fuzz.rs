@@ -80,10 +80,18 @@ pub fn recover_metadata_bytes(bytes: &[u8]) {
     }
 }
 
-/// Treats `bytes` as the start of a snapshot file: its metadata decodes or is rejected.
+/// Treats `bytes` as the start of a snapshot file: its metadata decodes to something that
+/// encodes back to the same header and configuration, or is rejected.
 pub fn decode_snapshot_bytes(bytes: &[u8]) {
     if let Ok(meta) = snapshot::decode_snapshot_meta(bytes) {
-        assert!(meta.configuration.len() <= bytes.len());
+        let header = meta.encode_header();
+        assert_eq!(
+            &header[..],
+            &bytes[..header.len()],
+            "decode and encode agree"
+        );
+        let configuration = &bytes[header.len()..header.len() + meta.configuration.len()];
+        assert_eq!(meta.configuration, configuration);
     }
 }
 
@@ -134,6 +142,22 @@ mod tests {
         bytes
     }
 
+    /// The header and configuration of a valid snapshot file.
+    fn valid_snapshot_start(prng: &mut Prng) -> Vec<u8> {
+        let meta = crate::snapshot::SnapshotMeta {
+            index: LogIndex(prng.below(1000)),
+            term: Term(prng.below(10)),
+            configuration: (0..prng.below(40)).map(|_| prng.next() as u8).collect(),
+            data_bytes: prng.below(1 << 20),
+            data_crc: prng.next() as u32,
+        };
+        let mut bytes = meta.encode_header().to_vec();
+        bytes.extend_from_slice(&meta.configuration);
+        decode_snapshot_bytes(&bytes);
+        assert_eq!(crate::snapshot::decode_snapshot_meta(&bytes), Ok(meta));
+        bytes
+    }
+
     fn mutate(prng: &mut Prng, bytes: &mut Vec<u8>) {
         for _ in 0..prng.below(4) {
             match prng.below(3) {
@@ -160,7 +184,7 @@ mod tests {
             .unwrap_or(0x5eed);
         for case in 0..3000u64 {
             let mut prng = Prng(seed ^ case.wrapping_mul(0x2545_f491_4f6c_dd1d));
-            let mut bytes = match case % 3 {
+            let mut bytes = match case % 4 {
                 0 => valid_segment(&mut prng),
                 1 => crate::meta::Metadata {
                     counter: 1 + prng.below(10),
@@ -168,6 +192,7 @@ mod tests {
                 }
                 .encode()
                 .to_vec(),
+                2 => valid_snapshot_start(&mut prng),
                 _ => (0..prng.below(300)).map(|_| prng.next() as u8).collect(),
             };
             mutate(&mut prng, &mut bytes);

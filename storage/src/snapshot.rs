@@ -57,7 +57,7 @@ impl SnapshotMeta {
         snapshot_file_name(self.index, self.term)
     }
 
-    fn encode_header(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    pub(crate) fn encode_header(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
         let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
         header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
         LittleEndian::write_u32(&mut header[8..12], SNAPSHOT_FORMAT_VERSION);
