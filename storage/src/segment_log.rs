@@ -438,6 +438,18 @@ impl SegmentLog {
         self.closed.len() + usize::from(self.open.is_some()) + self.spares.len()
     }
 
+    /// Prepares the next segment ahead of time, if no spare of the default size is ready: the
+    /// host calls it when idle, so that the append that fills the open segment does not also
+    /// create and preallocate the next one. A full disk fails here cleanly (not sticky), early.
+    pub fn prepare_next_segment(&mut self) -> io::Result<()> {
+        self.check_usable()?;
+        let default = self.capacity_for(0);
+        if self.spares.iter().any(|spare| spare.capacity >= default) {
+            return Ok(());
+        }
+        Ok(self.prepare_spare(default)?)
+    }
+
     /// Makes the `count`-th mutating call from now (0 = the next one) fail, and every one after
     /// it, as a failed write would (sticky until reopened).
     #[cfg(any(test, feature = "testing"))]

@@ -769,3 +769,29 @@ fn test_open_creates_missing_directories() {
     drop(log);
     assert_eq!(open(&dir, 4096).last_index(), LogIndex(2));
 }
+
+#[test]
+fn test_next_segment_prepared_ahead_is_used() {
+    // A spare prepared while idle becomes the next open segment: filling the first segment
+    // creates no new file, and preparing again while a spare waits does nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=1, 1, 1000)).unwrap();
+    log.prepare_next_segment().unwrap();
+    log.prepare_next_segment().unwrap();
+    assert_eq!(segment_names(dir.path()), ["open-1", "open-2"]);
+    log.append(&entries(2..=4, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(
+        segment_names(dir.path()),
+        ["00000000000000000001-00000000000000000003", "open-2"]
+    );
+    // Preparing when the disk is full fails cleanly and changes nothing.
+    log.fail_preallocation_after(0);
+    let error = log.prepare_next_segment().unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+    log.append(&entries(5..=5, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    assert_eq!(open(dir.path(), 4096).last_index(), LogIndex(5));
+}
