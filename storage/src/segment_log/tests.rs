@@ -795,3 +795,40 @@ fn test_next_segment_prepared_ahead_is_used() {
     drop(log);
     assert_eq!(open(dir.path(), 4096).last_index(), LogIndex(5));
 }
+
+#[test]
+fn test_crash_at_every_step_of_a_rollover() {
+    // An append crossing several segments creates spares and closes full segments. Cut the
+    // power before each of those file operations in turn: the reopened log is a prefix of
+    // what was written that holds every entry synced before the append, and it takes new
+    // entries.
+    let written = entries(1..=16, 1, 1000);
+    let mut steps = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 4096);
+        log.append(&written[..2]).unwrap();
+        log.sync().unwrap();
+        log.crash_before_file_operation(steps);
+        let finished = log.append(&written[2..]).is_ok();
+        if finished {
+            log.sync().unwrap();
+        }
+        drop(log);
+        let mut log = open(dir.path(), 4096);
+        assert_prefix(&log, 1, &written, if finished { 16 } else { 2 });
+        let next = log.last_index().next();
+        log.append(&[entry(next.0, 2, 500)]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        assert_eq!(open(dir.path(), 4096).last_index(), next);
+        if finished {
+            break;
+        }
+        steps += 1;
+    }
+    assert!(
+        steps >= 8,
+        "creating and closing segments took {steps} file operations"
+    );
+}
