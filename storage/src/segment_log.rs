@@ -301,8 +301,8 @@ impl SegmentLog {
         for (counter, name) in open_names {
             let path = dir.join(&name);
             let Some(recovered) = recover_open(&path, counter, name, compacted_index)? else {
-                log::info!(
-                    "removing {} (an unfinished spare, all zeros)",
+                log::warn!(
+                    "removing {}: empty or all zeros (a spare whose preparation a crash cut short)",
                     path.display()
                 );
                 remove_file(&path)?;
