@@ -206,6 +206,11 @@ impl SegmentLog {
     /// Opens the log in `dir`, creating the directory and an empty log if there is none, and
     /// recovers it (see the module documentation). Fails if another process holds the
     /// directory, or if the files are damaged beyond a torn tail.
+    ///
+    /// # Panics
+    ///
+    /// If `options.segment_bytes` is outside `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX` or
+    /// `options.maps_cached_max` is 0: those are programmer errors, not operating conditions.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<SegmentLog, LogError> {
         assert!(
             (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&options.segment_bytes),
