@@ -7,6 +7,8 @@
 
 use std::process::ExitCode;
 
+mod storage;
+
 /// A benchmark suite: a name, a one-line description, and the function that runs it with the
 /// remaining command-line arguments.
 struct Suite {
@@ -16,11 +18,18 @@ struct Suite {
 }
 
 /// Every suite, in the order `all` runs them.
-const SUITES: &[Suite] = &[Suite {
-    name: "core",
-    about: "single-row 1 KiB inserts through exec + apply vs plain SQLite (WAL, sync off)",
-    run: atoll_bench::core::run,
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "storage",
+        about: "durable 4 KiB appends (1, 16, 256 per sync) against raw write+fdatasync",
+        run: storage::run,
+    },
+    Suite {
+        name: "core",
+        about: "single-row 1 KiB inserts through exec + apply vs plain SQLite (WAL, sync off)",
+        run: atoll_bench::core::run,
+    },
+];
 
 fn usage() -> String {
     let mut text = String::from(

@@ -10,6 +10,8 @@
 //! - `truncate_after`, `compact_through` and `save_hard_state` are durable when they return `Ok`.
 //! - A failed write or sync is sticky: every later mutating call fails until the log is reopened,
 //!   because after a failed fsync the page cache cannot be trusted.
+//! - An `append` refused before it writes anything (no disk space for a new segment, a payload
+//!   over the size limit) changes nothing and is not sticky: the caller may retry later.
 
 use std::io;
 
@@ -33,9 +35,10 @@ pub trait LogRead {
     /// `first_index() - 1 ..= last_index()`.
     fn term(&self, index: LogIndex) -> io::Result<Option<Term>>;
 
-    /// Appends to `out` the entries with indexes in `low..high`, in order, stopping early once the
-    /// payload bytes appended exceed `bytes_max`, but always appending at least one entry when
-    /// the range is not empty. Panics unless `first_index() <= low <= high <= last_index() + 1`.
+    /// Appends to `out` the entries with indexes in `low..high`, in order, stopping before the
+    /// first entry that would take the payload bytes appended past `bytes_max`, but always
+    /// appending at least one entry when the range is not empty (etcd's `limitSize`).
+    /// Panics unless `first_index() <= low <= high <= last_index() + 1`.
     /// Payloads are borrowed from the log's maps where the implementation has them: no copy.
     fn entries(
         &self,

@@ -128,9 +128,11 @@ impl LogRead for MemLog {
             "entries({low}..{high}) beyond the last index"
         );
         let mut bytes: u64 = 0;
-        for position in self.position(low)..self.position(high) {
+        for (taken, position) in (self.position(low)..self.position(high)).enumerate() {
             let entry = &self.entries[position];
-            if bytes > 0 && bytes + entry.payload.len() as u64 > bytes_max {
+            // The first entry always; the others while the total stays within the budget (an
+            // empty first payload must not let an oversized second one through).
+            if taken > 0 && bytes + entry.payload.len() as u64 > bytes_max {
                 break;
             }
             bytes += entry.payload.len() as u64;

@@ -1,48 +1,256 @@
-//! The only module of this crate with `unsafe` code: memory maps of segment files.
+//! The only module of this crate with `unsafe` code: memory maps of segment files, and block
+//! preallocation.
 //!
 //! memmap2 marks file-backed maps `unsafe` because a file changed or truncated under a live map is
-//! undefined behaviour (or `SIGBUS`). Our argument that it cannot happen has three parts:
+//! undefined behaviour (or `SIGBUS`). Our argument that it cannot happen has four parts:
 //! 1. the data directory is locked (`LOCK` file), so no other atoll process opens these files;
-//! 2. a segment file is never truncated or shrunk while a map of it is alive;
-//! 3. every read is bounds-checked against the length we mapped, never past it.
+//! 2. a segment file is never truncated or shrunk, by anyone, while it exists: the log replaces
+//!    files (rename over, unlink) instead, and an unlinked file stays valid under its live maps;
+//! 3. every access is bounds-checked against the length we mapped, which is never more than the
+//!    file's length at mapping time;
+//! 4. bytes become readable through a [`SegmentMap`] only once they are *frozen*, and frozen bytes
+//!    are never written again: the single [`SegmentWriter`] of a map writes only above the frozen
+//!    mark. So a `&[u8]` handed out never sees its bytes change, and no data race is possible
+//!    even though a map is shared between threads through `Arc`.
+//!
+//! We use `memmap2::MmapRaw` rather than `MmapMut`: an `MmapMut` hands out `&mut [u8]` of the
+//! whole map, which would alias the `&[u8]` payload windows already given to readers.
+//!
+//! Full disks: a store through a map into a hole of a sparse file raises `SIGBUS` when the file
+//! system finds no block for it. [`preallocate`] therefore reserves every block of a segment
+//! (`posix_fallocate`) before the segment is ever mapped for writing, so a full disk shows up as a
+//! clean `ENOSPC` from `preallocate` and never as a signal.
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-/// A read-only map of a whole file.
-#[allow(
-    dead_code,
-    reason = "used by the segment log, which lands with the storage issue"
-)]
-pub struct ReadMap {
-    map: memmap2::Mmap,
+/// A shared map of a segment file, of which the prefix `0..frozen` is readable and immutable.
+pub(crate) struct SegmentMap {
+    raw: memmap2::MmapRaw,
+    /// Invariant: only increases, and never exceeds `raw.len()`. Bytes below it are never
+    /// written again through any map of this crate.
+    frozen: AtomicUsize,
 }
 
-#[allow(
-    dead_code,
-    reason = "used by the segment log, which lands with the storage issue"
-)]
-impl ReadMap {
-    /// Maps `file` read-only, all of its current length.
-    pub fn open(file: &File) -> io::Result<ReadMap> {
-        // SAFETY: see the module comment: the data directory lock keeps other processes out, and
-        // this crate never truncates a file while a map of it is alive.
-        let map = unsafe { memmap2::Mmap::map(file)? };
-        Ok(ReadMap { map })
+/// The one writer of a [`SegmentMap`] mapped read-write. Not `Clone`: uniqueness is what makes
+/// the unsynchronized writes sound.
+pub(crate) struct SegmentWriter {
+    map: Arc<SegmentMap>,
+}
+
+impl SegmentMap {
+    /// Maps all of `file` read-only; every byte is frozen at once.
+    pub(crate) fn open_read_only(file: &File) -> io::Result<Arc<SegmentMap>> {
+        let raw = memmap2::MmapOptions::new().map_raw_read_only(file)?;
+        let len = raw.len();
+        Ok(Arc::new(SegmentMap {
+            raw,
+            frozen: AtomicUsize::new(len),
+        }))
     }
 
-    /// The mapped bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
+    /// Maps the first `len` bytes of `file` read-write, with the first `frozen` bytes already
+    /// frozen (the entries recovered from disk), and returns the map with its unique writer.
+    /// The file must be at least `len` bytes long and its blocks preallocated.
+    pub(crate) fn open_writable(
+        file: &File,
+        len: usize,
+        frozen: usize,
+    ) -> io::Result<(Arc<SegmentMap>, SegmentWriter)> {
+        assert!(frozen <= len);
+        let file_len = file.metadata()?.len();
+        assert!(len as u64 <= file_len, "mapping past the end of the file");
+        let raw = memmap2::MmapOptions::new().len(len).map_raw(file)?;
+        assert_eq!(raw.len(), len);
+        let map = Arc::new(SegmentMap {
+            raw,
+            frozen: AtomicUsize::new(frozen),
+        });
+        let writer = SegmentWriter {
+            map: Arc::clone(&map),
+        };
+        Ok((map, writer))
     }
 
     /// The mapped length in bytes.
-    pub fn len(&self) -> usize {
-        self.map.len()
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
     }
 
-    /// Whether the map is empty.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    /// The end of the frozen (readable, immutable) prefix.
+    pub(crate) fn frozen(&self) -> usize {
+        self.frozen.load(Ordering::Acquire)
+    }
+
+    /// The bytes in `range`, which must lie within the frozen prefix (panics otherwise: reading
+    /// bytes still being written is a programmer error).
+    pub(crate) fn slice(&self, range: Range<usize>) -> &[u8] {
+        assert!(range.start <= range.end);
+        assert!(
+            range.end <= self.frozen(),
+            "reading unfrozen bytes {range:?} of a segment map"
+        );
+        if range.is_empty() {
+            return &[];
+        }
+        // SAFETY: `range` lies within the frozen prefix, which lies within the map (invariant of
+        // `frozen`); the file is never shrunk while mapped (module comment, part 2), so the pages
+        // are backed; frozen bytes are never written again (part 4), so the shared slice stays
+        // immutable for its whole lifetime, which is tied to `self` and so to the mapping.
+        unsafe { std::slice::from_raw_parts(self.raw.as_ptr().add(range.start), range.len()) }
+    }
+}
+
+impl SegmentWriter {
+    /// The map this writer writes.
+    pub(crate) fn map(&self) -> &Arc<SegmentMap> {
+        &self.map
+    }
+
+    /// Copies `bytes` into the map at `offset`, which must be at or above the frozen mark and
+    /// end within the map (panics otherwise). The bytes are not readable until frozen.
+    pub(crate) fn write(&mut self, offset: usize, bytes: &[u8]) {
+        assert!(
+            offset >= self.map.frozen(),
+            "writing over frozen bytes at offset {offset}"
+        );
+        let end = offset.checked_add(bytes.len()).expect("offset overflow");
+        assert!(end <= self.map.len(), "writing past the end of the map");
+        if bytes.is_empty() {
+            return;
+        }
+        // SAFETY: the destination `offset..end` lies within the map (checked above) of a file
+        // whose blocks were preallocated (so no SIGBUS on a full disk) and that is never shrunk
+        // while mapped. It is above the frozen mark, so no reader holds a slice of it, and this
+        // writer is the only one of the map (`&mut self`, not `Clone`), so nobody else writes it.
+        // `ptr::copy` tolerates overlap, should `bytes` come from another map of the same file.
+        unsafe {
+            std::ptr::copy(
+                bytes.as_ptr(),
+                self.map.raw.as_mut_ptr().add(offset),
+                bytes.len(),
+            );
+        }
+    }
+
+    /// Makes `0..end` readable and immutable. `end` never moves backwards.
+    pub(crate) fn freeze(&mut self, end: usize) {
+        assert!(end <= self.map.len());
+        assert!(
+            end >= self.map.frozen(),
+            "the frozen mark never moves backwards"
+        );
+        self.map.frozen.store(end, Ordering::Release);
+    }
+
+    /// Writes the dirty pages of `range` to disk and waits for them (`msync(MS_SYNC)`; on Linux
+    /// this also commits the file system metadata needed to read them back, like
+    /// `fdatasync`). The range is widened to whole pages.
+    pub(crate) fn flush(&self, range: Range<usize>) -> io::Result<()> {
+        assert!(range.start <= range.end);
+        assert!(range.end <= self.map.len());
+        if range.is_empty() {
+            return Ok(());
+        }
+        let page = page_bytes();
+        let start = range.start - range.start % page;
+        self.map.raw.flush_range(start, range.end - start)
+    }
+}
+
+/// The size of a memory page; a power of two.
+pub(crate) fn page_bytes() -> usize {
+    // SAFETY: `sysconf` only reads a system constant; `_SC_PAGESIZE` is a valid name.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = usize::try_from(page).unwrap_or(4096);
+    assert!(page.is_power_of_two());
+    page
+}
+
+/// Reserves real disk blocks for the first `len` bytes of `file` (growing it to `len` if
+/// shorter), so that later stores through a map never hit a hole: a full disk fails here, with
+/// `ENOSPC` (or `EFBIG` past a file size limit), instead of raising `SIGBUS` later.
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off64_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment length overflow"))?;
+    // SAFETY: a plain system call on a file descriptor that `file` owns and keeps open for the
+    // duration of the call; it touches no memory of ours.
+    let rc = unsafe { libc::posix_fallocate64(file.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        // posix_fallocate returns the error number instead of setting errno.
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn test_frozen_bytes_are_readable_and_shared() {
+        // Written bytes become visible through the shared map only once frozen; a read-only map
+        // of the same file sees them too (one page cache).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        preallocate(&file, 8192).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 8192);
+        let (map, mut writer) = SegmentMap::open_writable(&file, 8192, 0).unwrap();
+        writer.write(0, b"hello");
+        writer.freeze(5);
+        assert_eq!(map.slice(0..5), b"hello");
+        writer.write(5, b" world");
+        writer.freeze(11);
+        writer.flush(0..11).unwrap();
+        let reader = SegmentMap::open_read_only(&File::open(&path).unwrap()).unwrap();
+        assert_eq!(reader.slice(0..11), b"hello world");
+        let mut buf = [0u8; 11];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"hello world");
+    }
+
+    #[test]
+    #[should_panic(expected = "unfrozen")]
+    fn test_reading_unfrozen_bytes_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("segment"))
+            .unwrap();
+        preallocate(&file, 4096).unwrap();
+        let (map, mut writer) = SegmentMap::open_writable(&file, 4096, 0).unwrap();
+        writer.write(0, b"abc");
+        let _ = map.slice(0..3);
+    }
+
+    #[test]
+    #[should_panic(expected = "over frozen")]
+    fn test_writing_frozen_bytes_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("segment"))
+            .unwrap();
+        preallocate(&file, 4096).unwrap();
+        let (_map, mut writer) = SegmentMap::open_writable(&file, 4096, 16).unwrap();
+        writer.write(8, b"abc");
     }
 }

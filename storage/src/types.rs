@@ -97,13 +97,9 @@ enum Repr {
         bytes: Arc<Vec<u8>>,
         range: Range<usize>,
     },
-    /// Invariant: `range` lies within the mapped bytes of `map`.
-    #[allow(
-        dead_code,
-        reason = "built by the segment log, which lands with the storage issue"
-    )]
+    /// Invariant: `range` lies within the frozen (immutable) bytes of `map`.
     Mapped {
-        map: Arc<crate::mmap::ReadMap>,
+        map: Arc<crate::mmap::SegmentMap>,
         range: Range<usize>,
     },
 }
@@ -141,14 +137,11 @@ impl Payload {
         }
     }
 
-    /// A window of a mapped segment; used by the segment log only.
-    #[allow(
-        dead_code,
-        reason = "called by the segment log, which lands with the storage issue"
-    )]
-    pub(crate) fn from_map(map: Arc<crate::mmap::ReadMap>, range: Range<usize>) -> Payload {
+    /// A window of a mapped segment; used by the segment log only. Panics unless `range` lies
+    /// within the map's frozen bytes (those are never written again).
+    pub(crate) fn from_map(map: Arc<crate::mmap::SegmentMap>, range: Range<usize>) -> Payload {
         assert!(range.start <= range.end);
-        assert!(range.end <= map.len());
+        assert!(range.end <= map.frozen());
         if range.is_empty() {
             return Payload::empty();
         }
@@ -176,7 +169,7 @@ impl Deref for Payload {
         match &self.repr {
             Repr::Empty => &[],
             Repr::Shared { bytes, range } => &bytes[range.clone()],
-            Repr::Mapped { map, range } => &map.bytes()[range.clone()],
+            Repr::Mapped { map, range } => map.slice(range.clone()),
         }
     }
 }

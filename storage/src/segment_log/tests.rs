@@ -1,0 +1,834 @@
+//! Tests of [`SegmentLog`] on real files in temporary directories.
+
+use std::path::Path;
+
+use super::*;
+use crate::segment::record_bytes;
+use crate::testing::{self, assert_prefix, entry, read_all};
+use crate::types::NodeId;
+
+fn options(segment_bytes: u64) -> Options {
+    Options {
+        segment_bytes,
+        maps_cached_max: 2,
+    }
+}
+
+fn open(dir: &Path, segment_bytes: u64) -> SegmentLog {
+    SegmentLog::open(dir, options(segment_bytes)).unwrap()
+}
+
+fn segment_names(dir: &Path) -> Vec<String> {
+    list_dir(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|name| parse_closed_name(name).is_some() || parse_open_name(name).is_some())
+        .collect()
+}
+
+fn entries(range: std::ops::RangeInclusive<u64>, term: u64, payload_bytes: usize) -> Vec<Entry> {
+    range
+        .map(|index| entry(index, term, payload_bytes))
+        .collect()
+}
+
+/// splitmix64, our own PRNG: a seed keeps meaning the same thing.
+struct Prng(u64);
+
+impl Prng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0);
+        self.next() % bound
+    }
+}
+
+#[test]
+fn test_conformance_segment_log_small_segments() {
+    // The shared suite, with 4 KiB segments so nearly every test crosses segment boundaries.
+    let base = tempfile::tempdir().unwrap();
+    testing::run_all(&mut testing::SegmentLogHarness::new(
+        base.path(),
+        options(4096),
+    ));
+}
+
+#[test]
+fn test_conformance_segment_log_default_options() {
+    let base = tempfile::tempdir().unwrap();
+    testing::run_all(&mut testing::SegmentLogHarness::new(
+        base.path(),
+        Options::default(),
+    ));
+}
+
+#[test]
+fn test_conformance_mem_log() {
+    testing::run_all(&mut testing::MemLogHarness);
+}
+
+#[test]
+fn test_full_segments_are_closed_and_named_by_range() {
+    // 1000-byte entries in 4 KiB segments: three records per segment (16 + 3 * 1032 bytes),
+    // so entries 1..=10 make closed segments 1-3, 4-6, 7-9 and an open one holding 10.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    let written = entries(1..=10, 1, 1000);
+    log.append(&written).unwrap();
+    assert_eq!(
+        log.durable_index(),
+        LogIndex(9),
+        "closing a segment syncs it"
+    );
+    log.sync().unwrap();
+    let names = segment_names(dir.path());
+    assert_eq!(
+        names,
+        [
+            "00000000000000000001-00000000000000000003",
+            "00000000000000000004-00000000000000000006",
+            "00000000000000000007-00000000000000000009",
+            "open-4",
+        ]
+    );
+    drop(log);
+    let log = open(dir.path(), 4096);
+    assert_eq!(read_all(&log, 1, 11), written);
+}
+
+#[test]
+fn test_second_open_fails_while_locked() {
+    // Two logs on one directory would corrupt it: the second open fails with a clear error
+    // until the first is dropped.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 4096);
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    assert!(matches!(error, LogError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains("LOCK"), "{error}");
+    assert!(error.to_string().contains("locked by another process"));
+    drop(log);
+    open(dir.path(), 4096);
+}
+
+/// Writes three synced batches and returns the written entries, the open segment's path, its
+/// bytes, where the last batch starts in it, and how many entries were synced before it.
+fn three_batches(dir: &Path) -> (Vec<Entry>, PathBuf, Vec<u8>, usize, usize) {
+    let mut log = open(dir, 64 << 10);
+    // Payload sizes that leave padding in some records; bytes never zero (see `entry`).
+    let written: Vec<Entry> = (1..=14)
+        .map(|index| entry(index, 1 + index / 6, 20 + (index as usize * 37) % 120))
+        .collect();
+    log.append(&written[..6]).unwrap();
+    log.sync().unwrap();
+    log.append(&written[6..10]).unwrap();
+    log.sync().unwrap();
+    let region_start = log.open.as_ref().unwrap().end;
+    log.append(&written[10..]).unwrap();
+    log.sync().unwrap();
+    let path = dir.join(&log.open.as_ref().unwrap().name);
+    drop(log);
+    let bytes = fs::read(&path).unwrap();
+    (written, path, bytes, region_start, 10)
+}
+
+/// Where each entry's payload ends in the open segment, and where its record ends.
+fn record_ends(written: &[Entry]) -> Vec<(usize, usize)> {
+    let mut offset = SEGMENT_HEADER_BYTES;
+    written
+        .iter()
+        .map(|entry| {
+            let payload_end = offset + RECORD_HEADER_BYTES + entry.payload.len();
+            offset += record_bytes(entry.payload.len());
+            (payload_end, offset)
+        })
+        .collect()
+}
+
+#[test]
+fn test_crash_cut_at_every_byte_of_the_last_batch() {
+    // The power is cut while the last batch is being written: every byte from some offset on
+    // is lost (reads back as zero). For every such offset, recovery keeps exactly the entries
+    // whose bytes were all written (payloads have no zero byte, so a cut inside one shows),
+    // which always includes the entries synced before the batch, and a new entry appended
+    // afterwards lands right after them.
+    let dir = tempfile::tempdir().unwrap();
+    let (written, path, bytes, region_start, synced) = three_batches(dir.path());
+    let ends = record_ends(&written);
+    let region_end = ends.last().unwrap().1;
+    for cut in region_start..=region_end {
+        let mut damaged = bytes.clone();
+        damaged[cut..region_end].fill(0);
+        fs::write(&path, &damaged).unwrap();
+        let mut log = open(dir.path(), 64 << 10);
+        let expected = ends
+            .iter()
+            .take_while(|(payload_end, _)| *payload_end <= cut)
+            .count();
+        assert!(expected >= synced);
+        assert_eq!(log.last_index(), LogIndex(expected as u64), "cut at {cut}");
+        assert_prefix(&log, 1, &written, expected as u64);
+        if cut % 97 == 0 {
+            let next = entry(expected as u64 + 1, 9, 33);
+            log.append(std::slice::from_ref(&next)).unwrap();
+            log.sync().unwrap();
+            drop(log);
+            let log = open(dir.path(), 64 << 10);
+            assert_eq!(log.last_index(), next.index);
+            assert_eq!(read_all(&log, 1, next.index.0 + 1).pop().unwrap(), next);
+        }
+    }
+}
+
+#[test]
+fn test_crash_bit_flip_at_every_byte_of_the_last_batch() {
+    // A bit flipped anywhere in the last batch's records (header, payload or padding) makes
+    // that record invalid: recovery keeps exactly the records before it. A flip in the zeroed
+    // space after the last record is junk of a torn write: every entry stays.
+    let dir = tempfile::tempdir().unwrap();
+    let (written, path, bytes, region_start, synced) = three_batches(dir.path());
+    let ends = record_ends(&written);
+    let region_end = ends.last().unwrap().1;
+    for position in region_start..region_end + 64 {
+        let mut damaged = bytes.clone();
+        damaged[position] ^= 1 << (position % 8);
+        fs::write(&path, &damaged).unwrap();
+        let log = open(dir.path(), 64 << 10);
+        let expected = ends.iter().take_while(|(_, end)| *end <= position).count();
+        assert!(expected >= synced);
+        assert_eq!(
+            log.last_index(),
+            LogIndex(expected as u64),
+            "flip at {position}"
+        );
+        assert_prefix(&log, 1, &written, expected as u64);
+        drop(log);
+        // Recovery zeroed everything after the kept records.
+        let recovered = fs::read(&path).unwrap();
+        let kept_end = if expected == 0 {
+            SEGMENT_HEADER_BYTES
+        } else {
+            ends[expected - 1].1
+        };
+        assert!(
+            recovered[kept_end..].iter().all(|&b| b == 0),
+            "flip at {position}"
+        );
+    }
+}
+
+#[test]
+fn test_torn_entry_never_resurrects_later_ones() {
+    // Entries 6 and 7 are written, and 6 is torn: recovery keeps 1..=5 and zeroes 7 too.
+    // Otherwise a new, shorter entry 6 followed by the old 7's bytes could bring back an entry
+    // from a history the new leader overwrote.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 64 << 10);
+    log.append(&entries(1..=5, 1, 40)).unwrap();
+    log.sync().unwrap();
+    let torn_offset = log.open.as_ref().unwrap().end;
+    log.append(&[entry(6, 1, 40), entry(7, 1, 40)]).unwrap();
+    log.sync().unwrap();
+    let path = dir.path().join(&log.open.as_ref().unwrap().name);
+    drop(log);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[torn_offset + RECORD_HEADER_BYTES + 3] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let mut log = open(dir.path(), 64 << 10);
+    assert_eq!(log.last_index(), LogIndex(5));
+    // The new entry 6 has the same size as the old one, so the old 7 would sit right after it.
+    log.append(&[entry(6, 2, 40)]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), 64 << 10);
+    assert_eq!(log.last_index(), LogIndex(6));
+    assert_eq!(log.term(LogIndex(6)).unwrap(), Some(Term(2)));
+}
+
+#[test]
+fn test_damaged_closed_segment_is_an_error_naming_file_and_offset() {
+    // A closed segment was synced before it was closed: damage in it is not a torn write, and
+    // opening fails, naming the file and the offset of the bad record.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=10, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let name = "00000000000000000004-00000000000000000006";
+    let path = dir.path().join(name);
+    let mut bytes = fs::read(&path).unwrap();
+    let second = SEGMENT_HEADER_BYTES + record_bytes(1000);
+    bytes[second + 100] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(name), "{text}");
+    assert!(text.contains(&format!("byte offset {second}")), "{text}");
+    assert!(text.contains("crc mismatch"), "{text}");
+    // Nothing was deleted or changed to "recover".
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+    assert_eq!(segment_names(dir.path()).len(), 4);
+}
+
+#[test]
+fn test_gap_between_segments_is_an_error() {
+    // A missing middle segment (lost file) leaves a hole in the log: opening fails.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=10, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    fs::remove_file(dir.path().join("00000000000000000004-00000000000000000006")).unwrap();
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    assert!(matches!(error, LogError::Gap { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("00000000000000000007-00000000000000000009"),
+        "{text}"
+    );
+    assert!(text.contains("continues at index 4"), "{text}");
+}
+
+#[test]
+fn test_closed_segment_with_wrong_range_is_an_error() {
+    // A closed segment whose records do not match its name is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=4, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    fs::rename(
+        dir.path().join("00000000000000000001-00000000000000000003"),
+        dir.path().join("00000000000000000001-00000000000000000002"),
+    )
+    .unwrap();
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    assert!(error.to_string().contains("its name says 1..=2"), "{error}");
+}
+
+#[test]
+fn test_torn_metadata_newer_complete_version_wins() {
+    // Saves go to metadata1 and metadata2 in turn. Tearing the newer file (a crash during its
+    // write) brings back the previous hard state; tearing both is an error, never a silent
+    // reset of the term and vote.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    for term in 1..=3 {
+        log.save_hard_state(HardState {
+            term: Term(term),
+            vote: Some(NodeId(term)),
+        })
+        .unwrap();
+    }
+    // Counter 1 was the creation, so term 3 is counter 4, in metadata2.
+    drop(log);
+    let newer = dir.path().join("metadata2");
+    let mut bytes = fs::read(&newer).unwrap();
+    bytes.truncate(40);
+    fs::write(&newer, &bytes).unwrap();
+    let mut log = open(dir.path(), 4096);
+    assert_eq!(log.hard_state().term, Term(2));
+    // The next save overwrites the torn file, and wins.
+    log.save_hard_state(HardState {
+        term: Term(4),
+        vote: None,
+    })
+    .unwrap();
+    drop(log);
+    assert_eq!(open(dir.path(), 4096).hard_state().term, Term(4));
+    for name in ["metadata1", "metadata2"] {
+        let path = dir.path().join(name);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[20] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+    }
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    assert!(error.to_string().contains("crc mismatch"), "{error}");
+}
+
+#[test]
+fn test_segments_without_metadata_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=2, 1, 10)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    fs::remove_file(dir.path().join("metadata1")).unwrap();
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    assert!(matches!(error, LogError::MetadataMissing { .. }), "{error}");
+}
+
+#[test]
+fn test_failed_preallocation_is_clean_and_not_sticky() {
+    // The disk is full when a batch needs new segments: the append fails with ENOSPC before
+    // writing any entry of the batch, and the log stays usable: once space is back, the same
+    // batch goes in.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    let written = entries(1..=12, 1, 1000);
+    log.append(&written[..2]).unwrap();
+    log.sync().unwrap();
+    let files_before = segment_names(dir.path());
+    log.fail_preallocation_after(1);
+    let error = log.append(&written[2..]).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
+    assert_eq!(log.last_index(), LogIndex(2));
+    assert_eq!(read_all(&log, 1, 3), &written[..2]);
+    // One spare was prepared before the failure; no temporary file is left behind.
+    assert!(list_dir(dir.path())
+        .unwrap()
+        .iter()
+        .all(|name| !name.ends_with(".tmp")));
+    assert_eq!(segment_names(dir.path()).len(), files_before.len() + 1);
+    log.append(&written[2..]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), 4096);
+    assert_eq!(read_all(&log, 1, 13), written);
+}
+
+#[test]
+fn test_entry_larger_than_a_segment_gets_its_own() {
+    // A 20 KB entry in a log of 4 KiB segments gets a segment just large enough (whole pages).
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    let written = vec![entry(1, 1, 100), entry(2, 1, 20_000), entry(3, 1, 1000)];
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    assert_eq!(read_all(&log, 1, 4), written);
+    drop(log);
+    let log = open(dir.path(), 4096);
+    assert_eq!(read_all(&log, 1, 4), written);
+    let big = dir.path().join("00000000000000000002-00000000000000000002");
+    assert_eq!(fs::metadata(big).unwrap().len(), 20480);
+}
+
+#[test]
+fn test_closed_segments_are_mapped_lazily_and_bounded() {
+    // Reading a log of 30 segments maps at most `maps_cached_max` closed segments at a time,
+    // and once the payloads are dropped, the process maps no more segment files than that
+    // (plus the open one): memory does not grow with the log.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    let written = entries(1..=90, 1, 1000);
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), 4096);
+    assert_eq!(log.maps_cached_count(), 0, "nothing mapped before a read");
+    // term() answers from memory, for every index, without mapping a segment.
+    for index in 1..=90 {
+        assert_eq!(log.term(LogIndex(index)).unwrap(), Some(Term(1)));
+    }
+    assert_eq!(log.maps_cached_count(), 0, "term() maps nothing");
+    for index in 1..=90 {
+        let read = read_all(&log, index, index + 1);
+        assert_eq!(read[0], written[index as usize - 1]);
+        assert!(log.maps_cached_count() <= 2);
+    }
+    let maps = fs::read_to_string("/proc/self/maps").unwrap();
+    let dir_text = dir.path().to_string_lossy().to_string();
+    let mapped: std::collections::HashSet<&str> = maps
+        .lines()
+        .filter(|line| line.contains(&dir_text))
+        .filter_map(|line| line.split_whitespace().last())
+        .collect();
+    assert!(mapped.len() <= 3, "{mapped:?}");
+    assert!(mapped.len() >= 2, "the cache did map segments: {mapped:?}");
+}
+
+#[test]
+fn test_payloads_are_windows_into_the_map() {
+    // A payload read from the log borrows the segment's map: no copy.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=5, 1, 1000)).unwrap();
+    let read = read_all(&log, 1, 6);
+    let open_map = log.open.as_ref().unwrap().writer.map();
+    let last = &read[4].payload;
+    let map_bytes = open_map.slice(0..open_map.frozen());
+    let map_range = map_bytes.as_ptr_range();
+    assert!(
+        map_range.contains(&last.as_ptr()),
+        "the payload points into the open map"
+    );
+}
+
+/// Writes entries 1..=20 (1000 bytes each, 4 KiB segments: closed 1-3 .. 16-18, open 19-20).
+fn seven_segments(dir: &Path) -> (SegmentLog, Vec<Entry>) {
+    let mut log = open(dir, 4096);
+    let written = entries(1..=20, 1, 1000);
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    (log, written)
+}
+
+#[test]
+fn test_crash_at_every_step_of_a_truncation() {
+    // A truncation deletes and renames several files. Cut the power before each of its file
+    // operations in turn: the reopened log is always a prefix of the old one that still holds
+    // every entry up to the truncation point, and it accepts new entries after it.
+    for point in [4u64, 9, 19] {
+        let mut steps = 0;
+        loop {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut log, written) = seven_segments(dir.path());
+            log.crash_before_file_operation(steps);
+            let finished = log.truncate_after(LogIndex(point)).is_ok();
+            drop(log);
+            let mut log = open(dir.path(), 4096);
+            assert!(
+                log.last_index() >= LogIndex(point),
+                "point {point} step {steps}"
+            );
+            assert_prefix(&log, 1, &written, point);
+            if finished {
+                assert_eq!(log.last_index(), LogIndex(point));
+            }
+            log.truncate_after(LogIndex(point)).unwrap();
+            let next = entry(point + 1, 2, 77);
+            log.append(std::slice::from_ref(&next)).unwrap();
+            log.sync().unwrap();
+            drop(log);
+            let log = open(dir.path(), 4096);
+            assert_eq!(read_all(&log, point + 1, point + 2), [next]);
+            if finished {
+                break;
+            }
+            steps += 1;
+        }
+        assert!(steps >= 2, "the truncation took several file operations");
+    }
+}
+
+#[test]
+fn test_crash_at_every_step_of_a_compaction() {
+    // Compaction records the new first index in the metadata, then deletes the segments it
+    // covers: a crash at any step reopens either the old log or the compacted one, and a
+    // compacted one never shows the covered segments again.
+    for (through, term) in [(7u64, 1u64), (30, 4)] {
+        let mut steps = 0;
+        loop {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut log, written) = seven_segments(dir.path());
+            log.crash_before_file_operation(steps);
+            let finished = log.compact_through(LogIndex(through), Term(term)).is_ok();
+            drop(log);
+            let log = open(dir.path(), 4096);
+            if log.first_index() == LogIndex(1) {
+                assert!(!finished);
+                assert_prefix(&log, 1, &written, 20);
+            } else {
+                assert_eq!(log.first_index(), LogIndex(through + 1));
+                assert_eq!(log.term(LogIndex(through)).unwrap(), Some(Term(term)));
+                if through < 20 {
+                    assert_prefix(&log, through + 1, &written[through as usize..], 20);
+                } else {
+                    assert_eq!(log.last_index(), LogIndex(through));
+                }
+                let files = segment_names(dir.path());
+                assert!(
+                    files.iter().all(|name| parse_closed_name(name)
+                        .is_none_or(|(_, last)| last > LogIndex(through))),
+                    "{files:?}"
+                );
+            }
+            if finished {
+                break;
+            }
+            steps += 1;
+        }
+        assert!(steps >= 1);
+    }
+}
+
+#[test]
+fn test_stray_temporary_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), 4096));
+    fs::write(dir.path().join("open-9.tmp"), b"half-made segment").unwrap();
+    fs::write(dir.path().join("notes.txt"), b"not ours").unwrap();
+    fs::write(dir.path().join("draft.tmp"), b"not ours either").unwrap();
+    drop(open(dir.path(), 4096));
+    let names = list_dir(dir.path()).unwrap();
+    assert!(!names.contains(&"open-9.tmp".to_string()));
+    assert!(
+        names.contains(&"notes.txt".to_string()),
+        "unknown files are left alone"
+    );
+    assert!(
+        names.contains(&"draft.tmp".to_string()),
+        "only our own temporary files are removed"
+    );
+}
+
+#[test]
+fn test_unfinished_spare_is_removed_but_junk_is_an_error() {
+    // Spares are prepared without a sync: after a crash one may be empty or all zeros. It never
+    // held an entry, so recovery removes it. An open segment with a bad header and non-zero
+    // bytes is damage, not an unfinished spare: an error.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=2, 1, 100)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    fs::write(dir.path().join("open-7"), vec![0u8; 4096]).unwrap();
+    fs::write(dir.path().join("open-8"), b"").unwrap();
+    let log = open(dir.path(), 4096);
+    assert_eq!(log.last_index(), LogIndex(2));
+    let names = segment_names(dir.path());
+    assert!(!names.contains(&"open-7".to_string()), "{names:?}");
+    assert!(!names.contains(&"open-8".to_string()), "{names:?}");
+    drop(log);
+    let mut junk = vec![0u8; 4096];
+    junk[100] = 1;
+    fs::write(dir.path().join("open-9"), &junk).unwrap();
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    assert!(error.to_string().contains("open-9"), "{error}");
+    assert!(error.to_string().contains("bad magic"), "{error}");
+}
+
+#[test]
+fn test_failure_is_sticky_after_a_crash_point() {
+    // After a failed file operation the log refuses appends, until reopened.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = seven_segments(dir.path());
+    log.crash_before_file_operation(0);
+    assert!(log.truncate_after(LogIndex(5)).is_err());
+    let error = log.append(&[entry(21, 1, 1)]).unwrap_err();
+    assert!(error.to_string().contains("reopen"), "{error}");
+    drop(log);
+    let mut log = open(dir.path(), 4096);
+    let next = log.last_index().0 + 1;
+    log.append(&[entry(next, 1, 1)]).unwrap();
+}
+
+#[test]
+fn test_random_operations_match_a_model() {
+    // Random appends, syncs, truncations, compactions, hard state saves and reopens, checked
+    // against a plain vector after every step. SEED=n reruns one seed; SEEDS=n runs more.
+    let seeds: Vec<u64> = match std::env::var("SEED") {
+        Ok(seed) => vec![seed.parse().expect("SEED is a number")],
+        Err(_) => {
+            let count = std::env::var("SEEDS").map_or(12, |n| n.parse().expect("SEEDS"));
+            (1..=count).collect()
+        }
+    };
+    for seed in seeds {
+        let result = std::panic::catch_unwind(|| random_operations(seed));
+        if result.is_err() {
+            panic!("random operations failed: reproduce with SEED={seed}");
+        }
+    }
+}
+
+fn random_operations(seed: u64) {
+    let mut prng = Prng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = [4096, 8192, 64 << 10][prng.below(3) as usize];
+    let mut log = open(dir.path(), segment_bytes);
+    let mut model: Vec<Entry> = Vec::new();
+    let mut first = 1u64;
+    let mut compacted_term = 0u64;
+    let mut term = 1u64;
+    let mut hard_state = HardState::default();
+    for _ in 0..150 {
+        let last = first + model.len() as u64 - 1;
+        match prng.below(20) {
+            0..=7 => {
+                let count = 1 + prng.below(12);
+                let batch: Vec<Entry> = (last + 1..=last + count)
+                    .map(|index| entry(index, term, prng.below(1500) as usize))
+                    .collect();
+                log.append(&batch).unwrap();
+                model.extend(batch);
+            }
+            8..=10 => log.sync().unwrap(),
+            11..=12 => {
+                let to = first - 1 + prng.below(model.len() as u64 + 1);
+                log.truncate_after(LogIndex(to)).unwrap();
+                model.truncate((to + 1 - first) as usize);
+                term += 1;
+            }
+            13 => {
+                let through = first - 1 + prng.below(model.len() as u64 + 5);
+                if through >= first {
+                    let through_term = model
+                        .get((through - first) as usize)
+                        .map_or(term, |entry| entry.term.0);
+                    log.compact_through(LogIndex(through), Term(through_term))
+                        .unwrap();
+                    let dropped = ((through + 1 - first) as usize).min(model.len());
+                    model.drain(..dropped);
+                    first = through + 1;
+                    compacted_term = through_term;
+                }
+            }
+            14 => {
+                hard_state = HardState {
+                    term: Term(hard_state.term.0 + prng.below(2)),
+                    vote: Some(NodeId(1 + prng.below(5))),
+                };
+                log.save_hard_state(hard_state).unwrap();
+            }
+            _ => {
+                drop(log);
+                log = open(dir.path(), segment_bytes);
+            }
+        }
+        assert_eq!(log.first_index(), LogIndex(first));
+        assert_eq!(log.last_index(), LogIndex(first + model.len() as u64 - 1));
+        assert_eq!(
+            log.term(LogIndex(first - 1)).unwrap(),
+            Some(Term(compacted_term))
+        );
+        assert_eq!(log.hard_state(), hard_state);
+        if !model.is_empty() {
+            let low = first + prng.below(model.len() as u64);
+            let high = low + prng.below(first + model.len() as u64 - low + 1);
+            let read = read_all(&log, low, high);
+            assert_eq!(
+                read,
+                &model[(low - first) as usize..(high - first) as usize]
+            );
+            let probe = low;
+            assert_eq!(
+                log.term(LogIndex(probe)).unwrap(),
+                Some(model[(probe - first) as usize].term)
+            );
+        }
+    }
+    drop(log);
+    let log = open(dir.path(), segment_bytes);
+    assert_eq!(read_all(&log, first, first + model.len() as u64), model);
+}
+
+#[test]
+fn test_log_can_move_to_another_thread() {
+    // The host may open the log on one thread and run it on the event loop's.
+    fn assert_send<T: Send>() {}
+    assert_send::<SegmentLog>();
+    assert_send::<Payload>();
+    fn assert_sync<T: Sync>() {}
+    assert_sync::<Payload>();
+}
+
+#[test]
+fn test_damage_after_open_is_caught_on_read() {
+    // Bytes of a closed segment that go bad after the log was opened (the disk lies, or
+    // someone writes into the file) are caught by the crc check of every read: the read
+    // fails, naming the file and offset, instead of handing out bad bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    let written = entries(1..=10, 1, 1000);
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), 4096);
+    let name = "00000000000000000004-00000000000000000006";
+    let second = SEGMENT_HEADER_BYTES + record_bytes(1000);
+    // Written in place (never truncated: the file may be mapped).
+    let file = OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(name))
+        .unwrap();
+    file.write_all_at(&[0x00], (second + RECORD_HEADER_BYTES + 10) as u64)
+        .unwrap();
+    assert_eq!(read_all(&log, 1, 5), &written[..4]);
+    let mut out = Vec::new();
+    let error = log
+        .entries(LogIndex(1), LogIndex(11), u64::MAX, &mut out)
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    let text = error.to_string();
+    assert!(text.contains(name), "{text}");
+    assert!(
+        text.contains(&format!("byte offset {second}: crc mismatch")),
+        "{text}"
+    );
+    // Entries of other segments still read.
+    assert_eq!(read_all(&log, 7, 11), &written[6..]);
+}
+
+#[test]
+fn test_open_creates_missing_directories() {
+    // A data directory several levels below an existing one is created, with its snapshot
+    // directory, and holds entries across a reopen.
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("a").join("b").join("data");
+    let mut log = open(&dir, 4096);
+    log.append(&entries(1..=2, 1, 10)).unwrap();
+    log.sync().unwrap();
+    assert!(dir.join("snapshots").is_dir());
+    drop(log);
+    assert_eq!(open(&dir, 4096).last_index(), LogIndex(2));
+}
+
+#[test]
+fn test_next_segment_prepared_ahead_is_used() {
+    // A spare prepared while idle becomes the next open segment: filling the first segment
+    // creates no new file, and preparing again while a spare waits does nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=1, 1, 1000)).unwrap();
+    log.prepare_next_segment().unwrap();
+    log.prepare_next_segment().unwrap();
+    assert_eq!(segment_names(dir.path()), ["open-1", "open-2"]);
+    log.append(&entries(2..=4, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(
+        segment_names(dir.path()),
+        ["00000000000000000001-00000000000000000003", "open-2"]
+    );
+    // Preparing when the disk is full fails cleanly and changes nothing.
+    log.fail_preallocation_after(0);
+    let error = log.prepare_next_segment().unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+    log.append(&entries(5..=5, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    assert_eq!(open(dir.path(), 4096).last_index(), LogIndex(5));
+}
+
+#[test]
+fn test_crash_at_every_step_of_a_rollover() {
+    // An append crossing several segments creates spares and closes full segments. Cut the
+    // power before each of those file operations in turn: the reopened log is a prefix of
+    // what was written that holds every entry synced before the append, and it takes new
+    // entries.
+    let written = entries(1..=16, 1, 1000);
+    let mut steps = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 4096);
+        log.append(&written[..2]).unwrap();
+        log.sync().unwrap();
+        log.crash_before_file_operation(steps);
+        let finished = log.append(&written[2..]).is_ok();
+        if finished {
+            log.sync().unwrap();
+        }
+        drop(log);
+        let mut log = open(dir.path(), 4096);
+        assert_prefix(&log, 1, &written, if finished { 16 } else { 2 });
+        let next = log.last_index().next();
+        log.append(&[entry(next.0, 2, 500)]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        assert_eq!(open(dir.path(), 4096).last_index(), next);
+        if finished {
+            break;
+        }
+        steps += 1;
+    }
+    assert!(
+        steps >= 8,
+        "creating and closing segments took {steps} file operations"
+    );
+}
