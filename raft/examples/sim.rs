@@ -24,6 +24,8 @@ fn parse_range(text: &str) -> Option<(u64, u64)> {
 }
 
 fn main() -> ExitCode {
+    // RUST_LOG=info (or debug) prints what the nodes do; the simulator's time is not in it.
+    env_logger::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seeds = (0u64, 100u64);
     let mut nodes: Option<usize> = None;
@@ -67,7 +69,9 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut total = SimReport::default();
     let mut violations = 0u64;
+    let mut count = 0u64;
     for seed in seeds.0..seeds.1 {
+        count += 1;
         let count = nodes.unwrap_or([3, 5, 7][(seed % 3) as usize]);
         let mut options = SimOptions::new(seed, count);
         if let Some(ticks) = fault_ticks {
@@ -88,7 +92,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    let count = seeds.1 - seeds.0;
     eprintln!(
         "sim: {} client operations, {} snapshots installed, worst recovery {} ticks, {:.1}s",
         total.operations,

@@ -949,9 +949,11 @@ impl<L: LogRead> RawNode<L> {
     }
 
     pub(crate) fn append_configuration(&mut self, configuration: Configuration) {
+        log::info!("{}: appending configuration {configuration}", self.id);
         let payload = Payload::from_vec(configuration.encode_to_vec());
         let index = self.append_entries_as_leader([(EntryKind::Configuration, payload)], 0);
         self.pending_conf_index = index;
+        self.apply_configuration(index, configuration);
     }
 
     /// Records a configuration entry appended at `index` (effective now).

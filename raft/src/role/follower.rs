@@ -164,8 +164,11 @@ impl<L: LogRead> RawNode<L> {
         }
         let receive = self.snapshot_receive.as_mut().expect("set above");
         if chunk.offset != receive.offset {
+            // A duplicate (behind us) only reports progress; a gap (ahead of us: a chunk was
+            // lost or overtaken) asks the leader to resume from what we hold.
             let offset = receive.offset;
-            self.send_snapshot_response(message.from, meta.index, offset, true);
+            let gap = chunk.offset > offset;
+            self.send_snapshot_response(message.from, meta.index, offset, gap);
             return;
         }
         receive.offset += u64::from(chunk.length);

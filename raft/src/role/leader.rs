@@ -738,8 +738,14 @@ impl<L: LogRead> RawNode<L> {
             return;
         }
         if message.reject {
-            // The follower holds `offset` bytes: resume from there (it may have restarted, or a
-            // new leader resumes a transfer an old one began).
+            // The follower holds `offset` bytes: resume from there (a chunk was lost, the
+            // follower restarted and holds nothing, or a new leader resumes a transfer an old
+            // one began). A rejection below what it acknowledged since, other than a restart
+            // from 0, was overtaken by later answers: ignore it, or reordered rejections would
+            // rewind the stream over and over.
+            if offset != 0 && offset < send.acked_offset {
+                return;
+            }
             send.sent_offset = offset;
             send.acked_offset = offset;
             send.last_sent = false;

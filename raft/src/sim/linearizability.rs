@@ -105,7 +105,34 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    fn linearize(&mut self, done: u128, value: u64) -> bool {
+    /// The earliest response among operations not yet linearized: an operation may come next
+    /// only if it began before that.
+    fn first_response(&self, done: u128) -> u64 {
+        self.ops
+            .iter()
+            .enumerate()
+            .filter(|(position, _)| done & (1u128 << position) == 0)
+            .filter_map(|(_, op)| op.response)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn linearize(&mut self, mut done: u128, value: u64) -> bool {
+        // Reads change nothing, so one that may come next and returns the current value can be
+        // placed right away: if any linearization exists, one with the read here does too.
+        // This keeps concurrent reads from multiplying the states searched.
+        loop {
+            let first_response = self.first_response(done);
+            let ready = self.ops.iter().enumerate().position(|(position, op)| {
+                done & (1u128 << position) == 0
+                    && op.invoke <= first_response
+                    && op.kind == OpKind::Read(value)
+            });
+            match ready {
+                Some(position) => done |= 1u128 << position,
+                None => break,
+            }
+        }
         if done & self.required == self.required {
             return true;
         }
@@ -113,15 +140,7 @@ impl Search<'_> {
             return false;
         }
         self.budget -= 1;
-        // An operation may come next only if no pending operation finished before it began.
-        let first_response = self
-            .ops
-            .iter()
-            .enumerate()
-            .filter(|(position, _)| done & (1u128 << position) == 0)
-            .filter_map(|(_, op)| op.response)
-            .min()
-            .unwrap_or(u64::MAX);
+        let first_response = self.first_response(done);
         for (position, op) in self.ops.iter().enumerate() {
             let bit = 1u128 << position;
             if done & bit != 0 || op.invoke > first_response {
@@ -130,13 +149,8 @@ impl Search<'_> {
             if done & self.before[position] != self.before[position] {
                 continue;
             }
-            let next = match op.kind {
-                OpKind::Write(written) => Some(written),
-                OpKind::Read(read) if read == value => Some(value),
-                OpKind::Read(_) => None,
-            };
-            if let Some(next) = next {
-                if self.linearize(done | bit, next) {
+            if let OpKind::Write(written) = op.kind {
+                if self.linearize(done | bit, written) {
                     return true;
                 }
             }
