@@ -17,6 +17,7 @@
 pub mod checker;
 pub mod kv;
 pub mod linearizability;
+pub mod network;
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt;
@@ -404,8 +405,8 @@ impl Simulation {
         } else {
             TICK_UNITS - skew
         };
-        let disk_latency_max = if self.prng.chance(1, 3) {
-            self.prng.below(3 * TICK_UNITS)
+        let disk_latency_max = if self.prng.chance(1, 2) {
+            self.prng.below(4 * TICK_UNITS)
         } else {
             self.prng.below(3)
         };
@@ -828,6 +829,7 @@ impl Simulation {
 
     /// Checks after every step: election safety, leader completeness, commit records.
     fn check_step(&mut self) -> Result<(), String> {
+        let mut committing_leader = None;
         for host in self.hosts.values_mut() {
             let Some(node) = host.node.as_ref() else {
                 continue;
@@ -845,12 +847,27 @@ impl Simulation {
             if commit < host.commit_recorded {
                 return Err(format!("{}: commit index moved back to {commit}", host.id));
             }
+            if commit > host.commit_recorded
+                && node.role() == StateRole::Leader
+                && node.persisted_index() < node.last_index()
+            {
+                committing_leader = Some(host.id);
+            }
             while host.commit_recorded < commit {
                 let index = host.commit_recorded.next();
                 if let Some(term) = node.log_term(index) {
                     self.checker.commit(host.id, index, term)?;
                 }
                 host.commit_recorded = index;
+            }
+        }
+        // The worst moment for a crash: a leader just committed while its own disk lags.
+        if let Some(id) = committing_leader {
+            if self.faults_active && self.options.random_faults && self.prng.chance(1, 25) {
+                self.crash(id);
+                let downtime = 1 + self.prng.below(40);
+                self.hosts.get_mut(&id).expect("host").restart_at =
+                    Some(self.now + downtime * TICK_UNITS);
             }
         }
         Ok(())
