@@ -129,9 +129,9 @@ fn test_figure_8_entries_of_earlier_terms_do_not_commit_by_counting() {
         network.process(1);
         network.process(2);
         network.process(3);
-        // Appends carrying the new term's no-op reach only nodes that lack X (they reject
-        // them, which walks S1 back to X); nodes holding X never get the no-op.
-        let holding: Vec<NodeId> = [2, 3]
+        // S2 may take the no-op (two of five hold it: not a quorum). S3 gets it only while
+        // it lacks X (it rejects it, which walks S1 back to X); once S3 holds X, never.
+        let holding: Vec<NodeId> = [3]
             .into_iter()
             .filter(|id| network.node(*id).log_term(x) == x_term)
             .map(NodeId)
@@ -147,10 +147,28 @@ fn test_figure_8_entries_of_earlier_terms_do_not_commit_by_counting() {
             break;
         }
     }
-    network.process(1);
-    network.deliver(None);
+    // S3's acknowledgement of X reaches S1.
+    network.process(3);
+    network.deliver(Some(1));
     network.process(1);
     assert_eq!(network.node(3).log_term(x), network.node(1).log_term(x));
+    let holding = [1, 2, 3].into_iter().filter(|id| {
+        let leader = network.node(1);
+        *id == 1
+            || leader
+                .progress()
+                .any(|(p, pr)| p.0 == *id && pr.match_index() >= x)
+    });
+    let progress: Vec<String> = network
+        .node(1)
+        .progress()
+        .map(|(id, p)| format!("{id}:{}", p.match_index()))
+        .collect();
+    assert_eq!(
+        holding.count(),
+        3,
+        "S1 knows X is on a majority: {progress:?}"
+    );
     assert!(
         network.node(1).commit_index() < x,
         "X (term {:?}) committed by counting replicas in term {term}",
