@@ -11,7 +11,7 @@ use std::time::Instant;
 use atoll_raft::sim::{run, SimOptions, SimReport};
 
 fn usage() -> &'static str {
-    "usage: sim --seeds START..END [--nodes 3|5|7] [--fault-ticks N]\n\
+    "usage: sim --seeds START..END [--nodes 3|5|7] [--fault-ticks N] [--verbose]\n\
      Runs one simulated cluster per seed, checking Raft's invariants after every step.\n\
      Without --nodes, each seed uses 3, 5 or 7 nodes in turn (seed % 3)."
 }
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     let mut seeds = (0u64, 100u64);
     let mut nodes: Option<usize> = None;
     let mut fault_ticks: Option<u64> = None;
+    let mut verbose = false;
     let mut position = 0;
     while position < args.len() {
         let value = args.get(position + 1);
@@ -55,6 +56,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            ("--verbose", _) => {
+                verbose = true;
+                position += 1;
+                continue;
+            }
             ("--help" | "-h", _) => {
                 println!("{}", usage());
                 return ExitCode::SUCCESS;
@@ -79,6 +85,9 @@ fn main() -> ExitCode {
         }
         match run(&options) {
             Ok(report) => {
+                if verbose {
+                    eprintln!("seed {seed} ({count} nodes): {report:?}");
+                }
                 total.commits += report.commits;
                 total.elections += report.elections;
                 total.operations += report.operations;

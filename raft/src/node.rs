@@ -821,11 +821,10 @@ impl<L: LogRead> RawNode<L> {
                 }
             }
         } else if message.term < self.term {
-            if (self.config.check_quorum || self.config.pre_vote)
-                && matches!(message.kind, Append | Heartbeat)
-            {
-                // A stale leader (say, back from a partition) learns the new term from the
-                // answer and steps down; without it, pre-vote could keep it leading forever.
+            if matches!(message.kind, Append | Heartbeat) {
+                // Section 5.1: refuse, with our term. A stale leader (say, back from a
+                // partition) learns the new term from the answer and steps down; with pre-vote
+                // and leases nothing else would tell it.
                 let answer = Message::new(AppendResponse, self.id, message.from, self.term);
                 self.send(answer);
             } else if message.kind == PreVote {

@@ -70,7 +70,7 @@ impl SimOptions {
             seed,
             nodes,
             fault_ticks: 400,
-            liveness_ticks: 400,
+            liveness_ticks: 500,
             random_faults: true,
             script: Vec::new(),
         }
@@ -208,7 +208,7 @@ pub fn options_from_bytes(bytes: &[u8]) -> SimOptions {
     let mut options = SimOptions::new(seed, nodes);
     options.random_faults = false;
     options.fault_ticks = 200;
-    options.liveness_ticks = 400;
+    options.liveness_ticks = 500;
     let mut tick = 0u64;
     for event in bytes.get(9..).unwrap_or_default().chunks_exact(3).take(64) {
         tick += u64::from(event[0] % 16);
@@ -346,13 +346,14 @@ impl Simulation {
         // section 4.2.3). Scenario tests cover elections without it.
         raft_config.pre_vote = true;
         raft_config.check_quorum = prng.chance(4, 5);
-        raft_config.append_entries_max = 1 + prng.below(16) as u32;
+        raft_config.append_entries_max = 2 + prng.below(15) as u32;
         raft_config.append_bytes_max = 64 + prng.below(512);
-        raft_config.inflight_msgs_max = 1 + prng.below(8) as u32;
+        raft_config.inflight_msgs_max = 2 + prng.below(7) as u32;
         raft_config.inflight_bytes_max = 256 + prng.below(4096);
-        raft_config.uncommitted_bytes_max = 512 + prng.below(8192);
+        // Bounds the backlog a partitioned leader builds, and so the catch-up after healing.
+        raft_config.uncommitted_bytes_max = 256 + prng.below(2048);
         raft_config.apply_bytes_max = 64 + prng.below(1024);
-        raft_config.snapshot_chunk_bytes = 8 + prng.below(64) as u32;
+        raft_config.snapshot_chunk_bytes = 16 + prng.below(64) as u32;
         raft_config.snapshot_chunks_inflight_max = 1 + prng.below(3) as u32;
         raft_config.snapshot_trailing_entries = prng.below(8);
         raft_config.reads_pending_max = 4 + prng.below(64) as u32;
@@ -422,7 +423,9 @@ impl Simulation {
             tick_period,
             next_tick: self.now + 1 + self.prng.below(TICK_UNITS),
             restart_at: None,
-            snapshot_interval: 8 + self.prng.below(40),
+            // Snapshots must not come faster than one can be streamed, or a slow follower restarts
+            // its transfer forever (a host policy the architecture notes state).
+            snapshot_interval: 16 + self.prng.below(48),
             pending_writes: BTreeMap::new(),
             pending_reads: BTreeMap::new(),
             commit_recorded: LogIndex(0),
@@ -1307,6 +1310,14 @@ impl Simulation {
                 }
             }
             self.step()?;
+            let trace = std::env::var_os("SIM_TRACE").is_some();
+            if trace && (self.now - start).is_multiple_of(50 * TICK_UNITS) {
+                eprintln!(
+                    "{} liveness: sentinel {sentinel:?}\n{}",
+                    self.now,
+                    self.describe_nodes()
+                );
+            }
             let Some((_, index, operation)) = sentinel else {
                 continue;
             };
