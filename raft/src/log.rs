@@ -248,7 +248,11 @@ impl<L: LogRead> RaftLog<L> {
             first.term >= self.last_term(),
             "terms never decrease along the log"
         );
-        self.unstable.extend(entries);
+        if self.unstable.is_empty() {
+            self.unstable = entries; // Moved, not copied: the common case of one batch per ready.
+        } else {
+            self.unstable.extend(entries);
+        }
     }
 
     /// Section 5.3, the receiver of an append: if our log holds (`prev_index`, `prev_term`),
@@ -260,7 +264,7 @@ impl<L: LogRead> RaftLog<L> {
         prev_index: LogIndex,
         prev_term: Term,
         leader_commit: LogIndex,
-        entries: &[Entry],
+        mut entries: Vec<Entry>,
     ) -> Option<(LogIndex, Option<LogIndex>)> {
         if !self.matches(prev_index, prev_term) {
             return None;
@@ -279,13 +283,14 @@ impl<L: LogRead> RaftLog<L> {
                 "conflicting entry {at} at or below the commit index {}",
                 self.committed
             );
-            self.truncate_and_append(&entries[position..]);
+            entries.drain(..position);
+            self.truncate_and_append(entries);
         }
         self.commit_to(leader_commit.min(last_new));
         Some((last_new, written))
     }
 
-    fn truncate_and_append(&mut self, entries: &[Entry]) {
+    fn truncate_and_append(&mut self, entries: Vec<Entry>) {
         let at = entries[0].index;
         assert!(at > self.committed, "never truncate a committed entry");
         assert!(at <= self.last_index().next(), "appends must be contiguous");
@@ -301,7 +306,11 @@ impl<L: LogRead> RaftLog<L> {
                 self.persisted = at.prev();
             }
         }
-        self.unstable.extend_from_slice(entries);
+        if self.unstable.is_empty() {
+            self.unstable = entries;
+        } else {
+            self.unstable.extend(entries);
+        }
     }
 
     /// Advances the commit index; never moves it backwards.

@@ -170,6 +170,9 @@ pub struct RawNode<L: LogRead> {
     pub(crate) read_states_waiting: Vec<ReadState>,
     pub(crate) dropped_reads: Vec<u64>,
     pub(crate) hard_state_handed: HardState,
+    /// Reused buffers of the leader's hot paths.
+    pub(crate) scratch_ids: Vec<NodeId>,
+    pub(crate) scratch_indexes: Vec<LogIndex>,
 }
 
 impl<L: LogRead> RawNode<L> {
@@ -267,6 +270,8 @@ impl<L: LogRead> RawNode<L> {
             read_states_waiting: Vec::new(),
             dropped_reads: Vec::new(),
             hard_state_handed: hard_state,
+            scratch_ids: Vec::new(),
+            scratch_indexes: Vec::new(),
             config,
         };
         Ok(node)

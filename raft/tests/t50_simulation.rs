@@ -8,7 +8,7 @@ fn seeds_per_size() -> u64 {
     std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|value| value.parse().ok())
-        .unwrap_or(100)
+        .unwrap_or(150)
 }
 
 fn run_range(nodes: usize, offset: u64) {

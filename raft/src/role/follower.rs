@@ -61,20 +61,30 @@ impl<L: LogRead> RawNode<L> {
             self.send(answer);
             return;
         }
+        // Configuration entries are rare: set them aside (no allocation without one) before
+        // the entries move into the log.
+        let configurations: Vec<(crate::LogIndex, Configuration)> = message
+            .entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::Configuration)
+            .map(|entry| {
+                let configuration =
+                    Configuration::decode(&entry.payload).expect("validated before stepping");
+                (entry.index, configuration)
+            })
+            .collect();
         match self.log.maybe_append(
             message.index,
             message.log_term,
             message.commit,
-            &message.entries,
+            message.entries,
         ) {
             Some((last_new, written)) => {
                 if let Some(first_written) = written {
                     self.configurations.truncate_from(first_written);
-                    for entry in &message.entries {
-                        if entry.index >= first_written && entry.kind == EntryKind::Configuration {
-                            let configuration = Configuration::decode(&entry.payload)
-                                .expect("validated before stepping");
-                            self.apply_configuration(entry.index, configuration);
+                    for (index, configuration) in configurations {
+                        if index >= first_written {
+                            self.apply_configuration(index, configuration);
                         }
                     }
                 }

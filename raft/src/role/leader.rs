@@ -285,35 +285,37 @@ impl<L: LogRead> RawNode<L> {
     }
 
     fn quorum_active(&self) -> bool {
-        let voters: Vec<NodeId> = self.configuration().voters().collect();
-        let active = voters
-            .iter()
-            .filter(|id| **id == self.id || self.progress.get(id).is_some_and(|p| p.recent_active))
+        let voters = self.configuration().voter_count();
+        let active = self
+            .configuration()
+            .voters()
+            .filter(|id| *id == self.id || self.progress.get(id).is_some_and(|p| p.recent_active))
             .count();
-        active > voters.len() / 2
+        active > voters / 2
+    }
+
+    /// The followers tracked, in a reused buffer (the broadcast paths run for every batch of
+    /// proposals and must not allocate). Give it back with `self.scratch_ids = ids`.
+    fn take_follower_ids(&mut self) -> Vec<NodeId> {
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        let me = self.id;
+        ids.extend(self.progress.keys().copied().filter(|id| *id != me));
+        ids
     }
 
     pub(crate) fn broadcast_append(&mut self) {
-        let ids: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|id| *id != self.id)
-            .collect();
-        for id in ids {
-            self.maybe_send_append(id, true);
+        let ids = self.take_follower_ids();
+        for id in &ids {
+            self.maybe_send_append(*id, true);
         }
+        self.scratch_ids = ids;
     }
 
     pub(crate) fn broadcast_heartbeat(&mut self) {
-        let ids: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|id| *id != self.id)
-            .collect();
+        let ids = self.take_follower_ids();
         let committed = self.log.committed();
-        for id in ids {
+        for &id in &ids {
             let progress = self.progress.get_mut(&id).expect("tracked");
             let mut resend = false;
             if let Some(send) = progress.snapshot.as_mut() {
@@ -333,6 +335,7 @@ impl<L: LogRead> RawNode<L> {
                 self.send_snapshot_chunks(id);
             }
         }
+        self.scratch_ids = ids;
     }
 
     /// Sends the next append to `to` unless flow control pauses it. Returns whether one left.
@@ -460,20 +463,20 @@ impl<L: LogRead> RawNode<L> {
     /// Commits the highest index a quorum of voters holds durably, if it is of this term
     /// (Figure 8: entries of earlier terms commit only through one of the current term).
     pub(crate) fn maybe_commit(&mut self) -> bool {
-        let mut matches: Vec<LogIndex> = self
-            .configuration()
-            .voters()
-            .map(|id| {
-                self.progress
-                    .get(&id)
-                    .map_or(LogIndex(0), |p| p.match_index)
-            })
-            .collect();
-        if matches.is_empty() {
-            return false;
-        }
+        let mut matches = std::mem::take(&mut self.scratch_indexes);
+        matches.clear();
+        let configuration = self.configurations.current();
+        matches.extend(configuration.voters().map(|id| {
+            self.progress
+                .get(&id)
+                .map_or(LogIndex(0), |p| p.match_index)
+        }));
         matches.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matches[matches.len() / 2];
+        let candidate = matches.get(matches.len() / 2).copied();
+        self.scratch_indexes = matches;
+        let Some(candidate) = candidate else {
+            return false;
+        };
         if candidate <= self.log.committed() || self.log.term(candidate) != Some(self.term) {
             return false;
         }
@@ -571,8 +574,7 @@ impl<L: LogRead> RawNode<L> {
             return Err(Error::ProposalDropped);
         }
         let index = self.log.committed();
-        let voters: Vec<NodeId> = self.configuration().voters().collect();
-        if voters == [self.id] {
+        if self.configuration().voter_count() == 1 && self.is_promotable() {
             self.read_confirmed(from, index, context);
             return Ok(());
         }
