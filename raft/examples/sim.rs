@@ -88,11 +88,7 @@ fn main() -> ExitCode {
                 if verbose {
                     eprintln!("seed {seed} ({count} nodes): {report:?}");
                 }
-                total.commits += report.commits;
-                total.elections += report.elections;
-                total.operations += report.operations;
-                total.snapshots_installed += report.snapshots_installed;
-                total.recovery_ticks = total.recovery_ticks.max(report.recovery_ticks);
+                total.add(&report);
             }
             Err(violation) => {
                 violations += 1;
@@ -102,8 +98,15 @@ fn main() -> ExitCode {
         }
     }
     eprintln!(
-        "sim: {} client operations, {} snapshots installed, worst recovery {} ticks, {:.1}s",
+        "sim: {} client operations ({} follower reads), {} crashes, {} partitions, {} \
+         membership changes, {} transfers, {} snapshots installed, worst recovery {} ticks, \
+         {:.1}s",
         total.operations,
+        total.follower_reads,
+        total.crashes,
+        total.partitions,
+        total.membership_changes,
+        total.transfers,
         total.snapshots_installed,
         total.recovery_ticks,
         started.elapsed().as_secs_f64()

@@ -430,3 +430,169 @@ impl<L: LogRead> RaftLog<L> {
         Some(pending)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EntryKind, Payload};
+    use atoll_storage::{LogStore, MemLog};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index: LogIndex(index),
+            term: Term(term),
+            kind: EntryKind::Command,
+            payload: Payload::from_vec(vec![index as u8; 3]),
+        }
+    }
+
+    /// A log whose store holds entries 1..=`last` with the given terms, all durable.
+    fn log_with(terms: &[u64]) -> RaftLog<MemLog> {
+        let mut store = MemLog::new();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(position, term)| entry(position as u64 + 1, *term))
+            .collect();
+        store.append(&entries).unwrap();
+        store.sync().unwrap();
+        RaftLog::new(store, LogIndex(0))
+    }
+
+    /// Hands the unstable entries to the store, as a host does between calls.
+    fn persist(log: &mut RaftLog<MemLog>) -> Vec<Entry> {
+        let entries = log.take_unstable();
+        if let Some(first) = entries.first() {
+            let store = log.store_mut();
+            if first.index <= store.last_index() {
+                store.truncate_after(first.index.prev()).unwrap();
+            }
+            store.append(&entries).unwrap();
+        }
+        log.check_host_contract();
+        entries
+    }
+
+    #[test]
+    fn test_conflicting_append_shadows_the_store_until_handed_out() {
+        // The store holds 1..=4 (terms 1,1,2,2); a leader of term 3 overwrites from 3.
+        let mut log = log_with(&[1, 1, 2, 2]);
+        let (last, written) = log
+            .maybe_append(LogIndex(2), Term(1), LogIndex(2), vec![entry(3, 3)])
+            .unwrap();
+        assert_eq!((last, written), (LogIndex(3), Some(LogIndex(3))));
+        assert_eq!(log.last_index(), LogIndex(3));
+        assert_eq!(log.term(LogIndex(3)), Some(Term(3)));
+        assert_eq!(log.term(LogIndex(4)), None, "the old suffix is shadowed");
+        assert_eq!(
+            log.persisted(),
+            LogIndex(2),
+            "the overwritten entries are not durable"
+        );
+        assert_eq!(log.committed(), LogIndex(2));
+        let handed = persist(&mut log);
+        assert_eq!(handed, vec![entry(3, 3)]);
+        assert_eq!(log.store().last_index(), LogIndex(3));
+        // Already-present entries are not rewritten.
+        let (_, written) = log
+            .maybe_append(
+                LogIndex(1),
+                Term(1),
+                LogIndex(2),
+                vec![entry(2, 1), entry(3, 3)],
+            )
+            .unwrap();
+        assert_eq!(written, None);
+        assert!(!log.has_unstable());
+    }
+
+    #[test]
+    #[should_panic(expected = "at or below the commit index")]
+    fn test_overwriting_a_committed_entry_panics() {
+        let mut log = log_with(&[1, 1, 2]);
+        log.commit_to(LogIndex(3));
+        let _ = log.maybe_append(LogIndex(2), Term(1), LogIndex(3), vec![entry(3, 3)]);
+    }
+
+    #[test]
+    fn test_mismatched_previous_entry_is_refused() {
+        let mut log = log_with(&[1, 1, 2]);
+        assert!(log
+            .maybe_append(LogIndex(3), Term(1), LogIndex(3), vec![entry(4, 3)])
+            .is_none());
+        assert!(log
+            .maybe_append(LogIndex(7), Term(2), LogIndex(3), vec![entry(8, 3)])
+            .is_none());
+        assert_eq!(log.last_index(), LogIndex(3));
+    }
+
+    #[test]
+    fn test_find_conflict_by_term_skips_whole_terms() {
+        let log = log_with(&[1, 1, 2, 2, 2, 4, 4]);
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(7), Term(3)),
+            (LogIndex(5), Term(2))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(7), Term(4)),
+            (LogIndex(7), Term(4))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(4), Term(1)),
+            (LogIndex(2), Term(1))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(9), Term(0)),
+            (LogIndex(0), Term(0))
+        );
+    }
+
+    #[test]
+    fn test_committed_entries_wait_for_local_durability() {
+        let mut log = log_with(&[1]);
+        log.append(vec![entry(2, 1), entry(3, 1)]);
+        persist(&mut log);
+        log.commit_to(LogIndex(3));
+        // Committed through 3, durable through 1: only 1 may be applied.
+        assert_eq!(log.next_committed(u64::MAX), vec![entry(1, 1)]);
+        assert!(!log.has_next_committed());
+        // A stale report (wrong term) is ignored; the right one releases both.
+        assert!(!log.persisted_to(LogIndex(3), Term(2)));
+        assert!(log.persisted_to(LogIndex(3), Term(1)));
+        assert_eq!(
+            log.next_committed(3),
+            vec![entry(2, 1)],
+            "bytes_max bounds a batch"
+        );
+        assert_eq!(log.next_committed(u64::MAX), vec![entry(3, 1)]);
+        assert_eq!(log.applied(), LogIndex(3));
+    }
+
+    #[test]
+    fn test_restore_keeps_a_matching_suffix_or_discards_the_log() {
+        let mut log = log_with(&[1, 1, 2, 2]);
+        assert!(log.restore(LogIndex(3), Term(2)));
+        assert_eq!(log.first_index(), LogIndex(4));
+        assert_eq!(log.last_index(), LogIndex(4));
+        assert_eq!(
+            log.take_snapshot_pending(),
+            Some((LogIndex(3), Term(2), true))
+        );
+        let mut log = log_with(&[1, 1, 2, 2]);
+        assert!(!log.restore(LogIndex(6), Term(5)));
+        assert_eq!(log.last_index(), LogIndex(6));
+        assert_eq!(log.term(LogIndex(6)), Some(Term(5)));
+        assert_eq!(log.term(LogIndex(4)), None);
+        assert_eq!((log.committed(), log.applied()), (LogIndex(6), LogIndex(6)));
+        assert_eq!(
+            log.take_snapshot_pending(),
+            Some((LogIndex(6), Term(5), false))
+        );
+        let store = log.store_mut();
+        store
+            .truncate_after(LogIndex(5).min(store.last_index()))
+            .unwrap();
+        store.compact_through(LogIndex(6), Term(5)).unwrap();
+        log.check_host_contract();
+    }
+}

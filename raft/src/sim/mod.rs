@@ -115,6 +115,32 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Ticks from healing to a proposal applied everywhere.
     pub recovery_ticks: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Membership changes and transfers the leader accepted.
+    pub membership_changes: u64,
+    /// Leadership transfers the leader accepted.
+    pub transfers: u64,
+    /// Reads answered by a node that was not the leader (follower reads).
+    pub follower_reads: u64,
+}
+
+impl SimReport {
+    /// Adds another run's counts (the recovery time is the worst of both).
+    pub fn add(&mut self, other: &SimReport) {
+        self.commits += other.commits;
+        self.elections += other.elections;
+        self.operations += other.operations;
+        self.snapshots_installed += other.snapshots_installed;
+        self.recovery_ticks = self.recovery_ticks.max(other.recovery_ticks);
+        self.crashes += other.crashes;
+        self.partitions += other.partitions;
+        self.membership_changes += other.membership_changes;
+        self.transfers += other.transfers;
+        self.follower_reads += other.follower_reads;
+    }
 }
 
 /// A broken invariant, with what reproduces it.
@@ -463,6 +489,7 @@ impl Simulation {
     }
 
     fn crash(&mut self, id: NodeId) {
+        self.report.crashes += 1;
         let unsynced_kept = self.prng.below(3) as usize;
         let host = self.hosts.get_mut(&id).expect("host");
         let Some(node) = host.node.take() else {
@@ -789,6 +816,13 @@ impl Simulation {
                 entry.operation.kind = OpKind::Read(host.kv.get(entry.key));
                 entry.operation.response = Some(now);
                 self.report.operations += 1;
+                if host
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.role() != StateRole::Leader)
+                {
+                    self.report.follower_reads += 1;
+                }
             }
         }
         for context in &ready.dropped_reads {
@@ -934,7 +968,9 @@ impl Simulation {
                 } else {
                     self.pick(&voters)
                 };
-                let _ = self.node_mut(leader).transfer_leadership(target);
+                if self.node_mut(leader).transfer_leadership(target).is_ok() {
+                    self.report.transfers += 1;
+                }
             }
         }
         if self.prng.chance(1, 40) {
@@ -960,6 +996,7 @@ impl Simulation {
     }
 
     fn partition(&mut self) {
+        self.report.partitions += 1;
         let ids: Vec<NodeId> = self.hosts.keys().copied().collect();
         let now = self.now;
         match self.prng.below(4) {
@@ -1040,8 +1077,8 @@ impl Simulation {
             1 => {
                 if let Some(id) = self.pick(&members) {
                     let is_voter = configuration.is_voter(id);
-                    if !is_voter || voters > 2 {
-                        let _ = self.node_mut(leader).remove(id);
+                    if (!is_voter || voters > 2) && self.node_mut(leader).remove(id).is_ok() {
+                        self.report.membership_changes += 1;
                     }
                 }
             }
@@ -1049,8 +1086,10 @@ impl Simulation {
                 if let Some(id) = self.pick(&members) {
                     let role = [MemberRole::Voter, MemberRole::Standby, MemberRole::Spare]
                         [self.prng.below(3) as usize];
-                    if role == MemberRole::Voter || !configuration.is_voter(id) || voters > 2 {
-                        let _ = self.node_mut(leader).assign(id, role);
+                    let allowed =
+                        role == MemberRole::Voter || !configuration.is_voter(id) || voters > 2;
+                    if allowed && self.node_mut(leader).assign(id, role).is_ok() {
+                        self.report.membership_changes += 1;
                     }
                 }
             }
@@ -1064,6 +1103,7 @@ impl Simulation {
         }
         let id = NodeId(self.next_joiner);
         if self.node_mut(leader).add(id, &address(id), role).is_ok() {
+            self.report.membership_changes += 1;
             self.next_joiner += 1;
             self.create_host(id, MemLog::new());
         }
@@ -1481,12 +1521,7 @@ fn address(id: NodeId) -> String {
 pub fn run_seeds(seeds: std::ops::Range<u64>, nodes: usize) -> Result<SimReport, Violation> {
     let mut total = SimReport::default();
     for seed in seeds {
-        let report = run(&SimOptions::new(seed, nodes))?;
-        total.commits += report.commits;
-        total.elections += report.elections;
-        total.operations += report.operations;
-        total.snapshots_installed += report.snapshots_installed;
-        total.recovery_ticks = total.recovery_ticks.max(report.recovery_ticks);
+        total.add(&run(&SimOptions::new(seed, nodes))?);
     }
     Ok(total)
 }
