@@ -93,8 +93,12 @@ impl<L: LogRead> RaftLog<L> {
         );
     }
 
-    pub(crate) fn take_storage_error(&self) -> Option<io::Error> {
-        self.storage_error.borrow_mut().take()
+    /// The first read error (kind and text), kept: it is sticky.
+    pub(crate) fn storage_error(&self) -> Option<(io::ErrorKind, String)> {
+        self.storage_error
+            .borrow()
+            .as_ref()
+            .map(|error| (error.kind(), error.to_string()))
     }
 
     fn record(&self, error: io::Error) {
@@ -155,8 +159,18 @@ impl<L: LogRead> RaftLog<L> {
     }
 
     pub fn last_term(&self) -> Term {
-        self.term(self.last_index())
-            .expect("the last index always has a term (entry or compaction point)")
+        match self.term(self.last_index()) {
+            Some(term) => term,
+            None => {
+                // Only a failed read can hide the last term; the node is stopping (its readies
+                // are empty from now on), so any answer will do.
+                assert!(
+                    self.storage_error.borrow().is_some(),
+                    "the last index always has a term (entry or compaction point)"
+                );
+                Term(0)
+            }
+        }
     }
 
     pub fn matches(&self, index: LogIndex, term: Term) -> bool {

@@ -410,6 +410,7 @@ impl<L: LogRead> RawNode<L> {
     /// Feeds a message received from a peer.
     pub fn step(&mut self, message: Message) -> Result<(), Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         self.validate_message(&message)?;
         self.step_validated(message);
         self.storage_result()
@@ -419,6 +420,7 @@ impl<L: LogRead> RawNode<L> {
     /// leadership changes before it commits; the host learns the outcome by applying).
     pub fn propose(&mut self, data: Payload) -> Result<LogIndex, Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         let bytes = data.len() as u64;
         self.check_proposal(bytes)?;
         let index = self.append_entries_as_leader([(EntryKind::Command, data)], bytes);
@@ -429,6 +431,7 @@ impl<L: LogRead> RawNode<L> {
     /// rest follow contiguously. All or none are accepted.
     pub fn propose_batch(&mut self, data: Vec<Payload>) -> Result<LogIndex, Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         if data.is_empty() {
             return Err(Error::InvalidRequest("empty proposal batch"));
         }
@@ -447,6 +450,7 @@ impl<L: LogRead> RawNode<L> {
     /// to the leader (a follower read).
     pub fn read_index(&mut self, context: u64) -> Result<(), Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         match self.role {
             StateRole::Leader => self.leader_read(self.id, context),
             StateRole::Follower => match self.leader_id {
@@ -466,6 +470,7 @@ impl<L: LogRead> RawNode<L> {
     /// Starts an election now (a host command or a test; normally timeouts do it).
     pub fn campaign(&mut self) -> Result<(), Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         if !self.is_promotable() {
             return Err(Error::InvalidRequest("only voters campaign"));
         }
@@ -485,6 +490,7 @@ impl<L: LogRead> RawNode<L> {
     /// caught up with the log (see [`RawNode::promotion`]).
     pub fn add(&mut self, id: NodeId, address: &str, role: MemberRole) -> Result<(), Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         self.check_conf_change()?;
         if id.0 == 0 {
             return Err(Error::InvalidConfChange("node id 0 is reserved"));
@@ -512,6 +518,7 @@ impl<L: LogRead> RawNode<L> {
     /// Leader: changes a member's role. Promotion to voter first catches the member up.
     pub fn assign(&mut self, id: NodeId, role: MemberRole) -> Result<(), Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         self.check_conf_change()?;
         let current = self
             .configuration()
@@ -537,6 +544,7 @@ impl<L: LogRead> RawNode<L> {
     /// Leader: removes a member. A leader removing itself steps down once the change commits.
     pub fn remove(&mut self, id: NodeId) -> Result<(), Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         self.check_conf_change()?;
         let role = self
             .configuration()
@@ -556,6 +564,7 @@ impl<L: LogRead> RawNode<L> {
     /// election timeout).
     pub fn transfer_leadership(&mut self, target: Option<NodeId>) -> Result<NodeId, Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         if self.role != StateRole::Leader {
             return Err(Error::NotLeader {
                 leader: self.leader_id,
@@ -583,6 +592,7 @@ impl<L: LogRead> RawNode<L> {
     /// the log in the next ready, keeping `snapshot_trailing_entries`.
     pub fn snapshot_taken(&mut self, index: LogIndex, size_bytes: u64) -> Result<(), Error> {
         self.log.check_host_contract();
+        self.storage_result()?;
         if index > self.log.applied() {
             return Err(Error::InvalidRequest("snapshot beyond the applied index"));
         }
@@ -634,6 +644,9 @@ impl<L: LogRead> RawNode<L> {
 
     /// Whether a ready has work.
     pub fn has_ready(&self) -> bool {
+        if self.log.storage_error().is_some() {
+            return false; // Fail-stop: nothing decided after a failed read may leave the node.
+        }
         self.hard_state() != self.hard_state_handed
             || self.log.has_unstable()
             || self.snapshot_install.is_some()
@@ -654,6 +667,9 @@ impl<L: LogRead> RawNode<L> {
     /// Takes the pending work out. See [`Ready`] for the order the host must follow.
     pub fn ready(&mut self) -> Ready {
         self.log.check_host_contract();
+        if self.log.storage_error().is_some() {
+            return Ready::default();
+        }
         if self.role == StateRole::Leader {
             if self.broadcast_pending {
                 self.broadcast_pending = false;
@@ -736,8 +752,16 @@ impl<L: LogRead> RawNode<L> {
 
     // ---------------------------------------------------------------- shared internals
 
+    /// The first failed log read, if any: sticky, because raft's state after a failed read
+    /// cannot be trusted. The host stops the node and reopens its storage.
+    pub fn storage_error(&self) -> Option<std::io::Error> {
+        self.log
+            .storage_error()
+            .map(|(kind, message)| std::io::Error::new(kind, message))
+    }
+
     fn storage_result(&self) -> Result<(), Error> {
-        match self.log.take_storage_error() {
+        match self.storage_error() {
             Some(error) => Err(Error::Storage(error)),
             None => Ok(()),
         }

@@ -206,3 +206,81 @@ fn test_invalid_configs_and_logs_are_refused_at_construction() {
     assert_eq!(node.role(), StateRole::Follower);
     assert!(matches!(node.campaign(), Err(Error::InvalidRequest(_))));
 }
+
+/// A log that starts failing reads on demand.
+struct FlakyLog {
+    inner: MemLog,
+    failing: std::cell::Cell<bool>,
+}
+
+impl atoll_storage::LogRead for FlakyLog {
+    fn first_index(&self) -> LogIndex {
+        self.inner.first_index()
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.inner.last_index()
+    }
+
+    fn term(&self, index: LogIndex) -> std::io::Result<Option<Term>> {
+        if self.failing.get() {
+            return Err(std::io::Error::other("injected read failure"));
+        }
+        self.inner.term(index)
+    }
+
+    fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        bytes_max: u64,
+        out: &mut Vec<Entry>,
+    ) -> std::io::Result<()> {
+        if self.failing.get() {
+            return Err(std::io::Error::other("injected read failure"));
+        }
+        self.inner.entries(low, high, bytes_max, out)
+    }
+}
+
+/// A failed log read is fatal and sticky: every later request reports it, so the host stops
+/// the node instead of running on a state built from a read that did not happen.
+#[test]
+fn test_a_failed_log_read_is_sticky() {
+    use atoll_storage::LogStore;
+    let mut configuration = atoll_raft::Configuration::new();
+    configuration.insert(NodeId(1), "n1", MemberRole::Voter);
+    configuration.insert(NodeId(2), "n2", MemberRole::Voter);
+    let mut inner = MemLog::new();
+    inner
+        .append(&[atoll_raft::bootstrap_entry(&configuration)])
+        .unwrap();
+    inner.sync().unwrap();
+    let log = FlakyLog {
+        inner,
+        failing: std::cell::Cell::new(false),
+    };
+    let mut node = RawNode::new(
+        Config::new(NodeId(1)),
+        log,
+        HardState::default(),
+        None,
+        LogIndex(0),
+    )
+    .unwrap();
+    node.log().failing.set(true);
+    let mut vote = Message::new(MessageKind::Vote, NodeId(2), NodeId(1), Term(5));
+    vote.index = LogIndex(1);
+    vote.log_term = Term(1);
+    assert!(matches!(node.step(vote), Err(Error::Storage(_))));
+    node.log().failing.set(false);
+    assert!(node.storage_error().is_some());
+    assert!(matches!(
+        node.propose(Payload::from(&b"x"[..])),
+        Err(Error::Storage(_))
+    ));
+    assert!(matches!(node.read_index(1), Err(Error::Storage(_))));
+    // Fail-stop: the vote decided around the failed read never leaves the node.
+    assert!(!node.has_ready());
+    assert!(node.ready().is_empty());
+}

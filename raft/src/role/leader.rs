@@ -219,6 +219,7 @@ impl<L: LogRead> RawNode<L> {
                     promotion.id
                 );
                 self.promotion = None;
+                self.leader_configuration_changed(); // A spare stops getting the log.
                 return;
             }
             self.promotion = Some(Promotion {
@@ -234,6 +235,7 @@ impl<L: LogRead> RawNode<L> {
                 promotion.id
             );
             self.promotion = None;
+            self.leader_configuration_changed();
         }
     }
 
