@@ -236,7 +236,16 @@ impl Network {
         }
         if let Some(install) = &ready.snapshot {
             let bytes = std::mem::take(&mut host.incoming);
+            assert_eq!(
+                bytes.len() as u64,
+                install.meta.size_bytes,
+                "snapshot bytes"
+            );
             host.kv = Kv::decode(&bytes);
+            assert_eq!(
+                host.kv.applied, install.meta.index,
+                "the bytes are another snapshot"
+            );
             host.snapshot = Some((install.meta.clone(), Arc::new(bytes)));
         }
         let node = host.node.as_mut().expect("up");
