@@ -52,13 +52,14 @@ pub struct Config {
 
 impl Config {
     /// Defaults sized for a LAN cluster with a 10 ms tick: a heartbeat every 20 ms and an
-    /// election timeout of 150–300 ms, so failover takes a few hundred milliseconds.
+    /// election timeout of 100–200 ms, so a leader's failure is noticed and a new one elected
+    /// within about 100–250 ms (one or two message round trips after the timeout).
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
             heartbeat_ticks: 2,
-            election_timeout_ticks_min: 15,
-            election_timeout_ticks_max: 30,
+            election_timeout_ticks_min: 10,
+            election_timeout_ticks_max: 20,
             pre_vote: true,
             check_quorum: true,
             append_entries_max: 1024,

@@ -530,3 +530,28 @@ fn test_only_durable_entries_count() {
         .match_index();
     assert!(matched >= index);
 }
+
+/// Failover: with the default timeouts (election 10..20 ticks), once the leader dies a new one
+/// leads within the maximum election timeout plus a round of pre-vote and vote: about 200 ms
+/// with 10 ms ticks. Each tick here delivers every message (a fast LAN).
+#[test]
+fn test_failover_within_an_election_timeout() {
+    let mut network = Network::new(&[1, 2, 3]);
+    elect(&mut network, 1);
+    tick_all(&mut network, 5);
+    network.crash(1);
+    let timeout_max = network.config(NodeId(2)).election_timeout_ticks_max;
+    let mut ticks = 0;
+    while ![2, 3]
+        .iter()
+        .any(|id| network.node(*id).role() == StateRole::Leader)
+    {
+        tick_all(&mut network, 1);
+        ticks += 1;
+        assert!(
+            ticks <= timeout_max + 2,
+            "no leader {ticks} ticks after the crash"
+        );
+    }
+    assert!(ticks >= network.config(NodeId(2)).election_timeout_ticks_min - 1);
+}
