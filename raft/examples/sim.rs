@@ -81,7 +81,10 @@ fn main() -> ExitCode {
         let count = nodes.unwrap_or([3, 5, 7][(seed % 3) as usize]);
         let mut options = SimOptions::new(seed, count);
         if let Some(ticks) = fault_ticks {
+            // A longer fault phase leaves more to catch up (late joiners need whole
+            // snapshots, streams restart when the leader snapshots again): the bound grows.
             options.fault_ticks = ticks;
+            options.liveness_ticks = options.liveness_ticks.max(500 + ticks / 4);
         }
         match run(&options) {
             Ok(report) => {
