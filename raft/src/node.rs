@@ -623,9 +623,29 @@ impl<L: LogRead> RawNode<L> {
             }
         }
         if self.role == StateRole::Leader {
-            self.restart_snapshot_sends();
+            let first = self.log.first_index().prev();
+            let floor = self.compact.map_or(first, |(index, _)| index.max(first));
+            self.restart_snapshot_sends(floor);
         }
         self.storage_result()
+    }
+
+    /// The snapshots the host must keep: its latest and, on a leader, older ones still being
+    /// streamed to followers. Any other snapshot may be deleted.
+    pub fn snapshots_in_use(&self) -> Vec<LogIndex> {
+        let mut indexes: Vec<LogIndex> = self
+            .snapshot
+            .iter()
+            .map(|meta| meta.index)
+            .chain(
+                self.progress
+                    .values()
+                    .filter_map(|p| p.snapshot.as_ref().map(|send| send.meta.index)),
+            )
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        indexes
     }
 
     /// The host could not reach `id` (a connection failed): stop pipelining to it and probe.

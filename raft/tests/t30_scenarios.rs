@@ -555,3 +555,58 @@ fn test_failover_within_an_election_timeout() {
     }
     assert!(ticks >= network.config(NodeId(2)).election_timeout_ticks_min - 1);
 }
+
+/// A snapshot stream survives a newer snapshot when the log still holds the entries after the
+/// streamed one: the follower finishes it and continues from the log, instead of starting over
+/// (a host that snapshots often would otherwise keep a slow follower from ever finishing).
+#[test]
+fn test_snapshot_stream_continues_across_a_newer_snapshot() {
+    let mut network = Network::with_config(&[1, 2, 3], |c| {
+        c.snapshot_chunk_bytes = 16;
+        c.snapshot_chunks_inflight_max = 1;
+        c.snapshot_trailing_entries = 5;
+    });
+    elect(&mut network, 1);
+    network.isolate(3);
+    for value in 1..=20 {
+        network.put(1, value % 3, value).unwrap();
+    }
+    network.stabilize();
+    network.snapshot(1);
+    let first = network.node(1).snapshot_meta().unwrap().index;
+    network.stabilize();
+    network.heal();
+    // The stream of the first snapshot starts; one round trip at a time.
+    for _ in 0..10 {
+        network.tick(1, 1);
+        network.deliver(Some(3));
+        network.process(3);
+        network.deliver(Some(1));
+        network.process(1);
+        let streaming = network.node(1).progress().any(|(id, p)| {
+            id == NodeId(3) && p.snapshot_send().is_some_and(|s| s.acked_offset > 0)
+        });
+        if streaming {
+            break;
+        }
+    }
+    // A newer snapshot, three entries later: the log still starts before the first one's end.
+    network.isolate(3);
+    for value in 21..=23 {
+        network.put(1, 1, value).unwrap();
+    }
+    network.stabilize();
+    network.snapshot(1);
+    let second = network.node(1).snapshot_meta().unwrap().index;
+    assert!(second > first);
+    assert_eq!(network.node(1).snapshots_in_use(), vec![first, second]);
+    network.heal();
+    tick_all(&mut network, 30);
+    assert_eq!(network.nodes[&NodeId(3)].kv, network.nodes[&NodeId(1)].kv);
+    assert_eq!(
+        network.node(3).snapshot_meta().unwrap().index,
+        first,
+        "installed the first"
+    );
+    assert_eq!(network.node(1).snapshots_in_use(), vec![second]);
+}

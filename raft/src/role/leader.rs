@@ -438,8 +438,12 @@ impl<L: LogRead> RawNode<L> {
         }
     }
 
-    /// A newer snapshot replaced the one being streamed: restart those sends with it.
-    pub(crate) fn restart_snapshot_sends(&mut self) {
+    /// A newer snapshot was taken and the log will start after `floor`. A stream of an older
+    /// snapshot whose follower could continue from the log afterwards (its index at or above
+    /// the floor) goes on: restarting it would throw away what was sent, and a host that
+    /// snapshots often could keep a slow follower from ever finishing. Others restart with the
+    /// new snapshot. The host keeps every snapshot [`RawNode::snapshots_in_use`] lists.
+    pub(crate) fn restart_snapshot_sends(&mut self, floor: LogIndex) {
         let Some(meta) = self.snapshot.clone() else {
             return;
         };
@@ -449,7 +453,7 @@ impl<L: LogRead> RawNode<L> {
             .filter(|(_, p)| {
                 p.snapshot
                     .as_ref()
-                    .is_some_and(|s| s.meta.index < meta.index)
+                    .is_some_and(|s| s.meta.index < meta.index && s.meta.index < floor)
             })
             .map(|(id, _)| *id)
             .collect();

@@ -309,6 +309,8 @@ struct Host {
     kv: Kv,
     /// The durable snapshot: metadata and bytes.
     snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// Older snapshots still streamed to followers (`RawNode::snapshots_in_use`).
+    streamed: BTreeMap<LogIndex, Arc<Vec<u8>>>,
     /// The snapshot being received.
     incoming: Vec<u8>,
     disk: VecDeque<DiskWrite>,
@@ -367,10 +369,11 @@ impl Simulation {
         raft_config.heartbeat_ticks = 1 + prng.below(2) as u32;
         raft_config.election_timeout_ticks_min = 10;
         raft_config.election_timeout_ticks_max = 20;
-        // Pre-vote stays on (the default): without it a removed node that missed its removal
-        // raises the term forever and liveness after healing is not guaranteed (dissertation
-        // section 4.2.3). Scenario tests cover elections without it.
-        raft_config.pre_vote = true;
+        // One seed in six runs classic elections, without pre-vote. Then a voter that is
+        // removed or demoted without learning it raises the term forever and liveness after
+        // healing is not guaranteed (dissertation section 4.2.3), so those seeds never remove
+        // or demote voters.
+        raft_config.pre_vote = !prng.chance(1, 6);
         raft_config.check_quorum = prng.chance(4, 5);
         raft_config.append_entries_max = 2 + prng.below(15) as u32;
         raft_config.append_bytes_max = 64 + prng.below(512);
@@ -381,7 +384,13 @@ impl Simulation {
         raft_config.apply_bytes_max = 64 + prng.below(1024);
         raft_config.snapshot_chunk_bytes = 16 + prng.below(64) as u32;
         raft_config.snapshot_chunks_inflight_max = 1 + prng.below(3) as u32;
-        raft_config.snapshot_trailing_entries = prng.below(8);
+        // Few trailing entries force snapshots on lagging followers; many let a stream of an
+        // older snapshot continue when the leader snapshots again.
+        raft_config.snapshot_trailing_entries = if prng.chance(1, 2) {
+            prng.below(8)
+        } else {
+            16 + prng.below(112)
+        };
         raft_config.reads_pending_max = 4 + prng.below(64) as u32;
         let mut simulation = Simulation {
             options: options.clone(),
@@ -443,6 +452,7 @@ impl Simulation {
             log_down: Some(log),
             kv: Kv::default(),
             snapshot: None,
+            streamed: BTreeMap::new(),
             incoming: Vec::new(),
             disk: VecDeque::new(),
             disk_latency_max,
@@ -500,6 +510,7 @@ impl Simulation {
         log.crash_keeping(kept);
         host.log_down = Some(log);
         host.disk.clear();
+        host.streamed.clear();
         for (_, write) in std::mem::take(&mut host.pending_writes) {
             // The client never learns the outcome: the write may or may not take effect.
             self.history[write.operation].operation.response = None;
@@ -599,13 +610,19 @@ impl Simulation {
         let from = message.from;
         if let Some(chunk) = message.snapshot_chunk_to_fill() {
             let host = self.hosts.get(&from).expect("sender");
-            let Some((meta, bytes)) = &host.snapshot else {
-                return Err(format!("{from} streams a snapshot it does not have"));
+            let bytes = match &host.snapshot {
+                Some((meta, bytes)) if meta.index == chunk.meta.index => bytes,
+                _ => host.streamed.get(&chunk.meta.index).ok_or_else(|| {
+                    format!(
+                        "{from} streams snapshot {} it does not hold",
+                        chunk.meta.index
+                    )
+                })?,
             };
-            if meta.index != chunk.meta.index {
+            if bytes.len() as u64 != chunk.meta.size_bytes {
                 return Err(format!(
-                    "{from} streams snapshot {} but holds {}",
-                    chunk.meta.index, meta.index
+                    "{from}: snapshot {} changed size",
+                    chunk.meta.index
                 ));
             }
             let start = chunk.offset as usize;
@@ -860,7 +877,11 @@ impl Simulation {
         node.snapshot_taken(host.kv.applied, bytes.len() as u64)
             .map_err(|e| format!("{id}: snapshot_taken: {e}"))?;
         let meta = node.snapshot_meta().expect("just taken").clone();
-        host.snapshot = Some((meta, Arc::new(bytes)));
+        if let Some((previous, previous_bytes)) = host.snapshot.replace((meta, Arc::new(bytes))) {
+            host.streamed.insert(previous.index, previous_bytes);
+        }
+        let in_use = node.snapshots_in_use();
+        host.streamed.retain(|index, _| in_use.contains(index));
         Ok(())
     }
 
@@ -1063,7 +1084,11 @@ impl Simulation {
         };
         let configuration = self.node(leader).configuration().clone();
         let members: Vec<NodeId> = configuration.members().map(|(id, _)| id).collect();
-        let voters = configuration.voter_count();
+        let voters = if self.raft_config.pre_vote {
+            configuration.voter_count()
+        } else {
+            0 // Never remove or demote a voter (see `Simulation::new`).
+        };
         match self.prng.below(3) {
             0 => {
                 let role = [
@@ -1152,7 +1177,7 @@ impl Simulation {
                     let id = nth(n);
                     if role == MemberRole::Voter
                         || !configuration.is_voter(id)
-                        || configuration.voter_count() > 2
+                        || (configuration.voter_count() > 2 && self.raft_config.pre_vote)
                     {
                         let _ = self.node_mut(leader).assign(id, role);
                     }
@@ -1162,7 +1187,9 @@ impl Simulation {
                 if let Some(leader) = self.leader() {
                     let configuration = self.node(leader).configuration().clone();
                     let id = nth(n);
-                    if !configuration.is_voter(id) || configuration.voter_count() > 2 {
+                    let voters_removable =
+                        configuration.voter_count() > 2 && self.raft_config.pre_vote;
+                    if !configuration.is_voter(id) || voters_removable {
                         let _ = self.node_mut(leader).remove(id);
                     }
                 }

@@ -26,6 +26,8 @@ pub struct NetworkNode {
     /// The register machine (commands that decode as puts).
     pub kv: Kv,
     snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// Older snapshots still streamed to followers.
+    streamed: BTreeMap<LogIndex, Arc<Vec<u8>>>,
     incoming: Vec<u8>,
     /// Disk stalled: readies are persisted to the log but not synced and not acknowledged
     /// until [`Network::release_disk`].
@@ -89,6 +91,7 @@ impl Network {
                 read_states: Vec::new(),
                 kv: Kv::default(),
                 snapshot: None,
+                streamed: BTreeMap::new(),
                 incoming: Vec::new(),
                 disk_stalled: false,
                 held: Vec::new(),
@@ -273,14 +276,13 @@ impl Network {
         host.read_states.extend(ready.read_states);
         for mut message in outgoing {
             if let Some(chunk) = message.snapshot_chunk_to_fill() {
-                let (meta, bytes) = host
-                    .snapshot
-                    .as_ref()
-                    .expect("a leader streams its snapshot");
-                assert_eq!(meta.index, chunk.meta.index);
+                let bytes = match &host.snapshot {
+                    Some((meta, bytes)) if meta.index == chunk.meta.index => bytes,
+                    _ => &host.streamed[&chunk.meta.index],
+                };
                 let start = chunk.offset as usize;
-                chunk.data =
-                    Payload::from_shared(Arc::clone(bytes), start..start + chunk.length as usize);
+                let end = start + chunk.length as usize;
+                chunk.data = Payload::from_shared(Arc::clone(bytes), start..end);
             }
             self.pending.push(message);
         }
@@ -309,7 +311,11 @@ impl Network {
         node.snapshot_taken(host.kv.applied, bytes.len() as u64)
             .expect("snapshot");
         let meta = node.snapshot_meta().expect("taken").clone();
-        host.snapshot = Some((meta, Arc::new(bytes)));
+        if let Some((previous, previous_bytes)) = host.snapshot.replace((meta, Arc::new(bytes))) {
+            host.streamed.insert(previous.index, previous_bytes);
+        }
+        let in_use = node.snapshots_in_use();
+        host.streamed.retain(|index, _| in_use.contains(index));
     }
 
     /// Delivers the pending messages (only those to `to`, if given); returns the transcript.
