@@ -1,0 +1,286 @@
+//! Bad input gets a clear error and changes nothing: misaddressed or malformed messages,
+//! requests to the wrong node, impossible membership changes, limits reached.
+
+use atoll_raft::sim::network::Network;
+use atoll_raft::{
+    Config, Entry, EntryKind, Error, HardState, LogIndex, MemberRole, Message, MessageKind, NodeId,
+    Payload, RawNode, StateRole, Term,
+};
+use atoll_storage::MemLog;
+
+fn elected() -> Network {
+    let mut network = Network::new(&[1, 2, 3]);
+    network.node_mut(1).campaign().unwrap();
+    network.stabilize();
+    assert_eq!(network.node(1).role(), StateRole::Leader);
+    network
+}
+
+fn append(from: u64, to: u64, term: Term, entries: Vec<Entry>) -> Message {
+    let mut message = Message::new(MessageKind::Append, NodeId(from), NodeId(to), term);
+    message.index = LogIndex(2);
+    message.log_term = term;
+    message.entries = entries;
+    message
+}
+
+#[test]
+fn test_malformed_messages_are_refused_whole() {
+    let mut network = elected();
+    let term = network.node(2).term();
+    let before = (network.node(2).last_index(), network.node(2).commit_index());
+    let entry = |index: u64, kind: EntryKind, payload: &[u8]| Entry {
+        index: LogIndex(index),
+        term,
+        kind,
+        payload: Payload::from(payload),
+    };
+    let cases = [
+        // Addressed to node 3.
+        append(1, 3, term, vec![]),
+        // Entries with a gap.
+        append(
+            1,
+            2,
+            term,
+            vec![
+                entry(3, EntryKind::Command, b"a"),
+                entry(5, EntryKind::Command, b"b"),
+            ],
+        ),
+        // A configuration entry that does not decode.
+        append(
+            1,
+            2,
+            term,
+            vec![entry(3, EntryKind::Configuration, b"\x07junk")],
+        ),
+        // An entry from a later term than the message's.
+        append(
+            1,
+            2,
+            term,
+            vec![Entry {
+                term: Term(term.0 + 1),
+                ..entry(3, EntryKind::Noop, b"")
+            }],
+        ),
+        // Entries in a heartbeat.
+        Message {
+            entries: vec![entry(3, EntryKind::Command, b"a")],
+            ..Message::new(MessageKind::Heartbeat, NodeId(1), NodeId(2), term)
+        },
+    ];
+    for (position, message) in cases.into_iter().enumerate() {
+        let outcome = network.node_mut(2).step(message);
+        assert!(
+            matches!(outcome, Err(Error::InvalidMessage(_))),
+            "case {position}: {outcome:?}"
+        );
+        assert_eq!(
+            (network.node(2).last_index(), network.node(2).commit_index()),
+            before
+        );
+        assert!(!network.node(2).has_ready() || network.process(2).is_empty());
+    }
+}
+
+#[test]
+fn test_requests_on_the_wrong_node_or_out_of_bounds_are_refused() {
+    let mut network = elected();
+    assert!(matches!(
+        network.propose(2, b"x"),
+        Err(Error::NotLeader {
+            leader: Some(NodeId(1))
+        })
+    ));
+    assert!(matches!(
+        network.node_mut(2).add(NodeId(9), "n9", MemberRole::Voter),
+        Err(Error::NotLeader { .. })
+    ));
+    let leader = network.node_mut(1);
+    let long = "x".repeat(300);
+    assert!(matches!(
+        leader.add(NodeId(9), &long, MemberRole::Spare),
+        Err(Error::InvalidConfChange(_))
+    ));
+    assert!(matches!(
+        leader.add(NodeId(2), "n2", MemberRole::Spare),
+        Err(Error::InvalidConfChange(_))
+    ));
+    assert!(matches!(
+        leader.add(NodeId(0), "n0", MemberRole::Spare),
+        Err(Error::InvalidConfChange(_))
+    ));
+    assert!(matches!(
+        leader.remove(NodeId(9)),
+        Err(Error::UnknownNode(NodeId(9)))
+    ));
+    assert!(matches!(
+        leader.transfer_leadership(Some(NodeId(9))),
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        leader.snapshot_taken(LogIndex(99), 1),
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        leader.propose_batch(vec![]),
+        Err(Error::InvalidRequest(_))
+    ));
+    // Shrinking to one voter works; removing that last one does not.
+    leader.remove(NodeId(3)).unwrap();
+    network.stabilize();
+    network.node_mut(1).remove(NodeId(2)).unwrap();
+    network.stabilize();
+    let leader = network.node_mut(1);
+    assert_eq!(leader.configuration().voter_count(), 1);
+    assert!(matches!(
+        leader.remove(NodeId(1)),
+        Err(Error::InvalidConfChange(_))
+    ));
+    assert!(matches!(
+        leader.assign(NodeId(1), MemberRole::Standby),
+        Err(Error::InvalidConfChange(_))
+    ));
+}
+
+#[test]
+fn test_backpressure_drops_proposals_and_reads_past_their_limits() {
+    let mut network = Network::with_config(&[1, 2, 3], |config| {
+        config.uncommitted_bytes_max = 100;
+        config.reads_pending_max = 2;
+    });
+    network.node_mut(1).campaign().unwrap();
+    network.stabilize();
+    network.isolate(2);
+    network.isolate(3);
+    network.propose(1, &[0u8; 60]).unwrap();
+    assert!(matches!(
+        network.propose(1, &[0u8; 60]),
+        Err(Error::ProposalDropped)
+    ));
+    network.node_mut(1).read_index(1).unwrap();
+    network.node_mut(1).read_index(2).unwrap();
+    assert!(matches!(
+        network.node_mut(1).read_index(3),
+        Err(Error::ProposalDropped)
+    ));
+    network.heal();
+    network.stabilize();
+    network.propose(1, &[0u8; 60]).unwrap();
+}
+
+#[test]
+fn test_invalid_configs_and_logs_are_refused_at_construction() {
+    let mut config = Config::new(NodeId(1));
+    config.election_timeout_ticks_max = config.election_timeout_ticks_min;
+    let outcome = RawNode::new(
+        config,
+        MemLog::new(),
+        HardState::default(),
+        None,
+        LogIndex(0),
+    );
+    assert!(matches!(outcome, Err(Error::InvalidRequest(_))));
+    let outcome = RawNode::new(
+        Config::new(NodeId(1)),
+        MemLog::new(),
+        HardState::default(),
+        None,
+        LogIndex(5),
+    );
+    assert!(matches!(outcome, Err(Error::InvalidRequest(_))));
+    // A node with no configuration is not a voter: it never campaigns on its own.
+    let mut node = RawNode::new(
+        Config::new(NodeId(1)),
+        MemLog::new(),
+        HardState::default(),
+        None,
+        LogIndex(0),
+    )
+    .unwrap();
+    for _ in 0..100 {
+        node.tick();
+    }
+    assert_eq!(node.role(), StateRole::Follower);
+    assert!(matches!(node.campaign(), Err(Error::InvalidRequest(_))));
+}
+
+/// A log that starts failing reads on demand.
+struct FlakyLog {
+    inner: MemLog,
+    failing: std::cell::Cell<bool>,
+}
+
+impl atoll_storage::LogRead for FlakyLog {
+    fn first_index(&self) -> LogIndex {
+        self.inner.first_index()
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.inner.last_index()
+    }
+
+    fn term(&self, index: LogIndex) -> std::io::Result<Option<Term>> {
+        if self.failing.get() {
+            return Err(std::io::Error::other("injected read failure"));
+        }
+        self.inner.term(index)
+    }
+
+    fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        bytes_max: u64,
+        out: &mut Vec<Entry>,
+    ) -> std::io::Result<()> {
+        if self.failing.get() {
+            return Err(std::io::Error::other("injected read failure"));
+        }
+        self.inner.entries(low, high, bytes_max, out)
+    }
+}
+
+/// A failed log read is fatal and sticky: every later request reports it, so the host stops
+/// the node instead of running on a state built from a read that did not happen.
+#[test]
+fn test_a_failed_log_read_is_sticky() {
+    use atoll_storage::LogStore;
+    let mut configuration = atoll_raft::Configuration::new();
+    configuration.insert(NodeId(1), "n1", MemberRole::Voter);
+    configuration.insert(NodeId(2), "n2", MemberRole::Voter);
+    let mut inner = MemLog::new();
+    inner
+        .append(&[atoll_raft::bootstrap_entry(&configuration)])
+        .unwrap();
+    inner.sync().unwrap();
+    let log = FlakyLog {
+        inner,
+        failing: std::cell::Cell::new(false),
+    };
+    let mut node = RawNode::new(
+        Config::new(NodeId(1)),
+        log,
+        HardState::default(),
+        None,
+        LogIndex(0),
+    )
+    .unwrap();
+    node.log().failing.set(true);
+    let mut vote = Message::new(MessageKind::Vote, NodeId(2), NodeId(1), Term(5));
+    vote.index = LogIndex(1);
+    vote.log_term = Term(1);
+    assert!(matches!(node.step(vote), Err(Error::Storage(_))));
+    node.log().failing.set(false);
+    assert!(node.storage_error().is_some());
+    assert!(matches!(
+        node.propose(Payload::from(&b"x"[..])),
+        Err(Error::Storage(_))
+    ));
+    assert!(matches!(node.read_index(1), Err(Error::Storage(_))));
+    // Fail-stop: the vote decided around the failed read never leaves the node.
+    assert!(!node.has_ready());
+    assert!(node.ready().is_empty());
+}
