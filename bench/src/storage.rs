@@ -78,7 +78,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         rounds,
         base.display()
     );
-    for case in &measured[1..] {
+    for case in &measured[BASELINES..] {
         println!(
             "storage {}: {:.1} MiB/s durable ({} entries per sync)",
             case.name,
@@ -110,12 +110,20 @@ fn run_in(
     raw_syncs_per_round: usize,
     cases: &[Case],
 ) -> Result<Vec<Measured>, String> {
-    let mut measured = vec![Measured {
-        name: "raw-fdatasync",
-        ops_per_second: 0.0,
-        mib_per_second: 0.0,
-        samples: Samples::with_capacity(rounds * raw_syncs_per_round),
-    }];
+    let mut measured = vec![
+        Measured {
+            name: "raw-fdatasync",
+            ops_per_second: 0.0,
+            mib_per_second: 0.0,
+            samples: Samples::with_capacity(rounds * raw_syncs_per_round),
+        },
+        Measured {
+            name: "raw-overwrite-fdatasync",
+            ops_per_second: 0.0,
+            mib_per_second: 0.0,
+            samples: Samples::with_capacity(rounds * raw_syncs_per_round),
+        },
+    ];
     for case in cases {
         measured.push(Measured {
             name: case.name,
@@ -129,9 +137,11 @@ fn run_in(
     for round in 0..rounds {
         let rate = raw_round(dir, round, raw_syncs_per_round, &mut measured[0].samples)?;
         rates[0].push(rate);
+        let rate = raw_overwrite_round(dir, round, raw_syncs_per_round, &mut measured[1].samples)?;
+        rates[1].push(rate);
         for (k, case) in cases.iter().enumerate() {
-            let rate = log_round(dir, round, case, &mut measured[k + 1].samples)?;
-            rates[k + 1].push(rate);
+            let rate = log_round(dir, round, case, &mut measured[k + BASELINES].samples)?;
+            rates[k + BASELINES].push(rate);
         }
     }
     for (case, rates) in measured.iter_mut().zip(rates) {
@@ -139,6 +149,50 @@ fn run_in(
         case.mib_per_second = case.ops_per_second * ENTRY_BYTES as f64 / MIB;
     }
     Ok(measured)
+}
+
+/// The number of baseline cases that come first in the measured list: the plain append loop
+/// (what `ratio-to-raw` divides by, as the issue defines the raw limit) and the overwrite loop.
+const BASELINES: usize = 2;
+
+/// The device's durable-write limit without any file-size change: overwrite 4 KiB blocks of a
+/// file that was fully written and synced beforehand, `fdatasync` after each. Appending (the
+/// plain raw case) also makes every `fdatasync` commit a new file size, which a preallocated
+/// segment log avoids; this case shows how close the log gets to the disk itself.
+fn raw_overwrite_round(
+    dir: &Path,
+    round: usize,
+    syncs: usize,
+    samples: &mut Samples,
+) -> Result<f64, String> {
+    use std::os::unix::fs::FileExt;
+
+    let path = dir.join(format!("raw-overwrite-{round}"));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|error| format!("creating {}: {error}", path.display()))?;
+    let block = vec![0x5au8; ENTRY_BYTES];
+    for k in 0..syncs {
+        file.write_all_at(&block, (k * ENTRY_BYTES) as u64)
+            .map_err(|error| format!("preparing {}: {error}", path.display()))?;
+    }
+    file.sync_all()
+        .map_err(|error| format!("syncing {}: {error}", path.display()))?;
+    let start = Instant::now();
+    for k in 0..syncs {
+        let began = Instant::now();
+        file.write_all_at(&block, (k * ENTRY_BYTES) as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(|error| format!("raw overwrite of {}: {error}", path.display()))?;
+        samples.push(began.elapsed());
+    }
+    let rate = syncs as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    fs::remove_file(&path).map_err(|error| format!("removing {}: {error}", path.display()))?;
+    Ok(rate)
 }
 
 /// The raw limit: append 4 KiB with `write`, then `fdatasync`, in a loop. Returns ops/s.
