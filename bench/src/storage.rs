@@ -269,8 +269,10 @@ mod tests {
             syncs_per_round: 3,
         }];
         let measured = run_in(dir.path(), 1, 3, &cases).unwrap();
-        assert_eq!(measured.len(), 2);
+        assert_eq!(measured.len(), BASELINES + 1);
         assert!(measured.iter().all(|case| case.ops_per_second > 0.0));
+        assert_eq!(measured[0].samples.len(), 3);
         assert_eq!(measured[1].samples.len(), 3);
+        assert_eq!(measured[BASELINES].samples.len(), 3);
     }
 }
