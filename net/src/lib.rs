@@ -7,9 +7,10 @@
 //! (the node loop in `cli/` wires the reactor to them).
 //!
 //! ```text
-//!  clients ──TCP──► Reactor::poll ──Event::Request──► host (node loop) ──► core / raft
-//!                      ▲                                   │
-//!                      └──── Reactor::send / send_encoded ◄┘   (ROWS batches on Drained)
+//!  clients ─TCP─► Reactor::poll ─Event::Request───► host (node loop) ──► core / raft
+//!  peers ───TCP─►       │       ─Event::PeerFrame─►        │
+//!  clients ◄─TCP─ Reactor::send / send_encoded ◄───────────┤  (ROWS batches on Drained)
+//!  peers ◄──TCP── Reactor::peer_send ◄─────────────────────┘  (one outbound link per peer)
 //! ```
 //!
 //! - [`protocol`]: every request and response, values, framing; decoders check every length
@@ -17,9 +18,13 @@
 //! - [`reactor`]: the event loop's I/O half, driven by the host with `poll`/`send`/`close` and
 //!   timers. Invariants: at most one request per connection is with the host at a time; a
 //!   connection is not read while its unwritten output exceeds the high-water mark.
+//! - [`peer`]: the node-to-node wire format (greeting, hello, frames); the reactor's peer
+//!   transport keeps one outbound connection per peer with a bounded send queue and redials with
+//!   backoff, and delivers inbound frames as `Event::PeerFrame`. Raft messages are opaque here.
 //! - [`client`]: blocking client with leader discovery and safe retries.
 //! - [`capture`]: real dqlite traffic as test vectors, and a harness replaying it at a server.
 //! - [`fuzz`]: entry points for the fuzz targets.
+//! - [`testing`]: a fault-injecting TCP proxy for cluster tests (std threads; test tooling only).
 //!
 //! The client, against a running node:
 //!
@@ -50,7 +55,10 @@ pub mod blocking;
 pub mod capture;
 pub mod client;
 pub mod fuzz;
+pub mod peer;
 pub mod protocol;
 pub mod reactor;
+pub mod testing;
 
 mod conn;
+mod peer_link;
