@@ -327,7 +327,12 @@ impl Reactor {
     pub fn bind(address: SocketAddr, config: ReactorConfig) -> io::Result<Reactor> {
         assert!(config.connections_max > 0);
         assert!(config.timers_max > 0);
-        if let Some(peer) = &config.peer {
+        let mut config = config;
+        let mut listener = TcpListener::bind(address)?;
+        if let Some(peer) = config.peer.as_mut() {
+            if peer.address.is_empty() {
+                peer.address = listener.local_addr()?.to_string();
+            }
             peer.validate();
         }
         let backoff = config.peer.as_ref().map(|peer| {
@@ -342,7 +347,6 @@ impl Reactor {
             .as_ref()
             .map_or(0, |peer| Backoff::incarnation(peer.seed));
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(address)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(Reactor {

@@ -63,7 +63,8 @@ pub struct PeerConfig {
     pub node_id: u64,
     /// The cluster id; hellos with another are refused.
     pub cluster_id: u64,
-    /// The address this node advertises in its hellos (1..=255 bytes).
+    /// The address this node advertises in its hellos (1..=255 bytes); empty: the listening
+    /// address, as `Reactor::bind` resolved it.
     pub address: String,
     /// Seeds the backoff jitter and this process's incarnation: pass a value that differs at
     /// every start (clock and pid), so peers notice a restart.
