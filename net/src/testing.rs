@@ -339,7 +339,10 @@ fn forward(
             conn.close();
             return;
         }
-        match src.read(&mut buffer) {
+        let read = src.read(&mut buffer);
+        // The faults may have changed while the read waited: the bytes obey the current ones.
+        let faults = shared.faults();
+        match read {
             Ok(0) => {
                 if faults.blackholed(to_target) {
                     // The close would travel this way: hide it.
