@@ -49,6 +49,44 @@
 //! # Ok::<(), atoll_net::client::ClientError>(())
 //! ```
 
+//!
+//! The peer transport: two reactors (two nodes of cluster 7) exchange an opaque frame. The first
+//! `peer_send` dials; the receiver gets the bytes with the sender's node id.
+//!
+//! ```
+//! use std::time::Duration;
+//! use atoll_net::reactor::{Event, PeerConfig, Reactor, ReactorConfig};
+//!
+//! let node = |id| {
+//!     let config = ReactorConfig {
+//!         // An empty address advertises the listening one; the seed should vary per start.
+//!         peer: Some(PeerConfig::new(id, 7, "", id)),
+//!         ..ReactorConfig::default()
+//!     };
+//!     Reactor::bind("127.0.0.1:0".parse().unwrap(), config).unwrap()
+//! };
+//! let (mut one, mut two) = (node(1), node(2));
+//! let two_addr = two.local_addr()?.to_string();
+//! one.peer_send(2, &two_addr, b"raft message".to_vec()).unwrap();
+//! let mut events = Vec::new();
+//! let mut received = None;
+//! for _ in 0..10_000 {
+//!     one.poll(&mut events, Some(Duration::from_millis(1)))?;
+//!     events.clear(); // PeerConnected { node: 2, direction: Outbound, .. }
+//!     two.poll(&mut events, Some(Duration::from_millis(1)))?;
+//!     for event in events.drain(..) {
+//!         if let Event::PeerFrame { from, frame } = event {
+//!             received = Some((from, frame));
+//!         }
+//!     }
+//!     if received.is_some() {
+//!         break;
+//!     }
+//! }
+//! assert_eq!(received, Some((1, b"raft message".to_vec())));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
 #![forbid(unsafe_code)]
 
 pub mod blocking;
