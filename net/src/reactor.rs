@@ -62,7 +62,8 @@ pub const TIMERS_MAX: usize = 1024;
 pub const ACCEPTS_PER_POLL_MAX: usize = 64;
 /// Reads per connection per poll: a fast sender cannot starve the others.
 pub const READS_PER_POLL_MAX: usize = 16;
-/// How often connection timeouts are checked.
+/// How often connection timeouts are checked (more often when the peer keepalive interval is
+/// short: a keepalive is sent by the sweep, and must not be late by a whole sweep).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Readiness events taken from the OS per poll.
 const POLL_EVENTS_CAPACITY: usize = 256;
@@ -306,6 +307,7 @@ pub struct Reactor {
     timers_live: HashMap<u64, u64>,
     timer_next_id: u64,
     sweep_at: Instant,
+    sweep_interval: Duration,
     /// The nodes this reactor sends to.
     // Invariant: peers.len() <= peer.peers_max; every LinkState::Dialing/Connected slot holds a
     // connection in phase PeerDialing/PeerOut naming this peer, and vice versa.
@@ -346,6 +348,11 @@ impl Reactor {
             .peer
             .as_ref()
             .map_or(0, |peer| Backoff::incarnation(peer.seed));
+        let sweep_interval = config.peer.as_ref().map_or(SWEEP_INTERVAL, |peer| {
+            SWEEP_INTERVAL
+                .min(peer.keepalive_interval / 4)
+                .max(Duration::from_millis(1))
+        });
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -364,7 +371,8 @@ impl Reactor {
             timers: BinaryHeap::new(),
             timers_live: HashMap::new(),
             timer_next_id: 1,
-            sweep_at: Instant::now() + SWEEP_INTERVAL,
+            sweep_at: Instant::now() + sweep_interval,
+            sweep_interval,
             peers: HashMap::new(),
             peers_inbound: HashMap::new(),
             backoff,
@@ -935,7 +943,7 @@ impl Reactor {
 
     fn sweep(&mut self, events: &mut Vec<Event>) {
         let now = Instant::now();
-        self.sweep_at = now + SWEEP_INTERVAL;
+        self.sweep_at = now + self.sweep_interval;
         for slot in 0..self.slots.len() {
             let Some(conn) = self.slots[slot].conn.as_ref() else {
                 continue;
