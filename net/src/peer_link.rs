@@ -10,7 +10,7 @@ use crate::peer::{message_header, FRAME_HEADER_BYTES};
 /// Frames handed to one `write_vectored` call (two slices each).
 const FRAMES_PER_WRITE_MAX: usize = 32;
 /// Buffers kept for reuse by `peer_send_with`.
-pub const BUFFER_POOL_MAX: usize = 64;
+pub const BUFFER_POOL_MAX: usize = 32;
 /// A buffer larger than this is not kept for reuse (one snapshot chunk must not pin megabytes).
 pub const BUFFER_POOL_CAPACITY_MAX: usize = 64 * 1024;
 
