@@ -4,10 +4,11 @@
 //! ```text
 //! loop {                                   // the one loop that never ends
 //!     reactor.poll(&mut events, timeout)?; // flush, wait, read, decode, fire timers
-//!     for event in events.drain(..) {      // Connected, Request, Drained, Closed, Timer
-//!         ...                              // feed core/raft, gather work as a batch
-//!     }
+//!     for event in events.drain(..) {      // Connected, Request, Drained, Closed, Timer,
+//!         ...                              // PeerConnected, PeerDisconnected, PeerFrame:
+//!     }                                    // feed core/raft, gather work as a batch
 //!     reactor.send(conn, &response)?;      // or send_encoded for streamed ROWS batches
+//!     reactor.peer_send(to, address, bytes)?; // raft messages, opaque here
 //! }
 //! ```
 //!
@@ -18,6 +19,11 @@
 //! wait to be written. A client that stops reading therefore stops being read, and is closed once
 //! its socket made no write progress for `write_stall_timeout`. The host streams large results
 //! batch by batch: it sends a non-final ROWS batch, and produces the next one on `Drained`.
+//!
+//! The peer transport (`peer_send`, `peer_set_address`, `peer_forget`, `peer_stats` and the
+//! `Peer*` events) shares the listener and the slots: a connection whose first word is the peer
+//! magic is a peer's inbound connection, and each peer sent to gets one outbound connection with
+//! a bounded send queue, redialled with backoff. See `reactor/peer.rs` and ARCHITECTURE.md.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
