@@ -297,3 +297,40 @@ fn test_fault_proxy_blackholes_one_direction_and_heal_closes_what_lost_bytes() {
     }
     assert_eq!(proxy.bytes_forwarded(), 3);
 }
+
+#[test]
+fn test_peer_that_never_reads_is_closed_by_the_write_stall_timeout() {
+    // B's "node" is a listener that completes TCP handshakes but never accepts or reads (a hung
+    // process). A's frames fill the kernel buffers, then its queue stops draining; after the
+    // write stall timeout A closes the connection, drops what was queued (reported in the event)
+    // and redials.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_addr = hung.local_addr().unwrap().to_string();
+    let mut a = Node::start(1, |c| {
+        c.write_stall_timeout = Duration::from_millis(300);
+        c.frame_bytes_max = 1024 * 1024;
+        c.queue_bytes_max = 4 * 1024 * 1024;
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let mut seq = 0;
+    while a.disconnected.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection was never closed"
+        );
+        // Keep the queue topped up; QueueFull is expected once the kernel buffers are full.
+        let _ = a
+            .reactor
+            .peer_send(2, &hung_addr, frame(1, seq, 256 * 1024));
+        seq += 1;
+        a.turn(Duration::from_millis(1));
+    }
+    let (node, direction, reason, dropped) = a.disconnected[0].clone();
+    assert_eq!((node, direction), (2, PeerDirection::Outbound));
+    assert_eq!(reason, CloseReason::WriteStalled);
+    assert!(dropped > 0);
+    let stats = a.stats(2);
+    assert!(stats.frames_dropped_full > 0, "{stats:?}");
+    assert!(stats.bytes_queued <= 4 * 1024 * 1024);
+    drop(hung);
+}
