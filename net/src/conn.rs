@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::peer::FrameHeader;
 use crate::protocol::ProtocolVersion;
 use crate::reactor::CloseReason;
 
@@ -26,8 +27,32 @@ pub enum Phase {
     Handshake,
     /// A dqlite client.
     Client(ProtocolVersion),
-    // Issue 6 adds `Peer` here: a connection whose first word is `PEER_MAGIC_V1`, whose frames
-    // go to the peer transport instead of the client protocol.
+    /// An inbound peer connection (first word `PEER_MAGIC_V1`) waiting for its hello frame.
+    PeerHello,
+    /// An inbound peer connection from this node, hello validated: its frames go to the host as
+    /// `PeerFrame` events. It is only read, never written.
+    PeerIn {
+        /// The sender's node id.
+        from: u64,
+    },
+    /// An outbound peer connection whose TCP connect is in progress.
+    PeerDialing {
+        /// The node dialled.
+        to: u64,
+    },
+    /// An outbound peer connection, connected: greeting, hello, then the peer's send queue. It
+    /// is only written; it is read only to notice a close.
+    PeerOut {
+        /// The node it leads to.
+        to: u64,
+    },
+}
+
+impl Phase {
+    /// Whether this is a peer connection (either direction, any stage).
+    pub fn is_peer(self) -> bool {
+        !matches!(self, Phase::Handshake | Phase::Client(_))
+    }
 }
 
 /// The outcome of one socket operation.
@@ -73,6 +98,9 @@ pub struct Conn {
     /// Queued on the reactor's flush or revisit list (dedupe flags).
     pub flush_queued: bool,
     pub revisit_queued: bool,
+    /// Peer inbound: the header of the frame whose payload is being received; the payload
+    /// starts at `inbound[0]`.
+    pub in_frame: Option<FrameHeader>,
     pub accepted_at: Instant,
     /// Last read or write progress.
     pub active_at: Instant,
@@ -97,6 +125,7 @@ impl Conn {
             announced: false,
             flush_queued: false,
             revisit_queued: false,
+            in_frame: None,
             accepted_at: now,
             active_at: now,
             write_progress_at: now,
@@ -110,8 +139,14 @@ impl Conn {
 
     /// Reads one chunk into `inbound`.
     pub fn read_once(&mut self, now: Instant) -> IoOutcome {
+        self.read_once_max(now, READ_CHUNK_BYTES)
+    }
+
+    /// Reads at most `max` bytes into `inbound` (the remainder of a large peer frame is read in
+    /// larger steps, and never past the frame's end).
+    pub fn read_once_max(&mut self, now: Instant, max: usize) -> IoOutcome {
         let len = self.inbound.len();
-        self.inbound.resize(len + READ_CHUNK_BYTES, 0);
+        self.inbound.resize(len + max, 0);
         let result = self.stream.read(&mut self.inbound[len..]);
         let read = match &result {
             Ok(n) => *n,

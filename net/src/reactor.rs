@@ -4,10 +4,11 @@
 //! ```text
 //! loop {                                   // the one loop that never ends
 //!     reactor.poll(&mut events, timeout)?; // flush, wait, read, decode, fire timers
-//!     for event in events.drain(..) {      // Connected, Request, Drained, Closed, Timer
-//!         ...                              // feed core/raft, gather work as a batch
-//!     }
+//!     for event in events.drain(..) {      // Connected, Request, Drained, Closed, Timer,
+//!         ...                              // PeerConnected, PeerDisconnected, PeerFrame:
+//!     }                                    // feed core/raft, gather work as a batch
 //!     reactor.send(conn, &response)?;      // or send_encoded for streamed ROWS batches
+//!     reactor.peer_send(to, address, bytes)?; // raft messages, opaque here
 //! }
 //! ```
 //!
@@ -18,12 +19,17 @@
 //! wait to be written. A client that stops reading therefore stops being read, and is closed once
 //! its socket made no write progress for `write_stall_timeout`. The host streams large results
 //! batch by batch: it sends a non-final ROWS batch, and produces the next one on `Drained`.
+//!
+//! The peer transport (`peer_send`, `peer_set_address`, `peer_forget`, `peer_stats` and the
+//! `Peer*` events) shares the listener and the slots: a connection whose first word is the peer
+//! magic is a peer's inbound connection, and each peer sent to gets one outbound connection with
+//! a bounded send queue, redialled with backoff. See `reactor/peer.rs` and ARCHITECTURE.md.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -31,11 +37,17 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::conn::{Conn, IoOutcome, Phase};
+use crate::peer::PeerError;
+use crate::peer_link::{Backoff, PeerLink};
 use crate::protocol::{
     DecodeError, Greeting, Header, ProtocolVersion, Request, Response, HEADER_BYTES,
 };
 
 pub use crate::conn::{BUFFER_CAPACITY_KEEP_BYTES, PIPELINE_BYTES_MAX, READ_CHUNK_BYTES};
+pub use crate::peer_link::PeerStats;
+pub use peer::{PeerConfig, PeerDirection, PeerSendError};
+
+mod peer;
 
 /// Default largest request body: 64 MiB, room for large blobs in parameters.
 pub const MESSAGE_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -56,7 +68,8 @@ pub const TIMERS_MAX: usize = 1024;
 pub const ACCEPTS_PER_POLL_MAX: usize = 64;
 /// Reads per connection per poll: a fast sender cannot starve the others.
 pub const READS_PER_POLL_MAX: usize = 16;
-/// How often connection timeouts are checked.
+/// How often connection timeouts are checked (more often when the peer keepalive interval is
+/// short: a keepalive is sent by the sweep, and must not be late by a whole sweep).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Readiness events taken from the OS per poll.
 const POLL_EVENTS_CAPACITY: usize = 256;
@@ -84,6 +97,8 @@ pub struct ReactorConfig {
     pub write_stall_timeout: Duration,
     /// Timers armed at once.
     pub timers_max: usize,
+    /// The peer transport: `None` refuses peer connections (a client-only reactor).
+    pub peer: Option<PeerConfig>,
 }
 
 impl Default for ReactorConfig {
@@ -96,6 +111,7 @@ impl Default for ReactorConfig {
             idle_timeout: Some(IDLE_TIMEOUT),
             write_stall_timeout: WRITE_STALL_TIMEOUT,
             timers_max: TIMERS_MAX,
+            peer: None,
         }
     }
 }
@@ -133,8 +149,19 @@ pub enum CloseReason {
     WriteStalled,
     /// A frame that cannot be skipped (oversized); FAILURE was sent first.
     Malformed(DecodeError),
-    /// The host called `close`.
+    /// The host called `close`, or (peer connections) forgot the peer or changed its address.
     Host,
+    /// An outbound peer dial failed (refused, unreachable, address not resolvable).
+    ConnectFailed(io::ErrorKind),
+    /// An outbound peer dial did not complete within `connect_timeout`.
+    ConnectTimeout,
+    /// The peer protocol was violated or the hello refused (wrong cluster, node id 0...).
+    Peer(PeerError),
+    /// A newer inbound connection from the same node took this one's place.
+    Replaced,
+    /// The peer announced a new incarnation (it restarted), so this outbound connection may lead
+    /// to its previous, dead process; it is redialled at once.
+    PeerRestarted,
 }
 
 /// What happened, for the host to act on.
@@ -169,6 +196,37 @@ pub enum Event {
         conn: ConnId,
         /// Why.
         reason: CloseReason,
+    },
+    /// A peer connection is up: an outbound one connected (greeting and hello queued first), or
+    /// an inbound one sent a valid hello.
+    PeerConnected {
+        /// The remote node.
+        node: u64,
+        /// Which of the pair's two connections.
+        direction: PeerDirection,
+        /// Outbound: the address dialled; inbound: the address the peer advertised.
+        address: String,
+    },
+    /// A peer connection ended, or (outbound) a dial attempt failed: the host may report the
+    /// node unreachable. Outbound, the frames still queued were dropped; the reactor redials
+    /// after a backoff delay unless the host forgot the peer.
+    PeerDisconnected {
+        /// The remote node.
+        node: u64,
+        /// Which of the pair's two connections.
+        direction: PeerDirection,
+        /// Why.
+        reason: CloseReason,
+        /// Frames dropped with it (outbound only; 0 inbound).
+        frames_dropped: u64,
+    },
+    /// One message frame from a peer, in the order the peer sent it. The bytes are owned: the
+    /// host may wrap them in an `Arc` and decode raft entries as windows into them.
+    PeerFrame {
+        /// The sender's node id (from its validated hello).
+        from: u64,
+        /// The opaque payload.
+        frame: Vec<u8>,
     },
     /// A timer armed with `timer_after` fired.
     Timer {
@@ -255,6 +313,21 @@ pub struct Reactor {
     timers_live: HashMap<u64, u64>,
     timer_next_id: u64,
     sweep_at: Instant,
+    sweep_interval: Duration,
+    /// The nodes this reactor sends to.
+    // Invariant: peers.len() <= peer.peers_max; every LinkState::Dialing/Connected slot holds a
+    // connection in phase PeerDialing/PeerOut naming this peer, and vice versa.
+    peers: HashMap<u64, PeerLink>,
+    /// The open inbound connection of each node (a newer hello replaces an older connection).
+    peers_inbound: HashMap<u64, usize>,
+    /// Draws the backoff jitter.
+    backoff: Option<Backoff>,
+    /// The incarnation this reactor announces in its hellos.
+    incarnation: u64,
+    /// Buffers for `peer_send_with`, reused once their frame is written.
+    buffer_pool: Vec<Vec<u8>>,
+    /// Refused peer hellos already logged at warn level, by source address and error kind.
+    peer_rejections_logged: HashSet<(IpAddr, std::mem::Discriminant<PeerError>)>,
 }
 
 impl Reactor {
@@ -262,8 +335,31 @@ impl Reactor {
     pub fn bind(address: SocketAddr, config: ReactorConfig) -> io::Result<Reactor> {
         assert!(config.connections_max > 0);
         assert!(config.timers_max > 0);
-        let poll = Poll::new()?;
+        let mut config = config;
         let mut listener = TcpListener::bind(address)?;
+        if let Some(peer) = config.peer.as_mut() {
+            if peer.address.is_empty() {
+                peer.address = listener.local_addr()?.to_string();
+            }
+            peer.validate();
+        }
+        let backoff = config.peer.as_ref().map(|peer| {
+            Backoff::new(
+                peer.backoff_initial,
+                peer.backoff_max,
+                peer.seed ^ peer.node_id.rotate_left(32),
+            )
+        });
+        let incarnation = config
+            .peer
+            .as_ref()
+            .map_or(0, |peer| Backoff::incarnation(peer.seed));
+        let sweep_interval = config.peer.as_ref().map_or(SWEEP_INTERVAL, |peer| {
+            SWEEP_INTERVAL
+                .min(peer.keepalive_interval / 4)
+                .max(Duration::from_millis(1))
+        });
+        let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(Reactor {
@@ -281,7 +377,14 @@ impl Reactor {
             timers: BinaryHeap::new(),
             timers_live: HashMap::new(),
             timer_next_id: 1,
-            sweep_at: Instant::now() + SWEEP_INTERVAL,
+            sweep_at: Instant::now() + sweep_interval,
+            sweep_interval,
+            peers: HashMap::new(),
+            peers_inbound: HashMap::new(),
+            backoff,
+            incarnation,
+            buffer_pool: Vec::new(),
+            peer_rejections_logged: HashSet::new(),
             config,
         })
     }
@@ -424,6 +527,7 @@ impl Reactor {
     /// accepts, reads and decodes, fires due timers, enforces timeouts. Appends what happened to
     /// `events`.
     pub fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        self.peer_dial_due(events);
         self.flush_queued(events);
         self.revisit_queued(events);
         events.append(&mut self.pending_events);
@@ -434,6 +538,9 @@ impl Reactor {
         }
         if self.connections_count > 0 {
             wait = Some(min_wait(wait, self.sweep_at.saturating_duration_since(now)));
+        }
+        if let Some(dial_at) = self.peer_dial_next_at() {
+            wait = Some(min_wait(wait, dial_at.saturating_duration_since(now)));
         }
         if !events.is_empty() || self.listener_backlog || !self.revisit_list.is_empty() {
             wait = Some(Duration::ZERO);
@@ -465,6 +572,7 @@ impl Reactor {
         if self.listener_backlog {
             self.accept()?;
         }
+        self.peer_dial_due(events);
         self.flush_queued(events);
         self.fire_timers(events);
         if Instant::now() >= self.sweep_at {
@@ -509,17 +617,7 @@ impl Reactor {
             drop(stream);
             return Ok(());
         }
-        let slot = match self.free_slots.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    conn: None,
-                });
-                self.slots.len() - 1
-            }
-        };
-        assert!(self.slots[slot].conn.is_none());
+        let slot = self.slot_alloc();
         if let Err(e) = stream.set_nodelay(true) {
             debug!("set_nodelay for {peer}: {e}");
         }
@@ -532,6 +630,22 @@ impl Reactor {
         self.connections_count += 1;
         debug!("accepted {peer} as {}", self.conn_id(slot));
         Ok(())
+    }
+
+    /// A free slot for a new connection. The caller fills it (or puts it back on the free list).
+    fn slot_alloc(&mut self) -> usize {
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        assert!(self.slots[slot].conn.is_none());
+        slot
     }
 
     fn close_slot(&mut self, slot: usize, reason: CloseReason, events: Option<&mut Vec<Event>>) {
@@ -552,6 +666,15 @@ impl Reactor {
             self.limit_logged = false;
         }
         debug!("closed {id} ({}): {reason:?}", conn.peer);
+        if conn.phase.is_peer() {
+            if let Some(event) = self.peer_closed(slot, conn.phase, reason) {
+                match events {
+                    Some(events) => events.push(event),
+                    None => self.pending_events.push(event),
+                }
+            }
+            return;
+        }
         if conn.announced {
             let event = Event::Closed { conn: id, reason };
             match events {
@@ -578,6 +701,16 @@ impl Reactor {
     }
 
     fn flush_slot(&mut self, slot: usize, events: &mut Vec<Event>) {
+        match self.slots[slot]
+            .conn
+            .as_ref()
+            .expect("caller checked")
+            .phase
+        {
+            Phase::PeerDialing { .. } => return self.peer_connect_check(slot, events),
+            Phase::PeerOut { .. } => return self.peer_flush(slot, events),
+            Phase::Handshake | Phase::Client(_) | Phase::PeerHello | Phase::PeerIn { .. } => {}
+        }
         let now = Instant::now();
         let conn = self.slots[slot].conn.as_mut().expect("caller checked");
         let failure = loop {
@@ -625,12 +758,27 @@ impl Reactor {
 
     /// Parses what is buffered, then reads while the limits allow, parsing after every read.
     fn read_slot(&mut self, slot: usize, events: &mut Vec<Event>) {
+        match self.slots[slot]
+            .conn
+            .as_ref()
+            .expect("caller checked")
+            .phase
+        {
+            Phase::PeerDialing { .. } => return self.peer_connect_check(slot, events),
+            Phase::PeerOut { .. } => return self.peer_read_outbound(slot, events),
+            Phase::PeerHello | Phase::PeerIn { .. } => return self.peer_read_slot(slot, events),
+            Phase::Handshake | Phase::Client(_) => {}
+        }
         let out_bytes_high = self.config.out_bytes_high;
         for _ in 0..READS_PER_POLL_MAX {
             if !self.process_inbound(slot, events) {
                 return; // closed
             }
             let conn = self.slots[slot].conn.as_mut().expect("open");
+            if conn.phase.is_peer() {
+                // The first word made it a peer connection: the peer transport reads it now.
+                return self.peer_read_slot(slot, events);
+            }
             let paused = conn.close_after_flush.is_some()
                 || conn.out_pending_bytes() > out_bytes_high
                 || (conn.awaiting_response && conn.inbound.len() >= PIPELINE_BYTES_MAX);
@@ -695,11 +843,14 @@ impl Reactor {
                         });
                         continue;
                     }
+                    Ok(Greeting::Peer) if self.config.peer.is_some() => {
+                        // The peer transport takes over; its hello comes next.
+                        conn.phase = Phase::PeerHello;
+                        return true;
+                    }
                     Ok(Greeting::Peer) => {
-                        // Extension point for issue 6: a peer connection is handed to the peer
-                        // transport here (Phase::Peer), which frames raft messages its own way.
                         info!(
-                            "{}: peer connection, but this node has no peer transport yet",
+                            "{}: peer connection, but this reactor has no peer transport",
                             conn.peer
                         );
                         self.close_slot(slot, CloseReason::PeerClosed, Some(events));
@@ -770,7 +921,7 @@ impl Reactor {
         }
         let version = match conn.phase {
             Phase::Client(version) => version,
-            Phase::Handshake => ProtocolVersion::V1,
+            _ => ProtocolVersion::V1,
         };
         if conn.out_pending_bytes() == 0 {
             conn.write_progress_at = Instant::now();
@@ -798,12 +949,14 @@ impl Reactor {
 
     fn sweep(&mut self, events: &mut Vec<Event>) {
         let now = Instant::now();
-        self.sweep_at = now + SWEEP_INTERVAL;
+        self.sweep_at = now + self.sweep_interval;
         for slot in 0..self.slots.len() {
             let Some(conn) = self.slots[slot].conn.as_ref() else {
                 continue;
             };
-            let reason = if conn.phase == Phase::Handshake
+            let reason = if conn.phase.is_peer() {
+                self.peer_sweep_reason(conn, now)
+            } else if conn.phase == Phase::Handshake
                 && now.duration_since(conn.accepted_at) > self.config.handshake_timeout
             {
                 Some(CloseReason::HandshakeTimeout)
@@ -831,6 +984,7 @@ impl Reactor {
                 self.close_slot(slot, reason, Some(events));
             }
         }
+        self.peer_keepalive(now);
     }
 }
 

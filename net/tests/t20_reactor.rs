@@ -150,7 +150,11 @@ fn serve(reactor: &mut Reactor, addr: SocketAddr, stop: &AtomicBool, observed: &
                         }
                     }
                 }
-                Event::Timer { .. } => {}
+                // This server has no peer transport: no peer events.
+                Event::Timer { .. }
+                | Event::PeerConnected { .. }
+                | Event::PeerDisconnected { .. }
+                | Event::PeerFrame { .. } => {}
                 Event::Request { conn, request } => {
                     observed.requests += 1;
                     let response = match request {
@@ -355,8 +359,8 @@ fn test_oversized_frame_gets_failure_then_close_and_others_are_served() {
 #[test]
 fn test_bad_version_closes_silently_and_peer_magic_is_dispatched() {
     // An unknown version word closes the connection without a byte, as dqlite does. The peer
-    // magic is recognised (and, until the peer transport exists, closed). The legacy version
-    // gets the address-only SERVER.
+    // magic is recognised, and closed by a reactor built without a peer configuration. The
+    // legacy version gets the address-only SERVER.
     let server = TestServer::start(ReactorConfig::default());
     let mut client = Client::connect(server.addr);
     client.write(&2u64.to_le_bytes());
