@@ -423,6 +423,8 @@ impl Node {
                 Err(e) => {
                     let reason = match e {
                         atoll_raft::Error::NotLeader { .. } => values::REASON_NOT_LEADER,
+                        atoll_raft::Error::ProposalDropped
+                        | atoll_raft::Error::TransferInProgress => values::REASON_BUSY,
                         _ => values::REASON_LEADERSHIP_LOST,
                     };
                     warn!("{} proposal(s) refused by raft: {e}", ids.len());

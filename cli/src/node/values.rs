@@ -23,6 +23,9 @@ pub const CODE_PARSE: u64 = 1005;
 /// The engine's discard reason when a proposal was not accepted (nothing happened: the client
 /// may retry on the leader).
 pub const REASON_NOT_LEADER: &str = "not leader";
+/// The engine's discard reason when raft refused a proposal for now (too many uncommitted
+/// bytes, a leadership transfer): nothing happened, the client may retry.
+pub const REASON_BUSY: &str = "busy: the leader is not accepting writes right now, try again";
 /// The engine's discard reason when leadership was lost with writes in flight.
 pub const REASON_LEADERSHIP_LOST: &str = "leadership lost";
 
@@ -100,6 +103,7 @@ pub fn failure(error: &ExecError) -> (u64, String) {
         ExecError::Discarded(reason) if reason == REASON_NOT_LEADER => {
             (CODE_NOT_LEADER, "not leader".to_owned())
         }
+        ExecError::Discarded(reason) if reason == REASON_BUSY => (CODE_BUSY, reason.clone()),
         ExecError::Discarded(_) => (CODE_LEADERSHIP_LOST, "leadership lost".to_owned()),
         ExecError::UnknownStatement(_) => {
             (CODE_NOT_FOUND, "no statement with the given id".to_owned())
