@@ -726,7 +726,7 @@ impl Node {
         }
         self.checkpointed_at = applied;
         match self.engine.checkpoint(true) {
-            Ok(index) => debug!("idle checkpoint: databases reflect index {index:?}"),
+            Ok(index) => info!("idle: checkpointed every database (index {index:?})"),
             Err(e) => error!("idle checkpoint failed: {e}"),
         }
     }
