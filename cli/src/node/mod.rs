@@ -173,8 +173,9 @@ pub struct Node {
     last_apply_at: Instant,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
-    /// Entries replayed since start (committed before this run), logged once serving.
-    replay_until: u64,
+    /// The applied index and the log's last index at start: what was replayed is logged once
+    /// the node serves (`None` afterwards).
+    replay: Option<(u64, u64)>,
     stats: Stats,
 }
 
@@ -298,7 +299,7 @@ impl Node {
             snapshot_next_at,
             last_apply_at: Instant::now(),
             checkpointed_at: applied,
-            replay_until: last.0,
+            replay: Some((applied, last.0)),
             stats: Stats::default(),
         };
         node.reactor
@@ -589,13 +590,21 @@ impl Node {
             }
             _ => {}
         }
-        if self.replay_until > 0 && self.leader_ready() {
-            info!(
-                "caught up: applied through {} (the log held {} entries on start); serving",
-                self.raft.applied(),
-                self.replay_until
-            );
-            self.replay_until = 0;
+        if let Some((applied_at_start, last_at_start)) = self.replay {
+            if self.leader_ready() {
+                let applied = self.raft.applied().0;
+                if last_at_start > applied_at_start {
+                    info!(
+                        "serving: replayed the {} log entries after the databases' checkpoint \
+                         ({}..={last_at_start}); applied through {applied}",
+                        last_at_start - applied_at_start,
+                        applied_at_start + 1,
+                    );
+                } else {
+                    info!("serving: nothing to replay; applied through {applied}");
+                }
+                self.replay = None;
+            }
         }
         if !self.parked.is_empty() && self.raft.role() != StateRole::Leader || self.leader_ready() {
             for (conn, request) in std::mem::take(&mut self.parked) {

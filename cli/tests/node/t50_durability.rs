@@ -63,7 +63,11 @@ fn test_acknowledged_writes_survive_kill_9() {
     let mut connection = connect(node.address(), "durable");
     assert_eq!(count(&mut connection, "SELECT count(*) FROM t"), 200);
     assert_eq!(integrity(&mut connection), "ok");
-    assert!(node.log().contains("caught up"), "{}", node.log());
+    assert!(
+        node.log().contains("serving: replayed the "),
+        "{}",
+        node.log()
+    );
 }
 
 /// A tiny deterministic generator for the kill instants.
