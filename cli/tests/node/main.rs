@@ -8,6 +8,7 @@
 //!   intentional difference listed.
 //! - `t13_commands`: `atoll demo`, `atoll init` refusals, a clean SIGTERM stop, a locked data
 //!   directory.
+//! - `t14_protocol`: membership requests on one node; a DUMP streamed in pieces.
 //! - `t50_durability`: kill -9 and restart; a crash loop under concurrent writers.
 //! - `t51_concurrency`: 64 concurrent writers, no "database is locked", group commit.
 //! - `t52_bad_input`: malformed frames, wrong versions, oversized messages, unknown ids, while
@@ -20,6 +21,7 @@ mod t10_dqlite_shell;
 mod t11_python;
 mod t12_captures;
 mod t13_commands;
+mod t14_protocol;
 mod t50_durability;
 mod t51_concurrency;
 mod t52_bad_input;
