@@ -1,5 +1,8 @@
 //! `atoll`: the command line of a distributed SQLite.
 //!
+//! The node commands (`init`, `start`, `demo`) set up and run a node (`node/`: the event loop
+//! wiring the reactor, Raft, the log and the SQLite engine).
+//!
 //! The client commands (`shell`, `dump`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
 //! to a running cluster over dqlite's client wire protocol through `atoll_net::client`; they work
 //! against atoll and dqlite nodes alike. They never touch SQLite: `dump` applies the WAL itself
@@ -9,6 +12,7 @@
 
 mod cmd;
 mod database_header;
+mod node;
 mod output;
 mod sql;
 mod wal;
@@ -44,6 +48,9 @@ struct Cli {
 /// `Args` doc comment is its help (first line: the summary in `atoll --help`).
 #[derive(Subcommand, Debug)]
 enum Command {
+    Init(cmd::init::Args),
+    Start(cmd::start::Args),
+    Demo(cmd::demo::Args),
     Shell(cmd::shell::Args),
     Dump(cmd::dump::Args),
     Cluster(cmd::cluster::Args),
@@ -57,12 +64,19 @@ impl Command {
     /// The log level when neither -v nor RUST_LOG says otherwise: client commands keep quiet
     /// unless something is wrong.
     fn log_level_default(&self) -> &'static str {
-        "warn"
+        match self {
+            // A node says what it does: startup, elections, snapshots, errors.
+            Command::Start(_) => "info",
+            _ => "warn",
+        }
     }
 }
 
 fn run(command: Command) -> Result<(), CliError> {
     match command {
+        Command::Init(args) => cmd::init::run(args),
+        Command::Start(args) => cmd::start::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Shell(args) => cmd::shell::run(args),
         Command::Dump(args) => cmd::dump::run(args),
         Command::Cluster(args) => cmd::cluster::run(args),

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{atoll, atoll_with_stdin, require, run_command, shell, Cluster};
+use support::{atoll, atoll_with_stdin, require, run_command, shell, Cluster, ServerKind};
 
 /// The table every scenario that needs typed data creates: one column per SQLite storage class.
 const CREATE_TYPES: &str =
@@ -118,9 +118,21 @@ fn test_declared_datetime_and_boolean_columns() {
     scenario_declared_types(&Cluster::start(1));
 }
 
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_declared_datetime_and_boolean_columns() {
+    scenario_declared_types(&Cluster::start_kind(ServerKind::Atoll, 1));
+}
+
 #[test]
 fn test_types_in_every_format() {
     scenario_types_in_every_format(&Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_types_in_every_format() {
+    scenario_types_in_every_format(&Cluster::start_kind(ServerKind::Atoll, 1));
 }
 
 /// A syntax error: exit status 1 and SQLite's own message on stderr; a statement after it in
@@ -161,6 +173,12 @@ fn test_errors_are_reported_with_sqlites_message() {
     scenario_errors(&Cluster::start(1));
 }
 
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_errors_are_reported_with_sqlites_message() {
+    scenario_errors(&Cluster::start_kind(ServerKind::Atoll, 1));
+}
+
 /// 10,000 rows come back in many ROWS batches (about 4 KiB each); every one is printed once,
 /// in order, in every format.
 fn scenario_large_result(cluster: &Cluster) {
@@ -199,6 +217,12 @@ fn scenario_large_result(cluster: &Cluster) {
 #[test]
 fn test_ten_thousand_rows_in_several_batches() {
     scenario_large_result(&Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_ten_thousand_rows_in_several_batches() {
+    scenario_large_result(&Cluster::start_kind(ServerKind::Atoll, 1));
 }
 
 /// Several statements in one argument, split outside strings, comments and trigger bodies;
@@ -245,6 +269,12 @@ fn test_several_statements_in_one_argument() {
     scenario_several_statements(&Cluster::start(1));
 }
 
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_several_statements_in_one_argument() {
+    scenario_several_statements(&Cluster::start_kind(ServerKind::Atoll, 1));
+}
+
 /// `.tables` and `.schema` one-shot: names in order, CREATE statements in creation order.
 fn scenario_dot_commands(cluster: &Cluster) {
     let address = cluster.address(0);
@@ -277,6 +307,12 @@ fn scenario_dot_commands(cluster: &Cluster) {
 #[test]
 fn test_tables_and_schema() {
     scenario_dot_commands(&Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_tables_and_schema() {
+    scenario_dot_commands(&Cluster::start_kind(ServerKind::Atoll, 1));
 }
 
 /// Statements read from standard input (not a terminal: no prompts, no line editing): they
@@ -336,6 +372,12 @@ fn test_statements_from_standard_input() {
     scenario_stdin(&Cluster::start(1));
 }
 
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_statements_from_standard_input() {
+    scenario_stdin(&Cluster::start_kind(ServerKind::Atoll, 1));
+}
+
 /// A transaction spans statements of one session because the connection persists: inside it
 /// the session sees its own insert; after ROLLBACK nothing is left, for it or anyone else.
 fn scenario_transaction(cluster: &Cluster) {
@@ -368,6 +410,12 @@ fn test_transaction_rolled_back_leaves_nothing() {
     scenario_transaction(&Cluster::start(1));
 }
 
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_transaction_rolled_back_leaves_nothing() {
+    scenario_transaction(&Cluster::start_kind(ServerKind::Atoll, 1));
+}
+
 /// The `dqlite` shell (go-dqlite) and `atoll shell` see each other's writes on the same node.
 fn scenario_dqlite_shell_agrees(cluster: &Cluster) {
     require("dqlite");
@@ -398,6 +446,12 @@ fn scenario_dqlite_shell_agrees(cluster: &Cluster) {
 #[test]
 fn test_dqlite_shell_and_atoll_shell_see_the_same_data() {
     scenario_dqlite_shell_agrees(&Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_dqlite_shell_and_atoll_shell_see_the_same_data() {
+    scenario_dqlite_shell_agrees(&Cluster::start_kind(ServerKind::Atoll, 1));
 }
 
 #[test]
@@ -449,4 +503,10 @@ fn scenario_terminal(cluster: &Cluster) {
 #[test]
 fn test_interactive_terminal_with_line_editing_and_history() {
     scenario_terminal(&Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_interactive_terminal_with_line_editing_and_history() {
+    scenario_terminal(&Cluster::start_kind(ServerKind::Atoll, 1));
 }

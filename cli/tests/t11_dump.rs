@@ -130,6 +130,12 @@ fn test_dump_is_a_consistent_database() {
     scenario_dump_is_a_consistent_database(&Cluster::start(1));
 }
 
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_dump_is_a_consistent_database() {
+    scenario_dump_is_a_consistent_database(&Cluster::start_kind(ServerKind::Atoll, 1));
+}
+
 /// A dump replaces an existing file whole; a later write shows up in the next dump.
 fn scenario_dump_replaces_the_file(cluster: &Cluster) {
     let address = cluster.address(0);
@@ -163,6 +169,12 @@ fn test_dump_replaces_an_existing_file() {
     scenario_dump_replaces_the_file(&Cluster::start(1));
 }
 
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_dump_replaces_an_existing_file() {
+    scenario_dump_replaces_the_file(&Cluster::start_kind(ServerKind::Atoll, 1));
+}
+
 /// Bad requests change nothing: an unknown database, and a target whose -wal file shows it is
 /// in use (SQLite would apply that log to the new file).
 fn scenario_dump_refusals(cluster: &Cluster) {
@@ -194,4 +206,10 @@ fn scenario_dump_refusals(cluster: &Cluster) {
 #[test]
 fn test_dump_refuses_and_changes_nothing() {
     scenario_dump_refusals(&Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_dump_refuses_and_changes_nothing() {
+    scenario_dump_refusals(&Cluster::start_kind(ServerKind::Atoll, 1));
 }

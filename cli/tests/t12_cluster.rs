@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{atoll, free_address, shell, Cluster};
+use support::{atoll, free_address, shell, Cluster, ServerKind};
 
 /// One node of `atoll cluster --format json`, read with string matching (the format is ours and
 /// fixed: one object per line, keys in this order).
@@ -278,4 +278,10 @@ fn scenario_add_and_unknown_ids(cluster: &Cluster) {
 #[test]
 fn test_add_assign_remove_and_unknown_ids() {
     scenario_add_and_unknown_ids(&Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_add_assign_remove_and_unknown_ids() {
+    scenario_add_and_unknown_ids(&Cluster::start_kind(ServerKind::Atoll, 1));
 }

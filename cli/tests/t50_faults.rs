@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{atoll, free_address, wait_for, Cluster, LiveShell, READY_TIMEOUT};
+use support::{atoll, free_address, wait_for, Cluster, LiveShell, ServerKind, READY_TIMEOUT};
 
 /// Every client command fails at once, with one line naming the addresses and what to do,
 /// when nothing listens there.
@@ -193,6 +193,12 @@ fn scenario_write_with_unknown_outcome(cluster: &mut Cluster) {
 #[test]
 fn test_write_with_unknown_outcome_is_reported_not_resent() {
     scenario_write_with_unknown_outcome(&mut Cluster::start(1));
+}
+
+/// The same scenario against `atoll start`.
+#[test]
+fn test_atoll_write_with_unknown_outcome_is_reported_not_resent() {
+    scenario_write_with_unknown_outcome(&mut Cluster::start_kind(ServerKind::Atoll, 1));
 }
 
 /// Two voters, one killed: the survivor steps down (no quorum). `atoll cluster` still shows the

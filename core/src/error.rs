@@ -80,6 +80,18 @@ impl ExecError {
     }
 }
 
+impl ExecError {
+    /// The message a client sees: SQLite's own message (`sqlite3_errmsg`) for SQL errors, as a
+    /// local SQLite would report it, and the [`fmt::Display`] text for the others.
+    pub fn client_message(&self) -> String {
+        match self {
+            ExecError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
+            ExecError::Sqlite(rusqlite::Error::SqliteFailure(error, None)) => error.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for ExecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -91,7 +91,7 @@ pub use engine::{
     SessionId, Target,
 };
 pub use error::{Applied, EngineError, ExecError};
-pub use snapshot::SnapshotReader;
+pub use snapshot::{DatabaseImage, SnapshotReader};
 pub use value::{Rows, Value};
 pub use vfs::FrameRef;
 

@@ -162,6 +162,54 @@ impl Read for SnapshotReader {
     }
 }
 
+/// One database's file image; see [`Engine::database_image`].
+pub struct DatabaseImage {
+    part: Part,
+    /// The next page to read (1-based); past `page_count` when done.
+    page_next: u32,
+    chunk: Vec<u8>,
+    position: usize,
+}
+
+impl DatabaseImage {
+    /// The database's page size.
+    pub fn page_size(&self) -> u32 {
+        self.part.page_size
+    }
+
+    /// The pages in the image.
+    pub fn page_count(&self) -> u32 {
+        self.part.page_count
+    }
+
+    /// The image's length in bytes: whole pages, so a multiple of 512.
+    pub fn len_bytes(&self) -> u64 {
+        u64::from(self.part.page_count) * u64::from(self.part.page_size)
+    }
+}
+
+impl Read for DatabaseImage {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.position == self.chunk.len() {
+            if self.page_next > self.part.page_count {
+                return Ok(0);
+            }
+            let page = self.page_next;
+            self.chunk.resize(self.part.page_size as usize, 0);
+            match self.part.files.find_frame(page, self.part.max_frame)? {
+                Some(frame) => self.part.files.read_wal_page(frame, &mut self.chunk)?,
+                None => self.part.files.read_main_page(page, &mut self.chunk)?,
+            }
+            self.page_next += 1;
+            self.position = 0;
+        }
+        let count = out.len().min(self.chunk.len() - self.position);
+        out[..count].copy_from_slice(&self.chunk[self.position..self.position + count]);
+        self.position += count;
+        Ok(count)
+    }
+}
+
 fn push_u32(out: &mut Vec<u8>, value: u32) {
     let mut bytes = [0u8; 4];
     LittleEndian::write_u32(&mut bytes, value);
@@ -219,34 +267,8 @@ impl Engine {
     /// databases wait until the reader is dropped.
     pub fn snapshot(&mut self) -> Result<SnapshotReader, EngineError> {
         let mut parts = Vec::new();
-        for SnapshotPart {
-            name,
-            path,
-            files,
-            last_command_index,
-            token,
-        } in self.snapshot_parts()
-        {
-            let reader = Conn::open(self.vfs(), &path, Role::Plain, self.cache_kib())?;
-            reader.execute_batch("BEGIN")?;
-            reader
-                .connection()
-                .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
-            let page_size = files.page_size();
-            let (max_frame, page_count) = match files.index_header()? {
-                Some(header) if header.max_frame > 0 => (header.max_frame, header.db_size_pages),
-                _ => (0, (files.main_len()? / u64::from(page_size)) as u32),
-            };
-            parts.push(Part {
-                name,
-                files,
-                last_command_index,
-                page_size,
-                page_count,
-                max_frame,
-                _token: token,
-                _reader: reader,
-            });
+        for part in self.snapshot_parts() {
+            parts.push(self.open_part(part)?);
         }
         Ok(SnapshotReader {
             index: self.applied_index(),
@@ -256,6 +278,54 @@ impl Engine {
             position: 0,
             crc: crc32fast::Hasher::new(),
         })
+    }
+
+    /// Opens a read transaction on one database and sizes what it sees.
+    fn open_part(&self, part: SnapshotPart) -> Result<Part, EngineError> {
+        let SnapshotPart {
+            name,
+            path,
+            files,
+            last_command_index,
+            token,
+        } = part;
+        let reader = Conn::open(self.vfs(), &path, Role::Plain, self.cache_kib())?;
+        reader.execute_batch("BEGIN")?;
+        reader
+            .connection()
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        let page_size = files.page_size();
+        let (max_frame, page_count) = match files.index_header()? {
+            Some(header) if header.max_frame > 0 => (header.max_frame, header.db_size_pages),
+            _ => (0, (files.main_len()? / u64::from(page_size)) as u32),
+        };
+        Ok(Part {
+            name,
+            files,
+            last_command_index,
+            page_size,
+            page_count,
+            max_frame,
+            _token: token,
+            _reader: reader,
+        })
+    }
+
+    /// A consistent image of database `name` as of the applied index: its main file as a
+    /// checkpoint would leave it (every committed frame applied), streamed page by page without
+    /// holding it in memory. `None` if the node has no such database. Like a snapshot, the image
+    /// holds a read transaction: checkpoints of the database wait until it is dropped.
+    pub fn database_image(&mut self, name: &str) -> Result<Option<DatabaseImage>, EngineError> {
+        let Some(part) = self.snapshot_parts().into_iter().find(|p| p.name == name) else {
+            return Ok(None);
+        };
+        let part = self.open_part(part)?;
+        Ok(Some(DatabaseImage {
+            part,
+            page_next: 1,
+            chunk: Vec::new(),
+            position: 0,
+        }))
     }
 
     /// Replaces every database of this node with those of a snapshot stream. The stream is

@@ -143,3 +143,70 @@ fn test_spilled_frames_of_a_large_transaction_stay_hidden() {
         assert_eq!(engine.integrity_check("s.db").unwrap(), vec!["ok"]);
     }
 }
+
+#[test]
+fn test_database_image_is_a_consistent_file_of_committed_state() {
+    // A database with committed frames still in its WAL (no checkpoint yet) and a proposed,
+    // uncommitted write: the image applies every committed frame, leaves the proposed one out,
+    // and SQLite opens it as a plain file with the committed rows. An unknown name has no image.
+    let mut cluster = Cluster::new(0);
+    let writer = session(&mut cluster.leader, "img.db");
+    cluster
+        .write(writer, "img.db", "CREATE TABLE t(x INTEGER, b BLOB)", &[])
+        .unwrap();
+    for i in 0..50 {
+        cluster
+            .write(
+                writer,
+                "img.db",
+                "INSERT INTO t VALUES (?, randomblob(3000))",
+                &[Value::Integer(i)],
+            )
+            .unwrap();
+    }
+    let reply = cluster
+        .leader
+        .exec(
+            writer,
+            "img.db",
+            Target::Sql("INSERT INTO t VALUES (999, NULL)"),
+            &[],
+        )
+        .unwrap();
+    assert!(matches!(reply, Reply::Proposed { .. }));
+    assert!(cluster
+        .leader
+        .database_image("nosuch.db")
+        .unwrap()
+        .is_none());
+    let mut image = cluster.leader.database_image("img.db").unwrap().unwrap();
+    let expected_len = image.len_bytes();
+    assert_eq!(expected_len, u64::from(image.page_count()) * 4096);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut image, &mut bytes).unwrap();
+    drop(image);
+    assert_eq!(bytes.len() as u64, expected_len);
+    assert!(bytes.len() > 40 * 4096, "50 rows of 3000 bytes");
+    assert_eq!(&bytes[..16], b"SQLite format 3\0");
+    let page_count = u32::from_be_bytes(bytes[28..32].try_into().unwrap());
+    assert_eq!(u64::from(page_count) * 4096, expected_len);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img.db");
+    std::fs::write(&path, &bytes).unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let (count, sum): (i64, i64) = db
+        .query_row("SELECT count(*), sum(x) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (count, sum),
+        (50, 49 * 50 / 2),
+        "the proposed row is not in the image"
+    );
+}

@@ -619,3 +619,60 @@ fn test_multi_statement_writes_are_atomic_in_a_group() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn test_missing_parameters_are_null_and_extra_ones_refused() {
+    // dqlite's binding rules: placeholders without a value read NULL (also for a prepared
+    // statement executed again with fewer values), more values than placeholders is an error.
+    let mut cluster = Cluster::new(0);
+    let s = session(&mut cluster.leader, "params.db");
+    let reply = cluster
+        .leader
+        .query(
+            s,
+            "params.db",
+            Target::Sql("SELECT ?, ?"),
+            &[Value::Integer(1)],
+        )
+        .unwrap();
+    let Reply::Done(Response::Rows(rows)) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(rows.values, vec![Value::Integer(1), Value::Null]);
+    let (statement, count) = cluster
+        .leader
+        .prepare(s, "params.db", "SELECT ?, ?")
+        .unwrap();
+    assert_eq!(count, 2);
+    let all = [Value::Integer(1), Value::Integer(2)];
+    let reply = cluster
+        .leader
+        .query(s, "params.db", Target::Statement(statement), &all)
+        .unwrap();
+    let Reply::Done(Response::Rows(rows)) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(rows.values, all.to_vec());
+    let reply = cluster
+        .leader
+        .query(s, "params.db", Target::Statement(statement), &[])
+        .unwrap();
+    let Reply::Done(Response::Rows(rows)) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        rows.values,
+        vec![Value::Null, Value::Null],
+        "no stale bindings"
+    );
+    let error = cluster
+        .leader
+        .query(
+            s,
+            "params.db",
+            Target::Sql("SELECT ?"),
+            &[Value::Integer(1), Value::Integer(2)],
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), 25, "{error}");
+}

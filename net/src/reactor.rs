@@ -78,6 +78,22 @@ const _: () = assert!(PIPELINE_BYTES_MAX < OUT_BYTES_HIGH);
 const _: () = assert!(ACCEPTS_PER_POLL_MAX <= CONNECTIONS_MAX);
 
 const LISTENER: Token = Token(0);
+/// The token of the waker ([`Reactor::waker`]); connections use `Token(slot + 1)`, bounded by
+/// `connections_max`, so they never reach it.
+const WAKER: Token = Token(usize::MAX);
+
+/// Wakes a reactor blocked in [`Reactor::poll`] from another thread (a signal-handling thread,
+/// for example): that `poll` returns early, with no event for the wake itself; the host then
+/// checks whatever flag the other thread set. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Waker(std::sync::Arc<mio::Waker>);
+
+impl Waker {
+    /// Makes the reactor's current or next `poll` return.
+    pub fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
 
 /// Limits and timeouts of a reactor.
 #[derive(Debug, Clone)]
@@ -328,12 +344,18 @@ pub struct Reactor {
     buffer_pool: Vec<Vec<u8>>,
     /// Refused peer hellos already logged at warn level, by source address and error kind.
     peer_rejections_logged: HashSet<(IpAddr, std::mem::Discriminant<PeerError>)>,
+    /// Wakes `poll` from another thread (signal handling), created on first request.
+    waker: Option<Waker>,
 }
 
 impl Reactor {
     /// Binds the listener. `127.0.0.1:0` picks a free port ([`Reactor::local_addr`] tells it).
     pub fn bind(address: SocketAddr, config: ReactorConfig) -> io::Result<Reactor> {
         assert!(config.connections_max > 0);
+        assert!(
+            config.connections_max < WAKER.0 - 1,
+            "connection tokens stay below the waker's"
+        );
         assert!(config.timers_max > 0);
         let mut config = config;
         let mut listener = TcpListener::bind(address)?;
@@ -385,8 +407,19 @@ impl Reactor {
             incarnation,
             buffer_pool: Vec::new(),
             peer_rejections_logged: HashSet::new(),
+            waker: None,
             config,
         })
+    }
+
+    /// A handle that wakes this reactor's `poll` from another thread. A reactor has one waker;
+    /// every call returns a handle to it.
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        if self.waker.is_none() {
+            let waker = mio::Waker::new(self.poll.registry(), WAKER)?;
+            self.waker = Some(Waker(std::sync::Arc::new(waker)));
+        }
+        Ok(self.waker.clone().expect("created above"))
     }
 
     /// The listening address.
@@ -449,7 +482,10 @@ impl Reactor {
 
     /// Queues a response that `encode` appends to the connection's output buffer (a ROWS batch
     /// written with [`crate::protocol::RowsBatch`], without an intermediate copy). `encode` must
-    /// append whole messages and say whether the answer is complete.
+    /// append whole messages and say whether the answer is complete; the one exception is a
+    /// large message streamed in pieces (a FILES answer): its header must announce the whole
+    /// length, every piece but the last returns `More`, and the next piece is appended on
+    /// `Drained`.
     pub fn send_encoded(
         &mut self,
         conn: ConnId,
@@ -560,6 +596,9 @@ impl Reactor {
             if token == LISTENER {
                 self.listener_backlog = true;
                 continue;
+            }
+            if token == WAKER {
+                continue; // The wake only ends the wait; the host checks why.
             }
             let slot = token.0 - 1;
             if writable && self.slots.get(slot).is_some_and(|s| s.conn.is_some()) {

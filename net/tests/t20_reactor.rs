@@ -587,3 +587,30 @@ fn test_timer_limit_is_enforced() {
     reactor.timer_cancel(first);
     assert!(reactor.timer_after(Duration::from_secs(60), 3).is_ok());
 }
+
+#[test]
+fn test_waker_ends_a_poll_from_another_thread() {
+    // A poll with no timeout and nothing to do would wait forever; a wake from another thread
+    // (a signal handler thread, in the node) ends it without producing an event.
+    let mut reactor =
+        Reactor::bind("127.0.0.1:0".parse().unwrap(), ReactorConfig::default()).unwrap();
+    let waker = reactor.waker().unwrap();
+    let same = reactor.waker().unwrap();
+    let started = std::time::Instant::now();
+    let thread = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        waker.wake().unwrap();
+    });
+    let mut events = Vec::new();
+    reactor.poll(&mut events, None).unwrap();
+    thread.join().unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The second handle wakes the same reactor.
+    same.wake().unwrap();
+    reactor
+        .poll(&mut events, Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

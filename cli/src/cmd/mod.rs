@@ -8,9 +8,12 @@
 pub mod add;
 pub mod assign;
 pub mod cluster;
+pub mod demo;
 pub mod dump;
+pub mod init;
 pub mod remove;
 pub mod shell;
+pub mod start;
 pub mod transfer;
 
 use std::fmt;

@@ -2,11 +2,11 @@
 //! as a real process.
 //!
 //! Scenarios take a [`Cluster`] and only use its addresses, so the same scenario runs against
-//! any server that speaks dqlite's protocol. Today that is [`ServerKind::DqliteDemo`] (Debian's
-//! go-dqlite 1.11.5 on libdqlite 1.11.1); `ATOLL_TEST_SERVER` selects the kind. To run the
-//! scenarios against atoll's own node: add a variant `Atoll` to [`ServerKind`], a type like
-//! [`DqliteDemo`] that runs `atoll init`/`atoll join` + `atoll start` in a temporary directory
-//! and implements [`Node`], and the two arms in `bootstrap` and `join`.
+//! any server that speaks dqlite's protocol: [`ServerKind::DqliteDemo`] (Debian's go-dqlite
+//! 1.11.5 on libdqlite 1.11.1) and [`ServerKind::Atoll`] (`atoll init` + `atoll start` in a
+//! temporary directory, [`AtollNode`]). `Cluster::start` uses the kind `ATOLL_TEST_SERVER`
+//! names (default dqlite-demo); `Cluster::start_kind` picks one. Joining a second atoll node
+//! comes with the peer transport (`atoll join`, issue 6).
 
 #![allow(dead_code)]
 
@@ -64,6 +64,8 @@ pub trait Node {
 pub enum ServerKind {
     /// `dqlite-demo` from Debian's go-dqlite: real dqlite 1.11.
     DqliteDemo,
+    /// `atoll start`: this repository's node.
+    Atoll,
 }
 
 impl ServerKind {
@@ -71,7 +73,8 @@ impl ServerKind {
     pub fn selected() -> ServerKind {
         match std::env::var("ATOLL_TEST_SERVER").as_deref() {
             Err(_) | Ok("") | Ok("dqlite-demo") => ServerKind::DqliteDemo,
-            Ok(other) => panic!("ATOLL_TEST_SERVER={other}: known servers are dqlite-demo"),
+            Ok("atoll") => ServerKind::Atoll,
+            Ok(other) => panic!("ATOLL_TEST_SERVER={other}: known servers are dqlite-demo, atoll"),
         }
     }
 
@@ -79,6 +82,7 @@ impl ServerKind {
     pub fn bootstrap(self) -> Box<dyn Node> {
         match self {
             ServerKind::DqliteDemo => Box::new(DqliteDemo::start(None)),
+            ServerKind::Atoll => Box::new(AtollNode::start()),
         }
     }
 
@@ -86,6 +90,7 @@ impl ServerKind {
     pub fn join(self, cluster: &str) -> Box<dyn Node> {
         match self {
             ServerKind::DqliteDemo => Box::new(DqliteDemo::start(Some(cluster))),
+            ServerKind::Atoll => panic!("atoll nodes join a cluster with issue 6 (atoll join)"),
         }
     }
 }
@@ -99,8 +104,12 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster of `count` nodes of the selected kind.
     pub fn start(count: usize) -> Cluster {
+        Cluster::start_kind(ServerKind::selected(), count)
+    }
+
+    /// A cluster of `count` nodes of `kind`.
+    pub fn start_kind(kind: ServerKind, count: usize) -> Cluster {
         assert!(count >= 1);
-        let kind = ServerKind::selected();
         let mut nodes = vec![kind.bootstrap()];
         for _ in 1..count {
             let first = nodes[0].address().to_owned();
@@ -181,7 +190,7 @@ impl DqliteDemo {
         node
     }
 
-    fn quick_config() -> ClientConfig {
+    pub fn quick_config() -> ClientConfig {
         ClientConfig {
             connect_timeout: Duration::from_millis(200),
             request_timeout: Duration::from_secs(2),
@@ -232,6 +241,132 @@ impl Node for DqliteDemo {
 impl Drop for DqliteDemo {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A running `atoll start` node in a temporary data directory, made by `atoll init`. It can be
+/// killed (SIGKILL, a crash), stopped (SIGTERM) and started again on the same directory and
+/// address. Its log (RUST_LOG=info unless the test sets another) goes to `node.log` beside the
+/// data directory.
+pub struct AtollNode {
+    address: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl AtollNode {
+    /// `atoll init` + `atoll start` on a free port; returns once the node leads.
+    pub fn start() -> AtollNode {
+        AtollNode::start_with(&[])
+    }
+
+    /// Like [`AtollNode::start`], with extra `atoll init` arguments.
+    pub fn start_with(init_args: &[&str]) -> AtollNode {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let address = free_address();
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("UTF-8 path");
+        let mut args = vec!["init", "--data-dir", data, "--address", &address];
+        args.extend_from_slice(init_args);
+        atoll(&args).ok();
+        let mut node = AtollNode {
+            address,
+            child: None,
+            dir,
+        };
+        node.restart();
+        node
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// The process id of the running node.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node runs").id()
+    }
+
+    /// Starts the node again (after `kill` or `stop`) and waits until it leads.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the node is running already");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("node.log"))
+            .expect("node log");
+        let data = self.data_dir();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_atoll"));
+        command
+            .args(["start", "--data-dir"])
+            .arg(&data)
+            .env(
+                "RUST_LOG",
+                std::env::var("ATOLL_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(command.spawn().expect("atoll start"));
+        self.wait_leading();
+    }
+
+    fn wait_leading(&mut self) {
+        let what = format!("atoll at {} to lead", self.address);
+        let address = self.address.clone();
+        wait_for(&what, READY_TIMEOUT, || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("atoll start exited with {status}:\n{}", self.log());
+            }
+            let mut connection = Connection::connect(&address, &DqliteDemo::quick_config()).ok()?;
+            match connection.leader() {
+                Ok(Some((_, leader))) if leader == address => Some(()),
+                _ => None,
+            }
+        });
+    }
+
+    /// SIGTERM, then waits for the exit (a clean stop) and returns its status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the node runs");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        wait_bounded(&mut child, "atoll start (after SIGTERM)")
+    }
+}
+
+impl Node for AtollNode {
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for AtollNode {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("log of the atoll node at {}:\n{}", self.address, self.log());
+        }
     }
 }
 

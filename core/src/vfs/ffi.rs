@@ -839,9 +839,10 @@ impl RawStmt {
         }
     }
 
-    /// Binds `values` to parameters 1..; errors if the count differs from the statement's.
+    /// Binds `values` to parameters 1.. and NULL to the rest; errors if there are more values
+    /// than parameters.
     pub(crate) fn bind_all(&mut self, values: &[Value]) -> Result<(), rusqlite::Error> {
-        if values.len() != self.parameter_count() {
+        if values.len() > self.parameter_count() {
             return Err(rusqlite::Error::SqliteFailure(
                 ffi::Error::new(ffi::SQLITE_RANGE),
                 Some(format!(
@@ -851,7 +852,10 @@ impl RawStmt {
                 )),
             ));
         }
-        for (index, value) in values.iter().enumerate() {
+        // Placeholders without a value are NULL (as dqlite binds them, and as a fresh SQLite
+        // statement reads them), also after an execution that bound them.
+        let nulls = std::iter::repeat_n(&Value::Null, self.parameter_count() - values.len());
+        for (index, value) in values.iter().chain(nulls).enumerate() {
             let position = index as c_int + 1;
             // SAFETY: the statement is live; text and blob pointers are valid for their lengths
             // and SQLITE_TRANSIENT makes SQLite copy them before returning.

@@ -1,0 +1,281 @@
+//! A node's configuration file and data-directory layout.
+//!
+//! ```text
+//! DIR/atoll.conf      this file: `key = value` lines, written once by `atoll init` (atomically)
+//! DIR/raft/           the Raft log (atoll_storage::SegmentLog: LOCK, metadata, segments)
+//! DIR/raft/snapshots/ the snapshots (atoll_storage::SnapshotStore)
+//! DIR/db/             the engine's databases (atoll_core::Engine owns this directory)
+//! ```
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The configuration file's name inside the data directory.
+pub const CONFIG_FILE_NAME: &str = "atoll.conf";
+/// The Raft log's directory inside the data directory.
+pub const RAFT_DIR_NAME: &str = "raft";
+/// The engine's directory inside the data directory.
+pub const DB_DIR_NAME: &str = "db";
+/// The configuration format this code writes and reads.
+const FORMAT: u64 = 1;
+
+/// Tick length by default: raft's timeouts are counted in ticks.
+pub const TICK_MS_DEFAULT: u64 = 10;
+/// How long a writer waits for the write lock of a database by default.
+pub const WRITER_WAIT_MS_DEFAULT: u64 = 5_000;
+/// Applied entries between two snapshots by default.
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 8_192;
+
+/// Everything `atoll init` decides about a node; `atoll start` reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node's id in the cluster (never 0).
+    pub id: u64,
+    /// The address clients and peers dial, exactly as advertised in LEADER and CLUSTER.
+    pub address: String,
+    /// A random id for the cluster, drawn by the node that bootstrapped it; peers check it when
+    /// they connect (issue 6), so two clusters never mix.
+    pub cluster_id: u64,
+    /// One raft tick, in milliseconds.
+    pub tick_ms: u64,
+    /// A leader heartbeat every this many ticks.
+    pub heartbeat_ticks: u32,
+    /// The election timeout is drawn from `election_ticks_min..election_ticks_max` ticks.
+    pub election_ticks_min: u32,
+    /// Exclusive upper bound of the election timeout.
+    pub election_ticks_max: u32,
+    /// How long a writer waits for a database's write lock before failing with SQLITE_BUSY.
+    pub writer_wait_ms: u64,
+    /// A snapshot (and log compaction) after this many applied entries.
+    pub snapshot_entries: u64,
+}
+
+impl NodeConfig {
+    /// A configuration with the defaults for `id` at `address`, in a new cluster.
+    pub fn new(id: u64, address: String) -> NodeConfig {
+        NodeConfig {
+            id,
+            address,
+            cluster_id: random_u64(),
+            tick_ms: TICK_MS_DEFAULT,
+            heartbeat_ticks: 2,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            writer_wait_ms: WRITER_WAIT_MS_DEFAULT,
+            snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
+        }
+    }
+
+    /// Checks the values and their relations.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("id must not be 0".into());
+        }
+        validate_address(&self.address)?;
+        if !(1..=1000).contains(&self.tick_ms) {
+            return Err("tick_ms must be between 1 and 1000".into());
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks_min <= self.heartbeat_ticks {
+            return Err("heartbeat_ticks must be at least 1 and below election_ticks_min".into());
+        }
+        if self.election_ticks_max <= self.election_ticks_min {
+            return Err("election_ticks_max must be above election_ticks_min".into());
+        }
+        if self.writer_wait_ms == 0 || self.snapshot_entries == 0 {
+            return Err("writer_wait_ms and snapshot_entries must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The file's text.
+    pub fn to_text(&self) -> String {
+        let mut text = String::from(
+            "# atoll node configuration, written by `atoll init`. Times in milliseconds or raft\n\
+             # ticks. Change with care: the id, address and cluster id identify this node.\n",
+        );
+        let _ = writeln!(text, "format = {FORMAT}");
+        let _ = writeln!(text, "id = {}", self.id);
+        let _ = writeln!(text, "address = {}", self.address);
+        let _ = writeln!(text, "cluster_id = {:016x}", self.cluster_id);
+        let _ = writeln!(text, "tick_ms = {}", self.tick_ms);
+        let _ = writeln!(text, "heartbeat_ticks = {}", self.heartbeat_ticks);
+        let _ = writeln!(text, "election_ticks_min = {}", self.election_ticks_min);
+        let _ = writeln!(text, "election_ticks_max = {}", self.election_ticks_max);
+        let _ = writeln!(text, "writer_wait_ms = {}", self.writer_wait_ms);
+        let _ = writeln!(text, "snapshot_entries = {}", self.snapshot_entries);
+        text
+    }
+
+    /// Parses the file's text; every key is required, unknown keys are refused.
+    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+        let mut values = std::collections::BTreeMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(format!("line {}: expected `key = value`", number + 1));
+            };
+            if values
+                .insert(key.trim().to_owned(), value.trim().to_owned())
+                .is_some()
+            {
+                return Err(format!(
+                    "line {}: `{}` appears twice",
+                    number + 1,
+                    key.trim()
+                ));
+            }
+        }
+        let mut take = |key: &str| {
+            values
+                .remove(key)
+                .ok_or_else(|| format!("`{key}` is missing"))
+        };
+        fn number<T: std::str::FromStr>(key: &str, value: String) -> Result<T, String> {
+            value
+                .parse()
+                .map_err(|_| format!("`{key} = {value}` is not a valid number"))
+        }
+        let format: u64 = number("format", take("format")?)?;
+        if format != FORMAT {
+            return Err(format!(
+                "format {format} is not supported (this atoll reads {FORMAT})"
+            ));
+        }
+        let cluster_id = take("cluster_id")?;
+        let config = NodeConfig {
+            id: number("id", take("id")?)?,
+            address: take("address")?,
+            cluster_id: u64::from_str_radix(&cluster_id, 16)
+                .map_err(|_| format!("`cluster_id = {cluster_id}` is not hexadecimal"))?,
+            tick_ms: number("tick_ms", take("tick_ms")?)?,
+            heartbeat_ticks: number("heartbeat_ticks", take("heartbeat_ticks")?)?,
+            election_ticks_min: number("election_ticks_min", take("election_ticks_min")?)?,
+            election_ticks_max: number("election_ticks_max", take("election_ticks_max")?)?,
+            writer_wait_ms: number("writer_wait_ms", take("writer_wait_ms")?)?,
+            snapshot_entries: number("snapshot_entries", take("snapshot_entries")?)?,
+        };
+        if let Some(key) = values.keys().next() {
+            return Err(format!("unknown key `{key}`"));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `DIR/atoll.conf`.
+    pub fn read(data_dir: &Path) -> Result<NodeConfig, String> {
+        let path = data_dir.join(CONFIG_FILE_NAME);
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => format!(
+                "{} not found: is {} a data directory made by `atoll init`?",
+                path.display(),
+                data_dir.display()
+            ),
+            _ => format!("reading {}: {e}", path.display()),
+        })?;
+        NodeConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Writes `DIR/atoll.conf` atomically: a temporary file, fsync, rename, directory fsync.
+    pub fn write(&self, data_dir: &Path) -> io::Result<()> {
+        let path = data_dir.join(CONFIG_FILE_NAME);
+        let temp = data_dir.join(format!("{CONFIG_FILE_NAME}.tmp"));
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(self.to_text().as_bytes())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temp, &path)?;
+        fs::File::open(data_dir)?.sync_all()
+    }
+}
+
+/// The Raft log's directory.
+pub fn raft_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(RAFT_DIR_NAME)
+}
+
+/// The engine's directory.
+pub fn db_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(DB_DIR_NAME)
+}
+
+/// `HOST:PORT` with a non-empty host and a port number that is not 0 (the address is
+/// advertised: a client must be able to dial it).
+pub fn validate_address(address: &str) -> Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("`{address}` is not HOST:PORT"));
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(format!("`{address}` has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!(
+            "`{port}` in `{address}` is not a port number (1-65535)"
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A random number from the standard library's hasher keys (seeded from the OS per process),
+/// mixed with the time and the process id: enough for a cluster id and election seeds.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    hasher.write_u128(now);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_round_trips_through_its_text() {
+        let config = NodeConfig::new(7, "127.0.0.1:9001".into());
+        assert_eq!(NodeConfig::parse(&config.to_text()).unwrap(), config);
+    }
+
+    #[test]
+    fn test_config_refuses_bad_files() {
+        let good = NodeConfig::new(7, "127.0.0.1:9001".into()).to_text();
+        let cases = [
+            (good.replace("id = 7", "id = 0"), "id must not be 0"),
+            (good.replace("tick_ms = 10\n", ""), "`tick_ms` is missing"),
+            (format!("{good}color = red\n"), "unknown key `color`"),
+            (good.replace("format = 1", "format = 9"), "format 9"),
+            (
+                good.replace("address = 127.0.0.1:9001", "address = x"),
+                "HOST:PORT",
+            ),
+            (
+                good.replace("tick_ms = 10", "tick_ms = ten"),
+                "not a valid number",
+            ),
+            (format!("{good}id = 8\n"), "appears twice"),
+        ];
+        for (text, wanted) in cases {
+            let error = NodeConfig::parse(&text).unwrap_err();
+            assert!(error.contains(wanted), "{error} should mention {wanted}");
+        }
+    }
+
+    #[test]
+    fn test_address_validation() {
+        assert!(validate_address("127.0.0.1:9001").is_ok());
+        assert!(validate_address("node-1.local:1").is_ok());
+        assert!(validate_address("[::1]:9001").is_ok());
+        assert!(validate_address("127.0.0.1").is_err());
+        assert!(validate_address(":9001").is_err());
+        assert!(validate_address("127.0.0.1:0").is_err());
+        assert!(validate_address("127.0.0.1:70000").is_err());
+    }
+}

@@ -1,0 +1,776 @@
+//! The node: one thread, one loop, wiring the reactor (`atoll_net`), Raft (`atoll_raft`), the
+//! segment log (`atoll_storage`) and the SQLite engine (`atoll_core`). net never calls core; this
+//! module is where client requests become engine calls and engine proposals become Raft entries.
+//!
+//! ```text
+//! loop {                                             // the one loop that never ends
+//!     reactor.poll(timeout)                          // flush, wait, accept, read, decode, timers
+//!     engine.set_time(now)
+//!     for event: Request -> engine call | raft request; Drained -> next ROWS / DUMP piece;
+//!                Closed -> engine.close_session; Timer(tick) -> raft.tick
+//!     propose_batch(every proposal of the turn)      // one call: contiguous entries
+//!     while raft.has_ready():                        // persist, ONE sync, commit, apply
+//!         persist_ready; send; sync; on_persisted; engine.apply(committed) -> responses
+//!     leadership checks, parked requests, membership waiters, snapshot/checkpoint policy
+//! }
+//! ```
+//!
+//! Invariants: an answer to a write is sent only after `engine.apply` of its command, which
+//! raft hands out only once the entry is durable in the local log (and, with peers, on a
+//! majority); the Raft log is never compacted past `engine.min_checkpoint_index()`, because
+//! crash recovery replays the log after each database's checkpoint; a new leader serves no
+//! request that needs the leader before it has applied the first entry of its term (so every
+//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The node".
+
+mod clients;
+pub mod config;
+mod values;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atoll_core::{Applied, Engine, EngineConfig, Proposal, SessionId};
+use atoll_net::reactor::{ConnId, Event, Reactor, ReactorConfig, Waker};
+use atoll_raft::{
+    bootstrap_entry, persist_ready, Config as RaftConfig, Configuration, EntryKind, LogIndex,
+    MemberRole, Message, NodeId, Payload, RawNode, Ready, SnapshotMeta, StateRole, Term,
+};
+use atoll_storage::{LogRead, LogStore, Options, SegmentLog, SnapshotWriter};
+use log::{debug, error, info, warn};
+
+use clients::{ChangeWaiter, Client};
+use config::NodeConfig;
+
+/// The reactor timer token of the raft tick.
+const TICK_TOKEN: u64 = 1;
+/// Snapshot bytes copied from the engine to the snapshot file per loop turn: a snapshot of a
+/// large database spreads over many turns, so clients keep being served while it is written.
+const SNAPSHOT_BYTES_PER_TURN: usize = 1 << 20;
+/// A node that applied nothing for this long checkpoints every database (TRUNCATE), so that a
+/// restart replays little and the WAL files give their space back.
+const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
+/// A snapshot attempt that could not start (a checkpoint was held back by a reader) is retried
+/// after this many more applied entries.
+const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
+
+/// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
+/// and recovery brings it back from what is durable.
+#[derive(Debug)]
+pub enum NodeError {
+    /// Starting failed: configuration, data directory, address.
+    Start(String),
+    /// The log, the engine or the reactor failed while running.
+    Fatal(String),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Start(message) | NodeError::Fatal(message) => f.write_str(message),
+        }
+    }
+}
+
+fn fatal(what: &str, error: impl fmt::Display) -> NodeError {
+    NodeError::Fatal(format!("{what}: {error}"))
+}
+
+/// Creates the data directory of the first node of a new cluster: the configuration file and a
+/// Raft log holding the bootstrap configuration (this node, a voter) at index 1.
+pub fn init(data_dir: &Path, config: &NodeConfig) -> Result<(), NodeError> {
+    config.validate().map_err(NodeError::Start)?;
+    match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(NodeError::Start(format!(
+                    "{} is not empty: `atoll init` only sets up a new, empty data directory \
+                     (to run an existing node: `atoll start --data-dir {}`)",
+                    data_dir.display(),
+                    data_dir.display()
+                )));
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                NodeError::Start(format!("cannot create {}: {e}", data_dir.display()))
+            })?;
+        }
+        Err(error) => {
+            return Err(NodeError::Start(format!(
+                "cannot read {}: {error}",
+                data_dir.display()
+            )))
+        }
+    }
+    let start = |what: &str, e: &dyn fmt::Display| NodeError::Start(format!("{what}: {e}"));
+    let mut log = SegmentLog::open(config::raft_dir(data_dir), Options::default())
+        .map_err(|e| start("creating the Raft log", &e))?;
+    let mut configuration = Configuration::new();
+    configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
+    log.append(&[bootstrap_entry(&configuration)])
+        .map_err(|e| start("writing the bootstrap entry", &e))?;
+    log.sync().map_err(|e| start("syncing the Raft log", &e))?;
+    drop(log);
+    std::fs::create_dir_all(config::db_dir(data_dir))
+        .map_err(|e| start("creating the database directory", &e))?;
+    // The configuration file last: a directory without it is an unfinished init.
+    config
+        .write(data_dir)
+        .map_err(|e| start("writing the configuration", &e))?;
+    Ok(())
+}
+
+/// Counters for the log and for tests (printed at shutdown).
+#[derive(Debug, Default)]
+struct Stats {
+    entries_proposed: u64,
+    proposal_batches: u64,
+    syncs: u64,
+    commands_applied: u64,
+    snapshots: u64,
+}
+
+/// A snapshot being copied from the engine into the snapshot store, a bounded piece per turn.
+struct SnapshotJob {
+    index: LogIndex,
+    reader: atoll_core::SnapshotReader,
+    writer: SnapshotWriter,
+    buffer: Vec<u8>,
+}
+
+/// A running node. Built by [`Node::open`], run by [`Node::run`].
+pub struct Node {
+    config: NodeConfig,
+    data_dir: PathBuf,
+    reactor: Reactor,
+    raft: RawNode<SegmentLog>,
+    engine: Engine,
+    clients: HashMap<ConnId, Client>,
+    sessions: HashMap<SessionId, ConnId>,
+    /// Proposals taken from the engine this turn, proposed together at its end.
+    proposals: Vec<Proposal>,
+    /// Requests that need a leader that has not applied its term's first entry yet.
+    parked: Vec<(ConnId, atoll_net::protocol::Request)>,
+    /// Membership and transfer requests waiting for Raft.
+    changes: Vec<ChangeWaiter>,
+    shutdown: Arc<AtomicBool>,
+    started: Instant,
+    tick: Duration,
+    /// The term in which this node last saw itself leader (detects leadership loss).
+    leader_term: Option<Term>,
+    weight: u64,
+    /// The snapshot being received from a leader (issue 6's followers).
+    incoming: Option<SnapshotWriter>,
+    snapshot_job: Option<SnapshotJob>,
+    /// The applied index at which the next snapshot starts.
+    snapshot_next_at: u64,
+    last_apply_at: Instant,
+    /// The applied index of the last idle checkpoint.
+    checkpointed_at: u64,
+    /// The applied index and the log's last index at start: what was replayed is logged once
+    /// the node serves (`None` afterwards).
+    replay: Option<(u64, u64)>,
+    stats: Stats,
+}
+
+impl Node {
+    /// Opens a node's data directory and binds its address: recovers the log, the snapshot
+    /// and the databases, and starts an election at once when this node is the only voter.
+    pub fn open(data_dir: &Path, shutdown: Arc<AtomicBool>) -> Result<Node, NodeError> {
+        let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
+        let start = |what: String| NodeError::Start(what);
+        let log = SegmentLog::open(config::raft_dir(data_dir), Options::default()).map_err(
+            |e| match e {
+                atoll_storage::LogError::Locked { .. } => start(format!(
+                    "{} is in use by another atoll process ({e})",
+                    data_dir.display()
+                )),
+                other => start(format!("opening the Raft log: {other}")),
+            },
+        )?;
+        let hard_state = log.hard_state();
+        let snapshot = log
+            .snapshots()
+            .latest()
+            .map_err(|e| start(format!("reading the snapshots: {e}")))?;
+        let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
+        engine_config.queue_wait_max = config.writer_wait_ms;
+        let (mut engine, recovery) = Engine::open(engine_config)
+            .map_err(|e| start(format!("opening the databases: {e}")))?;
+        let raft_snapshot = match &snapshot {
+            Some(meta) => {
+                let configuration = Configuration::decode(&meta.configuration).map_err(|e| {
+                    start(format!("snapshot {}: bad configuration: {e}", meta.index))
+                })?;
+                if recovery
+                    .replay_from()
+                    .is_none_or(|from| from < meta.index.0)
+                {
+                    // The databases are older than the snapshot (an install from a leader was
+                    // interrupted): install it again, then replay the log after it.
+                    info!("databases behind snapshot {}: installing it", meta.index);
+                    let mut reader = log
+                        .snapshots()
+                        .open_reader(meta)
+                        .map_err(|e| start(format!("opening snapshot {}: {e}", meta.index)))?;
+                    engine
+                        .install_snapshot(&mut reader)
+                        .map_err(|e| start(format!("installing snapshot {}: {e}", meta.index)))?;
+                }
+                Some(SnapshotMeta {
+                    index: meta.index,
+                    term: meta.term,
+                    size_bytes: meta.data_bytes,
+                    configuration,
+                })
+            }
+            None => None,
+        };
+        let applied = engine.applied_index();
+        let (first, last) = (log.first_index(), log.last_index());
+        if applied > last.0 {
+            return Err(start(format!(
+                "the databases reflect index {applied} but the Raft log ends at {last}: the \
+                 log in {} does not belong to these databases",
+                config::raft_dir(data_dir).display()
+            )));
+        }
+        info!(
+            "recovered node {} ({}): log {}..={}, term {}, vote {}, snapshot {}, {} database(s) \
+             applied through {applied}",
+            config.id,
+            config.address,
+            first,
+            last,
+            hard_state.term,
+            hard_state.vote.map_or(0, |v| v.0),
+            snapshot
+                .as_ref()
+                .map_or("none".to_owned(), |m| m.index.to_string()),
+            recovery.databases.len(),
+        );
+        let mut raft_config = RaftConfig::new(NodeId(config.id));
+        raft_config.heartbeat_ticks = config.heartbeat_ticks;
+        raft_config.election_timeout_ticks_min = config.election_ticks_min;
+        raft_config.election_timeout_ticks_max = config.election_ticks_max;
+        raft_config.seed = config::random_u64();
+        let raft = RawNode::new(
+            raft_config,
+            log,
+            hard_state,
+            raft_snapshot,
+            LogIndex(applied),
+        )
+        .map_err(|e| start(format!("starting raft: {e}")))?;
+
+        let address = resolve(&config.address).map_err(NodeError::Start)?;
+        let reactor = Reactor::bind(address, ReactorConfig::default()).map_err(|e| {
+            start(format!(
+                "cannot listen on {} ({address}): {e}",
+                config.address
+            ))
+        })?;
+        let snapshot_next_at = applied + config.snapshot_entries;
+        let tick = Duration::from_millis(config.tick_ms);
+        let mut node = Node {
+            config,
+            data_dir: data_dir.to_path_buf(),
+            reactor,
+            raft,
+            engine,
+            clients: HashMap::new(),
+            sessions: HashMap::new(),
+            proposals: Vec::new(),
+            parked: Vec::new(),
+            changes: Vec::new(),
+            shutdown,
+            started: Instant::now(),
+            tick,
+            leader_term: None,
+            weight: 0,
+            incoming: None,
+            snapshot_job: None,
+            snapshot_next_at,
+            last_apply_at: Instant::now(),
+            checkpointed_at: applied,
+            replay: Some((applied, last.0)),
+            stats: Stats::default(),
+        };
+        node.reactor
+            .timer_after(node.tick, TICK_TOKEN)
+            .map_err(|e| start(format!("arming the tick timer: {e}")))?;
+        let me = NodeId(node.config.id);
+        let configuration = node.raft.configuration();
+        if configuration.is_voter(me) && configuration.voter_count() == 1 {
+            // The only voter: no one else can elect it, and waiting an election timeout would
+            // only delay the first request.
+            node.raft
+                .campaign()
+                .map_err(|e| start(format!("campaigning: {e}")))?;
+        }
+        Ok(node)
+    }
+
+    /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        self.reactor.waker()
+    }
+
+    /// Runs the node until the shutdown flag is set (SIGINT, SIGTERM) or a fatal error.
+    pub fn run(&mut self) -> Result<(), NodeError> {
+        info!(
+            "node {} serving {} (data directory {})",
+            self.config.id,
+            self.config.address,
+            self.data_dir.display()
+        );
+        let mut events = Vec::new();
+        // The one loop that never ends, until shutdown: each turn gathers the inputs, then
+        // proposes, persists (one sync), applies and answers as a batch.
+        loop {
+            if self.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            let busy = self.snapshot_job.is_some() || !self.proposals.is_empty();
+            let timeout = if busy { Some(Duration::ZERO) } else { None };
+            self.reactor
+                .poll(&mut events, timeout)
+                .map_err(|e| fatal("polling", e))?;
+            let now = self.started.elapsed().as_millis() as u64;
+            self.engine.set_time(now);
+            self.drain_engine();
+            for event in events.drain(..) {
+                self.on_event(event)?;
+            }
+            self.drive_raft()?;
+            self.after_turn()?;
+        }
+        self.stop();
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), NodeError> {
+        match event {
+            Event::Connected {
+                conn,
+                peer,
+                version,
+            } => {
+                debug!("{conn} from {peer}: connected");
+                self.clients.insert(conn, Client::new());
+                debug!("{conn}: protocol {version:?}");
+            }
+            Event::Request { conn, request } => self.on_request(conn, request),
+            Event::Drained { conn } => self.on_drained(conn),
+            Event::Closed { conn, reason } => {
+                debug!("{conn}: closed ({reason:?})");
+                if let Some(client) = self.clients.remove(&conn) {
+                    if let Some(session) = client.session {
+                        // Rolls back an open transaction and leaves the write queue.
+                        self.engine.close_session(session);
+                        self.sessions.remove(&session);
+                        self.drain_engine();
+                    }
+                }
+                self.parked.retain(|(c, _)| *c != conn);
+                self.changes.retain(|w| w.conn != conn);
+            }
+            Event::Timer { token, .. } => {
+                if token == TICK_TOKEN {
+                    self.raft.tick();
+                    self.reactor
+                        .timer_after(self.tick, TICK_TOKEN)
+                        .map_err(|e| fatal("arming the tick timer", e))?;
+                }
+            }
+            Event::PeerConnected { .. }
+            | Event::PeerDisconnected { .. }
+            | Event::PeerFrame { .. } => {
+                // The reactor is bound without a peer configuration (`ReactorConfig::peer` is
+                // None), so it refuses peer connections and never reports one.
+                unreachable!("peer event from a reactor without a peer transport");
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the engine's proposals (proposed at the end of the turn) and its late answers.
+    fn drain_engine(&mut self) {
+        self.proposals.extend(self.engine.take_proposals());
+        for completion in self.engine.take_completions() {
+            match self.sessions.get(&completion.session) {
+                Some(&conn) => self.complete(conn, completion.result),
+                None => debug!("answer for closed session {:?} dropped", completion.session),
+            }
+        }
+    }
+
+    /// Proposes the turn's writes as one batch, then works off every ready: persist, one sync,
+    /// commit, apply, answer.
+    fn drive_raft(&mut self) -> Result<(), NodeError> {
+        if !self.proposals.is_empty() {
+            let proposals = std::mem::take(&mut self.proposals);
+            let ids: Vec<u64> = proposals.iter().map(|p| p.id).collect();
+            let payloads: Vec<Payload> = proposals
+                .into_iter()
+                .map(|p| Payload::from_vec(p.command))
+                .collect();
+            match self.raft.propose_batch(payloads) {
+                Ok(first) => {
+                    self.stats.entries_proposed += ids.len() as u64;
+                    self.stats.proposal_batches += 1;
+                    debug!("proposed {} command(s) from index {first}", ids.len());
+                }
+                Err(atoll_raft::Error::Storage(e)) => return Err(fatal("reading the log", e)),
+                Err(e) => {
+                    let reason = match e {
+                        atoll_raft::Error::NotLeader { .. } => values::REASON_NOT_LEADER,
+                        atoll_raft::Error::ProposalDropped
+                        | atoll_raft::Error::TransferInProgress => values::REASON_BUSY,
+                        _ => values::REASON_LEADERSHIP_LOST,
+                    };
+                    warn!("{} proposal(s) refused by raft: {e}", ids.len());
+                    for id in ids {
+                        self.engine.discard(id, reason);
+                    }
+                    self.drain_engine();
+                }
+            }
+        }
+        // Bounded: each ready hands out pending work, and raft produces new work only from
+        // what this loop reports back (persistence, applies).
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            self.handle_ready(ready)?;
+        }
+        if let Some(e) = self.raft.storage_error() {
+            return Err(fatal("reading the log", e));
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, mut ready: Ready) -> Result<(), NodeError> {
+        // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
+        self.store_snapshot_chunks(&ready)?;
+        if let Some(install) = &ready.snapshot {
+            self.install_snapshot(install.meta.index)?;
+        }
+        // 2. The log: install/compact, truncate + append, hard state (durable before sends).
+        if let Some((index, _)) = ready.compact {
+            let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
+            assert!(
+                index.0 <= floor,
+                "compaction through {index} would pass the checkpoint index {floor}"
+            );
+        }
+        persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
+        if let Some((index, _)) = ready.compact {
+            debug!("log compacted through {index}");
+        }
+        // 3. Messages that may leave before the entries are durable.
+        self.send_messages(std::mem::take(&mut ready.messages));
+        // 4. One sync for the whole batch, then durability goes back to raft.
+        if ready.must_sync() {
+            self.raft
+                .log_mut()
+                .sync()
+                .map_err(|e| fatal("syncing the log", e))?;
+            self.stats.syncs += 1;
+        }
+        if let Some((index, term)) = ready.persist_point() {
+            self.raft.on_persisted(index, term);
+        }
+        self.send_messages(std::mem::take(&mut ready.persisted_messages));
+        // 5. Apply the committed entries, answering the writes they carry.
+        for entry in &ready.committed_entries {
+            let index = entry.index.0;
+            match entry.kind {
+                EntryKind::Command => match self.engine.apply(index, &entry.payload) {
+                    Ok(Applied::Frames { .. }) => self.stats.commands_applied += 1,
+                    Ok(Applied::Skipped) => {}
+                    // The engine logged why; every replica rejects it the same way.
+                    Ok(Applied::Malformed(_) | Applied::Stale { .. }) => {}
+                    Err(e) => return Err(fatal(&format!("applying entry {index}"), e)),
+                },
+                EntryKind::Noop | EntryKind::Configuration => self.engine.note_applied(index),
+            }
+            self.drain_engine();
+        }
+        if !ready.committed_entries.is_empty() {
+            self.last_apply_at = Instant::now();
+        }
+        // Reads are served locally by a ready leader; ReadIndex states come with peers.
+        for read in &ready.read_states {
+            debug!("read state {} at {} (unused)", read.context, read.index);
+        }
+        Ok(())
+    }
+
+    /// Sends raft messages to their peers. This node has no peer transport yet (issue 6): the
+    /// messages are dropped and raft is told the peer is unreachable, which is what a failed
+    /// connection would look like.
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            debug!("no peer transport: dropping {message}");
+            self.raft.report_unreachable(message.to);
+        }
+    }
+
+    fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), NodeError> {
+        for chunk in &ready.snapshot_chunks {
+            if chunk.offset == 0 {
+                let configuration = chunk.meta.configuration.encode_to_vec();
+                let writer = self
+                    .raft
+                    .log()
+                    .snapshots()
+                    .create(chunk.meta.index, chunk.meta.term, &configuration)
+                    .map_err(|e| fatal("creating a received snapshot", e))?;
+                self.incoming = Some(writer);
+            }
+            let Some(writer) = self.incoming.as_mut() else {
+                return Err(NodeError::Fatal(format!(
+                    "snapshot chunk at offset {} without its start",
+                    chunk.offset
+                )));
+            };
+            writer
+                .write_all(&chunk.data)
+                .map_err(|e| fatal("writing a received snapshot", e))?;
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, index: LogIndex) -> Result<(), NodeError> {
+        let writer = self.incoming.take().ok_or_else(|| {
+            NodeError::Fatal(format!("snapshot {index} to install was not received"))
+        })?;
+        let meta = writer
+            .finish()
+            .map_err(|e| fatal("finishing a received snapshot", e))?;
+        let mut reader = self
+            .raft
+            .log()
+            .snapshots()
+            .open_reader(&meta)
+            .map_err(|e| fatal("opening a received snapshot", e))?;
+        self.engine
+            .install_snapshot(&mut reader)
+            .map_err(|e| fatal("installing a snapshot", e))?;
+        info!("installed snapshot {index} from the leader");
+        self.drain_engine();
+        Ok(())
+    }
+
+    /// Whether this node leads and has applied its term's first entry: it then has every
+    /// write acknowledged before its term and may serve requests that need the leader.
+    fn leader_ready(&self) -> bool {
+        self.raft.role() == StateRole::Leader
+            && self.raft.log_term(self.raft.applied()) == Some(self.raft.term())
+    }
+
+    /// What happens once per turn after raft: leadership changes, parked requests, waiters,
+    /// the snapshot and checkpoint policies, and preparing the next log segment.
+    fn after_turn(&mut self) -> Result<(), NodeError> {
+        let leading = self.raft.role() == StateRole::Leader;
+        match (self.leader_term, leading) {
+            (None, true) => {
+                self.leader_term = Some(self.raft.term());
+                info!(
+                    "elected leader in term {} (log ends at {})",
+                    self.raft.term(),
+                    self.raft.last_index()
+                );
+            }
+            (Some(term), _) if !leading || term != self.raft.term() => {
+                warn!("lost leadership of term {term}; now {}", self.raft.role());
+                self.engine.abandon_writes(values::REASON_LEADERSHIP_LOST);
+                self.drain_engine();
+                self.leader_term = leading.then(|| self.raft.term());
+                self.fail_changes(values::CODE_LEADERSHIP_LOST, "leadership lost");
+            }
+            _ => {}
+        }
+        if let Some((applied_at_start, last_at_start)) = self.replay {
+            if self.leader_ready() {
+                let applied = self.raft.applied().0;
+                if last_at_start > applied_at_start {
+                    info!(
+                        "serving: replayed the {} log entries after the databases' checkpoint \
+                         ({}..={last_at_start}); applied through {applied}",
+                        last_at_start - applied_at_start,
+                        applied_at_start + 1,
+                    );
+                } else {
+                    info!("serving: nothing to replay; applied through {applied}");
+                }
+                self.replay = None;
+            }
+        }
+        if !self.parked.is_empty() && self.raft.role() != StateRole::Leader || self.leader_ready() {
+            for (conn, request) in std::mem::take(&mut self.parked) {
+                self.on_request(conn, request);
+            }
+        }
+        self.check_changes();
+        self.snapshot_policy()?;
+        self.checkpoint_policy();
+        if self.proposals.is_empty() {
+            if let Err(e) = self.raft.log_mut().prepare_next_segment() {
+                warn!("preparing the next log segment: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `snapshot_entries` applied entries: a forced checkpoint, then a snapshot of every
+    /// database at the applied index, copied a bounded piece per turn; once written, raft
+    /// compacts the log behind it and old snapshots go.
+    fn snapshot_policy(&mut self) -> Result<(), NodeError> {
+        if let Some(job) = self.snapshot_job.as_mut() {
+            let mut copied = 0;
+            while copied < SNAPSHOT_BYTES_PER_TURN {
+                let read = job
+                    .reader
+                    .read(&mut job.buffer)
+                    .map_err(|e| fatal("reading the snapshot", e))?;
+                if read == 0 {
+                    break;
+                }
+                job.writer
+                    .write_all(&job.buffer[..read])
+                    .map_err(|e| fatal("writing the snapshot", e))?;
+                copied += read;
+            }
+            if copied < SNAPSHOT_BYTES_PER_TURN {
+                let job = self.snapshot_job.take().expect("checked above");
+                let meta = job
+                    .writer
+                    .finish()
+                    .map_err(|e| fatal("finishing the snapshot", e))?;
+                drop(job.reader);
+                self.raft
+                    .snapshot_taken(job.index, meta.data_bytes)
+                    .map_err(|e| fatal("recording the snapshot", e))?;
+                self.stats.snapshots += 1;
+                info!(
+                    "snapshot at index {} written ({} bytes)",
+                    job.index, meta.data_bytes
+                );
+                self.prune_snapshots();
+            }
+            return Ok(());
+        }
+        let applied = self.raft.applied().0;
+        if applied < self.snapshot_next_at {
+            return Ok(());
+        }
+        self.snapshot_next_at = applied + SNAPSHOT_RETRY_ENTRIES;
+        if self.raft.configuration_index().0 > applied {
+            return Ok(()); // A configuration change is not applied yet: its snapshot waits.
+        }
+        // The snapshot's index must not pass the checkpoint index, so that the compaction that
+        // follows never drops an entry recovery would need.
+        let checkpoint = self
+            .engine
+            .checkpoint(true)
+            .map_err(|e| fatal("checkpointing", e))?;
+        if checkpoint.is_some_and(|index| index < applied) {
+            debug!("snapshot postponed: a checkpoint waits for a reader");
+            return Ok(());
+        }
+        self.checkpointed_at = applied;
+        let index = LogIndex(applied);
+        let term = self
+            .raft
+            .log_term(index)
+            .ok_or_else(|| NodeError::Fatal(format!("no term for applied index {index}")))?;
+        let configuration = self.raft.configuration().encode_to_vec();
+        let writer = self
+            .raft
+            .log()
+            .snapshots()
+            .create(index, term, &configuration)
+            .map_err(|e| fatal("creating the snapshot", e))?;
+        let reader = self
+            .engine
+            .snapshot()
+            .map_err(|e| fatal("starting the snapshot", e))?;
+        assert_eq!(reader.index(), applied);
+        self.snapshot_job = Some(SnapshotJob {
+            index,
+            reader,
+            writer,
+            buffer: vec![0; 64 * 1024],
+        });
+        self.snapshot_next_at = applied + self.config.snapshot_entries;
+        Ok(())
+    }
+
+    /// Removes the snapshots raft no longer needs (older than every one in use).
+    fn prune_snapshots(&mut self) {
+        let in_use = self.raft.snapshots_in_use();
+        let Some(oldest) = in_use.first().copied() else {
+            return;
+        };
+        let store = self.raft.log().snapshots();
+        let result = store.list().and_then(|list| {
+            let keep = list.iter().filter(|m| m.index >= oldest).count();
+            store.prune(keep)
+        });
+        match result {
+            Ok(0) => {}
+            Ok(removed) => debug!("removed {removed} old snapshot(s)"),
+            Err(e) => warn!("removing old snapshots: {e}"),
+        }
+    }
+
+    /// A node that has been idle for a while checkpoints every database (TRUNCATE).
+    fn checkpoint_policy(&mut self) {
+        let applied = self.raft.applied().0;
+        if applied == self.checkpointed_at
+            || self.last_apply_at.elapsed() < IDLE_CHECKPOINT_AFTER
+            || self.snapshot_job.is_some()
+        {
+            return;
+        }
+        self.checkpointed_at = applied;
+        match self.engine.checkpoint(true) {
+            Ok(index) => info!("idle: checkpointed every database (index {index:?})"),
+            Err(e) => error!("idle checkpoint failed: {e}"),
+        }
+    }
+
+    /// A clean stop: every database checkpointed, so the next start replays nothing.
+    fn stop(&mut self) {
+        info!(
+            "stopping: {} entries proposed in {} batches, {} syncs, {} commands applied, {} \
+             snapshots",
+            self.stats.entries_proposed,
+            self.stats.proposal_batches,
+            self.stats.syncs,
+            self.stats.commands_applied,
+            self.stats.snapshots
+        );
+        self.snapshot_job = None;
+        match self.engine.checkpoint(true) {
+            Ok(index) => info!("stopped; databases checkpointed at index {index:?}"),
+            Err(e) => error!("final checkpoint failed (the next start replays the log): {e}"),
+        }
+    }
+}
+
+/// The first socket address of `HOST:PORT`.
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to no address"))
+}

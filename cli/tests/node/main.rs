@@ -1,0 +1,27 @@
+//! The node (`atoll init` / `atoll start` / `atoll demo`) as real processes on loopback, driven
+//! by real dqlite clients. One test binary (its modules below) so the suite links once.
+//!
+//! - `t10_dqlite_shell`: go-dqlite's `dqlite` shell: types, NULLs, blobs, errors, 10,000 rows,
+//!   `.cluster`, `.leader`, `.describe`, `.weight`, `.dump`.
+//! - `t11_python`: dqlite-dbapi and sqlalchemy-dqlite (Python 3.13, `scripts/setup-test-deps`).
+//! - `t12_captures`: dqlite 1.11's captured traffic replayed against atoll, with every
+//!   intentional difference listed.
+//! - `t13_commands`: `atoll demo`, `atoll init` refusals, a clean SIGTERM stop, a locked data
+//!   directory.
+//! - `t14_protocol`: membership requests on one node; a DUMP streamed in pieces.
+//! - `t50_durability`: kill -9 and restart; a crash loop under concurrent writers.
+//! - `t51_concurrency`: 64 concurrent writers, no "database is locked", group commit.
+//! - `t52_bad_input`: malformed frames, wrong versions, oversized messages, unknown ids, while
+//!   another client keeps being served.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod t10_dqlite_shell;
+mod t11_python;
+mod t12_captures;
+mod t13_commands;
+mod t14_protocol;
+mod t50_durability;
+mod t51_concurrency;
+mod t52_bad_input;

@@ -1,0 +1,82 @@
+//! The node commands from the outside: `atoll demo`, `atoll init` refusals, a clean stop on
+//! SIGTERM, a data directory in use, a directory that was never initialized.
+
+use crate::support::{atoll, AtollNode, Node};
+
+/// `atoll demo` needs no setup: it runs a node, the workload, stops the node and removes its
+/// temporary directory.
+#[test]
+fn test_demo_runs_a_workload_and_cleans_up() {
+    let out = atoll(&["demo"]);
+    let stdout = out.ok();
+    for wanted in [
+        "atoll demo: a one-node cluster in ",
+        "$ atoll init --data-dir ",
+        "node 1 is the leader at 127.0.0.1:",
+        "OK (4 rows changed)",
+        "| greenhouse |    23.0 | 2024-05-01 12:00:00 |",
+        "4 rows",
+        "| attic      |        1 |    30.0 |",
+        "stopped; databases checkpointed",
+        "removed ",
+    ] {
+        assert!(
+            stdout.contains(wanted),
+            "{wanted:?} missing from:\n{stdout}"
+        );
+    }
+    let dir = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("removed "))
+        .unwrap();
+    assert!(!std::path::Path::new(dir).exists(), "{dir} was removed");
+}
+
+#[test]
+fn test_init_refuses_a_non_empty_directory_and_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious"), b"keep").unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = atoll(&["init", "--data-dir", data, "--address", "127.0.0.1:9"]);
+    assert!(out.failed().contains("is not empty"), "{out:?}");
+    assert_eq!(std::fs::read(dir.path().join("precious")).unwrap(), b"keep");
+    let fresh = dir.path().join("fresh");
+    let fresh = fresh.to_str().unwrap();
+    let out = atoll(&["init", "--data-dir", fresh, "--address", "localhost"]);
+    assert!(out.failed().contains("is not HOST:PORT"), "{out:?}");
+    let out = atoll(&["init", "--data-dir", fresh, "--address", "h:1", "--id", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = atoll(&["start", "--data-dir", fresh]);
+    assert!(
+        out.failed().contains("is ")
+            && out.stderr.contains("a data directory made by `atoll init`"),
+        "{out:?}"
+    );
+}
+
+/// SIGTERM stops the node cleanly (exit 0, databases checkpointed); a second `atoll start` on a
+/// directory in use is refused; after the stop the node starts again with its data.
+#[test]
+fn test_sigterm_stops_cleanly_and_a_directory_in_use_is_refused() {
+    let mut node = AtollNode::start();
+    let address = node.address().to_owned();
+    crate::support::shell(
+        &address,
+        "kept",
+        &["CREATE TABLE t (x); INSERT INTO t VALUES (1)"],
+    )
+    .ok();
+    let data = node.data_dir();
+    let out = atoll(&["start", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        out.failed().contains("in use by another atoll process"),
+        "{out:?}"
+    );
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    let log = node.log();
+    assert!(log.contains("stopped; databases checkpointed"), "{log}");
+    node.restart();
+    let out = crate::support::shell(&address, "kept", &["-f", "csv", "SELECT x FROM t"]);
+    assert_eq!(out.ok(), "x\n1\n");
+}
