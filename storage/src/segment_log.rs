@@ -70,6 +70,8 @@ pub const MAPS_CACHED_DEFAULT: usize = 4;
 
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+// Segment sizes and offsets fit in a 32-bit `usize` (armv7), and offsets in the `u32` index.
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!((PAYLOAD_BYTES_MAX as u64) < SEGMENT_BYTES_MAX);
 
 const LOCK_FILE_NAME: &str = "LOCK";
@@ -530,11 +532,10 @@ impl SegmentLog {
         mmap::preallocate(file, len)
     }
 
-    /// The capacity of a new segment that must hold a record of `record_bytes`.
+    /// The capacity of a new segment that must hold a record of `record_bytes`: the configured
+    /// segment size when the record fits in it, else just enough whole pages for it alone.
     fn capacity_for(&self, record_bytes: usize) -> usize {
-        let needed = (SEGMENT_HEADER_BYTES + record_bytes).next_multiple_of(mmap::page_bytes());
-        let default = usize::try_from(self.options.segment_bytes).unwrap_or(usize::MAX);
-        needed.max(default)
+        segment_capacity(self.options.segment_bytes, record_bytes, mmap::page_bytes())
     }
 
     /// Creates a segment file at `dir/name.tmp`: blocks preallocated, header and `body` (records
@@ -1582,6 +1583,11 @@ fn recover_open(
         return Err(LogError::corrupt(path, 0, "larger than any segment"));
     }
     let capacity = usize::try_from(len).map_err(|_| LogError::corrupt(path, 0, "too large"))?;
+    if capacity == 0 {
+        // A spare whose preparation a crash cut short. Not mapped: POSIX `mmap` refuses a zero
+        // length (memmap2 maps one byte instead, which qemu-user refuses with 64 KiB pages).
+        return Ok(None);
+    }
     let map = SegmentMap::open_read_only(&file)
         .map_err(|error| LogError::io("mapping segment", path, error))?;
     let bytes = map.slice(0..map.len());
@@ -1634,6 +1640,21 @@ fn recover_open(
         runs,
         end: scan.end,
     }))
+}
+
+/// The capacity of a new segment that must hold a record of `record_bytes`, in a log of
+/// `segment_bytes` segments on a machine of `page_bytes` pages. The configured size is kept
+/// whenever the record fits, whatever the page size (aarch64 kernels may use 64 KiB pages, and a
+/// 4 KiB segment must stay 4 KiB there); only an oversized record's own segment is rounded up
+/// to whole pages.
+fn segment_capacity(segment_bytes: u64, record_bytes: usize, page_bytes: usize) -> usize {
+    let segment_bytes =
+        usize::try_from(segment_bytes).expect("SEGMENT_BYTES_MAX fits in a 32-bit usize");
+    let needed = SEGMENT_HEADER_BYTES + record_bytes;
+    if needed <= segment_bytes {
+        return segment_bytes;
+    }
+    needed.next_multiple_of(page_bytes)
 }
 
 fn zero_range(file: &File, start: usize, end: usize) -> io::Result<()> {

@@ -405,8 +405,50 @@ fn test_entry_larger_than_a_segment_gets_its_own() {
     drop(log);
     let log = open(dir.path(), 4096);
     assert_eq!(read_all(&log, 1, 4), written);
-    let big = dir.path().join("00000000000000000002-00000000000000000002");
-    assert_eq!(fs::metadata(big).unwrap().len(), 20480);
+    // Entry 2's segment is whole pages of this machine: 20 KiB with 4 KiB pages, where it is
+    // closed as `2-2`; 64 KiB on a 64 KiB-page kernel (aarch64), where entry 3 fits in its slack
+    // and it is still open. Every other segment keeps the configured 4 KiB.
+    let page_bytes = mmap::page_bytes();
+    let big = (SEGMENT_HEADER_BYTES + record_bytes(20_000)).next_multiple_of(page_bytes) as u64;
+    let sizes: Vec<(String, u64)> = segment_names(dir.path())
+        .into_iter()
+        .map(|name| {
+            let len = fs::metadata(dir.path().join(&name)).unwrap().len();
+            (name, len)
+        })
+        .collect();
+    let big_files: Vec<&String> = sizes
+        .iter()
+        .filter(|(_, len)| *len == big)
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(big_files.len(), 1, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|(_, len)| *len == big || *len == 4096),
+        "{sizes:?}"
+    );
+    if page_bytes == 4096 {
+        assert_eq!(big_files[0], "00000000000000000002-00000000000000000002");
+    }
+}
+
+#[test]
+fn test_segment_capacity_ignores_the_page_size_when_the_record_fits() {
+    // aarch64 kernels may use 64 KiB pages: a log of 4 KiB segments keeps 4 KiB segments there
+    // (the tests count records per segment), and only an oversized record's own segment is
+    // rounded up to whole pages of the machine.
+    for page_bytes in [4096, 16 << 10, 64 << 10] {
+        assert_eq!(segment_capacity(4096, 1032, page_bytes), 4096);
+        assert_eq!(segment_capacity(4096, 4096 - 16, page_bytes), 4096);
+        assert_eq!(segment_capacity(8 << 20, 1032, page_bytes), 8 << 20);
+        assert_eq!(
+            segment_capacity(4096, 4096, page_bytes),
+            4112_usize.next_multiple_of(page_bytes)
+        );
+    }
+    assert_eq!(segment_capacity(4096, 20_032, 4096), 20_480);
+    assert_eq!(segment_capacity(4096, 20_032, 64 << 10), 64 << 10);
+    assert_eq!(segment_capacity(4096, 70_000, 64 << 10), 128 << 10);
 }
 
 #[test]
