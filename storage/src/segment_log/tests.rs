@@ -11,6 +11,7 @@ fn options(segment_bytes: u64) -> Options {
     Options {
         segment_bytes,
         maps_cached_max: 2,
+        maps_cached_bytes_max: MAPS_CACHED_BYTES_DEFAULT,
     }
 }
 
@@ -449,6 +450,52 @@ fn test_segment_capacity_ignores_the_page_size_when_the_record_fits() {
     assert_eq!(segment_capacity(4096, 20_032, 4096), 20_480);
     assert_eq!(segment_capacity(4096, 20_032, 64 << 10), 64 << 10);
     assert_eq!(segment_capacity(4096, 70_000, 64 << 10), 128 << 10);
+}
+
+#[test]
+fn test_mapped_bytes_of_closed_segments_are_bounded() {
+    // Oversized entries get segments of their own, so the count of cached maps alone does not
+    // bound the address space (a 32-bit process has 3 GiB: four maps of 1 GiB entries do not
+    // fit). The byte budget unmaps older segments, but the one read last always stays mapped.
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 100_000;
+    let options = Options {
+        segment_bytes: 4096,
+        maps_cached_max: 4,
+        maps_cached_bytes_max: budget,
+    };
+    let mut log = SegmentLog::open(dir.path(), options.clone()).unwrap();
+    let mut written = entries(1..=6, 1, 1000);
+    written.extend([
+        entry(7, 1, 60_000),
+        entry(8, 1, 150_000),
+        entry(9, 1, 60_000),
+    ]);
+    written.extend(entries(10..=15, 1, 1000));
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = SegmentLog::open(dir.path(), options).unwrap();
+    for index in 1..=15 {
+        let read = read_all(&log, index, index + 1);
+        assert_eq!(read[0], written[index as usize - 1]);
+        drop(read);
+        let (count, bytes) = (log.maps_cached_count(), log.maps_cached_bytes());
+        assert!(count <= 4);
+        assert!(
+            bytes <= budget || count == 1,
+            "index {index}: {count} maps, {bytes} bytes"
+        );
+        if index == 8 {
+            // The 150 KB entry's segment alone is over the budget: everything else went.
+            assert_eq!(count, 1);
+            assert!(bytes > budget);
+        }
+    }
+    // Reading everything at once keeps each payload's map alive through the payload, not the
+    // cache: the cache stays within its budget all the same.
+    assert_eq!(read_all(&log, 1, 16), written);
+    assert!(log.maps_cached_bytes() <= budget || log.maps_cached_count() == 1);
 }
 
 #[test]
