@@ -1559,6 +1559,10 @@ fn recover_closed(
     if len < SEGMENT_HEADER_BYTES as u64 {
         return Err(LogError::corrupt(path, 0, "shorter than a segment header"));
     }
+    if len > SEGMENT_BYTES_MAX {
+        // Never mapped whole: no segment is that large, and a 32-bit process could not map it.
+        return Err(LogError::corrupt(path, 0, "larger than any segment"));
+    }
     let map = SegmentMap::open_read_only(&file)
         .map_err(|error| LogError::io("mapping segment", path, error))?;
     let bytes = map.slice(0..map.len());

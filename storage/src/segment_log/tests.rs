@@ -278,6 +278,29 @@ fn test_damaged_closed_segment_is_an_error_naming_file_and_offset() {
 }
 
 #[test]
+fn test_closed_segment_larger_than_any_segment_is_an_error_not_a_map() {
+    // A closed segment grown past SEGMENT_BYTES_MAX (2 GiB) is damage, refused before it is
+    // mapped: on a 32-bit machine, mapping such a file whole would exhaust the address space.
+    // The file grows sparsely here, so the test costs no disk space.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=10, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let name = "00000000000000000004-00000000000000000006";
+    let file = File::options()
+        .write(true)
+        .open(dir.path().join(name))
+        .unwrap();
+    file.set_len(SEGMENT_BYTES_MAX + 4096).unwrap();
+    drop(file);
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(name), "{text}");
+    assert!(text.contains("larger than any segment"), "{text}");
+}
+
+#[test]
 fn test_gap_between_segments_is_an_error() {
     // A missing middle segment (lost file) leaves a hole in the log: opening fails.
     let dir = tempfile::tempdir().unwrap();
