@@ -138,8 +138,12 @@ impl<L: LogRead> RaftLog<L> {
     /// storage error, which is recorded).
     pub fn term(&self, index: LogIndex) -> Option<Term> {
         if index >= self.unstable_offset {
-            let position = (index.0 - self.unstable_offset.0) as usize;
-            return self.unstable.get(position).map(|entry| entry.term);
+            // `index` may come from a message: on a 32-bit machine a plain `as usize` would wrap
+            // an index 2^32 past the tail onto an entry of the tail.
+            return usize::try_from(index.0 - self.unstable_offset.0)
+                .ok()
+                .and_then(|position| self.unstable.get(position))
+                .map(|entry| entry.term);
         }
         if let Some((snapshot_index, snapshot_term, _)) = self.snapshot_pending {
             if index == snapshot_index {
@@ -526,6 +530,27 @@ mod tests {
         let mut log = log_with(&[1, 1, 2]);
         log.commit_to(LogIndex(3));
         let _ = log.maybe_append(LogIndex(2), Term(1), LogIndex(3), vec![entry(3, 3)]);
+    }
+
+    #[test]
+    fn test_index_2_pow_32_past_the_unstable_tail_has_no_term() {
+        // Regression (armv7): `term` cast the distance into the unstable tail with `as usize`,
+        // so on a 32-bit machine an index 2^32 past the tail wrapped onto an entry of the tail,
+        // and an append whose previous entry was that far out was accepted as matching.
+        let mut log = log_with(&[1, 1, 2]);
+        log.maybe_append(LogIndex(3), Term(2), LogIndex(3), vec![entry(4, 3)])
+            .unwrap();
+        assert_eq!(
+            log.term(LogIndex(4)),
+            Some(Term(3)),
+            "4 is in the unstable tail"
+        );
+        let far = LogIndex(4 + (1 << 32));
+        assert_eq!(log.term(far), None);
+        assert!(log
+            .maybe_append(far, Term(3), LogIndex(3), vec![entry(far.0 + 1, 3)])
+            .is_none());
+        assert_eq!(log.last_index(), LogIndex(4));
     }
 
     #[test]

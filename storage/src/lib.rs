@@ -27,8 +27,8 @@
 //!   new entry after a crash;
 //! - a segment's blocks are preallocated before it is mapped for writing: a full disk is an
 //!   error from `append`, never a `SIGBUS`;
-//! - at most `maps_cached_max` closed segments are mapped at once: memory and address space do
-//!   not grow with the log.
+//! - at most `maps_cached_max` closed segments, and `maps_cached_bytes_max` bytes of them (or the
+//!   one read last), are mapped at once: memory and address space do not grow with the log.
 //!
 //! Byte order on disk: little-endian everywhere.
 //!

@@ -38,10 +38,11 @@
 //!
 //! # Memory
 //!
-//! Closed segments are mapped only when read, and at most `maps_cached_max` of them stay mapped
-//! (least recently used first out), each with its offset index; the open segment is always
-//! mapped. A [`Payload`] handed out keeps its map alive, so callers should not hoard payloads
-//! from many old segments. `term()` reads an in-memory list of term runs, one per term change.
+//! Closed segments are mapped only when read, and at most `maps_cached_max` of them, holding at
+//! most `maps_cached_bytes_max` bytes (or just the one read last), stay mapped (least recently
+//! used first out), each with its offset index; the open segment is always mapped. A
+//! [`Payload`] handed out keeps its map alive, so callers should not hoard payloads from many old
+//! segments. `term()` reads an in-memory list of term runs, one per term change.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -67,10 +68,19 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 31;
 /// How many closed segments stay mapped by default.
 pub const MAPS_CACHED_DEFAULT: usize = 4;
+/// How many bytes of closed segments stay mapped by default (64 MiB): only segments of
+/// oversized entries reach it, since `MAPS_CACHED_DEFAULT` default segments are 32 MiB.
+pub const MAPS_CACHED_BYTES_DEFAULT: u64 = 64 << 20;
 
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+// Segment sizes and offsets fit in a 32-bit `usize` (armv7), and offsets in the `u32` index.
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!((PAYLOAD_BYTES_MAX as u64) < SEGMENT_BYTES_MAX);
+// With the defaults, the log maps at most the open segment and 64 MiB of closed ones: a small
+// part of the 3 GiB of address space a 32-bit (armv7) process has.
+const _: () =
+    assert!(MAPS_CACHED_DEFAULT as u64 * SEGMENT_BYTES_DEFAULT <= MAPS_CACHED_BYTES_DEFAULT);
 
 const LOCK_FILE_NAME: &str = "LOCK";
 const SNAPSHOT_DIR_NAME: &str = "snapshots";
@@ -87,6 +97,11 @@ pub struct Options {
     /// How many closed segments may stay mapped at once (at least 1). Bounds the address space
     /// used, which matters on 32-bit machines.
     pub maps_cached_max: usize,
+    /// How many bytes of closed segments may stay mapped at once. The segment read last always
+    /// stays mapped, whatever its size; older ones are unmapped first. With `maps_cached_max`,
+    /// this keeps a log holding a few oversized entries (each in a segment of its own, up to
+    /// 1 GiB) from filling a 32-bit address space.
+    pub maps_cached_bytes_max: u64,
 }
 
 impl Default for Options {
@@ -94,6 +109,7 @@ impl Default for Options {
         Options {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             maps_cached_max: MAPS_CACHED_DEFAULT,
+            maps_cached_bytes_max: MAPS_CACHED_BYTES_DEFAULT,
         }
     }
 }
@@ -383,7 +399,10 @@ impl SegmentLog {
             dir,
             dir_file,
             _lock_file: lock_file,
-            cache: RefCell::new(MapCache::new(options.maps_cached_max)),
+            cache: RefCell::new(MapCache::new(
+                options.maps_cached_max,
+                options.maps_cached_bytes_max,
+            )),
             options,
             metadata,
             closed,
@@ -436,6 +455,12 @@ impl SegmentLog {
     /// How many closed segments are mapped right now (never more than `maps_cached_max`).
     pub fn maps_cached_count(&self) -> usize {
         self.cache.borrow().slots.len()
+    }
+
+    /// How many bytes of closed segments are mapped right now: at most `maps_cached_bytes_max`,
+    /// or the size of the one segment read last if that alone is larger.
+    pub fn maps_cached_bytes(&self) -> u64 {
+        self.cache.borrow().bytes
     }
 
     /// How many segment files the log has: closed, open (with entries) and spares.
@@ -530,11 +555,10 @@ impl SegmentLog {
         mmap::preallocate(file, len)
     }
 
-    /// The capacity of a new segment that must hold a record of `record_bytes`.
+    /// The capacity of a new segment that must hold a record of `record_bytes`: the configured
+    /// segment size when the record fits in it, else just enough whole pages for it alone.
     fn capacity_for(&self, record_bytes: usize) -> usize {
-        let needed = (SEGMENT_HEADER_BYTES + record_bytes).next_multiple_of(mmap::page_bytes());
-        let default = usize::try_from(self.options.segment_bytes).unwrap_or(usize::MAX);
-        needed.max(default)
+        segment_capacity(self.options.segment_bytes, record_bytes, mmap::page_bytes())
     }
 
     /// Creates a segment file at `dir/name.tmp`: blocks preallocated, header and `body` (records
@@ -1405,9 +1429,13 @@ impl TermRuns {
 }
 
 /// The closed segments currently mapped, least recently used evicted first.
+/// Invariant: `slots.len() <= capacity`, and `bytes <= bytes_max` unless one slot is left.
 struct MapCache {
     slots: Vec<CachedMap>,
     capacity: usize,
+    /// The mapped bytes of every slot.
+    bytes: u64,
+    bytes_max: u64,
     clock: u64,
 }
 
@@ -1419,10 +1447,12 @@ struct CachedMap {
 }
 
 impl MapCache {
-    fn new(capacity: usize) -> MapCache {
+    fn new(capacity: usize, bytes_max: u64) -> MapCache {
         MapCache {
             slots: Vec::with_capacity(capacity + 1),
             capacity,
+            bytes: 0,
+            bytes_max,
             clock: 0,
         }
     }
@@ -1437,13 +1467,17 @@ impl MapCache {
     fn insert(&mut self, first: LogIndex, map: Arc<SegmentMap>, offsets: Arc<[u32]>) {
         self.remove(first);
         self.clock += 1;
+        self.bytes += map.len() as u64;
         self.slots.push(CachedMap {
             first,
             map,
             offsets,
             used: self.clock,
         });
-        if self.slots.len() > self.capacity {
+        // Bounded: each round unmaps one slot, and the one just inserted (the newest) stays.
+        while self.slots.len() > self.capacity
+            || (self.bytes > self.bytes_max && self.slots.len() > 1)
+        {
             let oldest = self
                 .slots
                 .iter()
@@ -1451,13 +1485,21 @@ impl MapCache {
                 .min_by_key(|(_, slot)| slot.used)
                 .map(|(k, _)| k)
                 .expect("not empty");
-            self.slots.swap_remove(oldest);
+            let evicted = self.slots.swap_remove(oldest);
+            self.bytes -= evicted.map.len() as u64;
         }
         assert!(self.slots.len() <= self.capacity);
+        assert!(self.bytes <= self.bytes_max || self.slots.len() == 1);
     }
 
     fn remove(&mut self, first: LogIndex) {
-        self.slots.retain(|slot| slot.first != first);
+        let bytes = &mut self.bytes;
+        self.slots.retain(|slot| {
+            if slot.first == first {
+                *bytes -= slot.map.len() as u64;
+            }
+            slot.first != first
+        });
     }
 }
 
@@ -1516,6 +1558,10 @@ fn recover_closed(
         .len();
     if len < SEGMENT_HEADER_BYTES as u64 {
         return Err(LogError::corrupt(path, 0, "shorter than a segment header"));
+    }
+    if len > SEGMENT_BYTES_MAX {
+        // Never mapped whole: no segment is that large, and a 32-bit process could not map it.
+        return Err(LogError::corrupt(path, 0, "larger than any segment"));
     }
     let map = SegmentMap::open_read_only(&file)
         .map_err(|error| LogError::io("mapping segment", path, error))?;
@@ -1582,6 +1628,11 @@ fn recover_open(
         return Err(LogError::corrupt(path, 0, "larger than any segment"));
     }
     let capacity = usize::try_from(len).map_err(|_| LogError::corrupt(path, 0, "too large"))?;
+    if capacity == 0 {
+        // A spare whose preparation a crash cut short. Not mapped: POSIX `mmap` refuses a zero
+        // length (memmap2 maps one byte instead, which qemu-user refuses with 64 KiB pages).
+        return Ok(None);
+    }
     let map = SegmentMap::open_read_only(&file)
         .map_err(|error| LogError::io("mapping segment", path, error))?;
     let bytes = map.slice(0..map.len());
@@ -1634,6 +1685,21 @@ fn recover_open(
         runs,
         end: scan.end,
     }))
+}
+
+/// The capacity of a new segment that must hold a record of `record_bytes`, in a log of
+/// `segment_bytes` segments on a machine of `page_bytes` pages. The configured size is kept
+/// whenever the record fits, whatever the page size (aarch64 kernels may use 64 KiB pages, and a
+/// 4 KiB segment must stay 4 KiB there); only an oversized record's own segment is rounded up
+/// to whole pages.
+fn segment_capacity(segment_bytes: u64, record_bytes: usize, page_bytes: usize) -> usize {
+    let segment_bytes =
+        usize::try_from(segment_bytes).expect("SEGMENT_BYTES_MAX fits in a 32-bit usize");
+    let needed = SEGMENT_HEADER_BYTES + record_bytes;
+    if needed <= segment_bytes {
+        return segment_bytes;
+    }
+    needed.next_multiple_of(page_bytes)
 }
 
 fn zero_range(file: &File, start: usize, end: usize) -> io::Result<()> {

@@ -476,7 +476,11 @@ impl DbFiles {
         if capture.active {
             let start = wal::frame_offset(capture.base_frame + 1, self.options.page_size);
             if offset >= start {
-                let from = (offset - start) as usize;
+                // Past what a `usize` holds (32-bit) is past the captured bytes too; a read
+                // past them is short and zero-filled.
+                let from = usize::try_from(offset - start)
+                    .unwrap_or(usize::MAX)
+                    .min(capture.buffer.len());
                 let available = capture.buffer.len().saturating_sub(from);
                 let copied = available.min(buffer.len());
                 buffer[..copied].copy_from_slice(&capture.buffer[from..from + copied]);
@@ -530,12 +534,16 @@ impl DbFiles {
             );
             return rusqlite::ffi::SQLITE_IOERR_WRITE;
         }
-        let from = (offset - start) as usize;
-        let end = from + buffer.len();
-        if end > self.options.capture_bytes_max {
+        // An offset past what a `usize` holds (32-bit) is past the capture limit too: never let
+        // it wrap onto captured bytes.
+        let end = usize::try_from(offset - start)
+            .ok()
+            .and_then(|from| from.checked_add(buffer.len()));
+        let Some(end) = end.filter(|&end| end <= self.options.capture_bytes_max) else {
             capture.overflow = true;
             return rusqlite::ffi::SQLITE_FULL;
-        }
+        };
+        let from = end - buffer.len();
         if capture.buffer.len() < end {
             capture.buffer.resize(end, 0);
         }

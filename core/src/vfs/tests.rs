@@ -64,3 +64,31 @@ fn test_capture_refuses_wal_writes_outside_transactions() {
         0
     );
 }
+
+#[test]
+fn test_captured_wal_offsets_4_gib_out_never_wrap() {
+    // Regression (armv7): the distance of a WAL offset into the captured frames was cast with
+    // `as usize`, so on a 32-bit machine an offset 4 GiB past them wrapped onto them: a write
+    // there would overwrite captured frames and a read would return them. Now such a write is
+    // past the capture limit (SQLITE_FULL) and such a read is short and zero-filled, on every
+    // machine; a read just past the captured bytes no longer panics either.
+    let dir = tempfile::tempdir().unwrap();
+    let (_vfs, files) = database(dir.path());
+    files.state.lock().unwrap().capture.active = true;
+    let start = wal::frame_offset(1, 512);
+    let frame = vec![7u8; wal::FRAME_HEADER_BYTES + 512];
+    assert_eq!(files.wal_write(&frame, start), OK);
+    let far = start + (1u64 << 32);
+    assert_eq!(files.wal_write(&[9u8; 24], far), rusqlite::ffi::SQLITE_FULL);
+    for offset in [far, start + frame.len() as u64 + 8] {
+        let mut read = vec![1u8; 24];
+        assert_eq!(
+            files.wal_read(&mut read, offset),
+            rusqlite::ffi::SQLITE_IOERR_SHORT_READ
+        );
+        assert_eq!(read, vec![0u8; 24]);
+    }
+    let mut read = vec![0u8; 24];
+    assert_eq!(files.wal_read(&mut read, start), OK);
+    assert_eq!(read, vec![7u8; 24]);
+}

@@ -124,18 +124,28 @@ impl Header {
 
     /// Body length in bytes, validated: at least one word (every defined message has one; a
     /// 0-word header crashes dqlite 1.11) and at most `body_bytes_max`.
+    ///
+    /// A header can declare up to 32 GiB, more than a 32-bit machine can address: the maximum is
+    /// also capped at `usize::MAX`, so such a header is `MessageTooLarge` there, never a panic.
     pub fn body_bytes_checked(&self, body_bytes_max: u64) -> Result<usize, DecodeError> {
+        self.body_bytes_within(
+            body_bytes_max,
+            u64::try_from(usize::MAX).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// [`Header::body_bytes_checked`] on a machine whose `usize` ends at `usize_max` (a
+    /// parameter, so that tests on a 64-bit machine cover the 32-bit case too).
+    fn body_bytes_within(&self, body_bytes_max: u64, usize_max: u64) -> Result<usize, DecodeError> {
         if self.words == 0 {
             return Err(DecodeError::EmptyBody { kind: self.kind });
         }
         let body_bytes = self.body_bytes();
-        if body_bytes > body_bytes_max {
-            return Err(DecodeError::MessageTooLarge {
-                body_bytes,
-                max: body_bytes_max,
-            });
+        let max = body_bytes_max.min(usize_max);
+        if body_bytes > max {
+            return Err(DecodeError::MessageTooLarge { body_bytes, max });
         }
-        Ok(usize::try_from(body_bytes).expect("body_bytes_max fits in usize"))
+        Ok(usize::try_from(body_bytes).expect("at most usize::MAX, checked above"))
     }
 }
 
@@ -182,4 +192,43 @@ pub(crate) fn finish_message(out: &mut [u8], start: usize, kind: u8, schema: u8)
         extra: 0,
     };
     out[start..start + HEADER_BYTES].copy_from_slice(&header.encode());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_huge_word_count_is_too_large_on_32_bit_not_a_panic() {
+        // u32::MAX words declare a 32 GiB body. On armv7 that does not fit in a usize: decoding
+        // such a header from untrusted bytes panicked there ("body_bytes_max fits in usize")
+        // until the maximum was capped at usize::MAX. Checked here for a 32-bit usize on any
+        // machine, and through the public decoders on this one.
+        let header = Header {
+            words: u32::MAX,
+            kind: 0,
+            schema: 0,
+            extra: 0,
+        };
+        let usize_max_32_bit = u64::from(u32::MAX);
+        assert_eq!(
+            header.body_bytes_within(u64::MAX, usize_max_32_bit),
+            Err(DecodeError::MessageTooLarge {
+                body_bytes: u64::from(u32::MAX) * 8,
+                max: usize_max_32_bit,
+            })
+        );
+        let fits = Header {
+            words: (u32::MAX / 8) - 1,
+            ..header
+        };
+        assert_eq!(
+            fits.body_bytes_within(u64::MAX, usize_max_32_bit),
+            Ok(usize::try_from(fits.body_bytes()).unwrap())
+        );
+        let mut message = header.encode().to_vec();
+        message.extend_from_slice(&[0u8; 8]);
+        assert!(split_message(&message).is_err());
+        assert!(Request::decode_message(&message).is_err());
+    }
 }

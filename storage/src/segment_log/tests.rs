@@ -11,6 +11,7 @@ fn options(segment_bytes: u64) -> Options {
     Options {
         segment_bytes,
         maps_cached_max: 2,
+        maps_cached_bytes_max: MAPS_CACHED_BYTES_DEFAULT,
     }
 }
 
@@ -277,6 +278,29 @@ fn test_damaged_closed_segment_is_an_error_naming_file_and_offset() {
 }
 
 #[test]
+fn test_closed_segment_larger_than_any_segment_is_an_error_not_a_map() {
+    // A closed segment grown past SEGMENT_BYTES_MAX (2 GiB) is damage, refused before it is
+    // mapped: on a 32-bit machine, mapping such a file whole would exhaust the address space.
+    // The file grows sparsely here, so the test costs no disk space.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=10, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let name = "00000000000000000004-00000000000000000006";
+    let file = File::options()
+        .write(true)
+        .open(dir.path().join(name))
+        .unwrap();
+    file.set_len(SEGMENT_BYTES_MAX + 4096).unwrap();
+    drop(file);
+    let error = SegmentLog::open(dir.path(), options(4096)).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(name), "{text}");
+    assert!(text.contains("larger than any segment"), "{text}");
+}
+
+#[test]
 fn test_gap_between_segments_is_an_error() {
     // A missing middle segment (lost file) leaves a hole in the log: opening fails.
     let dir = tempfile::tempdir().unwrap();
@@ -405,8 +429,96 @@ fn test_entry_larger_than_a_segment_gets_its_own() {
     drop(log);
     let log = open(dir.path(), 4096);
     assert_eq!(read_all(&log, 1, 4), written);
-    let big = dir.path().join("00000000000000000002-00000000000000000002");
-    assert_eq!(fs::metadata(big).unwrap().len(), 20480);
+    // Entry 2's segment is whole pages of this machine: 20 KiB with 4 KiB pages, where it is
+    // closed as `2-2`; 64 KiB on a 64 KiB-page kernel (aarch64), where entry 3 fits in its slack
+    // and it is still open. Every other segment keeps the configured 4 KiB.
+    let page_bytes = mmap::page_bytes();
+    let big = (SEGMENT_HEADER_BYTES + record_bytes(20_000)).next_multiple_of(page_bytes) as u64;
+    let sizes: Vec<(String, u64)> = segment_names(dir.path())
+        .into_iter()
+        .map(|name| {
+            let len = fs::metadata(dir.path().join(&name)).unwrap().len();
+            (name, len)
+        })
+        .collect();
+    let big_files: Vec<&String> = sizes
+        .iter()
+        .filter(|(_, len)| *len == big)
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(big_files.len(), 1, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|(_, len)| *len == big || *len == 4096),
+        "{sizes:?}"
+    );
+    if page_bytes == 4096 {
+        assert_eq!(big_files[0], "00000000000000000002-00000000000000000002");
+    }
+}
+
+#[test]
+fn test_segment_capacity_ignores_the_page_size_when_the_record_fits() {
+    // aarch64 kernels may use 64 KiB pages: a log of 4 KiB segments keeps 4 KiB segments there
+    // (the tests count records per segment), and only an oversized record's own segment is
+    // rounded up to whole pages of the machine.
+    for page_bytes in [4096, 16 << 10, 64 << 10] {
+        assert_eq!(segment_capacity(4096, 1032, page_bytes), 4096);
+        assert_eq!(segment_capacity(4096, 4096 - 16, page_bytes), 4096);
+        assert_eq!(segment_capacity(8 << 20, 1032, page_bytes), 8 << 20);
+        assert_eq!(
+            segment_capacity(4096, 4096, page_bytes),
+            4112_usize.next_multiple_of(page_bytes)
+        );
+    }
+    assert_eq!(segment_capacity(4096, 20_032, 4096), 20_480);
+    assert_eq!(segment_capacity(4096, 20_032, 64 << 10), 64 << 10);
+    assert_eq!(segment_capacity(4096, 70_000, 64 << 10), 128 << 10);
+}
+
+#[test]
+fn test_mapped_bytes_of_closed_segments_are_bounded() {
+    // Oversized entries get segments of their own, so the count of cached maps alone does not
+    // bound the address space (a 32-bit process has 3 GiB: four maps of 1 GiB entries do not
+    // fit). The byte budget unmaps older segments, but the one read last always stays mapped.
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 100_000;
+    let options = Options {
+        segment_bytes: 4096,
+        maps_cached_max: 4,
+        maps_cached_bytes_max: budget,
+    };
+    let mut log = SegmentLog::open(dir.path(), options.clone()).unwrap();
+    let mut written = entries(1..=6, 1, 1000);
+    written.extend([
+        entry(7, 1, 60_000),
+        entry(8, 1, 150_000),
+        entry(9, 1, 60_000),
+    ]);
+    written.extend(entries(10..=15, 1, 1000));
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = SegmentLog::open(dir.path(), options).unwrap();
+    for index in 1..=15 {
+        let read = read_all(&log, index, index + 1);
+        assert_eq!(read[0], written[index as usize - 1]);
+        drop(read);
+        let (count, bytes) = (log.maps_cached_count(), log.maps_cached_bytes());
+        assert!(count <= 4);
+        assert!(
+            bytes <= budget || count == 1,
+            "index {index}: {count} maps, {bytes} bytes"
+        );
+        if index == 8 {
+            // The 150 KB entry's segment alone is over the budget: everything else went.
+            assert_eq!(count, 1);
+            assert!(bytes > budget);
+        }
+    }
+    // Reading everything at once keeps each payload's map alive through the payload, not the
+    // cache: the cache stays within its budget all the same.
+    assert_eq!(read_all(&log, 1, 16), written);
+    assert!(log.maps_cached_bytes() <= budget || log.maps_cached_count() == 1);
 }
 
 #[test]
