@@ -9,6 +9,8 @@
 //! - `t13_commands`: `atoll demo`, `atoll init` refusals, a clean SIGTERM stop, a locked data
 //!   directory.
 //! - `t14_protocol`: membership requests on one node; a DUMP streamed in pieces.
+//! - `t20_cluster`: three nodes from `atoll init` + `atoll join`, identical databases; failover
+//!   under a write loop; a restarted node catches up.
 //! - `t50_durability`: kill -9 and restart; a crash loop under concurrent writers.
 //! - `t51_concurrency`: 64 concurrent writers, no "database is locked", group commit.
 //! - `t52_bad_input`: malformed frames, wrong versions, oversized messages, unknown ids, while
@@ -22,6 +24,7 @@ mod t11_python;
 mod t12_captures;
 mod t13_commands;
 mod t14_protocol;
+mod t20_cluster;
 mod t50_durability;
 mod t51_concurrency;
 mod t52_bad_input;
