@@ -230,6 +230,8 @@ pub struct Node {
     join: Option<join::Join>,
     /// SIGTERM on a leader: leadership is handed over first, until this deadline.
     handover_until: Option<Instant>,
+    /// After a handover, the node keeps answering (as a follower) until this instant.
+    linger_until: Option<Instant>,
     snapshot_job: Option<SnapshotJob>,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
@@ -385,6 +387,7 @@ impl Node {
             roles: roles::Roles::default(),
             join: None,
             handover_until: None,
+            linger_until: None,
             snapshot_job: None,
             snapshot_next_at,
             last_apply_at: Instant::now(),
@@ -557,7 +560,11 @@ impl Node {
                         atoll_raft::Error::ProposalDropped => values::REASON_BUSY,
                         _ => values::REASON_LEADERSHIP_LOST,
                     };
-                    warn!("{} proposal(s) refused by raft: {e}", ids.len());
+                    if matches!(e, atoll_raft::Error::TransferInProgress) {
+                        debug!("{} proposal(s) refused by raft: {e}", ids.len());
+                    } else {
+                        warn!("{} proposal(s) refused by raft: {e}", ids.len());
+                    }
                     for id in ids {
                         self.engine.discard(id, reason);
                     }
@@ -894,19 +901,32 @@ impl Node {
     /// as "not leader", which clients retry on the new leader), and waits for it, a bounded
     /// time; then it stops as any node does.
     fn handover_done(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(until) = self.linger_until {
+            return now >= until;
+        }
         let me = NodeId(self.config.id);
         if self.raft.role() != StateRole::Leader
             || !self.raft.configuration().voters().any(|id| id != me)
         {
             if self.handover_until.take().is_some() {
-                match self.raft.leader_id() {
-                    Some(leader) => info!("leadership handed over to node {leader}"),
-                    None => info!("leadership handed over"),
-                }
+                info!(
+                    "leadership handed over (now term {}, leader {})",
+                    self.raft.term(),
+                    self.raft
+                        .leader_id()
+                        .map_or("not known yet".to_owned(), |id| format!("node {id}"))
+                );
+                // Serve a moment longer as a follower: a client with a request in flight or
+                // about to send one gets "not leader" (retried on the new leader) instead of a
+                // closed connection (an unknown outcome).
+                let linger = (self.tick * self.config.election_ticks_max * 2)
+                    .max(Duration::from_millis(200));
+                self.linger_until = Some(now + linger);
+                return false;
             }
             return true;
         }
-        let now = Instant::now();
         match self.handover_until {
             Some(until) if now >= until => {
                 warn!("stopping: leadership was not handed over in time");

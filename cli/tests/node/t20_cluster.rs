@@ -84,7 +84,7 @@ fn test_three_nodes_from_the_cli_hold_identical_databases() {
 }
 
 /// Writes acknowledged so far, by a writer thread.
-struct Writer {
+pub(crate) struct Writer {
     acknowledged: Arc<Mutex<Vec<i64>>>,
     stop: Arc<AtomicBool>,
     handle: thread::JoinHandle<Vec<String>>,
@@ -93,7 +93,7 @@ struct Writer {
 /// A client inserting increasing keys in a loop until stopped. An outcome-unknown write (the
 /// leader died while it ran) is retried with the same key (`INSERT OR IGNORE`), so every key
 /// it reports acknowledged is one the cluster confirmed. Returns the errors it saw.
-fn start_writer(addresses: Vec<String>) -> Writer {
+pub(crate) fn start_writer(addresses: Vec<String>) -> Writer {
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let (acks, stopped) = (acknowledged.clone(), stop.clone());
@@ -138,19 +138,19 @@ fn start_writer(addresses: Vec<String>) -> Writer {
 }
 
 impl Writer {
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.acknowledged.lock().unwrap().len()
     }
 
     /// Waits until `more` writes past the current count are acknowledged.
-    fn wait_progress(&self, more: usize, what: &str) {
+    pub(crate) fn wait_progress(&self, more: usize, what: &str) {
         let target = self.count() + more;
         wait_for(what, READY_TIMEOUT, || {
             (self.count() >= target).then_some(())
         });
     }
 
-    fn finish(self) -> (Vec<i64>, Vec<String>) {
+    pub(crate) fn finish(self) -> (Vec<i64>, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
         let errors = self.handle.join().expect("writer thread");
         let acknowledged = self.acknowledged.lock().unwrap().clone();
@@ -159,7 +159,7 @@ impl Writer {
 }
 
 /// Every acknowledged key is in table `w` on node `index`.
-fn assert_all_present(cluster: &AtollCluster, index: usize, acknowledged: &[i64]) {
+pub(crate) fn assert_all_present(cluster: &AtollCluster, index: usize, acknowledged: &[i64]) {
     let mut connection = atoll_net::client::Connection::connect(
         cluster.nodes[index].address(),
         &ClientConfig::default(),
