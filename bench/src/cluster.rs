@@ -495,7 +495,7 @@ fn kv_atoll(
                 let mut client = Client::connect(&addresses, client_config())
                     .map_err(|e| format!("connect: {e}"))?;
                 client.open("bench").map_err(|e| format!("open: {e}"))?;
-                let mut letters = Letters(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1) * 7919);
+                let mut letters = Letters(0x9e37_79b9_7f4a_7c15 ^ ((worker as u64 + 1) * 7919));
                 let mut samples = Samples::with_capacity(1 << 16);
                 let mut errors = 0;
                 while Instant::now() < start {
