@@ -4,7 +4,8 @@
 //! for failover, `dqlite-benchmark` for kv).
 //!
 //! The `atoll` binary is the one built beside this one (`target/<profile>/atoll`), built with
-//! `cargo build -p atoll` first if missing, or the one `ATOLL_BIN` names.
+//! `cargo build -p atoll` first if missing, or the one `ATOLL_BIN` names. `ATOLL_BENCH_KEEP=1`
+//! keeps the nodes' data directories and logs.
 
 use std::fs;
 use std::net::TcpListener;
@@ -139,7 +140,11 @@ impl LocalCluster {
             Server::Atoll => atoll_binary()?,
             Server::DqliteDemo => PathBuf::from("dqlite-demo"),
         };
-        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        let mut dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        if std::env::var_os("ATOLL_BENCH_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping the nodes' directory {}", dir.path().display());
+        }
         let mut cluster = LocalCluster {
             server,
             binary,
@@ -297,6 +302,21 @@ impl LocalCluster {
         }
     }
 
+    /// The highest Raft term among the atoll nodes (each election raises it).
+    fn term(&self) -> Result<u64, String> {
+        let mut term = 0;
+        for node in &self.nodes {
+            let mut connection = Connection::connect_atoll(&node.address, &client_config())
+                .map_err(|e| format!("{}: {e}", node.address))?
+                .ok_or_else(|| format!("{} is not an atoll node", node.address))?;
+            let metadata = connection
+                .describe_v1()
+                .map_err(|e| format!("{}: {e}", node.address))?;
+            term = term.max(metadata.term);
+        }
+        Ok(term)
+    }
+
     /// RSS of every running node, in MiB.
     fn rss_mib(&self) -> Vec<f64> {
         self.nodes
@@ -308,10 +328,10 @@ impl LocalCluster {
     }
 }
 
-/// A client writing in a loop, recording when each write was acknowledged.
+/// A client writing in a loop, recording when each acknowledged write was sent and answered.
 struct LoopWriter {
     stop: Arc<AtomicBool>,
-    acknowledged: Arc<Mutex<Vec<Instant>>>,
+    acknowledged: Arc<Mutex<Vec<(Instant, Instant)>>>,
     handle: thread::JoinHandle<Result<(), String>>,
 }
 
@@ -328,9 +348,10 @@ fn start_loop_writer(addresses: Vec<String>) -> LoopWriter {
             .map_err(|e| format!("create: {e}"))?;
         let mut key = 0i64;
         while !stopped.load(Ordering::SeqCst) {
+            let sent = Instant::now();
             match client.exec_sql("INSERT OR IGNORE INTO f VALUES (?)", &[Value::Integer(key)]) {
                 Ok(_) => {
-                    acks.lock().expect("acks").push(Instant::now());
+                    acks.lock().expect("acks").push((sent, Instant::now()));
                     key += 1;
                 }
                 Err(ClientError::NoLeader { .. }) => {}
@@ -347,13 +368,15 @@ fn start_loop_writer(addresses: Vec<String>) -> LoopWriter {
 }
 
 impl LoopWriter {
+    /// The answer to the first write sent after `instant` (an answer arriving just after a
+    /// kill to a write sent before it was sent by the dead leader: it does not count).
     fn first_ack_after(&self, instant: Instant) -> Option<Instant> {
         let acks = self.acknowledged.lock().expect("acks");
         acks.iter()
             .rev()
-            .take_while(|a| **a > instant)
+            .take_while(|(sent, _)| *sent > instant)
             .last()
-            .copied()
+            .map(|(_, acked)| *acked)
     }
 
     fn acks(&self) -> usize {
@@ -377,6 +400,17 @@ fn number<T: std::str::FromStr>(options: &Options, name: &str, default: T) -> Re
     }
 }
 
+/// The atoll timing flags given to the suite, passed on to `atoll init` and `atoll join`.
+fn timing_settings(options: &Options) -> Vec<String> {
+    let mut settings = Vec::new();
+    for flag in ["--heartbeat-ms", "--election-timeout-ms", "--tick-ms"] {
+        if let Some(value) = options.value(flag) {
+            settings.extend([flag.to_owned(), value.to_owned()]);
+        }
+    }
+    settings
+}
+
 /// `failover`: kill -9 the leader under a write loop, time the next acknowledged write, restart
 /// the killed node, wait for it to catch up; repeat.
 pub fn failover(options: &Options) -> Result<(), String> {
@@ -390,14 +424,11 @@ pub fn failover(options: &Options) -> Result<(), String> {
     if nodes < 3 {
         return Err("--nodes must be at least 3 (a failover needs a majority left)".into());
     }
-    let mut settings = Vec::new();
-    for flag in ["--heartbeat-ms", "--election-timeout-ms", "--tick-ms"] {
-        if let Some(value) = options.value(flag) {
-            if server != Server::Atoll {
-                return Err(format!("{flag} is an atoll setting"));
-            }
-            settings.extend([flag.to_owned(), value.to_owned()]);
-        }
+    let settings = timing_settings(options);
+    if server != Server::Atoll && !settings.is_empty() {
+        return Err(
+            "--heartbeat-ms, --election-timeout-ms and --tick-ms are atoll settings".into(),
+        );
     }
     let mut cluster = LocalCluster::start(server, nodes, &settings)?;
     println!(
@@ -578,7 +609,11 @@ fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResul
             log: PathBuf::new(),
         });
     }
-    let results = children[0].data.join("results");
+    // Newer go-dqlite writes results under DIR/results, Debian's 1.11 under DIR/ADDRESS/results.
+    let results = [
+        children[0].data.join(&addresses[0]).join("results"),
+        children[0].data.join("results"),
+    ];
     let deadline = Instant::now() + WAIT_MAX + Duration::from_secs(seconds);
     let status = loop {
         let driver = children[0].child.as_mut().expect("spawned");
@@ -596,7 +631,13 @@ fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResul
     }
     let mut samples = Samples::with_capacity(1 << 16);
     let (mut ops, mut errors) = (0, 0);
-    let entries = fs::read_dir(&results).map_err(|e| format!("{}: {e}", results.display()))?;
+    let results = results.iter().find(|dir| dir.is_dir()).ok_or_else(|| {
+        format!(
+            "dqlite-benchmark wrote no results under {}",
+            dir.path().display()
+        )
+    })?;
+    let entries = fs::read_dir(results).map_err(|e| format!("{}: {e}", results.display()))?;
     for entry in entries {
         let path = entry.map_err(|e| e.to_string())?.path();
         let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -653,7 +694,8 @@ pub fn kv(options: &Options) -> Result<(), String> {
         None => vec![1, 16, 64],
     };
     let with_dqlite = options.rest.iter().any(|a| a == "--dqlite");
-    let cluster = LocalCluster::start(Server::Atoll, nodes, &[])?;
+    let settings = timing_settings(options);
+    let cluster = LocalCluster::start(Server::Atoll, nodes, &settings)?;
     let mut lines = Vec::new();
     for &count in &workers {
         if with_dqlite {
@@ -661,7 +703,12 @@ pub fn kv(options: &Options) -> Result<(), String> {
             let line = kv_line("dqlite-benchmark", count, &mut dqlite);
             println!("{line}");
         }
+        let term_before = cluster.term()?;
         let mut result = kv_atoll(&cluster, count, seconds, value_bytes)?;
+        let elections = cluster.term()? - term_before;
+        if elections > 0 {
+            println!("kv: {elections} election(s) during the run with {count} workers");
+        }
         lines.push(kv_line("kvwrite", count, &mut result));
         println!("{}", lines.last().expect("pushed"));
     }

@@ -1,6 +1,6 @@
 //! `atoll`: the command line of a distributed SQLite.
 //!
-//! The node commands (`init`, `join`, `start`, `demo`) set up and run a node (`node/`: the event loop
+//! The node commands (`init`, `join`, `start`, `demo`) set up and run a node (`node/`: the loop
 //! wiring the reactor, Raft, the log and the SQLite engine).
 //!
 //! The client commands (`shell`, `dump`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk

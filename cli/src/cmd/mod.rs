@@ -87,19 +87,20 @@ pub struct ClusterArgs {
 /// (for good: the file is rewritten before the node starts).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct NodeSettings {
-    /// Leader heartbeat interval (ms; default 20). Followers notice a dead leader after the
+    /// Leader heartbeat interval (ms; default 30). Followers notice a dead leader after the
     /// election timeout, so failover takes about the election timeout plus a few round trips.
     #[arg(long, value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
 
-    /// Election timeout (ms; default 100): each follower waits a random time between this and
+    /// Election timeout (ms; default 300): each follower waits a random time between this and
     /// twice this without hearing from the leader before it campaigns. Shorter: faster
     /// failover; too short for the network or the disk: needless elections under load.
     #[arg(long, value_name = "MS")]
     pub election_timeout_ms: Option<u64>,
 
-    /// Length of one raft tick (ms; default 10, or half the heartbeat when that is shorter
-    /// than 20 ms). The heartbeat and election timeout must be whole numbers of ticks.
+    /// Length of one raft tick (ms; default 10, or half the heartbeat when a heartbeat or an
+    /// election timeout is given: 1 to 10). The heartbeat and election timeout must be whole
+    /// numbers of ticks.
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
 

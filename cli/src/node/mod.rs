@@ -232,6 +232,10 @@ pub struct Node {
     handover_until: Option<Instant>,
     /// After a handover, the node keeps answering (as a follower) until this instant.
     linger_until: Option<Instant>,
+    /// Time spent this turn persisting, syncing and applying (reported for slow turns).
+    turn_persist: Duration,
+    turn_sync: Duration,
+    turn_apply: Duration,
     snapshot_job: Option<SnapshotJob>,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
@@ -388,6 +392,9 @@ impl Node {
             join: None,
             handover_until: None,
             linger_until: None,
+            turn_persist: Duration::ZERO,
+            turn_sync: Duration::ZERO,
+            turn_apply: Duration::ZERO,
             snapshot_job: None,
             snapshot_next_at,
             last_apply_at: Instant::now(),
@@ -437,17 +444,50 @@ impl Node {
             self.reactor
                 .poll(&mut events, timeout)
                 .map_err(|e| fatal("polling", e))?;
+            let turn_start = Instant::now();
             let now = self.started.elapsed().as_millis() as u64;
             self.engine.set_time(now);
             self.drain_engine();
+            let event_count = events.len();
             for event in events.drain(..) {
                 self.on_event(event)?;
             }
+            let events_done = Instant::now();
             self.drive_raft()?;
+            let raft_done = Instant::now();
             self.after_turn()?;
+            self.note_slow_turn(turn_start, events_done, raft_done, event_count);
         }
         self.stop();
         Ok(())
+    }
+
+    /// A turn long enough to delay heartbeats (half an election timeout) is logged with where
+    /// the time went: the operator sees why an election happened.
+    fn note_slow_turn(
+        &mut self,
+        start: Instant,
+        events_done: Instant,
+        raft_done: Instant,
+        event_count: usize,
+    ) {
+        let took = start.elapsed();
+        let budget = self.tick * self.config.election_ticks_min / 2;
+        if took >= budget {
+            warn!(
+                "slow loop turn: {took:?} ({event_count} events {:?}; raft {:?}: persist {:?}, \
+                 sync {:?}, apply {:?}; after {:?}); half the election timeout is {budget:?}",
+                events_done - start,
+                raft_done - events_done,
+                self.turn_persist,
+                self.turn_sync,
+                self.turn_apply,
+                raft_done.elapsed()
+            );
+        }
+        self.turn_persist = Duration::ZERO;
+        self.turn_sync = Duration::ZERO;
+        self.turn_apply = Duration::ZERO;
     }
 
     fn on_event(&mut self, event: Event) -> Result<(), NodeError> {
@@ -600,7 +640,9 @@ impl Node {
                 "compaction through {index} would pass the checkpoint index {floor}"
             );
         }
+        let persist_start = Instant::now();
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
+        self.turn_persist += persist_start.elapsed();
         if let Some((index, _)) = ready.compact {
             debug!("log compacted through {index}");
         }
@@ -608,17 +650,20 @@ impl Node {
         self.send_messages(std::mem::take(&mut ready.messages));
         // 4. One sync for the whole batch, then durability goes back to raft.
         if ready.must_sync() {
+            let sync_start = Instant::now();
             self.raft
                 .log_mut()
                 .sync()
                 .map_err(|e| fatal("syncing the log", e))?;
             self.stats.syncs += 1;
+            self.turn_sync += sync_start.elapsed();
         }
         if let Some((index, term)) = ready.persist_point() {
             self.raft.on_persisted(index, term);
         }
         self.send_messages(std::mem::take(&mut ready.persisted_messages));
         // 5. Apply the committed entries, answering the writes they carry.
+        let apply_start = Instant::now();
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
@@ -636,6 +681,7 @@ impl Node {
         if !ready.committed_entries.is_empty() {
             self.last_apply_at = Instant::now();
         }
+        self.turn_apply += apply_start.elapsed();
         // Reads whose index is applied now: run them (raft releases a read state only then).
         for read in &ready.read_states {
             self.read_confirmed(read.context, read.index);
@@ -938,7 +984,10 @@ impl Node {
                     self.tick * self.config.election_ticks_max * 3 + Duration::from_millis(300);
                 match self.raft.transfer_leadership(None) {
                     Ok(to) => {
-                        info!("stopping: handing leadership over to node {to} first (at most {wait:?})");
+                        info!(
+                            "stopping: handing leadership over to node {to} first (waiting at \
+                             most {wait:?})"
+                        );
                         self.handover_until = Some(now + wait);
                         false
                     }

@@ -160,7 +160,10 @@ impl Node {
         reason: CloseReason,
         frames_dropped: u64,
     ) {
-        debug!("peer {node} {direction:?} connection ended: {reason:?}, {frames_dropped} frames dropped");
+        debug!(
+            "peer {node} {direction:?} connection ended: {reason:?}, {frames_dropped} frames \
+             dropped"
+        );
         if direction == PeerDirection::Outbound {
             // Appends in flight may be lost: probe instead of pipelining into the void.
             self.raft.report_unreachable(NodeId(node));
