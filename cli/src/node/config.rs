@@ -433,7 +433,7 @@ mod tests {
         let mut config = NodeConfig::new(7, "127.0.0.1:9001".into());
         assert_eq!(
             (config.heartbeat_ms(), config.election_timeout_ms()),
-            (20, 100)
+            (30, 300)
         );
         config.set_timing(None, Some(4), Some(20)).unwrap();
         assert_eq!(config.tick_ms, 2);

@@ -29,8 +29,9 @@ struct Batch {
 /// The reads of the current turn and those waiting for their read index.
 #[derive(Default)]
 pub(super) struct Reads {
-    /// Queries gathered this turn; one read index is asked for all of them at its end.
-    gathered: Vec<(ConnId, Request)>,
+    /// Queries gathered this turn (and follower reads waiting for a leader to be known), with
+    /// when they arrived; one read index is asked for all of them at the turn's end.
+    gathered: Vec<(ConnId, Request, Instant)>,
     /// Batches waiting for raft (oldest first).
     waiting: Vec<Batch>,
     context_last: u64,
@@ -39,12 +40,12 @@ pub(super) struct Reads {
 impl Reads {
     /// A query that waits for the turn's read index.
     pub(super) fn gather(&mut self, conn: ConnId, request: Request) {
-        self.gathered.push((conn, request));
+        self.gathered.push((conn, request, Instant::now()));
     }
 
     /// Forgets the queries of a closed connection.
     pub(super) fn forget(&mut self, conn: ConnId) {
-        self.gathered.retain(|(c, _)| *c != conn);
+        self.gathered.retain(|(c, _, _)| *c != conn);
         for batch in &mut self.waiting {
             batch.requests.retain(|(c, _)| *c != conn);
         }
@@ -64,19 +65,33 @@ impl Node {
         if self.reads.gathered.is_empty() {
             return;
         }
-        let requests = std::mem::take(&mut self.reads.gathered);
+        let gathered = std::mem::take(&mut self.reads.gathered);
+        let asked_at = gathered
+            .iter()
+            .map(|(_, _, at)| *at)
+            .min()
+            .unwrap_or_else(Instant::now);
         self.reads.context_last += 1;
         let context = self.reads.context_last;
         match self.raft.read_index(context) {
             Ok(()) => {
-                debug!("read index {context} asked for {} queries", requests.len());
+                debug!("read index {context} asked for {} queries", gathered.len());
                 self.reads.waiting.push(Batch {
                     context,
-                    asked_at: Instant::now(),
-                    requests,
+                    asked_at,
+                    requests: gathered.into_iter().map(|(c, r, _)| (c, r)).collect(),
                 });
             }
+            Err(atoll_raft::Error::NotLeader { leader: None })
+                if self.raft.role() != atoll_raft::StateRole::Leader =>
+            {
+                // A follower between leaders (an election, or a pre-vote it lost: it learns
+                // the leader again with the next heartbeat). Its follower reads wait for one,
+                // within the same bound as any read.
+                self.reads.gathered = gathered;
+            }
             Err(e) => {
+                let requests: Vec<_> = gathered.into_iter().map(|(c, r, _)| (c, r)).collect();
                 debug!("read index refused: {e}");
                 let refusal = match e {
                     atoll_raft::Error::ProposalDropped => (
@@ -119,6 +134,13 @@ impl Node {
     pub(super) fn expire_reads(&mut self) {
         let wait_max = self.read_wait_max();
         let now = Instant::now();
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads.gathered)
+            .into_iter()
+            .partition(|(_, _, at)| now.saturating_duration_since(*at) > wait_max);
+        self.reads.gathered = kept;
+        for (conn, _, _) in expired {
+            self.refuse(conn, (values::CODE_NOT_LEADER, "not leader".to_owned()));
+        }
         while self
             .reads
             .waiting

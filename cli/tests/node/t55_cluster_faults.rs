@@ -1,6 +1,6 @@
 //! Cluster faults: an isolated leader (fault-injecting proxies between every pair of nodes,
 //! `atoll start --peer-route`), and a node that comes back after the log it needs was
-//! compacted (it catches up by snapshot).
+//! compacted (it catches up by a snapshot stream that survives a dropped connection).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +16,11 @@ use crate::t20_cluster::{assert_all_present, start_writer};
 /// Three nodes (ids 1, 2, 3) whose peer connections each go through their own proxy: node i
 /// dials node j through `proxies[(i, j)]`. Clients dial the nodes directly.
 fn proxied_cluster() -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
+    proxied_cluster_with(&[])
+}
+
+/// [`proxied_cluster`] with extra `init`/`join` settings.
+fn proxied_cluster_with(settings: &[&str]) -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
     let mut proxies = HashMap::new();
     for i in 1..=3u64 {
@@ -35,7 +40,9 @@ fn proxied_cluster() -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
             })
             .collect()
     };
-    let mut first = AtollNode::init(&addresses[0], &["--id", "1"]);
+    let mut first_args = vec!["--id", "1"];
+    first_args.extend_from_slice(settings);
+    let mut first = AtollNode::init(&addresses[0], &first_args);
     first.start_args = routes(1);
     first.restart();
     let mut nodes = vec![first];
@@ -130,31 +137,47 @@ fn test_partitioned_leader_stops_serving_and_catches_up_after_healing() {
     );
 }
 
-/// A follower is down while 10,000 rows are written (many log entries) and the others take
-/// snapshots and compact their logs past where it stopped. Restarted, it cannot catch up from
-/// the log: the leader streams it the snapshot in chunks, it installs it (its log says so) and
-/// then follows the log; its database equals the leader's.
+/// A follower is down while 10,000 rows (about 10 MB) are written by four clients (thousands
+/// of log entries) and the others take snapshots and compact their logs past where it stopped.
+/// Restarted, it cannot catch up from the log: the leader streams it the snapshot in chunks,
+/// read from its snapshot file. The path from the leader to it is slowed (a proxy delays every
+/// piece) and its connection reset once in the middle of the stream: the stream resumes from
+/// the bytes the follower holds instead of starting over (its log shows one "receiving
+/// snapshot"). It installs the snapshot, follows the log, and its database equals the leader's.
 #[test]
 fn test_node_back_after_compaction_catches_up_by_snapshot() {
-    let mut cluster = AtollCluster::start(3, &["--snapshot-entries", "300"], 3);
+    let (mut cluster, proxies) = proxied_cluster_with(&["--snapshot-entries", "300"]);
     let leader = cluster.leader();
     let down = (leader + 1) % 3;
     cluster.nodes[down].kill();
-    let mut connection =
-        Connection::connect(cluster.nodes[leader].address(), &ClientConfig::default()).unwrap();
+    let address = cluster.nodes[leader].address().to_owned();
+    let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
     connection.open("app").unwrap();
     connection
-        .exec_sql("CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT)", &[])
+        .exec_sql("CREATE TABLE r (id INTEGER PRIMARY KEY, v BLOB)", &[])
         .unwrap();
-    // One row per write, one write at a time: 10,000 log entries, so the log is compacted
-    // (snapshots every 300 entries, 1024 kept behind) far past the stopped node.
-    for i in 0..10_000i64 {
-        connection
-            .exec_sql(
-                "INSERT INTO r VALUES (?, printf('row %d', ?))",
-                &[Value::Integer(i), Value::Integer(i)],
-            )
-            .unwrap();
+    // Four clients writing one row per write: thousands of entries even with group commit, so
+    // the log is compacted (a snapshot every 300 entries, 1024 kept behind) far past the node.
+    let writers: Vec<_> = (0..4i64)
+        .map(|w| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut connection =
+                    Connection::connect(&address, &ClientConfig::default()).unwrap();
+                connection.open("app").unwrap();
+                for i in (w * 2500)..((w + 1) * 2500) {
+                    connection
+                        .exec_sql(
+                            "INSERT INTO r VALUES (?, randomblob(1000))",
+                            &[Value::Integer(i)],
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
     }
     let log = cluster.nodes[leader].log();
     assert!(
@@ -162,10 +185,23 @@ fn test_node_back_after_compaction_catches_up_by_snapshot() {
         "the leader took no snapshot"
     );
 
+    let leader_id = leader as u64 + 1;
+    let down_id = down as u64 + 1;
+    let path = &proxies[&(leader_id, down_id)];
+    path.set_latency(Duration::from_millis(15));
     cluster.nodes[down].spawn();
+    wait_for("the snapshot stream to start", READY_TIMEOUT, || {
+        cluster.nodes[down]
+            .log()
+            .contains("receiving snapshot")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    path.reset();
+    path.set_latency(Duration::ZERO);
     cluster.wait_in_sync();
     let log = cluster.nodes[down].log();
-    assert!(log.contains("receiving snapshot"), "{log}");
+    assert_eq!(log.matches("receiving snapshot").count(), 1, "{log}");
     assert!(log.contains("installed snapshot"), "{log}");
     assert_eq!(cluster.dump(down, "app"), cluster.dump(leader, "app"));
     let mut reader =
@@ -174,10 +210,14 @@ fn test_node_back_after_compaction_catches_up_by_snapshot() {
         .open_with_flags("app", atoll_net::client::OPEN_FOLLOWER_READS)
         .unwrap();
     let rows = reader
-        .query_sql("SELECT count(*), sum(id) FROM r", &[])
+        .query_sql("SELECT count(*), sum(id), sum(length(v)) FROM r", &[])
         .unwrap();
     assert_eq!(
         rows.rows,
-        [[Value::Integer(10_000), Value::Integer(49_995_000)]]
+        [[
+            Value::Integer(10_000),
+            Value::Integer(49_995_000),
+            Value::Integer(10_000_000)
+        ]]
     );
 }
