@@ -12,7 +12,7 @@ use atoll_net::client::{Client, ClientConfig, ClientError};
 use atoll_net::protocol::Value;
 
 use crate::support::{
-    atoll, free_address, require, run_command, wait_for, AtollCluster, AtollNode, Node,
+    atoll, free_address, require, run_command, wait_for, AtollCluster, AtollNode, LiveShell, Node,
     READY_TIMEOUT,
 };
 
@@ -189,12 +189,17 @@ pub(crate) fn assert_all_present(cluster: &AtollCluster, index: usize, acknowled
 /// kill -9 of the leader while a client writes in a loop: the others elect a leader, the
 /// client carries on there (leader discovery; the write in flight is retried as an unknown
 /// outcome), no acknowledged write is lost, and the killed node, restarted, catches up to the
-/// same database.
+/// same database. An `atoll shell --cluster A,B,C` session open across the failover carries on
+/// too: its next query runs on the new leader.
 #[test]
 fn test_failover_under_a_write_loop_loses_no_acknowledged_write() {
     let mut cluster = AtollCluster::start(3, &[], 3);
     let writer = start_writer(cluster.running());
     writer.wait_progress(50, "writes before the failover");
+    let mut shell = LiveShell::start(&cluster.addresses(), "app", &["-f", "csv"]);
+    shell.send("SELECT count(*) > 0 AS some FROM w;");
+    shell.expect_stdout("some");
+    assert_eq!(shell.expect_stdout("1"), ["1"]);
     let old = cluster.leader();
     let killed_at = Instant::now();
     cluster.nodes[old].kill();
@@ -210,6 +215,16 @@ fn test_failover_under_a_write_loop_loses_no_acknowledged_write() {
     );
     eprintln!("failover with a busy writer: {failover:?}; errors: {errors:?}");
     assert_all_present(&cluster, new, &acknowledged);
+    // The shell's connection went with the old leader; a query is safe to run again, so the
+    // shell finds the new leader and answers; a write after it goes there too.
+    shell.send("SELECT count(*) > 100 AS many FROM w;");
+    shell.expect_stdout("many");
+    assert_eq!(shell.expect_stdout("1"), ["1"]);
+    shell.send("INSERT INTO w VALUES (-7);");
+    shell.send("SELECT count(*) AS seven FROM w WHERE k = -7;");
+    shell.expect_stdout("seven");
+    assert_eq!(shell.expect_stdout("1"), ["1"]);
+    assert!(shell.finish().success());
 
     cluster.nodes[old].spawn();
     let applied = cluster.wait_in_sync();

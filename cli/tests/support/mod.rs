@@ -84,7 +84,9 @@ impl ServerKind {
     pub fn bootstrap(self) -> Box<dyn Node> {
         match self {
             ServerKind::DqliteDemo => Box::new(DqliteDemo::start(None)),
-            ServerKind::Atoll => Box::new(AtollNode::start()),
+            // Manual roles, like an operator-run dqlite cluster: a joined node stays a spare
+            // until a scenario promotes it (automatic roles would race the scenario).
+            ServerKind::Atoll => Box::new(AtollNode::start_with(&["--roles", "manual"])),
         }
     }
 
@@ -92,7 +94,7 @@ impl ServerKind {
     pub fn join(self, cluster: &str) -> Box<dyn Node> {
         match self {
             ServerKind::DqliteDemo => Box::new(DqliteDemo::start(Some(cluster))),
-            ServerKind::Atoll => Box::new(AtollNode::join(cluster, &[])),
+            ServerKind::Atoll => Box::new(AtollNode::join(cluster, &["--roles", "manual"])),
         }
     }
 }
