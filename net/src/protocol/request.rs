@@ -610,8 +610,8 @@ mod tests {
             Request::decode_message(&message),
             Err(DecodeError::EmptyBody { kind: 0 })
         );
-        // DESCRIBE with a format other than 0.
-        let message = [1u8, 0, 0, 0, 18, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        // DESCRIBE with a format other than 0 and atoll's 1.
+        let message = [1u8, 0, 0, 0, 18, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
         let error = Request::decode_message(&message).unwrap_err();
         assert_eq!(error.failure_code(), 15);
         // A schema byte on a type that has no schema 1.
