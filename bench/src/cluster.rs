@@ -400,6 +400,14 @@ fn number<T: std::str::FromStr>(options: &Options, name: &str, default: T) -> Re
     }
 }
 
+/// Flushes what earlier runs left in the page cache (`sync`), so that their writeback does not
+/// slow the next run's fsyncs: each system starts from a quiet disk.
+fn settle_disk() {
+    if let Err(e) = Command::new("sync").status() {
+        eprintln!("sync: {e}");
+    }
+}
+
 /// The atoll timing flags given to the suite, passed on to `atoll init` and `atoll join`.
 fn timing_settings(options: &Options) -> Vec<String> {
     let mut settings = Vec::new();
@@ -699,10 +707,12 @@ pub fn kv(options: &Options) -> Result<(), String> {
     let mut lines = Vec::new();
     for &count in &workers {
         if with_dqlite {
+            settle_disk();
             let mut dqlite = kv_dqlite(count, seconds.ceil() as u64, value_bytes)?;
             let line = kv_line("dqlite-benchmark", count, &mut dqlite);
             println!("{line}");
         }
+        settle_disk();
         let term_before = cluster.term()?;
         let mut result = kv_atoll(&cluster, count, seconds, value_bytes)?;
         let elections = cluster.term()? - term_before;

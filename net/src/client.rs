@@ -907,11 +907,14 @@ impl Client {
 
     /// Opens `name` on the leader connection (and again after every reconnection).
     pub fn open(&mut self, name: &str) -> Result<(), ClientError> {
-        self.database = Some(name.to_owned());
+        // The database is remembered only once open: a reconnection inside this call (the
+        // first node stopped leading) must not open it already, or the OPEN below would be
+        // refused as a second one on that connection.
+        self.database = None;
         let name = name.to_owned();
         let result = self.with_leader(false, |c| c.open(&name));
-        if result.is_err() {
-            self.database = None;
+        if result.is_ok() {
+            self.database = Some(name);
         }
         result
     }

@@ -239,6 +239,9 @@ pub struct Node {
     snapshot_job: Option<SnapshotJob>,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
+    /// Compaction raft asked for and not done yet: the log is compacted one segment file per
+    /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
+    compact_target: Option<(LogIndex, Term)>,
     last_apply_at: Instant,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
@@ -362,7 +365,7 @@ impl Node {
                 config.address
             ))
         })?;
-        let snapshot_next_at = applied + config.snapshot_entries;
+        let snapshot_next_at = applied + snapshot_interval(&config);
         let tick = Duration::from_millis(config.tick_ms);
         let mut node = Node {
             config,
@@ -397,6 +400,7 @@ impl Node {
             turn_apply: Duration::ZERO,
             snapshot_job: None,
             snapshot_next_at,
+            compact_target: None,
             last_apply_at: Instant::now(),
             checkpointed_at: applied,
             replay: Some((applied, last.0)),
@@ -632,20 +636,21 @@ impl Node {
         if let Some(install) = &ready.snapshot {
             self.install_snapshot(install.meta.index)?;
         }
-        // 2. The log: install/compact, truncate + append, hard state (durable before sends).
-        if let Some((index, _)) = ready.compact {
+        // 2. The log: install, truncate + append, hard state (durable before sends). A
+        //    compaction is done later, a segment file per turn (`compact_step`).
+        if let Some((index, term)) = ready.compact.take() {
             let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
             assert!(
                 index.0 <= floor,
                 "compaction through {index} would pass the checkpoint index {floor}"
             );
+            if self.compact_target.is_none_or(|(target, _)| target < index) {
+                self.compact_target = Some((index, term));
+            }
         }
         let persist_start = Instant::now();
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
         self.turn_persist += persist_start.elapsed();
-        if let Some((index, _)) = ready.compact {
-            debug!("log compacted through {index}");
-        }
         // 3. Messages that may leave before the entries are durable.
         self.send_messages(std::mem::take(&mut ready.messages));
         // 4. One sync for the whole batch, then durability goes back to raft.
@@ -751,7 +756,7 @@ impl Node {
             meta.data_bytes
         );
         self.drain_engine();
-        self.snapshot_next_at = index.0 + self.config.snapshot_entries;
+        self.snapshot_next_at = index.0 + snapshot_interval(&self.config);
         self.checkpointed_at = index.0;
         self.stats.snapshots_installed += 1;
         self.prune_snapshots();
@@ -809,6 +814,7 @@ impl Node {
             }
         }
         self.check_changes();
+        self.compact_step()?;
         self.expire_reads();
         self.roles_step();
         self.join_step();
@@ -902,7 +908,39 @@ impl Node {
             writer,
             buffer: vec![0; 64 * 1024],
         });
-        self.snapshot_next_at = applied + self.config.snapshot_entries;
+        self.snapshot_next_at = applied + snapshot_interval(&self.config);
+        Ok(())
+    }
+
+    /// One step of the compaction raft asked for: through the oldest closed segment (one file
+    /// removed), or through the target when it lies in the open segment. Raft's `compact` is
+    /// permission, not an order: entries kept a little longer are still valid log.
+    fn compact_step(&mut self) -> Result<(), NodeError> {
+        let Some((target, target_term)) = self.compact_target else {
+            return Ok(());
+        };
+        let log = self.raft.log();
+        if log.first_index() > target {
+            self.compact_target = None;
+            return Ok(());
+        }
+        let (index, term) = match log.oldest_segment_last_index() {
+            Some(last) if last < target => match self.raft.log_term(last) {
+                Some(term) => (last, term),
+                None => (target, target_term),
+            },
+            _ => (target, target_term),
+        };
+        let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
+        assert!(index.0 <= floor, "compaction past the checkpoint index");
+        self.raft
+            .log_mut()
+            .compact_through(index, term)
+            .map_err(|e| fatal("compacting the log", e))?;
+        debug!("log compacted through {index}");
+        if index == target {
+            self.compact_target = None;
+        }
         Ok(())
     }
 
@@ -1018,6 +1056,15 @@ impl Node {
             Err(e) => error!("final checkpoint failed (the next start replays the log): {e}"),
         }
     }
+}
+
+/// Applied entries until the next snapshot: `snapshot_entries` and up to an eighth more, drawn
+/// per snapshot, so that the nodes of a cluster (which apply the same entries at about the
+/// same time) do not all snapshot, checkpoint and compact in the same instant: a pause of every
+/// node at once would look like a dead leader.
+fn snapshot_interval(config: &NodeConfig) -> u64 {
+    let jitter = config.snapshot_entries / 8;
+    config.snapshot_entries + config::random_u64() % (jitter + 1)
 }
 
 /// The first socket address of `HOST:PORT`.
