@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub mod cluster;
 pub mod core;
 
 /// Options common to every suite, parsed from the command line after the suite name.
@@ -62,6 +63,11 @@ impl Samples {
     /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
         self.durations.is_empty()
+    }
+
+    /// The samples, in no particular order.
+    pub fn into_durations(self) -> Vec<Duration> {
+        self.durations
     }
 
     /// The `percent`-th percentile (nearest rank), or zero without samples.

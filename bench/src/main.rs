@@ -47,6 +47,19 @@ const SUITES: &[Suite] = &[
         about: "single-row 1 KiB inserts through exec + apply vs plain SQLite (WAL, sync off)",
         run: atoll_bench::core::run,
     },
+    Suite {
+        name: "failover",
+        about: "real nodes: kill -9 of the leader to the next acknowledged write, repeated \
+                (--nodes N --rounds R --heartbeat-ms H --election-timeout-ms E \
+                --server atoll|dqlite-demo)",
+        run: atoll_bench::cluster::failover,
+    },
+    Suite {
+        name: "kv",
+        about: "real nodes: dqlite-benchmark's kvwrite (--nodes N --workers W[,W..] \
+                --seconds S --value-size B; --dqlite runs dqlite-benchmark too)",
+        run: atoll_bench::cluster::kv,
+    },
 ];
 
 fn usage() -> String {

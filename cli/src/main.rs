@@ -1,6 +1,6 @@
 //! `atoll`: the command line of a distributed SQLite.
 //!
-//! The node commands (`init`, `start`, `demo`) set up and run a node (`node/`: the event loop
+//! The node commands (`init`, `join`, `start`, `demo`) set up and run a node (`node/`: the loop
 //! wiring the reactor, Raft, the log and the SQLite engine).
 //!
 //! The client commands (`shell`, `dump`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
@@ -49,6 +49,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Init(cmd::init::Args),
+    Join(cmd::join::Args),
     Start(cmd::start::Args),
     Demo(cmd::demo::Args),
     Shell(cmd::shell::Args),
@@ -75,6 +76,7 @@ impl Command {
 fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Init(args) => cmd::init::run(args),
+        Command::Join(args) => cmd::join::run(args),
         Command::Start(args) => cmd::start::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Shell(args) => cmd::shell::run(args),

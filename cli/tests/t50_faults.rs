@@ -171,6 +171,11 @@ fn test_shell_follows_the_leader_and_reports_lost_transactions() {
     scenario_shell_across_leader_changes(&Cluster::start(2));
 }
 
+#[test]
+fn test_shell_follows_the_atoll_leader_and_reports_lost_transactions() {
+    scenario_shell_across_leader_changes(&Cluster::start_kind(ServerKind::Atoll, 2));
+}
+
 /// The only node dies while the shell is idle; the next statement is a write: it may have
 /// reached the node before it died, so the shell says the outcome is unknown and does not
 /// resend it. The next statement finds no node and says so.

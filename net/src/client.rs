@@ -23,9 +23,15 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::{read_message, ReadError};
 use crate::protocol::{
-    ClusterFormat, DecodeError, File, NodeInfo, ProtocolVersion, Request, Response,
+    ClusterFormat, DecodeError, File, NodeInfo, NodeMetadata, ProtocolVersion, Request, Response,
     ResponseContext, ResponseType, Role, Rows, RowsEnd, Value, HEADER_BYTES,
 };
+
+/// OPEN flag (atoll-specific): serve this connection's queries on the node it is connected to,
+/// leader or not. The node asks the leader for a read index (ReadIndex), waits until it has
+/// applied it, and reads locally: linearizable reads that spread over the followers. Writes on
+/// such a connection still need the leader (FAILURE 10250 elsewhere). dqlite ignores the flag.
+pub const OPEN_FOLLOWER_READS: u64 = 1 << 48;
 
 /// "not leader" (SQLITE_IOERR_NOT_LEADER).
 pub const CODE_NOT_LEADER: u64 = 10250;
@@ -265,6 +271,40 @@ pub struct Connection {
 impl Connection {
     /// Connects to `address` (`host:port`) and sends the version word.
     pub fn connect(address: &str, config: &ClientConfig) -> Result<Connection, ClientError> {
+        Connection::connect_with(address, config, ProtocolVersion::V1.word())
+    }
+
+    /// Connects to `address` announcing an atoll client ([`crate::protocol::VERSION_ATOLL_1`])
+    /// and asks LEADER to learn whether the node is an atoll node: `Ok(None)` when the node
+    /// closed the connection (a dqlite node refuses the word), the connection otherwise. On it,
+    /// atoll-specific requests ([`Connection::describe_v1`]) are safe.
+    pub fn connect_atoll(
+        address: &str,
+        config: &ClientConfig,
+    ) -> Result<Option<Connection>, ClientError> {
+        let mut connection =
+            Connection::connect_with(address, config, crate::protocol::VERSION_ATOLL_1)?;
+        match connection.leader() {
+            Ok(_) => Ok(Some(connection)),
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn connect_with(
+        address: &str,
+        config: &ClientConfig,
+        version_word: u64,
+    ) -> Result<Connection, ClientError> {
         let resolved: Vec<SocketAddr> = address
             .to_socket_addrs()
             .map_err(|_| ClientError::InvalidAddress(address.to_owned()))?
@@ -284,9 +324,7 @@ impl Connection {
                         response_body_bytes_max: config.response_body_bytes_max,
                         broken: false,
                     };
-                    connection
-                        .stream
-                        .write_all(&ProtocolVersion::V1.word().to_le_bytes())?;
+                    connection.stream.write_all(&version_word.to_le_bytes())?;
                     return Ok(connection);
                 }
                 Err(e) => last_error = Some(e),
@@ -391,9 +429,15 @@ impl Connection {
 
     /// OPEN: opens a database on this connection (its id is always 0).
     pub fn open(&mut self, name: &str) -> Result<(), ClientError> {
+        self.open_with_flags(name, 0)
+    }
+
+    /// OPEN with flags: [`OPEN_FOLLOWER_READS`] asks an atoll node to serve this connection's
+    /// queries itself, leader or not (dqlite ignores the flags).
+    pub fn open_with_flags(&mut self, name: &str, flags: u64) -> Result<(), ClientError> {
         let request = Request::Open {
             name: name.to_owned(),
-            flags: 0,
+            flags,
             vfs: "volatile".into(),
         };
         match self.call(&request, ResponseType::Db)? {
@@ -531,6 +575,19 @@ impl Connection {
                 weight,
             } => Ok((failure_domain, weight)),
             _ => unreachable!("call checked the type"),
+        }
+    }
+
+    /// DESCRIBE format 1: an atoll node's metadata and Raft status. Only on a connection made
+    /// with [`Connection::connect_atoll`] that found an atoll node: dqlite 1.11 answers a
+    /// non-zero format twice and may crash.
+    pub fn describe_v1(&mut self) -> Result<NodeMetadata, ClientError> {
+        match self.call(&Request::DescribeV1, ResponseType::Metadata)? {
+            Response::MetadataV1(metadata) => Ok(metadata),
+            _ => {
+                self.broken = true;
+                Err(ProtocolError::Invalid("METADATA without atoll's words".into()).into())
+            }
         }
     }
 
@@ -850,11 +907,14 @@ impl Client {
 
     /// Opens `name` on the leader connection (and again after every reconnection).
     pub fn open(&mut self, name: &str) -> Result<(), ClientError> {
-        self.database = Some(name.to_owned());
+        // The database is remembered only once open: a reconnection inside this call (the
+        // first node stopped leading) must not open it already, or the OPEN below would be
+        // refused as a second one on that connection.
+        self.database = None;
         let name = name.to_owned();
         let result = self.with_leader(false, |c| c.open(&name));
-        if result.is_err() {
-            self.database = None;
+        if result.is_ok() {
+            self.database = Some(name);
         }
         result
     }

@@ -320,8 +320,9 @@ fn test_malformed_frames_get_failure_and_the_connection_survives() {
         1, 0, 0, 0, 3, 0, 0, 0, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h',
     ]);
     assert_failure(client.receive(), 1005);
-    // DESCRIBE with format 1 (aborts dqlite 1.11): one FAILURE 15, nothing else.
-    client.write(&[1, 0, 0, 0, 18, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    // DESCRIBE with format 2 (format 1 is atoll's; any non-zero one aborts dqlite 1.11): one
+    // FAILURE 15, nothing else.
+    client.write(&[1, 0, 0, 0, 18, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
     assert_failure(client.receive(), 15);
     client.assert_served();
 }

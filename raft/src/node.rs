@@ -676,8 +676,8 @@ impl<L: LogRead> RawNode<L> {
             || !self.persisted_messages.is_empty()
             || self.log.has_next_committed()
             || !self.dropped_reads.is_empty()
-            || self.broadcast_pending
-            || self.heartbeat_pending
+            || (self.role == StateRole::Leader
+                && (self.broadcast_pending || self.heartbeat_pending))
             || self
                 .read_states_waiting
                 .iter()
@@ -699,6 +699,11 @@ impl<L: LogRead> RawNode<L> {
                 self.heartbeat_pending = false;
                 self.broadcast_heartbeat();
             }
+        } else {
+            // A leader's chores asked for in the step that ended its leadership (a commit
+            // that removed it) have nobody to do them now.
+            self.broadcast_pending = false;
+            self.heartbeat_pending = false;
         }
         let mut ready = Ready::default();
         let hard_state = self.hard_state();

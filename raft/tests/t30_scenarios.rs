@@ -386,6 +386,10 @@ fn test_removed_leader_steps_down() {
     network.node_mut(1).remove(NodeId(1)).unwrap();
     network.stabilize();
     assert_ne!(network.node(1).role(), StateRole::Leader);
+    // Regression (issue 6): the commit that made it step down also asked for a broadcast, a
+    // leader-only chore that no ready cleared on a follower, so `has_ready` stayed true for
+    // ever and a host looping on it spun.
+    assert!(!network.node(1).has_ready(), "{}", network.status());
     tick_all(&mut network, 2);
     let leader = [2, 3]
         .into_iter()

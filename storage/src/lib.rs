@@ -76,5 +76,5 @@ pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;
 pub use segment::PAYLOAD_BYTES_MAX;
 pub use segment_log::{Options, SegmentLog};
-pub use snapshot::{SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter};
+pub use snapshot::{SnapshotData, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Payload, Term};

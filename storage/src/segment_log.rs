@@ -463,6 +463,13 @@ impl SegmentLog {
         self.cache.borrow().bytes
     }
 
+    /// The last index of the oldest closed segment: compacting through it frees one file. A
+    /// host that compacts a long stretch a segment at a time (spreading the file removals and
+    /// their syncs over several turns of its loop) steps through these.
+    pub fn oldest_segment_last_index(&self) -> Option<LogIndex> {
+        self.closed.first().map(|segment| segment.last)
+    }
+
     /// How many segment files the log has: closed, open (with entries) and spares.
     pub fn segment_files_count(&self) -> usize {
         self.closed.len() + usize::from(self.open.is_some()) + self.spares.len()

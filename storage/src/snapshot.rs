@@ -284,6 +284,24 @@ impl SnapshotStore {
         })
     }
 
+    /// Opens the data of the finished snapshot through `index` (of `term`) for reads at any
+    /// offset, as a leader streaming it to a follower in chunks needs: nothing is read until
+    /// [`SnapshotData::read_at`] asks, so the snapshot is never whole in memory. The header and
+    /// file length are checked here; the data crc only by a full [`SnapshotStore::open_reader`]
+    /// read (the receiver's engine checks its own stream crc on install).
+    pub fn open_data(&self, index: LogIndex, term: Term) -> io::Result<SnapshotData> {
+        let path = self.dir.join(snapshot_file_name(index, term));
+        let (meta, _) = self.read_meta(&path)?;
+        let file =
+            File::open(&path).map_err(|error| LogError::io("opening snapshot", &path, error))?;
+        Ok(SnapshotData {
+            file,
+            data_start: SNAPSHOT_HEADER_BYTES as u64 + meta.configuration.len() as u64,
+            meta,
+            path,
+        })
+    }
+
     /// Removes every snapshot but the newest `keep`, oldest first; returns how many it removed.
     pub fn prune(&self, keep: usize) -> io::Result<usize> {
         let snapshots = self.list()?;
@@ -387,6 +405,42 @@ impl Drop for SnapshotWriter {
             // Best effort: a leftover temporary file is removed at the next open anyway.
             let _ = fs::remove_file(&self.temp_path);
         }
+    }
+}
+
+/// The data of a finished snapshot, read at offsets; see [`SnapshotStore::open_data`].
+#[derive(Debug)]
+pub struct SnapshotData {
+    file: File,
+    path: PathBuf,
+    /// Where the data starts in the file (after the header and the configuration).
+    data_start: u64,
+    meta: SnapshotMeta,
+}
+
+impl SnapshotData {
+    /// The snapshot's metadata.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Fills `buf` with the data bytes at `offset`; an error if they are not all there.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > self.meta.data_bytes) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: {} bytes at offset {offset} are beyond the data ({} bytes)",
+                    self.path.display(),
+                    buf.len(),
+                    self.meta.data_bytes
+                ),
+            ));
+        }
+        self.file
+            .read_exact_at(buf, self.data_start + offset)
+            .map_err(|error| LogError::io("reading snapshot", &self.path, error).into())
     }
 }
 
@@ -504,6 +558,16 @@ mod tests {
             back.extend_from_slice(&chunk[..read]);
         }
         assert_eq!(back, &data[..20_000]);
+        // Reads at offsets (a leader filling chunks) see the same bytes; past the end is an
+        // error, not a short read.
+        let at = store.open_data(LogIndex(20), Term(1)).unwrap();
+        assert_eq!(at.meta().data_bytes, 20_000);
+        let mut piece = vec![0u8; 4096];
+        at.read_at(12_345, &mut piece).unwrap();
+        assert_eq!(piece, &data[12_345..12_345 + 4096]);
+        at.read_at(20_000 - 4096, &mut piece).unwrap();
+        assert!(at.read_at(20_000 - 4095, &mut piece).is_err());
+        assert!(store.open_data(LogIndex(20), Term(2)).is_err());
         assert_eq!(store.prune(2).unwrap(), 1);
         let indexes: Vec<u64> = store.list().unwrap().iter().map(|m| m.index.0).collect();
         assert_eq!(indexes, [20, 30]);

@@ -15,7 +15,8 @@ use crate::output::{self, Format};
 /// Asks the leader for the configuration (CLUSTER), then dials every node with a short timeout
 /// and asks it LEADER and DESCRIBE, to show which nodes answer. Columns: id, address, role
 /// (voter, standby or spare), leader (yes/no), reachable (yes/no), applied (the node's applied
-/// Raft index: shown as `-` until the server exposes it over the protocol).
+/// Raft index: atoll nodes report it (DESCRIBE format 1, atoll's extension); `-` for dqlite
+/// nodes and nodes that do not answer).
 ///
 /// When no leader can be found, the configuration is read from any node that answers, the
 /// table is printed with no leader, and the command fails.
@@ -28,7 +29,7 @@ pub struct Args {
     pub cluster: ClusterArgs,
 
     /// Output format: table, csv, or json (an array of objects: id, address, role, leader,
-    /// reachable, applied_index (null until the server exposes it)).
+    /// reachable, applied_index (null when unknown)).
     #[arg(
         long,
         value_name = "FORMAT",
@@ -50,10 +51,14 @@ pub struct NodeStatus {
     pub leader: bool,
     /// Whether it answered LEADER and DESCRIBE in time, or why not.
     pub reachable: Result<(), String>,
+    /// The node's applied index (atoll nodes only).
+    pub applied_index: Option<u64>,
 }
 
-/// Dials `address` and asks LEADER and DESCRIBE (format 0, the only one dqlite survives).
-fn probe(address: &str) -> Result<(), String> {
+/// Dials `address` and asks LEADER and DESCRIBE. An atoll node (it accepts atoll's version
+/// word) is asked DESCRIBE format 1, which carries its applied index; any other node format 0,
+/// the only one dqlite survives.
+fn probe(address: &str) -> Result<Option<u64>, String> {
     let config = ClientConfig {
         connect_timeout: PROBE_TIMEOUT,
         request_timeout: PROBE_TIMEOUT,
@@ -63,10 +68,14 @@ fn probe(address: &str) -> Result<(), String> {
         ClientError::Io(io) => io_words(&io),
         other => explain(&other),
     };
+    if let Some(mut connection) = Connection::connect_atoll(address, &config).map_err(words)? {
+        let metadata = connection.describe_v1().map_err(words)?;
+        return Ok(Some(metadata.applied_index));
+    }
     let mut connection = Connection::connect(address, &config).map_err(words)?;
     connection.leader().map_err(words)?;
     connection.describe().map_err(words)?;
-    Ok(())
+    Ok(None)
 }
 
 /// Probes every node at once, so unreachable nodes cost one timeout in all.
@@ -79,10 +88,14 @@ fn probe_all(nodes: &[NodeInfo], leader_id: Option<u64>) -> Vec<NodeStatus> {
         nodes
             .iter()
             .zip(probes)
-            .map(|(node, probe)| NodeStatus {
-                node: node.clone(),
-                leader: Some(node.id) == leader_id,
-                reachable: probe.join().unwrap_or_else(|_| Err("probe failed".into())),
+            .map(|(node, probe)| {
+                let probe = probe.join().unwrap_or_else(|_| Err("probe failed".into()));
+                NodeStatus {
+                    node: node.clone(),
+                    leader: Some(node.id) == leader_id,
+                    applied_index: probe.as_ref().ok().copied().flatten(),
+                    reachable: probe.map(|_| ()),
+                }
             })
             .collect()
     })
@@ -127,12 +140,14 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                 .map(|n| {
                     format!(
                         "{{\"id\":{},\"address\":{},\"role\":{},\"leader\":{},\"reachable\":{},\
-                         \"applied_index\":null}}",
+                         \"applied_index\":{}}}",
                         n.node.id,
                         output::json_string(&n.node.address),
                         output::json_string(role_name(n.node.role)),
                         n.leader,
-                        n.reachable.is_ok()
+                        n.reachable.is_ok(),
+                        n.applied_index
+                            .map_or("null".to_owned(), |index| index.to_string())
                     )
                 })
                 .collect();
@@ -155,7 +170,10 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                             Ok(()) => "yes".into(),
                             Err(why) => format!("no ({why})"),
                         }),
-                        Value::Text("-".into()),
+                        Value::Text(
+                            n.applied_index
+                                .map_or("-".to_owned(), |index| index.to_string()),
+                        ),
                     ]
                 })
                 .collect();

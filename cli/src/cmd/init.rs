@@ -7,9 +7,10 @@ use crate::node::{self, config::NodeConfig};
 
 /// Set up a new cluster of one voter: this node, in a new, empty data directory.
 ///
-/// Writes DIR/atoll.conf (the node's id, its address, a random cluster id, and the timing
-/// settings) and a Raft log whose first entry is the cluster configuration with this node as
-/// its only voter. Then run the node with `atoll start --data-dir DIR`.
+/// Writes DIR/atoll.conf (the node's id, its address, a random cluster id, and the timing and
+/// role settings) and a Raft log whose first entry is the cluster configuration with this node
+/// as its only voter. Then run the node with `atoll start --data-dir DIR`; add nodes with
+/// `atoll join`.
 ///
 /// The address is what the node listens on and what it tells clients and other nodes to dial:
 /// write it exactly as clients will (127.0.0.1:9001, not localhost:9001 if they use the IP).
@@ -31,26 +32,14 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "1", value_parser = super::parse_node_id)]
     pub id: u64,
 
-    /// Length of one raft tick, in milliseconds (timeouts below count ticks).
-    #[arg(long, value_name = "MS", default_value_t = node::config::TICK_MS_DEFAULT)]
-    pub tick_ms: u64,
-
-    /// How long a write waits for a busy database before failing with SQLITE_BUSY.
-    #[arg(long, value_name = "MS", default_value_t = node::config::WRITER_WAIT_MS_DEFAULT)]
-    pub writer_wait_ms: u64,
-
-    /// Take a snapshot and compact the Raft log every N applied entries.
-    #[arg(long, value_name = "N", default_value_t = node::config::SNAPSHOT_ENTRIES_DEFAULT)]
-    pub snapshot_entries: u64,
+    #[command(flatten)]
+    pub settings: super::NodeSettings,
 }
 
 /// Runs `atoll init`.
 pub fn run(args: Args) -> Result<(), CliError> {
     let mut config = NodeConfig::new(args.id, args.address.trim().to_owned());
-    config.tick_ms = args.tick_ms;
-    config.writer_wait_ms = args.writer_wait_ms;
-    config.snapshot_entries = args.snapshot_entries;
-    config.validate().map_err(CliError::new)?;
+    args.settings.apply(&mut config)?;
     node::init(&args.data_dir, &config).map_err(|e| CliError::new(e.to_string()))?;
     println!(
         "initialized node {} at {} in {} (a new cluster of one voter); run it with:\n  atoll \

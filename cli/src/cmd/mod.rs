@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod demo;
 pub mod dump;
 pub mod init;
+pub mod join;
 pub mod remove;
 pub mod shell;
 pub mod start;
@@ -81,8 +82,100 @@ pub struct ClusterArgs {
     pub timeout: Duration,
 }
 
+/// The settings of a node that `atoll init`, `atoll join` and `atoll start` take. Given to
+/// `init` or `join` they go into the new node's `atoll.conf`; given to `start` they change it
+/// (for good: the file is rewritten before the node starts).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NodeSettings {
+    /// Leader heartbeat interval (ms; default 30). Followers notice a dead leader after the
+    /// election timeout, so failover takes about the election timeout plus a few round trips.
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Election timeout (ms; default 300): each follower waits a random time between this and
+    /// twice this without hearing from the leader before it campaigns. Shorter: faster
+    /// failover; too short for the network or the disk: needless elections under load.
+    #[arg(long, value_name = "MS")]
+    pub election_timeout_ms: Option<u64>,
+
+    /// Length of one raft tick (ms; default 10, or half the heartbeat when a heartbeat or an
+    /// election timeout is given: 1 to 10). The heartbeat and election timeout must be whole
+    /// numbers of ticks.
+    #[arg(long, value_name = "MS")]
+    pub tick_ms: Option<u64>,
+
+    /// How long a write waits for a busy database before failing with SQLITE_BUSY (ms;
+    /// default 5000).
+    #[arg(long, value_name = "MS")]
+    pub writer_wait_ms: Option<u64>,
+
+    /// Take a snapshot and compact the Raft log every N applied entries (default 8192).
+    #[arg(long, value_name = "N")]
+    pub snapshot_entries: Option<u64>,
+
+    /// Who changes roles: `auto` (default: the leader keeps --voters voters and --standbys
+    /// standbys, promotes joining nodes and replaces unreachable voters) or `manual` (only
+    /// `atoll assign` does).
+    #[arg(long, value_name = "auto|manual", value_parser = ["auto", "manual"])]
+    pub roles: Option<String>,
+
+    /// Voters the leader keeps with automatic roles (default 3).
+    #[arg(long, value_name = "N")]
+    pub voters: Option<u32>,
+
+    /// Standbys the leader keeps with automatic roles (default 3).
+    #[arg(long, value_name = "N")]
+    pub standbys: Option<u32>,
+
+    /// With automatic roles, a voter unreachable this long is replaced by a standby or spare
+    /// and demoted (ms; default 3000).
+    #[arg(long, value_name = "MS")]
+    pub unreachable_ms: Option<u64>,
+}
+
+impl NodeSettings {
+    /// Whether any setting was given.
+    pub fn any(&self) -> bool {
+        self.heartbeat_ms.is_some()
+            || self.election_timeout_ms.is_some()
+            || self.tick_ms.is_some()
+            || self.writer_wait_ms.is_some()
+            || self.snapshot_entries.is_some()
+            || self.roles.is_some()
+            || self.voters.is_some()
+            || self.standbys.is_some()
+            || self.unreachable_ms.is_some()
+    }
+
+    /// Applies the settings given to `config` and checks the result.
+    pub fn apply(&self, config: &mut crate::node::config::NodeConfig) -> Result<(), CliError> {
+        config
+            .set_timing(self.tick_ms, self.heartbeat_ms, self.election_timeout_ms)
+            .map_err(CliError::new)?;
+        if let Some(ms) = self.writer_wait_ms {
+            config.writer_wait_ms = ms;
+        }
+        if let Some(entries) = self.snapshot_entries {
+            config.snapshot_entries = entries;
+        }
+        if let Some(roles) = &self.roles {
+            config.auto_roles = roles == "auto";
+        }
+        if let Some(voters) = self.voters {
+            config.voters = voters;
+        }
+        if let Some(standbys) = self.standbys {
+            config.standbys = standbys;
+        }
+        if let Some(ms) = self.unreachable_ms {
+            config.unreachable_ms = ms;
+        }
+        config.validate().map_err(CliError::new)
+    }
+}
+
 /// A `HOST:PORT` address, trimmed.
-fn parse_address(text: &str) -> Result<String, String> {
+pub fn parse_address(text: &str) -> Result<String, String> {
     let address = text.trim();
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("`{address}` is not HOST:PORT (a port is needed)"));

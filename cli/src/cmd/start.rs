@@ -7,8 +7,9 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::CliError;
-use crate::node::Node;
+use super::{CliError, NodeSettings};
+use crate::node::config::NodeConfig;
+use crate::node::{Node, StartOptions};
 
 /// Run a node in the foreground: serve clients on its address until SIGINT or SIGTERM.
 ///
@@ -16,7 +17,13 @@ use crate::node::Node;
 /// databases, replaying committed entries the databases do not reflect yet), then serves
 /// dqlite's client protocol: the dqlite shell, go-dqlite, the Python driver and `atoll shell`
 /// all work against it. Every write goes through the Raft log and is synced to disk before it
-/// is acknowledged. SIGINT or SIGTERM stop it cleanly (a second one stops it at once).
+/// is acknowledged (on a majority of the voters). Any node accepts clients: followers name
+/// the leader, as dqlite's do. A node made by `atoll join` asks the cluster to add it at its
+/// first start.
+///
+/// SIGINT or SIGTERM stop it cleanly; a leader first hands leadership to another voter (a
+/// second signal stops it at once). Settings given here (timing, roles) are written to
+/// DIR/atoll.conf and stay for later starts.
 ///
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
@@ -25,16 +32,55 @@ use crate::node::Node;
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The data directory made by `atoll init`.
+    /// The data directory made by `atoll init` or `atoll join`.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub settings: NodeSettings,
+
+    /// Testing only: dial node ID at HOST:PORT instead of its address (tests route a node's
+    /// outbound peer connections through fault-injecting proxies). Repeatable; not kept.
+    #[arg(long, value_name = "ID=HOST:PORT", hide = true, value_parser = parse_route)]
+    pub peer_route: Vec<(u64, String)>,
+}
+
+fn parse_route(text: &str) -> Result<(u64, String), String> {
+    let (id, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not ID=HOST:PORT"))?;
+    Ok((super::parse_node_id(id)?, super::parse_address(address)?))
 }
 
 /// Runs `atoll start`.
 pub fn run(args: Args) -> Result<(), CliError> {
+    if args.settings.any() {
+        let mut config = NodeConfig::read(&args.data_dir).map_err(CliError::new)?;
+        let before = config.clone();
+        args.settings.apply(&mut config)?;
+        if config != before {
+            config
+                .write(&args.data_dir)
+                .map_err(|e| CliError::new(format!("writing {}: {e}", args.data_dir.display())))?;
+            log::info!(
+                "settings changed and kept in atoll.conf: tick {} ms, heartbeat {} ms, election \
+                 timeout {} ms, roles {}, {} voters, {} standbys, unreachable after {} ms",
+                config.tick_ms,
+                config.heartbeat_ms(),
+                config.election_timeout_ms(),
+                if config.auto_roles { "auto" } else { "manual" },
+                config.voters,
+                config.standbys,
+                config.unreachable_ms
+            );
+        }
+    }
+    let options = StartOptions {
+        peer_routes: args.peer_route.into_iter().collect(),
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
-    let mut node =
-        Node::open(&args.data_dir, shutdown.clone()).map_err(|e| CliError::new(e.to_string()))?;
+    let mut node = Node::open(&args.data_dir, shutdown.clone(), options)
+        .map_err(|e| CliError::new(e.to_string()))?;
     let waker = node
         .waker()
         .map_err(|e| CliError::new(format!("creating the wake-up handle: {e}")))?;

@@ -6,9 +6,10 @@
 //! database (db id 0, else 12 "no database opened"), then a known statement id.
 
 use atoll_core::{ExecError, Reply, Response as CoreResponse, Rows as CoreRows, Target};
+use atoll_net::client::OPEN_FOLLOWER_READS;
 use atoll_net::protocol::{
-    ClusterFormat, Header, NodeInfo, Request, Response, ResponseType, Role, RowsBatch, RowsEnd,
-    ValueRef, HEADER_BYTES,
+    ClusterFormat, Header, NodeInfo, NodeMetadata, Request, Response, ResponseType, Role,
+    RowsBatch, RowsEnd, ValueRef, HEADER_BYTES,
 };
 use atoll_net::reactor::{Completion, ConnId};
 use atoll_raft::{LogIndex, MemberRole, NodeId, StateRole, Term};
@@ -65,6 +66,9 @@ pub(super) struct Client {
     /// id, starting at 0.
     statements: Vec<Option<u32>>,
     state: State,
+    /// Opened with atoll's follower-reads flag: queries are served by this node, leader or
+    /// not (after a read index from the leader); writes still need the leader.
+    follower_reads: bool,
 }
 
 impl Client {
@@ -74,6 +78,7 @@ impl Client {
             database: None,
             statements: Vec::new(),
             state: State::Idle,
+            follower_reads: false,
         }
     }
 }
@@ -156,6 +161,12 @@ fn first_statement(text: &str) -> &str {
 impl Node {
     /// Answers a request, or starts the work that will answer it.
     pub(super) fn on_request(&mut self, conn: ConnId, request: Request) {
+        self.serve_request(conn, request, false);
+    }
+
+    /// Answers a request; `read_confirmed` says a query's read index is applied (see
+    /// `reads.rs`): until then a query waits for it.
+    pub(super) fn serve_request(&mut self, conn: ConnId, request: Request, read_confirmed: bool) {
         let Some(client) = self.clients.get(&conn) else {
             return;
         };
@@ -164,28 +175,35 @@ impl Node {
             warn!("{conn}: a request while another is in progress");
             return;
         }
-        let needs_leader = matches!(
-            request,
+        // Follower reads: OPEN with the flag, then reads, on any node.
+        let follower_reads = client.follower_reads
+            || matches!(&request, Request::Open { flags, .. } if flags & OPEN_FOLLOWER_READS != 0);
+        let needs_leader = match request {
             Request::Open { .. }
-                | Request::Prepare { .. }
-                | Request::Exec { .. }
-                | Request::Query { .. }
-                | Request::ExecSql { .. }
-                | Request::QuerySql { .. }
-                | Request::Add { .. }
-                | Request::Assign { .. }
-                | Request::Remove { .. }
-                | Request::Transfer { .. }
-        );
-        if needs_leader {
-            if self.raft.role() != StateRole::Leader {
-                return self.refuse(conn, not_leader());
-            }
-            if !self.leader_ready() {
-                // A new leader first applies what earlier terms committed.
-                self.parked.push((conn, request));
-                return;
-            }
+            | Request::Prepare { .. }
+            | Request::Query { .. }
+            | Request::QuerySql { .. } => !follower_reads,
+            Request::Exec { .. }
+            | Request::ExecSql { .. }
+            | Request::Add { .. }
+            | Request::Assign { .. }
+            | Request::Remove { .. }
+            | Request::Transfer { .. } => true,
+            _ => false,
+        };
+        let leading = self.raft.role() == StateRole::Leader;
+        if needs_leader && !leading {
+            return self.refuse(conn, not_leader());
+        }
+        if (needs_leader || request.is_query()) && leading && !self.leader_ready() {
+            // A new leader first applies what earlier terms committed.
+            self.parked.push((conn, request));
+            return;
+        }
+        if request.is_query() && !read_confirmed {
+            // Answered once a read index confirms this node's view (batched per turn).
+            self.reads.gather(conn, request);
+            return;
         }
         match request {
             Request::Leader => {
@@ -217,7 +235,9 @@ impl Node {
                 );
                 self.reactor.close_after_flush(conn);
             }
-            Request::Open { name, .. } => self.open_database(conn, &name),
+            Request::Open { name, flags, .. } => {
+                self.open_database(conn, &name, flags & OPEN_FOLLOWER_READS != 0)
+            }
             Request::Prepare {
                 db_id,
                 sql,
@@ -266,10 +286,35 @@ impl Node {
                     weight: self.weight,
                 },
             ),
+            Request::DescribeV1 => {
+                let metadata = self.metadata();
+                self.send(conn, &Response::MetadataV1(metadata));
+            }
             Request::Weight { weight } => {
                 self.weight = weight;
                 self.send(conn, &Response::Empty);
             }
+        }
+    }
+
+    /// This node's identity and Raft status, for DESCRIBE format 1 (atoll's extension).
+    fn metadata(&self) -> NodeMetadata {
+        NodeMetadata {
+            failure_domain: 0,
+            weight: self.weight,
+            id: self.config.id,
+            cluster_id: self.config.cluster_id,
+            term: self.raft.term().0,
+            state: match self.raft.role() {
+                StateRole::Follower => 0,
+                StateRole::PreCandidate => 1,
+                StateRole::Candidate => 2,
+                StateRole::Leader => 3,
+            },
+            leader_id: self.raft.leader_id().map_or(0, |id| id.0),
+            commit_index: self.raft.commit_index().0,
+            applied_index: self.raft.applied().0,
+            last_index: self.raft.last_index().0,
         }
     }
 
@@ -314,7 +359,7 @@ impl Node {
         }
     }
 
-    fn open_database(&mut self, conn: ConnId, name: &str) {
+    fn open_database(&mut self, conn: ConnId, name: &str, follower_reads: bool) {
         let client = self.clients.get(&conn).expect("checked by on_request");
         if client.database.is_some() {
             return self.refuse(
@@ -339,6 +384,7 @@ impl Node {
             Ok(()) => {
                 let client = self.clients.get_mut(&conn).expect("checked above");
                 client.database = Some(name.to_owned());
+                client.follower_reads = follower_reads;
                 self.send(conn, &Response::Db { id: 0 });
             }
             Err(e) => self.refuse(conn, values::failure(&e)),
@@ -747,20 +793,6 @@ impl Node {
         // The one-word form predates roles and means voter.
         let role = member_role(role.unwrap_or(Role::Voter));
         let id = NodeId(id);
-        let current = self.raft.configuration().role(id);
-        if role == MemberRole::Voter && current.is_some() && current != Some(MemberRole::Voter) {
-            // A new voter must catch up with the log first, which needs the peer transport.
-            return self.refuse(
-                conn,
-                (
-                    values::CODE_ERROR,
-                    format!(
-                        "cannot promote node {id} to voter: it must catch up with the log over \
-                         the peer transport, which this atoll version does not have yet"
-                    ),
-                ),
-            );
-        }
         let last = self.raft.last_index();
         match self.raft.assign(id, role) {
             Ok(()) if self.raft.promotion().is_some_and(|p| p.id == id) => {

@@ -27,6 +27,19 @@ pub const TICK_MS_DEFAULT: u64 = 10;
 pub const WRITER_WAIT_MS_DEFAULT: u64 = 5_000;
 /// Applied entries between two snapshots by default.
 pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 8_192;
+/// Leader heartbeat interval by default: 3 ticks of 10 ms.
+pub const HEARTBEAT_MS_DEFAULT: u64 = 30;
+/// Election timeout by default (the lower bound; each follower draws from it up to twice it).
+/// Long enough to ride out the loop stalls a slow or shared disk causes under load (a sync of
+/// 100 ms and more was measured with three nodes on one disk), short enough for failover well
+/// under a second; see ARCHITECTURE.md, "Failover timing and its trade-off".
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 300;
+/// Voters the leader keeps by default (automatic roles).
+pub const VOTERS_DEFAULT: u32 = 3;
+/// Standbys the leader keeps by default (automatic roles).
+pub const STANDBYS_DEFAULT: u32 = 3;
+/// How long a voter may stay unreachable before the leader replaces it, by default.
+pub const UNREACHABLE_MS_DEFAULT: u64 = 3_000;
 
 /// Everything `atoll init` decides about a node; `atoll start` reads it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +63,19 @@ pub struct NodeConfig {
     pub writer_wait_ms: u64,
     /// A snapshot (and log compaction) after this many applied entries.
     pub snapshot_entries: u64,
+    /// Automatic roles: the leader promotes and demotes members to keep `voters` voters and
+    /// `standbys` standbys, and replaces voters unreachable for `unreachable_ms`. Off, roles
+    /// change only when an operator asks (`atoll assign`).
+    pub auto_roles: bool,
+    /// Voters to keep (automatic roles).
+    pub voters: u32,
+    /// Standbys to keep (automatic roles).
+    pub standbys: u32,
+    /// A voter unreachable this long is replaced (automatic roles).
+    pub unreachable_ms: u64,
+    /// Set by `atoll join` until the node is a member: the addresses of nodes of the cluster it
+    /// asks to add it. Empty for a member.
+    pub join: Vec<String>,
 }
 
 impl NodeConfig {
@@ -60,12 +86,69 @@ impl NodeConfig {
             address,
             cluster_id: random_u64(),
             tick_ms: TICK_MS_DEFAULT,
-            heartbeat_ticks: 2,
-            election_ticks_min: 10,
-            election_ticks_max: 20,
+            heartbeat_ticks: (HEARTBEAT_MS_DEFAULT / TICK_MS_DEFAULT) as u32,
+            election_ticks_min: (ELECTION_TIMEOUT_MS_DEFAULT / TICK_MS_DEFAULT) as u32,
+            election_ticks_max: (2 * ELECTION_TIMEOUT_MS_DEFAULT / TICK_MS_DEFAULT) as u32,
             writer_wait_ms: WRITER_WAIT_MS_DEFAULT,
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
+            auto_roles: true,
+            voters: VOTERS_DEFAULT,
+            standbys: STANDBYS_DEFAULT,
+            unreachable_ms: UNREACHABLE_MS_DEFAULT,
+            join: Vec::new(),
         }
+    }
+
+    /// Sets the timing from milliseconds: the tick, the heartbeat interval and the election
+    /// timeout (its lower bound; each follower draws its timeout up to twice it). Values not
+    /// given keep their current length. Without an explicit tick, a heartbeat or election
+    /// timeout given picks a tick of half the heartbeat (1 to 10 ms), so short timeouts keep a
+    /// useful resolution.
+    pub fn set_timing(
+        &mut self,
+        tick_ms: Option<u64>,
+        heartbeat_ms: Option<u64>,
+        election_timeout_ms: Option<u64>,
+    ) -> Result<(), String> {
+        let heartbeat = heartbeat_ms.unwrap_or(self.heartbeat_ticks as u64 * self.tick_ms);
+        let election = election_timeout_ms.unwrap_or(self.election_ticks_min as u64 * self.tick_ms);
+        let tick = match tick_ms {
+            Some(tick) => tick,
+            None if heartbeat_ms.is_some() || election_timeout_ms.is_some() => {
+                (heartbeat / 2).clamp(1, TICK_MS_DEFAULT)
+            }
+            None => self.tick_ms,
+        };
+        if tick == 0 {
+            return Err("the tick must be at least 1 ms".into());
+        }
+        if heartbeat < tick || !heartbeat.is_multiple_of(tick) {
+            return Err(format!(
+                "the heartbeat ({heartbeat} ms) must be a whole number of ticks ({tick} ms)"
+            ));
+        }
+        if election <= heartbeat || !election.is_multiple_of(tick) {
+            return Err(format!(
+                "the election timeout ({election} ms) must be a whole number of ticks ({tick} ms) \
+                 above the heartbeat ({heartbeat} ms)"
+            ));
+        }
+        let ticks = |ms: u64| u32::try_from(ms / tick).map_err(|_| "timeout too long".to_owned());
+        self.tick_ms = tick;
+        self.heartbeat_ticks = ticks(heartbeat)?;
+        self.election_ticks_min = ticks(election)?;
+        self.election_ticks_max = ticks(election * 2)?;
+        Ok(())
+    }
+
+    /// The heartbeat interval in milliseconds.
+    pub fn heartbeat_ms(&self) -> u64 {
+        u64::from(self.heartbeat_ticks) * self.tick_ms
+    }
+
+    /// The lower bound of the election timeout in milliseconds.
+    pub fn election_timeout_ms(&self) -> u64 {
+        u64::from(self.election_ticks_min) * self.tick_ms
     }
 
     /// Checks the values and their relations.
@@ -86,6 +169,19 @@ impl NodeConfig {
         if self.writer_wait_ms == 0 || self.snapshot_entries == 0 {
             return Err("writer_wait_ms and snapshot_entries must be at least 1".into());
         }
+        if self.voters == 0 || self.voters > 64 || self.standbys > 64 {
+            return Err("voters must be 1..=64 and standbys 0..=64".into());
+        }
+        if self.unreachable_ms < self.election_timeout_ms() {
+            return Err(format!(
+                "unreachable_ms ({}) must be at least the election timeout ({} ms)",
+                self.unreachable_ms,
+                self.election_timeout_ms()
+            ));
+        }
+        for address in &self.join {
+            validate_address(address)?;
+        }
         Ok(())
     }
 
@@ -105,6 +201,14 @@ impl NodeConfig {
         let _ = writeln!(text, "election_ticks_max = {}", self.election_ticks_max);
         let _ = writeln!(text, "writer_wait_ms = {}", self.writer_wait_ms);
         let _ = writeln!(text, "snapshot_entries = {}", self.snapshot_entries);
+        let roles = if self.auto_roles { "auto" } else { "manual" };
+        let _ = writeln!(text, "roles = {roles}");
+        let _ = writeln!(text, "voters = {}", self.voters);
+        let _ = writeln!(text, "standbys = {}", self.standbys);
+        let _ = writeln!(text, "unreachable_ms = {}", self.unreachable_ms);
+        if !self.join.is_empty() {
+            let _ = writeln!(text, "join = {}", self.join.join(","));
+        }
         text
     }
 
@@ -130,7 +234,7 @@ impl NodeConfig {
                 ));
             }
         }
-        let mut take = |key: &str| {
+        let mut take = |key: &str| -> Result<String, String> {
             values
                 .remove(key)
                 .ok_or_else(|| format!("`{key}` is missing"))
@@ -158,7 +262,38 @@ impl NodeConfig {
             election_ticks_max: number("election_ticks_max", take("election_ticks_max")?)?,
             writer_wait_ms: number("writer_wait_ms", take("writer_wait_ms")?)?,
             snapshot_entries: number("snapshot_entries", take("snapshot_entries")?)?,
+            auto_roles: true,
+            voters: VOTERS_DEFAULT,
+            standbys: STANDBYS_DEFAULT,
+            unreachable_ms: UNREACHABLE_MS_DEFAULT,
+            join: Vec::new(),
         };
+        // Keys added for clusters are optional: a file written before them gets the defaults.
+        let mut config = config;
+        let mut optional = |key: &str| values.remove(key);
+        if let Some(roles) = optional("roles") {
+            config.auto_roles = match roles.as_str() {
+                "auto" => true,
+                "manual" => false,
+                other => return Err(format!("`roles = {other}`: expected auto or manual")),
+            };
+        }
+        if let Some(value) = optional("voters") {
+            config.voters = number("voters", value)?;
+        }
+        if let Some(value) = optional("standbys") {
+            config.standbys = number("standbys", value)?;
+        }
+        if let Some(value) = optional("unreachable_ms") {
+            config.unreachable_ms = number("unreachable_ms", value)?;
+        }
+        if let Some(value) = optional("join") {
+            config.join = value
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect();
+        }
         if let Some(key) = values.keys().next() {
             return Err(format!("unknown key `{key}`"));
         }
@@ -266,6 +401,51 @@ mod tests {
             let error = NodeConfig::parse(&text).unwrap_err();
             assert!(error.contains(wanted), "{error} should mention {wanted}");
         }
+    }
+
+    #[test]
+    fn test_cluster_keys_are_optional_and_round_trip() {
+        let mut config = NodeConfig::new(7, "127.0.0.1:9001".into());
+        config.auto_roles = false;
+        config.voters = 5;
+        config.join = vec!["127.0.0.1:9002".into(), "127.0.0.1:9003".into()];
+        assert_eq!(NodeConfig::parse(&config.to_text()).unwrap(), config);
+        // A file from before clusters: the defaults.
+        let old: String = NodeConfig::new(7, "127.0.0.1:9001".into())
+            .to_text()
+            .lines()
+            .filter(|l| {
+                !["roles", "voters", "standbys", "unreachable_ms"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed = NodeConfig::parse(&old).unwrap();
+        assert!(parsed.auto_roles);
+        assert_eq!((parsed.voters, parsed.standbys), (3, 3));
+        assert!(parsed.join.is_empty());
+        assert!(NodeConfig::parse(&format!("{old}roles = sometimes\n")).is_err());
+    }
+
+    #[test]
+    fn test_timing_from_milliseconds() {
+        let mut config = NodeConfig::new(7, "127.0.0.1:9001".into());
+        assert_eq!(
+            (config.heartbeat_ms(), config.election_timeout_ms()),
+            (30, 300)
+        );
+        config.set_timing(None, Some(4), Some(20)).unwrap();
+        assert_eq!(config.tick_ms, 2);
+        assert_eq!((config.heartbeat_ticks, config.election_ticks_min), (2, 10));
+        assert_eq!(config.election_ticks_max, 20);
+        config.set_timing(Some(1), None, Some(30)).unwrap();
+        assert_eq!(
+            (config.heartbeat_ms(), config.election_timeout_ms()),
+            (4, 30)
+        );
+        assert!(config.set_timing(Some(10), Some(15), None).is_err());
+        assert!(config.set_timing(None, Some(50), Some(40)).is_err());
     }
 
     #[test]

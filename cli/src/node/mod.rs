@@ -24,6 +24,10 @@
 
 mod clients;
 pub mod config;
+mod join;
+mod peers;
+mod reads;
+mod roles;
 mod values;
 
 use std::collections::HashMap;
@@ -36,12 +40,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atoll_core::{Applied, Engine, EngineConfig, Proposal, SessionId};
-use atoll_net::reactor::{ConnId, Event, Reactor, ReactorConfig, Waker};
+use atoll_net::reactor::{ConnId, Event, PeerConfig, Reactor, ReactorConfig, Waker};
 use atoll_raft::{
     bootstrap_entry, persist_ready, Config as RaftConfig, Configuration, EntryKind, LogIndex,
-    MemberRole, Message, NodeId, Payload, RawNode, Ready, SnapshotMeta, StateRole, Term,
+    MemberRole, NodeId, Payload, RawNode, Ready, SnapshotMeta, StateRole, Term,
 };
-use atoll_storage::{LogRead, LogStore, Options, SegmentLog, SnapshotWriter};
+use atoll_storage::{LogRead, LogStore, Options, SegmentLog, SnapshotData, SnapshotWriter};
 use log::{debug, error, info, warn};
 
 use clients::{ChangeWaiter, Client};
@@ -58,6 +62,29 @@ const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
 /// A snapshot attempt that could not start (a checkpoint was held back by a reader) is retried
 /// after this many more applied entries.
 const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
+/// The most raft ticks one timer event may count: a loop turn that took longer than this many
+/// ticks (a stalled disk, a stopped process) does not replay the whole stall at once.
+const TICKS_PER_TURN_MAX: u32 = 1_000;
+/// Largest transaction a node accepts (captured frame bytes): its command must fit one raft
+/// entry (`atoll_raft::codec::ENTRY_BYTES_MAX`, 32 MiB) with room for the command's headers.
+const TRANSACTION_BYTES_MAX: usize = 30 << 20;
+/// Largest peer frame: one raft message, which holds at least one whole entry.
+const PEER_FRAME_BYTES_MAX: u32 = 40 << 20;
+/// Bytes queued per peer: one largest frame and some more. A slow or dead peer costs at most
+/// this much memory before frames to it are dropped (raft resends).
+const PEER_QUEUE_BYTES_MAX: usize = 48 << 20;
+
+const _: () = assert!((TRANSACTION_BYTES_MAX as u64) < atoll_raft::codec::ENTRY_BYTES_MAX);
+const _: () = assert!(atoll_raft::codec::ENTRY_BYTES_MAX + (1 << 20) < PEER_FRAME_BYTES_MAX as u64);
+const _: () = assert!(PEER_FRAME_BYTES_MAX as usize + 64 < PEER_QUEUE_BYTES_MAX);
+
+/// What `atoll start` may add to the node's configuration file for this run only.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Addresses to dial for some peers instead of their configured ones (tests route a node's
+    /// outbound peer connections through fault-injecting proxies); hidden flag `--peer-route`.
+    pub peer_routes: HashMap<u64, String>,
+}
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
 /// and recovery brings it back from what is durable.
@@ -84,13 +111,25 @@ fn fatal(what: &str, error: impl fmt::Display) -> NodeError {
 /// Creates the data directory of the first node of a new cluster: the configuration file and a
 /// Raft log holding the bootstrap configuration (this node, a voter) at index 1.
 pub fn init(data_dir: &Path, config: &NodeConfig) -> Result<(), NodeError> {
+    create(data_dir, config, true)
+}
+
+/// Creates the data directory of a node that will join a cluster (`config.join` names it):
+/// the configuration file and an empty Raft log. The log and the databases come from the
+/// leader once the node is added (`atoll start`).
+pub fn prepare_join(data_dir: &Path, config: &NodeConfig) -> Result<(), NodeError> {
+    assert!(!config.join.is_empty(), "a joining node knows its cluster");
+    create(data_dir, config, false)
+}
+
+fn create(data_dir: &Path, config: &NodeConfig, bootstrap: bool) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Start)?;
     match std::fs::read_dir(data_dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(NodeError::Start(format!(
-                    "{} is not empty: `atoll init` only sets up a new, empty data directory \
-                     (to run an existing node: `atoll start --data-dir {}`)",
+                    "{} is not empty: `atoll init` and `atoll join` only set up a new, empty \
+                     data directory (to run an existing node: `atoll start --data-dir {}`)",
                     data_dir.display(),
                     data_dir.display()
                 )));
@@ -111,11 +150,13 @@ pub fn init(data_dir: &Path, config: &NodeConfig) -> Result<(), NodeError> {
     let start = |what: &str, e: &dyn fmt::Display| NodeError::Start(format!("{what}: {e}"));
     let mut log = SegmentLog::open(config::raft_dir(data_dir), Options::default())
         .map_err(|e| start("creating the Raft log", &e))?;
-    let mut configuration = Configuration::new();
-    configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
-    log.append(&[bootstrap_entry(&configuration)])
-        .map_err(|e| start("writing the bootstrap entry", &e))?;
-    log.sync().map_err(|e| start("syncing the Raft log", &e))?;
+    if bootstrap {
+        let mut configuration = Configuration::new();
+        configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
+        log.append(&[bootstrap_entry(&configuration)])
+            .map_err(|e| start("writing the bootstrap entry", &e))?;
+        log.sync().map_err(|e| start("syncing the Raft log", &e))?;
+    }
     drop(log);
     std::fs::create_dir_all(config::db_dir(data_dir))
         .map_err(|e| start("creating the database directory", &e))?;
@@ -134,6 +175,7 @@ struct Stats {
     syncs: u64,
     commands_applied: u64,
     snapshots: u64,
+    snapshots_installed: u64,
 }
 
 /// A snapshot being copied from the engine into the snapshot store, a bounded piece per turn.
@@ -165,11 +207,41 @@ pub struct Node {
     /// The term in which this node last saw itself leader (detects leadership loss).
     leader_term: Option<Term>,
     weight: u64,
-    /// The snapshot being received from a leader (issue 6's followers).
-    incoming: Option<SnapshotWriter>,
+    /// The snapshot being received from a leader, and the bytes written to it so far.
+    incoming: Option<(SnapshotWriter, u64)>,
+    /// Snapshots being streamed to followers, open for reads at offsets (chunks are read
+    /// from the file when they are sent, never the whole snapshot into memory).
+    outgoing: Vec<SnapshotData>,
+    /// Peer addresses: routes from `--peer-route`, then the configuration's, then what peers
+    /// announced in their hellos (a node learns its leader's address before the log tells it).
+    peer_routes: HashMap<u64, String>,
+    peer_announced: HashMap<u64, String>,
+    /// The configuration the reactor's peer addresses follow (its index).
+    peers_configuration_index: LogIndex,
+    /// Peers whose send failures were logged already (log once, then debug).
+    peer_send_failures: HashMap<u64, u64>,
+    /// The instant of the last counted raft tick.
+    tick_at: Instant,
+    /// Reads of this turn, confirmed together with one read index; reads waiting for theirs.
+    reads: reads::Reads,
+    /// Automatic roles (on the leader).
+    roles: roles::Roles,
+    /// A join request in progress (a node made by `atoll join`, not a member yet).
+    join: Option<join::Join>,
+    /// SIGTERM on a leader: leadership is handed over first, until this deadline.
+    handover_until: Option<Instant>,
+    /// After a handover, the node keeps answering (as a follower) until this instant.
+    linger_until: Option<Instant>,
+    /// Time spent this turn persisting, syncing and applying (reported for slow turns).
+    turn_persist: Duration,
+    turn_sync: Duration,
+    turn_apply: Duration,
     snapshot_job: Option<SnapshotJob>,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
+    /// Compaction raft asked for and not done yet: the log is compacted one segment file per
+    /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
+    compact_target: Option<(LogIndex, Term)>,
     last_apply_at: Instant,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
@@ -182,7 +254,11 @@ pub struct Node {
 impl Node {
     /// Opens a node's data directory and binds its address: recovers the log, the snapshot
     /// and the databases, and starts an election at once when this node is the only voter.
-    pub fn open(data_dir: &Path, shutdown: Arc<AtomicBool>) -> Result<Node, NodeError> {
+    pub fn open(
+        data_dir: &Path,
+        shutdown: Arc<AtomicBool>,
+        options: StartOptions,
+    ) -> Result<Node, NodeError> {
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
         let log = SegmentLog::open(config::raft_dir(data_dir), Options::default()).map_err(
@@ -201,6 +277,7 @@ impl Node {
             .map_err(|e| start(format!("reading the snapshots: {e}")))?;
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
         engine_config.queue_wait_max = config.writer_wait_ms;
+        engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
         let (mut engine, recovery) = Engine::open(engine_config)
             .map_err(|e| start(format!("opening the databases: {e}")))?;
         let raft_snapshot = match &snapshot {
@@ -270,13 +347,25 @@ impl Node {
         .map_err(|e| start(format!("starting raft: {e}")))?;
 
         let address = resolve(&config.address).map_err(NodeError::Start)?;
-        let reactor = Reactor::bind(address, ReactorConfig::default()).map_err(|e| {
+        let mut peer = PeerConfig::new(
+            config.id,
+            config.cluster_id,
+            config.address.clone(),
+            config::random_u64(),
+        );
+        peer.frame_bytes_max = PEER_FRAME_BYTES_MAX;
+        peer.queue_bytes_max = PEER_QUEUE_BYTES_MAX;
+        let reactor_config = ReactorConfig {
+            peer: Some(peer),
+            ..ReactorConfig::default()
+        };
+        let reactor = Reactor::bind(address, reactor_config).map_err(|e| {
             start(format!(
                 "cannot listen on {} ({address}): {e}",
                 config.address
             ))
         })?;
-        let snapshot_next_at = applied + config.snapshot_entries;
+        let snapshot_next_at = applied + snapshot_interval(&config);
         let tick = Duration::from_millis(config.tick_ms);
         let mut node = Node {
             config,
@@ -295,8 +384,23 @@ impl Node {
             leader_term: None,
             weight: 0,
             incoming: None,
+            outgoing: Vec::new(),
+            peer_routes: options.peer_routes,
+            peer_announced: HashMap::new(),
+            peers_configuration_index: LogIndex(0),
+            peer_send_failures: HashMap::new(),
+            tick_at: Instant::now(),
+            reads: reads::Reads::default(),
+            roles: roles::Roles::default(),
+            join: None,
+            handover_until: None,
+            linger_until: None,
+            turn_persist: Duration::ZERO,
+            turn_sync: Duration::ZERO,
+            turn_apply: Duration::ZERO,
             snapshot_job: None,
             snapshot_next_at,
+            compact_target: None,
             last_apply_at: Instant::now(),
             checkpointed_at: applied,
             replay: Some((applied, last.0)),
@@ -314,6 +418,8 @@ impl Node {
                 .campaign()
                 .map_err(|e| start(format!("campaigning: {e}")))?;
         }
+        node.follow_configuration();
+        node.start_join()?;
         Ok(node)
     }
 
@@ -334,7 +440,7 @@ impl Node {
         // The one loop that never ends, until shutdown: each turn gathers the inputs, then
         // proposes, persists (one sync), applies and answers as a batch.
         loop {
-            if self.shutdown.load(Ordering::SeqCst) {
+            if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
                 break;
             }
             let busy = self.snapshot_job.is_some() || !self.proposals.is_empty();
@@ -342,17 +448,50 @@ impl Node {
             self.reactor
                 .poll(&mut events, timeout)
                 .map_err(|e| fatal("polling", e))?;
+            let turn_start = Instant::now();
             let now = self.started.elapsed().as_millis() as u64;
             self.engine.set_time(now);
             self.drain_engine();
+            let event_count = events.len();
             for event in events.drain(..) {
                 self.on_event(event)?;
             }
+            let events_done = Instant::now();
             self.drive_raft()?;
+            let raft_done = Instant::now();
             self.after_turn()?;
+            self.note_slow_turn(turn_start, events_done, raft_done, event_count);
         }
         self.stop();
         Ok(())
+    }
+
+    /// A turn long enough to delay heartbeats (half an election timeout) is logged with where
+    /// the time went: the operator sees why an election happened.
+    fn note_slow_turn(
+        &mut self,
+        start: Instant,
+        events_done: Instant,
+        raft_done: Instant,
+        event_count: usize,
+    ) {
+        let took = start.elapsed();
+        let budget = self.tick * self.config.election_ticks_min / 2;
+        if took >= budget {
+            warn!(
+                "slow loop turn: {took:?} ({event_count} events {:?}; raft {:?}: persist {:?}, \
+                 sync {:?}, apply {:?}; after {:?}); half the election timeout is {budget:?}",
+                events_done - start,
+                raft_done - events_done,
+                self.turn_persist,
+                self.turn_sync,
+                self.turn_apply,
+                raft_done.elapsed()
+            );
+        }
+        self.turn_persist = Duration::ZERO;
+        self.turn_sync = Duration::ZERO;
+        self.turn_apply = Duration::ZERO;
     }
 
     fn on_event(&mut self, event: Event) -> Result<(), NodeError> {
@@ -380,23 +519,51 @@ impl Node {
                 }
                 self.parked.retain(|(c, _)| *c != conn);
                 self.changes.retain(|w| w.conn != conn);
+                self.reads.forget(conn);
             }
             Event::Timer { token, .. } => {
                 if token == TICK_TOKEN {
-                    self.raft.tick();
-                    self.reactor
-                        .timer_after(self.tick, TICK_TOKEN)
-                        .map_err(|e| fatal("arming the tick timer", e))?;
+                    self.on_tick()?;
                 }
             }
-            Event::PeerConnected { .. }
-            | Event::PeerDisconnected { .. }
-            | Event::PeerFrame { .. } => {
-                // The reactor is bound without a peer configuration (`ReactorConfig::peer` is
-                // None), so it refuses peer connections and never reports one.
-                unreachable!("peer event from a reactor without a peer transport");
-            }
+            Event::PeerConnected {
+                node,
+                direction,
+                address,
+            } => self.on_peer_connected(node, direction, address),
+            Event::PeerDisconnected {
+                node,
+                direction,
+                reason,
+                frames_dropped,
+            } => self.on_peer_disconnected(node, direction, reason, frames_dropped),
+            Event::PeerFrame { from, frame } => self.on_peer_frame(from, frame)?,
         }
+        Ok(())
+    }
+
+    /// The tick timer fired: counts every tick that passed since the last one (a busy turn may
+    /// have taken several), so that raft's heartbeats and timeouts follow the wall clock and a
+    /// busy leader still heartbeats on time. Then re-arms the timer for the next tick boundary.
+    fn on_tick(&mut self) -> Result<(), NodeError> {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.tick_at);
+        let ticks = (elapsed.as_nanos() / self.tick.as_nanos()).max(1);
+        let ticks = u32::try_from(ticks)
+            .unwrap_or(u32::MAX)
+            .min(TICKS_PER_TURN_MAX);
+        for _ in 0..ticks {
+            self.raft.tick();
+        }
+        self.tick_at += self.tick * ticks;
+        if now.saturating_duration_since(self.tick_at) > self.tick {
+            // A stall longer than the per-turn bound: the rest is forgotten.
+            self.tick_at = now;
+        }
+        let next = (self.tick_at + self.tick).saturating_duration_since(Instant::now());
+        self.reactor
+            .timer_after(next, TICK_TOKEN)
+            .map_err(|e| fatal("arming the tick timer", e))?;
         Ok(())
     }
 
@@ -429,13 +596,19 @@ impl Node {
                 }
                 Err(atoll_raft::Error::Storage(e)) => return Err(fatal("reading the log", e)),
                 Err(e) => {
+                    // Nothing was appended: the client may retry. During a leadership transfer
+                    // it is told "not leader", which every client retries on the new leader.
                     let reason = match e {
-                        atoll_raft::Error::NotLeader { .. } => values::REASON_NOT_LEADER,
-                        atoll_raft::Error::ProposalDropped
-                        | atoll_raft::Error::TransferInProgress => values::REASON_BUSY,
+                        atoll_raft::Error::NotLeader { .. }
+                        | atoll_raft::Error::TransferInProgress => values::REASON_NOT_LEADER,
+                        atoll_raft::Error::ProposalDropped => values::REASON_BUSY,
                         _ => values::REASON_LEADERSHIP_LOST,
                     };
-                    warn!("{} proposal(s) refused by raft: {e}", ids.len());
+                    if matches!(e, atoll_raft::Error::TransferInProgress) {
+                        debug!("{} proposal(s) refused by raft: {e}", ids.len());
+                    } else {
+                        warn!("{} proposal(s) refused by raft: {e}", ids.len());
+                    }
                     for id in ids {
                         self.engine.discard(id, reason);
                     }
@@ -443,6 +616,7 @@ impl Node {
                 }
             }
         }
+        self.request_read_index();
         // Bounded: each ready hands out pending work, and raft produces new work only from
         // what this loop reports back (persistence, applies).
         while self.raft.has_ready() {
@@ -452,6 +626,7 @@ impl Node {
         if let Some(e) = self.raft.storage_error() {
             return Err(fatal("reading the log", e));
         }
+        self.follow_configuration();
         Ok(())
     }
 
@@ -461,33 +636,39 @@ impl Node {
         if let Some(install) = &ready.snapshot {
             self.install_snapshot(install.meta.index)?;
         }
-        // 2. The log: install/compact, truncate + append, hard state (durable before sends).
-        if let Some((index, _)) = ready.compact {
+        // 2. The log: install, truncate + append, hard state (durable before sends). A
+        //    compaction is done later, a segment file per turn (`compact_step`).
+        if let Some((index, term)) = ready.compact.take() {
             let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
             assert!(
                 index.0 <= floor,
                 "compaction through {index} would pass the checkpoint index {floor}"
             );
+            if self.compact_target.is_none_or(|(target, _)| target < index) {
+                self.compact_target = Some((index, term));
+            }
         }
+        let persist_start = Instant::now();
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
-        if let Some((index, _)) = ready.compact {
-            debug!("log compacted through {index}");
-        }
+        self.turn_persist += persist_start.elapsed();
         // 3. Messages that may leave before the entries are durable.
         self.send_messages(std::mem::take(&mut ready.messages));
         // 4. One sync for the whole batch, then durability goes back to raft.
         if ready.must_sync() {
+            let sync_start = Instant::now();
             self.raft
                 .log_mut()
                 .sync()
                 .map_err(|e| fatal("syncing the log", e))?;
             self.stats.syncs += 1;
+            self.turn_sync += sync_start.elapsed();
         }
         if let Some((index, term)) = ready.persist_point() {
             self.raft.on_persisted(index, term);
         }
         self.send_messages(std::mem::take(&mut ready.persisted_messages));
         // 5. Apply the committed entries, answering the writes they carry.
+        let apply_start = Instant::now();
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
@@ -505,23 +686,20 @@ impl Node {
         if !ready.committed_entries.is_empty() {
             self.last_apply_at = Instant::now();
         }
-        // Reads are served locally by a ready leader; ReadIndex states come with peers.
+        self.turn_apply += apply_start.elapsed();
+        // Reads whose index is applied now: run them (raft releases a read state only then).
         for read in &ready.read_states {
-            debug!("read state {} at {} (unused)", read.context, read.index);
+            self.read_confirmed(read.context, read.index);
+        }
+        for context in &ready.dropped_reads {
+            self.read_dropped(*context);
         }
         Ok(())
     }
 
-    /// Sends raft messages to their peers. This node has no peer transport yet (issue 6): the
-    /// messages are dropped and raft is told the peer is unreachable, which is what a failed
-    /// connection would look like.
-    fn send_messages(&mut self, messages: Vec<Message>) {
-        for message in messages {
-            debug!("no peer transport: dropping {message}");
-            self.raft.report_unreachable(message.to);
-        }
-    }
-
+    /// Writes received snapshot chunks into the incoming snapshot file, each at its offset:
+    /// raft hands them out contiguous from 0, and a chunk at offset 0 starts a new file (a
+    /// restarted stream, or a newer snapshot; the unfinished one is removed).
     fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), NodeError> {
         for chunk in &ready.snapshot_chunks {
             if chunk.offset == 0 {
@@ -532,23 +710,33 @@ impl Node {
                     .snapshots()
                     .create(chunk.meta.index, chunk.meta.term, &configuration)
                     .map_err(|e| fatal("creating a received snapshot", e))?;
-                self.incoming = Some(writer);
+                info!(
+                    "receiving snapshot {} ({} bytes) from the leader",
+                    chunk.meta.index, chunk.meta.size_bytes
+                );
+                self.incoming = Some((writer, 0));
             }
-            let Some(writer) = self.incoming.as_mut() else {
+            let Some((writer, written)) = self.incoming.as_mut() else {
                 return Err(NodeError::Fatal(format!(
                     "snapshot chunk at offset {} without its start",
                     chunk.offset
                 )));
             };
+            assert_eq!(
+                chunk.offset, *written,
+                "raft hands out snapshot chunks contiguously"
+            );
+            assert_eq!(chunk.data.len(), chunk.length as usize);
             writer
                 .write_all(&chunk.data)
                 .map_err(|e| fatal("writing a received snapshot", e))?;
+            *written += chunk.data.len() as u64;
         }
         Ok(())
     }
 
     fn install_snapshot(&mut self, index: LogIndex) -> Result<(), NodeError> {
-        let writer = self.incoming.take().ok_or_else(|| {
+        let (writer, _) = self.incoming.take().ok_or_else(|| {
             NodeError::Fatal(format!("snapshot {index} to install was not received"))
         })?;
         let meta = writer
@@ -563,8 +751,15 @@ impl Node {
         self.engine
             .install_snapshot(&mut reader)
             .map_err(|e| fatal("installing a snapshot", e))?;
-        info!("installed snapshot {index} from the leader");
+        info!(
+            "installed snapshot {index} from the leader ({} bytes)",
+            meta.data_bytes
+        );
         self.drain_engine();
+        self.snapshot_next_at = index.0 + snapshot_interval(&self.config);
+        self.checkpointed_at = index.0;
+        self.stats.snapshots_installed += 1;
+        self.prune_snapshots();
         Ok(())
     }
 
@@ -619,6 +814,10 @@ impl Node {
             }
         }
         self.check_changes();
+        self.compact_step()?;
+        self.expire_reads();
+        self.roles_step();
+        self.join_step();
         self.snapshot_policy()?;
         self.checkpoint_policy();
         if self.proposals.is_empty() {
@@ -709,13 +908,47 @@ impl Node {
             writer,
             buffer: vec![0; 64 * 1024],
         });
-        self.snapshot_next_at = applied + self.config.snapshot_entries;
+        self.snapshot_next_at = applied + snapshot_interval(&self.config);
+        Ok(())
+    }
+
+    /// One step of the compaction raft asked for: through the oldest closed segment (one file
+    /// removed), or through the target when it lies in the open segment. Raft's `compact` is
+    /// permission, not an order: entries kept a little longer are still valid log.
+    fn compact_step(&mut self) -> Result<(), NodeError> {
+        let Some((target, target_term)) = self.compact_target else {
+            return Ok(());
+        };
+        let log = self.raft.log();
+        if log.first_index() > target {
+            self.compact_target = None;
+            return Ok(());
+        }
+        let (index, term) = match log.oldest_segment_last_index() {
+            Some(last) if last < target => match self.raft.log_term(last) {
+                Some(term) => (last, term),
+                None => (target, target_term),
+            },
+            _ => (target, target_term),
+        };
+        let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
+        assert!(index.0 <= floor, "compaction past the checkpoint index");
+        self.raft
+            .log_mut()
+            .compact_through(index, term)
+            .map_err(|e| fatal("compacting the log", e))?;
+        debug!("log compacted through {index}");
+        if index == target {
+            self.compact_target = None;
+        }
         Ok(())
     }
 
     /// Removes the snapshots raft no longer needs (older than every one in use).
     fn prune_snapshots(&mut self) {
         let in_use = self.raft.snapshots_in_use();
+        self.outgoing
+            .retain(|data| in_use.contains(&data.meta().index));
         let Some(oldest) = in_use.first().copied() else {
             return;
         };
@@ -747,16 +980,75 @@ impl Node {
         }
     }
 
+    /// After SIGINT/SIGTERM: whether the loop may end now. A leader with other voters first
+    /// hands leadership to the most up-to-date one (a transfer: proposals meanwhile are refused
+    /// as "not leader", which clients retry on the new leader), and waits for it, a bounded
+    /// time; then it stops as any node does.
+    fn handover_done(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(until) = self.linger_until {
+            return now >= until;
+        }
+        let me = NodeId(self.config.id);
+        if self.raft.role() != StateRole::Leader
+            || !self.raft.configuration().voters().any(|id| id != me)
+        {
+            if self.handover_until.take().is_some() {
+                info!(
+                    "leadership handed over (now term {}, leader {})",
+                    self.raft.term(),
+                    self.raft
+                        .leader_id()
+                        .map_or("not known yet".to_owned(), |id| format!("node {id}"))
+                );
+                // Serve a moment longer as a follower: a client with a request in flight or
+                // about to send one gets "not leader" (retried on the new leader) instead of a
+                // closed connection (an unknown outcome).
+                let linger = (self.tick * self.config.election_ticks_max * 2)
+                    .max(Duration::from_millis(200));
+                self.linger_until = Some(now + linger);
+                return false;
+            }
+            return true;
+        }
+        match self.handover_until {
+            Some(until) if now >= until => {
+                warn!("stopping: leadership was not handed over in time");
+                true
+            }
+            Some(_) => false,
+            None => {
+                let wait =
+                    self.tick * self.config.election_ticks_max * 3 + Duration::from_millis(300);
+                match self.raft.transfer_leadership(None) {
+                    Ok(to) => {
+                        info!(
+                            "stopping: handing leadership over to node {to} first (waiting at \
+                             most {wait:?})"
+                        );
+                        self.handover_until = Some(now + wait);
+                        false
+                    }
+                    Err(e) => {
+                        warn!("stopping without handing leadership over: {e}");
+                        true
+                    }
+                }
+            }
+        }
+    }
+
     /// A clean stop: every database checkpointed, so the next start replays nothing.
     fn stop(&mut self) {
         info!(
             "stopping: {} entries proposed in {} batches, {} syncs, {} commands applied, {} \
-             snapshots",
+             snapshots taken, {} installed",
             self.stats.entries_proposed,
             self.stats.proposal_batches,
             self.stats.syncs,
             self.stats.commands_applied,
-            self.stats.snapshots
+            self.stats.snapshots,
+            self.stats.snapshots_installed
         );
         self.snapshot_job = None;
         match self.engine.checkpoint(true) {
@@ -764,6 +1056,15 @@ impl Node {
             Err(e) => error!("final checkpoint failed (the next start replays the log): {e}"),
         }
     }
+}
+
+/// Applied entries until the next snapshot: `snapshot_entries` and up to an eighth more, drawn
+/// per snapshot, so that the nodes of a cluster (which apply the same entries at about the
+/// same time) do not all snapshot, checkpoint and compact in the same instant: a pause of every
+/// node at once would look like a dead leader.
+fn snapshot_interval(config: &NodeConfig) -> u64 {
+    let jitter = config.snapshot_entries / 8;
+    config.snapshot_entries + config::random_u64() % (jitter + 1)
 }
 
 /// The first socket address of `HOST:PORT`.

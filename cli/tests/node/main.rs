@@ -9,8 +9,15 @@
 //! - `t13_commands`: `atoll demo`, `atoll init` refusals, a clean SIGTERM stop, a locked data
 //!   directory.
 //! - `t14_protocol`: membership requests on one node; a DUMP streamed in pieces.
+//! - `t20_cluster`: three nodes from `atoll init` + `atoll join`, identical databases; failover
+//!   under a write loop; a restarted node catches up.
+//! - `t21_membership`: joins, promotions, removals (also the dqlite shell's `.remove`) and a
+//!   transfer while a client writes; automatic roles; SIGTERM handover; follower reads; the
+//!   Python client pointed at a follower.
 //! - `t50_durability`: kill -9 and restart; a crash loop under concurrent writers.
 //! - `t51_concurrency`: 64 concurrent writers, no "database is locked", group commit.
+//! - `t55_cluster_faults`: an isolated leader (fault-injecting proxies between the nodes);
+//!   a node back after log compaction catches up by snapshot.
 //! - `t52_bad_input`: malformed frames, wrong versions, oversized messages, unknown ids, while
 //!   another client keeps being served.
 
@@ -22,6 +29,9 @@ mod t11_python;
 mod t12_captures;
 mod t13_commands;
 mod t14_protocol;
+mod t20_cluster;
+mod t21_membership;
 mod t50_durability;
 mod t51_concurrency;
 mod t52_bad_input;
+mod t55_cluster_faults;

@@ -30,7 +30,7 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run_script(name: &str, address: &str) -> String {
+pub(crate) fn run_script(name: &str, address: &str) -> String {
     let mut command = Command::new(python());
     command.arg(script(name)).arg(address);
     let out = run_command(command, None);

@@ -3,16 +3,22 @@
 
 use crate::support::{atoll, AtollNode, Node};
 
-/// `atoll demo` needs no setup: it runs a node, the workload, stops the node and removes its
-/// temporary directory.
+/// `atoll demo` needs no setup: it runs three nodes (init + two joins), the workload, a
+/// failover it times, a restart that catches up, stops the nodes and removes its temporary
+/// directory.
 #[test]
 fn test_demo_runs_a_workload_and_cleans_up() {
     let out = atoll(&["demo"]);
     let stdout = out.ok();
     for wanted in [
-        "atoll demo: a one-node cluster in ",
+        "atoll demo: a three-node cluster in ",
         "$ atoll init --data-dir ",
-        "node 1 is the leader at 127.0.0.1:",
+        "$ atoll join --data-dir ",
+        "three voters after ",
+        "killing the leader, node",
+        "ms from kill -9 to the next acknowledged write",
+        "node1 applied everything through index ",
+        "|  200 |",
         "OK (4 rows changed)",
         "| greenhouse |    23.0 | 2024-05-01 12:00:00 |",
         "4 rows",

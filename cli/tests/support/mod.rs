@@ -5,8 +5,9 @@
 //! any server that speaks dqlite's protocol: [`ServerKind::DqliteDemo`] (Debian's go-dqlite
 //! 1.11.5 on libdqlite 1.11.1) and [`ServerKind::Atoll`] (`atoll init` + `atoll start` in a
 //! temporary directory, [`AtollNode`]). `Cluster::start` uses the kind `ATOLL_TEST_SERVER`
-//! names (default dqlite-demo); `Cluster::start_kind` picks one. Joining a second atoll node
-//! comes with the peer transport (`atoll join`, issue 6).
+//! names (default dqlite-demo); `Cluster::start_kind` picks one. An atoll node joins with
+//! `atoll join` ([`AtollNode::join`]); [`AtollCluster`] runs several atoll nodes for the
+//! cluster tests.
 
 #![allow(dead_code)]
 
@@ -19,6 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use atoll_net::client::{Client, ClientConfig, Connection};
+use atoll_net::protocol::NodeMetadata;
 
 /// Longest a test waits for a node to come up or for the cluster to reach a state.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,7 +84,9 @@ impl ServerKind {
     pub fn bootstrap(self) -> Box<dyn Node> {
         match self {
             ServerKind::DqliteDemo => Box::new(DqliteDemo::start(None)),
-            ServerKind::Atoll => Box::new(AtollNode::start()),
+            // Manual roles, like an operator-run dqlite cluster: a joined node stays a spare
+            // until a scenario promotes it (automatic roles would race the scenario).
+            ServerKind::Atoll => Box::new(AtollNode::start_with(&["--roles", "manual"])),
         }
     }
 
@@ -90,7 +94,7 @@ impl ServerKind {
     pub fn join(self, cluster: &str) -> Box<dyn Node> {
         match self {
             ServerKind::DqliteDemo => Box::new(DqliteDemo::start(Some(cluster))),
-            ServerKind::Atoll => panic!("atoll nodes join a cluster with issue 6 (atoll join)"),
+            ServerKind::Atoll => Box::new(AtollNode::join(cluster, &["--roles", "manual"])),
         }
     }
 }
@@ -244,14 +248,16 @@ impl Drop for DqliteDemo {
     }
 }
 
-/// A running `atoll start` node in a temporary data directory, made by `atoll init`. It can be
-/// killed (SIGKILL, a crash), stopped (SIGTERM) and started again on the same directory and
-/// address. Its log (RUST_LOG=info unless the test sets another) goes to `node.log` beside the
-/// data directory.
+/// A running `atoll start` node in a temporary data directory, made by `atoll init` or
+/// `atoll join`. It can be killed (SIGKILL, a crash), stopped (SIGTERM) and started again on
+/// the same directory and address. Its log (RUST_LOG=info unless the test sets another) goes to
+/// `node.log` beside the data directory.
 pub struct AtollNode {
     address: String,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra `atoll start` arguments, used at every start.
+    pub start_args: Vec<String>,
 }
 
 impl AtollNode {
@@ -262,25 +268,72 @@ impl AtollNode {
 
     /// Like [`AtollNode::start`], with extra `atoll init` arguments.
     pub fn start_with(init_args: &[&str]) -> AtollNode {
+        let mut node = AtollNode::init(&free_address(), init_args);
+        node.restart();
+        node
+    }
+
+    /// `atoll init` at `address` (not started).
+    pub fn init(address: &str, init_args: &[&str]) -> AtollNode {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let address = free_address();
         let data = dir.path().join("data");
         let data = data.to_str().expect("UTF-8 path");
-        let mut args = vec!["init", "--data-dir", data, "--address", &address];
+        let mut args = vec!["init", "--data-dir", data, "--address", address];
         args.extend_from_slice(init_args);
         atoll(&args).ok();
-        let mut node = AtollNode {
-            address,
+        AtollNode {
+            address: address.to_owned(),
             child: None,
             dir,
-        };
-        node.restart();
+            start_args: Vec::new(),
+        }
+    }
+
+    /// `atoll join --cluster CLUSTER` at `address` (not started).
+    pub fn prepare_join(address: &str, cluster: &str, join_args: &[&str]) -> AtollNode {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("UTF-8 path");
+        let mut args = vec![
+            "join",
+            "--data-dir",
+            data,
+            "--address",
+            address,
+            "--cluster",
+            cluster,
+        ];
+        args.extend_from_slice(join_args);
+        atoll(&args).ok();
+        AtollNode {
+            address: address.to_owned(),
+            child: None,
+            dir,
+            start_args: Vec::new(),
+        }
+    }
+
+    /// `atoll join` + `atoll start` on a free port; returns once the cluster lists the node.
+    pub fn join(cluster: &str, join_args: &[&str]) -> AtollNode {
+        let mut node = AtollNode::prepare_join(&free_address(), cluster, join_args);
+        node.spawn();
+        node.wait_listed(cluster);
         node
     }
 
     /// The data directory.
     pub fn data_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The node's id, from its configuration file.
+    pub fn id(&self) -> u64 {
+        let text = std::fs::read_to_string(self.data_dir().join("atoll.conf")).expect("atoll.conf");
+        text.lines()
+            .find_map(|l| l.strip_prefix("id = "))
+            .expect("an id line")
+            .parse()
+            .expect("a numeric id")
     }
 
     /// The node's log so far.
@@ -293,8 +346,14 @@ impl AtollNode {
         self.child.as_ref().expect("the node runs").id()
     }
 
-    /// Starts the node again (after `kill` or `stop`) and waits until it leads.
-    pub fn restart(&mut self) {
+    /// Whether the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the node process (after `init`, `prepare_join`, `kill` or `stop`), without
+    /// waiting for anything.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "the node is running already");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -306,6 +365,7 @@ impl AtollNode {
         command
             .args(["start", "--data-dir"])
             .arg(&data)
+            .args(&self.start_args)
             .env(
                 "RUST_LOG",
                 std::env::var("ATOLL_NODE_LOG").unwrap_or_else(|_| "info".into()),
@@ -314,26 +374,54 @@ impl AtollNode {
             .stdout(Stdio::null())
             .stderr(log);
         self.child = Some(command.spawn().expect("atoll start"));
+    }
+
+    /// Starts the node again (after `kill` or `stop`) and waits until it leads.
+    pub fn restart(&mut self) {
+        self.spawn();
         self.wait_leading();
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!("atoll start exited with {status}:\n{}", self.log());
+        }
     }
 
     fn wait_leading(&mut self) {
         let what = format!("atoll at {} to lead", self.address);
         let address = self.address.clone();
         wait_for(&what, READY_TIMEOUT, || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("atoll start exited with {status}:\n{}", self.log());
-            }
+            self.check_alive();
             let mut connection = Connection::connect(&address, &DqliteDemo::quick_config()).ok()?;
             match connection.leader() {
                 Ok(Some((_, leader))) if leader == address => Some(()),
                 _ => None,
             }
         });
+    }
+
+    fn wait_listed(&mut self, cluster: &str) {
+        let what = format!("atoll at {} to join {cluster}", self.address);
+        let address = self.address.clone();
+        let addresses: Vec<&str> = cluster.split(',').collect();
+        wait_for(&what, READY_TIMEOUT, || {
+            self.check_alive();
+            let mut client = Client::connect(&addresses, DqliteDemo::quick_config()).ok()?;
+            let nodes = client.cluster().ok()?;
+            nodes.iter().any(|n| n.address == address).then_some(())
+        });
+    }
+
+    /// The node's metadata and Raft status (DESCRIBE format 1), if it answers.
+    pub fn metadata(&self) -> Option<NodeMetadata> {
+        let mut connection =
+            Connection::connect_atoll(&self.address, &DqliteDemo::quick_config()).ok()??;
+        connection.describe_v1().ok()
     }
 
     /// SIGTERM, then waits for the exit (a clean stop) and returns its status.
@@ -345,6 +433,124 @@ impl AtollNode {
             .expect("kill");
         assert!(status.success());
         wait_bounded(&mut child, "atoll start (after SIGTERM)")
+    }
+}
+
+/// Several atoll nodes: the first made by `atoll init`, the others by `atoll join`, all
+/// started with the same settings.
+pub struct AtollCluster {
+    pub nodes: Vec<AtollNode>,
+}
+
+impl AtollCluster {
+    /// `count` nodes with `settings` (arguments of `init`/`join`), started; returns once
+    /// `voters` of them are voters (the leader's automatic roles promote the joined ones).
+    pub fn start(count: usize, settings: &[&str], voters: usize) -> AtollCluster {
+        let mut first = AtollNode::init(&free_address(), settings);
+        first.restart();
+        let mut cluster = AtollCluster { nodes: vec![first] };
+        for _ in 1..count {
+            let address = cluster.nodes[0].address().to_owned();
+            let mut node = AtollNode::prepare_join(&free_address(), &address, settings);
+            node.spawn();
+            cluster.nodes.push(node);
+        }
+        cluster.wait_roles(voters, None);
+        cluster
+    }
+
+    /// Every address, comma-separated.
+    pub fn addresses(&self) -> String {
+        let addresses: Vec<&str> = self.nodes.iter().map(|n| n.address()).collect();
+        addresses.join(",")
+    }
+
+    /// The addresses of the running nodes.
+    pub fn running(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.address().to_owned())
+            .collect()
+    }
+
+    /// A client of the running nodes.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.running(), ClientConfig::default()).expect("connect to the cluster")
+    }
+
+    /// The index of the node that leads (and says so), polled.
+    pub fn leader(&self) -> usize {
+        wait_for("a leader", READY_TIMEOUT, || {
+            self.nodes
+                .iter()
+                .position(|n| n.is_running() && n.metadata().is_some_and(|m| m.state == 3))
+        })
+    }
+
+    /// The index of the node with id `id`.
+    pub fn index_of(&self, id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id() == id)
+            .expect("a node with that id")
+    }
+
+    /// The configuration as the leader lists it: (id, role) pairs.
+    pub fn roles(&self) -> Vec<(u64, atoll_net::protocol::Role)> {
+        let Ok(mut client) = Client::connect(&self.running(), DqliteDemo::quick_config()) else {
+            return Vec::new();
+        };
+        client
+            .cluster()
+            .map(|nodes| {
+                nodes
+                    .into_iter()
+                    .map(|n| (n.id, n.role.expect("format 1 has roles")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until the leader's configuration has `voters` voters (and `standbys` standbys
+    /// when given).
+    pub fn wait_roles(&self, voters: usize, standbys: Option<usize>) {
+        use atoll_net::protocol::Role;
+        let what = format!("{voters} voters and {standbys:?} standbys");
+        wait_for(&what, READY_TIMEOUT, || {
+            let roles = self.roles();
+            let count = |role| roles.iter().filter(|(_, r)| *r == role).count();
+            (count(Role::Voter) == voters && standbys.is_none_or(|s| count(Role::Standby) == s))
+                .then_some(())
+        });
+    }
+
+    /// Waits until every running node has applied at least the leader's commit index at the
+    /// time of the call, and all report the same applied index; returns it.
+    pub fn wait_in_sync(&self) -> u64 {
+        wait_for(
+            "the running nodes to apply the same index",
+            READY_TIMEOUT,
+            || {
+                let applied: Vec<u64> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.is_running())
+                    .map(|n| n.metadata().map(|m| m.applied_index))
+                    .collect::<Option<_>>()?;
+                let first = *applied.first()?;
+                applied.iter().all(|a| *a == first).then_some(first)
+            },
+        )
+    }
+
+    /// DUMP of `database` from node `index` (no leadership needed: each node's own copy).
+    pub fn dump(&self, index: usize, database: &str) -> Vec<u8> {
+        let mut connection =
+            Connection::connect(self.nodes[index].address(), &ClientConfig::default())
+                .expect("connect");
+        let files = connection.dump(database).expect("dump");
+        files.into_iter().next().expect("the database file").data
     }
 }
 

@@ -23,7 +23,8 @@ pub mod value;
 pub use codec::{DecodeError, FAILURE_CODE_PARSE, WORD_BYTES};
 pub use request::{ClusterFormat, Request, RequestType};
 pub use response::{
-    File, NodeInfo, Response, ResponseContext, ResponseType, Role, Rows, RowsBatch, RowsEnd,
+    File, NodeInfo, NodeMetadata, Response, ResponseContext, ResponseType, Role, Rows, RowsBatch,
+    RowsEnd,
 };
 pub use value::{Value, ValueRef};
 
@@ -40,6 +41,11 @@ pub const VERSION_LEGACY: u64 = 0x8610_4dd7_6043_3fe5;
 /// First word of an atoll peer (node-to-node) connection. It is neither client version, so one
 /// listening address serves clients and peers: the reactor dispatches on the first word.
 pub const PEER_MAGIC_V1: u64 = u64::from_le_bytes(*b"ATOLPEER");
+/// First word of an atoll client that wants to know whether it talks to an atoll node: an atoll
+/// node serves the connection exactly as a version 1 one, while dqlite closes it at once (an
+/// unknown version word). atoll's own tools use it before sending an atoll-specific request
+/// (DESCRIBE format 1), which would upset a dqlite node.
+pub const VERSION_ATOLL_1: u64 = u64::from_le_bytes(*b"ATOLLCL1");
 
 /// The client protocol version a connection announced in its first word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +80,7 @@ impl Greeting {
     /// connection without writing anything).
     pub fn decode(word: u64) -> Result<Greeting, DecodeError> {
         match word {
-            VERSION_1 => Ok(Greeting::Client(ProtocolVersion::V1)),
+            VERSION_1 | VERSION_ATOLL_1 => Ok(Greeting::Client(ProtocolVersion::V1)),
             VERSION_LEGACY => Ok(Greeting::Client(ProtocolVersion::Legacy)),
             PEER_MAGIC_V1 => Ok(Greeting::Peer),
             other => Err(DecodeError::InvalidVersion(other)),

@@ -256,8 +256,12 @@ pub enum Request {
         /// Target voter id, or 0.
         id: u64,
     },
-    /// Asks for this node's metadata (format 0, the only one defined).
+    /// Asks for this node's metadata (format 0, dqlite's).
     Describe,
+    /// Asks an atoll node for its metadata and Raft status (DESCRIBE format 1, atoll-specific:
+    /// answered with [`crate::protocol::Response::MetadataV1`]). Never send it to a dqlite node
+    /// (1.11 answers twice and may crash); see [`crate::protocol::VERSION_ATOLL_1`].
+    DescribeV1,
     /// Sets this node's weight.
     Weight {
         /// New weight.
@@ -288,7 +292,7 @@ impl Request {
             Request::Dump { .. } => T::Dump,
             Request::Cluster { .. } => T::Cluster,
             Request::Transfer { .. } => T::Transfer,
-            Request::Describe => T::Describe,
+            Request::Describe | Request::DescribeV1 => T::Describe,
             Request::Weight { .. } => T::Weight,
         }
     }
@@ -319,6 +323,7 @@ impl Request {
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
             Request::Leader | Request::Describe => put_u64(out, 0),
+            Request::DescribeV1 => put_u64(out, 1),
             Request::Client { id } => put_u64(out, *id),
             Request::Heartbeat { timestamp } => put_u64(out, *timestamp),
             Request::Open { name, flags, vfs } => {
@@ -499,6 +504,7 @@ impl Request {
             },
             RequestType::Describe => match r.u64("describe format")? {
                 0 => Request::Describe,
+                1 => Request::DescribeV1,
                 format => {
                     return Err(DecodeError::InvalidFormat {
                         field: "describe format",
@@ -587,6 +593,7 @@ mod tests {
         });
         round_trip(Request::Transfer { id: 0 });
         round_trip(Request::Describe);
+        round_trip(Request::DescribeV1);
         round_trip(Request::Weight { weight: 3 });
     }
 
@@ -603,8 +610,8 @@ mod tests {
             Request::decode_message(&message),
             Err(DecodeError::EmptyBody { kind: 0 })
         );
-        // DESCRIBE with a format other than 0.
-        let message = [1u8, 0, 0, 0, 18, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        // DESCRIBE with a format other than 0 and atoll's 1.
+        let message = [1u8, 0, 0, 0, 18, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
         let error = Request::decode_message(&message).unwrap_err();
         assert_eq!(error.failure_code(), 15);
         // A schema byte on a type that has no schema 1.

@@ -233,6 +233,40 @@ pub enum Response {
         /// Weight.
         weight: u64,
     },
+    /// An atoll node's answer to DESCRIBE format 1 ([`crate::protocol::Request::DescribeV1`]):
+    /// a METADATA message whose body starts as format 0's and goes on with atoll's words.
+    MetadataV1(NodeMetadata),
+}
+
+/// What an atoll node says about itself in METADATA format 1: dqlite's two words, then its
+/// identity and Raft status (every field a `u64`, in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeMetadata {
+    /// Failure domain (as format 0).
+    pub failure_domain: u64,
+    /// Weight (as format 0).
+    pub weight: u64,
+    /// The node's id.
+    pub id: u64,
+    /// The cluster's id (what peers check in their hello; `atoll join` learns it here).
+    pub cluster_id: u64,
+    /// The node's current Raft term.
+    pub term: u64,
+    /// Raft state: 0 follower, 1 pre-candidate, 2 candidate, 3 leader.
+    pub state: u64,
+    /// The id of the leader the node knows, 0 for none.
+    pub leader_id: u64,
+    /// The node's commit index.
+    pub commit_index: u64,
+    /// The node's applied index: every entry up to it is in its databases.
+    pub applied_index: u64,
+    /// The last index of the node's Raft log.
+    pub last_index: u64,
+}
+
+impl NodeMetadata {
+    /// Words in the body of a METADATA format 1 message.
+    pub const WORDS: usize = 10;
 }
 
 /// What a response decoder must know that the response itself does not say: the connection's
@@ -268,7 +302,7 @@ impl Response {
             Response::Rows(_) => ResponseType::Rows,
             Response::Empty => ResponseType::Empty,
             Response::Files(_) => ResponseType::Files,
-            Response::Metadata { .. } => ResponseType::Metadata,
+            Response::Metadata { .. } | Response::MetadataV1(_) => ResponseType::Metadata,
         }
     }
 
@@ -374,6 +408,22 @@ impl Response {
                 put_u64(out, *failure_domain);
                 put_u64(out, *weight);
             }
+            Response::MetadataV1(m) => {
+                for word in [
+                    m.failure_domain,
+                    m.weight,
+                    m.id,
+                    m.cluster_id,
+                    m.term,
+                    m.state,
+                    m.leader_id,
+                    m.commit_index,
+                    m.applied_index,
+                    m.last_index,
+                ] {
+                    put_u64(out, word);
+                }
+            }
             Response::Rows(_) => unreachable!("ROWS is encoded by RowsBatch above"),
         });
     }
@@ -472,6 +522,21 @@ impl Response {
                     files.push(File { name, data });
                 }
                 Response::Files(files)
+            }
+            // Format 0 is two words; atoll's format 1 (asked only of atoll nodes) is longer.
+            ResponseType::Metadata if body.len() == NodeMetadata::WORDS * 8 => {
+                Response::MetadataV1(NodeMetadata {
+                    failure_domain: r.u64("failure domain")?,
+                    weight: r.u64("weight")?,
+                    id: r.u64("node id")?,
+                    cluster_id: r.u64("cluster id")?,
+                    term: r.u64("term")?,
+                    state: r.u64("raft state")?,
+                    leader_id: r.u64("leader id")?,
+                    commit_index: r.u64("commit index")?,
+                    applied_index: r.u64("applied index")?,
+                    last_index: r.u64("last index")?,
+                })
             }
             ResponseType::Metadata => Response::Metadata {
                 failure_domain: r.u64("failure domain")?,

@@ -72,6 +72,18 @@ fn test_every_response_round_trips() {
             data: Vec::new(),
         },
     ]));
+    round_trip(Response::MetadataV1(NodeMetadata {
+        failure_domain: 1,
+        weight: 2,
+        id: 3,
+        cluster_id: u64::MAX,
+        term: 5,
+        state: 3,
+        leader_id: 3,
+        commit_index: 7,
+        applied_index: 6,
+        last_index: 8,
+    }));
     round_trip(Response::Metadata {
         failure_domain: 0,
         weight: 3,

@@ -1,0 +1,738 @@
+//! Whole-cluster benchmarks on real processes: `failover` (kill -9 of the leader to the next
+//! acknowledged write, repeated) and `kv` (dqlite-benchmark's kvwrite workload), each against
+//! atoll and, for the same workload in the same run, dqlite (Debian's go-dqlite: `dqlite-demo`
+//! for failover, `dqlite-benchmark` for kv).
+//!
+//! The `atoll` binary is the one built beside this one (`target/<profile>/atoll`), built with
+//! `cargo build -p atoll` first if missing, or the one `ATOLL_BIN` names. `ATOLL_BENCH_KEEP=1`
+//! keeps the nodes' data directories and logs.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
+use atoll_net::protocol::{Role, Value};
+
+use crate::{median, Options, Samples};
+
+/// How long a cluster has to come up, a node to catch up, a failover to happen.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn free_address() -> Result<String, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| format!("free port: {e}"))?
+        .to_string())
+}
+
+/// Polls `check` every 5 ms until it answers or `WAIT_MAX` passes.
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T, String> {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The `atoll` binary to run.
+fn atoll_binary() -> Result<PathBuf, String> {
+    if let Ok(path) = std::env::var("ATOLL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("locating atoll-bench: {e}"))?;
+    let binary = exe.with_file_name("atoll");
+    if !binary.exists() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command.current_dir(&root).args(["build", "-p", "atoll"]);
+        if !cfg!(debug_assertions) {
+            command.arg("--release");
+        }
+        eprintln!("building atoll ({command:?})");
+        let status = command
+            .status()
+            .map_err(|e| format!("running cargo build: {e}"))?;
+        if !status.success() || !binary.exists() {
+            return Err(format!(
+                "cannot build {} (set ATOLL_BIN to an atoll binary)",
+                binary.display()
+            ));
+        }
+    }
+    Ok(binary)
+}
+
+/// Resident set size of process `pid` in KiB (Linux `/proc`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        leader_timeout: Duration::from_secs(30),
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(20),
+        ..ClientConfig::default()
+    }
+}
+
+/// Which server a cluster runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    Atoll,
+    DqliteDemo,
+}
+
+/// One node process.
+struct NodeProcess {
+    address: String,
+    data: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A local cluster of real processes in a temporary directory (removed on drop).
+struct LocalCluster {
+    server: Server,
+    binary: PathBuf,
+    nodes: Vec<NodeProcess>,
+    dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    /// `count` atoll nodes (`init` + `join`s, `settings` given to each) or dqlite-demo nodes,
+    /// started; returns once `count.min(3)` are voters.
+    fn start(server: Server, count: usize, settings: &[String]) -> Result<LocalCluster, String> {
+        let binary = match server {
+            Server::Atoll => atoll_binary()?,
+            Server::DqliteDemo => PathBuf::from("dqlite-demo"),
+        };
+        let mut dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        if std::env::var_os("ATOLL_BENCH_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping the nodes' directory {}", dir.path().display());
+        }
+        let mut cluster = LocalCluster {
+            server,
+            binary,
+            nodes: Vec::new(),
+            dir,
+        };
+        for index in 0..count {
+            let address = free_address()?;
+            let data = cluster.dir.path().join(format!("node{}", index + 1));
+            let log = cluster.dir.path().join(format!("node{}.log", index + 1));
+            if server == Server::Atoll {
+                let data_text = data.to_string_lossy().into_owned();
+                let mut args: Vec<String> = if index == 0 {
+                    vec!["init".into()]
+                } else {
+                    vec![
+                        "join".into(),
+                        "--cluster".into(),
+                        cluster.nodes[0].address.clone(),
+                    ]
+                };
+                args.extend([
+                    "--data-dir".into(),
+                    data_text,
+                    "--address".into(),
+                    address.clone(),
+                ]);
+                args.extend(settings.iter().cloned());
+                let output = Command::new(&cluster.binary)
+                    .args(&args)
+                    .output()
+                    .map_err(|e| format!("running atoll {}: {e}", args[0]))?;
+                if !output.status.success() {
+                    return Err(format!(
+                        "atoll {} failed: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&output.stderr)
+                    ));
+                }
+            } else {
+                fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+            }
+            cluster.nodes.push(NodeProcess {
+                address,
+                data,
+                child: None,
+                log,
+            });
+            cluster.spawn(index)?;
+            if index == 0 {
+                let first = cluster.nodes[0].address.clone();
+                wait_for("the first node to lead", || {
+                    let mut connection = Connection::connect(&first, &client_config()).ok()?;
+                    matches!(connection.leader(), Ok(Some((_, ref l))) if *l == first).then_some(())
+                })?;
+            }
+        }
+        let voters = count.min(3);
+        if server == Server::DqliteDemo {
+            // dqlite-demo joins nodes as spares and its role management is slow: promote them.
+            let mut client = Client::connect(&cluster.addresses(), client_config())
+                .map_err(|e| format!("connecting: {e}"))?;
+            let nodes = client.cluster().map_err(|e| format!("CLUSTER: {e}"))?;
+            for node in nodes
+                .iter()
+                .filter(|n| n.role != Some(Role::Voter))
+                .take(voters - 1)
+            {
+                let _ = client.assign(node.id, Role::Voter);
+            }
+        }
+        wait_for(&format!("{voters} voters"), || {
+            let mut client = Client::connect(&cluster.addresses(), client_config()).ok()?;
+            let nodes = client.cluster().ok()?;
+            (nodes.len() == count
+                && nodes.iter().filter(|n| n.role == Some(Role::Voter)).count() == voters)
+                .then_some(())
+        })?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<(), String> {
+        let node = &self.nodes[index];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(|e| format!("{}: {e}", node.log.display()))?;
+        let mut command = Command::new(&self.binary);
+        match self.server {
+            Server::Atoll => {
+                command
+                    .args(["start", "--data-dir"])
+                    .arg(&node.data)
+                    .env("RUST_LOG", "info");
+            }
+            Server::DqliteDemo => {
+                let api = free_address()?;
+                command
+                    .args(["--db", &node.address, "--api", &api, "-D"])
+                    .arg(&node.data);
+                if index > 0 {
+                    command.args(["--join", &self.nodes[0].address]);
+                }
+            }
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.binary.display()))?;
+        self.nodes[index].child = Some(child);
+        Ok(())
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.address.clone())
+            .collect()
+    }
+
+    /// The index of the node the running nodes name as leader.
+    fn leader(&self) -> Result<usize, String> {
+        wait_for("a leader", || {
+            let mut client = Client::connect(&self.running(), client_config()).ok()?;
+            let (_, address) = client.leader().ok()??;
+            self.nodes.iter().position(|n| n.address == address)
+        })
+    }
+
+    /// Waits until node `index` has applied what node `leader` has (atoll), or is listed
+    /// back and answers (dqlite: no applied index on its protocol).
+    fn wait_caught_up(&self, index: usize, leader: usize) -> Result<(), String> {
+        let applied = |address: &str| {
+            let mut connection = Connection::connect_atoll(address, &client_config()).ok()??;
+            connection.describe_v1().ok().map(|m| m.applied_index)
+        };
+        match self.server {
+            Server::Atoll => wait_for("the restarted node to catch up", || {
+                let target = applied(&self.nodes[leader].address)?;
+                (applied(&self.nodes[index].address)? >= target).then_some(())
+            }),
+            Server::DqliteDemo => wait_for("the restarted node to answer", || {
+                let mut connection =
+                    Connection::connect(&self.nodes[index].address, &client_config()).ok()?;
+                connection.leader().ok().flatten().map(|_| ())
+            }),
+        }
+    }
+
+    /// The highest Raft term among the atoll nodes (each election raises it).
+    fn term(&self) -> Result<u64, String> {
+        let mut term = 0;
+        for node in &self.nodes {
+            let mut connection = Connection::connect_atoll(&node.address, &client_config())
+                .map_err(|e| format!("{}: {e}", node.address))?
+                .ok_or_else(|| format!("{} is not an atoll node", node.address))?;
+            let metadata = connection
+                .describe_v1()
+                .map_err(|e| format!("{}: {e}", node.address))?;
+            term = term.max(metadata.term);
+        }
+        Ok(term)
+    }
+
+    /// RSS of every running node, in MiB.
+    fn rss_mib(&self) -> Vec<f64> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref())
+            .filter_map(|c| rss_kib(c.id()))
+            .map(|kib| kib as f64 / 1024.0)
+            .collect()
+    }
+}
+
+/// A client writing in a loop, recording when each acknowledged write was sent and answered.
+struct LoopWriter {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Vec<(Instant, Instant)>>>,
+    handle: thread::JoinHandle<Result<(), String>>,
+}
+
+fn start_loop_writer(addresses: Vec<String>) -> LoopWriter {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let (stopped, acks) = (stop.clone(), acknowledged.clone());
+    let handle = thread::spawn(move || {
+        let mut client =
+            Client::connect(&addresses, client_config()).map_err(|e| format!("connect: {e}"))?;
+        client.open("bench").map_err(|e| format!("open: {e}"))?;
+        client
+            .exec_sql("CREATE TABLE IF NOT EXISTS f (k INTEGER PRIMARY KEY)", &[])
+            .map_err(|e| format!("create: {e}"))?;
+        let mut key = 0i64;
+        while !stopped.load(Ordering::SeqCst) {
+            let sent = Instant::now();
+            match client.exec_sql("INSERT OR IGNORE INTO f VALUES (?)", &[Value::Integer(key)]) {
+                Ok(_) => {
+                    acks.lock().expect("acks").push((sent, Instant::now()));
+                    key += 1;
+                }
+                Err(ClientError::NoLeader { .. }) => {}
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        Ok(())
+    });
+    LoopWriter {
+        stop,
+        acknowledged,
+        handle,
+    }
+}
+
+impl LoopWriter {
+    /// The answer to the first write sent after `instant` (an answer arriving just after a
+    /// kill to a write sent before it was sent by the dead leader: it does not count).
+    fn first_ack_after(&self, instant: Instant) -> Option<Instant> {
+        let acks = self.acknowledged.lock().expect("acks");
+        acks.iter()
+            .rev()
+            .take_while(|(sent, _)| *sent > instant)
+            .last()
+            .map(|(_, acked)| *acked)
+    }
+
+    fn acks(&self) -> usize {
+        self.acknowledged.lock().expect("acks").len()
+    }
+
+    fn finish(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .join()
+            .map_err(|_| "writer panicked".to_owned())?
+    }
+}
+
+fn number<T: std::str::FromStr>(options: &Options, name: &str, default: T) -> Result<T, String> {
+    match options.value(name) {
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("{name} {text}: not a valid number")),
+        None => Ok(default),
+    }
+}
+
+/// Flushes what earlier runs left in the page cache (`sync`), so that their writeback does not
+/// slow the next run's fsyncs: each system starts from a quiet disk.
+fn settle_disk() {
+    if let Err(e) = Command::new("sync").status() {
+        eprintln!("sync: {e}");
+    }
+}
+
+/// The atoll timing flags given to the suite, passed on to `atoll init` and `atoll join`.
+fn timing_settings(options: &Options) -> Vec<String> {
+    let mut settings = Vec::new();
+    for flag in ["--heartbeat-ms", "--election-timeout-ms", "--tick-ms"] {
+        if let Some(value) = options.value(flag) {
+            settings.extend([flag.to_owned(), value.to_owned()]);
+        }
+    }
+    settings
+}
+
+/// `failover`: kill -9 the leader under a write loop, time the next acknowledged write, restart
+/// the killed node, wait for it to catch up; repeat.
+pub fn failover(options: &Options) -> Result<(), String> {
+    let nodes: usize = number(options, "--nodes", 3)?;
+    let rounds: usize = number(options, "--rounds", if options.quick { 1 } else { 10 })?;
+    let server = match options.value("--server").unwrap_or("atoll") {
+        "atoll" => Server::Atoll,
+        "dqlite-demo" => Server::DqliteDemo,
+        other => return Err(format!("--server {other}: atoll or dqlite-demo")),
+    };
+    if nodes < 3 {
+        return Err("--nodes must be at least 3 (a failover needs a majority left)".into());
+    }
+    let settings = timing_settings(options);
+    if server != Server::Atoll && !settings.is_empty() {
+        return Err(
+            "--heartbeat-ms, --election-timeout-ms and --tick-ms are atoll settings".into(),
+        );
+    }
+    let mut cluster = LocalCluster::start(server, nodes, &settings)?;
+    println!(
+        "failover: {server:?}, {nodes} nodes, {rounds} round(s), settings {settings:?}; \
+         kill -9 of the leader to the next acknowledged write"
+    );
+    let writer = start_loop_writer(cluster.addresses());
+    let mut times = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let before = writer.acks();
+        wait_for("writes before the kill", || {
+            (writer.acks() >= before + 50).then_some(())
+        })?;
+        let leader = cluster.leader()?;
+        let killed_at = Instant::now();
+        cluster.nodes[leader].kill();
+        let acked = wait_for("the next acknowledged write", || {
+            writer.first_ack_after(killed_at)
+        })?;
+        let failover = acked.duration_since(killed_at);
+        times.push(failover.as_secs_f64() * 1000.0);
+        let new = cluster.leader()?;
+        println!(
+            "round {round}: {:.1} ms (node {} killed, node {} leads)",
+            failover.as_secs_f64() * 1000.0,
+            leader + 1,
+            new + 1
+        );
+        cluster.spawn(leader)?;
+        cluster.wait_caught_up(leader, new)?;
+    }
+    let rss = cluster.rss_mib();
+    writer.finish()?;
+    let max = times.iter().copied().fold(0.0, f64::max);
+    println!(
+        "rss per node: {}",
+        rss.iter()
+            .map(|m| format!("{m:.1} MiB"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("failover: p50 {:.1} ms, max {max:.1} ms", median(&times));
+    Ok(())
+}
+
+/// A small xorshift generator per worker (keys and values need no quality).
+struct Letters(u64);
+
+impl Letters {
+    fn next(&mut self) -> u8 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        ALPHABET[(self.0 % ALPHABET.len() as u64) as usize]
+    }
+
+    fn text(&mut self, length: usize) -> String {
+        (0..length).map(|_| self.next() as char).collect()
+    }
+}
+
+/// One kv run's outcome.
+struct KvResult {
+    ops: u64,
+    errors: u64,
+    seconds: f64,
+    samples: Samples,
+}
+
+/// dqlite-benchmark's kvwrite: each worker inserts (OR REPLACE) a new random 32-letter key with
+/// a value half one repeated letter, half random letters, as fast as it is answered.
+fn kv_atoll(
+    cluster: &LocalCluster,
+    workers: usize,
+    seconds: f64,
+    value_bytes: usize,
+) -> Result<KvResult, String> {
+    let addresses = cluster.addresses();
+    let mut setup =
+        Client::connect(&addresses, client_config()).map_err(|e| format!("connect: {e}"))?;
+    setup.open("bench").map_err(|e| format!("open: {e}"))?;
+    setup
+        .exec_sql(
+            "CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key))",
+            &[],
+        )
+        .map_err(|e| format!("schema: {e}"))?;
+    let start = Instant::now() + Duration::from_millis(200);
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let handles: Vec<_> = (0..workers)
+        .map(|worker| {
+            let addresses = addresses.clone();
+            thread::spawn(move || -> Result<(Samples, u64), String> {
+                let mut client = Client::connect(&addresses, client_config())
+                    .map_err(|e| format!("connect: {e}"))?;
+                client.open("bench").map_err(|e| format!("open: {e}"))?;
+                let mut letters = Letters(0x9e37_79b9_7f4a_7c15 ^ ((worker as u64 + 1) * 7919));
+                let mut samples = Samples::with_capacity(1 << 16);
+                let mut errors = 0;
+                while Instant::now() < start {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                while Instant::now() < deadline {
+                    let key = letters.text(32);
+                    let repeated = letters.next() as char;
+                    let mut value = String::with_capacity(value_bytes);
+                    value.extend(std::iter::repeat_n(repeated, value_bytes / 2));
+                    value.push_str(&letters.text(value_bytes - value_bytes / 2));
+                    let began = Instant::now();
+                    match client.exec_sql(
+                        "INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)",
+                        &[Value::Text(key), Value::Text(value)],
+                    ) {
+                        Ok(_) => samples.push(began.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                Ok((samples, errors))
+            })
+        })
+        .collect();
+    let mut all = Samples::with_capacity(1 << 20);
+    let mut errors = 0;
+    for handle in handles {
+        let (samples, worker_errors) = handle.join().map_err(|_| "worker panicked")??;
+        errors += worker_errors;
+        for duration in samples.into_durations() {
+            all.push(duration);
+        }
+    }
+    Ok(KvResult {
+        ops: all.len() as u64,
+        errors,
+        seconds,
+        samples: all,
+    })
+}
+
+/// Runs dqlite-benchmark's kvwrite on a three-node dqlite cluster (its own processes) and reads
+/// the results its driver writes: per worker, `n`, `n_err` and every latency in ms.
+fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResult, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect::<Result<_, _>>()?;
+    let mut children = Vec::new();
+    for (index, address) in addresses.iter().enumerate() {
+        let data = dir.path().join(format!("node{}", index + 1));
+        fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        let mut command = Command::new("dqlite-benchmark");
+        command.args(["--db", address, "-D"]).arg(&data);
+        if index == 0 {
+            command.args([
+                "--driver",
+                "--cluster",
+                &addresses.join(","),
+                "--workers",
+                &workers.to_string(),
+                "--duration",
+                &seconds.to_string(),
+                "--value-size",
+                &value_bytes.to_string(),
+                "--workload",
+                "kvwrite",
+            ]);
+        } else {
+            command.args(["--join", &addresses[0]]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("dqlite-benchmark: {e} (install go-dqlite)"))?;
+        children.push(NodeProcess {
+            address: address.clone(),
+            data,
+            child: Some(child),
+            log: PathBuf::new(),
+        });
+    }
+    // Newer go-dqlite writes results under DIR/results, Debian's 1.11 under DIR/ADDRESS/results.
+    let results = [
+        children[0].data.join(&addresses[0]).join("results"),
+        children[0].data.join("results"),
+    ];
+    let deadline = Instant::now() + WAIT_MAX + Duration::from_secs(seconds);
+    let status = loop {
+        let driver = children[0].child.as_mut().expect("spawned");
+        if let Some(status) = driver.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            return Err("dqlite-benchmark did not finish".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    children[0].child = None;
+    if !status.success() {
+        return Err(format!("dqlite-benchmark driver exited with {status}"));
+    }
+    let mut samples = Samples::with_capacity(1 << 16);
+    let (mut ops, mut errors) = (0, 0);
+    let results = results.iter().find(|dir| dir.is_dir()).ok_or_else(|| {
+        format!(
+            "dqlite-benchmark wrote no results under {}",
+            dir.path().display()
+        )
+    })?;
+    let entries = fs::read_dir(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut in_measurements = false;
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("n ") {
+                ops += n.trim().parse::<u64>().unwrap_or(0);
+            } else if let Some(n) = line.strip_prefix("n_err ") {
+                errors += n.trim().parse::<u64>().unwrap_or(0);
+            } else if line.starts_with("measurements") {
+                in_measurements = true;
+            } else if line.starts_with("errors") {
+                in_measurements = false;
+            } else if in_measurements {
+                if let Some(ms) = line.split_whitespace().nth(1) {
+                    if let Ok(ms) = ms.parse::<f64>() {
+                        samples.push(Duration::from_secs_f64(ms / 1000.0));
+                    }
+                }
+            }
+        }
+    }
+    Ok(KvResult {
+        ops,
+        errors,
+        seconds: seconds as f64,
+        samples,
+    })
+}
+
+fn kv_line(name: &str, workers: usize, result: &mut KvResult) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "kv {name} workers={workers}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms ({} errors)",
+        result.ops as f64 / result.seconds,
+        ms(result.samples.percentile(50.0)),
+        ms(result.samples.percentile(99.0)),
+        result.errors
+    )
+}
+
+/// `kv`: dqlite-benchmark's kvwrite against an atoll cluster (and, with `--dqlite`, against
+/// dqlite-benchmark's own three-node cluster, in the same run).
+pub fn kv(options: &Options) -> Result<(), String> {
+    let nodes: usize = number(options, "--nodes", 3)?;
+    let seconds: f64 = number(options, "--seconds", if options.quick { 1.0 } else { 10.0 })?;
+    let value_bytes: usize = number(options, "--value-size", 1024)?;
+    let workers: Vec<usize> = match options.value("--workers") {
+        Some(list) => list
+            .split(',')
+            .map(|w| w.parse().map_err(|_| format!("--workers {list}: numbers")))
+            .collect::<Result<_, _>>()?,
+        None if options.quick => vec![4],
+        None => vec![1, 16, 64],
+    };
+    let with_dqlite = options.rest.iter().any(|a| a == "--dqlite");
+    let settings = timing_settings(options);
+    let cluster = LocalCluster::start(Server::Atoll, nodes, &settings)?;
+    let mut lines = Vec::new();
+    for &count in &workers {
+        if with_dqlite {
+            settle_disk();
+            let mut dqlite = kv_dqlite(count, seconds.ceil() as u64, value_bytes)?;
+            let line = kv_line("dqlite-benchmark", count, &mut dqlite);
+            println!("{line}");
+        }
+        settle_disk();
+        let term_before = cluster.term()?;
+        let mut result = kv_atoll(&cluster, count, seconds, value_bytes)?;
+        let elections = cluster.term()? - term_before;
+        if elections > 0 {
+            println!("kv: {elections} election(s) during the run with {count} workers");
+        }
+        lines.push(kv_line("kvwrite", count, &mut result));
+        println!("{}", lines.last().expect("pushed"));
+    }
+    let rss = cluster.rss_mib();
+    println!(
+        "rss per node after the run: {}",
+        rss.iter()
+            .map(|m| format!("{m:.1} MiB"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The summary: one line per worker count, last.
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Raft messages over the reactor's peer transport: encoding with raft's codec into recycled
+//! send buffers, snapshot chunks filled from the snapshot file at their offsets, received
+//! frames decoded (payloads are windows of the one received buffer) and stepped, failures
+//! reported to raft, and peer addresses that follow the Raft configuration.
+//!
+//! Where a message goes: a `--peer-route` for the node (tests), else the node's address in the
+//! configuration, else the address the node announced in its hello (a joining node learns its
+//! leader that way before the log tells it the configuration). A message to a node with no
+//! known address is dropped and the node reported unreachable, as a failed connection would be.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use atoll_net::reactor::{CloseReason, PeerDirection, PeerSendError};
+use atoll_raft::{codec, Message, NodeId, RawNode};
+use atoll_storage::SegmentLog;
+use log::{debug, info, warn};
+
+use super::{fatal, Node, NodeError};
+
+/// The address to send to node `id`: its route, its configured address, or the one it
+/// announced. (A free function so the caller can borrow the reactor mutably meanwhile.)
+fn peer_address<'a>(
+    routes: &'a HashMap<u64, String>,
+    raft: &'a RawNode<SegmentLog>,
+    announced: &'a HashMap<u64, String>,
+    id: u64,
+) -> Option<&'a str> {
+    if let Some(route) = routes.get(&id) {
+        return Some(route);
+    }
+    if let Some(member) = raft.configuration().get(NodeId(id)) {
+        return Some(&member.address);
+    }
+    announced.get(&id).map(String::as_str)
+}
+
+impl Node {
+    /// Sends raft messages to their peers. A refused frame (queue full, unknown address) is
+    /// lost, and raft is told the peer is unreachable so it stops pipelining and probes; raft
+    /// resends what was lost.
+    pub(super) fn send_messages(&mut self, messages: Vec<Message>) {
+        for mut message in messages {
+            let to = message.to.0;
+            if let Some(chunk) = message.snapshot_chunk_to_fill() {
+                if let Err(e) = self.fill_snapshot_chunk(chunk) {
+                    // The leader resends from the acknowledged offset when no progress comes.
+                    warn!(
+                        "snapshot {} for node {to}: cannot read {} bytes at offset {}: {e}",
+                        chunk.meta.index, chunk.length, chunk.offset
+                    );
+                    continue;
+                }
+            }
+            let Some(address) =
+                peer_address(&self.peer_routes, &self.raft, &self.peer_announced, to)
+            else {
+                debug!("no address for node {to}: dropping {message}");
+                self.raft.report_unreachable(message.to);
+                continue;
+            };
+            let sent = self.reactor.peer_send_with(to, address, |buffer| {
+                codec::encode_message(&message, buffer);
+            });
+            if let Err(error) = sent {
+                let failures = self.peer_send_failures.entry(to).or_insert(0);
+                *failures += 1;
+                if *failures == 1 || matches!(error, PeerSendError::FrameTooLarge { .. }) {
+                    warn!("sending to node {to}: {error}");
+                } else {
+                    debug!("sending to node {to}: {error}");
+                }
+                self.raft.report_unreachable(message.to);
+            }
+        }
+    }
+
+    /// Reads a chunk's bytes from the snapshot file it belongs to (kept open while raft streams
+    /// it), straight into the message: one chunk in memory per message, never the snapshot.
+    fn fill_snapshot_chunk(
+        &mut self,
+        chunk: &mut atoll_raft::SnapshotChunk,
+    ) -> std::io::Result<()> {
+        let (index, term) = (chunk.meta.index, chunk.meta.term);
+        let position = match self
+            .outgoing
+            .iter()
+            .position(|data| data.meta().index == index && data.meta().term == term)
+        {
+            Some(position) => position,
+            None => {
+                let data = self.raft.log().snapshots().open_data(index, term)?;
+                info!(
+                    "streaming snapshot {index} ({} bytes) to followers",
+                    data.meta().data_bytes
+                );
+                self.outgoing.push(data);
+                self.outgoing.len() - 1
+            }
+        };
+        let mut bytes = vec![0u8; chunk.length as usize];
+        self.outgoing[position].read_at(chunk.offset, &mut bytes)?;
+        chunk.data = atoll_raft::Payload::from_vec(bytes);
+        Ok(())
+    }
+
+    /// A frame from a peer: one raft message. A frame that does not decode or that raft
+    /// refuses changes nothing (a bug or a confused peer, logged); a failed log read is fatal.
+    pub(super) fn on_peer_frame(&mut self, from: u64, frame: Vec<u8>) -> Result<(), NodeError> {
+        let message = match codec::decode_message(Arc::new(frame)) {
+            Ok(message) => message,
+            Err(e) => {
+                warn!("undecodable raft message from node {from}: {e}");
+                return Ok(());
+            }
+        };
+        if message.from.0 != from {
+            warn!(
+                "node {from} sent a message from node {}: dropped",
+                message.from
+            );
+            return Ok(());
+        }
+        match self.raft.step(message) {
+            Ok(()) => Ok(()),
+            Err(atoll_raft::Error::Storage(e)) => Err(fatal("reading the log", e)),
+            Err(e) => {
+                debug!("message from node {from} refused: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn on_peer_connected(
+        &mut self,
+        node: u64,
+        direction: PeerDirection,
+        address: String,
+    ) {
+        match direction {
+            PeerDirection::Inbound => {
+                debug!("node {node} ({address}) connected");
+                if self.raft.configuration().get(NodeId(node)).is_none() {
+                    self.peer_announced.insert(node, address);
+                }
+            }
+            PeerDirection::Outbound => {
+                debug!("connected to node {node} at {address}");
+                if self.peer_send_failures.remove(&node).is_some() {
+                    info!("node {node} at {address} is reachable again");
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_peer_disconnected(
+        &mut self,
+        node: u64,
+        direction: PeerDirection,
+        reason: CloseReason,
+        frames_dropped: u64,
+    ) {
+        debug!(
+            "peer {node} {direction:?} connection ended: {reason:?}, {frames_dropped} frames \
+             dropped"
+        );
+        if direction == PeerDirection::Outbound {
+            // Appends in flight may be lost: probe instead of pipelining into the void.
+            self.raft.report_unreachable(NodeId(node));
+        }
+    }
+
+    /// Makes the reactor's peer addresses follow the configuration: a member's address (or
+    /// its route) is set, and a node that left is forgotten (its connections closed).
+    pub(super) fn follow_configuration(&mut self) {
+        let index = self.raft.configuration_index();
+        if index == self.peers_configuration_index {
+            return;
+        }
+        self.peers_configuration_index = index;
+        let me = self.config.id;
+        let configuration = self.raft.configuration();
+        for (id, member) in configuration.members() {
+            if id.0 == me {
+                continue;
+            }
+            self.peer_announced.remove(&id.0);
+            let address = self.peer_routes.get(&id.0).unwrap_or(&member.address);
+            if let Err(e) = self.reactor.peer_set_address(id.0, address) {
+                warn!("node {id} at {address}: {e}");
+            }
+        }
+        let gone: Vec<u64> = self
+            .reactor
+            .peers()
+            .filter(|id| configuration.get(NodeId(*id)).is_none())
+            .filter(|id| !self.peer_announced.contains_key(id))
+            .collect();
+        for id in gone {
+            info!("node {id} left the configuration: forgetting it");
+            self.reactor.peer_forget(id);
+            self.peer_send_failures.remove(&id);
+        }
+    }
+}
