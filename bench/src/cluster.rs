@@ -53,10 +53,12 @@ fn atoll_binary() -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("locating atoll-bench: {e}"))?;
     let binary = exe.with_file_name("atoll");
-    if !binary.exists() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Inside the source tree, always let cargo bring the binary up to date (a no-op when it is):
+    // `cargo run -p atoll-bench` does not rebuild `atoll`, and a stale one measures old code.
+    if root.join("Cargo.toml").exists() || !binary.exists() {
         let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        command.current_dir(&root).args(["build", "-p", "atoll"]);
+        command.current_dir(&root).args(["build", "--quiet", "-p", "atoll"]);
         if !cfg!(debug_assertions) {
             command.arg("--release");
         }
