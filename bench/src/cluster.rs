@@ -58,7 +58,9 @@ fn atoll_binary() -> Result<PathBuf, String> {
     // `cargo run -p atoll-bench` does not rebuild `atoll`, and a stale one measures old code.
     if root.join("Cargo.toml").exists() || !binary.exists() {
         let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        command.current_dir(&root).args(["build", "--quiet", "-p", "atoll"]);
+        command
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "atoll"]);
         if !cfg!(debug_assertions) {
             command.arg("--release");
         }

@@ -1539,6 +1539,7 @@ impl Engine {
             }
             return Ok(true);
         }
+        let started = std::time::Instant::now();
         if db.record.intent_index < target {
             let intent = Record {
                 intent_index: target,
@@ -1555,6 +1556,7 @@ impl Engine {
         } else {
             "PRAGMA wal_checkpoint(PASSIVE)"
         };
+        let started_copy = std::time::Instant::now();
         let (busy, log, copied): (i64, i64, i64) =
             db.control
                 .connection()
@@ -1566,7 +1568,9 @@ impl Engine {
             return Ok(false);
         }
         db.checkpoint_at_frames = self.config.checkpoint_frames;
+        let started_sync = std::time::Instant::now();
         db.files.sync_main()?;
+        let synced = std::time::Instant::now();
         let record = Record {
             checkpoint_index: target,
             last_command_index: db.last_command_index,
@@ -1574,7 +1578,14 @@ impl Engine {
             ..db.record
         };
         db.record = record::write(&db.path, &record)?;
-        log::debug!("checkpointed {name:?} at index {target}");
+        log::debug!(
+            "checkpointed {name:?} at index {target}: intent {:?}, copy {:?}, sync {:?}, \
+             record {:?}",
+            started_copy - started,
+            started_sync - started_copy,
+            synced - started_sync,
+            synced.elapsed()
+        );
         Ok(true)
     }
 

@@ -62,9 +62,6 @@ const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
 /// A snapshot attempt that could not start (a checkpoint was held back by a reader) is retried
 /// after this many more applied entries.
 const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
-/// The most raft ticks one timer event may count: a loop turn that took longer than this many
-/// ticks (a stalled disk, a stopped process) does not replay the whole stall at once.
-const TICKS_PER_TURN_MAX: u32 = 1_000;
 /// Largest transaction a node accepts (captured frame bytes): its command must fit one raft
 /// entry (`atoll_raft::codec::ENTRY_BYTES_MAX`, 32 MiB) with room for the command's headers.
 const TRANSACTION_BYTES_MAX: usize = 30 << 20;
@@ -453,8 +450,24 @@ impl Node {
             self.engine.set_time(now);
             self.drain_engine();
             let event_count = events.len();
+            let mut tick_due = false;
             for event in events.drain(..) {
-                self.on_event(event)?;
+                if matches!(
+                    event,
+                    Event::Timer {
+                        token: TICK_TOKEN,
+                        ..
+                    }
+                ) {
+                    tick_due = true;
+                } else {
+                    self.on_event(event)?;
+                }
+            }
+            if tick_due {
+                // After the turn's messages: what arrived during a stall counts before the
+                // time the stall took (a heartbeat that waited in the socket is still heard).
+                self.on_tick()?;
             }
             let events_done = Instant::now();
             self.drive_raft()?;
@@ -545,13 +558,19 @@ impl Node {
     /// The tick timer fired: counts every tick that passed since the last one (a busy turn may
     /// have taken several), so that raft's heartbeats and timeouts follow the wall clock and a
     /// busy leader still heartbeats on time. Then re-arms the timer for the next tick boundary.
+    ///
+    /// At most half the shortest election timeout is counted at once: a turn that stalled
+    /// longer (a checkpoint's syncs on a slow disk, a stopped process) must not by itself make
+    /// a follower campaign or a leader step down for want of messages it could not read while
+    /// stalled. The rest of the stall is forgotten; a dead leader is noticed at most that much
+    /// later, once per stall.
     fn on_tick(&mut self) -> Result<(), NodeError> {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.tick_at);
         let ticks = (elapsed.as_nanos() / self.tick.as_nanos()).max(1);
         let ticks = u32::try_from(ticks)
             .unwrap_or(u32::MAX)
-            .min(TICKS_PER_TURN_MAX);
+            .min(self.ticks_per_turn_max());
         for _ in 0..ticks {
             self.raft.tick();
         }
@@ -565,6 +584,11 @@ impl Node {
             .timer_after(next, TICK_TOKEN)
             .map_err(|e| fatal("arming the tick timer", e))?;
         Ok(())
+    }
+
+    /// The most ticks one timer event counts: half the shortest election timeout.
+    fn ticks_per_turn_max(&self) -> u32 {
+        (self.config.election_ticks_min / 2).max(1)
     }
 
     /// Takes the engine's proposals (proposed at the end of the turn) and its late answers.
