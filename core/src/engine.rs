@@ -102,6 +102,10 @@ pub struct EngineConfig {
     pub group_max: usize,
     /// Checkpoint a database once its WAL holds this many frames.
     pub checkpoint_frames: u32,
+    /// Up to this many frames more, drawn anew for every checkpoint (0: none). Nodes of a
+    /// cluster apply the same entries, so without it they would all checkpoint (and stall
+    /// their loops) in the same instant; with it, a leader keeps hearing from some follower.
+    pub checkpoint_jitter_frames: u32,
     /// Approximate bytes of values per row batch of a query.
     pub batch_bytes: usize,
     /// The most sessions.
@@ -123,6 +127,7 @@ impl EngineConfig {
             queue_wait_max: 10_000,
             group_max: 64,
             checkpoint_frames: 4096,
+            checkpoint_jitter_frames: 0,
             batch_bytes: 64 * 1024,
             sessions_max: 16 * 1024,
             statements_max: 1024,
@@ -330,6 +335,8 @@ pub struct Engine {
     completions: Vec<Completion>,
     scratch: Vec<u8>,
     vfs: Arc<Vfs>,
+    /// State of the generator behind `checkpoint_jitter_frames` (splitmix64).
+    jitter_state: u64,
 }
 
 fn io_exec(error: std::io::Error) -> ExecError {
@@ -512,6 +519,11 @@ impl Engine {
     /// then replays committed commands after [`Recovery::replay_from`] through [`Engine::apply`].
     pub fn open(config: EngineConfig) -> Result<(Engine, Recovery), EngineError> {
         config.validate()?;
+        // Only the checkpoint jitter draws from it: different per node and per start.
+        let config_seed = config.node_id
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
         fs::create_dir_all(&config.dir)?;
         let dir = fs::canonicalize(&config.dir)?;
         let name = format!(
@@ -532,6 +544,7 @@ impl Engine {
             completions: Vec::new(),
             scratch: Vec::new(),
             vfs,
+            jitter_state: config_seed,
         };
         let recovery = engine.recover()?;
         engine.applied_index = recovery.replay_from().unwrap_or(0);
@@ -645,6 +658,7 @@ impl Engine {
                 return Err(error.into());
             }
         };
+        let checkpoint_at_frames = self.next_checkpoint_frames();
         self.databases.insert(
             name.to_string(),
             Database {
@@ -658,7 +672,7 @@ impl Engine {
                 last_command_index: record.last_command_index,
                 recovering_until,
                 snapshot_token: Arc::new(()),
-                checkpoint_at_frames: self.config.checkpoint_frames,
+                checkpoint_at_frames,
             },
         );
         Ok(())
@@ -1488,6 +1502,22 @@ impl Engine {
 
     // ---- checkpoints -----------------------------------------------------------------------
 
+    /// The WAL size at which the next checkpoint starts: `checkpoint_frames` plus this
+    /// checkpoint's jitter.
+    fn next_checkpoint_frames(&mut self) -> u32 {
+        let jitter = self.config.checkpoint_jitter_frames;
+        if jitter == 0 {
+            return self.config.checkpoint_frames;
+        }
+        self.jitter_state = self.jitter_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.jitter_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let extra = (z % (u64::from(jitter) + 1)) as u32;
+        self.config.checkpoint_frames.saturating_add(extra)
+    }
+
     fn should_checkpoint(&self, database: &str) -> bool {
         let db = &self.databases[database];
         match db.files.index_header() {
@@ -1520,6 +1550,7 @@ impl Engine {
     /// it wait for a later try).
     fn checkpoint_database(&mut self, name: &str, force: bool) -> Result<bool, EngineError> {
         let target = self.applied_index;
+        let next_at = self.next_checkpoint_frames();
         let db = self.databases.get_mut(name).expect("known database");
         if matches!(db.slot, Slot::Transaction(_))
             || Arc::strong_count(&db.snapshot_token) > 1
@@ -1567,7 +1598,7 @@ impl Engine {
             db.checkpoint_at_frames = frames.saturating_add(step);
             return Ok(false);
         }
-        db.checkpoint_at_frames = self.config.checkpoint_frames;
+        db.checkpoint_at_frames = next_at;
         let started_sync = std::time::Instant::now();
         db.files.sync_main()?;
         let synced = std::time::Instant::now();

@@ -210,3 +210,58 @@ fn test_database_image_is_a_consistent_file_of_committed_state() {
         "the proposed row is not in the image"
     );
 }
+
+/// The indices at which each engine's checkpoint index moved, over 400 single-row writes.
+fn checkpoint_points(jitter: u32) -> Vec<Vec<u64>> {
+    let mut cluster = Cluster::with_config(2, |config| {
+        config.checkpoint_frames = 64;
+        config.checkpoint_jitter_frames = jitter;
+    });
+    let writer = session(&mut cluster.leader, "main.db");
+    cluster
+        .write(writer, "main.db", "CREATE TABLE t(v BLOB)", &[])
+        .unwrap();
+    let mut points = vec![Vec::new(); 3];
+    let mut last = [0u64; 3];
+    for i in 0..400u32 {
+        cluster
+            .write(
+                writer,
+                "main.db",
+                "INSERT INTO t(v) VALUES (?)",
+                &[Value::Blob(vec![i as u8; 1500])],
+            )
+            .unwrap();
+        let engines = std::iter::once(&cluster.leader).chain(&cluster.followers);
+        for (n, engine) in engines.enumerate() {
+            let index = engine.checkpoint_index("main.db").unwrap();
+            if index != last[n] {
+                points[n].push(index);
+                last[n] = index;
+            }
+        }
+    }
+    points
+}
+
+#[test]
+fn test_checkpoint_jitter_keeps_replicas_from_checkpointing_together() {
+    // Without jitter every replica checkpoints at the same entries (they apply the same
+    // frames), so in a cluster all loops would stall at once; with it they drift apart.
+    let together = checkpoint_points(0);
+    assert!(together[0].len() >= 5, "{together:?}");
+    assert!(together.iter().all(|p| *p == together[0]), "{together:?}");
+    let apart = checkpoint_points(64);
+    for points in &apart {
+        // Between 64 and 128 frames per checkpoint: fewer checkpoints, but still regular.
+        assert!(points.len() >= 3, "{apart:?}");
+        assert!(
+            points.len() <= together[0].len(),
+            "{apart:?} vs {together:?}"
+        );
+    }
+    assert!(
+        apart.iter().any(|p| *p != apart[0]),
+        "jitter left every replica checkpointing at the same entries: {apart:?}"
+    );
+}

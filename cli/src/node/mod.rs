@@ -275,6 +275,8 @@ impl Node {
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
         engine_config.queue_wait_max = config.writer_wait_ms;
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
+        // Nodes apply the same entries: jitter keeps them from checkpointing together.
+        engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         let (mut engine, recovery) = Engine::open(engine_config)
             .map_err(|e| start(format!("opening the databases: {e}")))?;
         let raft_snapshot = match &snapshot {

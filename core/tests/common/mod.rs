@@ -59,17 +59,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(followers: usize) -> Cluster {
+        Cluster::with_config(followers, |_| {})
+    }
+
+    /// A cluster whose engines' configurations `tweak` changes first.
+    pub fn with_config(followers: usize, tweak: impl Fn(&mut EngineConfig)) -> Cluster {
         let dirs: Vec<tempfile::TempDir> = (0..=followers)
             .map(|_| tempfile::tempdir().unwrap())
             .collect();
-        let (leader, _) = Engine::open(config(dirs[0].path(), 1)).unwrap();
-        let followers = (1..=followers)
-            .map(|i| {
-                Engine::open(config(dirs[i].path(), i as u64 + 1))
-                    .unwrap()
-                    .0
-            })
-            .collect();
+        let open = |i: usize| {
+            let mut config = config(dirs[i].path(), i as u64 + 1);
+            tweak(&mut config);
+            Engine::open(config).unwrap().0
+        };
+        let leader = open(0);
+        let followers = (1..=followers).map(open).collect();
         Cluster {
             dirs,
             leader,
