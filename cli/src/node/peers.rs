@@ -18,10 +18,6 @@ use log::{debug, info, warn};
 
 use super::{fatal, Node, NodeError};
 
-/// Bytes queued to a peer whose connection is down past which further messages to it are
-/// dropped (raft is told it is unreachable): a little more than one full append.
-const DISCONNECTED_QUEUE_BYTES_MAX: usize = 2 << 20;
-
 /// The address to send to node `id`: its route, its configured address, or the one it
 /// announced. (A free function so the caller can borrow the reactor mutably meanwhile.)
 fn peer_address<'a>(
@@ -63,16 +59,6 @@ impl Node {
                 self.raft.report_unreachable(message.to);
                 continue;
             };
-            if let Some(stats) = self.reactor.peer_stats(to) {
-                if !stats.connected && stats.bytes_queued >= DISCONNECTED_QUEUE_BYTES_MAX {
-                    // Nobody reads this queue until the dial succeeds: appends and their
-                    // resends piled up there are encoded for nothing, then flood the peer (and
-                    // stall this loop) once it is back. Raft probes and resends after it.
-                    debug!("node {to} is not connected: dropping {message}");
-                    self.raft.report_unreachable(message.to);
-                    continue;
-                }
-            }
             let sent = self.reactor.peer_send_with(to, address, |buffer| {
                 codec::encode_message(&message, buffer);
             });
