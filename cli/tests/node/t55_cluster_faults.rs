@@ -146,7 +146,10 @@ fn test_partitioned_leader_stops_serving_and_catches_up_after_healing() {
 /// snapshot"). It installs the snapshot, follows the log, and its database equals the leader's.
 #[test]
 fn test_node_back_after_compaction_catches_up_by_snapshot() {
-    let (mut cluster, proxies) = proxied_cluster_with(&["--snapshot-entries", "300"]);
+    // A long election timeout: leadership must not move while the writers (plain connections
+    // to the leader) run, and a sync on a shared CI disk was seen to take 453 ms.
+    let (mut cluster, proxies) =
+        proxied_cluster_with(&["--snapshot-entries", "300", "--election-timeout-ms", "2000"]);
     let leader = cluster.leader();
     let down = (leader + 1) % 3;
     cluster.nodes[down].kill();
