@@ -128,6 +128,10 @@ pub struct Progress {
     pub(crate) recent_active: bool,
     /// Ticks since the last message from the member.
     pub(crate) last_contact_ticks: u64,
+    /// Ticks since the member last answered an append (or the state was reset): a heartbeat
+    /// response resumes a paused stream only once this is long enough, so that fast heartbeats
+    /// do not resend an append per heartbeat to a member still working through the last ones.
+    pub(crate) append_wait_ticks: u64,
 }
 
 impl Progress {
@@ -142,6 +146,7 @@ impl Progress {
             snapshot: None,
             recent_active: false,
             last_contact_ticks: 0,
+            append_wait_ticks: 0,
         }
     }
 
@@ -210,6 +215,7 @@ impl Progress {
     fn reset_state(&mut self, state: ProgressState) {
         self.state = state;
         self.probe_sent = false;
+        self.append_wait_ticks = 0;
         self.inflights.reset();
         self.snapshot = None;
     }
@@ -230,6 +236,7 @@ impl Progress {
             self.match_index = index;
             self.probe_sent = false;
         }
+        self.append_wait_ticks = 0;
         if self.next_index <= index {
             self.next_index = index.next();
         }
@@ -253,6 +260,7 @@ impl Progress {
         }
         self.next_index = rejected.min(hint.next()).max(self.match_index.next());
         self.probe_sent = false;
+        self.append_wait_ticks = 0;
         true
     }
 

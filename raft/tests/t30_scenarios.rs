@@ -227,7 +227,10 @@ fn test_isolated_leader_while_the_rest_elect() {
     network.tick(1, 21);
     assert_eq!(network.node(1).role(), StateRole::Follower);
     network.heal();
-    tick_all(&mut network, 3);
+    // The new leader's probe to 1 was lost in the partition; a heartbeat response resumes it
+    // once half an election timeout passed without an answer (here the leader barely ticked
+    // while 1 was cut off, so it does not know 1 was silent).
+    tick_all(&mut network, 8);
     for id in [1, 2, 3] {
         let applied = &network.nodes[&NodeId(id)].applied;
         assert!(
@@ -613,4 +616,42 @@ fn test_snapshot_stream_continues_across_a_newer_snapshot() {
         "installed the first"
     );
     assert_eq!(network.node(1).snapshots_in_use(), vec![second]);
+}
+
+/// Whether a transcript shows the leader sending node 3 an append that carries entries.
+fn sends_entries_to_3(transcript: &str) -> bool {
+    transcript
+        .lines()
+        .any(|line| line.contains("Send: 1->3 MsgAppend") && line.contains("entries=["))
+}
+
+#[test]
+fn test_heartbeat_responses_resume_a_lost_probe_only_after_a_wait() {
+    // A probe to 3 is lost while 3 keeps answering heartbeats (as a node working through a
+    // backlog does). A heartbeat response used to resume the probe at once: with heartbeats
+    // every few milliseconds that meant another full append per heartbeat, tens of megabytes
+    // queued to a node that was catching up. Now it waits half an election timeout (5 ticks
+    // here) without an answer to an append, then resends once, and 3 catches up.
+    let mut network = Network::new(&[1, 2, 3]);
+    elect(&mut network, 1);
+    network.node_mut(1).report_unreachable(NodeId(3));
+    network.propose(1, b"x").unwrap();
+    let transcript = network.process(1);
+    assert!(sends_entries_to_3(&transcript), "{transcript}");
+    network.drop_pending(|m| m.to == NodeId(3) && m.kind == MessageKind::Append);
+    network.stabilize();
+    let mut resends = Vec::new();
+    for tick in 1..=12u32 {
+        let mut transcript = network.tick(1, 1);
+        transcript.push_str(&network.stabilize());
+        if sends_entries_to_3(&transcript) {
+            resends.push(tick);
+        }
+    }
+    assert!(
+        resends.first().is_some_and(|&t| t >= 5),
+        "resent at ticks {resends:?}"
+    );
+    assert_eq!(resends.len(), 1, "resent at ticks {resends:?}");
+    assert_eq!(network.node(3).last_index(), network.node(1).last_index());
 }

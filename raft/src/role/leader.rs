@@ -245,6 +245,7 @@ impl<L: LogRead> RawNode<L> {
         for (id, progress) in self.progress.iter_mut() {
             if *id != me {
                 progress.last_contact_ticks += 1;
+                progress.append_wait_ticks += 1;
             }
         }
         if self.transferee.is_some() {
@@ -644,21 +645,43 @@ impl<L: LogRead> RawNode<L> {
         }
     }
 
+    /// Ticks a paused append stream waits for an answer before a heartbeat response resumes it:
+    /// half the shortest election timeout, at least one heartbeat interval.
+    fn append_resend_ticks(&self) -> u64 {
+        u64::from((self.config.election_timeout_ticks_min / 2).max(self.config.heartbeat_ticks))
+    }
+
     pub(crate) fn step_leader(&mut self, message: Message) {
         use MessageKind::*;
         let from = message.from;
+        let mut silent_ticks = 0;
         if let Some(progress) = self.progress.get_mut(&from) {
             progress.recent_active = true;
+            silent_ticks = progress.last_contact_ticks;
             progress.last_contact_ticks = 0;
         }
         match message.kind {
             AppendResponse => self.handle_append_response(message),
             HeartbeatResponse => {
                 let last = self.log.last_index();
+                let resend_after = self.append_resend_ticks();
+                let heartbeat_ticks = u64::from(self.config.heartbeat_ticks);
                 if let Some(progress) = self.progress.get_mut(&from) {
-                    progress.probe_sent = false;
-                    if progress.state == ProgressState::Replicate && progress.inflights.is_full() {
-                        progress.inflights.free_first_one();
+                    // A paused stream (a probe unanswered, a full window) resumes on a
+                    // heartbeat response when the member was silent before it (the append
+                    // may have been lost with a connection) or after half an election timeout
+                    // without an answer to an append. Not on every response: with heartbeats
+                    // of a few milliseconds, a member still working through a backlog would be
+                    // sent another full append per heartbeat.
+                    if silent_ticks > heartbeat_ticks || progress.append_wait_ticks >= resend_after
+                    {
+                        progress.append_wait_ticks = 0;
+                        progress.probe_sent = false;
+                        if progress.state == ProgressState::Replicate
+                            && progress.inflights.is_full()
+                        {
+                            progress.inflights.free_first_one();
+                        }
                     }
                     if progress.match_index < last {
                         self.maybe_send_append(from, true);
