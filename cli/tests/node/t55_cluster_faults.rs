@@ -23,14 +23,27 @@ fn proxied_cluster() -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
 fn proxied_cluster_with(settings: &[&str]) -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
     let mut proxies = HashMap::new();
+    // A proxy listens on an ephemeral port, which may be one just picked (and released) for a
+    // node: such a proxy is kept aside until every proxy has a port of its own, then dropped,
+    // so that the node can bind its address (seen once: "address already in use").
+    let mut collided = Vec::new();
     for i in 1..=3u64 {
         for j in 1..=3u64 {
             if i != j {
                 let target: SocketAddr = addresses[j as usize - 1].parse().unwrap();
-                proxies.insert((i, j), FaultProxy::start(target).unwrap());
+                let proxy = loop {
+                    let proxy = FaultProxy::start(target).unwrap();
+                    if addresses.contains(&proxy.addr().to_string()) {
+                        collided.push(proxy);
+                    } else {
+                        break proxy;
+                    }
+                };
+                proxies.insert((i, j), proxy);
             }
         }
     }
+    drop(collided);
     let routes = |i: u64| -> Vec<String> {
         (1..=3u64)
             .filter(|j| *j != i)
