@@ -75,6 +75,20 @@ const _: () = assert!((TRANSACTION_BYTES_MAX as u64) < atoll_raft::codec::ENTRY_
 const _: () = assert!(atoll_raft::codec::ENTRY_BYTES_MAX + (1 << 20) < PEER_FRAME_BYTES_MAX as u64);
 const _: () = assert!(PEER_FRAME_BYTES_MAX as usize + 64 < PEER_QUEUE_BYTES_MAX);
 
+/// The ticks to count when the tick timer fires at `now`, the last counted tick boundary being
+/// `tick_at`: every whole tick since (at least one, at most `max`), and the new boundary. A
+/// stall longer than `max` ticks is forgotten beyond them: the boundary moves to `now`.
+fn count_ticks(tick_at: Instant, now: Instant, tick: Duration, max: u32) -> (u32, Instant) {
+    let elapsed = now.saturating_duration_since(tick_at);
+    let ticks = (elapsed.as_nanos() / tick.as_nanos()).max(1);
+    let ticks = u32::try_from(ticks).unwrap_or(u32::MAX).min(max.max(1));
+    let mut next = tick_at + tick * ticks;
+    if now.saturating_duration_since(next) > tick {
+        next = now;
+    }
+    (ticks, next)
+}
+
 /// What `atoll start` may add to the node's configuration file for this run only.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -568,19 +582,11 @@ impl Node {
     /// later, once per stall.
     fn on_tick(&mut self) -> Result<(), NodeError> {
         let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.tick_at);
-        let ticks = (elapsed.as_nanos() / self.tick.as_nanos()).max(1);
-        let ticks = u32::try_from(ticks)
-            .unwrap_or(u32::MAX)
-            .min(self.ticks_per_turn_max());
+        let (ticks, tick_at) = count_ticks(self.tick_at, now, self.tick, self.ticks_per_turn_max());
         for _ in 0..ticks {
             self.raft.tick();
         }
-        self.tick_at += self.tick * ticks;
-        if now.saturating_duration_since(self.tick_at) > self.tick {
-            // A stall longer than the per-turn bound: the rest is forgotten.
-            self.tick_at = now;
-        }
+        self.tick_at = tick_at;
         let next = (self.tick_at + self.tick).saturating_duration_since(Instant::now());
         self.reactor
             .timer_after(next, TICK_TOKEN)
@@ -1100,4 +1106,33 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {address}: {e}"))?
         .next()
         .ok_or_else(|| format!("{address} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_count_ticks_follows_the_clock_up_to_the_cap() {
+        let tick = Duration::from_millis(10);
+        let start = Instant::now();
+        // On time: one tick, the boundary moves by one tick.
+        assert_eq!(
+            count_ticks(start, start + tick, tick, 15),
+            (1, start + tick)
+        );
+        // Early (the timer fired a little before the boundary): still one tick.
+        assert_eq!(count_ticks(start, start + tick / 2, tick, 15).0, 1);
+        // A 35 ms turn: three ticks, the boundary keeps the 5 ms remainder.
+        assert_eq!(
+            count_ticks(start, start + Duration::from_millis(35), tick, 15),
+            (3, start + Duration::from_millis(30))
+        );
+        // A 400 ms stall with half an election timeout of 15 ticks: 15 counted, the rest
+        // forgotten (the next boundary starts from now).
+        let now = start + Duration::from_millis(400);
+        assert_eq!(count_ticks(start, now, tick, 15), (15, now));
+        // A cap of 0 (a one-tick election timeout) still counts one.
+        assert_eq!(count_ticks(start, now, tick, 0).0, 1);
+    }
 }
