@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
 use byteorder::{BigEndian, ByteOrder};
 
@@ -106,6 +107,11 @@ pub struct EngineConfig {
     /// cluster apply the same entries, so without it they would all checkpoint (and stall
     /// their loops) in the same instant; with it, a leader keeps hearing from some follower.
     pub checkpoint_jitter_frames: u32,
+    /// Whether a checkpoint's durable half (fdatasync of the main file, then its record) runs
+    /// on a helper thread instead of inside `apply`: the host's loop then stalls only for the
+    /// copy, and takes the new checkpoint index from [`Engine::poll_checkpoints`]. Forced
+    /// checkpoints, snapshots and closing wait for it. Off by default.
+    pub checkpoint_sync_in_background: bool,
     /// Approximate bytes of values per row batch of a query.
     pub batch_bytes: usize,
     /// The most sessions.
@@ -128,6 +134,7 @@ impl EngineConfig {
             group_max: 64,
             checkpoint_frames: 4096,
             checkpoint_jitter_frames: 0,
+            checkpoint_sync_in_background: false,
             batch_bytes: 64 * 1024,
             sessions_max: 16 * 1024,
             statements_max: 1024,
@@ -287,6 +294,61 @@ struct Database {
     /// (a reader still needs frames) it waits for a quarter of the policy more, so a long
     /// reader does not cost a record fsync on every apply.
     checkpoint_at_frames: u32,
+    /// A checkpoint's sync and record are with the checkpointer thread: no record is written
+    /// for this database, and no checkpoint started, until it answers.
+    sync_pending: bool,
+}
+
+/// The durable half of one checkpoint, for the checkpointer thread.
+struct SyncJob {
+    database: String,
+    main: fs::File,
+    path: PathBuf,
+    record: Record,
+}
+
+/// The checkpointer thread's answer: the record now durable, or why not.
+struct SyncDone {
+    database: String,
+    result: std::io::Result<Record>,
+}
+
+/// The checkpointer thread: fdatasyncs a main file, then writes its record, in order.
+struct Checkpointer {
+    jobs: Option<mpsc::Sender<SyncJob>>,
+    done: mpsc::Receiver<SyncDone>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start() -> Result<Checkpointer, EngineError> {
+        let (jobs, job_rx) = mpsc::channel::<SyncJob>();
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("atoll-checkpoint".into())
+            .spawn(move || {
+                for job in job_rx {
+                    // The record may name the new index only once the pages it covers are
+                    // durable in the main file.
+                    let result = job
+                        .main
+                        .sync_data()
+                        .and_then(|()| record::write(&job.path, &job.record));
+                    let answer = SyncDone {
+                        database: job.database,
+                        result,
+                    };
+                    if done_tx.send(answer).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +399,20 @@ pub struct Engine {
     vfs: Arc<Vfs>,
     /// State of the generator behind `checkpoint_jitter_frames` (splitmix64).
     jitter_state: u64,
+    /// With `checkpoint_sync_in_background`.
+    checkpointer: Option<Checkpointer>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.wait_checkpoints();
+        if let Some(mut checkpointer) = self.checkpointer.take() {
+            checkpointer.jobs = None;
+            if let Some(thread) = checkpointer.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 fn io_exec(error: std::io::Error) -> ExecError {
@@ -545,7 +621,11 @@ impl Engine {
             scratch: Vec::new(),
             vfs,
             jitter_state: config_seed,
+            checkpointer: None,
         };
+        if engine.config.checkpoint_sync_in_background {
+            engine.checkpointer = Some(Checkpointer::start()?);
+        }
         let recovery = engine.recover()?;
         engine.applied_index = recovery.replay_from().unwrap_or(0);
         Ok((engine, recovery))
@@ -673,6 +753,7 @@ impl Engine {
                 recovering_until,
                 snapshot_token: Arc::new(()),
                 checkpoint_at_frames,
+                sync_pending: false,
             },
         );
         Ok(())
@@ -1530,6 +1611,9 @@ impl Engine {
     /// also advances the recorded index of databases without frames, so an idle database never
     /// holds back log compaction). Returns the minimum checkpoint index afterwards.
     pub fn checkpoint(&mut self, force: bool) -> Result<Option<u64>, EngineError> {
+        if force {
+            self.wait_checkpoints();
+        }
         let names: Vec<String> = self.databases.keys().cloned().collect();
         for name in names {
             let frames = self.databases[&name]
@@ -1549,6 +1633,12 @@ impl Engine {
     /// checkpoint index. Returns whether it completed (readers or an open transaction can make
     /// it wait for a later try).
     fn checkpoint_database(&mut self, name: &str, force: bool) -> Result<bool, EngineError> {
+        if self.databases[name].sync_pending {
+            if !force {
+                return Ok(false);
+            }
+            self.wait_checkpoints();
+        }
         let target = self.applied_index;
         let next_at = self.next_checkpoint_frames();
         let db = self.databases.get_mut(name).expect("known database");
@@ -1599,15 +1689,35 @@ impl Engine {
             return Ok(false);
         }
         db.checkpoint_at_frames = next_at;
-        let started_sync = std::time::Instant::now();
-        db.files.sync_main()?;
-        let synced = std::time::Instant::now();
         let record = Record {
             checkpoint_index: target,
             last_command_index: db.last_command_index,
             intent_index: 0,
             ..db.record
         };
+        if let (false, Some(checkpointer)) = (force, &self.checkpointer) {
+            let job = SyncJob {
+                database: name.to_string(),
+                main: db.files.main_file_clone()?,
+                path: db.path.clone(),
+                record,
+            };
+            let jobs = checkpointer.jobs.as_ref().expect("running");
+            if jobs.send(job).is_ok() {
+                db.sync_pending = true;
+                log::debug!(
+                    "checkpoint of {name:?} at index {target}: intent {:?}, copy {:?}; \
+                     sync and record in the background",
+                    started_copy - started,
+                    started_copy.elapsed()
+                );
+                return Ok(true);
+            }
+            // The thread is gone (it only stops with the engine): sync here.
+        }
+        let started_sync = std::time::Instant::now();
+        db.files.sync_main()?;
+        let synced = std::time::Instant::now();
         db.record = record::write(&db.path, &record)?;
         log::debug!(
             "checkpointed {name:?} at index {target}: intent {:?}, copy {:?}, sync {:?}, \
@@ -1618,6 +1728,49 @@ impl Engine {
             synced.elapsed()
         );
         Ok(true)
+    }
+
+    /// Takes the checkpointer thread's answers (with `checkpoint_sync_in_background`): each
+    /// makes a database's new checkpoint index current. Never blocks; the host calls it every
+    /// turn of its loop.
+    pub fn poll_checkpoints(&mut self) {
+        while let Some(done) = self
+            .checkpointer
+            .as_ref()
+            .and_then(|c| c.done.try_recv().ok())
+        {
+            self.checkpoint_done(done);
+        }
+    }
+
+    /// Waits for every checkpoint sync in the background to finish.
+    pub(crate) fn wait_checkpoints(&mut self) {
+        while self.databases.values().any(|db| db.sync_pending) {
+            let Some(done) = self.checkpointer.as_ref().and_then(|c| c.done.recv().ok()) else {
+                break;
+            };
+            self.checkpoint_done(done);
+        }
+    }
+
+    fn checkpoint_done(&mut self, done: SyncDone) {
+        let Some(db) = self.databases.get_mut(&done.database) else {
+            return;
+        };
+        db.sync_pending = false;
+        match done.result {
+            Ok(record) => {
+                log::debug!(
+                    "checkpointed {:?} at index {} (synced in the background)",
+                    done.database,
+                    record.checkpoint_index
+                );
+                db.record = record;
+            }
+            // As when the sync fails inside `apply`: logged; the record keeps its intent, and
+            // the next checkpoint tries again.
+            Err(error) => log::error!("checkpoint of {:?} failed: {error}", done.database),
+        }
     }
 
     /// The index the main file of `database` durably reflects.

@@ -336,6 +336,8 @@ impl Engine {
     /// If the node crashes during the swap, [`Engine::open`] reports a checkpoint index below
     /// the snapshot's for some database: the host installs the snapshot again.
     pub fn install_snapshot(&mut self, stream: &mut dyn Read) -> Result<u64, EngineError> {
+        // No record may be written behind the swap's back.
+        self.wait_checkpoints();
         let dir = self.dir().to_path_buf();
         let mut incoming: Vec<Incoming> = Vec::new();
         let result = receive(stream, &dir, &mut incoming);

@@ -265,3 +265,53 @@ fn test_checkpoint_jitter_keeps_replicas_from_checkpointing_together() {
         "jitter left every replica checkpointing at the same entries: {apart:?}"
     );
 }
+
+#[test]
+fn test_checkpoint_sync_in_background_advances_the_index_and_forced_checkpoints_wait() {
+    // With the durable half of checkpoints on the helper thread, `apply` returns after the
+    // copy; the checkpoint index moves once `poll_checkpoints` takes the answer, and a forced
+    // checkpoint (the host's before a snapshot or when idle) waits for it, then is current.
+    let mut cluster = Cluster::with_config(1, |config| {
+        config.checkpoint_frames = 64;
+        config.checkpoint_sync_in_background = true;
+    });
+    let writer = session(&mut cluster.leader, "main.db");
+    cluster
+        .write(writer, "main.db", "CREATE TABLE t(v BLOB)", &[])
+        .unwrap();
+    let mut moves = 0;
+    let mut last = cluster.leader.checkpoint_index("main.db").unwrap();
+    for i in 0..300u32 {
+        cluster
+            .write(
+                writer,
+                "main.db",
+                "INSERT INTO t(v) VALUES (?)",
+                &[Value::Blob(vec![i as u8; 1500])],
+            )
+            .unwrap();
+        cluster.leader.poll_checkpoints();
+        let index = cluster.leader.checkpoint_index("main.db").unwrap();
+        assert!(index >= last, "the checkpoint index went back");
+        if index > last {
+            moves += 1;
+            last = index;
+        }
+    }
+    assert!(
+        moves >= 3,
+        "the background checkpoints never completed ({moves})"
+    );
+    let applied = cluster.leader.applied_index();
+    assert_eq!(cluster.leader.checkpoint(true).unwrap(), Some(applied));
+    assert_eq!(cluster.leader.checkpoint_index("main.db"), Some(applied));
+    // Reopened, the engine recovers from those records: every row is there.
+    let dir = cluster.dirs[0].path().to_path_buf();
+    let Cluster { leader, .. } = cluster;
+    drop(leader);
+    let (mut engine, recovery) = atoll_core::Engine::open(config(&dir, 1)).unwrap();
+    assert_eq!(recovery.replay_from(), Some(applied));
+    let reader = session(&mut engine, "main.db");
+    let rows = query_all(&mut engine, reader, "main.db", "SELECT count(*) FROM t");
+    assert_eq!(rows.values, vec![Value::Integer(300)]);
+}

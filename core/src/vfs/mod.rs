@@ -370,6 +370,12 @@ impl DbFiles {
         state.main.sync_data()
     }
 
+    /// Another handle on the main file, for a thread that syncs it (the checkpointer).
+    pub(crate) fn main_file_clone(&self) -> io::Result<File> {
+        let state = self.lock_io()?;
+        state.main.try_clone()
+    }
+
     /// Reads page `page_number` of the main file into `out` (zeros past its end).
     pub(crate) fn read_main_page(&self, page_number: u32, out: &mut [u8]) -> io::Result<()> {
         assert!(page_number >= 1);
