@@ -211,6 +211,18 @@ fn test_database_image_is_a_consistent_file_of_committed_state() {
     );
 }
 
+/// Commits one 1500-byte row into `t(v BLOB)` (about one WAL frame).
+fn insert_blob(cluster: &mut Cluster, writer: atoll_core::SessionId, i: u32) {
+    cluster
+        .write(
+            writer,
+            "main.db",
+            "INSERT INTO t(v) VALUES (?)",
+            &[Value::Blob(vec![i as u8; 1500])],
+        )
+        .unwrap();
+}
+
 /// The indices at which each engine's checkpoint index moved, over 400 single-row writes.
 fn checkpoint_points(jitter: u32) -> Vec<Vec<u64>> {
     let mut cluster = Cluster::with_config(2, |config| {
@@ -224,14 +236,7 @@ fn checkpoint_points(jitter: u32) -> Vec<Vec<u64>> {
     let mut points = vec![Vec::new(); 3];
     let mut last = [0u64; 3];
     for i in 0..400u32 {
-        cluster
-            .write(
-                writer,
-                "main.db",
-                "INSERT INTO t(v) VALUES (?)",
-                &[Value::Blob(vec![i as u8; 1500])],
-            )
-            .unwrap();
+        insert_blob(&mut cluster, writer, i);
         let engines = std::iter::once(&cluster.leader).chain(&cluster.followers);
         for (n, engine) in engines.enumerate() {
             let index = engine.checkpoint_index("main.db").unwrap();
@@ -282,14 +287,7 @@ fn test_checkpoint_sync_in_background_advances_the_index_and_forced_checkpoints_
     let mut moves = 0;
     let mut last = cluster.leader.checkpoint_index("main.db").unwrap();
     for i in 0..300u32 {
-        cluster
-            .write(
-                writer,
-                "main.db",
-                "INSERT INTO t(v) VALUES (?)",
-                &[Value::Blob(vec![i as u8; 1500])],
-            )
-            .unwrap();
+        insert_blob(&mut cluster, writer, i);
         cluster.leader.poll_checkpoints();
         let index = cluster.leader.checkpoint_index("main.db").unwrap();
         assert!(index >= last, "the checkpoint index went back");
