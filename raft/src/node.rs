@@ -819,6 +819,14 @@ impl<L: LogRead> RawNode<L> {
                 return Err(Error::InvalidMessage("snapshot from a later term"));
             }
         }
+        if message
+            .index
+            .0
+            .checked_add(message.entries.len() as u64 + 1)
+            .is_none()
+        {
+            return Err(Error::InvalidMessage("index out of range"));
+        }
         let mut previous = (message.index, message.log_term);
         for entry in &message.entries {
             if entry.index.0 != previous.0 .0 + 1 {
@@ -837,7 +845,44 @@ impl<L: LogRead> RawNode<L> {
         if message.kind == MessageKind::Append && message.log_term > message.term {
             return Err(Error::InvalidMessage("previous entry from a later term"));
         }
-        Ok(())
+        // Fields that only a confused or forged peer sends. A message of an earlier term is
+        // answered with our term whatever it holds, so these checks skip it.
+        if message.term < self.term {
+            return Ok(());
+        }
+        let last = self.log.last_index();
+        match message.kind {
+            // The leader caps the commit index at our match index, which we hold durably.
+            MessageKind::Heartbeat if message.commit > last => {
+                Err(Error::InvalidMessage("heartbeat commit beyond our log"))
+            }
+            // A rejection hints at an index at or below the append it refuses.
+            MessageKind::AppendResponse
+                if message.reject && message.reject_hint > message.index =>
+            {
+                Err(Error::InvalidMessage(
+                    "rejection hint beyond the refused index",
+                ))
+            }
+            // A leader's log only grows within its term: no member holds more of it than it.
+            MessageKind::AppendResponse
+                if self.role == StateRole::Leader
+                    && message.term == self.term
+                    && !message.reject
+                    && message.index > last =>
+            {
+                Err(Error::InvalidMessage("append acknowledged beyond our log"))
+            }
+            // Heartbeat rounds are numbered by this leader within its term.
+            MessageKind::HeartbeatResponse
+                if self.role == StateRole::Leader
+                    && message.term == self.term
+                    && message.context > self.read_round =>
+            {
+                Err(Error::InvalidMessage("heartbeat round not sent yet"))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn step_validated(&mut self, message: Message) {

@@ -284,3 +284,84 @@ fn test_a_failed_log_read_is_sticky() {
     assert!(!node.has_ready());
     assert!(node.ready().is_empty());
 }
+
+/// Fields out of range (a forged or confused peer) are refused with an error and change
+/// nothing; none of them aborts the node. Each of these panicked or corrupted state before.
+#[test]
+fn test_out_of_range_fields_are_refused_without_a_panic() {
+    let mut network = elected();
+    network.put(1, 1, 1).unwrap();
+    network.stabilize();
+    let term = network.node(2).term();
+    let status = |network: &Network, id: u64| {
+        let node = network.node(id);
+        let progress: Vec<_> = node
+            .progress()
+            .map(|(id, p)| (id, p.match_index(), p.next_index()))
+            .collect();
+        (
+            node.term(),
+            node.role(),
+            node.last_index(),
+            node.commit_index(),
+            progress,
+        )
+    };
+    let follower_before = status(&network, 2);
+    let last = network.node(2).last_index();
+
+    // To the follower: a heartbeat whose commit lies beyond its log, in this term and in a
+    // later one (which must not bump the term either).
+    for heartbeat_term in [term, Term(term.0 + 1)] {
+        let mut heartbeat =
+            Message::new(MessageKind::Heartbeat, NodeId(1), NodeId(2), heartbeat_term);
+        heartbeat.commit = LogIndex(last.0 + 1_000);
+        let outcome = network.node_mut(2).step(heartbeat);
+        assert!(
+            matches!(outcome, Err(Error::InvalidMessage(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(status(&network, 2), follower_before);
+    }
+    // An append whose indexes overflow.
+    let mut append = append(1, 2, term, vec![]);
+    append.index = LogIndex(u64::MAX);
+    let outcome = network.node_mut(2).step(append);
+    assert!(
+        matches!(outcome, Err(Error::InvalidMessage(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(status(&network, 2), follower_before);
+
+    // To the leader: an acknowledgement beyond its log, a rejection whose hint lies past the
+    // refused index, a heartbeat answer for a round never sent.
+    let leader_before = status(&network, 1);
+    let leader_last = network.node(1).last_index();
+    let mut acked = Message::new(MessageKind::AppendResponse, NodeId(2), NodeId(1), term);
+    acked.index = LogIndex(u64::MAX);
+    let mut hinted = Message::new(MessageKind::AppendResponse, NodeId(2), NodeId(1), term);
+    hinted.reject = true;
+    hinted.index = leader_last;
+    hinted.reject_hint = LogIndex(u64::MAX);
+    let mut round = Message::new(MessageKind::HeartbeatResponse, NodeId(2), NodeId(1), term);
+    round.context = u64::MAX;
+    for (position, message) in [acked, hinted, round].into_iter().enumerate() {
+        let outcome = network.node_mut(1).step(message);
+        assert!(
+            matches!(outcome, Err(Error::InvalidMessage(_))),
+            "case {position}: {outcome:?}"
+        );
+        assert_eq!(status(&network, 1), leader_before, "case {position}");
+    }
+
+    // The cluster carries on: a write commits everywhere.
+    network.process(1);
+    network.process(2);
+    network.put(1, 2, 2).unwrap();
+    network.stabilize();
+    let committed = network.node(1).commit_index();
+    assert!(committed > leader_before.3);
+    for id in [2, 3] {
+        assert_eq!(network.node(id).commit_index(), committed);
+    }
+}

@@ -124,6 +124,10 @@ impl Node {
         match self.raft.step(message) {
             Ok(()) => Ok(()),
             Err(atoll_raft::Error::Storage(e)) => Err(fatal("reading the log", e)),
+            Err(e @ atoll_raft::Error::InvalidMessage(_)) => {
+                warn!("message from node {from} refused: {e}");
+                Ok(())
+            }
             Err(e) => {
                 debug!("message from node {from} refused: {e}");
                 Ok(())

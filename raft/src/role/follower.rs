@@ -119,14 +119,10 @@ impl<L: LogRead> RawNode<L> {
     }
 
     fn handle_heartbeat(&mut self, message: Message) {
-        // The leader caps the commit index at our match index, which we hold durably.
-        assert!(
-            message.commit <= self.log.last_index(),
-            "heartbeat commit {} beyond our last index {}",
-            message.commit,
-            self.log.last_index()
-        );
-        self.log.commit_to(message.commit);
+        // The leader caps the commit index at our match index, which we hold durably; a
+        // commit beyond our log was refused in `validate_message`.
+        self.log
+            .commit_to(message.commit.min(self.log.last_index()));
         let mut answer = Message::new(
             MessageKind::HeartbeatResponse,
             self.id,
