@@ -266,6 +266,32 @@ pub fn scan(bytes: &[u8], mut visit: impl FnMut(&Record)) -> Scan {
     }
 }
 
+/// Tells a torn tail from damage where the records of an open segment stop (at `end`) short of
+/// its last non-zero byte. A crash can only tear the record being written last, with nothing
+/// after it but the zeros the file was preallocated with, so the bytes after `end` are a torn
+/// tail only if:
+/// - no valid record (one whose crc matches) starts at any aligned offset after `end` (a flip
+///   in a length field can make a record claim the ones after it); and
+/// - if the header at `end` decodes (the record fails on its crc, padding or index), every byte
+///   after the end it claims is zero.
+///
+/// Anything else is damage: `Some((offset, reason))` names the non-zero byte or valid record
+/// that follows. Bounded: each aligned offset is tried once, and only a header whose fields
+/// decode costs a crc over its payload.
+pub fn damage_after(bytes: &[u8], end: usize) -> Option<(usize, &'static str)> {
+    let last = last_nonzero(bytes, end)?;
+    let mut offset = end + RECORD_ALIGN_BYTES;
+    while offset <= last && offset + RECORD_HEADER_BYTES <= bytes.len() {
+        if let Ok(Some(_)) = decode_record(bytes, offset, None) {
+            return Some((offset, "a valid record after a damaged one"));
+        }
+        offset += RECORD_ALIGN_BYTES;
+    }
+    let header = bytes.get(end..end.saturating_add(RECORD_HEADER_BYTES))?;
+    let record = decode_record_fields(header, end, bytes.len()).ok()?;
+    last_nonzero(bytes, record.end).map(|offset| (offset, "non-zero bytes after a damaged record"))
+}
+
 /// The index of the last non-zero byte at or after `from`, if any: how much of a torn tail
 /// recovery must zero.
 pub fn last_nonzero(bytes: &[u8], from: usize) -> Option<usize> {

@@ -32,9 +32,14 @@
 //!   cut is first renamed to a new `open-M`, so no two files ever claim the same entries.
 //! - Compaction saves the new compaction point in the metadata first, then deletes the
 //!   segments it covers; recovery finishes an interrupted deletion.
-//! - Recovery truncates a torn or zeroed tail of an open segment (the bytes after the last valid
-//!   record are zeroed, with a warning), and refuses, naming file and byte offset, any damage in
-//!   a closed segment, any gap between segments, or a second open segment holding entries.
+//! - Recovery truncates a torn tail of an open segment (the bytes after the last valid record
+//!   are zeroed, with a warning), and refuses, naming file and byte offset, any damage in a
+//!   closed segment, any gap between segments, or a second open segment holding entries.
+//! - A torn tail is only the last record written, followed by zeros (rule in
+//!   [`segment::damage_after`]). A bad record followed by a valid one, or by non-zero bytes past
+//!   the end its header claims, is damage, not a torn write: recovery refuses it, naming file
+//!   and offset, rather than drop entries that may have been acknowledged. A flip in the very
+//!   last record cannot be told from a torn write: that one record is dropped.
 //!
 //! # Memory
 //!
@@ -1663,7 +1668,17 @@ fn recover_open(
     } else {
         Some(segment::last_nonzero(bytes, scan.end).map_or(scan.end, |last| last + 1))
     };
+    let damage = torn_end.and_then(|_| segment::damage_after(bytes, scan.end));
     drop(map);
+    if let Some((after, what)) = damage {
+        // Entries after the bad record may have been acknowledged: dropping them would lose
+        // them silently, so the node refuses to start and the operator decides.
+        return Err(LogError::corrupt(
+            path,
+            scan.end as u64,
+            format!("damaged entry record: not a torn write ({what} at byte offset {after})"),
+        ));
+    }
     if let Some(torn_end) = torn_end {
         let reason = match scan.stop {
             Stop::Invalid { reason, .. } => reason,

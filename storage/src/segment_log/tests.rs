@@ -190,19 +190,52 @@ fn test_crash_cut_at_every_byte_of_the_last_batch() {
 #[test]
 fn test_crash_bit_flip_at_every_byte_of_the_last_batch() {
     // A bit flipped anywhere in the last batch's records (header, payload or padding) makes
-    // that record invalid: recovery keeps exactly the records before it. A flip in the zeroed
-    // space after the last record is junk of a torn write: every entry stays.
+    // that record invalid. In any record but the last, valid records follow: that is damage,
+    // not a torn write, and opening fails naming the file and the bad record's offset, changing
+    // nothing (the entries after it may have been acknowledged). In the last record it is a
+    // torn write: recovery keeps the records before it (or refuses, when the flip shortens the
+    // length the header claims and leaves non-zero bytes after it). A flip in the zeroed space
+    // after the last record is junk of a torn write: every entry stays.
     let dir = tempfile::tempdir().unwrap();
     let (written, path, bytes, region_start, synced) = three_batches(dir.path());
     let ends = record_ends(&written);
     let region_end = ends.last().unwrap().1;
+    let last_start = ends[ends.len() - 2].1;
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    let (mut refused, mut kept) = (0, 0);
     for position in region_start..region_end + 64 {
         let mut damaged = bytes.clone();
         damaged[position] ^= 1 << (position % 8);
         fs::write(&path, &damaged).unwrap();
-        let log = open(dir.path(), 64 << 10);
         let expected = ends.iter().take_while(|(_, end)| *end <= position).count();
         assert!(expected >= synced);
+        let record_start = if expected == 0 {
+            SEGMENT_HEADER_BYTES
+        } else {
+            ends[expected - 1].1
+        };
+        let log = match SegmentLog::open(dir.path(), options(64 << 10)) {
+            Ok(log) => log,
+            Err(error) => {
+                assert!(position < region_end, "flip at {position}: {error}");
+                let text = error.to_string();
+                assert!(text.contains(&name), "{text}");
+                assert!(
+                    text.contains(&format!("byte offset {record_start}")),
+                    "{text}"
+                );
+                assert!(text.contains("not a torn write"), "{text}");
+                assert_eq!(fs::read(&path).unwrap(), damaged, "flip at {position}");
+                refused += 1;
+                continue;
+            }
+        };
+        assert!(
+            position >= last_start,
+            "flip at {position} in entry {}: valid entries after it were dropped",
+            expected + 1
+        );
+        kept += 1;
         assert_eq!(
             log.last_index(),
             LogIndex(expected as u64),
@@ -212,23 +245,67 @@ fn test_crash_bit_flip_at_every_byte_of_the_last_batch() {
         drop(log);
         // Recovery zeroed everything after the kept records.
         let recovered = fs::read(&path).unwrap();
-        let kept_end = if expected == 0 {
-            SEGMENT_HEADER_BYTES
-        } else {
-            ends[expected - 1].1
-        };
         assert!(
-            recovered[kept_end..].iter().all(|&b| b == 0),
+            recovered[record_start..].iter().all(|&b| b == 0),
             "flip at {position}"
         );
     }
+    assert!(refused >= last_start - region_start, "{refused}");
+    assert!(kept >= region_end - last_start, "{kept}");
+}
+
+#[test]
+fn test_bad_record_followed_by_valid_ones_is_an_error_naming_file_and_offset() {
+    // Entries 1..=8 are synced (acknowledged); one byte of entry 3 flips. Recovery used to take
+    // that for a torn tail and drop 3..=8 silently; now opening fails, naming the file and the
+    // offset of entry 3, and changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 64 << 10);
+    let written = entries(1..=8, 1, 40);
+    log.append(&written).unwrap();
+    log.sync().unwrap();
+    let name = log.open.as_ref().unwrap().name.clone();
+    drop(log);
+    let path = dir.path().join(&name);
+    let clean = fs::read(&path).unwrap();
+    let ends = record_ends(&written);
+    let third = ends[1].1;
+    let mut bytes = clean.clone();
+    bytes[third + RECORD_HEADER_BYTES + 5] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    let error = SegmentLog::open(dir.path(), options(64 << 10)).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(&name), "{text}");
+    assert!(text.contains(&format!("byte offset {third}")), "{text}");
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+    // A record whose header decodes but is followed by junk past its claimed end: damage too.
+    let mut bytes = clean.clone();
+    let last_end = ends[7].1;
+    bytes[ends[6].1 + RECORD_HEADER_BYTES] ^= 0x01;
+    bytes[last_end + 200] = 0x5a;
+    fs::write(&path, &bytes).unwrap();
+    let error = SegmentLog::open(dir.path(), options(64 << 10)).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("byte offset {}", ends[6].1)),
+        "{error}"
+    );
+    // Junk after a last record that is intact is a torn write of a next record: kept.
+    let mut bytes = clean.clone();
+    bytes[last_end + 200] = 0x5a;
+    fs::write(&path, &bytes).unwrap();
+    let log = open(dir.path(), 64 << 10);
+    assert_eq!(log.last_index(), LogIndex(8));
+    assert_prefix(&log, 1, &written, 8);
 }
 
 #[test]
 fn test_torn_entry_never_resurrects_later_ones() {
-    // Entries 6 and 7 are written, and 6 is torn: recovery keeps 1..=5 and zeroes 7 too.
-    // Otherwise a new, shorter entry 6 followed by the old 7's bytes could bring back an entry
-    // from a history the new leader overwrote.
+    // Entries 6 and 7 are written; 6's header never reached the disk and 7 is torn too (a
+    // crash): recovery keeps 1..=5 and zeroes 7's bytes. Otherwise a new, shorter entry 6
+    // followed by the old 7's bytes could bring back an entry from a history the new leader
+    // overwrote.
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), 64 << 10);
     log.append(&entries(1..=5, 1, 40)).unwrap();
@@ -239,7 +316,9 @@ fn test_torn_entry_never_resurrects_later_ones() {
     let path = dir.path().join(&log.open.as_ref().unwrap().name);
     drop(log);
     let mut bytes = fs::read(&path).unwrap();
-    bytes[torn_offset + RECORD_HEADER_BYTES + 3] ^= 0xff;
+    bytes[torn_offset..torn_offset + RECORD_HEADER_BYTES].fill(0);
+    let seventh = torn_offset + record_bytes(40);
+    bytes[seventh + RECORD_HEADER_BYTES + 3] ^= 0xff;
     fs::write(&path, &bytes).unwrap();
     let mut log = open(dir.path(), 64 << 10);
     assert_eq!(log.last_index(), LogIndex(5));
