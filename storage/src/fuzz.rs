@@ -69,6 +69,11 @@ fn recover_segment_file(bytes: &[u8]) {
     if let Stop::Invalid { offset, .. } = scan.stop {
         assert_eq!(offset, scan.end);
     }
+    // Damage after the kept records is named by a non-zero byte inside the file past them.
+    if let Some((offset, _)) = segment::damage_after(bytes, scan.end) {
+        assert!(offset > scan.end && offset < bytes.len());
+        assert!(bytes[offset..].iter().any(|&b| b != 0));
+    }
 }
 
 /// Treats `bytes` as a metadata file: it decodes to a record that encodes back to the same
