@@ -1484,7 +1484,8 @@ impl Engine {
     /// once, straight from `command`. If it is this node's outstanding proposal, its sessions
     /// are answered. Malformed and stale commands are rejected (before anything is written) the
     /// same way on every replica. Errors are I/O failures, after which the database stops
-    /// serving until the engine is reopened.
+    /// serving until the engine is reopened, except a failed WAL write that published nothing
+    /// (a full disk): nothing changed, and the host applies the same entry again later.
     pub fn apply(&mut self, index: u64, command: &[u8]) -> Result<Applied, EngineError> {
         assert!(
             index > self.applied_index,

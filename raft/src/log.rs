@@ -373,6 +373,40 @@ impl<L: LogRead> RaftLog<L> {
         entries
     }
 
+    /// Takes back `entries`, the last ones handed out, which the host could not append (a full
+    /// disk): they are unstable again, served from memory and handed out in the next ready.
+    /// False (nothing changes) unless they are exactly the last handed out and the store ends
+    /// right before them.
+    pub fn give_back(&mut self, mut entries: Vec<Entry>) -> bool {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return true;
+        };
+        let first = first.index;
+        if last.index != self.handed_last
+            || last.index.next() != self.unstable_offset
+            || self.store.last_index() != first.prev()
+        {
+            return false;
+        }
+        entries.append(&mut self.unstable);
+        self.unstable = entries;
+        self.unstable_offset = first;
+        self.handed_last = first.prev();
+        self.persisted = self.persisted.min(first.prev());
+        true
+    }
+
+    /// The host could not apply the entry at `index` (a full disk), nor the later ones it was
+    /// handed: they are handed out again. False (nothing changes) unless `index` was handed
+    /// out and is not compacted.
+    pub fn unapply_from(&mut self, index: LogIndex) -> bool {
+        if index > self.applied || index < self.first_index() || index.0 == 0 {
+            return false;
+        }
+        self.applied = index.prev();
+        true
+    }
+
     /// The host reports `index` (with `term`) durable. Stale reports (the entry was since
     /// overwritten) are ignored: terms at an index only grow, so the term pins the entry.
     pub fn persisted_to(&mut self, index: LogIndex, term: Term) -> bool {

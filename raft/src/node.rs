@@ -768,6 +768,34 @@ impl<L: LogRead> RawNode<L> {
         }
     }
 
+    /// The host could not append a ready's `entries` (a full disk): raft takes them back,
+    /// serves them from memory, and hands them out again in the next ready. The host must not
+    /// send that ready's `persisted_messages` (they may acknowledge these entries), and calls
+    /// this before calling raft again. Refused unless `entries` are exactly the last handed out
+    /// and the log ends right before them.
+    pub fn append_failed(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        if self.log.give_back(entries) {
+            Ok(())
+        } else {
+            Err(Error::InvalidRequest(
+                "entries given back are not the last handed out",
+            ))
+        }
+    }
+
+    /// The host could not apply the committed entry at `index` (a full disk): raft hands it
+    /// out again, with the entries after it, in a later ready, and holds back `reads` (read
+    /// states of the same ready the host has not answered) until they are applied.
+    pub fn apply_failed(&mut self, index: LogIndex, reads: Vec<ReadState>) -> Result<(), Error> {
+        if !self.log.unapply_from(index) {
+            return Err(Error::InvalidRequest(
+                "entry to apply again was not handed out",
+            ));
+        }
+        self.read_states_waiting.extend(reads);
+        Ok(())
+    }
+
     /// For a synchronous host: the ready was persisted and synced.
     pub fn advance(&mut self, ready: &Ready) {
         if let Some((index, term)) = ready.persist_point() {

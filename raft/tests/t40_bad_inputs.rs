@@ -365,3 +365,68 @@ fn test_out_of_range_fields_are_refused_without_a_panic() {
         assert_eq!(network.node(id).commit_index(), committed);
     }
 }
+
+/// A full disk: the host cannot append a ready's entries, or cannot apply a committed one.
+/// Raft takes them back and hands them out again; nothing is skipped, nothing is reported
+/// durable that is not, and a read waits for the entries it must see. Gives back that do not
+/// match what was handed out are refused.
+#[test]
+fn test_entries_given_back_on_a_full_disk_are_handed_out_again() {
+    let mut network = Network::new(&[1]);
+    network.node_mut(1).campaign().unwrap();
+    network.stabilize();
+    assert_eq!(network.node(1).role(), StateRole::Leader);
+    let node = network.node_mut(1);
+    let index = node.propose(Payload::from(&b"x"[..])).unwrap();
+
+    // The append fails: nothing reaches the log; the entry comes back.
+    let ready = node.ready();
+    assert_eq!(ready.entries.last().map(|e| e.index), Some(index));
+    let stored_last = atoll_storage::LogRead::last_index(node.log());
+    assert_eq!(stored_last, index.prev());
+    let mut wrong = ready.entries.clone();
+    wrong.pop();
+    if !wrong.is_empty() {
+        assert!(matches!(
+            node.append_failed(wrong),
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+    node.append_failed(ready.entries.clone()).unwrap();
+    assert_eq!(node.last_index(), index);
+    assert!(node.log_term(index).is_some());
+    assert!(node.commit_index() < index);
+    // A second failure, the same again.
+    let again = node.ready();
+    assert_eq!(again.entries, ready.entries);
+    assert!(again.committed_entries.iter().all(|e| e.index < index));
+    node.append_failed(again.entries.clone()).unwrap();
+
+    // Space is back: the append succeeds, the entry commits.
+    let ready = node.ready();
+    assert_eq!(ready.entries, again.entries);
+    atoll_raft::persist_ready(node.log_mut(), &ready).unwrap();
+    atoll_storage::LogStore::sync(node.log_mut()).unwrap();
+    node.advance(&ready);
+    assert_eq!(node.commit_index(), index);
+
+    // The apply fails, with a read waiting on it: both come back, in order.
+    node.read_index(7).unwrap();
+    let ready = node.ready();
+    let committed: Vec<LogIndex> = ready.committed_entries.iter().map(|e| e.index).collect();
+    assert_eq!(committed.last(), Some(&index));
+    assert_eq!(ready.read_states.len(), 1);
+    let first = committed[0];
+    assert!(matches!(
+        node.apply_failed(LogIndex(index.0 + 1), vec![]),
+        Err(Error::InvalidRequest(_))
+    ));
+    node.apply_failed(first, ready.read_states.clone()).unwrap();
+    assert_eq!(node.applied(), first.prev());
+    let ready = node.ready();
+    let again: Vec<LogIndex> = ready.committed_entries.iter().map(|e| e.index).collect();
+    assert_eq!(again, committed);
+    assert_eq!(ready.read_states.len(), 1);
+    assert_eq!(ready.read_states[0].context, 7);
+    assert_eq!(node.applied(), index);
+}

@@ -241,9 +241,16 @@ fn test_bit_flip_mid_open_segment_refuses_to_start() {
     let stderr = output.failed();
     let name = path.file_name().unwrap().to_str().unwrap();
     assert!(stderr.contains(name), "{stderr}");
-    assert!(stderr.contains(&format!("byte offset {offset}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("byte offset {offset}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("not a torn write"), "{stderr}");
-    assert_eq!(std::fs::read(&path).unwrap(), damaged, "the refusal changed the file");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        damaged,
+        "the refusal changed the file"
+    );
 
     std::fs::write(&path, &bytes).unwrap();
     node.restart();

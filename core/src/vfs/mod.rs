@@ -825,13 +825,20 @@ impl DbFiles {
         }
         let result =
             self.append_frames_locked(&mut state, frames, db_size_pages, new_wal_salt, scratch);
-        if result.is_err() {
-            // The WAL file or index may be half-written: stop serving this database.
-            state.failed = true;
-        }
         state.shm_release(APPLY_CONN, wal::LOCK_WRITE, 1, true);
         let _ = page_size;
-        result
+        match result {
+            Ok(()) => Ok(()),
+            // The frames did not all reach the WAL file, and the wal-index does not list them:
+            // readers never see those bytes, and a retry writes them again at the same offsets
+            // (a full disk: the host retries the apply once space is back).
+            Err(AppendFailure::Unpublished(error)) => Err(error),
+            Err(AppendFailure::Published(error)) => {
+                // The wal-index may be half-written: stop serving this database.
+                state.failed = true;
+                Err(error)
+            }
+        }
     }
 
     fn append_frames_locked(
@@ -841,13 +848,16 @@ impl DbFiles {
         db_size_pages: u32,
         new_wal_salt: [u8; 8],
         scratch: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    ) -> Result<(), AppendFailure> {
         let page_size = self.options.page_size;
         let mut header_bytes = [0u8; wal::INDEX_HEADER_BYTES];
         state.shm_read(0, 0, &mut header_bytes);
         let Some(mut header) = IndexHeader::decode(&header_bytes).filter(|h| h.is_init == 1) else {
-            return Err(io::Error::other("wal-index header is not initialised"));
+            return Err(AppendFailure::Published(io::Error::other(
+                "wal-index header is not initialised",
+            )));
         };
+        let frames_before = header.max_frame;
         if header.max_frame > 0 && state.shm_u32(0, wal::CKPT_BACKFILL_OFFSET) == header.max_frame {
             // Everything is checkpointed: start the WAL over (walRestartLog) if no reader uses
             // its frames (read marks 1..4 free), rewriting the file instead of growing it.
@@ -872,9 +882,9 @@ impl DbFiles {
             header.big_endian_checksum = 0;
             write_offset = 0;
         } else if header.big_endian_checksum != 0 {
-            return Err(io::Error::other(
+            return Err(AppendFailure::Published(io::Error::other(
                 "WAL uses big-endian checksums; atoll writes none",
-            ));
+            )));
         }
         scratch.reserve(frames.len() * frame_bytes);
         for (i, frame) in frames.iter().enumerate() {
@@ -893,11 +903,20 @@ impl DbFiles {
             );
             scratch.extend_from_slice(frame.page);
         }
-        state.wal.write_all_at(scratch, write_offset)?;
+        // A restart reset the backfill count and read marks in the wal-index and writes over
+        // the old frames: a failed write after it is not clean.
+        let restarted = frames_before > 0 && header.max_frame == 0;
+        state.wal.write_all_at(scratch, write_offset).map_err(|e| {
+            if restarted {
+                AppendFailure::Published(e)
+            } else {
+                AppendFailure::Unpublished(e)
+            }
+        })?;
         for (i, frame) in frames.iter().enumerate() {
             state
                 .index_append(first_frame + i as u32, frame.page_number)
-                .map_err(io::Error::other)?;
+                .map_err(|e| AppendFailure::Published(io::Error::other(e)))?;
         }
         header.max_frame = first_frame - 1 + frames.len() as u32;
         header.db_size_pages = db_size_pages;
@@ -912,6 +931,15 @@ impl DbFiles {
         state.shm_write(0, 0, &encoded);
         Ok(())
     }
+}
+
+/// Why appending frames failed, and whether the wal-index may have changed.
+enum AppendFailure {
+    /// The WAL write failed (a full disk); the wal-index was not touched, so nothing changed
+    /// for readers and the append can be retried.
+    Unpublished(io::Error),
+    /// The wal-index may be half-updated: the database must stop serving.
+    Published(io::Error),
 }
 
 /// Capacity the capture buffer keeps between transactions (a 1 MiB blob fits).
