@@ -187,10 +187,41 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The bytes an unprivileged process can still allocate on the file system holding `path`
+/// (`statvfs`: available blocks times the fragment size). Lives here, beside `preallocate`,
+/// because this module is where the storage crate's system calls are.
+pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: `statvfs` is plain old data; all-zero bytes are a valid value of it.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stats` is a valid,
+    // writable `statvfs` the call fills in; nothing keeps either pointer afterwards.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The field types differ between 32- and 64-bit targets (`fsblkcnt_t`, `c_ulong`).
+    #[allow(clippy::useless_conversion)]
+    let blocks = u64::from(stats.f_bavail);
+    #[allow(clippy::useless_conversion)]
+    let fragment = u64::from(stats.f_frsize);
+    Ok(blocks.saturating_mul(fragment))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn test_available_bytes_follow_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = available_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        assert!(available_bytes(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn test_frozen_bytes_are_readable_and_shared() {

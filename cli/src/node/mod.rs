@@ -24,6 +24,7 @@
 
 mod clients;
 pub mod config;
+mod disk;
 mod join;
 mod peers;
 mod reads;
@@ -259,6 +260,8 @@ pub struct Node {
     /// The applied index and the log's last index at start: what was replayed is logged once
     /// the node serves (`None` afterwards).
     replay: Option<(u64, u64)>,
+    /// A full disk: writes refused, stalled appends and applies retried.
+    disk: disk::Disk,
     stats: Stats,
 }
 
@@ -423,6 +426,7 @@ impl Node {
             last_apply_at: Instant::now(),
             checkpointed_at: applied,
             replay: Some((applied, last.0)),
+            disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
         };
         node.reactor
@@ -620,6 +624,16 @@ impl Node {
     /// Proposes the turn's writes as one batch, then works off every ready: persist, one sync,
     /// commit, apply, answer.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
+        if !self.proposals.is_empty() && self.disk.check(Instant::now()) {
+            self.disk_full_began();
+        }
+        if !self.proposals.is_empty() && self.disk.is_full() {
+            // Nothing was appended: the client may retry once space is freed.
+            for proposal in std::mem::take(&mut self.proposals) {
+                self.engine.discard(proposal.id, values::REASON_DISK_FULL);
+            }
+            self.drain_engine();
+        }
         if !self.proposals.is_empty() {
             let proposals = std::mem::take(&mut self.proposals);
             let ids: Vec<u64> = proposals.iter().map(|p| p.id).collect();
@@ -660,7 +674,10 @@ impl Node {
         // what this loop reports back (persistence, applies).
         while self.raft.has_ready() {
             let ready = self.raft.ready();
-            self.handle_ready(ready)?;
+            if self.handle_ready(ready)? {
+                // Entries went back to raft (a full disk): retried in a later turn.
+                break;
+            }
         }
         if let Some(e) = self.raft.storage_error() {
             return Err(fatal("reading the log", e));
@@ -669,7 +686,9 @@ impl Node {
         Ok(())
     }
 
-    fn handle_ready(&mut self, mut ready: Ready) -> Result<(), NodeError> {
+    /// Handles one ready; true if some of its entries could not be appended or applied for
+    /// want of disk space and went back to raft.
+    fn handle_ready(&mut self, mut ready: Ready) -> Result<bool, NodeError> {
         // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
         self.store_snapshot_chunks(&ready)?;
         if let Some(install) = &ready.snapshot {
@@ -688,7 +707,22 @@ impl Node {
             }
         }
         let persist_start = Instant::now();
+        // The entries apart: on a full disk they go back to raft, and the rest goes on.
+        let entries = std::mem::take(&mut ready.entries);
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
+        let mut stalled = false;
+        if !entries.is_empty() {
+            if self.append_entries(&entries)? {
+                ready.entries = entries;
+            } else {
+                // Unappended entries are not acknowledged: drop the answers that would.
+                ready.persisted_messages.clear();
+                self.raft
+                    .append_failed(entries)
+                    .map_err(|e| fatal("giving entries back to raft", e))?;
+                stalled = true;
+            }
+        }
         self.turn_persist += persist_start.elapsed();
         // 3. Messages that may leave before the entries are durable.
         self.send_messages(std::mem::take(&mut ready.messages));
@@ -708,14 +742,37 @@ impl Node {
         self.send_messages(std::mem::take(&mut ready.persisted_messages));
         // 5. Apply the committed entries, answering the writes they carry.
         let apply_start = Instant::now();
+        let now = Instant::now();
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
+                EntryKind::Command if !self.disk.may_write(now) => {
+                    // A stalled apply is retried at most every `DISK_RETRY_INTERVAL`.
+                    self.apply_again_from(entry.index, &mut ready)?;
+                    stalled = true;
+                    break;
+                }
                 EntryKind::Command => match self.engine.apply(index, &entry.payload) {
-                    Ok(Applied::Frames { .. }) => self.stats.commands_applied += 1,
+                    Ok(Applied::Frames { .. }) => {
+                        self.stats.commands_applied += 1;
+                        self.disk.write_succeeded();
+                    }
                     Ok(Applied::Skipped) => {}
                     // The engine logged why; every replica rejects it the same way.
                     Ok(Applied::Malformed(_) | Applied::Stale { .. }) => {}
+                    Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                        // Nothing was written: the entry (and those after it) are applied
+                        // again once space is back, never skipped.
+                        if self
+                            .disk
+                            .write_failed(&format!("applying entry {index}"), &e, now)
+                        {
+                            self.disk_full_began();
+                        }
+                        self.apply_again_from(entry.index, &mut ready)?;
+                        stalled = true;
+                        break;
+                    }
                     Err(e) => return Err(fatal(&format!("applying entry {index}"), e)),
                 },
                 EntryKind::Noop | EntryKind::Configuration => self.engine.note_applied(index),
@@ -733,7 +790,63 @@ impl Node {
         for context in &ready.dropped_reads {
             self.read_dropped(*context);
         }
-        Ok(())
+        Ok(stalled)
+    }
+
+    /// Appends a ready's entries (truncating a conflicting suffix first). False if the disk is
+    /// full (nothing appended; retried at most every `DISK_RETRY_INTERVAL`).
+    fn append_entries(&mut self, entries: &[atoll_raft::Entry]) -> Result<bool, NodeError> {
+        let now = Instant::now();
+        if !self.disk.may_write(now) {
+            return Ok(false);
+        }
+        let log = self.raft.log_mut();
+        let first = entries[0].index;
+        if first <= log.last_index() {
+            log.truncate_after(first.prev())
+                .map_err(|e| fatal("truncating the log", e))?;
+        }
+        match log.append(entries) {
+            Ok(()) => {
+                self.disk.write_succeeded();
+                Ok(true)
+            }
+            Err(e) if disk::is_full(&e) => {
+                let what = format!(
+                    "appending entries {first}..={}",
+                    entries[entries.len() - 1].index
+                );
+                if self.disk.write_failed(&what, &e, now) {
+                    self.disk_full_began();
+                }
+                Ok(false)
+            }
+            Err(e) => Err(fatal("writing the log", e)),
+        }
+    }
+
+    /// The committed entries from `index` on could not be applied: raft hands them out again,
+    /// with the read states of this ready (which may need them).
+    fn apply_again_from(&mut self, index: LogIndex, ready: &mut Ready) -> Result<(), NodeError> {
+        let reads = std::mem::take(&mut ready.read_states);
+        self.raft
+            .apply_failed(index, reads)
+            .map_err(|e| fatal("handing entries back to raft", e))
+    }
+
+    /// The disk just became full: a leader hands leadership to a member with room (raft picks
+    /// the most up-to-date voter), once per full state.
+    fn disk_full_began(&mut self) {
+        let me = NodeId(self.config.id);
+        if self.raft.role() != StateRole::Leader
+            || !self.raft.configuration().voters().any(|id| id != me)
+        {
+            return;
+        }
+        match self.raft.transfer_leadership(None) {
+            Ok(to) => info!("disk full: handing leadership over to node {to}"),
+            Err(e) => warn!("disk full: cannot hand leadership over: {e}"),
+        }
     }
 
     /// Writes received snapshot chunks into the incoming snapshot file, each at its offset:
@@ -859,9 +972,21 @@ impl Node {
         self.join_step();
         self.snapshot_policy()?;
         self.checkpoint_policy();
-        if self.proposals.is_empty() {
+        if self.disk.is_full() {
+            // Leaves the full state once space is back and nothing is stalled.
+            self.disk.check(Instant::now());
+        } else if self.proposals.is_empty() {
             if let Err(e) = self.raft.log_mut().prepare_next_segment() {
-                warn!("preparing the next log segment: {e}");
+                if disk::is_full(&e) {
+                    if self
+                        .disk
+                        .space_short(&format!("preparing the next log segment: {e}"))
+                    {
+                        self.disk_full_began();
+                    }
+                } else {
+                    warn!("preparing the next log segment: {e}");
+                }
             }
         }
         Ok(())

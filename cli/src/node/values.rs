@@ -26,6 +26,11 @@ pub const REASON_NOT_LEADER: &str = "not leader";
 /// The engine's discard reason when raft refused a proposal for now (too many uncommitted
 /// bytes, a leadership transfer): nothing happened, the client may retry.
 pub const REASON_BUSY: &str = "busy: the leader is not accepting writes right now, try again";
+/// The engine's discard reason when the disk is full (nothing happened: the client may retry
+/// once space is freed). Answered with SQLITE_FULL.
+pub const REASON_DISK_FULL: &str = "disk full: writes are refused until space is freed";
+/// SQLITE_FULL: the disk is full.
+pub const CODE_FULL: u64 = 13;
 /// The engine's discard reason when leadership was lost with writes in flight.
 pub const REASON_LEADERSHIP_LOST: &str = "leadership lost";
 
@@ -104,6 +109,7 @@ pub fn failure(error: &ExecError) -> (u64, String) {
             (CODE_NOT_LEADER, "not leader".to_owned())
         }
         ExecError::Discarded(reason) if reason == REASON_BUSY => (CODE_BUSY, reason.clone()),
+        ExecError::Discarded(reason) if reason == REASON_DISK_FULL => (CODE_FULL, reason.clone()),
         ExecError::Discarded(_) => (CODE_LEADERSHIP_LOST, "leadership lost".to_owned()),
         ExecError::UnknownStatement(_) => {
             (CODE_NOT_FOUND, "no statement with the given id".to_owned())
@@ -184,6 +190,8 @@ mod tests {
         );
         let lost = ExecError::Discarded(REASON_LEADERSHIP_LOST.into());
         assert_eq!(failure(&lost).0, CODE_LEADERSHIP_LOST);
+        let full = ExecError::Discarded(REASON_DISK_FULL.into());
+        assert_eq!(failure(&full), (CODE_FULL, REASON_DISK_FULL.to_owned()));
         let not_leader = ExecError::Discarded(REASON_NOT_LEADER.into());
         assert_eq!(failure(&not_leader), (CODE_NOT_LEADER, "not leader".into()));
         assert_eq!(failure(&ExecError::Timeout { waited: 5000 }).0, CODE_BUSY);
