@@ -275,7 +275,16 @@ impl AtollNode {
 
     /// `atoll init` at `address` (not started).
     pub fn init(address: &str, init_args: &[&str]) -> AtollNode {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        AtollNode::init_in(
+            tempfile::tempdir().expect("temporary directory"),
+            address,
+            init_args,
+        )
+    }
+
+    /// `atoll init` at `address` with its data directory `DIR/data` (which may be a mount
+    /// point the test made), not started.
+    pub fn init_in(dir: tempfile::TempDir, address: &str, init_args: &[&str]) -> AtollNode {
         let data = dir.path().join("data");
         let data = data.to_str().expect("UTF-8 path");
         let mut args = vec!["init", "--data-dir", data, "--address", address];

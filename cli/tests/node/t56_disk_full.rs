@@ -1,0 +1,179 @@
+//! A full disk (a small tmpfs as the data directory, filled by a file): the node stays up,
+//! serves reads, refuses writes with SQLITE_FULL, logs the change once, and resumes by itself
+//! once the file is deleted, losing nothing acknowledged. Mounting needs root: without it the
+//! tests say so and pass without running.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use atoll_net::client::{ClientConfig, ClientError, Connection};
+use atoll_net::protocol::Value;
+
+use crate::support::{free_address, AtollNode, Node};
+
+/// SQLITE_FULL.
+const CODE_FULL: u64 = 13;
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// A tmpfs of `size` mounted on `path` for the life of the value.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -t tmpfs on {}", path.display());
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Fills the file system with `filler` until it refuses a byte more.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0x5au8; 64 << 10];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+                    break;
+                }
+            }
+        }
+        let free = Command::new("df")
+            .arg("--output=avail")
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        let free = String::from_utf8_lossy(&free.stdout);
+        assert_eq!(free.lines().nth(1).map(str::trim), Some("0"), "{free}");
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        leader_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
+    }
+}
+
+fn connect(address: &str) -> Connection {
+    let mut connection = Connection::connect(address, &config()).unwrap();
+    connection.open("full").unwrap();
+    connection
+}
+
+fn count(connection: &mut Connection) -> i64 {
+    let rows = connection
+        .query_sql("SELECT count(*) FROM t", &[])
+        .unwrap();
+    match rows.rows[0][0] {
+        Value::Integer(n) => n,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+fn insert(connection: &mut Connection, id: i64) -> Result<(), ClientError> {
+    connection
+        .exec_sql(
+            "INSERT INTO t VALUES (?, randomblob(2000))",
+            &[Value::Integer(id)],
+        )
+        .map(|_| ())
+}
+
+/// One node on a 48 MiB tmpfs. Filled to the last byte: reads are served, every write is
+/// refused with SQLITE_FULL ("disk full"), the node stays up and logs the change once. The
+/// filler deleted: writes resume without a restart; every acknowledged row is there, also
+/// after a kill -9 and a restart.
+#[test]
+fn test_full_disk_refuses_writes_serves_reads_and_recovers() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("data"), "48m");
+    let mut node = AtollNode::init_in(dir, &free_address(), &[]);
+    node.restart();
+    let mut connection = connect(node.address());
+    connection
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    let mut acknowledged = 0;
+    for id in 0..50 {
+        insert(&mut connection, id).unwrap();
+        acknowledged += 1;
+    }
+
+    let filler = mount.fill();
+    // The node measures free space at most every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    for id in 1000..1020 {
+        match insert(&mut connection, id) {
+            Err(ClientError::Failure { code, message }) => {
+                assert_eq!(code, CODE_FULL, "{message}");
+                assert!(message.contains("disk full"), "{message}");
+            }
+            other => panic!("a write on a full disk: {other:?}"),
+        }
+        assert_eq!(count(&mut connection), acknowledged, "reads are served");
+    }
+    let log = node.log();
+    assert_eq!(log.matches("disk full: writes refused").count(), 1, "{log}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match insert(&mut connection, 2000) {
+            Ok(()) => break,
+            Err(ClientError::Failure { code, .. })
+                if code == CODE_FULL && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("writes did not resume: {e}"),
+        }
+    }
+    acknowledged += 1;
+    for id in 2001..2050 {
+        insert(&mut connection, id).unwrap();
+        acknowledged += 1;
+    }
+    assert_eq!(count(&mut connection), acknowledged);
+    let log = node.log();
+    assert_eq!(log.matches("disk space back: resuming").count(), 1, "{log}");
+    assert!(node.is_running());
+
+    drop(connection);
+    node.kill();
+    node.restart();
+    let mut connection = connect(node.address());
+    assert_eq!(count(&mut connection), acknowledged);
+}
