@@ -83,6 +83,7 @@ impl Disk {
     pub(super) fn write_failed(&mut self, what: &str, error: &io::Error, now: Instant) -> bool {
         self.stalled = true;
         self.retried_at = Some(now);
+        log::debug!("{what}: {error} (retried later)");
         self.enter(format!("{what}: {error}"))
     }
 

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use atoll_net::client::{ClientConfig, ClientError, Connection};
+use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
 use atoll_net::protocol::Value;
 
-use crate::support::{free_address, AtollNode, Node};
+use crate::support::{free_address, AtollCluster, AtollNode, Node};
 
 /// SQLITE_FULL.
 const CODE_FULL: u64 = 13;
@@ -176,4 +176,96 @@ fn test_full_disk_refuses_writes_serves_reads_and_recovers() {
     node.restart();
     let mut connection = connect(node.address());
     assert_eq!(count(&mut connection), acknowledged);
+}
+
+/// Three nodes; the leader's data directory is a tmpfs, filled to the last byte. The leader
+/// refuses the write and hands leadership to a member with room, where writes go on. The old
+/// leader stays up as a follower that can neither apply nor (once its segment is full)
+/// append what is committed: it acknowledges nothing it does not hold and skips nothing. Once
+/// the filler is deleted it catches up by itself, and its database equals the leader's.
+#[test]
+fn test_leader_with_a_full_disk_steps_down_and_catches_up_later() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("data"), "96m");
+    let mut first = AtollNode::init_in(dir, &free_address(), &[]);
+    first.restart();
+    let mut cluster = AtollCluster { nodes: vec![first] };
+    for _ in 1..3 {
+        let address = cluster.nodes[0].address().to_owned();
+        let mut node = AtollNode::prepare_join(&free_address(), &address, &[]);
+        node.spawn();
+        cluster.nodes.push(node);
+    }
+    cluster.wait_roles(3, None);
+    assert_eq!(cluster.leader(), 0);
+    let mut client = Client::connect(&cluster.running(), config()).unwrap();
+    client.open("full").unwrap();
+    client
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    let insert = |client: &mut Client, id: i64| {
+        client
+            .exec_sql(
+                "INSERT INTO t VALUES (?, randomblob(20000))",
+                &[Value::Integer(id)],
+            )
+            .map(|_| ())
+    };
+    let mut acknowledged = 0i64;
+    for id in 0..20 {
+        insert(&mut client, id).unwrap();
+        acknowledged += 1;
+    }
+
+    let filler = mount.fill();
+    std::thread::sleep(Duration::from_millis(300));
+    // The first write is refused (SQLITE_FULL) or redirected; then writes go to a new leader.
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match insert(&mut client, 1000) {
+            Ok(()) => break,
+            Err(ClientError::Failure { code, message }) if code == CODE_FULL => {
+                assert!(message.contains("disk full"), "{message}");
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "no leader with room took over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    acknowledged += 1;
+    assert!(refused >= 1);
+    let leader = cluster.leader();
+    assert_ne!(leader, 0, "the node with the full disk still leads");
+    // Enough to fill the old leader's open log segment (8 MiB) and more.
+    for id in 2000..2600 {
+        insert(&mut client, id).unwrap();
+        acknowledged += 1;
+    }
+    // Half a second later the full node still has not applied the last writes (a follower
+    // with room applies within milliseconds), and it still runs.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cluster.nodes[0].is_running());
+    let stuck = cluster.nodes[0].metadata().expect("the full node answers");
+    let leader_applied = cluster.nodes[leader].metadata().unwrap().applied_index;
+    assert!(
+        stuck.applied_index < leader_applied,
+        "{} {leader_applied}",
+        stuck.applied_index
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let applied = cluster.wait_in_sync();
+    assert!(applied >= leader_applied);
+    let rows = client.query_sql("SELECT count(*) FROM t", &[]).unwrap();
+    assert_eq!(rows.rows[0][0], Value::Integer(acknowledged));
+    assert_eq!(cluster.dump(0, "full"), cluster.dump(leader, "full"));
+    let log = cluster.nodes[0].log();
+    assert_eq!(log.matches("disk full: writes refused").count(), 1, "{log}");
+    assert_eq!(log.matches("disk space back: resuming").count(), 1, "{log}");
 }
