@@ -401,6 +401,10 @@ pub struct Engine {
     jitter_state: u64,
     /// With `checkpoint_sync_in_background`.
     checkpointer: Option<Checkpointer>,
+    /// A checkpoint's fdatasync (of a main file or a record) failed: fatal, never retried
+    /// (after a failed fsync the kernel may have dropped the dirty pages and marked them clean,
+    /// so a later fsync that succeeds proves nothing). See [`Engine::sync_failure`].
+    sync_failure: Option<String>,
 }
 
 impl Drop for Engine {
@@ -622,6 +626,7 @@ impl Engine {
             vfs,
             jitter_state: config_seed,
             checkpointer: None,
+            sync_failure: None,
         };
         if engine.config.checkpoint_sync_in_background {
             engine.checkpointer = Some(Checkpointer::start()?);
@@ -1657,7 +1662,11 @@ impl Engine {
                     last_command_index: db.last_command_index,
                     ..db.record
                 };
-                db.record = record::write(&db.path, &record)?;
+                db.record = durable(
+                    &mut self.sync_failure,
+                    name,
+                    record::write(&db.path, &record),
+                )?;
             }
             return Ok(true);
         }
@@ -1667,7 +1676,11 @@ impl Engine {
                 intent_index: target,
                 ..db.record
             };
-            db.record = record::write(&db.path, &intent)?;
+            db.record = durable(
+                &mut self.sync_failure,
+                name,
+                record::write(&db.path, &intent),
+            )?;
         }
         // PASSIVE copies the frames no reader needs; once all are copied, the next apply starts
         // the WAL over in place (bounded by the policy; rewriting cached file pages is cheaper
@@ -1717,9 +1730,10 @@ impl Engine {
             // The thread is gone (it only stops with the engine): sync here.
         }
         let started_sync = std::time::Instant::now();
-        db.files.sync_main()?;
+        let failure = &mut self.sync_failure;
+        durable(failure, name, db.files.sync_main())?;
         let synced = std::time::Instant::now();
-        db.record = record::write(&db.path, &record)?;
+        db.record = durable(failure, name, record::write(&db.path, &record))?;
         log::debug!(
             "checkpointed {name:?} at index {target}: intent {:?}, copy {:?}, sync {:?}, \
              record {:?}",
@@ -1768,10 +1782,19 @@ impl Engine {
                 );
                 db.record = record;
             }
-            // As when the sync fails inside `apply`: logged; the record keeps its intent, and
-            // the next checkpoint tries again.
-            Err(error) => log::error!("checkpoint of {:?} failed: {error}", done.database),
+            // The record keeps its intent; never synced again: the host stops (see
+            // `sync_failure`), and recovery replays the log from the durable record.
+            Err(error) => {
+                let _ = durable::<()>(&mut self.sync_failure, &done.database, Err(error));
+            }
         }
+    }
+
+    /// Why a checkpoint's fdatasync failed, if one did: the host must stop (and restart, which
+    /// replays the log from the last durable record). An fsync is never retried after it
+    /// failed (PostgreSQL's lesson: the kernel may have dropped the pages it could not write).
+    pub fn sync_failure(&self) -> Option<&str> {
+        self.sync_failure.as_deref()
     }
 
     /// The index the main file of `database` durably reflects.
@@ -2051,4 +2074,17 @@ fn run_group_on(
         return (answers, None);
     }
     (answers, Some(members))
+}
+
+/// Passes `result` on, recording the first failure of a checkpoint's sync in `failure`.
+fn durable<T>(
+    failure: &mut Option<String>,
+    database: &str,
+    result: std::io::Result<T>,
+) -> Result<T, EngineError> {
+    result.map_err(|error| {
+        log::error!("checkpoint of {database:?}: sync failed: {error}");
+        failure.get_or_insert_with(|| format!("syncing {database:?} in a checkpoint: {error}"));
+        EngineError::Io(error)
+    })
 }

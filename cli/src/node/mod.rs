@@ -925,6 +925,10 @@ impl Node {
     /// What happens once per turn after raft: leadership changes, parked requests, waiters,
     /// the snapshot and checkpoint policies, and preparing the next log segment.
     fn after_turn(&mut self) -> Result<(), NodeError> {
+        if let Some(failure) = self.engine.sync_failure() {
+            // Never retried: a restart replays the log from the last durable checkpoint.
+            return Err(NodeError::Fatal(failure.to_owned()));
+        }
         let leading = self.raft.role() == StateRole::Leader;
         match (self.leader_term, leading) {
             (None, true) => {

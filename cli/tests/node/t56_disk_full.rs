@@ -90,9 +90,7 @@ fn connect(address: &str) -> Connection {
 }
 
 fn count(connection: &mut Connection) -> i64 {
-    let rows = connection
-        .query_sql("SELECT count(*) FROM t", &[])
-        .unwrap();
+    let rows = connection.query_sql("SELECT count(*) FROM t", &[]).unwrap();
     match rows.rows[0][0] {
         Value::Integer(n) => n,
         ref other => panic!("{other:?}"),
