@@ -624,10 +624,14 @@ impl Node {
     /// Proposes the turn's writes as one batch, then works off every ready: persist, one sync,
     /// commit, apply, answer.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
-        if !self.proposals.is_empty() && self.disk.check(Instant::now()) {
-            self.disk_full_began();
+        if !self.proposals.is_empty() {
+            self.disk.check(Instant::now());
         }
         if !self.proposals.is_empty() && self.disk.is_full() {
+            if self.raft.role() == StateRole::Leader && self.raft.transferee().is_none() {
+                // A handover that timed out (the target lagged) is tried again.
+                self.disk_full_began();
+            }
             // Nothing was appended: the client may retry once space is freed.
             for proposal in std::mem::take(&mut self.proposals) {
                 self.engine.discard(proposal.id, values::REASON_DISK_FULL);
