@@ -433,6 +433,23 @@ impl AtollNode {
         connection.describe_v1().ok()
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its status, or `None` if it
+    /// still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("the node runs");
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then waits for the exit (a clean stop) and returns its status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the node runs");
