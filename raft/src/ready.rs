@@ -35,12 +35,14 @@ pub struct SnapshotInstall {
 ///    machine from the received bytes, then the log as [`persist_ready`] does).
 /// 2. Append `entries` to the log (truncating any conflicting suffix), compact through
 ///    `compact`, and save `hard_state` durably. [`persist_ready`] does all of 1–2 for the log.
-///    This must happen before raft is called again (raft reads the entries back from the log).
+///    This must happen before raft is called again (raft reads the entries back from the log);
+///    on a full disk the host gives them back instead ([`crate::RawNode::append_failed`]).
 /// 3. Send `messages`: they may leave before the entries are durable, but not before the hard
 ///    state is (save it synchronously, as `LogStore::save_hard_state` does).
 /// 4. Make the entries durable (`LogStore::sync`, possibly later: a slow disk), then call
 ///    `on_persisted` with [`Ready::persist_point`] and only then send `persisted_messages`.
-/// 5. Apply `committed_entries` in order, then answer `read_states`; fail `dropped_reads`.
+/// 5. Apply `committed_entries` in order, then answer `read_states`; fail `dropped_reads`. An
+///    entry that cannot be applied for want of space goes back ([`crate::RawNode::apply_failed`]).
 #[derive(Debug, Default)]
 pub struct Ready {
     /// The term and vote, when they changed.
