@@ -18,6 +18,8 @@
 //! - `t51_concurrency`: 64 concurrent writers, no "database is locked", group commit.
 //! - `t55_cluster_faults`: an isolated leader (fault-injecting proxies between the nodes);
 //!   a node back after log compaction catches up by snapshot.
+//! - `t54_forged_peer_messages`: raft messages with out-of-range fields on the peer port are
+//!   refused; the node stays up, unchanged.
 //! - `t56_disk_full`: a node's data directory on a small tmpfs that fills up: writes refused
 //!   with SQLITE_FULL, reads served, everything back once space is freed (root only).
 //! - `t52_bad_input`: malformed frames, wrong versions, oversized messages, unknown ids, while
@@ -36,5 +38,6 @@ mod t21_membership;
 mod t50_durability;
 mod t51_concurrency;
 mod t52_bad_input;
+mod t54_forged_peer_messages;
 mod t55_cluster_faults;
 mod t56_disk_full;
