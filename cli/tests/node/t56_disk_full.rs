@@ -237,7 +237,13 @@ fn test_leader_with_a_full_disk_steps_down_and_catches_up_later() {
         std::thread::sleep(Duration::from_millis(50));
     }
     acknowledged += 1;
-    assert!(refused >= 1);
+    // Refused at least once, unless the leader found its disk full (preparing a segment) and
+    // handed over before the first write.
+    let log = cluster.nodes[0].log();
+    assert!(
+        refused >= 1 || log.contains("disk full: handing leadership over"),
+        "{log}"
+    );
     let leader = cluster.leader();
     assert_ne!(leader, 0, "the node with the full disk still leads");
     // Enough to fill the old leader's open log segment (8 MiB) and more.
