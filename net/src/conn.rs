@@ -29,8 +29,14 @@ pub enum Phase {
     Client(ProtocolVersion),
     /// An inbound peer connection (first word `PEER_MAGIC_V1`) waiting for its hello frame.
     PeerHello,
-    /// An inbound peer connection from this node, hello validated: its frames go to the host as
-    /// `PeerFrame` events. It is only read, never written.
+    /// An inbound peer connection whose hello was valid and answered with CHALLENGE: waiting
+    /// for the dialler's AUTH. Nothing reaches the host before it is verified.
+    PeerAuthIn {
+        /// The sender's node id, as the hello claims it.
+        from: u64,
+    },
+    /// An inbound peer connection from this node, authenticated: its frames go to the host as
+    /// `PeerFrame` events. It is only read (the CHALLENGE was its only write).
     PeerIn {
         /// The sender's node id.
         from: u64,
@@ -40,8 +46,14 @@ pub enum Phase {
         /// The node dialled.
         to: u64,
     },
-    /// An outbound peer connection, connected: greeting, hello, then the peer's send queue. It
-    /// is only written; it is read only to notice a close.
+    /// An outbound peer connection, connected, greeting and hello sent: waiting for the
+    /// acceptor's CHALLENGE. The peer's queue is not written before it is verified.
+    PeerAuthOut {
+        /// The node dialled.
+        to: u64,
+    },
+    /// An outbound peer connection, authenticated: AUTH, then the peer's send queue. It is only
+    /// written; it is read only to notice a close.
     PeerOut {
         /// The node it leads to.
         to: u64,
@@ -53,6 +65,15 @@ impl Phase {
     pub fn is_peer(self) -> bool {
         !matches!(self, Phase::Handshake | Phase::Client(_))
     }
+}
+
+/// A peer connection's handshake in progress: what both MACs cover.
+#[derive(Debug)]
+pub struct PeerHandshake {
+    /// The hello payload, exactly as sent (dialler) or received (acceptor).
+    pub hello_payload: Vec<u8>,
+    /// The acceptor's nonce (acceptor: the one it sent in CHALLENGE).
+    pub acceptor_nonce: [u8; crate::peer::NONCE_BYTES],
 }
 
 /// The outcome of one socket operation.
@@ -101,6 +122,8 @@ pub struct Conn {
     /// Peer inbound: the header of the frame whose payload is being received; the payload
     /// starts at `inbound[0]`.
     pub in_frame: Option<FrameHeader>,
+    /// Peer: the handshake in progress (PeerAuthIn, PeerAuthOut), dropped once authenticated.
+    pub handshake: Option<Box<PeerHandshake>>,
     pub accepted_at: Instant,
     /// Last read or write progress.
     pub active_at: Instant,
@@ -126,6 +149,7 @@ impl Conn {
             flush_queued: false,
             revisit_queued: false,
             in_frame: None,
+            handshake: None,
             accepted_at: now,
             active_at: now,
             write_progress_at: now,

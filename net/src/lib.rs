@@ -55,12 +55,15 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use atoll_net::peer::ClusterSecret;
 //! use atoll_net::reactor::{Event, PeerConfig, Reactor, ReactorConfig};
 //!
+//! // Every member holds the cluster's secret (`ClusterSecret::generate()` makes one).
+//! let secret = ClusterSecret::from_bytes([7; 32]);
 //! let node = |id| {
 //!     let config = ReactorConfig {
 //!         // An empty address advertises the listening one; the seed should vary per start.
-//!         peer: Some(PeerConfig::new(id, 7, "", id)),
+//!         peer: Some(PeerConfig::new(id, 7, secret.clone(), "", id)),
 //!         ..ReactorConfig::default()
 //!     };
 //!     Reactor::bind("127.0.0.1:0".parse().unwrap(), config).unwrap()

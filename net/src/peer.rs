@@ -1,20 +1,31 @@
 //! The peer (node-to-node) wire format: the greeting, the hello, and the frames that carry opaque
 //! raft messages. The reactor's peer transport speaks it; `net` never looks inside a message.
 //!
-//! A peer connection is one-directional: the dialling node writes, the accepting node only reads
-//! (each node dials every peer it sends to, so a pair of nodes uses two connections). The dialler
-//! sends the 8-byte [`PEER_MAGIC_V1`] word, then a [`Hello`] frame, then message and ping frames.
+//! A peer connection carries messages one way: the dialling node writes them, the accepting node
+//! reads them (each node dials every peer it sends to, so a pair of nodes uses two connections).
+//! Before any message both sides prove they hold the cluster secret (a mutual HMAC-SHA256
+//! challenge-response; the secret itself is never sent):
+//!
+//! 1. dialler → acceptor: the 8-byte [`PEER_MAGIC_V1`] word, then a [`Hello`] frame carrying a
+//!    fresh random nonce `Nd`;
+//! 2. acceptor → dialler: CHALLENGE, a fresh nonce `Na` and `HMAC(secret, "acceptor", hello, Na)`;
+//! 3. dialler → acceptor: AUTH, `HMAC(secret, "dialler", hello, Na)`, then message and ping frames.
+//!
+//! The MAC input (see [`auth_mac`]) binds the role (a proof cannot be reflected back to the other
+//! side), the whole hello (ids, cluster, incarnation, `Nd`, address) and `Na`: a recorded exchange
+//! cannot be replayed, since the other side's nonce is new on every connection. The acceptor
+//! writes nothing but the CHALLENGE; the dialler reads nothing after it.
 //!
 //! Every integer is little-endian. A frame is an 8-byte header and a payload:
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 0..4 | `u32` payload length in bytes (≤ the receiver's `frame_bytes_max`) |
-//! | 4 | `u8` kind: 1 HELLO, 2 MESSAGE, 3 PING |
+//! | 4 | `u8` kind: 1 HELLO, 2 MESSAGE, 3 PING, 4 CHALLENGE, 5 AUTH |
 //! | 5 | `u8` flags, 0 |
 //! | 6..8 | `u16` reserved, 0 |
 //!
-//! HELLO (first frame, and only there) has this payload, its length exactly 34 + address bytes:
+//! HELLO (first frame, and only there) has this payload, its length exactly 50 + address bytes:
 //!
 //! | bytes | field |
 //! | --- | --- |
@@ -22,16 +33,24 @@
 //! | 8..16 | `u64` to: the node id the sender believes it dialled |
 //! | 16..24 | `u64` cluster id; nodes of different clusters refuse each other |
 //! | 24..32 | `u64` incarnation: differs each time the sender's process starts |
-//! | 32..34 | `u16` address length, 1..=255 |
-//! | 34.. | the sender's advertised address, UTF-8 |
+//! | 32..48 | 16 bytes: the dialler's nonce `Nd`, random |
+//! | 48..50 | `u16` address length, 1..=255 |
+//! | 50.. | the sender's advertised address, UTF-8 |
+//!
+//! CHALLENGE (acceptor to dialler, once) has exactly 48 bytes: the acceptor's nonce `Na` (16),
+//! then its 32-byte MAC. AUTH (dialler to acceptor, the second frame, once) has exactly the
+//! dialler's 32-byte MAC.
 //!
 //! MESSAGE carries 1..=`frame_bytes_max` opaque bytes (one raft message, encoded by the host).
 //! PING has an empty payload; the dialler sends it when it has been idle, so the receiver can
 //! tell a silent peer from a vanished one.
 
 use std::fmt;
+use std::io;
 
 use byteorder::{ByteOrder, LittleEndian};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 pub use crate::protocol::PEER_MAGIC_V1;
 
@@ -42,7 +61,17 @@ pub const FRAME_BYTES_MAX: u32 = 8 * 1024 * 1024;
 /// Longest advertised address in a hello.
 pub const ADDRESS_BYTES_MAX: usize = 255;
 /// Bytes of a hello payload before the address.
-pub const HELLO_FIXED_BYTES: usize = 34;
+pub const HELLO_FIXED_BYTES: usize = 50;
+/// Bytes of the cluster secret.
+pub const SECRET_BYTES: usize = 32;
+/// Bytes of a handshake nonce (128 random bits: never repeats in practice).
+pub const NONCE_BYTES: usize = 16;
+/// Bytes of a handshake MAC (HMAC-SHA256).
+pub const MAC_BYTES: usize = 32;
+/// Bytes of a CHALLENGE payload: the acceptor's nonce and MAC.
+pub const CHALLENGE_BYTES: usize = NONCE_BYTES + MAC_BYTES;
+/// Bytes of an AUTH payload: the dialler's MAC.
+pub const AUTH_BYTES: usize = MAC_BYTES;
 /// Largest hello payload.
 pub const HELLO_BYTES_MAX: usize = HELLO_FIXED_BYTES + ADDRESS_BYTES_MAX;
 
@@ -58,6 +87,10 @@ pub enum FrameKind {
     Message = 2,
     /// Keepalive: nothing for the host.
     Ping = 3,
+    /// The acceptor's nonce and proof, its answer to the hello.
+    Challenge = 4,
+    /// The dialler's proof, the second frame of a connection.
+    Auth = 5,
 }
 
 impl FrameKind {
@@ -66,6 +99,8 @@ impl FrameKind {
             1 => Some(FrameKind::Hello),
             2 => Some(FrameKind::Message),
             3 => Some(FrameKind::Ping),
+            4 => Some(FrameKind::Challenge),
+            5 => Some(FrameKind::Auth),
             _ => None,
         }
     }
@@ -125,7 +160,12 @@ pub enum PeerError {
     },
     /// The hello claims to come from this very node.
     SelfConnection,
-    /// Bytes arrived on an outbound connection, which only ever writes.
+    /// A frame of a kind this side does not expect at this point of the conversation.
+    OutOfOrder(FrameKind),
+    /// The other side's MAC is wrong: it does not hold the cluster secret, or replays or
+    /// reflects another exchange.
+    AuthFailed,
+    /// Bytes arrived on an outbound connection after its handshake.
     UnexpectedData,
 }
 
@@ -161,6 +201,12 @@ impl fmt::Display for PeerError {
                 write!(f, "hello for node {to}, but this is node {ours}")
             }
             PeerError::SelfConnection => write!(f, "hello from this node itself"),
+            PeerError::OutOfOrder(kind) => write!(f, "unexpected {kind:?} frame"),
+            PeerError::AuthFailed => write!(
+                f,
+                "peer authentication failed (wrong cluster secret, or a replayed exchange)"
+            ),
+
             PeerError::UnexpectedData => write!(f, "data received on an outbound peer connection"),
         }
     }
@@ -197,6 +243,8 @@ impl FrameHeader {
             }
             FrameKind::Message => payload_bytes > 0,
             FrameKind::Ping => payload_bytes == 0,
+            FrameKind::Challenge => payload_bytes as usize == CHALLENGE_BYTES,
+            FrameKind::Auth => payload_bytes as usize == AUTH_BYTES,
         };
         if kind == FrameKind::Message && payload_bytes > frame_bytes_max {
             return Err(PeerError::FrameTooLarge {
@@ -254,6 +302,8 @@ pub struct Hello {
     /// Changes each time the sender's process starts: a receiver that sees a new incarnation
     /// knows its own outbound connection to that node may lead to a dead process.
     pub incarnation: u64,
+    /// The dialler's fresh random nonce for this connection's handshake.
+    pub nonce: [u8; NONCE_BYTES],
     /// The address the sender serves clients and peers on.
     pub address: String,
 }
@@ -279,7 +329,8 @@ impl Hello {
         LittleEndian::write_u64(&mut fixed[8..16], self.to);
         LittleEndian::write_u64(&mut fixed[16..24], self.cluster_id);
         LittleEndian::write_u64(&mut fixed[24..32], self.incarnation);
-        LittleEndian::write_u16(&mut fixed[32..34], address_bytes as u16);
+        fixed[32..48].copy_from_slice(&self.nonce);
+        LittleEndian::write_u16(&mut fixed[48..50], address_bytes as u16);
         out.extend_from_slice(self.address.as_bytes());
     }
 
@@ -293,7 +344,7 @@ impl Hello {
                 bytes: u32::try_from(payload.len()).unwrap_or(u32::MAX),
             });
         };
-        let address_bytes = LittleEndian::read_u16(&fixed[32..34]);
+        let address_bytes = LittleEndian::read_u16(&fixed[48..50]);
         if address_bytes == 0
             || usize::from(address_bytes) > ADDRESS_BYTES_MAX
             || usize::from(address_bytes) != address.len()
@@ -310,6 +361,7 @@ impl Hello {
             to: LittleEndian::read_u64(&fixed[8..16]),
             cluster_id: LittleEndian::read_u64(&fixed[16..24]),
             incarnation: LittleEndian::read_u64(&fixed[24..32]),
+            nonce: fixed[32..48].try_into().expect("16 bytes"),
             address: address.to_owned(),
         })
     }
@@ -336,11 +388,186 @@ impl Hello {
     }
 }
 
+/// The cluster's shared secret: every member holds it, and proves it (never sends it) on every
+/// peer connection. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret([u8; SECRET_BYTES]);
+
+impl ClusterSecret {
+    /// The secret with these bytes.
+    pub fn from_bytes(bytes: [u8; SECRET_BYTES]) -> ClusterSecret {
+        ClusterSecret(bytes)
+    }
+
+    /// A new random secret from the operating system's generator.
+    pub fn generate() -> io::Result<ClusterSecret> {
+        let mut bytes = [0u8; SECRET_BYTES];
+        os_random(&mut bytes)?;
+        Ok(ClusterSecret(bytes))
+    }
+
+    /// The secret's bytes (to store it, or to print a join token).
+    pub fn as_bytes(&self) -> &[u8; SECRET_BYTES] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+/// Fills `out` from the operating system's random generator (`/dev/urandom`).
+pub fn os_random(out: &mut [u8]) -> io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(out)
+}
+
+/// Which side of the handshake a MAC proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The node that accepted the connection (it answers the hello with CHALLENGE).
+    Acceptor,
+    /// The node that dialled (it answers CHALLENGE with AUTH).
+    Dialler,
+}
+
+impl Role {
+    /// Equal-length labels: no input of one role can be read as the other's.
+    fn label(self) -> &'static [u8; 16] {
+        match self {
+            Role::Acceptor => b"atoll-v1-accept\0",
+            Role::Dialler => b"atoll-v1-dialer\0",
+        }
+    }
+}
+
+/// The handshake MAC of `role`: HMAC-SHA256 over the role's label, the hello payload's length
+/// (u16) and bytes, and the acceptor's nonce.
+pub fn auth_mac(
+    secret: &ClusterSecret,
+    role: Role,
+    hello_payload: &[u8],
+    acceptor_nonce: &[u8; NONCE_BYTES],
+) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.0).expect("HMAC takes any key");
+    mac.update(role.label());
+    let length = u16::try_from(hello_payload.len()).expect("a hello is at most 305 bytes");
+    mac.update(&length.to_le_bytes());
+    mac.update(hello_payload);
+    mac.update(acceptor_nonce);
+    mac
+}
+
+/// Appends the acceptor's CHALLENGE frame answering `hello_payload`, with its fresh `nonce`.
+pub fn encode_challenge(
+    secret: &ClusterSecret,
+    hello_payload: &[u8],
+    nonce: &[u8; NONCE_BYTES],
+    out: &mut Vec<u8>,
+) {
+    let header = FrameHeader {
+        kind: FrameKind::Challenge,
+        payload_bytes: CHALLENGE_BYTES as u32,
+    };
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(nonce);
+    let mac = auth_mac(secret, Role::Acceptor, hello_payload, nonce).finalize();
+    out.extend_from_slice(&mac.into_bytes());
+}
+
+/// The dialler checks a CHALLENGE payload against the hello it sent; returns the acceptor's
+/// nonce if the acceptor proved it holds the secret. Constant-time comparison.
+pub fn verify_challenge(
+    secret: &ClusterSecret,
+    hello_payload: &[u8],
+    payload: &[u8],
+) -> Result<[u8; NONCE_BYTES], PeerError> {
+    let Some((nonce, proof)) = payload.split_first_chunk::<NONCE_BYTES>() else {
+        return Err(PeerError::AuthFailed);
+    };
+    auth_mac(secret, Role::Acceptor, hello_payload, nonce)
+        .verify_slice(proof)
+        .map_err(|_| PeerError::AuthFailed)?;
+    Ok(*nonce)
+}
+
+/// Appends the dialler's AUTH frame for the hello it sent and the acceptor's nonce.
+pub fn encode_auth(
+    secret: &ClusterSecret,
+    hello_payload: &[u8],
+    acceptor_nonce: &[u8; NONCE_BYTES],
+    out: &mut Vec<u8>,
+) {
+    let header = FrameHeader {
+        kind: FrameKind::Auth,
+        payload_bytes: AUTH_BYTES as u32,
+    };
+    out.extend_from_slice(&header.encode());
+    let mac = auth_mac(secret, Role::Dialler, hello_payload, acceptor_nonce).finalize();
+    out.extend_from_slice(&mac.into_bytes());
+}
+
+/// The acceptor checks an AUTH payload against the hello it received and the nonce it sent.
+/// Constant-time comparison.
+pub fn verify_auth(
+    secret: &ClusterSecret,
+    hello_payload: &[u8],
+    acceptor_nonce: &[u8; NONCE_BYTES],
+    payload: &[u8],
+) -> Result<(), PeerError> {
+    auth_mac(secret, Role::Dialler, hello_payload, acceptor_nonce)
+        .verify_slice(payload)
+        .map_err(|_| PeerError::AuthFailed)
+}
+
+/// Handshake nonces: HMAC-SHA256 of a counter under a key drawn once from the OS, so each
+/// connection gets an unpredictable nonce without a system call.
+#[derive(Clone)]
+pub struct NonceSource {
+    key: [u8; SECRET_BYTES],
+    counter: u64,
+}
+
+impl NonceSource {
+    /// A source keyed from the operating system's generator.
+    pub fn from_os() -> io::Result<NonceSource> {
+        let mut key = [0u8; SECRET_BYTES];
+        os_random(&mut key)?;
+        Ok(NonceSource::from_key(key))
+    }
+
+    /// A source with this key (tests and fuzzing: deterministic nonces).
+    pub fn from_key(key: [u8; SECRET_BYTES]) -> NonceSource {
+        NonceSource { key, counter: 0 }
+    }
+
+    /// The next nonce.
+    pub fn next_nonce(&mut self) -> [u8; NONCE_BYTES] {
+        self.counter += 1;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("any key");
+        mac.update(&self.counter.to_le_bytes());
+        let bytes = mac.finalize().into_bytes();
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce.copy_from_slice(&bytes[..NONCE_BYTES]);
+        nonce
+    }
+}
+
+impl fmt::Debug for NonceSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NonceSource({} drawn)", self.counter)
+    }
+}
+
 /// What [`decode_stream`] found in a byte stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StreamSummary {
     /// The hello, if the stream began with a valid one.
     pub hello: Option<Hello>,
+    /// An AUTH frame followed the hello (its MAC is not checked here).
+    pub auth: bool,
     /// Message frames decoded after the hello.
     pub messages: usize,
     /// Ping frames decoded after the hello.
@@ -351,7 +578,8 @@ pub struct StreamSummary {
 
 /// Decodes the bytes an inbound peer connection receives after its magic word, as the reactor
 /// does: a hello first, then messages and pings, every header validated before its payload is
-/// looked at. Used by the `net_peer_frame` fuzz target; it never panics, never allocates more
+/// looked at (an AUTH is required after the hello, its MAC is not checked). Used by the
+/// `net_peer_frame` fuzz target; it never panics, never allocates more
 /// than the input's size, and stops at the first error.
 pub fn decode_stream(mut bytes: &[u8], frame_bytes_max: u32) -> StreamSummary {
     let mut summary = StreamSummary::default();
@@ -373,23 +601,31 @@ pub fn decode_stream(mut bytes: &[u8], frame_bytes_max: u32) -> StreamSummary {
         }
         let (payload, rest) = rest.split_at(payload_bytes);
         bytes = rest;
-        let error = match (header.kind, summary.hello.is_some()) {
-            (FrameKind::Hello, false) => match Hello::decode(payload) {
+        let error = match (header.kind, summary.hello.is_some(), summary.auth) {
+            (FrameKind::Hello, false, _) => match Hello::decode(payload) {
                 Ok(hello) => {
                     summary.hello = Some(hello);
                     None
                 }
                 Err(error) => Some(error),
             },
-            (FrameKind::Hello, true) => Some(PeerError::HelloRepeated),
-            (kind, false) => Some(PeerError::HelloExpected(kind)),
-            (FrameKind::Message, true) => {
+            (FrameKind::Hello, true, _) => Some(PeerError::HelloRepeated),
+            (kind, false, _) => Some(PeerError::HelloExpected(kind)),
+            (FrameKind::Auth, true, false) => {
+                summary.auth = true;
+                None
+            }
+            (kind, true, false) => Some(PeerError::OutOfOrder(kind)),
+            (FrameKind::Message, true, true) => {
                 summary.messages += 1;
                 None
             }
-            (FrameKind::Ping, true) => {
+            (FrameKind::Ping, true, true) => {
                 summary.pings += 1;
                 None
+            }
+            (kind @ (FrameKind::Auth | FrameKind::Challenge), true, true) => {
+                Some(PeerError::OutOfOrder(kind))
             }
         };
         if let Some(error) = error {
@@ -409,6 +645,7 @@ mod tests {
             to: 1,
             cluster_id: 0xc1,
             incarnation: 77,
+            nonce: [9; 16],
             address: "127.0.0.1:9002".into(),
         }
     }
@@ -418,13 +655,77 @@ mod tests {
         let mut out = Vec::new();
         hello().encode(&mut out);
         assert_eq!(out.len(), FRAME_HEADER_BYTES + HELLO_FIXED_BYTES + 14);
-        assert_eq!(&out[..8], &[48, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(&out[..8], &[64, 0, 0, 0, 1, 0, 0, 0]);
         assert_eq!(&out[8..16], &2u64.to_le_bytes());
-        assert_eq!(&out[40..42], &14u16.to_le_bytes());
-        assert_eq!(&out[42..], b"127.0.0.1:9002");
+        assert_eq!(&out[40..56], &[9; 16]);
+        assert_eq!(&out[56..58], &14u16.to_le_bytes());
+        assert_eq!(&out[58..], b"127.0.0.1:9002");
         let header = FrameHeader::decode(out[..8].try_into().unwrap(), 1024).unwrap();
         assert_eq!(header.kind, FrameKind::Hello);
         assert_eq!(Hello::decode(&out[8..]).unwrap(), hello());
+    }
+
+    fn secret() -> ClusterSecret {
+        ClusterSecret::from_bytes([0x42; SECRET_BYTES])
+    }
+
+    #[test]
+    fn test_handshake_proves_the_secret_both_ways() {
+        let mut hello_frame = Vec::new();
+        hello().encode(&mut hello_frame);
+        let hello_payload = &hello_frame[FRAME_HEADER_BYTES..];
+        let nonce = [3; NONCE_BYTES];
+        let mut challenge = Vec::new();
+        encode_challenge(&secret(), hello_payload, &nonce, &mut challenge);
+        assert_eq!(challenge.len(), FRAME_HEADER_BYTES + CHALLENGE_BYTES);
+        let header = FrameHeader::decode(challenge[..8].try_into().unwrap(), 0).unwrap();
+        assert_eq!(header.kind, FrameKind::Challenge);
+        let challenge = &challenge[FRAME_HEADER_BYTES..];
+        assert_eq!(
+            verify_challenge(&secret(), hello_payload, challenge),
+            Ok(nonce)
+        );
+        let other = ClusterSecret::from_bytes([0x43; SECRET_BYTES]);
+        assert_eq!(
+            verify_challenge(&other, hello_payload, challenge),
+            Err(PeerError::AuthFailed)
+        );
+        // Another hello (a changed byte anywhere: the nonce, an id, the address) fails.
+        for at in 0..hello_payload.len() {
+            let mut changed = hello_payload.to_vec();
+            changed[at] ^= 1;
+            assert_eq!(
+                verify_challenge(&secret(), &changed, challenge),
+                Err(PeerError::AuthFailed)
+            );
+        }
+        let mut auth = Vec::new();
+        encode_auth(&secret(), hello_payload, &nonce, &mut auth);
+        let auth = &auth[FRAME_HEADER_BYTES..];
+        assert_eq!(verify_auth(&secret(), hello_payload, &nonce, auth), Ok(()));
+        assert_eq!(
+            verify_auth(&secret(), hello_payload, &[4; NONCE_BYTES], auth),
+            Err(PeerError::AuthFailed),
+            "an AUTH for another acceptor nonce (a replay) fails"
+        );
+        assert_eq!(
+            verify_auth(&secret(), hello_payload, &nonce, &challenge[NONCE_BYTES..]),
+            Err(PeerError::AuthFailed),
+            "the acceptor's own proof reflected back fails"
+        );
+        assert_eq!(
+            verify_auth(&secret(), hello_payload, &nonce, &auth[..31]),
+            Err(PeerError::AuthFailed)
+        );
+        assert_eq!(format!("{:?}", secret()), "ClusterSecret(..)");
+        let mut nonces = NonceSource::from_key([1; SECRET_BYTES]);
+        let (n1, n2) = (nonces.next_nonce(), nonces.next_nonce());
+        assert_ne!(n1, n2);
+        assert_ne!(
+            NonceSource::from_key([2; SECRET_BYTES]).next_nonce(),
+            n1,
+            "the key decides the nonces"
+        );
     }
 
     #[test]
@@ -474,11 +775,11 @@ mod tests {
         assert_eq!(Hello::decode(&out[8..]), Err(PeerError::NodeIdZero));
         let mut out = Vec::new();
         hello().encode(&mut out);
-        out[40] = 13; // address length disagrees with the payload
+        out[56] = 13; // address length disagrees with the payload
         assert_eq!(Hello::decode(&out[8..]), Err(PeerError::AddressLength(13)));
         let mut out = Vec::new();
         hello().encode(&mut out);
-        out[42] = 0xff;
+        out[58] = 0xff;
         assert_eq!(Hello::decode(&out[8..]), Err(PeerError::AddressNotUtf8));
         let h = hello();
         assert_eq!(h.validate(1, 0xc1), Ok(()));
@@ -501,6 +802,7 @@ mod tests {
     fn test_decode_stream_counts_frames_and_stops_at_errors() {
         let mut stream = Vec::new();
         hello().encode(&mut stream);
+        encode_auth(&secret(), &stream[8..].to_vec(), &[1; NONCE_BYTES], &mut stream);
         stream.extend_from_slice(&message_header(3));
         stream.extend_from_slice(b"abc");
         stream.extend_from_slice(&PING_FRAME);
@@ -509,8 +811,15 @@ mod tests {
         let summary = decode_stream(&stream, 1024);
         assert_eq!(summary.hello, Some(hello()));
         assert_eq!(
-            (summary.messages, summary.pings, summary.error),
-            (1, 1, None)
+            (summary.auth, summary.messages, summary.pings, summary.error),
+            (true, 1, 1, None)
+        );
+        let mut stream = Vec::new();
+        hello().encode(&mut stream);
+        stream.extend_from_slice(&PING_FRAME);
+        assert_eq!(
+            decode_stream(&stream, 1024).error,
+            Some(PeerError::OutOfOrder(FrameKind::Ping))
         );
         let mut stream = message_header(1).to_vec();
         stream.push(0);

@@ -37,7 +37,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::conn::{Conn, IoOutcome, Phase};
-use crate::peer::PeerError;
+use crate::peer::{NonceSource, PeerError};
 use crate::peer_link::{Backoff, PeerLink};
 use crate::protocol::{
     DecodeError, Greeting, Header, ProtocolVersion, Request, Response, HEADER_BYTES,
@@ -331,8 +331,9 @@ pub struct Reactor {
     sweep_at: Instant,
     sweep_interval: Duration,
     /// The nodes this reactor sends to.
-    // Invariant: peers.len() <= peer.peers_max; every LinkState::Dialing/Connected slot holds a
-    // connection in phase PeerDialing/PeerOut naming this peer, and vice versa.
+    // Invariant: peers.len() <= peer.peers_max; every LinkState::Dialing slot holds a connection
+    // in phase PeerDialing/PeerAuthOut, every Connected one in PeerOut, naming this peer, and
+    // vice versa.
     peers: HashMap<u64, PeerLink>,
     /// The open inbound connection of each node (a newer hello replaces an older connection).
     peers_inbound: HashMap<u64, usize>,
@@ -340,6 +341,8 @@ pub struct Reactor {
     backoff: Option<Backoff>,
     /// The incarnation this reactor announces in its hellos.
     incarnation: u64,
+    /// Draws the peer handshake nonces (None without a peer transport).
+    nonces: Option<NonceSource>,
     /// Buffers for `peer_send_with`, reused once their frame is written.
     buffer_pool: Vec<Vec<u8>>,
     /// Refused peer hellos already logged at warn level, by source address and error kind.
@@ -376,6 +379,10 @@ impl Reactor {
             .peer
             .as_ref()
             .map_or(0, |peer| Backoff::incarnation(peer.seed));
+        let nonces = match config.peer {
+            Some(_) => Some(NonceSource::from_os()?),
+            None => None,
+        };
         let sweep_interval = config.peer.as_ref().map_or(SWEEP_INTERVAL, |peer| {
             SWEEP_INTERVAL
                 .min(peer.keepalive_interval / 4)
@@ -405,6 +412,7 @@ impl Reactor {
             peers_inbound: HashMap::new(),
             backoff,
             incarnation,
+            nonces,
             buffer_pool: Vec::new(),
             peer_rejections_logged: HashSet::new(),
             waker: None,
@@ -748,7 +756,12 @@ impl Reactor {
         {
             Phase::PeerDialing { .. } => return self.peer_connect_check(slot, events),
             Phase::PeerOut { .. } => return self.peer_flush(slot, events),
-            Phase::Handshake | Phase::Client(_) | Phase::PeerHello | Phase::PeerIn { .. } => {}
+            Phase::Handshake
+            | Phase::Client(_)
+            | Phase::PeerHello
+            | Phase::PeerAuthIn { .. }
+            | Phase::PeerAuthOut { .. }
+            | Phase::PeerIn { .. } => {}
         }
         let now = Instant::now();
         let conn = self.slots[slot].conn.as_mut().expect("caller checked");
@@ -805,7 +818,10 @@ impl Reactor {
         {
             Phase::PeerDialing { .. } => return self.peer_connect_check(slot, events),
             Phase::PeerOut { .. } => return self.peer_read_outbound(slot, events),
-            Phase::PeerHello | Phase::PeerIn { .. } => return self.peer_read_slot(slot, events),
+            Phase::PeerHello
+            | Phase::PeerAuthIn { .. }
+            | Phase::PeerAuthOut { .. }
+            | Phase::PeerIn { .. } => return self.peer_read_slot(slot, events),
             Phase::Handshake | Phase::Client(_) => {}
         }
         let out_bytes_high = self.config.out_bytes_high;

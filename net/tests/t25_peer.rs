@@ -147,9 +147,9 @@ fn test_client_and_peer_share_the_listening_port() {
 fn test_misbehaving_peer_connections_are_closed_and_others_unaffected() {
     // Each broken connection is closed by B while A's frames keep flowing to B:
     // a wrong first word; a hello from another cluster, from node 0, or meant for another
-    // node; a message before the hello; garbage after a valid hello; an oversized frame after a
-    // valid hello; a second hello. The ones refused at the hello produce no event; those with a
-    // valid hello end with an inbound PeerDisconnected saying why.
+    // node; a message before the hello; garbage after a valid handshake; an oversized frame
+    // after a valid handshake; a second hello. The ones refused before their AUTH is verified
+    // produce no event; those authenticated end with an inbound PeerDisconnected saying why.
     let mut a = Node::start(1, |_| {});
     let mut b = Node::start(2, |c| c.frame_bytes_max = 64 * 1024);
     let mut seq = 0u32;
@@ -182,14 +182,14 @@ fn test_misbehaving_peer_connections_are_closed_and_others_unaffected() {
     bytes.push(0);
     early.write(&bytes);
     broken.push(early);
-    let mut garbage = RawPeer::hello(b.addr, &hello_for(2, 8));
+    let mut garbage = RawPeer::authenticated(&mut b, &hello_for(2, 8));
     garbage.write(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0x05]);
     broken.push(garbage);
-    let mut oversized = RawPeer::hello(b.addr, &hello_for(2, 9));
+    let mut oversized = RawPeer::authenticated(&mut b, &hello_for(2, 9));
     oversized.write(&PING_FRAME);
     oversized.write(&message_header(64 * 1024 + 1));
     broken.push(oversized);
-    let mut twice = RawPeer::hello(b.addr, &hello_for(2, 10));
+    let mut twice = RawPeer::authenticated(&mut b, &hello_for(2, 10));
     let mut again = Vec::new();
     hello_for(2, 10).encode(&mut again);
     twice.write(&again);
@@ -205,8 +205,8 @@ fn test_misbehaving_peer_connections_are_closed_and_others_unaffected() {
         n[1].frames.len() == 40
     });
     assert_sequence(&b.frames_from(1), 1, 0);
-    // Only A's frames arrived; the three connections with a valid hello were announced and
-    // ended with the reason.
+    // Only A's frames arrived; the three authenticated connections were announced and ended
+    // with the reason.
     assert!(b.frames.iter().all(|(from, _)| *from == 1));
     let reasons: Vec<_> = b
         .disconnected
@@ -422,7 +422,7 @@ fn test_keepalive_keeps_quiet_links_open_and_silent_inbound_is_closed() {
     pump_until(&mut [&mut a, &mut b], "the first frame", |n| {
         n[1].frames.len() == 1
     });
-    let silent = RawPeer::hello(b.addr, &hello_for(2, 5));
+    let silent = RawPeer::authenticated(&mut b, &hello_for(2, 5));
     pump_for(&mut [&mut a, &mut b], Duration::from_millis(1000));
     assert!(
         b.disconnected.iter().all(|d| d.0 != 1),
@@ -443,4 +443,96 @@ fn test_keepalive_keeps_quiet_links_open_and_silent_inbound_is_closed() {
         n[1].frames.len() == 2
     });
     assert_eq!(a.stats(2).connects, 1);
+}
+
+#[test]
+fn test_peers_without_the_secret_are_refused_before_any_frame() {
+    // Every way in without the cluster secret is closed by B before a frame reaches its host,
+    // with no event: a message right after a valid hello (no AUTH); an AUTH made with another
+    // secret; a replayed AUTH (recorded from an accepted exchange, sent on a new connection
+    // with the same hello: B's nonce differs); B's own proof reflected back as the AUTH; a
+    // message between the hello and the AUTH. A node with another secret cannot connect either,
+    // and B refuses to prove itself to nothing: its CHALLENGE binds the hello, so a dialler
+    // learns no reusable answer.
+    use atoll_net::peer::{auth_mac, encode_auth, verify_challenge, ClusterSecret, Role};
+    use hmac::Mac;
+    let mut b = Node::start(2, |_| {});
+    let mut broken = Vec::new();
+    let (mut no_auth, _, _) = RawPeer::challenged(&mut b, &hello_for(2, 20));
+    let mut message = message_header(1).to_vec();
+    message.push(7);
+    no_auth.write(&message);
+    broken.push(no_auth);
+
+    let wrong = ClusterSecret::from_bytes([0x33; 32]);
+    let (mut wrong_secret, hello_payload, challenge) = RawPeer::challenged(&mut b, &hello_for(2, 21));
+    assert_eq!(
+        verify_challenge(&wrong, &hello_payload, &challenge),
+        Err(atoll_net::peer::PeerError::AuthFailed),
+        "a dialler with another secret sees the acceptor's proof fail"
+    );
+    let nonce: [u8; 16] = challenge[..16].try_into().unwrap();
+    let mut auth = Vec::new();
+    encode_auth(&wrong, &hello_payload, &nonce, &mut auth);
+    wrong_secret.write(&auth);
+    wrong_secret.write(&message);
+    broken.push(wrong_secret);
+
+    // An accepted exchange, recorded; then its AUTH replayed on a new connection.
+    let (mut honest, hello_payload, challenge) = RawPeer::challenged(&mut b, &hello_for(2, 22));
+    let nonce = verify_challenge(&secret(), &hello_payload, &challenge).unwrap();
+    let mut recorded = Vec::new();
+    encode_auth(&secret(), &hello_payload, &nonce, &mut recorded);
+    honest.write(&recorded);
+    honest.write(&message);
+    pump_until(&mut [&mut b], "the honest peer's frame", |n| {
+        n[0].frames.len() == 1
+    });
+    drop(honest);
+    let (mut replay, _, _) = RawPeer::challenged(&mut b, &hello_for(2, 22));
+    replay.write(&recorded);
+    replay.write(&message);
+    broken.push(replay);
+
+    // Reflection: B's own proof (its CHALLENGE MAC) sent back as the AUTH.
+    let (mut reflect, _, challenge) = RawPeer::challenged(&mut b, &hello_for(2, 23));
+    let mut reflected = atoll_net::peer::FrameHeader {
+        kind: atoll_net::peer::FrameKind::Auth,
+        payload_bytes: 32,
+    }
+    .encode()
+    .to_vec();
+    reflected.extend_from_slice(&challenge[16..]);
+    reflect.write(&reflected);
+    reflect.write(&message);
+    broken.push(reflect);
+
+    let (mut early, _, _) = RawPeer::challenged(&mut b, &hello_for(2, 24));
+    early.write(&PING_FRAME);
+    broken.push(early);
+
+    let mut c = Node::start(3, |c| c.secret = ClusterSecret::from_bytes([0x33; 32]));
+    c.send(&b, frame(3, 0, 20));
+    pump_until(&mut [&mut b], "every broken connection to close", |_| {
+        broken.iter().all(RawPeer::is_closed)
+    });
+    pump_for(&mut [&mut b, &mut c], Duration::from_millis(300));
+    // Only the honest peer's one frame arrived; only it was announced.
+    assert_eq!(b.frames, vec![(22, vec![7])]);
+    assert_eq!(
+        b.connected
+            .iter()
+            .map(|(node, _, _)| *node)
+            .collect::<Vec<_>>(),
+        vec![22]
+    );
+    let c_stats = c.stats(2);
+    assert!(!c_stats.connected && c_stats.connects == 0, "{c_stats:?}");
+    assert!(c_stats.failures > 0, "{c_stats:?}");
+    // The roles' MACs differ for the same input: no reflection across roles.
+    let (a_mac, d_mac) = (
+        auth_mac(&secret(), Role::Acceptor, b"hello", &[0; 16]).finalize(),
+        auth_mac(&secret(), Role::Dialler, b"hello", &[0; 16]).finalize(),
+    );
+    assert_ne!(a_mac.into_bytes(), d_mac.into_bytes());
 }

@@ -208,8 +208,9 @@ fn test_restart_behind_a_half_open_connection_is_detected_by_the_new_incarnation
     // A reaches B through a proxy that hides closes travelling from B to A. B dies and restarts
     // on the same port (a new incarnation): A's outbound connection stays open, leading nowhere,
     // and TCP would not tell for minutes. When the new B dials A, its hello announces a new
-    // incarnation, so A closes the stale connection and redials at once: A's frames reach the
-    // new B although the proxy still hides closes.
+    // incarnation, so A closes the stale connection and redials at once. (The redial's
+    // handshake needs B's CHALLENGE to reach A: the proxy is healed once the stale connection
+    // was dropped, and A's frames then reach the new B.)
     let mut b = Node::start(2, |_| {});
     let b_addr = b.addr;
     let proxy = FaultProxy::start(b_addr).unwrap();
@@ -241,6 +242,7 @@ fn test_restart_behind_a_half_open_connection_is_detected_by_the_new_incarnation
             .iter()
             .any(|d| d.2 == CloseReason::PeerRestarted)
     });
+    proxy.heal();
     a.reactor.peer_send(2, &via, frame(1, 1, 100)).unwrap();
     pump_until(&mut [&mut a, &mut b], "A's frame at the new B", |n| {
         n[1].frames.len() == 1
@@ -300,12 +302,29 @@ fn test_fault_proxy_blackholes_one_direction_and_heal_closes_what_lost_bytes() {
 
 #[test]
 fn test_peer_that_never_reads_is_closed_by_the_write_stall_timeout() {
-    // B's "node" is a listener that completes TCP handshakes but never accepts or reads (a hung
+    // B's "node" answers the hello with a valid CHALLENGE, then never reads again (a hung
     // process). A's frames fill the kernel buffers, then its queue stops draining; after the
     // write stall timeout A closes the connection, drops what was queued (reported in the event)
     // and redials.
     let hung = TcpListener::bind("127.0.0.1:0").unwrap();
     let hung_addr = hung.local_addr().unwrap().to_string();
+    let (keep, kept) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let Ok((mut stream, _)) = hung.accept() else {
+            return;
+        };
+        let mut head = [0u8; 16];
+        stream.read_exact(&mut head).unwrap();
+        let length = u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize;
+        let mut hello = vec![0u8; length];
+        stream.read_exact(&mut hello).unwrap();
+        let mut challenge = Vec::new();
+        atoll_net::peer::encode_challenge(&secret(), &hello, &[5; 16], &mut challenge);
+        stream.write_all(&challenge).unwrap();
+        // Hold the socket open, unread, until the test ends.
+        let _ = keep.send((stream, hung));
+    });
     let mut a = Node::start(1, |c| {
         c.write_stall_timeout = Duration::from_millis(300);
         c.frame_bytes_max = 1024 * 1024;
@@ -332,5 +351,5 @@ fn test_peer_that_never_reads_is_closed_by_the_write_stall_timeout() {
     let stats = a.stats(2);
     assert!(stats.frames_dropped_full > 0, "{stats:?}");
     assert!(stats.bytes_queued <= 4 * 1024 * 1024);
-    drop(hung);
+    drop(kept);
 }

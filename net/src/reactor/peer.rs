@@ -16,10 +16,11 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{CloseReason, Event, Reactor};
-use crate::conn::{Conn, IoOutcome, Phase, READ_CHUNK_BYTES};
+use crate::conn::{Conn, IoOutcome, PeerHandshake, Phase, READ_CHUNK_BYTES};
 use crate::peer::{
-    FrameHeader, FrameKind, Hello, PeerError, ADDRESS_BYTES_MAX, FRAME_BYTES_MAX,
-    FRAME_HEADER_BYTES, PEER_MAGIC_V1, PING_FRAME,
+    encode_auth, encode_challenge, verify_auth, verify_challenge, ClusterSecret, FrameHeader,
+    FrameKind, Hello, PeerError, ADDRESS_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    PEER_MAGIC_V1, PING_FRAME,
 };
 use crate::peer_link::{LinkState, PeerLink, PeerStats};
 
@@ -63,6 +64,8 @@ pub struct PeerConfig {
     pub node_id: u64,
     /// The cluster id; hellos with another are refused.
     pub cluster_id: u64,
+    /// The cluster secret every peer connection proves, both ways, before any message.
+    pub secret: ClusterSecret,
     /// The address this node advertises in its hellos (1..=255 bytes); empty: the listening
     /// address, as `Reactor::bind` resolved it.
     pub address: String,
@@ -97,10 +100,17 @@ pub struct PeerConfig {
 
 impl PeerConfig {
     /// The defaults for a node with this identity.
-    pub fn new(node_id: u64, cluster_id: u64, address: impl Into<String>, seed: u64) -> Self {
+    pub fn new(
+        node_id: u64,
+        cluster_id: u64,
+        secret: ClusterSecret,
+        address: impl Into<String>,
+        seed: u64,
+    ) -> Self {
         PeerConfig {
             node_id,
             cluster_id,
+            secret,
             address: address.into(),
             seed,
             frame_bytes_max: FRAME_BYTES_MAX,
@@ -232,6 +242,8 @@ enum Processed {
     BudgetSpent,
     /// The connection was closed.
     Closed,
+    /// The handshake of an outbound connection completed: it is only written from now on.
+    Outbound,
 }
 
 /// One step of `peer_process_inbound`'s frame loop.
@@ -240,6 +252,8 @@ enum Step {
     Budget,
     Reject(PeerError),
     Hello(Vec<u8>),
+    Auth(Vec<u8>),
+    Challenge(Vec<u8>),
 }
 
 impl Reactor {
@@ -444,12 +458,18 @@ impl Reactor {
 
     fn peer_dial(&mut self, to: u64, events: &mut Vec<Event>) {
         let now = Instant::now();
+        let nonce = self
+            .nonces
+            .as_mut()
+            .expect("a peer transport has a nonce source")
+            .next_nonce();
         let config = self.peer_config();
         let hello = Hello {
             from: config.node_id,
             to,
             cluster_id: config.cluster_id,
             incarnation: self.incarnation,
+            nonce,
             address: config.address.clone(),
         };
         let address = self
@@ -485,6 +505,10 @@ impl Reactor {
         conn.outbound
             .extend_from_slice(&PEER_MAGIC_V1.to_le_bytes());
         hello.encode(&mut conn.outbound);
+        conn.handshake = Some(Box::new(PeerHandshake {
+            hello_payload: conn.outbound[8 + FRAME_HEADER_BYTES..].to_vec(),
+            acceptor_nonce: [0; crate::peer::NONCE_BYTES],
+        }));
         self.slots[slot].conn = Some(conn);
         self.connections_count += 1;
         let id = self.conn_id(slot);
@@ -516,6 +540,38 @@ impl Reactor {
         if let Err(e) = conn.stream.set_nodelay(true) {
             debug!("set_nodelay for peer {to}: {e}");
         }
+        // Connected: the greeting and hello go out; the link counts as connected once the
+        // acceptor proved it holds the secret (peer_challenge).
+        conn.phase = Phase::PeerAuthOut { to };
+        conn.write_progress_at = now;
+        conn.active_at = now;
+        self.flush_slot(slot, events);
+    }
+
+    /// The dialler received the acceptor's CHALLENGE: verifies it, answers with AUTH, and makes
+    /// the connection the link's, writing the queued frames.
+    fn peer_challenge(&mut self, slot: usize, payload: &[u8], events: &mut Vec<Event>) -> bool {
+        let secret = self.peer_config().secret.clone();
+        let conn = self.slots[slot].conn.as_mut().expect("open");
+        let Phase::PeerAuthOut { to } = conn.phase else {
+            unreachable!("a CHALLENGE is processed only in PeerAuthOut");
+        };
+        let handshake = conn.handshake.take().expect("PeerAuthOut keeps its handshake");
+        let verified = verify_challenge(&secret, &handshake.hello_payload, payload);
+        let error = match verified {
+            Err(error) => Some(error),
+            // The acceptor writes nothing after its CHALLENGE.
+            Ok(_) if !conn.inbound.is_empty() => Some(PeerError::UnexpectedData),
+            Ok(nonce) => {
+                encode_auth(&secret, &handshake.hello_payload, &nonce, &mut conn.outbound);
+                None
+            }
+        };
+        if let Some(error) = error {
+            self.peer_reject(slot, error, events);
+            return false;
+        }
+        let now = Instant::now();
         conn.phase = Phase::PeerOut { to };
         conn.write_progress_at = now;
         conn.active_at = now;
@@ -540,6 +596,7 @@ impl Reactor {
             address: link.address.clone(),
         });
         self.peer_flush(slot, events);
+        true
     }
 
     /// Writes an outbound connection's greeting, hello and pings, then its peer's queue.
@@ -601,7 +658,8 @@ impl Reactor {
         self.close_slot(slot, reason, Some(events));
     }
 
-    /// Reads an inbound peer connection within this poll's budget, delivering its frames.
+    /// Reads an inbound peer connection (or an outbound one during its handshake) within this
+    /// poll's budget, delivering its frames.
     pub(super) fn peer_read_slot(&mut self, slot: usize, events: &mut Vec<Event>) {
         let config = self.peer_config();
         let (frames_max, bytes_max) = (config.frames_per_poll_max, config.bytes_per_poll_max);
@@ -610,7 +668,7 @@ impl Reactor {
         for _ in 0..PEER_READS_PER_POLL_MAX {
             let want = match self.peer_process_inbound(slot, events, &mut frames, frames_max) {
                 Processed::NeedBytes(want) => want,
-                Processed::Closed => return,
+                Processed::Closed | Processed::Outbound => return,
                 Processed::BudgetSpent => break,
             };
             if bytes_read >= bytes_max {
@@ -647,7 +705,8 @@ impl Reactor {
         Self::queue(&mut self.revisit_list, &mut conn.revisit_queued, slot);
     }
 
-    /// Handles an inbound peer connection's buffered bytes: the hello, then frames. Every header
+    /// Handles a peer connection's buffered bytes: inbound, the hello, the AUTH, then frames;
+    /// outbound, the CHALLENGE. Every header
     /// is validated before its payload is awaited, so a bad one closes the connection before a
     /// byte of its payload is buffered.
     fn peer_process_inbound(
@@ -680,12 +739,15 @@ impl Reactor {
                             Err(error) => break Step::Reject(error),
                         };
                         match (conn.phase, header.kind) {
-                            (Phase::PeerHello, FrameKind::Hello) => {}
+                            (Phase::PeerHello, FrameKind::Hello)
+                            | (Phase::PeerAuthIn { .. }, FrameKind::Auth)
+                            | (Phase::PeerAuthOut { .. }, FrameKind::Challenge)
+                            | (Phase::PeerIn { .. }, FrameKind::Message | FrameKind::Ping) => {}
                             (Phase::PeerHello, kind) => {
                                 break Step::Reject(PeerError::HelloExpected(kind))
                             }
                             (_, FrameKind::Hello) => break Step::Reject(PeerError::HelloRepeated),
-                            _ => {}
+                            (_, kind) => break Step::Reject(PeerError::OutOfOrder(kind)),
                         }
                         pos += FRAME_HEADER_BYTES;
                         if header.kind == FrameKind::Ping {
@@ -727,6 +789,8 @@ impl Reactor {
                         *frames += 1;
                     }
                     (_, FrameKind::Hello) => break Step::Hello(payload),
+                    (_, FrameKind::Auth) => break Step::Auth(payload),
+                    (_, FrameKind::Challenge) => break Step::Challenge(payload),
                     (phase, kind) => unreachable!("{kind:?} frame in {phase:?}"),
                 }
             };
@@ -742,6 +806,17 @@ impl Reactor {
                     if !self.peer_hello(slot, &payload, events) {
                         return Processed::Closed;
                     }
+                }
+                Step::Auth(payload) => {
+                    if !self.peer_auth(slot, &payload, events) {
+                        return Processed::Closed;
+                    }
+                }
+                Step::Challenge(payload) => {
+                    return match self.peer_challenge(slot, &payload, events) {
+                        true => Processed::Outbound,
+                        false => Processed::Closed,
+                    };
                 }
             }
         }
@@ -762,11 +837,54 @@ impl Reactor {
             }
         };
         let from = hello.from;
+        let nonce = self
+            .nonces
+            .as_mut()
+            .expect("a peer transport has a nonce source")
+            .next_nonce();
+        let secret = &self.config.peer.as_ref().expect("peer transport").secret;
+        let conn = self.slots[slot].conn.as_mut().expect("open");
+        conn.phase = Phase::PeerAuthIn { from };
+        if conn.out_pending_bytes() == 0 {
+            conn.write_progress_at = Instant::now();
+        }
+        encode_challenge(secret, payload, &nonce, &mut conn.outbound);
+        conn.handshake = Some(Box::new(PeerHandshake {
+            hello_payload: payload.to_vec(),
+            acceptor_nonce: nonce,
+        }));
+        Self::queue(&mut self.flush_list, &mut conn.flush_queued, slot);
+        true
+    }
+
+    /// The acceptor received the dialler's AUTH: verifies it, then makes the connection the
+    /// node's inbound one. Nothing of a connection reaches the host before this succeeds.
+    fn peer_auth(&mut self, slot: usize, payload: &[u8], events: &mut Vec<Event>) -> bool {
+        let secret = &self.config.peer.as_ref().expect("peer transport").secret;
+        let conn = self.slots[slot].conn.as_mut().expect("open");
+        let Phase::PeerAuthIn { from } = conn.phase else {
+            unreachable!("an AUTH is processed only in PeerAuthIn");
+        };
+        let handshake = conn.handshake.take().expect("PeerAuthIn keeps its handshake");
+        let verified = verify_auth(
+            secret,
+            &handshake.hello_payload,
+            &handshake.acceptor_nonce,
+            payload,
+        )
+        .and_then(|()| Hello::decode(&handshake.hello_payload));
+        let hello = match verified {
+            Ok(hello) => hello,
+            Err(error) => {
+                self.peer_reject(slot, error, events);
+                return false;
+            }
+        };
         let id = self.conn_id(slot);
         let conn = self.slots[slot].conn.as_mut().expect("open");
         conn.phase = Phase::PeerIn { from };
         debug!(
-            "{id} ({}): peer {from} at {} (incarnation {:#x})",
+            "{id} ({}): peer {from} at {} authenticated (incarnation {:#x})",
             conn.peer, hello.address, hello.incarnation
         );
         // A restarted peer: the outbound connection to it may lead to its dead process (a
@@ -825,7 +943,7 @@ impl Reactor {
         reason: CloseReason,
     ) -> Option<Event> {
         match phase {
-            Phase::PeerHello => None,
+            Phase::PeerHello | Phase::PeerAuthIn { .. } => None,
             Phase::PeerIn { from } => {
                 if self.peers_inbound.get(&from) == Some(&slot) {
                     self.peers_inbound.remove(&from);
@@ -841,7 +959,7 @@ impl Reactor {
                     frames_dropped: 0,
                 })
             }
-            Phase::PeerDialing { to } | Phase::PeerOut { to } => {
+            Phase::PeerDialing { to } | Phase::PeerAuthOut { to } | Phase::PeerOut { to } => {
                 let link = self
                     .peers
                     .get(&to)
@@ -915,9 +1033,13 @@ impl Reactor {
     pub(super) fn peer_sweep_reason(&self, conn: &Conn, now: Instant) -> Option<CloseReason> {
         let config = self.peer_config();
         match conn.phase {
-            Phase::PeerHello => (now.duration_since(conn.accepted_at)
+            Phase::PeerHello | Phase::PeerAuthIn { .. } => (now.duration_since(conn.accepted_at)
                 > self.config.handshake_timeout)
                 .then_some(CloseReason::HandshakeTimeout),
+            // The dial and the handshake together must fit in the connect timeout.
+            Phase::PeerAuthOut { .. } => (now.duration_since(conn.accepted_at)
+                > config.connect_timeout)
+                .then_some(CloseReason::ConnectTimeout),
             Phase::PeerIn { .. } => (now.duration_since(conn.active_at) > config.idle_timeout)
                 .then_some(CloseReason::IdleTimeout),
             Phase::PeerDialing { .. } => (now.duration_since(conn.accepted_at)

@@ -8,7 +8,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use atoll_net::peer::{Hello, PEER_MAGIC_V1};
+use atoll_net::peer::{
+    encode_auth, verify_challenge, ClusterSecret, FrameHeader, FrameKind, Hello,
+    CHALLENGE_BYTES, FRAME_HEADER_BYTES, PEER_MAGIC_V1,
+};
 use atoll_net::protocol::{Request, Response};
 use atoll_net::reactor::{
     CloseReason, Event, PeerConfig, PeerDirection, PeerStats, Reactor, ReactorConfig,
@@ -29,8 +32,13 @@ pub struct Node {
     pub requests: usize,
 }
 
+/// The secret of the test cluster.
+pub fn secret() -> ClusterSecret {
+    ClusterSecret::from_bytes([0x5a; 32])
+}
+
 pub fn peer_config(id: u64) -> PeerConfig {
-    PeerConfig::new(id, CLUSTER, "", 0x5eed_0000 + id)
+    PeerConfig::new(id, CLUSTER, secret(), "", 0x5eed_0000 + id)
 }
 
 impl Node {
@@ -196,18 +204,61 @@ impl RawPeer {
         peer
     }
 
+    /// Connects to `node`, sends the magic word and `hello`, and pumps `node` until its
+    /// CHALLENGE arrives; returns the peer, the hello payload and the acceptor's CHALLENGE
+    /// payload (not yet answered).
+    pub fn challenged(node: &mut Node, hello: &Hello) -> (RawPeer, Vec<u8>, Vec<u8>) {
+        let mut peer = RawPeer::hello(node.addr, hello);
+        let mut encoded = Vec::new();
+        hello.encode(&mut encoded);
+        let hello_payload = encoded[FRAME_HEADER_BYTES..].to_vec();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        while got.len() < FRAME_HEADER_BYTES + CHALLENGE_BYTES {
+            node.turn(Duration::from_millis(1));
+            let mut buf = [0u8; 256];
+            match peer.stream.read(&mut buf) {
+                Ok(0) => panic!("the acceptor closed instead of challenging"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("reading the challenge: {e}"),
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for a challenge");
+        }
+        assert_eq!(got.len(), FRAME_HEADER_BYTES + CHALLENGE_BYTES, "only a CHALLENGE");
+        let header = FrameHeader::decode(got[..8].try_into().unwrap(), 1 << 20).unwrap();
+        assert_eq!(header.kind, FrameKind::Challenge);
+        (peer, hello_payload, got[FRAME_HEADER_BYTES..].to_vec())
+    }
+
+    /// A peer that completed the handshake with `node` using `secret` (checking the node's
+    /// proof first); frames written next are delivered.
+    pub fn authenticated(node: &mut Node, hello: &Hello) -> RawPeer {
+        let (mut peer, hello_payload, challenge) = RawPeer::challenged(node, hello);
+        let nonce = verify_challenge(&secret(), &hello_payload, &challenge)
+            .expect("the node proves it holds the secret");
+        let mut auth = Vec::new();
+        encode_auth(&secret(), &hello_payload, &nonce, &mut auth);
+        peer.write(&auth);
+        peer
+    }
+
     pub fn write(&mut self, bytes: &[u8]) {
         // Small writes into an empty socket buffer do not block.
         self.stream.write_all(bytes).unwrap();
     }
 
     /// Whether the other side closed the connection (EOF or reset); never blocks. A peer
-    /// connection's receiver never writes, so data is a failure.
+    /// connection's receiver writes only its CHALLENGE (at most one), which is skipped.
     pub fn is_closed(&self) -> bool {
-        let mut byte = [0u8; 1];
-        match (&self.stream).read(&mut byte) {
+        let mut buf = [0u8; FRAME_HEADER_BYTES + CHALLENGE_BYTES + 1];
+        match (&self.stream).read(&mut buf) {
             Ok(0) => true,
-            Ok(_) => panic!("a peer connection's receiver wrote"),
+            Ok(n) if n <= FRAME_HEADER_BYTES + CHALLENGE_BYTES => {
+                assert_eq!(buf[4], FrameKind::Challenge as u8, "only a CHALLENGE is written");
+                self.is_closed()
+            }
+            Ok(_) => panic!("a peer connection's receiver wrote more than a CHALLENGE"),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(_) => true,
         }
@@ -220,6 +271,7 @@ pub fn hello_for(to: u64, from: u64) -> Hello {
         to,
         cluster_id: CLUSTER,
         incarnation: 1,
+        nonce: [from as u8; 16],
         address: format!("127.0.0.1:{}", 40000 + from),
     }
 }
