@@ -164,10 +164,14 @@ impl LocalCluster {
                 let mut args: Vec<String> = if index == 0 {
                     vec!["init".into()]
                 } else {
+                    // The join token lives with the first node: the join file keeps it off the
+                    // command line.
                     vec![
                         "join".into(),
                         "--cluster".into(),
                         cluster.nodes[0].address.clone(),
+                        "--join-token-file".into(),
+                        cluster.dir.path().join("join.token").to_string_lossy().into_owned(),
                     ]
                 };
                 args.extend([
@@ -187,6 +191,22 @@ impl LocalCluster {
                         args.join(" "),
                         String::from_utf8_lossy(&output.stderr)
                     ));
+                }
+                if index == 0 {
+                    let token = Command::new(&cluster.binary)
+                        .args(["token", "--data-dir"])
+                        .arg(&data)
+                        .output()
+                        .map_err(|e| format!("running atoll token: {e}"))?;
+                    if !token.status.success() {
+                        return Err(format!(
+                            "atoll token failed: {}",
+                            String::from_utf8_lossy(&token.stderr)
+                        ));
+                    }
+                    let path = cluster.dir.path().join("join.token");
+                    fs::write(&path, &token.stdout)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
                 }
             } else {
                 fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;

@@ -50,6 +50,7 @@ struct Cli {
 enum Command {
     Init(cmd::init::Args),
     Join(cmd::join::Args),
+    Token(cmd::token::Args),
     Start(cmd::start::Args),
     Demo(cmd::demo::Args),
     Shell(cmd::shell::Args),
@@ -77,6 +78,7 @@ fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Init(args) => cmd::init::run(args),
         Command::Join(args) => cmd::join::run(args),
+        Command::Token(args) => cmd::token::run(args),
         Command::Start(args) => cmd::start::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Shell(args) => cmd::shell::run(args),

@@ -330,11 +330,16 @@ pub fn run(args: Args) -> Result<(), CliError> {
         let mut connection = Connection::connect(&first, &quick_config()).ok()?;
         matches!(connection.leader(), Ok(Some((_, ref leader))) if *leader == first).then_some(())
     })?;
+    println!("\n# the join token (init printed it too) lets nodes prove they belong");
+    println!("$ TOKEN=$(atoll token --data-dir {})", nodes[0].data);
+    let token = run_atoll(&["token", "--data-dir", &nodes[0].data])?;
+    let token = token.trim();
     println!("\n# two more nodes join it; the leader adds them and makes them voters");
     for (index, node) in nodes.iter_mut().enumerate().skip(1) {
         let id = (index + 1).to_string();
         println!(
-            "$ atoll join --data-dir {} --address {} --cluster {first} --id {id}",
+            "$ atoll join --data-dir {} --address {} --cluster {first} --id {id} --join-token \
+             $TOKEN",
             node.data, node.address
         );
         print!(
@@ -349,6 +354,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
                 &first,
                 "--id",
                 &id,
+                "--join-token",
+                token,
             ])?
         );
         node.start()?;

@@ -2,15 +2,20 @@
 
 use std::path::PathBuf;
 
+use atoll_net::peer::ClusterSecret;
+
 use super::CliError;
+use crate::node::secret::JoinToken;
 use crate::node::{self, config::NodeConfig};
 
 /// Set up a new cluster of one voter: this node, in a new, empty data directory.
 ///
 /// Writes DIR/atoll.conf (the node's id, its address, a random cluster id, and the timing and
-/// role settings) and a Raft log whose first entry is the cluster configuration with this node
-/// as its only voter. Then run the node with `atoll start --data-dir DIR`; add nodes with
-/// `atoll join`.
+/// role settings), DIR/cluster.secret (a random secret every node of the cluster proves it
+/// holds before the others accept its messages; both files mode 0600) and a Raft log whose
+/// first entry is the cluster configuration with this node as its only voter. Then run the
+/// node with `atoll start --data-dir DIR`; add nodes with `atoll join --join-token TOKEN`: the
+/// token is printed here, and again by `atoll token --data-dir DIR`. Keep it private.
 ///
 /// The address is what the node listens on and what it tells clients and other nodes to dial:
 /// write it exactly as clients will (127.0.0.1:9001, not localhost:9001 if they use the IP).
@@ -40,14 +45,23 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), CliError> {
     let mut config = NodeConfig::new(args.id, args.address.trim().to_owned());
     args.settings.apply(&mut config)?;
-    node::init(&args.data_dir, &config).map_err(|e| CliError::new(e.to_string()))?;
+    let secret = ClusterSecret::generate()
+        .map_err(|e| CliError::new(format!("drawing the cluster secret: {e}")))?;
+    node::init(&args.data_dir, &config, &secret).map_err(|e| CliError::new(e.to_string()))?;
+    let token = JoinToken {
+        cluster_id: config.cluster_id,
+        secret,
+    };
     println!(
         "initialized node {} at {} in {} (a new cluster of one voter); run it with:\n  atoll \
-         start --data-dir {}",
+         start --data-dir {}\njoin token (other nodes join with `atoll join --join-token \
+         TOKEN`; keep it private; `atoll token --data-dir {}` prints it again):\n{}",
         config.id,
         config.address,
         args.data_dir.display(),
-        args.data_dir.display()
+        args.data_dir.display(),
+        args.data_dir.display(),
+        token.to_text()
     );
     Ok(())
 }

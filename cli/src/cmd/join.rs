@@ -4,23 +4,29 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use atoll_net::client::{ClientConfig, Connection};
+use atoll_net::peer;
 
 use super::{explain, parse_address, parse_node_id, CliError, NodeSettings};
+use crate::node::secret::JoinToken;
 use crate::node::{self, config::NodeConfig};
 
 /// Prepare a node that joins a running cluster.
 ///
-/// Asks a node of the cluster (any of --cluster) for the cluster's id, checks that the id and
-/// address are free, and sets up DIR: atoll.conf (with the cluster id and the addresses to
-/// join through) and an empty Raft log. Then run it with `atoll start --data-dir DIR`: at its
+/// Asks a node of the cluster (any of --cluster) for its members, checks that the id and
+/// address are free, checks that the join token is the cluster's (a node of the cluster proves
+/// it holds the token's secret, for the token's cluster id), and sets up DIR: atoll.conf (with
+/// the cluster id and the addresses to join through), cluster.secret and an empty Raft log. Then run it with `atoll start --data-dir DIR`: at its
 /// first start it asks the leader to add it (as a spare, as dqlite does), the leader promotes it
 /// as the cluster needs (automatic roles: 3 voters, then up to 3 standbys), and it catches up
 /// from the log, or from a snapshot when the log was compacted.
 ///
-/// The cluster must be running atoll (the cluster id comes from an atoll-specific request).
+/// The join token comes from `atoll init` (it prints it) or `atoll token --data-dir DIR` on a
+/// node of the cluster; it is a credential, so prefer --join-token-file on shared machines
+/// (a command line is visible to other users).
 ///
 /// Example:
-///   atoll join --data-dir /var/lib/atoll --address 127.0.0.1:9002 --cluster 127.0.0.1:9001
+///   atoll join --data-dir /var/lib/atoll --address 127.0.0.1:9002 --cluster 127.0.0.1:9001 \
+///     --join-token-file /root/atoll.token
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -43,6 +49,14 @@ pub struct Args {
     )]
     pub cluster: Vec<String>,
 
+    /// The cluster's join token (`atoll1-...`, from `atoll init` or `atoll token`).
+    #[arg(long, value_name = "TOKEN", required_unless_present = "join_token_file")]
+    pub join_token: Option<String>,
+
+    /// A file holding the join token.
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+
     /// This node's id (decimal, or hexadecimal with 0x); default: a random one.
     #[arg(long, value_name = "N", value_parser = parse_node_id)]
     pub id: Option<u64>,
@@ -53,11 +67,10 @@ pub struct Args {
 
 /// What `atoll join` learns from the cluster.
 struct ClusterFacts {
-    cluster_id: u64,
     members: Vec<(u64, String)>,
 }
 
-/// Asks the first atoll node of `addresses` that answers for the cluster id and members.
+/// Asks the first atoll node of `addresses` that answers for the members.
 fn ask_cluster(addresses: &[String]) -> Result<ClusterFacts, CliError> {
     let config = ClientConfig {
         connect_timeout: Duration::from_secs(2),
@@ -68,12 +81,8 @@ fn ask_cluster(addresses: &[String]) -> Result<ClusterFacts, CliError> {
     for address in addresses {
         match Connection::connect_atoll(address, &config) {
             Ok(Some(mut connection)) => {
-                let facts = connection.describe_v1().and_then(|metadata| {
-                    let nodes = connection.cluster()?;
-                    Ok(ClusterFacts {
-                        cluster_id: metadata.cluster_id,
-                        members: nodes.into_iter().map(|n| (n.id, n.address)).collect(),
-                    })
+                let facts = connection.cluster().map(|nodes| ClusterFacts {
+                    members: nodes.into_iter().map(|n| (n.id, n.address)).collect(),
                 });
                 match facts {
                     Ok(facts) => return Ok(facts),
@@ -93,9 +102,103 @@ fn ask_cluster(addresses: &[String]) -> Result<ClusterFacts, CliError> {
     )))
 }
 
+/// Time the token check waits for a member's CHALLENGE.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Checks the token against the cluster: dials a member as a peer would, with a hello for the
+/// token's cluster id, and verifies the member's CHALLENGE (its proof of the secret). Nothing is
+/// sent after the hello, so the member never accepts this connection.
+fn check_token(
+    members: &[(u64, String)],
+    id: u64,
+    address: &str,
+    token: &JoinToken,
+) -> Result<(), CliError> {
+    let mut problems = Vec::new();
+    for (member, at) in members {
+        match probe(*member, at, id, address, token) {
+            Ok(()) => return Ok(()),
+            Err(problem) => problems.push(format!("node {member} at {at}: {problem}")),
+        }
+    }
+    Err(CliError::new(format!(
+        "the join token was not accepted by the cluster: {}",
+        problems.join("; ")
+    )))
+}
+
+fn probe(member: u64, at: &str, id: u64, address: &str, token: &JoinToken) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let target = at
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .ok_or("resolves to no address")?;
+    let mut stream = TcpStream::connect_timeout(&target, PROBE_TIMEOUT)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut nonce = [0u8; peer::NONCE_BYTES];
+    peer::os_random(&mut nonce).map_err(|e| format!("drawing a nonce: {e}"))?;
+    let hello = peer::Hello {
+        from: id,
+        to: member,
+        cluster_id: token.cluster_id,
+        incarnation: node::config::random_u64() | 1,
+        nonce,
+        address: address.to_owned(),
+    };
+    let mut bytes = peer::PEER_MAGIC_V1.to_le_bytes().to_vec();
+    hello.encode(&mut bytes);
+    stream.write_all(&bytes).map_err(|e| e.to_string())?;
+    let mut answer = [0u8; peer::FRAME_HEADER_BYTES + peer::CHALLENGE_BYTES];
+    if let Err(e) = stream.read_exact(&mut answer) {
+        return Err(match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                "it refused the hello: the token is for another cluster (or the node runs an \
+                 atoll without peer authentication)"
+                    .to_owned()
+            }
+            _ => format!("no answer to the hello: {e}"),
+        });
+    }
+    let header = peer::FrameHeader::decode(
+        *answer
+            .first_chunk::<{ peer::FRAME_HEADER_BYTES }>()
+            .expect("the answer has a header"),
+        0,
+    )
+    .map_err(|e| format!("it broke the peer protocol: {e}"))?;
+    if header.kind != peer::FrameKind::Challenge {
+        return Err(format!("it answered the hello with {:?}", header.kind));
+    }
+    let hello_payload = &bytes[8 + peer::FRAME_HEADER_BYTES..];
+    peer::verify_challenge(
+        &token.secret,
+        hello_payload,
+        &answer[peer::FRAME_HEADER_BYTES..],
+    )
+    .map_err(|_| "the token's secret is not this cluster's".to_owned())?;
+    Ok(())
+}
+
+/// The token from --join-token or --join-token-file.
+fn read_token(args: &Args) -> Result<JoinToken, CliError> {
+    let text = match (&args.join_token, &args.join_token_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| CliError::new(format!("reading {}: {e}", path.display())))?,
+        (None, None) => return Err(CliError::new("a join token is needed (--join-token)")),
+    };
+    JoinToken::parse(&text).map_err(CliError::new)
+}
+
 /// Runs `atoll join`.
 pub fn run(args: Args) -> Result<(), CliError> {
     let address = args.address.trim().to_owned();
+    let token = read_token(&args)?;
     let facts = ask_cluster(&args.cluster)?;
     let id = match args.id {
         Some(id) => id,
@@ -113,11 +216,13 @@ pub fn run(args: Args) -> Result<(), CliError> {
              remove`) or pick another address"
         )));
     }
+    check_token(&facts.members, id, &address, &token)?;
     let mut config = NodeConfig::new(id, address);
-    config.cluster_id = facts.cluster_id;
+    config.cluster_id = token.cluster_id;
     config.join = args.cluster.clone();
     args.settings.apply(&mut config)?;
-    node::prepare_join(&args.data_dir, &config).map_err(|e| CliError::new(e.to_string()))?;
+    node::prepare_join(&args.data_dir, &config, &token.secret)
+        .map_err(|e| CliError::new(e.to_string()))?;
     println!(
         "prepared node {id} at {} in {} to join the cluster {:016x} ({} member(s)); run it \
          with:\n  atoll start --data-dir {}",

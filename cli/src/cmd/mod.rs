@@ -15,6 +15,7 @@ pub mod join;
 pub mod remove;
 pub mod shell;
 pub mod start;
+pub mod token;
 pub mod transfer;
 
 use std::fmt;

@@ -303,7 +303,9 @@ impl Node {
             failure_domain: 0,
             weight: self.weight,
             id: self.config.id,
-            cluster_id: self.config.cluster_id,
+            // Never told to clients: with a leaked secret it would be all a forger needs, and
+            // clients have no use for it (`atoll join` takes it from the join token).
+            cluster_id: 0,
             term: self.raft.term().0,
             state: match self.raft.role() {
                 StateRole::Follower => 0,

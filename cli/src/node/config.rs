@@ -1,7 +1,9 @@
 //! A node's configuration file and data-directory layout.
 //!
 //! ```text
-//! DIR/atoll.conf      this file: `key = value` lines, written once by `atoll init` (atomically)
+//! DIR/atoll.conf      this file: `key = value` lines, written once by `atoll init` (atomically,
+//!                     mode 0600)
+//! DIR/cluster.secret  the cluster secret (mode 0600; see `super::secret`)
 //! DIR/raft/           the Raft log (atoll_storage::SegmentLog: LOCK, metadata, segments)
 //! DIR/raft/snapshots/ the snapshots (atoll_storage::SnapshotStore)
 //! DIR/db/             the engine's databases (atoll_core::Engine owns this directory)
@@ -9,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The configuration file's name inside the data directory.
@@ -49,7 +51,7 @@ pub struct NodeConfig {
     /// The address clients and peers dial, exactly as advertised in LEADER and CLUSTER.
     pub address: String,
     /// A random id for the cluster, drawn by the node that bootstrapped it; peers check it when
-    /// they connect (issue 6), so two clusters never mix.
+    /// they connect, so two clusters never mix (the secret, not this id, keeps others out).
     pub cluster_id: u64,
     /// One raft tick, in milliseconds.
     pub tick_ms: u64,
@@ -315,16 +317,10 @@ impl NodeConfig {
         NodeConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Writes `DIR/atoll.conf` atomically: a temporary file, fsync, rename, directory fsync.
+    /// Writes `DIR/atoll.conf` atomically with mode 0600: a temporary file, fsync, rename,
+    /// directory fsync.
     pub fn write(&self, data_dir: &Path) -> io::Result<()> {
-        let path = data_dir.join(CONFIG_FILE_NAME);
-        let temp = data_dir.join(format!("{CONFIG_FILE_NAME}.tmp"));
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(self.to_text().as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, &path)?;
-        fs::File::open(data_dir)?.sync_all()
+        super::secret::write_private(data_dir, CONFIG_FILE_NAME, self.to_text().as_bytes())
     }
 }
 

@@ -29,6 +29,7 @@ mod join;
 mod peers;
 mod reads;
 mod roles;
+pub mod secret;
 mod values;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atoll_core::{Applied, Engine, EngineConfig, Proposal, SessionId};
+use atoll_net::peer::ClusterSecret;
 use atoll_net::reactor::{ConnId, Event, PeerConfig, Reactor, ReactorConfig, Waker};
 use atoll_raft::{
     bootstrap_entry, persist_ready, Config as RaftConfig, Configuration, EntryKind, LogIndex,
@@ -122,19 +124,28 @@ fn fatal(what: &str, error: impl fmt::Display) -> NodeError {
 
 /// Creates the data directory of the first node of a new cluster: the configuration file and a
 /// Raft log holding the bootstrap configuration (this node, a voter) at index 1.
-pub fn init(data_dir: &Path, config: &NodeConfig) -> Result<(), NodeError> {
-    create(data_dir, config, true)
+pub fn init(data_dir: &Path, config: &NodeConfig, secret: &ClusterSecret) -> Result<(), NodeError> {
+    create(data_dir, config, secret, true)
 }
 
 /// Creates the data directory of a node that will join a cluster (`config.join` names it):
 /// the configuration file and an empty Raft log. The log and the databases come from the
 /// leader once the node is added (`atoll start`).
-pub fn prepare_join(data_dir: &Path, config: &NodeConfig) -> Result<(), NodeError> {
+pub fn prepare_join(
+    data_dir: &Path,
+    config: &NodeConfig,
+    secret: &ClusterSecret,
+) -> Result<(), NodeError> {
     assert!(!config.join.is_empty(), "a joining node knows its cluster");
-    create(data_dir, config, false)
+    create(data_dir, config, secret, false)
 }
 
-fn create(data_dir: &Path, config: &NodeConfig, bootstrap: bool) -> Result<(), NodeError> {
+fn create(
+    data_dir: &Path,
+    config: &NodeConfig,
+    secret: &ClusterSecret,
+    bootstrap: bool,
+) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Start)?;
     match std::fs::read_dir(data_dir) {
         Ok(mut entries) => {
@@ -172,6 +183,7 @@ fn create(data_dir: &Path, config: &NodeConfig, bootstrap: bool) -> Result<(), N
     drop(log);
     std::fs::create_dir_all(config::db_dir(data_dir))
         .map_err(|e| start("creating the database directory", &e))?;
+    secret::write_secret(data_dir, secret).map_err(|e| start("writing the cluster secret", &e))?;
     // The configuration file last: a directory without it is an unfinished init.
     config
         .write(data_dir)
@@ -274,6 +286,7 @@ impl Node {
         options: StartOptions,
     ) -> Result<Node, NodeError> {
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
+        let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
         let log = SegmentLog::open(config::raft_dir(data_dir), Options::default()).map_err(
             |e| match e {
@@ -372,6 +385,7 @@ impl Node {
         let mut peer = PeerConfig::new(
             config.id,
             config.cluster_id,
+            cluster_secret,
             config.address.clone(),
             config::random_u64(),
         );

@@ -290,6 +290,8 @@ impl AtollNode {
         let mut args = vec!["init", "--data-dir", data, "--address", address];
         args.extend_from_slice(init_args);
         atoll(&args).ok();
+        let token = atoll(&["token", "--data-dir", data]).ok();
+        remember_token(address, token.trim());
         AtollNode {
             address: address.to_owned(),
             child: None,
@@ -298,11 +300,13 @@ impl AtollNode {
         }
     }
 
-    /// `atoll join --cluster CLUSTER` at `address` (not started).
+    /// `atoll join --cluster CLUSTER` at `address` (not started), with the join token of the
+    /// cluster's first address (the one its `init` printed) unless `join_args` give one.
     pub fn prepare_join(address: &str, cluster: &str, join_args: &[&str]) -> AtollNode {
         let dir = tempfile::tempdir().expect("temporary directory");
         let data = dir.path().join("data");
         let data = data.to_str().expect("UTF-8 path");
+        let token = known_token(cluster);
         let mut args = vec![
             "join",
             "--data-dir",
@@ -312,8 +316,12 @@ impl AtollNode {
             "--cluster",
             cluster,
         ];
+        if !join_args.iter().any(|a| a.starts_with("--join-token")) {
+            args.extend(["--join-token", &token]);
+        }
         args.extend_from_slice(join_args);
         atoll(&args).ok();
+        remember_token(address, &token);
         AtollNode {
             address: address.to_owned(),
             child: None,
@@ -460,6 +468,30 @@ impl AtollNode {
         assert!(status.success());
         wait_bounded(&mut child, "atoll start (after SIGTERM)")
     }
+}
+
+/// Join tokens by node address: `AtollNode::init` records its cluster's, joined nodes inherit
+/// it, so `prepare_join` finds the token of the cluster it is given.
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_token(address: &str, token: &str) {
+    let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    tokens.retain(|(a, _)| a != address);
+    tokens.push((address.to_owned(), token.to_owned()));
+}
+
+/// The join token of the cluster at `cluster` (comma-separated addresses: any known one).
+pub fn known_token(cluster: &str) -> String {
+    let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    cluster
+        .split(',')
+        .find_map(|address| {
+            tokens
+                .iter()
+                .find(|(a, _)| a == address.trim())
+                .map(|(_, t)| t.clone())
+        })
+        .unwrap_or_else(|| panic!("no join token known for {cluster}: not made by AtollNode"))
 }
 
 /// Several atoll nodes: the first made by `atoll init`, the others by `atoll join`, all

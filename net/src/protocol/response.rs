@@ -248,7 +248,8 @@ pub struct NodeMetadata {
     pub weight: u64,
     /// The node's id.
     pub id: u64,
-    /// The cluster's id (what peers check in their hello; `atoll join` learns it here).
+    /// Reserved, 0: an atoll node no longer tells clients its cluster id (the word stays for
+    /// the layout; `atoll join` takes the id from its join token).
     pub cluster_id: u64,
     /// The node's current Raft term.
     pub term: u64,
