@@ -177,6 +177,8 @@ pub enum LinkState {
     Idle,
     /// Dial at this instant (now, after an address change, or after a backoff delay).
     DialAt(Instant),
+    /// The address is a host name being resolved off the loop; the dial follows the answer.
+    Resolving,
     /// A TCP connect is in progress on this slot.
     Dialing { slot: usize },
     /// Connected on this slot since then.
@@ -215,7 +217,7 @@ impl PeerLink {
     pub fn slot(&self) -> Option<usize> {
         match self.state {
             LinkState::Dialing { slot } | LinkState::Connected { slot, .. } => Some(slot),
-            LinkState::Idle | LinkState::DialAt(_) => None,
+            LinkState::Idle | LinkState::DialAt(_) | LinkState::Resolving => None,
         }
     }
 

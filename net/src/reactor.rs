@@ -45,7 +45,7 @@ use crate::protocol::{
 
 pub use crate::conn::{BUFFER_CAPACITY_KEEP_BYTES, PIPELINE_BYTES_MAX, READ_CHUNK_BYTES};
 pub use crate::peer_link::PeerStats;
-pub use peer::{PeerConfig, PeerDirection, PeerSendError};
+pub use peer::{system_lookup, PeerConfig, PeerDirection, PeerSendError};
 
 mod peer;
 
@@ -343,6 +343,8 @@ pub struct Reactor {
     incarnation: u64,
     /// Draws the peer handshake nonces (None without a peer transport).
     nonces: Option<NonceSource>,
+    /// Resolves peer host names off the loop (started at the first name to resolve).
+    resolver: Option<peer::Resolver>,
     /// Buffers for `peer_send_with`, reused once their frame is written.
     buffer_pool: Vec<Vec<u8>>,
     /// Refused peer hellos already logged at warn level, by source address and error kind.
@@ -413,6 +415,7 @@ impl Reactor {
             backoff,
             incarnation,
             nonces,
+            resolver: None,
             buffer_pool: Vec::new(),
             peer_rejections_logged: HashSet::new(),
             waker: None,

@@ -353,3 +353,45 @@ fn test_peer_that_never_reads_is_closed_by_the_write_stall_timeout() {
     assert!(stats.bytes_queued <= 4 * 1024 * 1024);
     drop(kept);
 }
+
+/// A lookup that takes 1.5 s (a slow DNS server), then resolves as the system does.
+fn slow_lookup(address: &str) -> std::io::Result<SocketAddr> {
+    std::thread::sleep(Duration::from_millis(1500));
+    atoll_net::reactor::system_lookup(address)
+}
+
+#[test]
+fn test_a_slow_host_name_lookup_never_blocks_the_loop() {
+    // A sends to B by host name (`localhost:PORT`) with a lookup that takes 1.5 s, and to C
+    // by IP address. The lookup runs off the loop: no turn of A's loop takes long, C gets its
+    // frames well before the lookup ends, and B gets its frames once it has.
+    let mut a = Node::start(1, |c| c.lookup = slow_lookup);
+    let mut b = Node::start(2, |_| {});
+    let mut c = Node::start(3, |_| {});
+    let started = Instant::now();
+    let by_name = format!("localhost:{}", b.addr.port());
+    a.reactor.peer_send(2, &by_name, frame(1, 0, 64)).unwrap();
+    a.send(&c, frame(1, 0, 64));
+    let mut slowest = Duration::ZERO;
+    let mut c_at = None;
+    let deadline = Instant::now() + DEADLINE;
+    while b.frames.is_empty() {
+        assert!(Instant::now() < deadline, "B never got its frame");
+        let turn = Instant::now();
+        a.turn(Duration::from_millis(1));
+        slowest = slowest.max(turn.elapsed());
+        b.turn(Duration::from_millis(1));
+        c.turn(Duration::from_millis(1));
+        if c.frames.len() == 1 && c_at.is_none() {
+            c_at = Some(started.elapsed());
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let c_at = c_at.expect("C got its frame before B");
+    assert!(c_at < Duration::from_millis(1000), "C waited {c_at:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a turn of A's loop took {slowest:?}: the lookup blocked it"
+    );
+    assert_sequence(&b.frames_from(1), 1, 0);
+}

@@ -200,6 +200,7 @@ struct Stats {
     commands_applied: u64,
     snapshots: u64,
     snapshots_installed: u64,
+    messages_refused: u64,
 }
 
 /// A snapshot being copied from the engine into the snapshot store, a bounded piece per turn.
@@ -240,6 +241,8 @@ pub struct Node {
     /// announced in their hellos (a node learns its leader's address before the log tells it).
     peer_routes: HashMap<u64, String>,
     peer_announced: HashMap<u64, String>,
+    /// (sender, reason) of refused peer messages already logged at warn level (bounded).
+    peer_refusals_logged: std::collections::HashSet<(u64, u8)>,
     /// The configuration the reactor's peer addresses follow (its index).
     peers_configuration_index: LogIndex,
     /// Peers whose send failures were logged already (log once, then debug).
@@ -423,6 +426,7 @@ impl Node {
             outgoing: Vec::new(),
             peer_routes: options.peer_routes,
             peer_announced: HashMap::new(),
+            peer_refusals_logged: std::collections::HashSet::new(),
             peers_configuration_index: LogIndex(0),
             peer_send_failures: HashMap::new(),
             tick_at: Instant::now(),
@@ -1228,13 +1232,14 @@ impl Node {
     fn stop(&mut self) {
         info!(
             "stopping: {} entries proposed in {} batches, {} syncs, {} commands applied, {} \
-             snapshots taken, {} installed",
+             snapshots taken, {} installed, {} peer messages refused",
             self.stats.entries_proposed,
             self.stats.proposal_batches,
             self.stats.syncs,
             self.stats.commands_applied,
             self.stats.snapshots,
-            self.stats.snapshots_installed
+            self.stats.snapshots_installed,
+            self.stats.messages_refused
         );
         self.snapshot_job = None;
         match self.engine.checkpoint(true) {

@@ -18,6 +18,49 @@ use log::{debug, info, warn};
 
 use super::{fatal, Node, NodeError};
 
+/// Addresses a joining node keeps from the hellos of nodes not in its log yet.
+pub const PEERS_ANNOUNCED_MAX: usize = 64;
+/// Refused messages logged at warn level (first per sender and reason); the rest at debug.
+pub const PEER_REFUSALS_LOGGED_MAX: usize = 256;
+/// Free space a received snapshot must leave: it must fit twice (its file, then the databases
+/// restored from it) plus this margin, or its first chunk is dropped (the leader retries).
+pub const SNAPSHOT_DISK_MARGIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a peer's message was dropped before raft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    NotMember(u64),
+    SnapshotNotFromLeader(u64),
+    SnapshotTooLarge { size: u64, available: u64 },
+}
+
+impl Refusal {
+    /// A small key for log-once.
+    fn kind(&self) -> u8 {
+        match self {
+            Refusal::NotMember(_) => 0,
+            Refusal::SnapshotNotFromLeader(_) => 1,
+            Refusal::SnapshotTooLarge { .. } => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotMember(id) => write!(f, "node {id} is not a member of the configuration"),
+            Refusal::SnapshotNotFromLeader(id) => {
+                write!(f, "snapshot chunk from node {id}, not the current term's leader")
+            }
+            Refusal::SnapshotTooLarge { size, available } => write!(
+                f,
+                "a snapshot of {size} bytes does not fit ({available} bytes free; needs twice \
+                 its size and {SNAPSHOT_DISK_MARGIN_BYTES} more)"
+            ),
+        }
+    }
+}
+
 /// The address to send to node `id`: its route, its configured address, or the one it
 /// announced. (A free function so the caller can borrow the reactor mutably meanwhile.)
 fn peer_address<'a>(
@@ -121,6 +164,17 @@ impl Node {
             );
             return Ok(());
         }
+        if let Some(refusal) = self.refuse_message(&message) {
+            let first = self.peer_refusals_logged.len() < PEER_REFUSALS_LOGGED_MAX
+                && self.peer_refusals_logged.insert((from, refusal.kind()));
+            if first {
+                warn!("{refusal}: {message} dropped");
+            } else {
+                debug!("{refusal}: {message} dropped");
+            }
+            self.stats.messages_refused += 1;
+            return Ok(());
+        }
         match self.raft.step(message) {
             Ok(()) => Ok(()),
             Err(atoll_raft::Error::Storage(e)) => Err(fatal("reading the log", e)),
@@ -135,6 +189,46 @@ impl Node {
         }
     }
 
+    /// Why an authenticated peer's message must not reach raft, if it must not: a member
+    /// takes messages only from members (a joining node, not yet in its own configuration,
+    /// takes them from whoever holds the secret: its leader is not in its log yet); a snapshot
+    /// chunk only from the leader of the current term, and a new snapshot only if it fits on
+    /// the disk.
+    fn refuse_message(&self, message: &Message) -> Option<Refusal> {
+        let configuration = self.raft.configuration();
+        let me = NodeId(self.config.id);
+        if configuration.get(me).is_some() && configuration.get(message.from).is_none() {
+            return Some(Refusal::NotMember(message.from.0));
+        }
+        let chunk = message.snapshot.as_ref()?;
+        if message.term != self.raft.term() || self.raft.leader_id() != Some(message.from) {
+            return Some(Refusal::SnapshotNotFromLeader(message.from.0));
+        }
+        if chunk.offset != 0 {
+            return None;
+        }
+        let snapshots = self.raft.log().snapshots().dir().to_path_buf();
+        let needed = chunk
+            .meta
+            .size_bytes
+            .saturating_mul(2)
+            .saturating_add(SNAPSHOT_DISK_MARGIN_BYTES);
+        match atoll_storage::available_bytes(&snapshots) {
+            Ok(available) if available >= needed => None,
+            Ok(available) => Some(Refusal::SnapshotTooLarge {
+                size: chunk.meta.size_bytes,
+                available,
+            }),
+            Err(e) => {
+                warn!("free space of {}: {e}", snapshots.display());
+                Some(Refusal::SnapshotTooLarge {
+                    size: chunk.meta.size_bytes,
+                    available: 0,
+                })
+            }
+        }
+    }
+
     pub(super) fn on_peer_connected(
         &mut self,
         node: u64,
@@ -144,7 +238,14 @@ impl Node {
         match direction {
             PeerDirection::Inbound => {
                 debug!("node {node} ({address}) connected");
-                if self.raft.configuration().get(NodeId(node)).is_none() {
+                // Only a node that is not a member yet (joining) needs announced addresses: its
+                // leader is not in its log yet. Bounded, and forgotten once it is a member.
+                let configuration = self.raft.configuration();
+                if configuration.get(NodeId(self.config.id)).is_none()
+                    && configuration.get(NodeId(node)).is_none()
+                    && (self.peer_announced.len() < PEERS_ANNOUNCED_MAX
+                        || self.peer_announced.contains_key(&node))
+                {
                     self.peer_announced.insert(node, address);
                 }
             }
@@ -184,6 +285,10 @@ impl Node {
         self.peers_configuration_index = index;
         let me = self.config.id;
         let configuration = self.raft.configuration();
+        if configuration.get(NodeId(me)).is_some() {
+            // A member sends only to members: what joining needed is forgotten.
+            self.peer_announced.clear();
+        }
         for (id, member) in configuration.members() {
             if id.0 == me {
                 continue;

@@ -290,8 +290,8 @@ impl AtollNode {
         let mut args = vec!["init", "--data-dir", data, "--address", address];
         args.extend_from_slice(init_args);
         atoll(&args).ok();
-        let token = atoll(&["token", "--data-dir", data]).ok();
-        remember_token(address, token.trim());
+        let token = atoll(&["token", "--data-dir", data]);
+        remember_token(address, token.ok().trim());
         AtollNode {
             address: address.to_owned(),
             child: None,

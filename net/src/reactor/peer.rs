@@ -9,13 +9,14 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{CloseReason, Event, Reactor};
+use super::{CloseReason, Event, Reactor, Waker};
 use crate::conn::{Conn, IoOutcome, PeerHandshake, Phase, READ_CHUNK_BYTES};
 use crate::peer::{
     encode_auth, encode_challenge, verify_auth, verify_challenge, ClusterSecret, FrameHeader,
@@ -96,6 +97,9 @@ pub struct PeerConfig {
     pub frames_per_poll_max: usize,
     /// Bytes read per inbound connection per poll.
     pub bytes_per_poll_max: usize,
+    /// Resolves a peer's host name (never an IP address) on the resolver thread; the system
+    /// resolver by default (tests put a slow one here).
+    pub lookup: fn(&str) -> io::Result<SocketAddr>,
 }
 
 impl PeerConfig {
@@ -125,6 +129,7 @@ impl PeerConfig {
             write_stall_timeout: PEER_WRITE_STALL_TIMEOUT,
             frames_per_poll_max: PEER_FRAMES_PER_POLL_MAX,
             bytes_per_poll_max: PEER_BYTES_PER_POLL_MAX,
+            lookup: system_lookup,
         }
     }
 
@@ -219,19 +224,50 @@ fn valid_address(address: &str) -> bool {
     !address.is_empty() && address.len() <= ADDRESS_BYTES_MAX
 }
 
-/// Resolves a peer address. IP literals never block; a host name is resolved by the system
-/// resolver, which may block the reactor for the lookup (keep peer addresses numeric or in
-/// /etc/hosts).
-fn resolve(address: &str) -> io::Result<SocketAddr> {
-    if let Ok(address) = address.parse::<SocketAddr>() {
-        return Ok(address);
-    }
+/// Resolves a host name with the system resolver (blocking: only on the resolver thread).
+pub fn system_lookup(address: &str) -> io::Result<SocketAddr> {
     address.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("{address} resolves to nothing"),
         )
     })
+}
+
+/// An answer of the resolver thread: the node, the address asked, and what it resolved to.
+type Answer = (u64, String, io::Result<SocketAddr>);
+
+/// The peer address resolver: one thread that resolves host names with the system resolver
+/// (which may block for seconds) and wakes the reactor with each answer, so the loop never
+/// waits on DNS. IP literals never go there. At most one request per peer is outstanding (the
+/// link waits in `Resolving`), so the queues are bounded by `peers_max`. The thread ends when
+/// the reactor drops its side.
+#[derive(Debug)]
+pub struct Resolver {
+    requests: mpsc::Sender<(u64, String)>,
+    answers: mpsc::Receiver<Answer>,
+}
+
+impl Resolver {
+    fn start(waker: Waker, lookup: fn(&str) -> io::Result<SocketAddr>) -> io::Result<Resolver> {
+        let (requests, requests_in) = mpsc::channel::<(u64, String)>();
+        let (answers_out, answers) = mpsc::channel::<Answer>();
+        std::thread::Builder::new()
+            .name("atoll-resolver".into())
+            .spawn(move || {
+                // Bounded: ends when the reactor drops the sender.
+                for (to, address) in requests_in {
+                    let resolved = lookup(&address);
+                    if answers_out.send((to, address, resolved)).is_err() {
+                        return;
+                    }
+                    if let Err(e) = waker.wake() {
+                        warn!("resolver: cannot wake the reactor: {e}");
+                    }
+                }
+            })?;
+        Ok(Resolver { requests, answers })
+    }
 }
 
 /// What parsing an inbound peer connection's buffered bytes came to.
@@ -329,7 +365,7 @@ impl Reactor {
                 }
                 Self::queue(&mut self.flush_list, &mut conn.flush_queued, slot);
             }
-            LinkState::DialAt(_) | LinkState::Dialing { .. } => {}
+            LinkState::DialAt(_) | LinkState::Resolving | LinkState::Dialing { .. } => {}
         }
         Ok(())
     }
@@ -386,7 +422,10 @@ impl Reactor {
         link.stats.backoff_attempt = 0;
         match link.state {
             LinkState::Idle => {}
-            LinkState::DialAt(_) => link.state = LinkState::DialAt(Instant::now()),
+            // A pending answer for the old address is ignored when it comes.
+            LinkState::DialAt(_) | LinkState::Resolving => {
+                link.state = LinkState::DialAt(Instant::now())
+            }
             LinkState::Dialing { slot } | LinkState::Connected { slot, .. } => {
                 // Closing moves the link to DialAt(now), at the new address.
                 self.close_slot(slot, CloseReason::Host, None);
@@ -439,8 +478,9 @@ impl Reactor {
             .min()
     }
 
-    /// Dials every peer whose time has come.
+    /// Dials every peer whose time has come, and those whose host name was resolved.
     pub(super) fn peer_dial_due(&mut self, events: &mut Vec<Event>) {
+        self.peer_resolved(events);
         let now = Instant::now();
         if self.peer_dial_next_at().is_none_or(|at| at > now) {
             return;
@@ -456,7 +496,70 @@ impl Reactor {
         }
     }
 
+    /// Dials the answers of the resolver thread whose link still waits for them.
+    fn peer_resolved(&mut self, events: &mut Vec<Event>) {
+        let Some(resolver) = self.resolver.as_ref() else {
+            return;
+        };
+        let answers: Vec<Answer> = resolver.answers.try_iter().collect();
+        for (to, address, resolved) in answers {
+            let waiting = self
+                .peers
+                .get(&to)
+                .is_some_and(|link| link.state == LinkState::Resolving && link.address == address);
+            if !waiting {
+                continue; // The peer moved or was forgotten meanwhile.
+            }
+            match resolved {
+                Ok(target) => self.peer_connect(to, target, events),
+                Err(e) => {
+                    debug!("peer {to}: resolving {address}: {e}");
+                    let event = self.peer_link_down(to, CloseReason::ConnectFailed(e.kind()), None);
+                    events.push(event);
+                }
+            }
+        }
+    }
+
+    /// Dials node `to`: at once for an IP address, through the resolver thread for a name.
     fn peer_dial(&mut self, to: u64, events: &mut Vec<Event>) {
+        let address = &self.peers.get(&to).expect("due peers exist").address;
+        if let Ok(target) = address.parse::<SocketAddr>() {
+            return self.peer_connect(to, target, events);
+        }
+        let address = address.clone();
+        if self.resolver.is_none() {
+            let lookup = self.peer_config().lookup;
+            let started = self
+                .waker()
+                .and_then(|waker| Resolver::start(waker, lookup));
+            match started {
+                Ok(resolver) => self.resolver = Some(resolver),
+                Err(e) => {
+                    warn!("cannot start the peer address resolver: {e}");
+                    let event = self.peer_link_down(to, CloseReason::ConnectFailed(e.kind()), None);
+                    events.push(event);
+                    return;
+                }
+            }
+        }
+        let resolver = self.resolver.as_ref().expect("started above");
+        if resolver.requests.send((to, address)).is_err() {
+            // The thread died: start another at the next dial.
+            self.resolver = None;
+            let event = self.peer_link_down(
+                to,
+                CloseReason::ConnectFailed(io::ErrorKind::BrokenPipe),
+                None,
+            );
+            events.push(event);
+            return;
+        }
+        self.peers.get_mut(&to).expect("due peers exist").state = LinkState::Resolving;
+    }
+
+    /// Opens the TCP connection to node `to` at `target` and queues the greeting and hello.
+    fn peer_connect(&mut self, to: u64, target: SocketAddr, events: &mut Vec<Event>) {
         let now = Instant::now();
         let nonce = self
             .nonces
@@ -472,13 +575,7 @@ impl Reactor {
             nonce,
             address: config.address.clone(),
         };
-        let address = self
-            .peers
-            .get(&to)
-            .expect("due peers exist")
-            .address
-            .clone();
-        let dialled = resolve(&address).and_then(|address| {
+        let dialled = Ok(target).and_then(|address| {
             let mut stream = TcpStream::connect(address)?;
             let slot = self.slot_alloc();
             if let Err(e) = self.poll.registry().register(
