@@ -167,6 +167,8 @@ pub enum PeerError {
     AuthFailed,
     /// Bytes arrived on an outbound connection after its handshake.
     UnexpectedData,
+    /// `peers_max` other nodes are connected inbound already.
+    TooManyPeers,
 }
 
 impl fmt::Display for PeerError {
@@ -208,6 +210,7 @@ impl fmt::Display for PeerError {
             ),
 
             PeerError::UnexpectedData => write!(f, "data received on an outbound peer connection"),
+            PeerError::TooManyPeers => write!(f, "too many peers connected"),
         }
     }
 }

@@ -51,15 +51,19 @@ mod peer;
 
 /// Default largest request body: 64 MiB, room for large blobs in parameters.
 pub const MESSAGE_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Default connection limit.
+/// Default limit of client connections.
 pub const CONNECTIONS_MAX: usize = 1024;
+/// Default limit of connections that have not said what they are yet (their first word) or
+/// are peers not yet authenticated.
+pub const HANDSHAKES_MAX: usize = 1024;
 /// Default outbound high-water mark: above it the connection is not read.
 pub const OUT_BYTES_HIGH: usize = 256 * 1024;
 /// Default time a new connection has to send its version word.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time an idle client connection (no request in flight, nothing to write) is kept.
-/// Generous: pooled client connections legitimately sit idle, and no client sends heartbeats.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Pooled client connections legitimately sit idle, and no client sends heartbeats; but an idle
+/// connection holds a slot of the client limit.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time a connection may hold unwritten responses without write progress.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default limit on armed timers.
@@ -79,7 +83,7 @@ const _: () = assert!(ACCEPTS_PER_POLL_MAX <= CONNECTIONS_MAX);
 
 const LISTENER: Token = Token(0);
 /// The token of the waker ([`Reactor::waker`]); connections use `Token(slot + 1)`, bounded by
-/// `connections_max`, so they never reach it.
+/// the connection limits, so they never reach it.
 const WAKER: Token = Token(usize::MAX);
 
 /// Wakes a reactor blocked in [`Reactor::poll`] from another thread (a signal-handling thread,
@@ -101,8 +105,12 @@ pub struct ReactorConfig {
     /// Largest request body accepted; a larger header gets FAILURE 1005 and the connection is
     /// closed (its body cannot be skipped safely).
     pub message_body_bytes_max: u64,
-    /// Connections served at once; extra ones are accepted and closed at once.
+    /// Client connections served at once: a connection whose first word says it is a client
+    /// is closed past it. Peer connections do not count (they have their own bounds).
     pub connections_max: usize,
+    /// Connections that have not said what they are yet, and peer connections not yet
+    /// authenticated: new connections past it are accepted and closed at once.
+    pub handshakes_max: usize,
     /// Outbound bytes above which a connection is not read.
     pub out_bytes_high: usize,
     /// Time to receive the version word.
@@ -122,6 +130,7 @@ impl Default for ReactorConfig {
         ReactorConfig {
             message_body_bytes_max: MESSAGE_BODY_BYTES_MAX,
             connections_max: CONNECTIONS_MAX,
+            handshakes_max: HANDSHAKES_MAX,
             out_bytes_high: OUT_BYTES_HIGH,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             idle_timeout: Some(IDLE_TIMEOUT),
@@ -178,6 +187,8 @@ pub enum CloseReason {
     /// The peer announced a new incarnation (it restarted), so this outbound connection may lead
     /// to its previous, dead process; it is redialled at once.
     PeerRestarted,
+    /// A client connection past the client limit (`connections_max`).
+    TooManyClients,
 }
 
 /// What happened, for the host to act on.
@@ -310,11 +321,17 @@ pub struct Reactor {
     /// The listener may have connections left to accept (the last accept round stopped early).
     listener_backlog: bool,
     config: ReactorConfig,
-    // Invariant: slots.len() <= config.connections_max; Token(i + 1) is slots[i].
+    // Invariant: slots.len() <= connections_max + handshakes_max + 2 × peers_max (clients,
+    // unclassified or unauthenticated connections, one inbound and one outbound per peer);
+    // Token(i + 1) is slots[i].
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     connections_count: usize,
-    /// The connection limit was hit and logged; re-armed when the count drops below it.
+    /// Open connections in phase Handshake, PeerHello or PeerAuthIn (bounded by handshakes_max).
+    handshakes_count: usize,
+    /// Open client connections (bounded by connections_max).
+    clients_count: usize,
+    /// A connection limit was hit and logged; re-armed when the counts drop below them.
     limit_logged: bool,
     /// Connections with queued output to write.
     flush_list: Vec<usize>,
@@ -357,8 +374,9 @@ impl Reactor {
     /// Binds the listener. `127.0.0.1:0` picks a free port ([`Reactor::local_addr`] tells it).
     pub fn bind(address: SocketAddr, config: ReactorConfig) -> io::Result<Reactor> {
         assert!(config.connections_max > 0);
+        assert!(config.handshakes_max > 0);
         assert!(
-            config.connections_max < WAKER.0 - 1,
+            config.connections_max.saturating_add(config.handshakes_max) < (WAKER.0 - 1) / 2,
             "connection tokens stay below the waker's"
         );
         assert!(config.timers_max > 0);
@@ -401,6 +419,8 @@ impl Reactor {
             slots: Vec::new(),
             free_slots: Vec::new(),
             connections_count: 0,
+            handshakes_count: 0,
+            clients_count: 0,
             limit_logged: false,
             flush_list: Vec::new(),
             revisit_list: Vec::new(),
@@ -465,7 +485,7 @@ impl Reactor {
 
     fn conn_id(&self, slot: usize) -> ConnId {
         ConnId {
-            slot: u32::try_from(slot).expect("slots are bounded by connections_max"),
+            slot: u32::try_from(slot).expect("slots are bounded by the connection limits"),
             generation: self.slots[slot].generation,
         }
     }
@@ -656,11 +676,12 @@ impl Reactor {
     }
 
     fn accept_one(&mut self, mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        if self.connections_count >= self.config.connections_max {
+        if self.handshakes_count >= self.config.handshakes_max {
             if !self.limit_logged {
                 warn!(
-                    "connection limit of {} reached: refusing new connections (from {peer})",
-                    self.config.connections_max
+                    "{} connections have not finished their handshake: refusing new \
+                     connections (from {peer})",
+                    self.config.handshakes_max
                 );
                 self.limit_logged = true;
             }
@@ -678,6 +699,7 @@ impl Reactor {
         )?;
         self.slots[slot].conn = Some(Conn::new(stream, peer, Instant::now()));
         self.connections_count += 1;
+        self.handshakes_count += 1;
         debug!("accepted {peer} as {}", self.conn_id(slot));
         Ok(())
     }
@@ -712,7 +734,16 @@ impl Reactor {
         self.slots[slot].generation = self.slots[slot].generation.wrapping_add(1);
         self.free_slots.push(slot);
         self.connections_count -= 1;
-        if self.connections_count < self.config.connections_max {
+        match conn.phase {
+            Phase::Handshake | Phase::PeerHello | Phase::PeerAuthIn { .. } => {
+                self.handshakes_count -= 1
+            }
+            Phase::Client(_) => self.clients_count -= 1,
+            _ => {}
+        }
+        if self.handshakes_count < self.config.handshakes_max
+            && self.clients_count < self.config.connections_max
+        {
             self.limit_logged = false;
         }
         debug!("closed {id} ({}): {reason:?}", conn.peer);
@@ -891,8 +922,22 @@ impl Reactor {
                 let word = u64::from_le_bytes(*word);
                 conn.consume_inbound(8);
                 match Greeting::decode(word) {
+                    Ok(Greeting::Client(_)) if self.clients_count >= self.config.connections_max => {
+                        if !self.limit_logged {
+                            warn!(
+                                "client connection limit of {} reached: closing {} (peers are \
+                                 still admitted)",
+                                self.config.connections_max, conn.peer
+                            );
+                            self.limit_logged = true;
+                        }
+                        self.close_slot(slot, CloseReason::TooManyClients, Some(events));
+                        return false;
+                    }
                     Ok(Greeting::Client(version)) => {
                         conn.phase = Phase::Client(version);
+                        self.handshakes_count -= 1;
+                        self.clients_count += 1;
                         conn.announced = true;
                         events.push(Event::Connected {
                             conn: id,

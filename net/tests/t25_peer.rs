@@ -536,3 +536,38 @@ fn test_peers_without_the_secret_are_refused_before_any_frame() {
     );
     assert_ne!(a_mac.into_bytes(), d_mac.into_bytes());
 }
+
+#[test]
+fn test_clients_at_their_limit_do_not_lock_peers_out() {
+    // B serves at most 8 clients. 20 clients connect and stay idle: 8 are kept, the other 12
+    // are closed once they say they are clients. A peer connects after them all and its frames
+    // arrive: the client limit does not apply to peers.
+    let mut a = Node::start(1, |_| {});
+    let mut b = Node::start_with(
+        2,
+        |_| {},
+        |r| {
+            r.connections_max = 8;
+        },
+    );
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = std::net::TcpStream::connect(b.addr).unwrap();
+        client.write_all(&VERSION_1.to_le_bytes()).unwrap();
+        client.set_nonblocking(true).unwrap();
+        clients.push(RawPeer { stream: client });
+    }
+    pump_until(&mut [&mut b], "12 clients refused", |_| {
+        clients.iter().filter(|c| c.is_closed()).count() == 12
+    });
+    assert_eq!(b.reactor.connections_count(), 8);
+    for seq in 0..10 {
+        a.send(&b, frame(1, seq, 64));
+    }
+    pump_until(&mut [&mut a, &mut b], "A's frames at B", |n| {
+        n[1].frames.len() == 10
+    });
+    assert_sequence(&b.frames_from(1), 1, 0);
+    pump_for(&mut [&mut a, &mut b], Duration::from_millis(100));
+    assert_eq!(clients.iter().filter(|c| c.is_closed()).count(), 12);
+}

@@ -39,6 +39,11 @@ pub struct Args {
     #[command(flatten)]
     pub settings: NodeSettings,
 
+    /// Close a client connection idle this long (no request in flight); 0 keeps idle clients
+    /// forever. Idle connections hold slots of the 1,024-client limit. Not kept.
+    #[arg(long, value_name = "SECONDS", default_value_t = CLIENT_IDLE_TIMEOUT_S_DEFAULT)]
+    pub client_idle_timeout: u64,
+
     /// Testing only: dial node ID at HOST:PORT instead of its address (tests route a node's
     /// outbound peer connections through fault-injecting proxies). Repeatable; not kept.
     #[arg(long, value_name = "ID=HOST:PORT", hide = true, value_parser = parse_route)]
@@ -51,6 +56,9 @@ fn parse_route(text: &str) -> Result<(u64, String), String> {
         .ok_or_else(|| format!("`{text}` is not ID=HOST:PORT"))?;
     Ok((super::parse_node_id(id)?, super::parse_address(address)?))
 }
+
+/// Default of --client-idle-timeout: five minutes (the reactor's default).
+const CLIENT_IDLE_TIMEOUT_S_DEFAULT: u64 = atoll_net::reactor::IDLE_TIMEOUT.as_secs();
 
 /// Runs `atoll start`.
 pub fn run(args: Args) -> Result<(), CliError> {
@@ -77,6 +85,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
     }
     let options = StartOptions {
         peer_routes: args.peer_route.into_iter().collect(),
+        client_idle_timeout: (args.client_idle_timeout > 0)
+            .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut node = Node::open(&args.data_dir, shutdown.clone(), options)

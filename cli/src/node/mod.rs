@@ -98,6 +98,8 @@ pub struct StartOptions {
     /// Addresses to dial for some peers instead of their configured ones (tests route a node's
     /// outbound peer connections through fault-injecting proxies); hidden flag `--peer-route`.
     pub peer_routes: HashMap<u64, String>,
+    /// Client connections idle this long are closed (`None`: never); `--client-idle-timeout`.
+    pub client_idle_timeout: Option<Duration>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -396,6 +398,7 @@ impl Node {
         peer.queue_bytes_max = PEER_QUEUE_BYTES_MAX;
         let reactor_config = ReactorConfig {
             peer: Some(peer),
+            idle_timeout: options.client_idle_timeout,
             ..ReactorConfig::default()
         };
         let reactor = Reactor::bind(address, reactor_config).map_err(|e| {

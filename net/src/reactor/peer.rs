@@ -977,9 +977,17 @@ impl Reactor {
                 return false;
             }
         };
+        let peers_max = self.peer_config().peers_max;
+        if self.peers_inbound.len() >= peers_max && !self.peers_inbound.contains_key(&from) {
+            self.peer_reject(slot, PeerError::TooManyPeers, events);
+            return false;
+        }
         let id = self.conn_id(slot);
         let conn = self.slots[slot].conn.as_mut().expect("open");
         conn.phase = Phase::PeerIn { from };
+        // An authenticated peer: it no longer counts against the handshake limit, and no limit
+        // of clients applies to it.
+        self.handshakes_count -= 1;
         debug!(
             "{id} ({}): peer {from} at {} authenticated (incarnation {:#x})",
             conn.peer, hello.address, hello.incarnation

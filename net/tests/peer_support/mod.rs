@@ -48,12 +48,31 @@ impl Node {
     }
 
     pub fn start_at(addr: SocketAddr, id: u64, tweak: impl FnOnce(&mut PeerConfig)) -> Node {
+        Node::start_full(addr, id, tweak, |_| {})
+    }
+
+    /// A node on a free port with both its peer and reactor configurations tweaked.
+    pub fn start_with(
+        id: u64,
+        tweak: impl FnOnce(&mut PeerConfig),
+        reactor: impl FnOnce(&mut ReactorConfig),
+    ) -> Node {
+        Node::start_full("127.0.0.1:0".parse().unwrap(), id, tweak, reactor)
+    }
+
+    fn start_full(
+        addr: SocketAddr,
+        id: u64,
+        tweak: impl FnOnce(&mut PeerConfig),
+        reactor: impl FnOnce(&mut ReactorConfig),
+    ) -> Node {
         let mut peer = peer_config(id);
         tweak(&mut peer);
-        let config = ReactorConfig {
+        let mut config = ReactorConfig {
             peer: Some(peer),
             ..ReactorConfig::default()
         };
+        reactor(&mut config);
         let reactor = Reactor::bind(addr, config).unwrap();
         Node {
             id,
