@@ -48,6 +48,7 @@ impl Forger {
     fn hello(address: &str, from: u64, to: u64, cluster_id: u64) -> Forger {
         let mut stream = TcpStream::connect(address).expect("connect");
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
         let hello = Hello {
             from,
             to,
@@ -72,22 +73,30 @@ impl Forger {
         }
     }
 
-    /// Answers the CHALLENGE with an AUTH made with `secret` (the right one or not).
-    fn auth(&mut self, secret: &ClusterSecret) {
+    /// Answers the CHALLENGE with an AUTH made with `secret` (the right one or not), and sends
+    /// `messages` as MESSAGE frames in the same write (one segment: a node that replaces the
+    /// connection a moment later has read them); a write error (the node closed) is ignored.
+    fn auth_and_send(&mut self, secret: &ClusterSecret, messages: &[Message]) {
         let nonce: [u8; 16] = self.challenge[..16].try_into().unwrap();
-        let mut auth = Vec::new();
-        encode_auth(secret, &self.hello_payload, &nonce, &mut auth);
-        self.stream.write_all(&auth).unwrap();
+        let mut bytes = Vec::new();
+        encode_auth(secret, &self.hello_payload, &nonce, &mut bytes);
+        self.append_messages(messages, &mut bytes);
+        let _ = self.stream.write_all(&bytes);
     }
 
     /// Sends raft messages as MESSAGE frames; a write error (the node closed) is ignored.
     fn send(&mut self, messages: &[Message]) {
+        let mut bytes = Vec::new();
+        self.append_messages(messages, &mut bytes);
+        let _ = self.stream.write_all(&bytes);
+    }
+
+    fn append_messages(&self, messages: &[Message], out: &mut Vec<u8>) {
         for message in messages {
             let mut body = Vec::new();
             codec::encode_message(message, &mut body);
-            let mut frame = message_header(body.len() as u32).to_vec();
-            frame.extend_from_slice(&body);
-            let _ = self.stream.write_all(&frame);
+            out.extend_from_slice(&message_header(body.len() as u32));
+            out.extend_from_slice(&body);
         }
     }
 
@@ -218,20 +227,20 @@ fn test_forged_peer_traffic_without_the_secret_changes_nothing() {
     forgers.push(no_auth);
     // A wrong AUTH, then the traffic.
     let mut wrong_auth = Forger::hello(&leader_address, 99, leader_id, cluster_id);
-    wrong_auth.auth(&wrong);
-    wrong_auth.send(&forged_traffic(99, leader_id, term, last_index));
+    wrong_auth.auth_and_send(&wrong, &forged_traffic(99, leader_id, term, last_index));
     forgers.push(wrong_auth);
     // A real member's id (a follower) with a wrong AUTH.
     let mut as_member = Forger::hello(&leader_address, follower_id, leader_id, cluster_id);
-    as_member.auth(&wrong);
-    as_member.send(&forged_traffic(follower_id, leader_id, term, last_index));
+    as_member.auth_and_send(
+        &wrong,
+        &forged_traffic(follower_id, leader_id, term, last_index),
+    );
     forgers.push(as_member);
     // 100 made-up node ids, to every node.
     for from in 1000..1100u64 {
         let node = &cluster.nodes[from as usize % 3];
         let mut forger = Forger::hello(node.address(), from, node.id(), cluster_id);
-        forger.auth(&wrong);
-        forger.send(&forged_traffic(from, node.id(), term, last_index));
+        forger.auth_and_send(&wrong, &forged_traffic(from, node.id(), term, last_index));
         forgers.push(forger);
     }
     for (i, forger) in forgers.iter_mut().enumerate() {
@@ -273,8 +282,7 @@ fn test_traffic_from_non_members_with_the_secret_changes_nothing() {
             verify_challenge(&secret, &forger.hello_payload, &forger.challenge).is_ok(),
             "the node proves it holds the secret"
         );
-        forger.auth(&secret);
-        forger.send(&forged_traffic(from, node.id(), term, last_index));
+        forger.auth_and_send(&secret, &forged_traffic(from, node.id(), term, last_index));
         forgers.push(forger);
     }
     // The leader's identity, authenticated, sending a petabyte snapshot to a follower.
@@ -287,9 +295,8 @@ fn test_traffic_from_non_members_with_the_secret_changes_nothing() {
         follower_id,
         cluster_id,
     );
-    impostor.auth(&secret);
     let snapshot = forged_traffic(leader_id, follower_id, term, last_index).pop();
-    impostor.send(&[snapshot.unwrap()]);
+    impostor.auth_and_send(&secret, &[snapshot.unwrap()]);
     std::thread::sleep(Duration::from_millis(1500));
     for (i, forger) in forgers.iter_mut().enumerate() {
         forger.stream.set_nonblocking(true).unwrap();
