@@ -263,7 +263,7 @@ fn test_traffic_from_non_members_with_the_secret_changes_nothing() {
     // handshake, but members drop its messages: no higher term, no snapshot file, no reply
     // (so no peer entry at the nodes: after 100 made-up ids, a real node still joins). A
     // snapshot chunk that claims to come from the leader itself is dropped too: it does not
-    // fit on the disk.
+    // fit on the disk, and one from a member that does not lead is dropped whatever its size.
     let mut cluster = AtollCluster::start(3, &[], 3);
     {
         let mut client = cluster.client();
@@ -297,6 +297,20 @@ fn test_traffic_from_non_members_with_the_secret_changes_nothing() {
     );
     let snapshot = forged_traffic(leader_id, follower_id, term, last_index).pop();
     impostor.auth_and_send(&secret, &[snapshot.unwrap()]);
+    // The other follower's identity (a member, not the leader), a small snapshot.
+    let other = (leader + 2) % 3;
+    let other_id = cluster.nodes[other].id();
+    let mut not_leader = Forger::hello(
+        cluster.nodes[follower].address(),
+        other_id,
+        follower_id,
+        cluster_id,
+    );
+    let mut snapshot = forged_traffic(other_id, follower_id, term, last_index)
+        .pop()
+        .unwrap();
+    snapshot.snapshot.as_mut().unwrap().meta.size_bytes = 8;
+    not_leader.auth_and_send(&secret, &[snapshot]);
     std::thread::sleep(Duration::from_millis(1500));
     for (i, forger) in forgers.iter_mut().enumerate() {
         forger.stream.set_nonblocking(true).unwrap();
@@ -309,6 +323,7 @@ fn test_traffic_from_non_members_with_the_secret_changes_nothing() {
     assert_eq!(count_rows(&cluster), 1);
     drop(forgers);
     drop(impostor);
+    drop(not_leader);
     // A real node still joins and catches up (the peer tables were not filled).
     let address = cluster.addresses();
     let mut joined = AtollNode::prepare_join(&free_address(), &address, &[]);
