@@ -392,6 +392,15 @@ fn test_idle_clients_past_the_limit_do_not_keep_peers_out() {
     let a = (leader + 1) % 3;
     let b = (leader + 2) % 3;
     cluster.nodes[a].kill();
+    // The dead follower's connections at the leader are gone: more idle clients come for
+    // their room (and are refused: the client limit is full).
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(&leader_address).expect("connect");
+        stream.write_all(&VERSION_1.to_le_bytes()).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        idle_clients.push(stream);
+    }
     cluster.nodes[a].spawn();
     cluster.nodes[b].stop();
     for i in 0..5 {
