@@ -425,3 +425,65 @@ fn test_idle_clients_past_the_limit_do_not_keep_peers_out() {
     assert_eq!(count_rows(&cluster), 6);
     drop(idle_clients);
 }
+
+#[test]
+fn test_join_tokens_and_secret_files() {
+    // `atoll init` makes both files private and prints the token `atoll token` prints; `atoll
+    // join` refuses a token of another cluster or with another secret, saying which; a data
+    // directory without a secret (made before peers authenticated) is refused by `atoll start`
+    // until `atoll token --generate` gives it one.
+    use std::os::unix::fs::PermissionsExt;
+    let mut node = AtollNode::start();
+    let data = node.data_dir();
+    let data_text = data.to_str().unwrap().to_owned();
+    for file in ["atoll.conf", "cluster.secret"] {
+        let mode = std::fs::metadata(data.join(file)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let token = atoll(&["token", "--data-dir", &data_text]).ok().trim().to_owned();
+    assert!(token.starts_with("atoll1-") && token.len() == 87, "{token}");
+    let cluster = node.address().to_owned();
+    let join = |token: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("data");
+        let address = free_address();
+        let output = atoll(&[
+            "join",
+            "--data-dir",
+            target.to_str().unwrap(),
+            "--address",
+            &address,
+            "--cluster",
+            &cluster,
+            "--join-token",
+            token,
+        ]);
+        (output, target.exists())
+    };
+    let mut other_secret = token.clone();
+    let last = other_secret.pop().unwrap();
+    other_secret.push(if last == '0' { '1' } else { '0' });
+    let (output, created) = join(&other_secret);
+    assert!(output.failed().contains("the token's secret is not this cluster's"));
+    assert!(!created, "nothing is written for a refused token");
+    let mut other_cluster = token.clone();
+    let first = other_cluster.as_bytes()[7];
+    other_cluster.replace_range(7..8, if first == b'0' { "1" } else { "0" });
+    let (output, created) = join(&other_cluster);
+    assert!(output.failed().contains("the token is for another cluster"));
+    assert!(!created);
+    let (output, _) = join("atoll1-123");
+    assert!(output.failed().contains("hex digits"));
+    // An old data directory: no secret.
+    node.stop();
+    std::fs::remove_file(data.join("cluster.secret")).unwrap();
+    let output = atoll(&["start", "--data-dir", &data_text]);
+    assert!(output.failed().contains("atoll token --data-dir DIR --generate"));
+    let generated = atoll(&["token", "--data-dir", &data_text, "--generate"]);
+    let new_token = generated.ok().trim().to_owned();
+    assert_ne!(new_token, token);
+    assert_eq!(new_token[..23], token[..23], "the same cluster id");
+    let again = atoll(&["token", "--data-dir", &data_text, "--generate"]);
+    assert!(again.failed().contains("already has a cluster secret"));
+    node.restart();
+}
