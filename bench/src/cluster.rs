@@ -171,7 +171,12 @@ impl LocalCluster {
                         "--cluster".into(),
                         cluster.nodes[0].address.clone(),
                         "--join-token-file".into(),
-                        cluster.dir.path().join("join.token").to_string_lossy().into_owned(),
+                        cluster
+                            .dir
+                            .path()
+                            .join("join.token")
+                            .to_string_lossy()
+                            .into_owned(),
                     ]
                 };
                 args.extend([

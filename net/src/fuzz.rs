@@ -147,7 +147,12 @@ pub fn peer_handshake(bytes: &[u8]) -> bool {
     // Dialler's view: the rest as a CHALLENGE payload.
     let acceptor_nonce = nonces.next_nonce();
     let mut honest_challenge = Vec::new();
-    encode_challenge(&secret, &hello_payload, &acceptor_nonce, &mut honest_challenge);
+    encode_challenge(
+        &secret,
+        &hello_payload,
+        &acceptor_nonce,
+        &mut honest_challenge,
+    );
     let challenge = rest.get(..crate::peer::CHALLENGE_BYTES).unwrap_or(rest);
     let verified = verify_challenge(&secret, &hello_payload, challenge);
     assert_eq!(
@@ -171,7 +176,11 @@ pub fn peer_handshake(bytes: &[u8]) -> bool {
         }
     }
     let accepted = verify_auth(&secret, &hello_payload, &acceptor_nonce, &auth).is_ok();
-    assert_eq!(accepted, auth == honest_mac, "an AUTH verifies exactly when honest");
+    assert_eq!(
+        accepted,
+        auth == honest_mac,
+        "an AUTH verifies exactly when honest"
+    );
     // The same AUTH against the next connection's nonce (a replay) never verifies.
     let replay_nonce = nonces.next_nonce();
     assert!(verify_auth(&secret, &hello_payload, &replay_nonce, &auth).is_err());
@@ -273,7 +282,12 @@ mod tests {
                 to: prng.next(),
                 cluster_id: prng.next(),
                 incarnation: prng.next(),
-                nonce: prng.next().to_le_bytes().repeat(2).try_into().expect("16 bytes"),
+                nonce: prng
+                    .next()
+                    .to_le_bytes()
+                    .repeat(2)
+                    .try_into()
+                    .expect("16 bytes"),
                 address: "a".repeat(address_bytes),
             }
             .encode(&mut out);

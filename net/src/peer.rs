@@ -805,7 +805,8 @@ mod tests {
     fn test_decode_stream_counts_frames_and_stops_at_errors() {
         let mut stream = Vec::new();
         hello().encode(&mut stream);
-        encode_auth(&secret(), &stream[8..].to_vec(), &[1; NONCE_BYTES], &mut stream);
+        let hello_payload = stream[FRAME_HEADER_BYTES..].to_vec();
+        encode_auth(&secret(), &hello_payload, &[1; NONCE_BYTES], &mut stream);
         stream.extend_from_slice(&message_header(3));
         stream.extend_from_slice(b"abc");
         stream.extend_from_slice(&PING_FRAME);

@@ -922,7 +922,9 @@ impl Reactor {
                 let word = u64::from_le_bytes(*word);
                 conn.consume_inbound(8);
                 match Greeting::decode(word) {
-                    Ok(Greeting::Client(_)) if self.clients_count >= self.config.connections_max => {
+                    Ok(Greeting::Client(_))
+                        if self.clients_count >= self.config.connections_max =>
+                    {
                         if !self.limit_logged {
                             warn!(
                                 "client connection limit of {} reached: closing {} (peers are \

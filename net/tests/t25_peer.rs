@@ -465,7 +465,8 @@ fn test_peers_without_the_secret_are_refused_before_any_frame() {
     broken.push(no_auth);
 
     let wrong = ClusterSecret::from_bytes([0x33; 32]);
-    let (mut wrong_secret, hello_payload, challenge) = RawPeer::challenged(&mut b, &hello_for(2, 21));
+    let (mut wrong_secret, hello_payload, challenge) =
+        RawPeer::challenged(&mut b, &hello_for(2, 21));
     assert_eq!(
         verify_challenge(&wrong, &hello_payload, &challenge),
         Err(atoll_net::peer::PeerError::AuthFailed),

@@ -50,7 +50,11 @@ pub struct Args {
     pub cluster: Vec<String>,
 
     /// The cluster's join token (`atoll1-...`, from `atoll init` or `atoll token`).
-    #[arg(long, value_name = "TOKEN", required_unless_present = "join_token_file")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        required_unless_present = "join_token_file"
+    )]
     pub join_token: Option<String>,
 
     /// A file holding the join token.

@@ -50,7 +50,10 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::NotMember(id) => write!(f, "node {id} is not a member of the configuration"),
             Refusal::SnapshotNotFromLeader(id) => {
-                write!(f, "snapshot chunk from node {id}, not the current term's leader")
+                write!(
+                    f,
+                    "snapshot chunk from node {id}, not the current term's leader"
+                )
             }
             Refusal::SnapshotTooLarge { size, available } => write!(
                 f,

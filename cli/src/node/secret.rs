@@ -142,14 +142,9 @@ pub fn read_secret(data_dir: &Path) -> Result<ClusterSecret, String> {
             path.display()
         ));
     }
-    let text =
-        fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    unhex_secret(text.trim()).ok_or_else(|| {
-        format!(
-            "{} does not hold a secret (64 hex digits)",
-            path.display()
-        )
-    })
+    let text = fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    unhex_secret(text.trim())
+        .ok_or_else(|| format!("{} does not hold a secret (64 hex digits)", path.display()))
 }
 
 #[cfg(test)]

@@ -198,7 +198,9 @@ fn snapshot_files(node: &AtollNode) -> Vec<String> {
 /// The leader's (id, term) and every node's running state, for before/after comparisons.
 fn leader_and_term(cluster: &AtollCluster) -> (u64, u64, u64) {
     let leader = cluster.leader();
-    let metadata = cluster.nodes[leader].metadata().expect("the leader answers");
+    let metadata = cluster.nodes[leader]
+        .metadata()
+        .expect("the leader answers");
     (metadata.id, metadata.term, metadata.last_index)
 }
 
@@ -248,7 +250,10 @@ fn test_forged_peer_traffic_without_the_secret_changes_nothing() {
     }
     let (leader_after, term_after, _) = leader_and_term(&cluster);
     assert_eq!((leader_after, term_after), (leader_id, term));
-    assert!(cluster.nodes.iter().all(|n| n.is_running() && n.metadata().is_some()));
+    assert!(cluster
+        .nodes
+        .iter()
+        .all(|n| n.is_running() && n.metadata().is_some()));
     assert_eq!(count_rows(&cluster), 1);
     insert(&cluster, "after");
     assert_eq!(count_rows(&cluster), 2);
@@ -314,12 +319,18 @@ fn test_traffic_from_non_members_with_the_secret_changes_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     for (i, forger) in forgers.iter_mut().enumerate() {
         forger.stream.set_nonblocking(true).unwrap();
-        assert!(!forger.closed_by_node(), "authenticated connection {i} was closed");
+        assert!(
+            !forger.closed_by_node(),
+            "authenticated connection {i} was closed"
+        );
     }
     let (leader_after, term_after, _) = leader_and_term(&cluster);
     assert_eq!((leader_after, term_after), (leader_id, term));
     let snapshots_after: Vec<Vec<String>> = cluster.nodes.iter().map(snapshot_files).collect();
-    assert_eq!(snapshots_after, snapshots_before, "a forged snapshot was written");
+    assert_eq!(
+        snapshots_after, snapshots_before,
+        "a forged snapshot was written"
+    );
     assert_eq!(count_rows(&cluster), 1);
     drop(forgers);
     drop(impostor);
@@ -370,8 +381,8 @@ fn test_idle_clients_past_the_limit_do_not_keep_peers_out() {
     cluster.wait_roles(3, None);
     let leader = cluster.leader();
     let leader_address = cluster.nodes[leader].address().to_owned();
-    let mut writer = Client::connect(&[leader_address.as_str()], ClientConfig::default())
-        .expect("the writer");
+    let mut writer =
+        Client::connect(&[leader_address.as_str()], ClientConfig::default()).expect("the writer");
     writer.open("auth").unwrap();
     writer.exec_sql("CREATE TABLE t (v TEXT)", &[]).unwrap();
     let flooded = Instant::now();
@@ -384,10 +395,14 @@ fn test_idle_clients_past_the_limit_do_not_keep_peers_out() {
     for stream in &idle_clients {
         stream.set_nonblocking(true).unwrap();
     }
-    let refused = wait_for("the clients past the limit to be closed", READY_TIMEOUT, || {
-        let closed = idle_clients.iter().filter(|s| is_closed(s)).count();
-        (closed >= 1100 - 1023).then_some(closed)
-    });
+    let refused = wait_for(
+        "the clients past the limit to be closed",
+        READY_TIMEOUT,
+        || {
+            let closed = idle_clients.iter().filter(|s| is_closed(s)).count();
+            (closed >= 1100 - 1023).then_some(closed)
+        },
+    );
     assert!(refused < 1100, "{refused}");
     let a = (leader + 1) % 3;
     let b = (leader + 2) % 3;
@@ -437,10 +452,16 @@ fn test_join_tokens_and_secret_files() {
     let data = node.data_dir();
     let data_text = data.to_str().unwrap().to_owned();
     for file in ["atoll.conf", "cluster.secret"] {
-        let mode = std::fs::metadata(data.join(file)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
-    let token = atoll(&["token", "--data-dir", &data_text]).ok().trim().to_owned();
+    let token = atoll(&["token", "--data-dir", &data_text])
+        .ok()
+        .trim()
+        .to_owned();
     assert!(token.starts_with("atoll1-") && token.len() == 87, "{token}");
     let cluster = node.address().to_owned();
     let join = |token: &str| {
@@ -464,7 +485,9 @@ fn test_join_tokens_and_secret_files() {
     let last = other_secret.pop().unwrap();
     other_secret.push(if last == '0' { '1' } else { '0' });
     let (output, created) = join(&other_secret);
-    assert!(output.failed().contains("the token's secret is not this cluster's"));
+    assert!(output
+        .failed()
+        .contains("the token's secret is not this cluster's"));
     assert!(!created, "nothing is written for a refused token");
     let mut other_cluster = token.clone();
     let first = other_cluster.as_bytes()[7];
@@ -478,7 +501,9 @@ fn test_join_tokens_and_secret_files() {
     node.stop();
     std::fs::remove_file(data.join("cluster.secret")).unwrap();
     let output = atoll(&["start", "--data-dir", &data_text]);
-    assert!(output.failed().contains("atoll token --data-dir DIR --generate"));
+    assert!(output
+        .failed()
+        .contains("atoll token --data-dir DIR --generate"));
     let generated = atoll(&["token", "--data-dir", &data_text, "--generate"]);
     let new_token = generated.ok().trim().to_owned();
     assert_ne!(new_token, token);

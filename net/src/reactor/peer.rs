@@ -653,14 +653,22 @@ impl Reactor {
         let Phase::PeerAuthOut { to } = conn.phase else {
             unreachable!("a CHALLENGE is processed only in PeerAuthOut");
         };
-        let handshake = conn.handshake.take().expect("PeerAuthOut keeps its handshake");
+        let handshake = conn
+            .handshake
+            .take()
+            .expect("PeerAuthOut keeps its handshake");
         let verified = verify_challenge(&secret, &handshake.hello_payload, payload);
         let error = match verified {
             Err(error) => Some(error),
             // The acceptor writes nothing after its CHALLENGE.
             Ok(_) if !conn.inbound.is_empty() => Some(PeerError::UnexpectedData),
             Ok(nonce) => {
-                encode_auth(&secret, &handshake.hello_payload, &nonce, &mut conn.outbound);
+                encode_auth(
+                    &secret,
+                    &handshake.hello_payload,
+                    &nonce,
+                    &mut conn.outbound,
+                );
                 None
             }
         };
@@ -962,7 +970,10 @@ impl Reactor {
         let Phase::PeerAuthIn { from } = conn.phase else {
             unreachable!("an AUTH is processed only in PeerAuthIn");
         };
-        let handshake = conn.handshake.take().expect("PeerAuthIn keeps its handshake");
+        let handshake = conn
+            .handshake
+            .take()
+            .expect("PeerAuthIn keeps its handshake");
         let verified = verify_auth(
             secret,
             &handshake.hello_payload,

@@ -9,8 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use atoll_net::peer::{
-    encode_auth, verify_challenge, ClusterSecret, FrameHeader, FrameKind, Hello,
-    CHALLENGE_BYTES, FRAME_HEADER_BYTES, PEER_MAGIC_V1,
+    encode_auth, verify_challenge, ClusterSecret, FrameHeader, FrameKind, Hello, CHALLENGE_BYTES,
+    FRAME_HEADER_BYTES, PEER_MAGIC_V1,
 };
 use atoll_net::protocol::{Request, Response};
 use atoll_net::reactor::{
@@ -242,9 +242,16 @@ impl RawPeer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("reading the challenge: {e}"),
             }
-            assert!(Instant::now() < deadline, "timed out waiting for a challenge");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for a challenge"
+            );
         }
-        assert_eq!(got.len(), FRAME_HEADER_BYTES + CHALLENGE_BYTES, "only a CHALLENGE");
+        assert_eq!(
+            got.len(),
+            FRAME_HEADER_BYTES + CHALLENGE_BYTES,
+            "only a CHALLENGE"
+        );
         let header = FrameHeader::decode(got[..8].try_into().unwrap(), 1 << 20).unwrap();
         assert_eq!(header.kind, FrameKind::Challenge);
         (peer, hello_payload, got[FRAME_HEADER_BYTES..].to_vec())
@@ -274,7 +281,11 @@ impl RawPeer {
         match (&self.stream).read(&mut buf) {
             Ok(0) => true,
             Ok(n) if n <= FRAME_HEADER_BYTES + CHALLENGE_BYTES => {
-                assert_eq!(buf[4], FrameKind::Challenge as u8, "only a CHALLENGE is written");
+                assert_eq!(
+                    buf[4],
+                    FrameKind::Challenge as u8,
+                    "only a CHALLENGE is written"
+                );
                 self.is_closed()
             }
             Ok(_) => panic!("a peer connection's receiver wrote more than a CHALLENGE"),
