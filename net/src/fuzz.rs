@@ -97,8 +97,8 @@ fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (Header, &[u8])> {
 }
 
 /// Decodes `bytes` as the stream an inbound peer connection receives after its magic word (a
-/// hello, an AUTH, then messages and pings), as the reactor does. A decoded hello must re-encode to the
-/// very bytes it came from. Returns the frames decoded (hello included).
+/// hello, an AUTH, then messages and pings), as the reactor does. A decoded hello must
+/// re-encode to the very bytes it came from. Returns the frames decoded (hello included).
 pub fn decode_peer_frame_bytes(bytes: &[u8]) -> usize {
     let summary = crate::peer::decode_stream(bytes, BODY_BYTES_MAX as u32);
     let Some(hello) = &summary.hello else {

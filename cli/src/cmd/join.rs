@@ -15,7 +15,8 @@ use crate::node::{self, config::NodeConfig};
 /// Asks a node of the cluster (any of --cluster) for its members, checks that the id and
 /// address are free, checks that the join token is the cluster's (a node of the cluster proves
 /// it holds the token's secret, for the token's cluster id), and sets up DIR: atoll.conf (with
-/// the cluster id and the addresses to join through), cluster.secret and an empty Raft log. Then run it with `atoll start --data-dir DIR`: at its
+/// the cluster id and the addresses to join through), cluster.secret and an empty Raft log.
+/// Then run it with `atoll start --data-dir DIR`: at its
 /// first start it asks the leader to add it (as a spare, as dqlite does), the leader promotes it
 /// as the cluster needs (automatic roles: 3 voters, then up to 3 standbys), and it catches up
 /// from the log, or from a snapshot when the log was compacted.
