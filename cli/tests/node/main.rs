@@ -9,7 +9,7 @@
 //! - `t13_commands`: `atoll demo`, `atoll init` refusals, a clean SIGTERM stop, a locked data
 //!   directory.
 //! - `t14_protocol`: membership requests on one node; a DUMP streamed in pieces.
-//! - `t56_peer_auth`: forged peer traffic with and without the secret; idle clients vs peers.
+//! - `t57_peer_auth`: forged peer traffic with and without the secret; idle clients vs peers.
 //! - `t20_cluster`: three nodes from `atoll init` + `atoll join`, identical databases; failover
 //!   under a write loop; a restarted node catches up.
 //! - `t21_membership`: joins, promotions, removals (also the dqlite shell's `.remove`) and a
@@ -42,4 +42,4 @@ mod t52_bad_input;
 mod t54_forged_peer_messages;
 mod t55_cluster_faults;
 mod t56_disk_full;
-mod t56_peer_auth;
+mod t57_peer_auth;

@@ -1,21 +1,51 @@
-//! Raft messages forged on the peer port (a peer that passes the hello: right node and
-//! cluster ids) with fields out of range: the node refuses each one, changes nothing, stays up
-//! and keeps serving. A heartbeat whose commit lay beyond the log used to abort the process.
+//! Raft messages forged on the peer port (a peer that passes the hello and the handshake: right
+//! node and cluster ids, the cluster secret, a member's id) with fields out of range: the node
+//! refuses each one, changes nothing, stays up and keeps serving. A heartbeat whose commit lay
+//! beyond the log used to abort the process.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use atoll_net::client::{ClientConfig, Connection};
-use atoll_net::peer::{message_header, Hello, PEER_MAGIC_V1};
+use atoll_net::peer::{
+    encode_auth, message_header, verify_challenge, ClusterSecret, Hello, CHALLENGE_BYTES,
+    FRAME_HEADER_BYTES, PEER_MAGIC_V1,
+};
 use atoll_net::protocol::Value;
 use atoll_raft::{codec, LogIndex, Message, MessageKind, NodeId, Term};
 
-use crate::support::{AtollNode, Node};
+use crate::support::{atoll, AtollNode, Node};
 
 #[test]
 fn test_forged_raft_messages_change_nothing_and_kill_nothing() {
     let mut node = AtollNode::start();
+    // Node 77 is made a member (a spare at an address nobody serves): only members' messages
+    // reach raft.
+    atoll(&[
+        "add",
+        "--cluster",
+        node.address(),
+        "--id",
+        "77",
+        "--address",
+        "127.0.0.1:9",
+    ])
+    .ok();
+    let data = node.data_dir();
+    let token = atoll(&["token", "--data-dir", data.to_str().unwrap()]);
+    let digits = token
+        .ok()
+        .trim()
+        .strip_prefix("atoll1-")
+        .unwrap()
+        .to_owned();
+    let cluster_id = u64::from_str_radix(&digits[..16], 16).unwrap();
+    let mut secret = [0u8; 32];
+    for (i, byte) in secret.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[16 + 2 * i..18 + 2 * i], 16).unwrap();
+    }
+    let secret = ClusterSecret::from_bytes(secret);
     let before = node.metadata().expect("metadata");
     assert_eq!(before.state, 3, "leads");
     let (me, forger) = (NodeId(before.id), NodeId(77));
@@ -40,21 +70,32 @@ fn test_forged_raft_messages_change_nothing_and_kill_nothing() {
     round.context = u64::MAX;
     forged.push(round);
 
-    let mut bytes = PEER_MAGIC_V1.to_le_bytes().to_vec();
+    let mut hello = PEER_MAGIC_V1.to_le_bytes().to_vec();
     Hello {
         from: forger.0,
         to: me.0,
-        cluster_id: before.cluster_id,
+        cluster_id,
         incarnation: 1,
+        nonce: [7; 16],
         address: "127.0.0.1:9".to_owned(),
     }
-    .encode(&mut bytes);
+    .encode(&mut hello);
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(&hello).unwrap();
+    let mut challenge = [0u8; FRAME_HEADER_BYTES + CHALLENGE_BYTES];
+    stream.read_exact(&mut challenge).unwrap();
+    let hello_payload = &hello[8 + FRAME_HEADER_BYTES..];
+    let nonce = verify_challenge(&secret, hello_payload, &challenge[FRAME_HEADER_BYTES..]).unwrap();
+    let mut bytes = Vec::new();
+    encode_auth(&secret, hello_payload, &nonce, &mut bytes);
     for message in &forged {
         let encoded = codec::encode_message_to_vec(message);
         bytes.extend_from_slice(&message_header(encoded.len() as u32));
         bytes.extend_from_slice(&encoded);
     }
-    let mut stream = TcpStream::connect(node.address()).unwrap();
     stream.write_all(&bytes).unwrap();
 
     let exited = node.wait_exit(Duration::from_secs(1));
