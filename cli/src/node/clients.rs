@@ -616,7 +616,11 @@ impl Node {
                     &stream.rows.columns,
                     atoll_net::protocol::response::ROWS_BATCH_BYTES_TARGET,
                 );
-                while stream.row_next < row_count && !batch.is_full() {
+                // A batch takes at least one row even when the column names alone fill it (a
+                // thousand columns): otherwise the stream would send empty batches for ever.
+                while stream.row_next < row_count
+                    && (batch.rows_count() == 0 || !batch.is_full())
+                {
                     cells.clear();
                     let row = stream.rows.row(stream.row_next);
                     cells.extend(

@@ -34,6 +34,7 @@ mod t11_python;
 mod t12_captures;
 mod t13_commands;
 mod t14_protocol;
+mod t15_session;
 mod t20_cluster;
 mod t21_membership;
 mod t50_durability;

@@ -1,0 +1,69 @@
+//! What one client session sees, compared with what SQLite (or the newest dqlite) answers:
+//! results of any shape streamed whole, EXEC of a statement that yields rows, bind errors with
+//! SQLite's own texts, busy answers behind another session's transaction, stored bytes returned
+//! exactly.
+
+use std::time::{Duration, Instant};
+
+use atoll_net::client::{ClientConfig, ClientError, Connection};
+use atoll_net::protocol::Value;
+
+use crate::support::{AtollNode, Node};
+
+fn connect(node: &AtollNode) -> Connection {
+    let mut connection = Connection::connect(node.address(), &ClientConfig::default()).unwrap();
+    connection.open("session").unwrap();
+    connection
+}
+
+fn failure<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (u64, String) {
+    match result {
+        Err(ClientError::Failure { code, message }) => (code, message),
+        other => panic!("expected a FAILURE, got {other:?}"),
+    }
+}
+
+/// Results whose column names alone exceed a 4 KiB ROWS batch (1000 columns), rows of 8 KiB
+/// and a single 8 MiB cell stream whole: dqlite 1.11 answers the first with empty batches for
+/// ever.
+#[test]
+fn test_wide_and_large_results_stream_whole() {
+    let node = AtollNode::start();
+    let mut connection = connect(&node);
+    let params: Vec<Value> = (0..1000).map(Value::Integer).collect();
+    let placeholders = vec!["?"; 1000].join(", ");
+    let result = connection
+        .query_sql(&format!("SELECT {placeholders}"), &params)
+        .unwrap();
+    assert_eq!(result.columns.len(), 1000);
+    assert_eq!(result.rows, vec![params.clone()]);
+    // Three rows of 1000 columns: every batch makes progress.
+    let union = format!("SELECT {placeholders} UNION ALL SELECT {placeholders}");
+    let twice: Vec<Value> = params.iter().chain(&params).cloned().collect();
+    let result = connection.query_sql(&union, &twice).unwrap();
+    assert_eq!(result.rows.len(), 2);
+    connection
+        .exec_sql("CREATE TABLE wide (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    connection
+        .exec_sql(
+            "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 20) \
+             INSERT INTO wide (v) SELECT randomblob(8192) FROM c",
+            &[],
+        )
+        .unwrap();
+    let result = connection.query_sql("SELECT v FROM wide", &[]).unwrap();
+    assert_eq!(result.rows.len(), 20);
+    assert!(result
+        .rows
+        .iter()
+        .all(|row| matches!(&row[0], Value::Blob(b) if b.len() == 8192)));
+    let big: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    connection
+        .exec_sql("INSERT INTO wide (v) VALUES (?)", &[Value::Blob(big.clone())])
+        .unwrap();
+    let result = connection
+        .query_sql("SELECT v FROM wide WHERE length(v) > 10000", &[])
+        .unwrap();
+    assert_eq!(result.rows, vec![vec![Value::Blob(big)]]);
+}
