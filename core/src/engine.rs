@@ -430,6 +430,14 @@ fn misuse(message: &str) -> ExecError {
     ))
 }
 
+/// The error of an EXEC whose statement yields rows (the newest dqlite's code and text).
+fn rows_in_exec() -> ExecError {
+    ExecError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some("rows yielded when none expected for EXEC request".to_string()),
+    ))
+}
+
 /// Whether `sql` starts with `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE` (those take the write lock
 /// at once, so they need the write slot).
 fn begins_write_transaction(sql: &str) -> bool {
@@ -475,7 +483,9 @@ fn collect_rows(
         match statement.step() {
             Ok(Step::Row) => {
                 if !query {
-                    continue;
+                    // As the newest dqlite answers: EXEC is for statements without rows.
+                    statement.reset();
+                    return Err(rows_in_exec());
                 }
                 for column in 0..columns {
                     let value = statement.column_value(column);

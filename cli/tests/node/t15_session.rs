@@ -67,3 +67,36 @@ fn test_wide_and_large_results_stream_whole() {
         .unwrap();
     assert_eq!(result.rows, vec![vec![Value::Blob(big)]]);
 }
+
+/// EXEC and EXEC_SQL of a statement that yields rows fail as the newest dqlite fails them
+/// (FAILURE 1), and bind errors carry SQLite's own code and text.
+#[test]
+fn test_exec_of_rows_and_bind_errors_answer_as_dqlite() {
+    let node = AtollNode::start();
+    let mut connection = connect(&node);
+    connection.exec_sql("CREATE TABLE t (v)", &[]).unwrap();
+    let rows_in_exec = (1, "rows yielded when none expected for EXEC request".to_owned());
+    assert_eq!(
+        failure(connection.exec_sql("SELECT 1", &[])),
+        rows_in_exec
+    );
+    let (statement, _) = connection.prepare("SELECT * FROM (VALUES (1), (2))").unwrap();
+    assert_eq!(failure(connection.exec(statement, &[])), rows_in_exec);
+    // A statement without rows still answers RESULT.
+    connection.exec_sql("INSERT INTO t VALUES (1)", &[]).unwrap();
+    // More values than parameters: SQLITE_RANGE with sqlite3_errstr's text, for every request.
+    let range = (25, "column index out of range".to_owned());
+    let two = [Value::Integer(1), Value::Integer(2)];
+    assert_eq!(
+        failure(connection.exec_sql("INSERT INTO t VALUES (?)", &two)),
+        range
+    );
+    assert_eq!(failure(connection.query_sql("SELECT ?", &two)), range);
+    let (statement, _) = connection.prepare("INSERT INTO t VALUES (?)").unwrap();
+    assert_eq!(failure(connection.exec(statement, &two)), range);
+    let (statement, _) = connection.prepare("SELECT ?").unwrap();
+    assert_eq!(failure(connection.query(statement, &two)), range);
+    // Nothing of the failed requests was written.
+    let count = connection.query_sql("SELECT count(*) FROM t", &[]).unwrap();
+    assert_eq!(count.rows, vec![vec![Value::Integer(1)]]);
+}

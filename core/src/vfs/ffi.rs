@@ -839,24 +839,18 @@ impl RawStmt {
         }
     }
 
-    /// Binds `values` to parameters 1.. and NULL to the rest; errors if there are more values
-    /// than parameters.
+    /// Binds `values` to parameters 1.. and NULL to the rest. More values than parameters fail
+    /// as SQLite's own bind fails (SQLITE_RANGE, "column index out of range"), as dqlite
+    /// answers.
     pub(crate) fn bind_all(&mut self, values: &[Value]) -> Result<(), rusqlite::Error> {
-        if values.len() > self.parameter_count() {
-            return Err(rusqlite::Error::SqliteFailure(
-                ffi::Error::new(ffi::SQLITE_RANGE),
-                Some(format!(
-                    "statement has {} parameters, {} given",
-                    self.parameter_count(),
-                    values.len()
-                )),
-            ));
-        }
         // Placeholders without a value are NULL (as dqlite binds them, and as a fresh SQLite
         // statement reads them), also after an execution that bound them.
-        let nulls = std::iter::repeat_n(&Value::Null, self.parameter_count() - values.len());
+        let nulls = self.parameter_count().saturating_sub(values.len());
+        let nulls = std::iter::repeat_n(&Value::Null, nulls);
         for (index, value) in values.iter().chain(nulls).enumerate() {
-            let position = index as c_int + 1;
+            let Ok(position) = c_int::try_from(index + 1) else {
+                return Err(error_of(self.db, ffi::SQLITE_RANGE));
+            };
             // SAFETY: the statement is live; text and blob pointers are valid for their lengths
             // and SQLITE_TRANSIENT makes SQLite copy them before returning.
             let rc = unsafe {
