@@ -99,6 +99,10 @@ pub struct EngineConfig {
     pub queue_max: usize,
     /// The longest a writer waits for the write slot before failing with a timeout.
     pub queue_wait_max: u64,
+    /// The longest a writer waits while another session's explicit transaction holds the
+    /// write slot before failing with SQLITE_BUSY "database is locked" (as SQLite and dqlite
+    /// answer such a writer). Writers queued behind group commit never see it.
+    pub transaction_wait_max: u64,
     /// The most queued autocommit writes committed together in one command.
     pub group_max: usize,
     /// Checkpoint a database once its WAL holds this many frames.
@@ -131,6 +135,7 @@ impl EngineConfig {
             cache_kib: 256,
             queue_max: 4096,
             queue_wait_max: 10_000,
+            transaction_wait_max: 500,
             group_max: 64,
             checkpoint_frames: 4096,
             checkpoint_jitter_frames: 0,
@@ -297,6 +302,8 @@ struct Database {
     /// A checkpoint's sync and record are with the checkpointer thread: no record is written
     /// for this database, and no checkpoint started, until it answers.
     sync_pending: bool,
+    /// When the session transaction holding `slot` took it (host time).
+    transaction_since: u64,
 }
 
 /// The durable half of one checkpoint, for the checkpointer thread.
@@ -769,6 +776,7 @@ impl Engine {
                 snapshot_token: Arc::new(()),
                 checkpoint_at_frames,
                 sync_pending: false,
+                transaction_since: 0,
             },
         );
         Ok(())
@@ -798,24 +806,36 @@ impl Engine {
     // ---- time, sessions, statements -------------------------------------------------------
 
     /// Tells the engine the host's current time and fails queued writers that waited longer
-    /// than `queue_wait_max` (their completions come out of [`Engine::take_completions`]).
+    /// than `queue_wait_max`, or longer than `transaction_wait_max` behind another session's
+    /// explicit transaction (their completions come out of [`Engine::take_completions`]).
     pub fn set_time(&mut self, now: u64) {
         self.now = now;
         let wait_max = self.config.queue_wait_max;
+        let transaction_wait_max = self.config.transaction_wait_max;
         let mut expired = Vec::new();
         for database in self.databases.values_mut() {
+            let held_since = match database.slot {
+                Slot::Transaction(_) => Some(database.transaction_since),
+                _ => None,
+            };
             database.queue.retain(|waiter| {
                 let waited = now.saturating_sub(waiter.since);
                 if waited >= wait_max {
-                    expired.push((waiter.session, waited));
-                    false
-                } else {
-                    true
+                    expired.push((waiter.session, ExecError::Timeout { waited }));
+                    return false;
                 }
+                if let Some(held_since) = held_since {
+                    let behind = now.saturating_sub(waiter.since.max(held_since));
+                    if behind >= transaction_wait_max {
+                        expired.push((waiter.session, ExecError::Locked { waited: behind }));
+                        return false;
+                    }
+                }
+                true
             });
         }
-        for (session, waited) in expired {
-            self.complete(session, Err(ExecError::Timeout { waited }));
+        for (session, error) in expired {
+            self.complete(session, Err(error));
         }
     }
 
@@ -1274,6 +1294,7 @@ impl Engine {
         };
         let db = self.databases.get_mut(database).expect("pumped");
         db.slot = Slot::Transaction(id);
+        db.transaction_since = self.now;
         sdb.txn = Txn::Write;
         let result = run_target(&mut sdb.conn, &target, &params, query, None);
         self.after_session_statement(id, database, result.map(|(r, _)| r));

@@ -110,6 +110,12 @@ pub struct NodeSettings {
     #[arg(long, value_name = "MS")]
     pub writer_wait_ms: Option<u64>,
 
+    /// How long a write waits while another client's explicit transaction holds the database
+    /// before failing with SQLITE_BUSY "database is locked" (ms; default 500). Writes queued
+    /// behind group commit never fail this way.
+    #[arg(long, value_name = "MS")]
+    pub busy_wait_ms: Option<u64>,
+
     /// Take a snapshot and compact the Raft log every N applied entries (default 8192).
     #[arg(long, value_name = "N")]
     pub snapshot_entries: Option<u64>,
@@ -141,6 +147,7 @@ impl NodeSettings {
             || self.election_timeout_ms.is_some()
             || self.tick_ms.is_some()
             || self.writer_wait_ms.is_some()
+            || self.busy_wait_ms.is_some()
             || self.snapshot_entries.is_some()
             || self.roles.is_some()
             || self.voters.is_some()
@@ -155,6 +162,9 @@ impl NodeSettings {
             .map_err(CliError::new)?;
         if let Some(ms) = self.writer_wait_ms {
             config.writer_wait_ms = ms;
+        }
+        if let Some(ms) = self.busy_wait_ms {
+            config.busy_wait_ms = ms;
         }
         if let Some(entries) = self.snapshot_entries {
             config.snapshot_entries = entries;

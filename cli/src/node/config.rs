@@ -27,6 +27,9 @@ const FORMAT: u64 = 1;
 pub const TICK_MS_DEFAULT: u64 = 10;
 /// How long a writer waits for the write lock of a database by default.
 pub const WRITER_WAIT_MS_DEFAULT: u64 = 5_000;
+/// How long a writer waits behind another session's explicit transaction before SQLITE_BUSY,
+/// by default: well inside the 5 s timeouts of go-dqlite and dqlite-dbapi.
+pub const BUSY_WAIT_MS_DEFAULT: u64 = 500;
 /// Applied entries between two snapshots by default.
 pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 8_192;
 /// Leader heartbeat interval by default: 3 ticks of 10 ms.
@@ -63,6 +66,9 @@ pub struct NodeConfig {
     pub election_ticks_max: u32,
     /// How long a writer waits for a database's write lock before failing with SQLITE_BUSY.
     pub writer_wait_ms: u64,
+    /// How long a writer waits while another session's explicit transaction holds the write
+    /// lock before failing with SQLITE_BUSY "database is locked".
+    pub busy_wait_ms: u64,
     /// A snapshot (and log compaction) after this many applied entries.
     pub snapshot_entries: u64,
     /// Automatic roles: the leader promotes and demotes members to keep `voters` voters and
@@ -92,6 +98,7 @@ impl NodeConfig {
             election_ticks_min: (ELECTION_TIMEOUT_MS_DEFAULT / TICK_MS_DEFAULT) as u32,
             election_ticks_max: (2 * ELECTION_TIMEOUT_MS_DEFAULT / TICK_MS_DEFAULT) as u32,
             writer_wait_ms: WRITER_WAIT_MS_DEFAULT,
+            busy_wait_ms: BUSY_WAIT_MS_DEFAULT,
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
             auto_roles: true,
             voters: VOTERS_DEFAULT,
@@ -202,6 +209,7 @@ impl NodeConfig {
         let _ = writeln!(text, "election_ticks_min = {}", self.election_ticks_min);
         let _ = writeln!(text, "election_ticks_max = {}", self.election_ticks_max);
         let _ = writeln!(text, "writer_wait_ms = {}", self.writer_wait_ms);
+        let _ = writeln!(text, "busy_wait_ms = {}", self.busy_wait_ms);
         let _ = writeln!(text, "snapshot_entries = {}", self.snapshot_entries);
         let roles = if self.auto_roles { "auto" } else { "manual" };
         let _ = writeln!(text, "roles = {roles}");
@@ -263,6 +271,7 @@ impl NodeConfig {
             election_ticks_min: number("election_ticks_min", take("election_ticks_min")?)?,
             election_ticks_max: number("election_ticks_max", take("election_ticks_max")?)?,
             writer_wait_ms: number("writer_wait_ms", take("writer_wait_ms")?)?,
+            busy_wait_ms: BUSY_WAIT_MS_DEFAULT,
             snapshot_entries: number("snapshot_entries", take("snapshot_entries")?)?,
             auto_roles: true,
             voters: VOTERS_DEFAULT,
@@ -285,6 +294,9 @@ impl NodeConfig {
         }
         if let Some(value) = optional("standbys") {
             config.standbys = number("standbys", value)?;
+        }
+        if let Some(value) = optional("busy_wait_ms") {
+            config.busy_wait_ms = number("busy_wait_ms", value)?;
         }
         if let Some(value) = optional("unreachable_ms") {
             config.unreachable_ms = number("unreachable_ms", value)?;

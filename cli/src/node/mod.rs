@@ -309,6 +309,7 @@ impl Node {
             .map_err(|e| start(format!("reading the snapshots: {e}")))?;
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
         engine_config.queue_wait_max = config.writer_wait_ms;
+        engine_config.transaction_wait_max = config.busy_wait_ms;
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
         // Checkpoints stall the loop: small ones (4 MiB of pages: a few milliseconds of copy),
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes

@@ -100,3 +100,29 @@ fn test_exec_of_rows_and_bind_errors_answer_as_dqlite() {
     let count = connection.query_sql("SELECT count(*) FROM t", &[]).unwrap();
     assert_eq!(count.rows, vec![vec![Value::Integer(1)]]);
 }
+
+/// A writer behind another session's explicit transaction gets SQLITE_BUSY "database is
+/// locked" after the bounded wait (500 ms by default), well inside the clients' 5 s timeouts,
+/// and its connection stays usable; once the transaction ends, it writes.
+#[test]
+fn test_writer_behind_an_explicit_transaction_gets_busy_promptly() {
+    let node = AtollNode::start();
+    let mut holder = connect(&node);
+    let mut writer = connect(&node);
+    holder.exec_sql("CREATE TABLE t (v)", &[]).unwrap();
+    holder.exec_sql("BEGIN", &[]).unwrap();
+    holder.exec_sql("INSERT INTO t VALUES (1)", &[]).unwrap();
+    let start = Instant::now();
+    let answer = failure(writer.exec_sql("INSERT INTO t VALUES (2)", &[]));
+    let waited = start.elapsed();
+    assert_eq!(answer, (5, "database is locked".to_owned()));
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    // A write that started to wait while the transaction was open goes once it commits.
+    holder.exec_sql("COMMIT", &[]).unwrap();
+    writer.exec_sql("INSERT INTO t VALUES (2)", &[]).unwrap();
+    let rows = writer.query_sql("SELECT v FROM t ORDER BY v", &[]).unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]);
+}
