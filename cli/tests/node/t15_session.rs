@@ -126,3 +126,32 @@ fn test_writer_behind_an_explicit_transaction_gets_busy_promptly() {
     let rows = writer.query_sql("SELECT v FROM t ORDER BY v", &[]).unwrap();
     assert_eq!(rows.rows, vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]);
 }
+
+/// TEXT holding bytes that are not UTF-8 comes back byte for byte (as dqlite returns it), from
+/// SQL and from a parameter, and still as TEXT.
+#[test]
+fn test_text_that_is_not_utf8_is_returned_exactly() {
+    let node = AtollNode::start();
+    let mut connection = connect(&node);
+    connection.exec_sql("CREATE TABLE t (v)", &[]).unwrap();
+    connection
+        .exec_sql("INSERT INTO t VALUES (CAST(x'ff61c3' AS TEXT))", &[])
+        .unwrap();
+    connection
+        .exec_sql(
+            "INSERT INTO t VALUES (?)",
+            &[Value::RawText(vec![0x80, b'b', 0xfe])],
+        )
+        .unwrap();
+    let rows = connection
+        .query_sql("SELECT v, typeof(v), hex(v) FROM t ORDER BY rowid", &[])
+        .unwrap();
+    let text = |s: &str| Value::Text(s.to_owned());
+    assert_eq!(
+        rows.rows,
+        vec![
+            vec![Value::RawText(vec![0xff, b'a', 0xc3]), text("text"), text("FF61C3")],
+            vec![Value::RawText(vec![0x80, b'b', 0xfe]), text("text"), text("8062FE")],
+        ]
+    );
+}
