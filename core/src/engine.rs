@@ -243,28 +243,24 @@ enum Slot {
     Proposed { proposal: u64, members: Vec<Member> },
 }
 
+/// A session whose request ran in a chain: answered when the chain's command is applied (or
+/// at once if the chain committed nothing). A request that failed after some of its statements
+/// committed is a member too: its error is its answer, its committed statements stay.
 #[derive(Debug)]
 struct Member {
     session: SessionId,
-    response: Response,
+    result: Result<Response, ExecError>,
 }
 
-/// Work waiting for the write slot.
+/// Work waiting for the write slot: a request that runs on the session's own connection.
 #[derive(Debug)]
-enum Work {
-    /// An autocommit write: runs on the database's writer connection, possibly grouped.
-    Autocommit {
-        sql: String,
-        params: Vec<Value>,
-        query: bool,
-        single: bool,
-    },
-    /// A statement of the session's own transaction (or `BEGIN IMMEDIATE`).
-    Session {
-        target: OwnedTarget,
-        params: Vec<Value>,
-        query: bool,
-    },
+struct Work {
+    target: OwnedTarget,
+    params: Vec<Value>,
+    query: bool,
+    /// Runs as a chain of its own: it may open a transaction (transaction control in its text,
+    /// `BEGIN IMMEDIATE`, a write inside a read transaction).
+    alone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -283,9 +279,11 @@ struct Waiter {
 struct Database {
     path: PathBuf,
     files: Arc<DbFiles>,
-    writer: Conn,
     control: Conn,
     slot: Slot,
+    /// Members of the chain a session transaction (holding `slot`) continues: answered with
+    /// the chain's command once the transaction ends.
+    chain_members: Vec<Member>,
     queue: VecDeque<Waiter>,
     /// The durable record as last written.
     record: Record,
@@ -457,20 +455,63 @@ fn begins_write_transaction(sql: &str) -> bool {
         && (second.eq_ignore_ascii_case("IMMEDIATE") || second.eq_ignore_ascii_case("EXCLUSIVE"))
 }
 
-/// Runs one statement: binds `params`, steps, and returns the response. `batch` limits the
-/// bytes of rows collected (`None`: all rows); the bool says whether rows remain.
-fn run_statement(
-    statement: &mut RawStmt,
-    params: &[Value],
-    query: bool,
-    batch: Option<usize>,
-    conn_result: impl Fn() -> (i64, u64),
-) -> Result<(Response, bool), ExecError> {
-    if let Err(error) = statement.bind_all(params) {
-        statement.reset();
-        return Err(error.into());
+/// Whether any statement of `sql` starts with a transaction-control keyword (`BEGIN`,
+/// `SAVEPOINT`, ...): such text may leave a transaction open, so it runs as a chain of its own.
+/// A lexical scan (quotes, identifiers and comments skipped); a false positive only costs
+/// grouping.
+fn has_transaction_control(sql: &str) -> bool {
+    const KEYWORDS: [&str; 6] = ["BEGIN", "SAVEPOINT", "COMMIT", "END", "ROLLBACK", "RELEASE"];
+    let bytes = sql.as_bytes();
+    let mut at = 0;
+    let mut statement_start = true;
+    // Bounded: every iteration advances `at`.
+    while at < bytes.len() {
+        let byte = bytes[at];
+        match byte {
+            b'\'' | b'"' | b'`' | b'[' => {
+                let close = if byte == b'[' { b']' } else { byte };
+                at += 1;
+                while at < bytes.len() && bytes[at] != close {
+                    at += 1;
+                }
+                at += 1;
+                statement_start = false;
+            }
+            b'-' if bytes.get(at + 1) == Some(&b'-') => {
+                while at < bytes.len() && bytes[at] != b'\n' {
+                    at += 1;
+                }
+            }
+            b'/' if bytes.get(at + 1) == Some(&b'*') => {
+                at += 2;
+                while at < bytes.len() && !(bytes[at] == b'*' && bytes.get(at + 1) == Some(&b'/')) {
+                    at += 1;
+                }
+                at += 2;
+            }
+            b';' => {
+                statement_start = true;
+                at += 1;
+            }
+            _ if byte.is_ascii_whitespace() => at += 1,
+            _ if byte.is_ascii_alphabetic() || byte == b'_' => {
+                let end = bytes[at..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
+                    .map_or(bytes.len(), |length| at + length);
+                if statement_start && KEYWORDS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(&bytes[at..end])) {
+                    return true;
+                }
+                statement_start = false;
+                at = end;
+            }
+            _ => {
+                statement_start = false;
+                at += 1;
+            }
+        }
     }
-    collect_rows(statement, query, batch, conn_result)
+    false
 }
 
 fn collect_rows(
@@ -546,6 +587,16 @@ fn run_target(
             let outcome = collect_rows(statement, query, batch, || (0, 0))?;
             Ok(fill_exec(outcome, connection_result(conn)))
         }
+        OwnedTarget::Sql(text) if batch.is_none() && conn.is_cached(text) => {
+            // A single statement this connection ran before: no parsing again (the hot path of
+            // autocommit writes).
+            let statement = conn.cached(text)?;
+            statement
+                .bind_all(params)
+                .inspect_err(|_| statement.reset())?;
+            let outcome = collect_rows(statement, query, None, || (0, 0))?;
+            Ok(fill_exec(outcome, connection_result(conn)))
+        }
         OwnedTarget::Sql(text) => {
             let mut offset = 0;
             let mut first = true;
@@ -562,11 +613,15 @@ fn run_target(
                 let Some(statement) = statement else {
                     break;
                 };
-                conn.keep(AD_HOC_STATEMENT, statement);
-                let statement = conn.kept(AD_HOC_STATEMENT).expect("just kept");
                 let is_last = text[offset.min(text.len())..]
                     .trim_matches(|c: char| c.is_whitespace() || c == ';')
                     .is_empty();
+                if first && is_last && batch.is_none() {
+                    conn.cache(text, statement);
+                    return run_target(conn, target, params, query, batch);
+                }
+                conn.keep(AD_HOC_STATEMENT, statement);
+                let statement = conn.kept(AD_HOC_STATEMENT).expect("just kept");
                 let batch = if is_last && statement.readonly() {
                     batch
                 } else {
@@ -748,12 +803,7 @@ impl Engine {
             capture_bytes_max: self.config.transaction_bytes_max,
         };
         let files = self.vfs.add_database(&path, options)?;
-        let opened =
-            Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib).and_then(|control| {
-                let writer = Conn::open(&self.vfs, &path, Role::Capture, self.config.cache_kib)?;
-                Ok((control, writer))
-            });
-        let (control, writer) = match opened {
+        let control = match Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib) {
             Ok(connections) => connections,
             Err(error) => {
                 self.vfs.remove_database(&path);
@@ -766,9 +816,9 @@ impl Engine {
             Database {
                 path,
                 files,
-                writer,
                 control,
                 slot: Slot::Free,
+                chain_members: Vec::new(),
                 queue: VecDeque::new(),
                 record,
                 last_command_index: record.last_command_index,
@@ -877,7 +927,6 @@ impl Engine {
                     sdb.conn.rollback();
                 }
                 if let Some(db) = self.databases.get_mut(database) {
-                    db.files.clear_committed();
                     db.slot = Slot::Free;
                     freed.push(database.clone());
                 }
@@ -889,6 +938,10 @@ impl Engine {
         }
         drop(session);
         for database in freed {
+            // What the chain committed before the transaction still goes.
+            let db = self.databases.get_mut(&database).expect("listed");
+            let members = std::mem::take(&mut db.chain_members);
+            self.end_chain(&database, members);
             self.pump(&database);
         }
     }
@@ -1104,14 +1157,14 @@ impl Engine {
             return self.take_reply(id);
         }
         // Classify by the first statement, prepared on the session's connection.
-        let (readonly, single, sql_text, begins_write) = match &owned {
+        let (readonly, single, transaction_control, begins_write) = match &owned {
             OwnedTarget::Statement(statement) => {
                 let statement = sdb.conn.kept(*statement).expect("checked");
                 let sql = statement.sql();
                 (
                     statement.readonly(),
                     true,
-                    sql.clone(),
+                    has_transaction_control(&sql),
                     begins_write_transaction(&sql),
                 )
             }
@@ -1129,7 +1182,7 @@ impl Engine {
                 let classified = (
                     statement.readonly(),
                     rest,
-                    sql.clone(),
+                    has_transaction_control(sql),
                     begins_write_transaction(sql),
                 );
                 // Kept for the read path, which then runs it without preparing it again.
@@ -1173,19 +1226,11 @@ impl Engine {
                 "one write at a time per session: finish the open transaction first",
             ));
         }
-        let work = if sdb.txn == Txn::Read || begins_write {
-            Work::Session {
-                target: owned,
-                params: params.to_vec(),
-                query,
-            }
-        } else {
-            Work::Autocommit {
-                sql: sql_text,
-                params: params.to_vec(),
-                query,
-                single,
-            }
+        let work = Work {
+            target: owned,
+            params: params.to_vec(),
+            query,
+            alone: sdb.txn == Txn::Read || begins_write || transaction_control,
         };
         self.enqueue(id, database, work)?;
         self.pump(database);
@@ -1235,8 +1280,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Grants the write slot to queued work while it is free: a run of autocommit writes goes
-    /// as one group (one SQLite transaction, one command), a transaction statement alone.
+    /// Grants the write slot to queued work while it is free: a run of up to `group_max`
+    /// requests goes as one chain (one command); work that may open a transaction goes alone.
     fn pump(&mut self, database: &str) {
         // Bounded: every iteration removes at least one waiter from the queue.
         loop {
@@ -1249,13 +1294,13 @@ impl Engine {
             }
             let mut waiters = Vec::new();
             while let Some(front) = db.queue.front() {
-                let autocommit = matches!(front.work, Work::Autocommit { .. });
-                if !waiters.is_empty() && (!autocommit || waiters.len() >= group_max) {
+                if !waiters.is_empty() && (front.work.alone || waiters.len() >= group_max) {
                     break;
                 }
                 let waiter = db.queue.pop_front().expect("front exists");
+                let alone = waiter.work.alone;
                 waiters.push(waiter);
-                if !autocommit {
+                if alone {
                     break;
                 }
             }
@@ -1266,96 +1311,166 @@ impl Engine {
                     });
                 }
             }
-            if matches!(waiters[0].work, Work::Session { .. }) {
-                let waiter = waiters.pop().expect("one waiter");
-                self.run_session_work(database, waiter);
-            } else {
-                self.run_group(database, waiters);
-            }
+            self.run_chain(database, waiters);
         }
     }
 
-    fn run_session_work(&mut self, database: &str, waiter: Waiter) {
-        let Work::Session {
+    /// Runs queued requests one after another, each on its session's own connection (so each
+    /// has SQLite's per-connection semantics: TEMP objects, PRAGMAs, `changes()`, statement by
+    /// statement execution), inside one chain ([`DbFiles::begin_chain`]): each sees what the
+    /// ones before it committed, readers see none of it, and all of it goes as one command.
+    /// A request that leaves a transaction open keeps the slot on top of the chain; the
+    /// requests after it go back to the front of the queue.
+    fn run_chain(&mut self, database: &str, waiters: Vec<Waiter>) {
+        let db = self.databases.get_mut(database).expect("pumped");
+        if let Err(error) = db.files.begin_chain() {
+            let message = error.to_string();
+            for waiter in waiters {
+                let error = io_exec(std::io::Error::other(message.clone()));
+                self.complete(waiter.session, Err(error));
+            }
+            return;
+        }
+        let mut members = Vec::new();
+        let mut waiters = waiters.into_iter();
+        while let Some(waiter) = waiters.next() {
+            let id = waiter.session;
+            match self.run_member(database, waiter) {
+                MemberOutcome::Member(member) => members.push(member),
+                MemberOutcome::Answer(result) => self.complete(id, result),
+                MemberOutcome::Transaction(result) => {
+                    let now = self.now;
+                    let db = self.databases.get_mut(database).expect("pumped");
+                    db.slot = Slot::Transaction(id);
+                    db.transaction_since = now;
+                    db.chain_members = members;
+                    let rest: Vec<Waiter> = waiters.collect();
+                    for waiter in rest.into_iter().rev() {
+                        if let Some(session) = self.sessions.get_mut(&waiter.session) {
+                            session.state.transition(WriteState::Queued {
+                                database: database.to_string(),
+                                since: waiter.since,
+                            });
+                        }
+                        db.queue.push_front(waiter);
+                    }
+                    let session = self.sessions.get_mut(&id).expect("ran");
+                    session.state.transition(WriteState::Transaction {
+                        database: database.to_string(),
+                    });
+                    self.completions.push(Completion {
+                        session: id,
+                        result,
+                    });
+                    return;
+                }
+            }
+        }
+        self.end_chain(database, members);
+    }
+
+    /// Runs one request of a chain on its session's connection.
+    fn run_member(&mut self, database: &str, waiter: Waiter) -> MemberOutcome {
+        let bytes_max = self.config.transaction_bytes_max;
+        let id = waiter.session;
+        let db = self.databases.get_mut(database).expect("pumped");
+        let Some(sdb) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|session| session.databases.get_mut(database))
+        else {
+            return MemberOutcome::Answer(Err(ExecError::DatabaseNotOpen(database.to_string())));
+        };
+        let frames_before = live_max_frame(&db.files);
+        let Work {
             target,
             params,
             query,
-        } = waiter.work
-        else {
-            unreachable!("session work");
-        };
-        let id = waiter.session;
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        let Some(sdb) = session.databases.get_mut(database) else {
-            self.complete(id, Err(ExecError::DatabaseNotOpen(database.to_string())));
-            return;
-        };
-        let db = self.databases.get_mut(database).expect("pumped");
-        db.slot = Slot::Transaction(id);
-        db.transaction_since = self.now;
-        sdb.txn = Txn::Write;
-        let result = run_target(&mut sdb.conn, &target, &params, query, None);
-        self.after_session_statement(id, database, result.map(|(r, _)| r));
+            ..
+        } = waiter.work;
+        let result = run_target(&mut sdb.conn, &target, &params, query, None).map(|(r, _)| r);
+        let result = too_large(&db.files, result, bytes_max);
+        if !sdb.conn.is_autocommit() {
+            match keep_transaction(&db.files, &mut sdb.conn) {
+                Ok(()) => {
+                    sdb.txn = Txn::Write;
+                    return MemberOutcome::Transaction(result);
+                }
+                Err(error) => {
+                    sdb.txn = Txn::None;
+                    return MemberOutcome::Member(Member {
+                        session: id,
+                        result: Err(error),
+                    });
+                }
+            }
+        }
+        sdb.txn = Txn::None;
+        match result {
+            Err(error) if live_max_frame(&db.files) == frames_before => {
+                MemberOutcome::Answer(Err(error))
+            }
+            result => MemberOutcome::Member(Member {
+                session: id,
+                result,
+            }),
+        }
     }
 
-    /// After a statement ran on a session's connection while it held the write slot: keep the
-    /// slot while the transaction is open; once it ends, propose its frames (or release).
+    /// Closes the database's chain and proposes what it committed, answering `members` when
+    /// it is applied (at once if nothing was committed).
+    fn end_chain(&mut self, database: &str, members: Vec<Member>) {
+        let db = self.databases.get_mut(database).expect("open database");
+        if let Err(error) = db.files.end_chain() {
+            db.files.clear_committed();
+            let message = error.to_string();
+            for member in members {
+                let error = io_exec(std::io::Error::other(message.clone()));
+                self.complete(member.session, Err(error));
+            }
+            return;
+        }
+        self.finish_commit(database, members);
+    }
+
+    /// After a statement ran on a session's connection while its transaction held the write
+    /// slot: keep the slot while the transaction is open; once it ends, propose the chain's
+    /// frames (with the members that ran before the transaction) or release.
     fn after_session_statement(
         &mut self,
         id: SessionId,
         database: &str,
         result: Result<Response, ExecError>,
     ) {
+        let bytes_max = self.config.transaction_bytes_max;
         let session = self.sessions.get_mut(&id).expect("running session");
         let sdb = session.databases.get_mut(database).expect("open database");
         let db = self.databases.get_mut(database).expect("open database");
-        let overflow = db.files.take_overflow();
-        let result = result.map_err(|error| match error {
-            ExecError::Sqlite(_) if overflow => ExecError::TransactionTooLarge {
-                bytes_max: self.config.transaction_bytes_max,
-            },
-            other => other,
-        });
+        let mut result = too_large(&db.files, result, bytes_max);
         if !sdb.conn.is_autocommit() {
-            session.state.transition(WriteState::Transaction {
-                database: database.to_string(),
-            });
-            self.completions.push(Completion {
-                session: id,
-                result,
-            });
-            return;
+            match keep_transaction(&db.files, &mut sdb.conn) {
+                Ok(()) => {
+                    session.state.transition(WriteState::Transaction {
+                        database: database.to_string(),
+                    });
+                    self.completions.push(Completion {
+                        session: id,
+                        result,
+                    });
+                    return;
+                }
+                Err(error) => result = Err(error),
+            }
         }
         sdb.txn = Txn::None;
         db.slot = Slot::Free;
-        match result {
-            Ok(response) => self.finish_commit(
-                database,
-                vec![Member {
-                    session: id,
-                    response,
-                }],
-            ),
-            Err(error) => {
-                db.files.clear_committed();
-                self.complete(id, Err(error));
-            }
-        }
+        let mut members = std::mem::take(&mut db.chain_members);
+        members.push(Member {
+            session: id,
+            result,
+        });
+        self.end_chain(database, members);
         self.pump(database);
-    }
-
-    fn run_group(&mut self, database: &str, waiters: Vec<Waiter>) {
-        let bytes_max = self.config.transaction_bytes_max;
-        let db = self.databases.get_mut(database).expect("pumped");
-        let (answers, members) = run_group_on(db, waiters, bytes_max);
-        for (session, result) in answers {
-            self.complete(session, result);
-        }
-        if let Some(members) = members {
-            self.finish_commit(database, members);
-        }
     }
 
     /// Turns the frames the last transaction left in the capture buffer into a proposal whose
@@ -1396,7 +1511,7 @@ impl Engine {
             }
             Ok(None) => {
                 for member in members {
-                    self.complete(member.session, Ok(member.response));
+                    self.complete(member.session, member.result);
                 }
             }
             Ok(Some(command)) => {
@@ -1498,7 +1613,6 @@ impl Engine {
         match db.slot {
             Slot::Transaction(id) => {
                 db.slot = Slot::Free;
-                db.files.clear_committed();
                 if let Some(session) = self.sessions.get_mut(&id) {
                     if let Some(sdb) = session.databases.get_mut(database) {
                         sdb.conn.rollback();
@@ -1506,6 +1620,16 @@ impl Engine {
                         sdb.aborted = Some(reason.to_string());
                     }
                     session.state.transition(WriteState::Idle);
+                }
+                if let Err(error) = db.files.end_chain() {
+                    log::error!("{database}: closing an abandoned chain: {error}");
+                }
+                db.files.clear_committed();
+                for member in std::mem::take(&mut db.chain_members) {
+                    self.complete(
+                        member.session,
+                        Err(ExecError::Discarded(reason.to_string())),
+                    );
                 }
             }
             Slot::Proposed { .. } => self.fail_proposed(database, reason),
@@ -1589,7 +1713,7 @@ impl Engine {
         if ours {
             if let Slot::Proposed { members, .. } = std::mem::replace(&mut db.slot, Slot::Free) {
                 for member in members {
-                    self.complete(member.session, Ok(member.response));
+                    self.complete(member.session, member.result);
                 }
             }
         }
@@ -1940,18 +2064,6 @@ pub(crate) struct SnapshotPart {
 /// Suffix of a database file being installed from a snapshot.
 pub(crate) const SNAPSHOT_TEMP_SUFFIX: &str = "-snapshot.tmp";
 
-/// Runs one autocommit statement (exactly one) on the writer, through its statement cache.
-fn run_single(
-    writer: &mut Conn,
-    sql: &str,
-    params: &[Value],
-    query: bool,
-) -> Result<Response, ExecError> {
-    let statement = writer.cached(sql)?;
-    let outcome = run_statement(statement, params, query, None, || (0, 0))?;
-    Ok(fill_exec(outcome, (writer.last_insert_rowid(), writer.changes())).0)
-}
-
 /// Whether `path` starts like an SQLite database (other files in the directory are left alone).
 fn is_sqlite_file(path: &Path) -> bool {
     use std::io::Read;
@@ -1970,141 +2082,55 @@ fn write_empty_database(path: &Path, page_size: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn too_large(files: &DbFiles, error: ExecError, bytes_max: usize) -> ExecError {
-    if files.take_overflow() {
-        ExecError::TransactionTooLarge { bytes_max }
-    } else {
-        error
-    }
+
+/// What one request of a chain came to.
+enum MemberOutcome {
+    /// It is a member: answered with the chain's command.
+    Member(Member),
+    /// It committed nothing: answered now.
+    Answer(Result<Response, ExecError>),
+    /// It left a transaction open: it holds the slot, on top of the chain.
+    Transaction(Result<Response, ExecError>),
 }
 
-type Answers = Vec<(SessionId, Result<Response, ExecError>)>;
+/// `mxFrame` of the live wal-index header (0 before SQLite initialised it).
+fn live_max_frame(files: &DbFiles) -> u32 {
+    files
+        .index_header()
+        .ok()
+        .flatten()
+        .map_or(0, |header| header.max_frame)
+}
 
-/// Runs a group of autocommit writes on the writer connection: one statement alone as its own
-/// transaction, several inside one transaction with a SAVEPOINT each (a failing member is rolled
-/// back to its savepoint and answered with its own error). Returns the answers to give now and,
-/// if the transaction committed, the members whose answer waits for the command's apply.
-fn run_group_on(
-    db: &mut Database,
-    waiters: Vec<Waiter>,
+/// A failed statement that overflowed the capture limit is reported as too large.
+fn too_large(
+    files: &DbFiles,
+    result: Result<Response, ExecError>,
     bytes_max: usize,
-) -> (Answers, Option<Vec<Member>>) {
-    let mut answers: Answers = Vec::new();
-    if waiters.len() == 1 {
-        if let Work::Autocommit {
-            sql,
-            params,
-            query,
-            single: true,
-        } = &waiters[0].work
-        {
-            let session = waiters[0].session;
-            return match run_single(&mut db.writer, sql, params, *query) {
-                Ok(response) => (answers, Some(vec![Member { session, response }])),
-                Err(error) => {
-                    db.writer.rollback();
-                    db.files.clear_committed();
-                    let error = too_large(&db.files, error, bytes_max);
-                    answers.push((session, Err(error)));
-                    (answers, None)
-                }
-            };
-        }
+) -> Result<Response, ExecError> {
+    let overflow = files.take_overflow();
+    result.map_err(|error| match error {
+        ExecError::Sqlite(_) if overflow => ExecError::TransactionTooLarge { bytes_max },
+        other => other,
+    })
+}
+
+/// A connection was left inside a transaction on top of the open chain. If it holds the write
+/// lock (or the chain committed nothing), the transaction continues: the chain's committed
+/// frames are concealed from new readers. A transaction that has not written yet, opened after
+/// statements of the chain committed ("COMMIT; BEGIN" in one request), could not write on top
+/// of concealed frames: it is rolled back with an error.
+fn keep_transaction(files: &DbFiles, conn: &mut Conn) -> Result<(), ExecError> {
+    if files.capture_active() || !files.chain_committed() {
+        files.conceal_chain()?;
+        return Ok(());
     }
-    if let Err(error) = db.writer.execute_batch("BEGIN IMMEDIATE") {
-        let message = error.to_string();
-        for waiter in waiters {
-            let error = ExecError::Aborted(format!("group could not begin: {message}"));
-            answers.push((waiter.session, Err(error)));
-        }
-        return (answers, None);
-    }
-    let mut members = Vec::new();
-    let mut lost: Option<String> = None;
-    let mut failed: Vec<(SessionId, Option<ExecError>)> = Vec::new();
-    for waiter in waiters {
-        let Work::Autocommit {
-            sql,
-            params,
-            query,
-            single,
-        } = &waiter.work
-        else {
-            unreachable!("groups hold autocommit work only");
-        };
-        if lost.is_some() {
-            failed.push((waiter.session, None));
-            continue;
-        }
-        let result = db
-            .writer
-            .execute_batch("SAVEPOINT atoll_member")
-            .map_err(ExecError::from)
-            .and_then(|()| {
-                if *single {
-                    run_single(&mut db.writer, sql, params, *query)
-                } else {
-                    let target = OwnedTarget::Sql(sql.clone());
-                    run_target(&mut db.writer, &target, params, *query, None).map(|(r, _)| r)
-                }
-            });
-        match result {
-            Ok(response) => match db.writer.execute_batch("RELEASE atoll_member") {
-                Ok(()) => members.push(Member {
-                    session: waiter.session,
-                    response,
-                }),
-                Err(error) => {
-                    lost = Some(error.to_string());
-                    failed.push((waiter.session, Some(ExecError::from(error))));
-                }
-            },
-            Err(error) => {
-                let error = too_large(&db.files, error, bytes_max);
-                if db.writer.is_autocommit() {
-                    // SQLite rolled the whole group back (an I/O error, a full capture).
-                    lost = Some(error.to_string());
-                } else {
-                    let _ = db
-                        .writer
-                        .execute_batch("ROLLBACK TO atoll_member; RELEASE atoll_member");
-                }
-                failed.push((waiter.session, Some(error)));
-            }
-        }
-    }
-    if let Some(reason) = &lost {
-        db.writer.rollback();
-        db.files.clear_committed();
-        for member in members.drain(..) {
-            failed.push((member.session, None));
-        }
-        for (session, error) in failed {
-            let error = error.unwrap_or_else(|| {
-                ExecError::Aborted(format!("its group was rolled back: {reason}"))
-            });
-            answers.push((session, Err(error)));
-        }
-        return (answers, None);
-    }
-    for (session, error) in failed {
-        answers.push((
-            session,
-            Err(error.expect("errors of kept groups are known")),
-        ));
-    }
-    if let Err(error) = db.writer.execute_batch("COMMIT") {
-        let error = too_large(&db.files, error.into(), bytes_max);
-        db.writer.rollback();
-        db.files.clear_committed();
-        let message = error.to_string();
-        for member in members {
-            let error = ExecError::Aborted(format!("group commit failed: {message}"));
-            answers.push((member.session, Err(error)));
-        }
-        return (answers, None);
-    }
-    (answers, Some(members))
+    conn.rollback();
+    Err(ExecError::Aborted(
+        "a transaction opened after statements that committed in the same request cannot \
+         continue: send BEGIN in a request of its own"
+            .to_string(),
+    ))
 }
 
 /// Passes `result` on, recording the first failure of a checkpoint's sync in `failure`.
