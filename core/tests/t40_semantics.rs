@@ -677,3 +677,126 @@ fn test_missing_parameters_are_null_and_extra_ones_refused() {
         .unwrap_err();
     assert_eq!(error.code(), 25, "{error}");
 }
+
+#[test]
+fn test_repeated_chains_of_the_same_sessions_stay_consistent() {
+    // Eight sessions write the same page in every round; each round runs as a chain (one
+    // command, the page sent once). The hash entries of the chain's repeated page must all be
+    // removed when it is hidden: a later round on the same connections then writes cleanly,
+    // and followers end up with the same rows.
+    let mut cluster = Cluster::new(1);
+    let admin = session(&mut cluster.leader, "r.db");
+    cluster
+        .write(admin, "r.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, who)", &[])
+        .unwrap();
+    let sessions: Vec<_> = (0..8).map(|_| session(&mut cluster.leader, "r.db")).collect();
+    for _ in 0..5 {
+        for (who, &s) in sessions.iter().enumerate() {
+            cluster
+                .leader
+                .exec(
+                    s,
+                    "r.db",
+                    Target::Sql("INSERT INTO t (who) VALUES (?)"),
+                    &[Value::Integer(who as i64)],
+                )
+                .unwrap();
+        }
+        cluster.commit_all();
+        let completions = cluster.leader.take_completions();
+        assert_eq!(completions.len(), 8);
+        assert!(completions.iter().all(|c| c.result.is_ok()), "{completions:?}");
+    }
+    let count = |engine: &mut atoll_core::Engine, s| {
+        query_all(engine, s, "r.db", "SELECT count(*), sum(who) FROM t").values
+    };
+    assert_eq!(
+        count(&mut cluster.leader, admin),
+        vec![Value::Integer(40), Value::Integer(5 * 28)]
+    );
+    let reader = session(&mut cluster.followers[0], "r.db");
+    assert_eq!(
+        count(&mut cluster.followers[0], reader),
+        vec![Value::Integer(40), Value::Integer(5 * 28)]
+    );
+    assert_eq!(cluster.leader.integrity_check("r.db").unwrap(), vec!["ok"]);
+    assert_eq!(cluster.followers[0].integrity_check("r.db").unwrap(), vec!["ok"]);
+}
+
+#[test]
+fn test_each_session_writes_with_its_own_connection_state() {
+    // Grouped autocommit writes of two sessions: each sees its own TEMP table, its own
+    // PRAGMA foreign_keys and its own last_insert_rowid()/changes(), as on private SQLite
+    // connections; RESULT after DDL keeps the connection's counters.
+    let mut cluster = Cluster::new(0);
+    let a = session(&mut cluster.leader, "s.db");
+    let b = session(&mut cluster.leader, "s.db");
+    cluster
+        .write(
+            a,
+            "s.db",
+            "CREATE TABLE p (id INTEGER PRIMARY KEY); \
+             CREATE TABLE c (id INTEGER PRIMARY KEY, p REFERENCES p(id))",
+            &[],
+        )
+        .unwrap();
+    for s in [a, b] {
+        cluster
+            .write(s, "s.db", "PRAGMA foreign_keys = ON", &[])
+            .unwrap();
+    }
+    cluster.write(b, "s.db", "PRAGMA foreign_keys = OFF", &[]).unwrap();
+    cluster.write(a, "s.db", "CREATE TEMP TABLE tt (v)", &[]).unwrap();
+    // Both queue behind a proposal, then run as one chain.
+    let other = session(&mut cluster.leader, "s.db");
+    let reply = cluster
+        .leader
+        .exec(other, "s.db", Target::Sql("INSERT INTO p VALUES (1)"), &[])
+        .unwrap();
+    assert!(matches!(reply, Reply::Proposed { .. }));
+    let reply = cluster
+        .leader
+        .exec(a, "s.db", Target::Sql("INSERT INTO tt VALUES (1), (2)"), &[])
+        .unwrap();
+    assert_eq!(reply, Reply::Queued);
+    let reply = cluster
+        .leader
+        .exec(b, "s.db", Target::Sql("INSERT INTO c (p) VALUES (42)"), &[])
+        .unwrap();
+    assert_eq!(reply, Reply::Queued);
+    cluster.commit_all();
+    let completions = cluster.leader.take_completions();
+    assert!(completions.iter().all(|c| c.result.is_ok()), "{completions:?}");
+    let rows = query_all(&mut cluster.leader, a, "s.db", "SELECT count(*) FROM tt");
+    assert_eq!(rows.values, vec![Value::Integer(2)]);
+    assert!(cluster
+        .leader
+        .query(b, "s.db", Target::Sql("SELECT * FROM tt"), &[])
+        .is_err());
+    let counters = |engine: &mut atoll_core::Engine, s| {
+        query_all(engine, s, "s.db", "SELECT last_insert_rowid(), changes()").values
+    };
+    assert_eq!(
+        counters(&mut cluster.leader, a),
+        vec![Value::Integer(2), Value::Integer(2)]
+    );
+    assert_eq!(
+        counters(&mut cluster.leader, b),
+        vec![Value::Integer(1), Value::Integer(1)]
+    );
+    // B's foreign keys are off: its orphan row went in. A's are on.
+    let error = cluster
+        .write(a, "s.db", "INSERT INTO c (p) VALUES (43)", &[])
+        .unwrap_err();
+    assert_eq!(error.code(), 787, "{error}");
+    let response = cluster
+        .write(b, "s.db", "CREATE INDEX ci ON c (p)", &[])
+        .unwrap();
+    assert_eq!(
+        response,
+        Response::Exec {
+            last_insert_id: 1,
+            rows_changed: 1
+        }
+    );
+}

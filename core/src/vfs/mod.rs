@@ -1255,14 +1255,16 @@ impl DbState {
 
     /// Removes the index entries of frames `max_frame + 1 ..= touched_frame` (what
     /// `walCleanupHash` achieves, but by probing for each removed frame's page instead of
-    /// scanning all 8192 slots: this runs after every captured commit). Removing later entries
-    /// never breaks the probe chain of an earlier one: an earlier entry's chain only crosses
-    /// slots that were already taken when it was inserted, by even earlier entries.
+    /// scanning all 8192 slots: this runs after every captured commit). Entries go latest
+    /// first: removing a later entry never breaks the probe chain of an earlier one (an earlier
+    /// entry's chain only crosses slots that were already taken when it was inserted, by even
+    /// earlier entries), while removing an earlier one first would cut the chain of a later
+    /// entry of the same page (a chain of transactions writes a page several times).
     fn clean_hash_after(&mut self, max_frame: u32, touched_frame: u32) {
-        for frame in max_frame + 1..=touched_frame {
+        for frame in (max_frame + 1..=touched_frame).rev() {
             let region = wal::frame_region(frame);
             if region >= self.regions.len() {
-                break;
+                continue;
             }
             let index = frame - wal::region_zero(region);
             let entry = wal::region_pages_offset(region) + (index as usize - 1) * 4;
