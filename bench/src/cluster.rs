@@ -52,7 +52,13 @@ fn atoll_binary() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().map_err(|e| format!("locating atoll-bench: {e}"))?;
-    let binary = exe.with_file_name("atoll");
+    let mut binary = exe.with_file_name("atoll");
+    // A test binary lives in `target/<profile>/deps`, beside no `atoll`.
+    if exe.parent().and_then(Path::file_name) == Some(std::ffi::OsStr::new("deps")) {
+        if let Some(profile) = exe.parent().and_then(Path::parent) {
+            binary = profile.join("atoll");
+        }
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // Inside the source tree, always let cargo bring the binary up to date (a no-op when it is):
     // `cargo run -p atoll-bench` does not rebuild `atoll`, and a stale one measures old code.
@@ -763,4 +769,23 @@ pub fn kv(options: &Options) -> Result<(), String> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// One atoll node (`init` + `start`) in a temporary directory, for the suites and tests that
+/// need a real server but no cluster (`sqldiff`). Stopped and removed on drop.
+pub struct SingleNode {
+    cluster: LocalCluster,
+}
+
+impl SingleNode {
+    /// Starts the node and waits until it leads.
+    pub fn start() -> Result<SingleNode, String> {
+        let cluster = LocalCluster::start(Server::Atoll, 1, &[])?;
+        Ok(SingleNode { cluster })
+    }
+
+    /// The node's client address.
+    pub fn address(&self) -> String {
+        self.cluster.nodes[0].address.clone()
+    }
 }

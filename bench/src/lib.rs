@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub mod cluster;
 pub mod core;
+pub mod sqldiff;
 
 /// Options common to every suite, parsed from the command line after the suite name.
 #[derive(Debug, Default, Clone)]

@@ -60,6 +60,12 @@ const SUITES: &[Suite] = &[
                 --seconds S --value-size B; --dqlite runs dqlite-benchmark too)",
         run: atoll_bench::cluster::kv,
     },
+    Suite {
+        name: "sqldiff",
+        about: "differential SQL: seeded scripts through a real node vs local SQLite, answers \
+                compared exactly (--seeds A..B --address HOST:PORT --out DIR)",
+        run: atoll_bench::sqldiff::run,
+    },
 ];
 
 fn usage() -> String {
