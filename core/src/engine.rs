@@ -1304,13 +1304,6 @@ impl Engine {
                     break;
                 }
             }
-            for waiter in &waiters {
-                if let Some(session) = self.sessions.get_mut(&waiter.session) {
-                    session.state.transition(WriteState::Executing {
-                        database: database.to_string(),
-                    });
-                }
-            }
             self.run_chain(database, waiters);
         }
     }
@@ -1335,6 +1328,11 @@ impl Engine {
         let mut waiters = waiters.into_iter();
         while let Some(waiter) = waiters.next() {
             let id = waiter.session;
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.state.transition(WriteState::Executing {
+                    database: database.to_string(),
+                });
+            }
             match self.run_member(database, waiter) {
                 MemberOutcome::Member(member) => members.push(member),
                 MemberOutcome::Answer(result) => self.complete(id, result),
@@ -1344,14 +1342,9 @@ impl Engine {
                     db.slot = Slot::Transaction(id);
                     db.transaction_since = now;
                     db.chain_members = members;
+                    // The requests after it (still queued) wait for the transaction.
                     let rest: Vec<Waiter> = waiters.collect();
                     for waiter in rest.into_iter().rev() {
-                        if let Some(session) = self.sessions.get_mut(&waiter.session) {
-                            session.state.transition(WriteState::Queued {
-                                database: database.to_string(),
-                                since: waiter.since,
-                            });
-                        }
                         db.queue.push_front(waiter);
                     }
                     let session = self.sessions.get_mut(&id).expect("ran");
