@@ -180,7 +180,9 @@ fn bind(statement: &mut rusqlite::Statement<'_>, params: &[Value]) -> rusqlite::
             Value::Integer(v) | Value::UnixTime(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
             Value::Boolean(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*v))),
             Value::Float(v) => ToSqlOutput::Borrowed(ValueRef::Real(*v)),
-            Value::Text(v) | Value::Iso8601(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Value::Text(v) | Value::Iso8601(v) => {
+                ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes()))
+            }
             Value::RawText(v) => ToSqlOutput::Borrowed(ValueRef::Text(v)),
             Value::Blob(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
         };
@@ -265,10 +267,7 @@ impl Local {
             });
         };
         bind(&mut statement, &step.params)?;
-        let columns: Vec<String> = statement
-            .column_names()
-            .map(|c| c.to_string())
-            .collect();
+        let columns: Vec<String> = statement.column_names().map(|c| c.to_string()).collect();
         let count = columns.len();
         let mut rows = statement.raw_query();
         let mut out = Vec::new();
@@ -309,7 +308,15 @@ impl Prng {
     }
 }
 
-const AFFINITIES: [&str; 7] = ["", "INTEGER", "REAL", "TEXT", "BLOB", "NUMERIC", "VARCHAR(8)"];
+const AFFINITIES: [&str; 7] = [
+    "",
+    "INTEGER",
+    "REAL",
+    "TEXT",
+    "BLOB",
+    "NUMERIC",
+    "VARCHAR(8)",
+];
 const TABLES: usize = 3;
 
 fn random_value(rng: &mut Prng) -> Value {
@@ -319,7 +326,8 @@ fn random_value(rng: &mut Prng) -> Value {
         2 | 3 => Value::Integer(rng.below(50) as i64 - 10),
         4 => Value::Float(*rng.pick(&[0.5, -0.0, 2.0, 1e300, -3.25, 0.1, 1e-310])),
         5 | 6 => Value::Text(
-            rng.pick(&["", "a", "abc", "héllo ✓", "it's", "10", "1e3", " x "]).to_string(),
+            rng.pick(&["", "a", "abc", "héllo ✓", "it's", "10", "1e3", " x "])
+                .to_string(),
         ),
         7 => Value::RawText(vec![0xff, b'a', 0xc3, rng.below(256) as u8 | 0x80]),
         8 => Value::Blob((0..rng.below(6)).map(|_| rng.below(256) as u8).collect()),
@@ -404,7 +412,11 @@ pub fn generate(seed: u64) -> Vec<Step> {
             7 => step(
                 session,
                 false,
-                format!("DELETE FROM t{t} WHERE id % {} = {}", rng.below(5) + 3, rng.below(3)),
+                format!(
+                    "DELETE FROM t{t} WHERE id % {} = {}",
+                    rng.below(5) + 3,
+                    rng.below(3)
+                ),
                 vec![],
             ),
             8 => step(
@@ -444,10 +456,18 @@ pub fn generate(seed: u64) -> Vec<Step> {
             12 => step(
                 session,
                 false,
-                format!("CREATE TEMP TABLE IF NOT EXISTS tmp{session} (v); INSERT INTO tmp{session} VALUES (?)"),
+                format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS tmp{session} (v); \
+                     INSERT INTO tmp{session} VALUES (?)"
+                ),
                 vec![random_value(&mut rng)],
             ),
-            13 => step(session, true, format!("SELECT count(*), quote(max(v)) FROM tmp{session}"), vec![]),
+            13 => step(
+                session,
+                true,
+                format!("SELECT count(*), quote(max(v)) FROM tmp{session}"),
+                vec![],
+            ),
             14 => step(
                 session,
                 false,
@@ -478,7 +498,10 @@ pub fn generate(seed: u64) -> Vec<Step> {
             19 => step(
                 session,
                 true,
-                format!("SELECT id, a, b, c, typeof(a), hex(b), length(c) FROM t{t} WHERE id > ? ORDER BY id"),
+                format!(
+                    "SELECT id, a, b, c, typeof(a), hex(b), length(c) FROM t{t} WHERE id > ? \
+                     ORDER BY id"
+                ),
                 vec![Value::Integer(rng.below(10) as i64)],
             ),
             20 => step(
@@ -506,8 +529,12 @@ pub fn generate(seed: u64) -> Vec<Step> {
             _ => step(
                 session,
                 true,
-                format!("SELECT ?, ?, typeof(?)"),
-                vec![random_value(&mut rng), random_value(&mut rng), random_value(&mut rng)],
+                "SELECT ?, ?, typeof(?)",
+                vec![
+                    random_value(&mut rng),
+                    random_value(&mut rng),
+                    random_value(&mut rng),
+                ],
             ),
         };
         steps.push(s);
@@ -561,7 +588,10 @@ fn seeds(options: &Options) -> Result<std::ops::Range<u64>, String> {
     let (a, b) = text
         .split_once("..")
         .ok_or_else(|| format!("--seeds {text}: expected A..B"))?;
-    let parse = |s: &str| s.parse::<u64>().map_err(|_| format!("--seeds {text}: bad number"));
+    let parse = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| format!("--seeds {text}: bad number"))
+    };
     Ok(parse(a)?..parse(b)?)
 }
 
@@ -596,7 +626,10 @@ pub fn run(options: &Options) -> Result<(), String> {
     }
     println!("sqldiff: {count} seeds, {steps} steps matched, {failed} seeds with a mismatch");
     if failed > 0 {
-        return Err(format!("{failed} seeds differ (reproducers in {})", out.display()));
+        return Err(format!(
+            "{failed} seeds differ (reproducers in {})",
+            out.display()
+        ));
     }
     Ok(())
 }

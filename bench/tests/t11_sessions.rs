@@ -129,7 +129,10 @@ fn test_sessions_answer_as_private_sqlite_connections() {
             exec(1, "UPDATE t SET v = v + 1 WHERE v < 3"),
             query(0, "SELECT last_insert_rowid(), changes(), total_changes()"),
             query(1, "SELECT last_insert_rowid(), changes(), total_changes()"),
-            with(exec(1, "INSERT INTO t (v) VALUES (?)"), vec![Value::Integer(9)]),
+            with(
+                exec(1, "INSERT INTO t (v) VALUES (?)"),
+                vec![Value::Integer(9)],
+            ),
             exec(1, "SELECT 1"),
             exec(1, "-- nothing"),
         ],
@@ -160,8 +163,15 @@ fn test_sessions_answer_as_private_sqlite_connections() {
                 "SAVEPOINT a; INSERT INTO m VALUES (3); SAVEPOINT b; INSERT INTO m VALUES (4); \
                  ROLLBACK TO b; RELEASE a",
             ),
-            exec(1, "INSERT INTO m VALUES (10); INSERT INTO nosuch VALUES (1); INSERT INTO m VALUES (11)"),
-            exec(1, "INSERT INTO m VALUES (12); INSERT INTO m VALUES (1); INSERT INTO m VALUES (13)"),
+            exec(
+                1,
+                "INSERT INTO m VALUES (10); INSERT INTO nosuch VALUES (1); \
+                 INSERT INTO m VALUES (11)",
+            ),
+            exec(
+                1,
+                "INSERT INTO m VALUES (12); INSERT INTO m VALUES (1); INSERT INTO m VALUES (13)",
+            ),
             query(0, "SELECT x FROM m ORDER BY x"),
             exec(0, "BEGIN"),
             exec(0, "INSERT INTO m VALUES (20)"),
@@ -212,7 +222,10 @@ fn test_sessions_answer_as_private_sqlite_connections() {
                 "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 10) \
                  INSERT INTO w SELECT randomblob(8192) FROM c",
             ),
-            query(1, "SELECT length(v), hex(substr(v, 1, 4)) = hex(substr(v, 1, 4)) FROM w"),
+            query(
+                1,
+                "SELECT length(v), hex(substr(v, 1, 4)) = hex(substr(v, 1, 4)) FROM w",
+            ),
             with(
                 exec(1, "INSERT INTO w VALUES (?)"),
                 vec![Value::Blob(vec![7; 8 << 20])],
@@ -242,9 +255,7 @@ fn test_concurrent_sessions_keep_their_own_state() {
             let barrier = barrier.clone();
             thread::spawn(move || {
                 let mut remote = Remote::open(&address, "many", 1).unwrap();
-                remote
-                    .run(&exec(0, "CREATE TEMP TABLE mine (id)"))
-                    .unwrap();
+                remote.run(&exec(0, "CREATE TEMP TABLE mine (id)")).unwrap();
                 barrier.wait();
                 for _ in 0..ROWS {
                     let insert = with(
@@ -264,12 +275,19 @@ fn test_concurrent_sessions_keep_their_own_state() {
                     };
                     assert_eq!(rows.len(), 1);
                     assert_eq!(rows[0], vec![Cell::Integer(who as i64), Cell::Integer(1)]);
-                    let record = with(exec(0, "INSERT INTO mine VALUES (?)"), vec![Value::Integer(id)]);
+                    let record = with(
+                        exec(0, "INSERT INTO mine VALUES (?)"),
+                        vec![Value::Integer(id)],
+                    );
                     assert!(!is_failure(&remote.run(&record).unwrap()));
                 }
-                let mine = query(0, "SELECT count(*) FROM mine JOIN t USING (id) WHERE who = ?");
-                let Answer::Rows { rows, .. } =
-                    remote.run(&with(mine, vec![Value::Integer(who as i64)])).unwrap()
+                let mine = query(
+                    0,
+                    "SELECT count(*) FROM mine JOIN t USING (id) WHERE who = ?",
+                );
+                let Answer::Rows { rows, .. } = remote
+                    .run(&with(mine, vec![Value::Integer(who as i64)]))
+                    .unwrap()
                 else {
                     panic!("count failed");
                 };

@@ -499,7 +499,11 @@ fn has_transaction_control(sql: &str) -> bool {
                     .iter()
                     .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
                     .map_or(bytes.len(), |length| at + length);
-                if statement_start && KEYWORDS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(&bytes[at..end])) {
+                if statement_start
+                    && KEYWORDS
+                        .iter()
+                        .any(|k| k.as_bytes().eq_ignore_ascii_case(&bytes[at..end]))
+                {
                     return true;
                 }
                 statement_start = false;
@@ -2074,7 +2078,6 @@ fn write_empty_database(path: &Path, page_size: u32) -> std::io::Result<()> {
     file.write_all(&empty_database_page(page_size))?;
     file.sync_all()
 }
-
 
 /// What one request of a chain came to.
 enum MemberOutcome {

@@ -687,9 +687,16 @@ fn test_repeated_chains_of_the_same_sessions_stay_consistent() {
     let mut cluster = Cluster::new(1);
     let admin = session(&mut cluster.leader, "r.db");
     cluster
-        .write(admin, "r.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, who)", &[])
+        .write(
+            admin,
+            "r.db",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, who)",
+            &[],
+        )
         .unwrap();
-    let sessions: Vec<_> = (0..8).map(|_| session(&mut cluster.leader, "r.db")).collect();
+    let sessions: Vec<_> = (0..8)
+        .map(|_| session(&mut cluster.leader, "r.db"))
+        .collect();
     for _ in 0..5 {
         for (who, &s) in sessions.iter().enumerate() {
             cluster
@@ -705,7 +712,10 @@ fn test_repeated_chains_of_the_same_sessions_stay_consistent() {
         cluster.commit_all();
         let completions = cluster.leader.take_completions();
         assert_eq!(completions.len(), 8);
-        assert!(completions.iter().all(|c| c.result.is_ok()), "{completions:?}");
+        assert!(
+            completions.iter().all(|c| c.result.is_ok()),
+            "{completions:?}"
+        );
     }
     let count = |engine: &mut atoll_core::Engine, s| {
         query_all(engine, s, "r.db", "SELECT count(*), sum(who) FROM t").values
@@ -720,7 +730,10 @@ fn test_repeated_chains_of_the_same_sessions_stay_consistent() {
         vec![Value::Integer(40), Value::Integer(5 * 28)]
     );
     assert_eq!(cluster.leader.integrity_check("r.db").unwrap(), vec!["ok"]);
-    assert_eq!(cluster.followers[0].integrity_check("r.db").unwrap(), vec!["ok"]);
+    assert_eq!(
+        cluster.followers[0].integrity_check("r.db").unwrap(),
+        vec!["ok"]
+    );
 }
 
 #[test]
@@ -745,8 +758,12 @@ fn test_each_session_writes_with_its_own_connection_state() {
             .write(s, "s.db", "PRAGMA foreign_keys = ON", &[])
             .unwrap();
     }
-    cluster.write(b, "s.db", "PRAGMA foreign_keys = OFF", &[]).unwrap();
-    cluster.write(a, "s.db", "CREATE TEMP TABLE tt (v)", &[]).unwrap();
+    cluster
+        .write(b, "s.db", "PRAGMA foreign_keys = OFF", &[])
+        .unwrap();
+    cluster
+        .write(a, "s.db", "CREATE TEMP TABLE tt (v)", &[])
+        .unwrap();
     // Both queue behind a proposal, then run as one chain.
     let other = session(&mut cluster.leader, "s.db");
     let reply = cluster
@@ -756,7 +773,12 @@ fn test_each_session_writes_with_its_own_connection_state() {
     assert!(matches!(reply, Reply::Proposed { .. }));
     let reply = cluster
         .leader
-        .exec(a, "s.db", Target::Sql("INSERT INTO tt VALUES (1), (2)"), &[])
+        .exec(
+            a,
+            "s.db",
+            Target::Sql("INSERT INTO tt VALUES (1), (2)"),
+            &[],
+        )
         .unwrap();
     assert_eq!(reply, Reply::Queued);
     let reply = cluster
@@ -766,7 +788,10 @@ fn test_each_session_writes_with_its_own_connection_state() {
     assert_eq!(reply, Reply::Queued);
     cluster.commit_all();
     let completions = cluster.leader.take_completions();
-    assert!(completions.iter().all(|c| c.result.is_ok()), "{completions:?}");
+    assert!(
+        completions.iter().all(|c| c.result.is_ok()),
+        "{completions:?}"
+    );
     let rows = query_all(&mut cluster.leader, a, "s.db", "SELECT count(*) FROM tt");
     assert_eq!(rows.values, vec![Value::Integer(2)]);
     assert!(cluster
@@ -820,8 +845,12 @@ fn test_text_that_commits_then_opens_a_transaction() {
             &[],
         )
         .unwrap();
-    assert!(matches!(reply, Reply::Done(Response::Exec { .. })), "{reply:?}");
-    let count = |engine: &mut Engine, s| query_all(engine, s, "o.db", "SELECT count(*) FROM t").values;
+    assert!(
+        matches!(reply, Reply::Done(Response::Exec { .. })),
+        "{reply:?}"
+    );
+    let count =
+        |engine: &mut Engine, s| query_all(engine, s, "o.db", "SELECT count(*) FROM t").values;
     assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(0)]);
     assert_eq!(count(&mut cluster.leader, a), vec![Value::Integer(2)]);
     cluster
@@ -829,13 +858,26 @@ fn test_text_that_commits_then_opens_a_transaction() {
         .unwrap();
     assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(3)]);
     let error = cluster
-        .write(a, "o.db", "BEGIN; INSERT INTO t VALUES (4); COMMIT; BEGIN", &[])
+        .write(
+            a,
+            "o.db",
+            "BEGIN; INSERT INTO t VALUES (4); COMMIT; BEGIN",
+            &[],
+        )
         .unwrap_err();
     assert!(matches!(error, ExecError::Aborted(_)), "{error}");
     assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(4)]);
-    cluster.write(a, "o.db", "INSERT INTO t VALUES (5)", &[]).unwrap();
+    cluster
+        .write(a, "o.db", "INSERT INTO t VALUES (5)", &[])
+        .unwrap();
     let reader = session(&mut cluster.followers[0], "o.db");
-    assert_eq!(count(&mut cluster.followers[0], reader), vec![Value::Integer(5)]);
+    assert_eq!(
+        count(&mut cluster.followers[0], reader),
+        vec![Value::Integer(5)]
+    );
     assert_eq!(cluster.leader.integrity_check("o.db").unwrap(), vec!["ok"]);
-    assert_eq!(cluster.followers[0].integrity_check("o.db").unwrap(), vec!["ok"]);
+    assert_eq!(
+        cluster.followers[0].integrity_check("o.db").unwrap(),
+        vec!["ok"]
+    );
 }

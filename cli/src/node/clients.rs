@@ -618,9 +618,7 @@ impl Node {
                 );
                 // A batch takes at least one row even when the column names alone fill it (a
                 // thousand columns): otherwise the stream would send empty batches for ever.
-                while stream.row_next < row_count
-                    && (batch.rows_count() == 0 || !batch.is_full())
-                {
+                while stream.row_next < row_count && (batch.rows_count() == 0 || !batch.is_full()) {
                     cells.clear();
                     let row = stream.rows.row(stream.row_next);
                     cells.extend(

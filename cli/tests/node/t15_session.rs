@@ -60,7 +60,10 @@ fn test_wide_and_large_results_stream_whole() {
         .all(|row| matches!(&row[0], Value::Blob(b) if b.len() == 8192)));
     let big: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
     connection
-        .exec_sql("INSERT INTO wide (v) VALUES (?)", &[Value::Blob(big.clone())])
+        .exec_sql(
+            "INSERT INTO wide (v) VALUES (?)",
+            &[Value::Blob(big.clone())],
+        )
         .unwrap();
     let result = connection
         .query_sql("SELECT v FROM wide WHERE length(v) > 10000", &[])
@@ -75,15 +78,19 @@ fn test_exec_of_rows_and_bind_errors_answer_as_dqlite() {
     let node = AtollNode::start();
     let mut connection = connect(&node);
     connection.exec_sql("CREATE TABLE t (v)", &[]).unwrap();
-    let rows_in_exec = (1, "rows yielded when none expected for EXEC request".to_owned());
-    assert_eq!(
-        failure(connection.exec_sql("SELECT 1", &[])),
-        rows_in_exec
+    let rows_in_exec = (
+        1,
+        "rows yielded when none expected for EXEC request".to_owned(),
     );
-    let (statement, _) = connection.prepare("SELECT * FROM (VALUES (1), (2))").unwrap();
+    assert_eq!(failure(connection.exec_sql("SELECT 1", &[])), rows_in_exec);
+    let (statement, _) = connection
+        .prepare("SELECT * FROM (VALUES (1), (2))")
+        .unwrap();
     assert_eq!(failure(connection.exec(statement, &[])), rows_in_exec);
     // A statement without rows still answers RESULT.
-    connection.exec_sql("INSERT INTO t VALUES (1)", &[]).unwrap();
+    connection
+        .exec_sql("INSERT INTO t VALUES (1)", &[])
+        .unwrap();
     // More values than parameters: SQLITE_RANGE with sqlite3_errstr's text, for every request.
     let range = (25, "column index out of range".to_owned());
     let two = [Value::Integer(1), Value::Integer(2)];
@@ -124,7 +131,10 @@ fn test_writer_behind_an_explicit_transaction_gets_busy_promptly() {
     holder.exec_sql("COMMIT", &[]).unwrap();
     writer.exec_sql("INSERT INTO t VALUES (2)", &[]).unwrap();
     let rows = writer.query_sql("SELECT v FROM t ORDER BY v", &[]).unwrap();
-    assert_eq!(rows.rows, vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]);
+    assert_eq!(
+        rows.rows,
+        vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]
+    );
 }
 
 /// TEXT holding bytes that are not UTF-8 comes back byte for byte (as dqlite returns it), from
@@ -150,8 +160,16 @@ fn test_text_that_is_not_utf8_is_returned_exactly() {
     assert_eq!(
         rows.rows,
         vec![
-            vec![Value::RawText(vec![0xff, b'a', 0xc3]), text("text"), text("FF61C3")],
-            vec![Value::RawText(vec![0x80, b'b', 0xfe]), text("text"), text("8062FE")],
+            vec![
+                Value::RawText(vec![0xff, b'a', 0xc3]),
+                text("text"),
+                text("FF61C3")
+            ],
+            vec![
+                Value::RawText(vec![0x80, b'b', 0xfe]),
+                text("text"),
+                text("8062FE")
+            ],
         ]
     );
 }

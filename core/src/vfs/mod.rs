@@ -715,7 +715,10 @@ impl DbFiles {
     pub(crate) fn begin_chain(&self) -> io::Result<()> {
         let mut state = self.lock_io()?;
         let capture = &mut state.capture;
-        assert!(!capture.active && !capture.chain, "a chain inside a transaction");
+        assert!(
+            !capture.active && !capture.chain,
+            "a chain inside a transaction"
+        );
         capture.chain = true;
         capture.started = false;
         capture.concealed = None;
@@ -761,7 +764,10 @@ impl DbFiles {
     /// No connection may hold the write lock.
     pub(crate) fn end_chain(&self) -> io::Result<()> {
         let mut state = self.lock_io()?;
-        assert!(!state.capture.active, "end_chain while a writer holds the lock");
+        assert!(
+            !state.capture.active,
+            "end_chain while a writer holds the lock"
+        );
         let started = state.capture.started;
         state.capture.chain = false;
         state.capture.started = false;
@@ -842,7 +848,8 @@ impl DbFiles {
         };
         let frame_bytes = self.frame_bytes();
         let buffer = &capture.buffer;
-        let page_of = |slot: usize| byteorder::BigEndian::read_u32_at(&buffer[slot * frame_bytes..], 0);
+        let page_of =
+            |slot: usize| byteorder::BigEndian::read_u32_at(&buffer[slot * frame_bytes..], 0);
         // A chain of transactions may write a page several times: only its last version is
         // part of the committed state (readers never saw the others), so only it is sent.
         let mut last_slot: HashMap<u32, usize> = HashMap::new();

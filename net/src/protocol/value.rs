@@ -4,8 +4,7 @@
 
 use super::codec::{
     pad_to_word, put_blob, put_f64, put_i64, put_text, put_text_bytes, put_u32, put_u64, roundup8,
-    DecodeError,
-    Reader, WORD_BYTES,
+    DecodeError, Reader, WORD_BYTES,
 };
 
 /// Type code of an INTEGER (`int64`).
