@@ -320,6 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn test_text_bytes_that_are_not_utf8_round_trip_exactly() {
+        // SQLite may hold any bytes as TEXT: they travel as a TEXT value, byte for byte, and
+        // decode as RawText (valid UTF-8 still decodes as Text).
+        let values = vec![
+            Value::RawText(vec![0xff, b'a', 0xc3]),
+            Value::Text("ünï".into()),
+        ];
+        let mut out = Vec::new();
+        encode_params(&mut out, &values);
+        assert_eq!(&out[..3], &[2, TYPE_TEXT, TYPE_TEXT]);
+        let mut reader = Reader::new(&out);
+        assert_eq!(decode_params(&mut reader, 8, 0).unwrap(), values);
+        let mut row = Vec::new();
+        encode_row(&mut row, &[ValueRef::RawText(&[0x80, 0x81])]);
+        let mut reader = Reader::new(&row);
+        assert_eq!(
+            decode_row(&mut reader, 1).unwrap(),
+            vec![Value::RawText(vec![0x80, 0x81])]
+        );
+    }
+
+    #[test]
     fn test_params_over_255_use_schema1() {
         // 300 parameters do not fit schema 0's count byte: schema 1 carries a 32-bit count.
         let values: Vec<Value> = (0..300).map(Value::Integer).collect();
