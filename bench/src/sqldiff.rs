@@ -378,9 +378,71 @@ pub fn generate(seed: u64) -> Vec<Step> {
         ));
     }
     steps.push(step(0, false, "CREATE INDEX i0 ON t0 (a, b)", vec![]));
+    steps.push(step(
+        0,
+        false,
+        "CREATE TABLE f (id INTEGER PRIMARY KEY, r REFERENCES t0(id))",
+        vec![],
+    ));
     for _ in 0..STEPS {
         let session = rng.below(SESSIONS);
         let t = rng.below(TABLES);
+        match rng.below(30) {
+            24 | 25 => {
+                // A transaction over several requests of one session (the other waits).
+                steps.push(step(
+                    session,
+                    false,
+                    *rng.pick(&["BEGIN", "BEGIN IMMEDIATE"]),
+                    vec![],
+                ));
+                for _ in 0..rng.below(4) + 1 {
+                    steps.push(step(
+                        session,
+                        rng.below(3) == 0,
+                        format!("INSERT INTO t{t} (a, b) VALUES (?, 'in tx') RETURNING id"),
+                        vec![random_value(&mut rng)],
+                    ));
+                }
+                steps.push(step(
+                    session,
+                    true,
+                    format!("SELECT count(*) FROM t{t}"),
+                    vec![],
+                ));
+                let end = *rng.pick(&["COMMIT", "ROLLBACK", "END"]);
+                steps.push(step(session, false, end, vec![]));
+                continue;
+            }
+            26 => {
+                steps.push(step(
+                    session,
+                    false,
+                    format!("PRAGMA foreign_keys = {}", rng.below(2)),
+                    vec![],
+                ));
+                continue;
+            }
+            27 | 28 => {
+                steps.push(step(
+                    session,
+                    false,
+                    "INSERT INTO f (r) VALUES (?)",
+                    vec![Value::Integer(rng.below(12) as i64)],
+                ));
+                continue;
+            }
+            29 => {
+                steps.push(step(
+                    session,
+                    true,
+                    "SELECT count(*), total(r) FROM f",
+                    vec![],
+                ));
+                continue;
+            }
+            _ => {}
+        }
         let s = match rng.below(24) {
             0..=4 => step(
                 session,
