@@ -2111,20 +2111,21 @@ fn too_large(
     })
 }
 
-/// A connection was left inside a transaction on top of the open chain. If it holds the write
-/// lock (or the chain committed nothing), the transaction continues: the chain's committed
-/// frames are concealed from new readers. A transaction that has not written yet, opened after
-/// statements of the chain committed ("COMMIT; BEGIN" in one request), could not write on top
-/// of concealed frames: it is rolled back with an error.
+/// A connection was left inside a transaction. If the chain committed nothing so far, the
+/// transaction continues (it holds the slot; readers see nothing until it commits). A
+/// transaction opened after statements of the chain committed (`INSERT …; BEGIN; …` or
+/// `COMMIT; BEGIN` in one request) would have to stay open on top of frames no reader may see
+/// yet; SQLite cannot keep them apart from its own (a write transaction treats every frame
+/// past the published header as its own and may rewrite it in place), so it is rolled back
+/// with an error. What committed before it stays.
 fn keep_transaction(files: &DbFiles, conn: &mut Conn) -> Result<(), ExecError> {
-    if files.capture_active() || !files.chain_committed() {
-        files.conceal_chain()?;
+    if !files.chain_committed() {
         return Ok(());
     }
     conn.rollback();
     Err(ExecError::Aborted(
         "a transaction opened after statements that committed in the same request cannot \
-         continue: send BEGIN in a request of its own"
+         stay open: send BEGIN in a request of its own"
             .to_string(),
     ))
 }

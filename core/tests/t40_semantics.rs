@@ -828,52 +828,49 @@ fn test_each_session_writes_with_its_own_connection_state() {
 
 #[test]
 fn test_text_that_commits_then_opens_a_transaction() {
-    // "INSERT; BEGIN; INSERT" in one request: the first insert commits in the chain, the
-    // transaction stays open on top of it (other sessions see neither until it commits, then
-    // both, on every replica). "COMMIT; BEGIN" leaves a transaction that has not written on top
-    // of committed frames: rolled back with an error, what committed stays.
+    // "INSERT; BEGIN; INSERT" in one request: the first insert commits in the chain; the
+    // transaction opened after it cannot stay open on top of unpublished frames, so it is rolled
+    // back with an error, and what committed stays (on every replica). "BEGIN; ...; COMMIT"
+    // in one request, and a transaction over several requests, work as usual.
     let mut cluster = Cluster::new(1);
     let a = session(&mut cluster.leader, "o.db");
     let b = session(&mut cluster.leader, "o.db");
     cluster.write(a, "o.db", "CREATE TABLE t (v)", &[]).unwrap();
-    let reply = cluster
-        .leader
-        .exec(
-            a,
-            "o.db",
-            Target::Sql("INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2)"),
-            &[],
-        )
-        .unwrap();
-    assert!(
-        matches!(reply, Reply::Done(Response::Exec { .. })),
-        "{reply:?}"
-    );
     let count =
         |engine: &mut Engine, s| query_all(engine, s, "o.db", "SELECT count(*) FROM t").values;
-    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(0)]);
-    assert_eq!(count(&mut cluster.leader, a), vec![Value::Integer(2)]);
-    cluster
-        .write(a, "o.db", "INSERT INTO t VALUES (3); COMMIT", &[])
-        .unwrap();
-    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(3)]);
     let error = cluster
         .write(
             a,
             "o.db",
-            "BEGIN; INSERT INTO t VALUES (4); COMMIT; BEGIN",
+            "INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2)",
             &[],
         )
         .unwrap_err();
     assert!(matches!(error, ExecError::Aborted(_)), "{error}");
-    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(4)]);
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(1)]);
+    assert_eq!(count(&mut cluster.leader, a), vec![Value::Integer(1)]);
+    let error = cluster
+        .write(
+            a,
+            "o.db",
+            "BEGIN; INSERT INTO t VALUES (3); COMMIT; BEGIN",
+            &[],
+        )
+        .unwrap_err();
+    assert!(matches!(error, ExecError::Aborted(_)), "{error}");
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(2)]);
     cluster
-        .write(a, "o.db", "INSERT INTO t VALUES (5)", &[])
+        .write(a, "o.db", "BEGIN; INSERT INTO t VALUES (4)", &[])
         .unwrap();
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(2)]);
+    cluster
+        .write(a, "o.db", "INSERT INTO t VALUES (5); COMMIT", &[])
+        .unwrap();
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(4)]);
     let reader = session(&mut cluster.followers[0], "o.db");
     assert_eq!(
         count(&mut cluster.followers[0], reader),
-        vec![Value::Integer(5)]
+        vec![Value::Integer(4)]
     );
     assert_eq!(cluster.leader.integrity_check("o.db").unwrap(), vec!["ok"]);
     assert_eq!(

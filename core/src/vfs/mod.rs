@@ -226,9 +226,6 @@ struct Capture {
     /// The chain's first transaction took the write lock: `saved_header` and `base_frame` are
     /// the chain's, and captured slots are read from `buffer` between its transactions.
     started: bool,
-    /// The live header the chain had committed when [`DbFiles::conceal_chain`] put the saved
-    /// one back (a transaction left open on top of the chain).
-    concealed: Option<[u8; wal::INDEX_HEADER_BYTES]>,
 }
 
 impl Default for Capture {
@@ -246,7 +243,6 @@ impl Default for Capture {
             error: false,
             chain: false,
             started: false,
-            concealed: None,
         }
     }
 }
@@ -688,7 +684,6 @@ impl DbFiles {
             return;
         }
         capture.started = capture.chain;
-        capture.concealed = None;
         capture.saved_header = saved;
         capture.base_frame = wal::raw_header_max_frame(&saved);
         capture.buffer.clear();
@@ -721,43 +716,16 @@ impl DbFiles {
         );
         capture.chain = true;
         capture.started = false;
-        capture.concealed = None;
         Ok(())
-    }
-
-    /// Whether a capture connection holds the WAL write lock now.
-    pub(crate) fn capture_active(&self) -> bool {
-        self.lock().is_ok_and(|state| state.capture.active)
     }
 
     /// Whether the open chain committed frames so far (visible in the live header).
     pub(crate) fn chain_committed(&self) -> bool {
         self.lock().is_ok_and(|state| {
-            let capture = &state.capture;
             let mut live = [0u8; wal::INDEX_HEADER_BYTES];
             state.shm_read(0, 0, &mut live);
-            capture.started && (live != capture.saved_header || capture.concealed.is_some())
+            state.capture.started && live != state.capture.saved_header
         })
-    }
-
-    /// Puts the header from before the chain back while a transaction stays open on top of
-    /// the chain's committed frames (it holds the write lock and its own copy of the header,
-    /// and the frames stay indexed): new readers do not see the chain. The frames committed
-    /// so far are remembered for `end_chain`.
-    pub(crate) fn conceal_chain(&self) -> io::Result<()> {
-        let mut state = self.lock_io()?;
-        if !state.capture.started {
-            return Ok(());
-        }
-        let mut live = [0u8; wal::INDEX_HEADER_BYTES];
-        state.shm_read(0, 0, &mut live);
-        let saved = state.capture.saved_header;
-        if live != saved {
-            state.capture.concealed = Some(live);
-            state.shm_write(0, wal::INDEX_HEADER_BYTES, &saved);
-            state.shm_write(0, 0, &saved);
-        }
-        Ok(())
     }
 
     /// Closes the chain: the hide step for everything it committed (see `take_committed`).
@@ -774,7 +742,6 @@ impl DbFiles {
         if started {
             self.hide_captured(&mut state);
         }
-        state.capture.concealed = None;
         Ok(())
     }
 
@@ -784,13 +751,6 @@ impl DbFiles {
         let frame_bytes = self.frame_bytes();
         let mut live = [0u8; wal::INDEX_HEADER_BYTES];
         state.shm_read(0, 0, &mut live);
-        if live == state.capture.saved_header {
-            if let Some(concealed) = state.capture.concealed.take() {
-                // The transaction left open on top of a chain rolled back: what the chain
-                // committed before it is still the chain's.
-                live = concealed;
-            }
-        }
         let base = state.capture.base_frame;
         let live_max = wal::raw_header_max_frame(&live);
         let capture_slots = state.capture.slots;
