@@ -198,6 +198,16 @@ fn test_sessions_answer_as_private_sqlite_connections() {
             exec(0, "COMMIT"),
             exec(1, "INSERT INTO b VALUES (2)"),
             query(1, "SELECT v FROM b ORDER BY v"),
+            // A transaction that has not written the database blocks no writer.
+            exec(
+                0,
+                "BEGIN; CREATE TEMP TABLE x (v); INSERT INTO x VALUES (1)",
+            ),
+            exec(1, "INSERT INTO b VALUES (3)"),
+            query(0, "SELECT count(*) FROM b"),
+            exec(0, "INSERT INTO b VALUES (4)"),
+            exec(0, "COMMIT"),
+            query(1, "SELECT v FROM b ORDER BY v"),
         ],
     );
     assert_eq!(

@@ -1389,6 +1389,12 @@ impl Engine {
         let result = too_large(&db.files, result, bytes_max);
         if !sdb.conn.is_autocommit() {
             match keep_transaction(&db.files, &mut sdb.conn) {
+                Ok(()) if !db.files.capture_active() => {
+                    // A transaction that has not written (`BEGIN; SELECT …`, or a write that
+                    // failed): like SQLite's, it blocks no writer until it writes.
+                    sdb.txn = Txn::Read;
+                    return MemberOutcome::Answer(result);
+                }
                 Ok(()) => {
                     sdb.txn = Txn::Write;
                     return MemberOutcome::Transaction(result);

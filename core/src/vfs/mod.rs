@@ -719,6 +719,11 @@ impl DbFiles {
         Ok(())
     }
 
+    /// Whether a capture connection holds the WAL write lock now.
+    pub(crate) fn capture_active(&self) -> bool {
+        self.lock().is_ok_and(|state| state.capture.active)
+    }
+
     /// Whether the open chain committed frames so far (visible in the live header).
     pub(crate) fn chain_committed(&self) -> bool {
         self.lock().is_ok_and(|state| {
