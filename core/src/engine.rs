@@ -1254,11 +1254,15 @@ impl Engine {
             }
             _ => {}
         }
-        let position = self
-            .completions
-            .iter()
-            .rposition(|c| c.session == id)
-            .expect("a finished request left its completion");
+        let Some(position) = self.completions.iter().rposition(|c| c.session == id) else {
+            // A member of a chain that another session's transaction continues: answered with
+            // the chain's command (a completion) once that transaction ends.
+            assert!(
+                matches!(session.state, WriteState::Executing { .. }),
+                "a finished request left its completion"
+            );
+            return Ok(Reply::Queued);
+        };
         let completion = self.completions.remove(position);
         completion.result.map(Reply::Done)
     }
