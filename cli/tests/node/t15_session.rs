@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use atoll_net::client::{ClientConfig, ClientError, Connection};
-use atoll_net::protocol::Value;
+use atoll_net::protocol::{Request, Response, RowsEnd, Value};
 
 use crate::support::{AtollNode, Node};
 
@@ -32,6 +32,22 @@ fn test_wide_and_large_results_stream_whole() {
     let mut connection = connect(&node);
     let params: Vec<Value> = (0..1000).map(Value::Integer).collect();
     let placeholders = vec!["?"; 1000].join(", ");
+    // On the wire: the first ROWS message carries the row (not an empty batch, then another).
+    connection
+        .send(&Request::QuerySql {
+            db_id: 0,
+            sql: format!("SELECT {placeholders}"),
+            params: params.clone(),
+        })
+        .unwrap();
+    match connection.receive().unwrap() {
+        Response::Rows(rows) => {
+            assert_eq!(rows.rows.len(), 1, "the first batch holds the row");
+            assert_eq!(rows.rows, vec![params.clone()]);
+            assert_eq!(rows.end, RowsEnd::Done);
+        }
+        other => panic!("{other:?}"),
+    }
     let result = connection
         .query_sql(&format!("SELECT {placeholders}"), &params)
         .unwrap();
