@@ -15,6 +15,10 @@
 //!    copy 0), the hash entries past the saved `mxFrame` are cleaned as `walCleanupHash` does, and
 //!    the committed frames wait in the capture buffer for the engine to encode them.
 //!
+//! Inside a chain ([`DbFiles::begin_chain`] .. [`DbFiles::end_chain`]) step 3 waits for the end
+//! of the chain: the next capture connection's transaction starts on the frames the ones before
+//! it committed (indexed, served from the buffer), and the command carries each page once.
+//!
 //! Readers never see the frames; the writer's own connection sees the header change at its next
 //! read transaction and drops its page cache. [`DbFiles::append_frames`] later writes committed
 //! frames into the WAL and publishes them under the WAL write lock.
@@ -268,7 +272,7 @@ pub struct FrameRef<'a> {
 /// What a connection may do, chosen when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// Session and writer connections: their write transactions are captured, never written.
+    /// Session connections: their write transactions are captured, never written.
     Capture,
     /// The engine's control connection: checkpoints and snapshot reads.
     Plain,
