@@ -17,6 +17,9 @@ use crate::record::{self, Record};
 use crate::value::{Rows, Value};
 use crate::vfs::{Conn, DbFiles, DbOptions, FrameRef, RawStmt, Role, Step, Vfs};
 
+mod limits;
+pub use limits::{DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT};
+
 /// A client session (one client connection of the protocol server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
@@ -118,6 +121,20 @@ pub struct EngineConfig {
     pub sessions_max: usize,
     /// The most prepared statements per session.
     pub statements_max: usize,
+    /// The most bytes of SQL text a session keeps prepared (SQLite's compiled statements take
+    /// a few times their text): past it, PREPARE fails with a limit error.
+    pub statement_bytes_max: usize,
+    /// The most databases the engine holds (each keeps two files and two connections open);
+    /// creating one more fails with [`ExecError::TooManyDatabases`]. Databases replicated from
+    /// the leader are always created.
+    pub databases_max: usize,
+    /// A client transaction (read or write) open longer than this, in host time units, is
+    /// rolled back by [`Engine::set_time`]; the session's next request on that database fails
+    /// with [`ExecError::Aborted`]. 0: no limit.
+    pub transaction_time_max: u64,
+    /// Wall-clock budget for `PRAGMA quick_check` of the databases at [`Engine::open`]; a
+    /// database whose check does not finish in what is left is not checked (logged).
+    pub open_check_budget: std::time::Duration,
 }
 
 impl EngineConfig {
@@ -138,6 +155,10 @@ impl EngineConfig {
             batch_bytes: 64 * 1024,
             sessions_max: 16 * 1024,
             statements_max: 1024,
+            statement_bytes_max: limits::STATEMENT_BYTES_MAX_DEFAULT,
+            databases_max: limits::DATABASES_MAX_DEFAULT,
+            transaction_time_max: 0,
+            open_check_budget: limits::OPEN_CHECK_BUDGET_DEFAULT,
         }
     }
 
@@ -151,6 +172,9 @@ impl EngineConfig {
             return Err(EngineError::Config(
                 "transaction_bytes_max is below two pages",
             ));
+        }
+        if self.databases_max == 0 {
+            return Err(EngineError::Config("databases_max >= 1"));
         }
         if self.group_max == 0 || self.queue_max == 0 || self.checkpoint_frames == 0 {
             return Err(EngineError::Config(
@@ -297,6 +321,9 @@ struct Database {
     /// A checkpoint's sync and record are with the checkpointer thread: no record is written
     /// for this database, and no checkpoint started, until it answers.
     sync_pending: bool,
+    /// Why the database is known to be corrupt (an integrity check, or SQLITE_CORRUPT from a
+    /// statement): writes to it are refused. Sticky until the engine is reopened.
+    corrupt: Option<String>,
 }
 
 /// The durable half of one checkpoint, for the checkpointer thread.
@@ -363,6 +390,8 @@ enum Txn {
 struct SessionDb {
     conn: Conn,
     txn: Txn,
+    /// Host time at which the open transaction (`txn` not `None`) began.
+    txn_since: u64,
     aborted: Option<String>,
 }
 
@@ -376,6 +405,8 @@ struct Session {
     databases: HashMap<String, SessionDb>,
     statements: HashMap<u32, String>,
     next_statement: u32,
+    /// Bytes of SQL text of the statements it keeps prepared.
+    statement_bytes: usize,
     cursor: Option<Cursor>,
 }
 
@@ -670,6 +701,8 @@ impl Engine {
             }
         }
         let mut recovery = Recovery::default();
+        let check_deadline = std::time::Instant::now() + self.config.open_check_budget;
+        let mut unchecked = 0usize;
         for name in names {
             let path = self.config.dir.join(&name);
             let record = record::read(&path)?.expect("listed above");
@@ -705,6 +738,10 @@ impl Engine {
                 0
             };
             self.attach_database(&name, record, replay_through)?;
+            // A database mid-recovery holds a mix of states until replay: not checked.
+            if replay_through == 0 && !self.check_at_open(&name, check_deadline) {
+                unchecked += 1;
+            }
             log::info!(
                 "database {name:?}: checkpoint index {}, replay through {replay_through}",
                 record.checkpoint_index
@@ -714,6 +751,12 @@ impl Engine {
                 checkpoint_index: record.checkpoint_index,
                 replay_through,
             });
+        }
+        if unchecked > 0 {
+            log::info!(
+                "{unchecked} database(s) not quick_checked at open: the budget of {:?} ran out",
+                self.config.open_check_budget
+            );
         }
         Ok(recovery)
     }
@@ -759,6 +802,7 @@ impl Engine {
                 snapshot_token: Arc::new(()),
                 checkpoint_at_frames,
                 sync_pending: false,
+                corrupt: None,
             },
         );
         Ok(())
@@ -807,6 +851,7 @@ impl Engine {
         for (session, waited) in expired {
             self.complete(session, Err(ExecError::Timeout { waited }));
         }
+        self.expire_transactions();
     }
 
     /// Opens a session.
@@ -823,6 +868,7 @@ impl Engine {
                 databases: HashMap::new(),
                 statements: HashMap::new(),
                 next_statement: 1,
+                statement_bytes: 0,
                 cursor: None,
             },
         );
@@ -870,6 +916,11 @@ impl Engine {
             return Err(ExecError::UnknownSession);
         }
         if !self.databases.contains_key(name) {
+            if self.databases.len() >= self.config.databases_max {
+                return Err(ExecError::TooManyDatabases {
+                    databases_max: self.config.databases_max,
+                });
+            }
             self.create_database(name, self.applied_index)
                 .map_err(|error| match error {
                     EngineError::Io(error) => ExecError::Io(error),
@@ -888,6 +939,7 @@ impl Engine {
             SessionDb {
                 conn,
                 txn: Txn::None,
+                txn_since: 0,
                 aborted: None,
             },
         );
@@ -903,6 +955,7 @@ impl Engine {
         sql: &str,
     ) -> Result<(u32, usize), ExecError> {
         let statements_max = self.config.statements_max;
+        let statement_bytes_max = self.config.statement_bytes_max;
         let session = self
             .sessions
             .get_mut(&session)
@@ -914,8 +967,15 @@ impl Engine {
             .databases
             .get_mut(database)
             .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
-        let (statement, _) = sdb.conn.prepare_one(sql)?;
+        let (statement, used) = sdb.conn.prepare_one(sql)?;
         let statement = statement.ok_or_else(|| misuse("no SQL statement to prepare"))?;
+        let bytes = used.min(sql.len());
+        if session.statement_bytes.saturating_add(bytes) > statement_bytes_max {
+            return Err(ExecError::Limit(
+                "bytes of SQL prepared per session (finalize statements first)",
+            ));
+        }
+        session.statement_bytes += bytes;
         let parameters = statement.parameter_count();
         let id = session.next_statement;
         session.next_statement = session.next_statement.wrapping_add(1).max(1);
@@ -945,6 +1005,10 @@ impl Engine {
             session.cursor = None;
         }
         if let Some(sdb) = session.databases.get_mut(&database) {
+            if let Some(kept) = sdb.conn.kept(statement) {
+                let bytes = kept.sql().len();
+                session.statement_bytes = session.statement_bytes.saturating_sub(bytes);
+            }
             sdb.conn.forget(statement);
         }
         Ok(())
@@ -962,7 +1026,9 @@ impl Engine {
         target: Target<'_>,
         params: &[Value],
     ) -> Result<Reply, ExecError> {
-        self.request(session, database, target, params, false)
+        let reply = self.request(session, database, target, params, false);
+        self.note_result(database, reply.as_ref().err());
+        reply
     }
 
     /// Runs a query for the session. A read-only query answers with its first batch of rows
@@ -975,7 +1041,9 @@ impl Engine {
         target: Target<'_>,
         params: &[Value],
     ) -> Result<Reply, ExecError> {
-        self.request(session, database, target, params, true)
+        let reply = self.request(session, database, target, params, true);
+        self.note_result(database, reply.as_ref().err());
+        reply
     }
 
     /// The next batch of rows of the session's unfinished query.
@@ -991,7 +1059,14 @@ impl Engine {
             .get_mut(&cursor.database)
             .ok_or(ExecError::NoQuery)?;
         let statement = sdb.conn.kept(cursor.statement).ok_or(ExecError::NoQuery)?;
-        let (response, more) = collect_rows(statement, true, Some(batch), || (0, 0))?;
+        let (response, more) = match collect_rows(statement, true, Some(batch), || (0, 0)) {
+            Ok(rows) => rows,
+            Err(error) => {
+                let database = cursor.database;
+                self.note_result(&database, Some(&error));
+                return Err(error);
+            }
+        };
         if more {
             session.cursor = Some(cursor);
         } else if cursor.statement == AD_HOC_STATEMENT {
@@ -1026,6 +1101,7 @@ impl Engine {
     ) -> Result<Reply, ExecError> {
         let batch = self.config.batch_bytes;
         let applied_index = self.applied_index;
+        let now = self.now;
         let session = self
             .sessions
             .get_mut(&id)
@@ -1120,6 +1196,7 @@ impl Engine {
             sdb.txn = if sdb.conn.is_autocommit() {
                 Txn::None
             } else if sdb.txn == Txn::None {
+                sdb.txn_since = now;
                 Txn::Read
             } else {
                 sdb.txn
@@ -1187,6 +1264,12 @@ impl Engine {
     fn enqueue(&mut self, id: SessionId, database: &str, work: Work) -> Result<(), ExecError> {
         let queue_max = self.config.queue_max;
         let db = self.databases.get_mut(database).expect("checked by caller");
+        if let Some(reason) = &db.corrupt {
+            return Err(ExecError::Corrupt {
+                database: database.to_string(),
+                reason: reason.clone(),
+            });
+        }
         if db.queue.len() >= queue_max {
             return Err(ExecError::QueueFull {
                 queued_max: queue_max,
@@ -1264,6 +1347,9 @@ impl Engine {
         };
         let db = self.databases.get_mut(database).expect("pumped");
         db.slot = Slot::Transaction(id);
+        if sdb.txn == Txn::None {
+            sdb.txn_since = self.now;
+        }
         sdb.txn = Txn::Write;
         let result = run_target(&mut sdb.conn, &target, &params, query, None);
         self.after_session_statement(id, database, result.map(|(r, _)| r));
@@ -1394,9 +1480,19 @@ impl Engine {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
+        let database = match &session.state {
+            WriteState::Idle => None,
+            WriteState::Queued { database, .. }
+            | WriteState::Executing { database }
+            | WriteState::Transaction { database }
+            | WriteState::Proposed { database, .. } => Some(database.clone()),
+        };
         match session.state {
             WriteState::Transaction { .. } => {}
             _ => session.state.transition(WriteState::Idle),
+        }
+        if let Some(database) = database {
+            self.note_result(&database, result.as_ref().err());
         }
         self.completions.push(Completion {
             session: id,
