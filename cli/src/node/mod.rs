@@ -309,6 +309,8 @@ impl Node {
             .map_err(|e| start(format!("reading the snapshots: {e}")))?;
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
         engine_config.queue_wait_max = config.writer_wait_ms;
+        engine_config.transaction_time_max = config.transaction_timeout_ms;
+        engine_config.databases_max = config.databases_max();
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
         // Checkpoints stall the loop: small ones (4 MiB of pages: a few milliseconds of copy),
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes

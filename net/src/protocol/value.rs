@@ -24,6 +24,9 @@ pub const TYPE_ISO8601: u8 = 10;
 /// Type code of a BOOLEAN (`uint64`, 0 or 1).
 pub const TYPE_BOOLEAN: u8 = 11;
 
+/// The most parameters one request may carry: SQLite's own limit on a statement's variables
+/// (`SQLITE_MAX_VARIABLE_NUMBER`, 32766). More are refused before any is decoded.
+pub const PARAMS_COUNT_MAX: usize = 32766;
 /// Schema 0 parameter tuples count with one byte; more parameters need schema 1.
 pub const PARAMS_SCHEMA0_COUNT_MAX: usize = 255;
 
@@ -218,6 +221,12 @@ pub fn decode_params(
         1 => u64::from(reader.u32("parameter count")?),
         _ => return Err(DecodeError::UnknownSchema { kind, schema }),
     };
+    if count > PARAMS_COUNT_MAX as u64 {
+        return Err(DecodeError::TooManyParameters {
+            count,
+            max: PARAMS_COUNT_MAX,
+        });
+    }
     let count = reader.check_count(count, 1, "parameter type")?;
     let codes = reader.take(count, "parameter types")?;
     for &code in codes {
