@@ -1,0 +1,245 @@
+//! Guards against one client or one bad file hurting the node: no wait inside SQLite (busy
+//! timeout 0), transactions rolled back past their time limit, corrupt databases refusing
+//! writes, the database limit, and SQL bytes prepared per session.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
+
+use atoll_core::{Engine, ExecError, Reply, Target, Value};
+use common::{query_all, session, Cluster};
+
+fn is_aborted(result: Result<Reply, ExecError>) -> String {
+    match result {
+        Err(ExecError::Aborted(reason)) => reason,
+        other => panic!("expected an aborted transaction, got {other:?}"),
+    }
+}
+
+/// A forced (TRUNCATE) checkpoint while a client holds a read transaction used to wait in
+/// rusqlite's 5 s busy handler, on the host's loop thread. It must come back at once, not
+/// complete, and complete once the reader is gone.
+#[test]
+fn test_checkpoint_blocked_by_a_reader_returns_at_once() {
+    let mut cluster = Cluster::new(0);
+    let writer = session(&mut cluster.leader, "db");
+    cluster
+        .write(writer, "db", "CREATE TABLE t(x)", &[])
+        .unwrap();
+    let reader = session(&mut cluster.leader, "db");
+    cluster
+        .leader
+        .exec(reader, "db", Target::Sql("BEGIN"), &[])
+        .unwrap();
+    query_all(&mut cluster.leader, reader, "db", "SELECT count(*) FROM t");
+    for i in 0..20 {
+        cluster
+            .write(writer, "db", "INSERT INTO t VALUES (?)", &[Value::Integer(i)])
+            .unwrap();
+    }
+    let applied = cluster.log.len() as u64;
+    let started = Instant::now();
+    let index = cluster.leader.checkpoint(true).unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "checkpoint took {took:?}");
+    assert!(index.is_some_and(|i| i < applied), "{index:?} with a reader");
+
+    cluster
+        .leader
+        .exec(reader, "db", Target::Sql("COMMIT"), &[])
+        .unwrap();
+    assert_eq!(cluster.leader.checkpoint(true).unwrap(), Some(applied));
+}
+
+#[test]
+fn test_transactions_open_past_the_limit_are_rolled_back() {
+    let mut cluster = Cluster::with_config(0, |c| c.transaction_time_max = 1_000);
+    let writer = session(&mut cluster.leader, "db");
+    cluster
+        .write(writer, "db", "CREATE TABLE t(x)", &[])
+        .unwrap();
+    cluster.leader.set_time(10_000);
+
+    // A reader: its snapshot is released, its next request fails, later ones work.
+    let reader = session(&mut cluster.leader, "db");
+    cluster
+        .leader
+        .exec(reader, "db", Target::Sql("BEGIN"), &[])
+        .unwrap();
+    query_all(&mut cluster.leader, reader, "db", "SELECT count(*) FROM t");
+    // A writer inside an explicit transaction holds the write slot.
+    let holder = session(&mut cluster.leader, "db");
+    for sql in ["BEGIN", "INSERT INTO t VALUES (1)"] {
+        let reply = cluster.leader.exec(holder, "db", Target::Sql(sql), &[]);
+        assert!(matches!(reply, Ok(Reply::Done(_))), "{sql}: {reply:?}");
+    }
+    // Another writer queues behind it.
+    let queued = cluster
+        .leader
+        .exec(writer, "db", Target::Sql("INSERT INTO t VALUES (2)"), &[])
+        .unwrap();
+    assert!(matches!(queued, Reply::Queued));
+
+    cluster.leader.set_time(10_999);
+    assert!(cluster.leader.take_completions().is_empty());
+    cluster.leader.set_time(11_000);
+    // The holder's slot went to the queued writer, which proposed.
+    assert_eq!(cluster.commit_all(), 1);
+    let completions = cluster.leader.take_completions();
+    assert_eq!(completions.len(), 1);
+    assert_eq!(completions[0].session, writer);
+    assert!(completions[0].result.is_ok());
+
+    let reason = is_aborted(cluster.leader.exec(reader, "db", Target::Sql("COMMIT"), &[]));
+    assert!(reason.contains("stayed open"), "{reason}");
+    let reason = is_aborted(cluster.leader.exec(holder, "db", Target::Sql("COMMIT"), &[]));
+    assert!(reason.contains("stayed open"), "{reason}");
+    // The holder's insert is gone, the queued one is in.
+    let rows = query_all(&mut cluster.leader, reader, "db", "SELECT x FROM t");
+    assert_eq!(rows.values, vec![Value::Integer(2)]);
+    // Autocommit requests have no transaction to time out.
+    cluster.leader.set_time(50_000);
+    query_all(&mut cluster.leader, reader, "db", "SELECT x FROM t");
+}
+
+/// Overwrites the b-tree page header of page `page` of `path` with bytes no page has.
+fn corrupt_page(path: &std::path::Path, page: u64, page_size: u64) {
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start((page - 1) * page_size)).unwrap();
+    file.write_all(&[0x55; 16]).unwrap();
+    file.sync_all().unwrap();
+}
+
+fn fill(cluster: &mut Cluster, db: &str) {
+    let s = session(&mut cluster.leader, db);
+    cluster
+        .write(s, db, "CREATE TABLE t(x TEXT)", &[])
+        .unwrap();
+    for i in 0..50 {
+        let text = Value::Text(format!("{i:0>600}"));
+        cluster
+            .write(s, db, "INSERT INTO t VALUES (?)", &[text])
+            .unwrap();
+    }
+    cluster.leader.close_session(s);
+}
+
+/// Closes the leader's engine (an engine on an empty directory takes its place).
+fn close_leader(cluster: &mut Cluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let stand_in = Engine::open(common::config(dir.path(), 1)).unwrap().0;
+    cluster.dirs.push(dir);
+    drop(std::mem::replace(&mut cluster.leader, stand_in));
+}
+
+fn reopen(cluster: &mut Cluster, tweak: impl Fn(&mut atoll_core::EngineConfig)) -> Engine {
+    let mut config = common::config(cluster.dirs[0].path(), 1);
+    tweak(&mut config);
+    let (mut engine, recovery) = Engine::open(config).unwrap();
+    let from = recovery.replay_from().unwrap_or(0);
+    for (i, command) in cluster.log.iter().enumerate().skip(from as usize) {
+        engine.apply(i as u64 + 1, command).unwrap();
+    }
+    engine
+}
+
+#[test]
+fn test_a_corrupt_page_found_at_open_refuses_writes() {
+    let mut cluster = Cluster::new(0);
+    fill(&mut cluster, "bad");
+    fill(&mut cluster, "good");
+    cluster.leader.checkpoint(true).unwrap();
+    let path = cluster.leader.database_path("bad").unwrap().to_path_buf();
+    close_leader(&mut cluster);
+    corrupt_page(&path, 2, 4096);
+
+    let mut engine = reopen(&mut cluster, |_| {});
+    let corrupt = engine.corrupt_databases();
+    assert_eq!(corrupt.len(), 1, "{corrupt:?}");
+    assert_eq!(corrupt[0].0, "bad");
+    let s = session(&mut engine, "bad");
+    let write = engine.exec(s, "bad", Target::Sql("INSERT INTO t VALUES ('x')"), &[]);
+    match write {
+        Err(error @ ExecError::Corrupt { .. }) => {
+            assert_eq!(error.code(), 11);
+            assert!(error.to_string().contains("refused"), "{error}");
+        }
+        other => panic!("expected a refused write, got {other:?}"),
+    }
+    assert!(engine.take_proposals().is_empty());
+    // The other database serves reads and writes.
+    let g = session(&mut engine, "good");
+    let rows = query_all(&mut engine, g, "good", "SELECT count(*) FROM t");
+    assert_eq!(rows.values, vec![Value::Integer(50)]);
+    let reply = engine
+        .exec(g, "good", Target::Sql("INSERT INTO t VALUES ('y')"), &[])
+        .unwrap();
+    assert!(matches!(reply, Reply::Proposed { .. }));
+}
+
+#[test]
+fn test_a_corrupt_page_found_by_a_query_refuses_writes() {
+    let mut cluster = Cluster::new(0);
+    fill(&mut cluster, "bad");
+    cluster.leader.checkpoint(true).unwrap();
+    let path = cluster.leader.database_path("bad").unwrap().to_path_buf();
+    close_leader(&mut cluster);
+    corrupt_page(&path, 2, 4096);
+
+    // No check at open: the first query that reads the page finds it.
+    let mut engine = reopen(&mut cluster, |c| c.open_check_budget = Duration::ZERO);
+    assert!(engine.corrupt_databases().is_empty());
+    let s = session(&mut engine, "bad");
+    // Before: a write would have been accepted.
+    let read = engine.query(s, "bad", Target::Sql("SELECT count(*) FROM t"), &[]);
+    match read {
+        Err(error) => assert_eq!(error.code() & 0xff, 11, "{error}"),
+        Ok(reply) => panic!("a read of a corrupt page answered {reply:?}"),
+    }
+    assert_eq!(engine.corrupt_databases().len(), 1);
+    let write = engine.exec(s, "bad", Target::Sql("CREATE TABLE u(y)"), &[]);
+    assert!(
+        matches!(write, Err(ExecError::Corrupt { .. })),
+        "{write:?}"
+    );
+}
+
+#[test]
+fn test_database_limit() {
+    let mut cluster = Cluster::with_config(0, |c| c.databases_max = 3);
+    let s = cluster.leader.open_session().unwrap();
+    for name in ["a", "b", "c"] {
+        cluster.leader.open_database(s, name).unwrap();
+    }
+    match cluster.leader.open_database(s, "d") {
+        Err(error @ ExecError::TooManyDatabases { databases_max: 3 }) => {
+            assert!(error.to_string().contains("too many databases"), "{error}");
+        }
+        other => panic!("expected the limit, got {other:?}"),
+    }
+    assert_eq!(cluster.leader.database_names().len(), 3);
+    // An existing one still opens.
+    let t = cluster.leader.open_session().unwrap();
+    cluster.leader.open_database(t, "b").unwrap();
+}
+
+#[test]
+fn test_prepared_sql_bytes_per_session() {
+    let mut cluster = Cluster::with_config(0, |c| c.statement_bytes_max = 64 * 1024);
+    let s = session(&mut cluster.leader, "db");
+    let big = format!("SELECT '{}'", "x".repeat(30 * 1024));
+    let first = cluster.leader.prepare(s, "db", &big).unwrap().0;
+    cluster.leader.prepare(s, "db", &big).unwrap();
+    match cluster.leader.prepare(s, "db", &big) {
+        Err(error @ ExecError::Limit(_)) => {
+            assert!(error.to_string().contains("bytes of SQL"), "{error}")
+        }
+        other => panic!("expected the limit, got {other:?}"),
+    }
+    // Finalizing gives the bytes back; other sessions have their own budget.
+    cluster.leader.finalize(s, first).unwrap();
+    cluster.leader.prepare(s, "db", &big).unwrap();
+    let t = session(&mut cluster.leader, "db");
+    cluster.leader.prepare(t, "db", &big).unwrap();
+}
