@@ -196,6 +196,9 @@ pub enum CloseReason {
     Peer(PeerError),
     /// A newer inbound connection from the same node took this one's place.
     Replaced,
+    /// Its request would have taken the client request buffers past
+    /// `ReactorConfig::client_buffer_bytes_max`; FAILURE 7 was sent first.
+    BufferBudget,
     /// The peer announced a new incarnation (it restarted), so this outbound connection may lead
     /// to its previous, dead process; it is redialled at once.
     PeerRestarted,
@@ -488,6 +491,11 @@ impl Reactor {
     pub fn buffered_bytes(&self, conn: ConnId) -> Option<(usize, usize)> {
         self.conn(conn)
             .map(|c| (c.inbound.len(), c.out_pending_bytes()))
+    }
+
+    /// Bytes of client request buffers charged to `client_buffer_bytes_max` now.
+    pub fn client_buffered_bytes(&self) -> usize {
+        self.client_buffered_bytes
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
@@ -1036,7 +1044,7 @@ impl Reactor {
                             ),
                         )
                         .encode(&mut conn.outbound, version_of(conn.phase));
-                        conn.close_after_flush = Some(CloseReason::PeerClosed);
+                        conn.close_after_flush = Some(CloseReason::BufferBudget);
                         Self::queue(&mut self.flush_list, &mut conn.flush_queued, slot);
                         return true;
                     }

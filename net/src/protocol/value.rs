@@ -338,11 +338,31 @@ mod tests {
             Err(DecodeError::UnknownValueType(7))
         );
         // A count claiming more values than the body holds allocates nothing.
-        let body = [0xffu8, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        let body = [0xe8u8, 0x03, 0, 0, 0, 0, 0, 0];
         assert!(matches!(
             decode_params(&mut Reader::new(&body), 9, 1),
             Err(DecodeError::CountTooLarge { .. })
         ));
+        // More parameters than a statement can take are refused before anything else.
+        let body = [0xffu8, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        assert_eq!(
+            decode_params(&mut Reader::new(&body), 9, 1),
+            Err(DecodeError::TooManyParameters {
+                count: u64::from(u32::MAX),
+                max: PARAMS_COUNT_MAX
+            })
+        );
+    }
+
+    #[test]
+    fn test_parameter_count_limit() {
+        for (count, ok) in [(PARAMS_COUNT_MAX, true), (PARAMS_COUNT_MAX + 1, false)] {
+            let params = vec![Value::Integer(1); count];
+            let mut out = Vec::new();
+            encode_params(&mut out, &params);
+            let decoded = decode_params(&mut Reader::new(&out), 5, params_schema(count));
+            assert_eq!(decoded.is_ok(), ok, "{count}: {decoded:?}");
+        }
     }
 
     #[test]
