@@ -274,6 +274,8 @@ pub struct Node {
     last_apply_at: Instant,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
+    /// An idle checkpoint found a client's transaction in the way: the next try is not before.
+    idle_checkpoint_retry_at: Instant,
     /// The applied index and the log's last index at start: what was replayed is logged once
     /// the node serves (`None` afterwards).
     replay: Option<(u64, u64)>,
@@ -448,6 +450,7 @@ impl Node {
             compact_target: None,
             last_apply_at: Instant::now(),
             checkpointed_at: applied,
+            idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
@@ -1164,14 +1167,26 @@ impl Node {
         let applied = self.raft.applied().0;
         if applied == self.checkpointed_at
             || self.last_apply_at.elapsed() < IDLE_CHECKPOINT_AFTER
+            || Instant::now() < self.idle_checkpoint_retry_at
             || self.snapshot_job.is_some()
         {
             return;
         }
-        self.checkpointed_at = applied;
         match self.engine.checkpoint(true) {
-            Ok(index) => info!("idle: checkpointed every database (index {index:?})"),
-            Err(e) => error!("idle checkpoint failed: {e}"),
+            Ok(index) if index.is_some_and(|index| index < applied) => {
+                // A client's open transaction holds frames: try again after another idle
+                // period (the engine never waits for it; its time limit ends it).
+                debug!("idle checkpoint incomplete (index {index:?}): a reader holds frames");
+                self.idle_checkpoint_retry_at = Instant::now() + IDLE_CHECKPOINT_AFTER;
+            }
+            Ok(index) => {
+                self.checkpointed_at = applied;
+                info!("idle: checkpointed every database (index {index:?})");
+            }
+            Err(e) => {
+                self.checkpointed_at = applied;
+                error!("idle checkpoint failed: {e}");
+            }
         }
     }
 
