@@ -17,7 +17,9 @@ use crate::record::{self, Record};
 use crate::value::{Rows, Value};
 use crate::vfs::{Conn, DbFiles, DbOptions, FrameRef, RawStmt, Role, Step, Vfs};
 
+mod idle;
 mod limits;
+pub(crate) use idle::remove as remove_idle_marks;
 pub use limits::{DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT};
 
 /// A client session (one client connection of the protocol server).
@@ -324,6 +326,9 @@ struct Database {
     /// Why the database is known to be corrupt (an integrity check, or SQLITE_CORRUPT from a
     /// statement): writes to it are refused. Sticky until the engine is reopened.
     corrupt: Option<String>,
+    /// The index an idle mark (`engine/idle.rs`) durably advanced this database's checkpoint
+    /// index to (0: none); its on-disk record may be older.
+    idle_mark: u64,
 }
 
 /// The durable half of one checkpoint, for the checkpointer thread.
@@ -436,6 +441,9 @@ pub struct Engine {
     /// (after a failed fsync the kernel may have dropped the dirty pages and marked them clean,
     /// so a later fsync that succeeds proves nothing). See [`Engine::sync_failure`].
     sync_failure: Option<String>,
+    /// Databases a forced checkpoint found idle (nothing to copy, record behind): their
+    /// checkpoint index advances together at the end of it.
+    idle_found: Vec<String>,
 }
 
 impl Drop for Engine {
@@ -658,6 +666,7 @@ impl Engine {
             jitter_state: config_seed,
             checkpointer: None,
             sync_failure: None,
+            idle_found: Vec::new(),
         };
         if engine.config.checkpoint_sync_in_background {
             engine.checkpointer = Some(Checkpointer::start()?);
@@ -700,6 +709,7 @@ impl Engine {
                 let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
             }
         }
+        let marks = idle::read(&self.config.dir)?;
         let mut recovery = Recovery::default();
         let check_deadline = std::time::Instant::now() + self.config.open_check_budget;
         let mut unchecked = 0usize;
@@ -732,12 +742,18 @@ impl Engine {
                 }
                 write_empty_database(&path, record.page_size)?;
             }
+            let on_disk = record.checkpoint_index;
+            let record = idle::apply_mark(record, marks.get(&name).copied());
             let replay_through = if record.intent_index > record.checkpoint_index {
                 record.intent_index
             } else {
                 0
             };
             self.attach_database(&name, record, replay_through)?;
+            if record.checkpoint_index > on_disk {
+                self.databases.get_mut(&name).expect("attached").idle_mark =
+                    record.checkpoint_index;
+            }
             // A database mid-recovery holds a mix of states until replay: not checked.
             if replay_through == 0 && !self.check_at_open(&name, check_deadline) {
                 unchecked += 1;
@@ -803,6 +819,7 @@ impl Engine {
                 checkpoint_at_frames,
                 sync_pending: false,
                 corrupt: None,
+                idle_mark: 0,
             },
         );
         Ok(())
@@ -1727,6 +1744,22 @@ impl Engine {
                 self.checkpoint_database(&name, force)?;
             }
         }
+        let idle = std::mem::take(&mut self.idle_found);
+        if let [name] = idle.as_slice() {
+            let db = self.databases.get_mut(name).expect("known database");
+            let record = Record {
+                checkpoint_index: self.applied_index,
+                last_command_index: db.last_command_index,
+                ..db.record
+            };
+            db.record = durable(
+                &mut self.sync_failure,
+                name,
+                record::write(&db.path, &record),
+            )?;
+        } else if !idle.is_empty() {
+            self.advance_idle(&idle)?;
+        }
         Ok(self.min_checkpoint_index())
     }
 
@@ -1752,17 +1785,10 @@ impl Engine {
         }
         let frames = db.files.index_header()?.map(|h| h.max_frame).unwrap_or(0);
         if frames == 0 && db.record.intent_index == 0 {
+            // Nothing applied since its last checkpoint: it reflects `target` already. Its
+            // index advances with the other idle ones, in one write (`checkpoint`).
             if db.record.checkpoint_index < target {
-                let record = Record {
-                    checkpoint_index: target,
-                    last_command_index: db.last_command_index,
-                    ..db.record
-                };
-                db.record = durable(
-                    &mut self.sync_failure,
-                    name,
-                    record::write(&db.path, &record),
-                )?;
+                self.idle_found.push(name.to_string());
             }
             return Ok(true);
         }
@@ -1969,6 +1995,7 @@ impl Engine {
         for session in self.sessions.values_mut() {
             session.cursor = None;
             session.statements.clear();
+            session.statement_bytes = 0;
             session.databases.clear();
             if !matches!(session.state, WriteState::Idle) {
                 session.state = WriteState::Idle;

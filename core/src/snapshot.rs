@@ -351,6 +351,8 @@ impl Engine {
             }
         };
         self.detach_all("the database was replaced by a snapshot");
+        // Every record is rewritten at the snapshot's index, above any mark.
+        crate::engine::remove_idle_marks(&dir)?;
         for name in fs_database_names(&dir)? {
             if !incoming.iter().any(|d| d.name == name) {
                 let path = dir.join(&name);
