@@ -35,15 +35,26 @@ fn test_checkpoint_blocked_by_a_reader_returns_at_once() {
     query_all(&mut cluster.leader, reader, "db", "SELECT count(*) FROM t");
     for i in 0..20 {
         cluster
-            .write(writer, "db", "INSERT INTO t VALUES (?)", &[Value::Integer(i)])
+            .write(
+                writer,
+                "db",
+                "INSERT INTO t VALUES (?)",
+                &[Value::Integer(i)],
+            )
             .unwrap();
     }
     let applied = cluster.log.len() as u64;
     let started = Instant::now();
     let index = cluster.leader.checkpoint(true).unwrap();
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(500), "checkpoint took {took:?}");
-    assert!(index.is_some_and(|i| i < applied), "{index:?} with a reader");
+    assert!(
+        took < Duration::from_millis(500),
+        "checkpoint took {took:?}"
+    );
+    assert!(
+        index.is_some_and(|i| i < applied),
+        "{index:?} with a reader"
+    );
 
     cluster
         .leader
@@ -91,9 +102,17 @@ fn test_transactions_open_past_the_limit_are_rolled_back() {
     assert_eq!(completions[0].session, writer);
     assert!(completions[0].result.is_ok());
 
-    let reason = is_aborted(cluster.leader.exec(reader, "db", Target::Sql("COMMIT"), &[]));
+    let reason = is_aborted(
+        cluster
+            .leader
+            .exec(reader, "db", Target::Sql("COMMIT"), &[]),
+    );
     assert!(reason.contains("stayed open"), "{reason}");
-    let reason = is_aborted(cluster.leader.exec(holder, "db", Target::Sql("COMMIT"), &[]));
+    let reason = is_aborted(
+        cluster
+            .leader
+            .exec(holder, "db", Target::Sql("COMMIT"), &[]),
+    );
     assert!(reason.contains("stayed open"), "{reason}");
     // The holder's insert is gone, the queued one is in.
     let rows = query_all(&mut cluster.leader, reader, "db", "SELECT x FROM t");
@@ -113,9 +132,7 @@ fn corrupt_page(path: &std::path::Path, page: u64, page_size: u64) {
 
 fn fill(cluster: &mut Cluster, db: &str) {
     let s = session(&mut cluster.leader, db);
-    cluster
-        .write(s, db, "CREATE TABLE t(x TEXT)", &[])
-        .unwrap();
+    cluster.write(s, db, "CREATE TABLE t(x TEXT)", &[]).unwrap();
     for i in 0..50 {
         let text = Value::Text(format!("{i:0>600}"));
         cluster
@@ -199,10 +216,7 @@ fn test_a_corrupt_page_found_by_a_query_refuses_writes() {
     }
     assert_eq!(engine.corrupt_databases().len(), 1);
     let write = engine.exec(s, "bad", Target::Sql("CREATE TABLE u(y)"), &[]);
-    assert!(
-        matches!(write, Err(ExecError::Corrupt { .. })),
-        "{write:?}"
-    );
+    assert!(matches!(write, Err(ExecError::Corrupt { .. })), "{write:?}");
 }
 
 #[test]
@@ -253,9 +267,7 @@ fn test_a_forced_checkpoint_advances_idle_databases_with_one_write() {
     let names: Vec<String> = (0..20).map(|i| format!("db{i}")).collect();
     for name in &names {
         let s = session(&mut cluster.leader, name);
-        cluster
-            .write(s, name, "CREATE TABLE t(x)", &[])
-            .unwrap();
+        cluster.write(s, name, "CREATE TABLE t(x)", &[]).unwrap();
     }
     cluster.leader.checkpoint(true).unwrap();
     // Writes to db0 only: the other 19 stay idle.
@@ -271,7 +283,7 @@ fn test_a_forced_checkpoint_advances_idle_databases_with_one_write() {
     let applied = cluster.log.len() as u64;
     assert_eq!(cluster.leader.checkpoint(true).unwrap(), Some(applied));
     let after: Vec<Vec<u8>> = names[1..].iter().map(|n| record(n)).collect();
-    assert_eq!(before, after, "idle databases' records were rewritten");
+    assert!(before == after, "idle databases' records were rewritten");
     for name in &names {
         assert_eq!(cluster.leader.checkpoint_index(name), Some(applied));
     }

@@ -1057,7 +1057,10 @@ impl Reactor {
             let decoded = Request::decode(header, &conn.inbound[HEADER_BYTES..frame_bytes]);
             conn.consume_inbound(frame_bytes);
             // A shrunk buffer gives its charge back.
-            let charge = conn.inbound.capacity().saturating_sub(BUFFER_CAPACITY_KEEP_BYTES);
+            let charge = conn
+                .inbound
+                .capacity()
+                .saturating_sub(BUFFER_CAPACITY_KEEP_BYTES);
             if charge < conn.charged {
                 self.client_buffered_bytes -= conn.charged - charge;
                 conn.charged = charge;

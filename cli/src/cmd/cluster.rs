@@ -170,8 +170,8 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                 "corrupt",
             ]
             .iter()
-                .map(|c| c.to_string())
-                .collect();
+            .map(|c| c.to_string())
+            .collect();
             let rows: Vec<Vec<Value>> = nodes
                 .iter()
                 .map(|n| {

@@ -127,10 +127,9 @@ impl NodeConfig {
             self.max_databases
         } else {
             match open_files_limit() {
-                Some(fds) => {
-                    (fds.saturating_sub(fds / 4).saturating_sub(FDS_RESERVED) / FDS_PER_DATABASE)
-                        .max(1)
-                }
+                Some(fds) => (fds.saturating_sub(fds / 4).saturating_sub(FDS_RESERVED)
+                    / FDS_PER_DATABASE)
+                    .max(1),
                 None => DATABASES_MAX_FALLBACK,
             }
         };
@@ -245,7 +244,11 @@ impl NodeConfig {
         let _ = writeln!(text, "standbys = {}", self.standbys);
         let _ = writeln!(text, "unreachable_ms = {}", self.unreachable_ms);
         let _ = writeln!(text, "max_databases = {}", self.max_databases);
-        let _ = writeln!(text, "transaction_timeout_ms = {}", self.transaction_timeout_ms);
+        let _ = writeln!(
+            text,
+            "transaction_timeout_ms = {}",
+            self.transaction_timeout_ms
+        );
         if !self.join.is_empty() {
             let _ = writeln!(text, "join = {}", self.join.join(","));
         }
@@ -477,8 +480,8 @@ mod tests {
                     "max_databases",
                     "transaction_timeout_ms",
                 ]
-                    .iter()
-                    .any(|k| l.starts_with(k))
+                .iter()
+                .any(|k| l.starts_with(k))
             })
             .map(|l| format!("{l}\n"))
             .collect();

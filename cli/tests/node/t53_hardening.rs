@@ -45,7 +45,12 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 /// rolled back once it is older than the limit (its client is told), and checkpoints resume.
 #[test]
 fn test_an_idle_reader_does_not_stall_the_node() {
-    let node = AtollNode::start_with(&["--transaction-timeout-ms", "4000", "--snapshot-entries", "50"]);
+    let node = AtollNode::start_with(&[
+        "--transaction-timeout-ms",
+        "4000",
+        "--snapshot-entries",
+        "50",
+    ]);
     let address = node.address().to_owned();
     let mut writer = connect(&address, "db");
     writer.exec_sql("CREATE TABLE t(x BLOB)", &[]).unwrap();
@@ -75,7 +80,10 @@ fn test_an_idle_reader_does_not_stall_the_node() {
     };
     for i in 0..300 {
         writer
-            .exec_sql("INSERT INTO t VALUES (?)", &[Value::Blob(vec![i as u8; 3000])])
+            .exec_sql(
+                "INSERT INTO t VALUES (?)",
+                &[Value::Blob(vec![i as u8; 3000])],
+            )
             .unwrap();
     }
     let writes_took = began.elapsed();
@@ -100,9 +108,11 @@ fn test_an_idle_reader_does_not_stall_the_node() {
 
     // Checkpoints happen again: once the node is idle, the WAL is copied and truncated.
     let wal = node.data_dir().join("db").join("db-wal");
-    wait_for("the WAL to be checkpointed", Duration::from_secs(20), || {
-        (std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0).then_some(())
-    });
+    wait_for(
+        "the WAL to be checkpointed",
+        Duration::from_secs(20),
+        || (std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0).then_some(()),
+    );
 }
 
 /// Connections that send a request header declaring a 64 MiB body, then nothing. Before, each
@@ -220,8 +230,7 @@ fn test_database_count_follows_the_open_file_limit() {
     let mut created = 0;
     let mut refusal = None;
     for i in 0..60 {
-        let mut connection =
-            Connection::connect(&address, &DqliteDemo::quick_config()).unwrap();
+        let mut connection = Connection::connect(&address, &DqliteDemo::quick_config()).unwrap();
         match connection.open(&format!("db{i}")) {
             Ok(()) => {
                 connection.exec_sql("CREATE TABLE t(x)", &[]).unwrap();
@@ -269,7 +278,10 @@ fn test_a_corrupt_page_refuses_writes_to_its_database() {
         client.exec_sql("CREATE TABLE t(x TEXT)", &[]).unwrap();
         for i in 0..30 {
             client
-                .exec_sql("INSERT INTO t VALUES (?)", &[Value::Text(format!("{i:0>600}"))])
+                .exec_sql(
+                    "INSERT INTO t VALUES (?)",
+                    &[Value::Text(format!("{i:0>600}"))],
+                )
                 .unwrap();
         }
     }
@@ -285,7 +297,10 @@ fn test_a_corrupt_page_refuses_writes_to_its_database() {
     let mut bad = connect(&address, "bad");
     let (code, message) = failure(bad.exec_sql("INSERT INTO t VALUES ('x')", &[]));
     assert_eq!(code, 11, "{message}"); // SQLITE_CORRUPT
-    assert!(message.contains("corrupt") && message.contains("refused"), "{message}");
+    assert!(
+        message.contains("corrupt") && message.contains("refused"),
+        "{message}"
+    );
     let mut good = connect(&address, "good");
     let rows = good.query_sql("SELECT count(*) FROM t", &[]).unwrap();
     assert_eq!(rows.rows, vec![vec![Value::Integer(30)]]);

@@ -58,7 +58,10 @@ impl Engine {
                     continue;
                 }
                 let corrupt = sdb.txn == Txn::Write
-                    && self.databases.get(name).is_some_and(|db| db.corrupt.is_some());
+                    && self
+                        .databases
+                        .get(name)
+                        .is_some_and(|db| db.corrupt.is_some());
                 let held = now.saturating_sub(sdb.txn_since);
                 if corrupt {
                     expired.push((id, name.clone(), "the database is corrupt".to_string()));
@@ -148,7 +151,10 @@ impl Engine {
         let _ = connection.progress_handler(0, None::<fn() -> bool>);
         match result {
             Ok(lines) if lines.len() == 1 && lines[0] == "ok" => {
-                log::debug!("database {database:?}: quick_check ok in {:?}", started.elapsed());
+                log::debug!(
+                    "database {database:?}: quick_check ok in {:?}",
+                    started.elapsed()
+                );
                 true
             }
             Ok(lines) => {
@@ -163,7 +169,10 @@ impl Engine {
             Err(error) => {
                 let error = ExecError::Sqlite(error);
                 if is_corruption(&error) {
-                    self.mark_corrupt(database, &format!("quick_check: {}", error.client_message()));
+                    self.mark_corrupt(
+                        database,
+                        &format!("quick_check: {}", error.client_message()),
+                    );
                 } else {
                     log::warn!("database {database:?}: quick_check failed: {error}");
                 }
