@@ -414,6 +414,20 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// How many databases the node's data directory holds (their checkpoint records).
+pub fn database_count(data_dir: &Path) -> usize {
+    fs::read_dir(db_dir(data_dir)).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.ends_with("-atoll"))
+            })
+            .count()
+    })
+}
+
 /// The soft limit on open files of this process (Linux: `/proc/self/limits`), `None` when
 /// unknown or unlimited.
 fn open_files_limit() -> Option<u64> {
