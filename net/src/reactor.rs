@@ -1056,15 +1056,13 @@ impl Reactor {
             }
             let decoded = Request::decode(header, &conn.inbound[HEADER_BYTES..frame_bytes]);
             conn.consume_inbound(frame_bytes);
-            // A shrunk buffer gives its charge back.
+            // The charge follows the buffer: a shrunk one gives it back.
             let charge = conn
                 .inbound
                 .capacity()
                 .saturating_sub(BUFFER_CAPACITY_KEEP_BYTES);
-            if charge < conn.charged {
-                self.client_buffered_bytes -= conn.charged - charge;
-                conn.charged = charge;
-            }
+            self.client_buffered_bytes = self.client_buffered_bytes - conn.charged + charge;
+            conn.charged = charge;
             match decoded {
                 Ok(request) => {
                     conn.awaiting_response = true;
