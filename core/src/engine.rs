@@ -17,9 +17,11 @@ use crate::record::{self, Record};
 use crate::value::{Rows, Value};
 use crate::vfs::{Conn, DbFiles, DbOptions, FrameRef, RawStmt, Role, Step, Vfs};
 
+mod closer;
 mod idle;
 mod limits;
 pub(crate) use idle::remove as remove_idle_marks;
+pub(crate) use limits::DATABASES_TOTAL_MAX;
 pub use limits::{DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT};
 
 /// A client session (one client connection of the protocol server).
@@ -126,9 +128,10 @@ pub struct EngineConfig {
     /// The most bytes of SQL text a session keeps prepared (SQLite's compiled statements take
     /// a few times their text): past it, PREPARE fails with a limit error.
     pub statement_bytes_max: usize,
-    /// The most databases the engine holds (each keeps two files and two connections open);
-    /// creating one more fails with [`ExecError::TooManyDatabases`]. Databases replicated from
-    /// the leader are always created.
+    /// The most databases open at once (each keeps two files and two connections open); to
+    /// open another, the least recently used idle one is closed (`engine/closer.rs`), and
+    /// without one a session's OPEN fails with [`ExecError::TooManyDatabases`]. Commands from
+    /// the leader always open their database. A node holds at most 4096 databases in all.
     pub databases_max: usize,
     /// A client transaction (read or write) open longer than this, in host time units, is
     /// rolled back by [`Engine::set_time`]; the session's next request on that database fails
@@ -329,6 +332,9 @@ struct Database {
     /// The index an idle mark (`engine/idle.rs`) durably advanced this database's checkpoint
     /// index to (0: none); its on-disk record may be older.
     idle_mark: u64,
+    /// Host time it was last opened by a session or written by `apply` (the idle closer
+    /// closes the least recently used first).
+    used_at: u64,
 }
 
 /// The durable half of one checkpoint, for the checkpointer thread.
@@ -444,6 +450,8 @@ pub struct Engine {
     /// Databases a forced checkpoint found idle (nothing to copy, record behind): their
     /// checkpoint index advances together at the end of it.
     idle_found: Vec<String>,
+    /// Databases closed while idle (`engine/closer.rs`); `databases` holds the open ones.
+    closed: BTreeMap<String, closer::Closed>,
 }
 
 impl Drop for Engine {
@@ -667,6 +675,7 @@ impl Engine {
             checkpointer: None,
             sync_failure: None,
             idle_found: Vec::new(),
+            closed: BTreeMap::new(),
         };
         if engine.config.checkpoint_sync_in_background {
             engine.checkpointer = Some(Checkpointer::start()?);
@@ -749,14 +758,29 @@ impl Engine {
             } else {
                 0
             };
-            self.attach_database(&name, record, replay_through)?;
-            if record.checkpoint_index > on_disk {
-                self.databases.get_mut(&name).expect("attached").idle_mark =
-                    record.checkpoint_index;
-            }
-            // A database mid-recovery holds a mix of states until replay: not checked.
-            if replay_through == 0 && !self.check_at_open(&name, check_deadline) {
+            let idle_mark = if record.checkpoint_index > on_disk {
+                record.checkpoint_index
+            } else {
+                0
+            };
+            if replay_through == 0 && self.databases.len() >= self.config.databases_max {
+                // Past the limit of open databases: opened when first used.
+                let closed = closer::Closed {
+                    path: self.config.dir.join(&name),
+                    record,
+                    last_command_index: record.last_command_index,
+                    idle_mark,
+                    snapshot_token: Arc::new(()),
+                };
+                self.closed.insert(name.clone(), closed);
                 unchecked += 1;
+            } else {
+                self.attach_database(&name, record, replay_through)?;
+                self.databases.get_mut(&name).expect("attached").idle_mark = idle_mark;
+                // A database mid-recovery holds a mix of states until replay: not checked.
+                if replay_through == 0 && !self.check_at_open(&name, check_deadline) {
+                    unchecked += 1;
+                }
             }
             log::info!(
                 "database {name:?}: checkpoint index {}, replay through {replay_through}",
@@ -820,6 +844,7 @@ impl Engine {
                 sync_pending: false,
                 corrupt: None,
                 idle_mark: 0,
+                used_at: self.now,
             },
         );
         Ok(())
@@ -933,18 +958,28 @@ impl Engine {
             return Err(ExecError::UnknownSession);
         }
         if !self.databases.contains_key(name) {
-            if self.databases.len() >= self.config.databases_max {
+            let exec = |error| match error {
+                EngineError::Io(error) => ExecError::Io(error),
+                EngineError::Sqlite(error) => ExecError::Sqlite(error),
+                other => ExecError::Io(std::io::Error::other(other.to_string())),
+            };
+            if !self.make_room().map_err(exec)? {
                 return Err(ExecError::TooManyDatabases {
                     databases_max: self.config.databases_max,
                 });
             }
-            self.create_database(name, self.applied_index)
-                .map_err(|error| match error {
-                    EngineError::Io(error) => ExecError::Io(error),
-                    EngineError::Sqlite(error) => ExecError::Sqlite(error),
-                    other => ExecError::Io(std::io::Error::other(other.to_string())),
-                })?;
+            if !self.reopen(name).map_err(exec)? {
+                if self.databases.len() + self.closed.len() >= DATABASES_TOTAL_MAX {
+                    return Err(ExecError::Limit(
+                        "databases: a node holds at most 4096 (what a snapshot carries)",
+                    ));
+                }
+                self.create_database(name, self.applied_index)
+                    .map_err(exec)?;
+            }
         }
+        let now = self.now;
+        self.databases.get_mut(name).expect("open").used_at = now;
         let path = self.databases[name].path.clone();
         let session = self.sessions.get_mut(&session).expect("checked");
         if session.databases.contains_key(name) {
@@ -1620,9 +1655,15 @@ impl Engine {
         };
         let name = decoded.database;
         if !self.databases.contains_key(name) {
-            self.create_database(name, index - 1)?;
+            // Replicated writes are never refused: past the limit, it is exceeded for a while.
+            self.make_room()?;
+            if !self.reopen(name)? {
+                self.create_database(name, index - 1)?;
+            }
         }
+        let now = self.now;
         let db = self.databases.get_mut(name).expect("exists");
+        db.used_at = now;
         if index <= db.record.checkpoint_index {
             self.applied_index = index;
             return Ok(Applied::Skipped);
@@ -1744,21 +1785,33 @@ impl Engine {
                 self.checkpoint_database(&name, force)?;
             }
         }
+        if force {
+            // Closed databases are idle with an empty WAL: only their index moves.
+            let target = self.applied_index;
+            let behind = self
+                .closed
+                .iter()
+                .filter(|(_, closed)| closed.record.checkpoint_index < target)
+                .map(|(name, _)| name.clone());
+            self.idle_found.extend(behind);
+        }
         let idle = std::mem::take(&mut self.idle_found);
-        if let [name] = idle.as_slice() {
-            let db = self.databases.get_mut(name).expect("known database");
-            let record = Record {
-                checkpoint_index: self.applied_index,
-                last_command_index: db.last_command_index,
-                ..db.record
-            };
-            db.record = durable(
-                &mut self.sync_failure,
-                name,
-                record::write(&db.path, &record),
-            )?;
-        } else if !idle.is_empty() {
-            self.advance_idle(&idle)?;
+        match idle.as_slice() {
+            [] => {}
+            [name] if self.databases.contains_key(name) => {
+                let db = self.databases.get_mut(name).expect("known database");
+                let record = Record {
+                    checkpoint_index: self.applied_index,
+                    last_command_index: db.last_command_index,
+                    ..db.record
+                };
+                db.record = durable(
+                    &mut self.sync_failure,
+                    name,
+                    record::write(&db.path, &record),
+                )?;
+            }
+            _ => self.advance_idle(&idle)?,
         }
         Ok(self.min_checkpoint_index())
     }
@@ -1921,28 +1974,40 @@ impl Engine {
 
     /// The index the main file of `database` durably reflects.
     pub fn checkpoint_index(&self, database: &str) -> Option<u64> {
-        self.databases
-            .get(database)
-            .map(|db| db.record.checkpoint_index)
+        match self.databases.get(database) {
+            Some(db) => Some(db.record.checkpoint_index),
+            None => Some(self.closed.get(database)?.record.checkpoint_index),
+        }
     }
 
     /// The index of the last command applied to `database` (the base a new command for it
     /// must carry).
     pub fn last_command_index(&self, database: &str) -> Option<u64> {
-        self.databases.get(database).map(|db| db.last_command_index)
+        match self.databases.get(database) {
+            Some(db) => Some(db.last_command_index),
+            None => Some(self.closed.get(database)?.last_command_index),
+        }
     }
 
     /// The minimum checkpoint index over all databases: Raft may compact its log up to it.
     pub fn min_checkpoint_index(&self) -> Option<u64> {
-        self.databases
-            .values()
-            .map(|db| db.record.checkpoint_index)
-            .min()
+        let open = self.databases.values().map(|db| &db.record);
+        let closed = self.closed.values().map(|closed| &closed.record);
+        open.chain(closed).map(|record| record.checkpoint_index).min()
     }
 
     /// The names of the databases, in order.
     pub fn database_names(&self) -> Vec<String> {
-        self.databases.keys().cloned().collect()
+        let mut names: Vec<String> = self.databases.keys().cloned().collect();
+        names.extend(self.closed.keys().cloned());
+        names.sort();
+        names
+    }
+
+    /// How many databases are open now (at most `databases_max`, unless replicated writes
+    /// needed more).
+    pub fn open_database_count(&self) -> usize {
+        self.databases.len()
     }
 
     /// Runs `PRAGMA integrity_check` on a database through its control connection; returns
@@ -1960,7 +2025,10 @@ impl Engine {
 
     /// The path of a database's main file (for tests and tools).
     pub fn database_path(&self, database: &str) -> Option<&Path> {
-        self.databases.get(database).map(|db| db.path.as_path())
+        match self.databases.get(database) {
+            Some(db) => Some(db.path.as_path()),
+            None => Some(self.closed.get(database)?.path.as_path()),
+        }
     }
 
     pub(crate) fn snapshot_parts(&self) -> Vec<SnapshotPart> {
@@ -2001,6 +2069,7 @@ impl Engine {
                 session.state = WriteState::Idle;
             }
         }
+        self.closed.clear();
         let databases = std::mem::take(&mut self.databases);
         for (_, db) in databases {
             let path = db.path.clone();

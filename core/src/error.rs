@@ -52,7 +52,7 @@ pub enum ExecError {
     },
     /// A configured limit (sessions, statements) was reached.
     Limit(&'static str),
-    /// The node holds `databases_max` databases: another cannot be created.
+    /// `databases_max` databases are open and none is idle: another cannot be opened now.
     TooManyDatabases {
         /// The limit.
         databases_max: usize,
@@ -142,8 +142,8 @@ impl fmt::Display for ExecError {
             ExecError::Limit(what) => write!(f, "limit reached: {what}"),
             ExecError::TooManyDatabases { databases_max } => write!(
                 f,
-                "too many databases: this node holds its limit of {databases_max} \
-                 (atoll start --max-databases)"
+                "too many databases open: all {databases_max} open ones are in use \
+                 (atoll start --max-databases); try again later"
             ),
             ExecError::Corrupt { database, reason } => write!(
                 f,

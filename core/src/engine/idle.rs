@@ -135,11 +135,18 @@ impl Engine {
     /// in-memory records.
     pub(super) fn advance_idle(&mut self, names: &[String]) -> Result<(), EngineError> {
         let target = self.applied_index;
-        let mut marks: BTreeMap<String, u64> = self
+        let open = self
             .databases
             .iter()
-            .filter(|(_, db)| db.idle_mark > 0 && db.idle_mark >= db.record.checkpoint_index)
-            .map(|(name, db)| (name.clone(), db.idle_mark))
+            .map(|(name, db)| (name, db.idle_mark, db.record.checkpoint_index));
+        let closed = self
+            .closed
+            .iter()
+            .map(|(name, c)| (name, c.idle_mark, c.record.checkpoint_index));
+        let mut marks: BTreeMap<String, u64> = open
+            .chain(closed)
+            .filter(|&(_, mark, checkpoint)| mark > 0 && mark >= checkpoint)
+            .map(|(name, mark, _)| (name.clone(), mark))
             .collect();
         for name in names {
             marks.insert(name.clone(), target);
@@ -150,9 +157,15 @@ impl Engine {
             write(&self.config.dir, &marks),
         )?;
         for name in names {
-            let db = self.databases.get_mut(name).expect("known database");
-            db.idle_mark = target;
-            db.record.checkpoint_index = target;
+            let (mark, record) = match self.databases.get_mut(name) {
+                Some(db) => (&mut db.idle_mark, &mut db.record),
+                None => {
+                    let closed = self.closed.get_mut(name).expect("known database");
+                    (&mut closed.idle_mark, &mut closed.record)
+                }
+            };
+            *mark = target;
+            record.checkpoint_index = target;
         }
         log::debug!(
             "{} idle database(s) marked checkpointed at index {target}",

@@ -23,6 +23,8 @@ use crate::lifecycle::WriteState;
 pub const STATEMENT_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Default for `EngineConfig::databases_max`.
 pub const DATABASES_MAX_DEFAULT: usize = 1024;
+/// The most databases a node holds, open or closed: what one snapshot may carry.
+pub(crate) const DATABASES_TOTAL_MAX: usize = 4096;
 /// Default for `EngineConfig::open_check_budget`.
 pub const OPEN_CHECK_BUDGET_DEFAULT: Duration = Duration::from_secs(2);
 /// SQLite virtual-machine steps between two looks at the clock during an open-time check.
