@@ -1993,7 +1993,9 @@ impl Engine {
     pub fn min_checkpoint_index(&self) -> Option<u64> {
         let open = self.databases.values().map(|db| &db.record);
         let closed = self.closed.values().map(|closed| &closed.record);
-        open.chain(closed).map(|record| record.checkpoint_index).min()
+        open.chain(closed)
+            .map(|record| record.checkpoint_index)
+            .min()
     }
 
     /// The names of the databases, in order.

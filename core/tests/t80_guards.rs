@@ -309,3 +309,92 @@ fn test_a_forced_checkpoint_advances_idle_databases_with_one_write() {
     let rows = query_all(&mut engine, v, "db0", "SELECT count(*) FROM t");
     assert_eq!(rows.values, vec![Value::Integer(5)]);
 }
+
+/// More databases than may be open at once: idle ones are closed (and reopened on use), a
+/// follower applying to many databases stays within the limit, a snapshot carries the closed
+/// ones, a restart opens no more than the limit, and OPEN fails only when every open database
+/// is in use.
+#[test]
+fn test_idle_databases_are_closed_and_reopened() {
+    let mut cluster = Cluster::with_config(1, |c| c.databases_max = 3);
+    let names: Vec<String> = (0..10).map(|i| format!("db{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let s = session(&mut cluster.leader, name);
+        cluster.write(s, name, "CREATE TABLE t(x)", &[]).unwrap();
+        cluster
+            .write(
+                s,
+                name,
+                "INSERT INTO t VALUES (?)",
+                &[Value::Integer(i as i64)],
+            )
+            .unwrap();
+        cluster.leader.close_session(s);
+        assert!(cluster.leader.open_database_count() <= 3);
+        assert!(cluster.followers[0].open_database_count() <= 3);
+    }
+    assert_eq!(cluster.leader.database_names(), names);
+    assert_eq!(cluster.followers[0].database_names(), names);
+    // Each reads back its own data, closed and opened again in turn.
+    for (i, name) in names.iter().enumerate().rev() {
+        let s = session(&mut cluster.leader, name);
+        let rows = query_all(&mut cluster.leader, s, name, "SELECT x FROM t");
+        assert_eq!(rows.values, vec![Value::Integer(i as i64)]);
+        cluster
+            .write(s, name, "INSERT INTO t VALUES (100)", &[])
+            .unwrap();
+        cluster.leader.close_session(s);
+    }
+    let applied = cluster.log.len() as u64;
+    assert_eq!(cluster.leader.checkpoint(true).unwrap(), Some(applied));
+
+    // Three sessions hold three databases open: a fourth cannot be opened until one goes.
+    let held: Vec<_> = names[..3]
+        .iter()
+        .map(|name| session(&mut cluster.leader, name))
+        .collect();
+    let s = cluster.leader.open_session().unwrap();
+    match cluster.leader.open_database(s, "db5") {
+        Err(error @ ExecError::TooManyDatabases { databases_max: 3 }) => {
+            assert!(error.to_string().contains("in use"), "{error}")
+        }
+        other => panic!("expected the open limit, got {other:?}"),
+    }
+    cluster.leader.close_session(held[0]);
+    cluster.leader.open_database(s, "db5").unwrap();
+
+    // A snapshot carries every database, closed or open.
+    let mut snapshot = cluster.leader.snapshot().unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut snapshot, &mut bytes).unwrap();
+    drop(snapshot);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), 9);
+    config.databases_max = 3;
+    let (mut node, _) = Engine::open(config).unwrap();
+    node.install_snapshot(&mut bytes.as_slice()).unwrap();
+    assert_eq!(node.database_names(), names);
+    assert!(node.open_database_count() <= 3);
+    for (i, name) in names.iter().enumerate() {
+        let n = session(&mut node, name);
+        let rows = query_all(&mut node, n, name, "SELECT x FROM t ORDER BY x");
+        assert_eq!(
+            rows.values,
+            vec![Value::Integer(i as i64), Value::Integer(100)],
+            "{name}"
+        );
+        node.close_session(n);
+    }
+
+    // A restart opens at most three; the others open on use.
+    close_leader(&mut cluster);
+    let mut config = common::config(cluster.dirs[0].path(), 1);
+    config.databases_max = 3;
+    let (mut engine, recovery) = Engine::open(config).unwrap();
+    assert_eq!(recovery.databases.len(), 10);
+    assert_eq!(recovery.replay_from(), Some(applied));
+    assert!(engine.open_database_count() <= 3);
+    let s = session(&mut engine, "db9");
+    let rows = query_all(&mut engine, s, "db9", "SELECT count(*) FROM t");
+    assert_eq!(rows.values, vec![Value::Integer(2)]);
+}

@@ -133,9 +133,10 @@ pub struct NodeSettings {
     #[arg(long, value_name = "MS")]
     pub unreachable_ms: Option<u64>,
 
-    /// The most databases this node holds; opening a new name past it fails with "too many
-    /// databases" (default 0: sized to the open-file limit, `ulimit -n`, at two descriptors per
-    /// database after a reserve; a restart under the same limit always opens them all).
+    /// The most databases open at once (two file descriptors each): idle ones are closed to
+    /// make room, and an OPEN fails with "too many databases open" only while all are in use
+    /// (default 0: sized to the open-file limit, `ulimit -n`, after a reserve). A node holds at
+    /// most 4096 databases in all.
     #[arg(long, value_name = "N")]
     pub max_databases: Option<u64>,
 

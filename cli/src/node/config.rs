@@ -86,8 +86,8 @@ pub struct NodeConfig {
     pub standbys: u32,
     /// A voter unreachable this long is replaced (automatic roles).
     pub unreachable_ms: u64,
-    /// The most databases the node holds (creating one more fails); 0: sized to the process's
-    /// file descriptor limit when the node starts ([`NodeConfig::databases_max`]).
+    /// The most databases open at once (idle ones are closed to make room); 0: sized to the
+    /// process's file descriptor limit when the node starts ([`NodeConfig::databases_max`]).
     pub max_databases: u64,
     /// A client transaction open longer than this (ms) is rolled back and the client's next
     /// request fails; 0: no limit.
@@ -412,20 +412,6 @@ pub fn random_u64() -> u64 {
     hasher.write_u128(now);
     hasher.write_u32(std::process::id());
     hasher.finish()
-}
-
-/// How many databases the node's data directory holds (their checkpoint records).
-pub fn database_count(data_dir: &Path) -> usize {
-    fs::read_dir(db_dir(data_dir)).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.ends_with("-atoll"))
-            })
-            .count()
-    })
 }
 
 /// The soft limit on open files of this process (Linux: `/proc/self/limits`), `None` when

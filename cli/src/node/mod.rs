@@ -314,10 +314,10 @@ impl Node {
         engine_config.transaction_time_max = config.transaction_timeout_ms;
         engine_config.databases_max = config.databases_max();
         info!(
-            "at most {} databases (--max-databases), transactions open at most {} ms",
+            "at most {} databases open at once (--max-databases), client transactions open at \
+             most {} ms",
             engine_config.databases_max, config.transaction_timeout_ms
         );
-        let databases_max = engine_config.databases_max;
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
         // Checkpoints stall the loop: small ones (4 MiB of pages: a few milliseconds of copy),
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
@@ -327,18 +327,8 @@ impl Node {
         engine_config.checkpoint_frames = 1024;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = true;
-        let (mut engine, recovery) = Engine::open(engine_config).map_err(|e| {
-            let held = config::database_count(data_dir);
-            let hint = if config.max_databases == 0 && held > databases_max {
-                format!(
-                    " ({held} databases, but the open-file limit leaves room for about \
-                     {databases_max}: raise `ulimit -n`)"
-                )
-            } else {
-                String::new()
-            };
-            start(format!("opening the databases: {e}{hint}"))
-        })?;
+        let (mut engine, recovery) = Engine::open(engine_config)
+            .map_err(|e| start(format!("opening the databases: {e}")))?;
         let raft_snapshot = match &snapshot {
             Some(meta) => {
                 let configuration = Configuration::decode(&meta.configuration).map_err(|e| {
