@@ -86,7 +86,15 @@ fn scenario_membership(cluster: &Cluster) {
     let rows = table_rows(table.ok());
     assert_eq!(
         rows[0],
-        ["id", "address", "role", "leader", "reachable", "applied"]
+        [
+            "id",
+            "address",
+            "role",
+            "leader",
+            "reachable",
+            "applied",
+            "corrupt"
+        ]
     );
     let first_id_text = first_id.to_string();
     assert!(

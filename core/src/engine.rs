@@ -17,6 +17,13 @@ use crate::record::{self, Record};
 use crate::value::{Rows, Value};
 use crate::vfs::{Conn, DbFiles, DbOptions, FrameRef, RawStmt, Role, Step, Vfs};
 
+mod closer;
+mod idle;
+mod limits;
+pub(crate) use idle::remove as remove_idle_marks;
+pub(crate) use limits::DATABASES_TOTAL_MAX;
+pub use limits::{DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT};
+
 /// A client session (one client connection of the protocol server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
@@ -122,6 +129,21 @@ pub struct EngineConfig {
     pub sessions_max: usize,
     /// The most prepared statements per session.
     pub statements_max: usize,
+    /// The most bytes of SQL text a session keeps prepared (SQLite's compiled statements take
+    /// a few times their text): past it, PREPARE fails with a limit error.
+    pub statement_bytes_max: usize,
+    /// The most databases open at once (each keeps two files and its control connection
+    /// open); to open another, the least recently used idle one is closed
+    /// (`engine/closer.rs`), and without one a session's OPEN fails with [`ExecError::TooManyDatabases`]. Commands from
+    /// the leader always open their database. A node holds at most 4096 databases in all.
+    pub databases_max: usize,
+    /// A client transaction (read or write) open longer than this, in host time units, is
+    /// rolled back by [`Engine::set_time`]; the session's next request on that database fails
+    /// with [`ExecError::Aborted`]. 0: no limit.
+    pub transaction_time_max: u64,
+    /// Wall-clock budget for `PRAGMA quick_check` of the databases at [`Engine::open`]; a
+    /// database whose check does not finish in what is left is not checked (logged).
+    pub open_check_budget: std::time::Duration,
 }
 
 impl EngineConfig {
@@ -143,6 +165,10 @@ impl EngineConfig {
             batch_bytes: 64 * 1024,
             sessions_max: 16 * 1024,
             statements_max: 1024,
+            statement_bytes_max: limits::STATEMENT_BYTES_MAX_DEFAULT,
+            databases_max: limits::DATABASES_MAX_DEFAULT,
+            transaction_time_max: 0,
+            open_check_budget: limits::OPEN_CHECK_BUDGET_DEFAULT,
         }
     }
 
@@ -156,6 +182,9 @@ impl EngineConfig {
             return Err(EngineError::Config(
                 "transaction_bytes_max is below two pages",
             ));
+        }
+        if self.databases_max == 0 {
+            return Err(EngineError::Config("databases_max >= 1"));
         }
         if self.group_max == 0 || self.queue_max == 0 || self.checkpoint_frames == 0 {
             return Err(EngineError::Config(
@@ -302,6 +331,15 @@ struct Database {
     sync_pending: bool,
     /// When the session transaction holding `slot` took it (host time).
     transaction_since: u64,
+    /// Why the database is known to be corrupt (an integrity check, or SQLITE_CORRUPT from a
+    /// statement): writes to it are refused. Sticky until the engine is reopened.
+    corrupt: Option<String>,
+    /// The index an idle mark (`engine/idle.rs`) durably advanced this database's checkpoint
+    /// index to (0: none); its on-disk record may be older.
+    idle_mark: u64,
+    /// Host time it was last opened by a session or written by `apply` (the idle closer
+    /// closes the least recently used first).
+    used_at: u64,
 }
 
 /// The durable half of one checkpoint, for the checkpointer thread.
@@ -368,6 +406,8 @@ enum Txn {
 struct SessionDb {
     conn: Conn,
     txn: Txn,
+    /// Host time at which the open transaction (`txn` not `None`) began.
+    txn_since: u64,
     aborted: Option<String>,
 }
 
@@ -381,6 +421,8 @@ struct Session {
     databases: HashMap<String, SessionDb>,
     statements: HashMap<u32, String>,
     next_statement: u32,
+    /// Bytes of SQL text of the statements it keeps prepared.
+    statement_bytes: usize,
     cursor: Option<Cursor>,
 }
 
@@ -410,6 +452,11 @@ pub struct Engine {
     /// (after a failed fsync the kernel may have dropped the dirty pages and marked them clean,
     /// so a later fsync that succeeds proves nothing). See [`Engine::sync_failure`].
     sync_failure: Option<String>,
+    /// Databases a forced checkpoint found idle (nothing to copy, record behind): their
+    /// checkpoint index advances together at the end of it.
+    idle_found: Vec<String>,
+    /// Databases closed while idle (`engine/closer.rs`); `databases` holds the open ones.
+    closed: BTreeMap<String, closer::Closed>,
 }
 
 impl Drop for Engine {
@@ -703,6 +750,8 @@ impl Engine {
             jitter_state: config_seed,
             checkpointer: None,
             sync_failure: None,
+            idle_found: Vec::new(),
+            closed: BTreeMap::new(),
         };
         if engine.config.checkpoint_sync_in_background {
             engine.checkpointer = Some(Checkpointer::start()?);
@@ -745,7 +794,10 @@ impl Engine {
                 let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
             }
         }
+        let marks = idle::read(&self.config.dir)?;
         let mut recovery = Recovery::default();
+        let check_deadline = std::time::Instant::now() + self.config.open_check_budget;
+        let mut unchecked = 0usize;
         for name in names {
             let path = self.config.dir.join(&name);
             let record = record::read(&path)?.expect("listed above");
@@ -775,12 +827,37 @@ impl Engine {
                 }
                 write_empty_database(&path, record.page_size)?;
             }
+            let on_disk = record.checkpoint_index;
+            let record = idle::apply_mark(record, marks.get(&name).copied());
             let replay_through = if record.intent_index > record.checkpoint_index {
                 record.intent_index
             } else {
                 0
             };
-            self.attach_database(&name, record, replay_through)?;
+            let idle_mark = if record.checkpoint_index > on_disk {
+                record.checkpoint_index
+            } else {
+                0
+            };
+            if replay_through == 0 && self.databases.len() >= self.config.databases_max {
+                // Past the limit of open databases: opened when first used.
+                let closed = closer::Closed {
+                    path: self.config.dir.join(&name),
+                    record,
+                    last_command_index: record.last_command_index,
+                    idle_mark,
+                    snapshot_token: Arc::new(()),
+                };
+                self.closed.insert(name.clone(), closed);
+                unchecked += 1;
+            } else {
+                self.attach_database(&name, record, replay_through)?;
+                self.databases.get_mut(&name).expect("attached").idle_mark = idle_mark;
+                // A database mid-recovery holds a mix of states until replay: not checked.
+                if replay_through == 0 && !self.check_at_open(&name, check_deadline) {
+                    unchecked += 1;
+                }
+            }
             log::info!(
                 "database {name:?}: checkpoint index {}, replay through {replay_through}",
                 record.checkpoint_index
@@ -790,6 +867,12 @@ impl Engine {
                 checkpoint_index: record.checkpoint_index,
                 replay_through,
             });
+        }
+        if unchecked > 0 {
+            log::info!(
+                "{unchecked} database(s) not quick_checked at open: the budget of {:?} ran out",
+                self.config.open_check_budget
+            );
         }
         Ok(recovery)
     }
@@ -831,6 +914,9 @@ impl Engine {
                 checkpoint_at_frames,
                 sync_pending: false,
                 transaction_since: 0,
+                corrupt: None,
+                idle_mark: 0,
+                used_at: self.now,
             },
         );
         Ok(())
@@ -891,6 +977,7 @@ impl Engine {
         for (session, error) in expired {
             self.complete(session, Err(error));
         }
+        self.expire_transactions();
     }
 
     /// Opens a session.
@@ -907,6 +994,7 @@ impl Engine {
                 databases: HashMap::new(),
                 statements: HashMap::new(),
                 next_statement: 1,
+                statement_bytes: 0,
                 cursor: None,
             },
         );
@@ -957,13 +1045,28 @@ impl Engine {
             return Err(ExecError::UnknownSession);
         }
         if !self.databases.contains_key(name) {
-            self.create_database(name, self.applied_index)
-                .map_err(|error| match error {
-                    EngineError::Io(error) => ExecError::Io(error),
-                    EngineError::Sqlite(error) => ExecError::Sqlite(error),
-                    other => ExecError::Io(std::io::Error::other(other.to_string())),
-                })?;
+            let exec = |error| match error {
+                EngineError::Io(error) => ExecError::Io(error),
+                EngineError::Sqlite(error) => ExecError::Sqlite(error),
+                other => ExecError::Io(std::io::Error::other(other.to_string())),
+            };
+            if !self.make_room().map_err(exec)? {
+                return Err(ExecError::TooManyDatabases {
+                    databases_max: self.config.databases_max,
+                });
+            }
+            if !self.reopen(name).map_err(exec)? {
+                if self.databases.len() + self.closed.len() >= DATABASES_TOTAL_MAX {
+                    return Err(ExecError::Limit(
+                        "databases: a node holds at most 4096 (what a snapshot carries)",
+                    ));
+                }
+                self.create_database(name, self.applied_index)
+                    .map_err(exec)?;
+            }
         }
+        let now = self.now;
+        self.databases.get_mut(name).expect("open").used_at = now;
         let path = self.databases[name].path.clone();
         let session = self.sessions.get_mut(&session).expect("checked");
         if session.databases.contains_key(name) {
@@ -975,6 +1078,7 @@ impl Engine {
             SessionDb {
                 conn,
                 txn: Txn::None,
+                txn_since: 0,
                 aborted: None,
             },
         );
@@ -990,6 +1094,7 @@ impl Engine {
         sql: &str,
     ) -> Result<(u32, usize), ExecError> {
         let statements_max = self.config.statements_max;
+        let statement_bytes_max = self.config.statement_bytes_max;
         let session = self
             .sessions
             .get_mut(&session)
@@ -1001,8 +1106,15 @@ impl Engine {
             .databases
             .get_mut(database)
             .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
-        let (statement, _) = sdb.conn.prepare_one(sql)?;
+        let (statement, used) = sdb.conn.prepare_one(sql)?;
         let statement = statement.ok_or_else(|| misuse("no SQL statement to prepare"))?;
+        let bytes = used.min(sql.len());
+        if session.statement_bytes.saturating_add(bytes) > statement_bytes_max {
+            return Err(ExecError::Limit(
+                "bytes of SQL prepared per session (finalize statements first)",
+            ));
+        }
+        session.statement_bytes += bytes;
         let parameters = statement.parameter_count();
         let id = session.next_statement;
         session.next_statement = session.next_statement.wrapping_add(1).max(1);
@@ -1032,6 +1144,10 @@ impl Engine {
             session.cursor = None;
         }
         if let Some(sdb) = session.databases.get_mut(&database) {
+            if let Some(kept) = sdb.conn.kept(statement) {
+                let bytes = kept.sql().len();
+                session.statement_bytes = session.statement_bytes.saturating_sub(bytes);
+            }
             sdb.conn.forget(statement);
         }
         Ok(())
@@ -1049,7 +1165,9 @@ impl Engine {
         target: Target<'_>,
         params: &[Value],
     ) -> Result<Reply, ExecError> {
-        self.request(session, database, target, params, false)
+        let reply = self.request(session, database, target, params, false);
+        self.note_result(database, reply.as_ref().err());
+        reply
     }
 
     /// Runs a query for the session. A read-only query answers with its first batch of rows
@@ -1062,7 +1180,9 @@ impl Engine {
         target: Target<'_>,
         params: &[Value],
     ) -> Result<Reply, ExecError> {
-        self.request(session, database, target, params, true)
+        let reply = self.request(session, database, target, params, true);
+        self.note_result(database, reply.as_ref().err());
+        reply
     }
 
     /// The next batch of rows of the session's unfinished query.
@@ -1078,7 +1198,14 @@ impl Engine {
             .get_mut(&cursor.database)
             .ok_or(ExecError::NoQuery)?;
         let statement = sdb.conn.kept(cursor.statement).ok_or(ExecError::NoQuery)?;
-        let (response, more) = collect_rows(statement, true, Some(batch), || (0, 0))?;
+        let (response, more) = match collect_rows(statement, true, Some(batch), || (0, 0)) {
+            Ok(rows) => rows,
+            Err(error) => {
+                let database = cursor.database;
+                self.note_result(&database, Some(&error));
+                return Err(error);
+            }
+        };
         if more {
             session.cursor = Some(cursor);
         } else if cursor.statement == AD_HOC_STATEMENT {
@@ -1113,6 +1240,7 @@ impl Engine {
     ) -> Result<Reply, ExecError> {
         let batch = self.config.batch_bytes;
         let applied_index = self.applied_index;
+        let now = self.now;
         let session = self
             .sessions
             .get_mut(&id)
@@ -1128,8 +1256,9 @@ impl Engine {
         Self::drop_cursor(session);
         let db = self
             .databases
-            .get(database)
+            .get_mut(database)
             .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        db.used_at = now;
         if db.recovering_until > applied_index {
             return Err(ExecError::Recovering {
                 index: db.recovering_until,
@@ -1207,6 +1336,7 @@ impl Engine {
             sdb.txn = if sdb.conn.is_autocommit() {
                 Txn::None
             } else if sdb.txn == Txn::None {
+                sdb.txn_since = now;
                 Txn::Read
             } else {
                 sdb.txn
@@ -1270,6 +1400,12 @@ impl Engine {
     fn enqueue(&mut self, id: SessionId, database: &str, work: Work) -> Result<(), ExecError> {
         let queue_max = self.config.queue_max;
         let db = self.databases.get_mut(database).expect("checked by caller");
+        if let Some(reason) = &db.corrupt {
+            return Err(ExecError::Corrupt {
+                database: database.to_string(),
+                reason: reason.clone(),
+            });
+        }
         if db.queue.len() >= queue_max {
             return Err(ExecError::QueueFull {
                 queued_max: queue_max,
@@ -1341,7 +1477,24 @@ impl Engine {
                     database: database.to_string(),
                 });
             }
-            match self.run_member(database, waiter) {
+            if let Some(reason) = self.databases[database].corrupt.clone() {
+                // An earlier member found the database corrupt: nothing more is written.
+                let database = database.to_string();
+                self.complete(id, Err(ExecError::Corrupt { database, reason }));
+                continue;
+            }
+            let outcome = self.run_member(database, waiter);
+            let error = match &outcome {
+                MemberOutcome::Member(member) => member.result.as_ref().err(),
+                MemberOutcome::Answer(result) | MemberOutcome::Transaction(result) => {
+                    result.as_ref().err()
+                }
+            };
+            if let Some(error) = error.filter(|error| limits::is_corruption(error)) {
+                let reason = error.client_message();
+                self.mark_corrupt(database, &reason);
+            }
+            match outcome {
                 MemberOutcome::Member(member) => members.push(member),
                 MemberOutcome::Answer(result) => self.complete(id, result),
                 MemberOutcome::Transaction(result) => {
@@ -1373,6 +1526,7 @@ impl Engine {
     /// Runs one request of a chain on its session's connection.
     fn run_member(&mut self, database: &str, waiter: Waiter) -> MemberOutcome {
         let bytes_max = self.config.transaction_bytes_max;
+        let now = self.now;
         let id = waiter.session;
         let db = self.databases.get_mut(database).expect("pumped");
         let Some(sdb) = self
@@ -1392,6 +1546,10 @@ impl Engine {
         let result = run_target(&mut sdb.conn, &target, &params, query, None).map(|(r, _)| r);
         let result = too_large(&db.files, result, bytes_max);
         if !sdb.conn.is_autocommit() {
+            if sdb.txn == Txn::None {
+                // The transaction time limit counts from here (`limits.rs`).
+                sdb.txn_since = now;
+            }
             match keep_transaction(&db.files, &mut sdb.conn) {
                 Ok(()) if !db.files.capture_active() => {
                     // A transaction that has not written (`BEGIN; SELECT …`, or a write that
@@ -1547,9 +1705,19 @@ impl Engine {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
+        let database = match &session.state {
+            WriteState::Idle => None,
+            WriteState::Queued { database, .. }
+            | WriteState::Executing { database }
+            | WriteState::Transaction { database }
+            | WriteState::Proposed { database, .. } => Some(database.clone()),
+        };
         match session.state {
             WriteState::Transaction { .. } => {}
             _ => session.state.transition(WriteState::Idle),
+        }
+        if let Some(database) = database {
+            self.note_result(&database, result.as_ref().err());
         }
         self.completions.push(Completion {
             session: id,
@@ -1669,9 +1837,18 @@ impl Engine {
         };
         let name = decoded.database;
         if !self.databases.contains_key(name) {
-            self.create_database(name, index - 1)?;
+            // Replicated writes are never refused: past the limit, it is exceeded for a while
+            // (and closing another database failing is no reason to fail this apply).
+            if let Err(error) = self.make_room() {
+                log::warn!("closing an idle database to open {name:?}: {error}");
+            }
+            if !self.reopen(name)? {
+                self.create_database(name, index - 1)?;
+            }
         }
+        let now = self.now;
         let db = self.databases.get_mut(name).expect("exists");
+        db.used_at = now;
         if index <= db.record.checkpoint_index {
             self.applied_index = index;
             return Ok(Applied::Skipped);
@@ -1793,6 +1970,34 @@ impl Engine {
                 self.checkpoint_database(&name, force)?;
             }
         }
+        if force {
+            // Closed databases are idle with an empty WAL: only their index moves.
+            let target = self.applied_index;
+            let behind = self
+                .closed
+                .iter()
+                .filter(|(_, closed)| closed.record.checkpoint_index < target)
+                .map(|(name, _)| name.clone());
+            self.idle_found.extend(behind);
+        }
+        let idle = std::mem::take(&mut self.idle_found);
+        match idle.as_slice() {
+            [] => {}
+            [name] if self.databases.contains_key(name) => {
+                let db = self.databases.get_mut(name).expect("known database");
+                let record = Record {
+                    checkpoint_index: self.applied_index,
+                    last_command_index: db.last_command_index,
+                    ..db.record
+                };
+                db.record = durable(
+                    &mut self.sync_failure,
+                    name,
+                    record::write(&db.path, &record),
+                )?;
+            }
+            _ => self.advance_idle(&idle)?,
+        }
         Ok(self.min_checkpoint_index())
     }
 
@@ -1818,17 +2023,10 @@ impl Engine {
         }
         let frames = db.files.index_header()?.map(|h| h.max_frame).unwrap_or(0);
         if frames == 0 && db.record.intent_index == 0 {
+            // Nothing applied since its last checkpoint: it reflects `target` already. Its
+            // index advances with the other idle ones, in one write (`checkpoint`).
             if db.record.checkpoint_index < target {
-                let record = Record {
-                    checkpoint_index: target,
-                    last_command_index: db.last_command_index,
-                    ..db.record
-                };
-                db.record = durable(
-                    &mut self.sync_failure,
-                    name,
-                    record::write(&db.path, &record),
-                )?;
+                self.idle_found.push(name.to_string());
             }
             return Ok(true);
         }
@@ -1961,28 +2159,42 @@ impl Engine {
 
     /// The index the main file of `database` durably reflects.
     pub fn checkpoint_index(&self, database: &str) -> Option<u64> {
-        self.databases
-            .get(database)
-            .map(|db| db.record.checkpoint_index)
+        match self.databases.get(database) {
+            Some(db) => Some(db.record.checkpoint_index),
+            None => Some(self.closed.get(database)?.record.checkpoint_index),
+        }
     }
 
     /// The index of the last command applied to `database` (the base a new command for it
     /// must carry).
     pub fn last_command_index(&self, database: &str) -> Option<u64> {
-        self.databases.get(database).map(|db| db.last_command_index)
+        match self.databases.get(database) {
+            Some(db) => Some(db.last_command_index),
+            None => Some(self.closed.get(database)?.last_command_index),
+        }
     }
 
     /// The minimum checkpoint index over all databases: Raft may compact its log up to it.
     pub fn min_checkpoint_index(&self) -> Option<u64> {
-        self.databases
-            .values()
-            .map(|db| db.record.checkpoint_index)
+        let open = self.databases.values().map(|db| &db.record);
+        let closed = self.closed.values().map(|closed| &closed.record);
+        open.chain(closed)
+            .map(|record| record.checkpoint_index)
             .min()
     }
 
     /// The names of the databases, in order.
     pub fn database_names(&self) -> Vec<String> {
-        self.databases.keys().cloned().collect()
+        let mut names: Vec<String> = self.databases.keys().cloned().collect();
+        names.extend(self.closed.keys().cloned());
+        names.sort();
+        names
+    }
+
+    /// How many databases are open now (at most `databases_max`, unless replicated writes
+    /// needed more).
+    pub fn open_database_count(&self) -> usize {
+        self.databases.len()
     }
 
     /// Runs `PRAGMA integrity_check` on a database through its control connection; returns
@@ -2000,7 +2212,10 @@ impl Engine {
 
     /// The path of a database's main file (for tests and tools).
     pub fn database_path(&self, database: &str) -> Option<&Path> {
-        self.databases.get(database).map(|db| db.path.as_path())
+        match self.databases.get(database) {
+            Some(db) => Some(db.path.as_path()),
+            None => Some(self.closed.get(database)?.path.as_path()),
+        }
     }
 
     pub(crate) fn snapshot_parts(&self) -> Vec<SnapshotPart> {
@@ -2035,11 +2250,13 @@ impl Engine {
         for session in self.sessions.values_mut() {
             session.cursor = None;
             session.statements.clear();
+            session.statement_bytes = 0;
             session.databases.clear();
             if !matches!(session.state, WriteState::Idle) {
                 session.state = WriteState::Idle;
             }
         }
+        self.closed.clear();
         let databases = std::mem::take(&mut self.databases);
         for (_, db) in databases {
             let path = db.path.clone();

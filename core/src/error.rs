@@ -58,6 +58,19 @@ pub enum ExecError {
     },
     /// A configured limit (sessions, statements) was reached.
     Limit(&'static str),
+    /// `databases_max` databases are open and none is idle: another cannot be opened now.
+    TooManyDatabases {
+        /// The limit.
+        databases_max: usize,
+    },
+    /// The database failed an integrity check or SQLite found a corrupt page in it: the node
+    /// refuses writes to it (reads may go on) until it is repaired.
+    Corrupt {
+        /// The database.
+        database: String,
+        /// What was found.
+        reason: String,
+    },
     /// A file operation failed.
     Io(io::Error),
 }
@@ -83,6 +96,8 @@ impl ExecError {
             ExecError::BadDatabaseName(_) => ffi::SQLITE_CANTOPEN,
             ExecError::Recovering { .. } => ffi::SQLITE_BUSY_RECOVERY,
             ExecError::Limit(_) => ffi::SQLITE_TOOBIG,
+            ExecError::TooManyDatabases { .. } => ffi::SQLITE_CANTOPEN,
+            ExecError::Corrupt { .. } => ffi::SQLITE_CORRUPT,
             ExecError::Io(_) => ffi::SQLITE_IOERR,
         }
     }
@@ -134,6 +149,16 @@ impl fmt::Display for ExecError {
                 "database is recovering: readable once the log is applied up to {index}"
             ),
             ExecError::Limit(what) => write!(f, "limit reached: {what}"),
+            ExecError::TooManyDatabases { databases_max } => write!(
+                f,
+                "too many databases open: all {databases_max} open ones are in use \
+                 (atoll start --max-databases); try again later"
+            ),
+            ExecError::Corrupt { database, reason } => write!(
+                f,
+                "database {database:?} is corrupt ({reason}): writes to it are refused \
+                 until it is repaired"
+            ),
             ExecError::Io(error) => write!(f, "I/O error: {error}"),
         }
     }

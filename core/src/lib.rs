@@ -89,7 +89,7 @@ pub mod wal;
 
 pub use engine::{
     Completion, DatabaseRecovery, Engine, EngineConfig, Proposal, Recovery, Reply, Response,
-    SessionId, Target,
+    SessionId, Target, DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT,
 };
 pub use error::{Applied, EngineError, ExecError};
 pub use snapshot::{DatabaseImage, SnapshotReader};

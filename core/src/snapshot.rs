@@ -39,19 +39,66 @@ use crate::vfs::{Conn, DbFiles, Role};
 
 const MAGIC: &[u8; 4] = b"ATSN";
 const VERSION: u32 = 1;
-/// The most databases a snapshot may carry.
-const DATABASES_MAX: u32 = 4096;
+/// The most databases a snapshot may carry (a node never holds more).
+const DATABASES_MAX: u32 = crate::engine::DATABASES_TOTAL_MAX as u32;
 
 struct Part {
     name: String,
-    files: Arc<DbFiles>,
     last_command_index: u64,
     page_size: u32,
     page_count: u32,
-    max_frame: u32,
     _token: Arc<()>,
-    /// Holds the read transaction that pins the frames this snapshot reads.
-    _reader: Conn,
+    source: Source,
+}
+
+/// Where a part's pages come from.
+enum Source {
+    /// An open database, under a read transaction of its own.
+    Open {
+        files: Arc<DbFiles>,
+        max_frame: u32,
+        /// Holds the read transaction that pins the frames this snapshot reads.
+        _reader: Conn,
+    },
+    /// A database closed while idle: its WAL is empty and its main file cannot change while
+    /// the part's token lives, so pages come from the main file, opened only while the stream
+    /// is in this part (a node may hold more databases than it may keep open).
+    Closed {
+        path: std::path::PathBuf,
+        file: Option<fs::File>,
+    },
+}
+
+impl Part {
+    fn read_page(&mut self, page: u32, out: &mut [u8]) -> io::Result<()> {
+        let page_size = u64::from(self.page_size);
+        match &mut self.source {
+            Source::Open {
+                files, max_frame, ..
+            } => match files.find_frame(page, *max_frame)? {
+                Some(frame) => files.read_wal_page(frame, out),
+                None => files.read_main_page(page, out),
+            },
+            Source::Closed { path, file } => {
+                let file = match file {
+                    Some(file) => file,
+                    None => file.insert(fs::File::open(&*path)?),
+                };
+                std::os::unix::fs::FileExt::read_exact_at(
+                    file,
+                    out,
+                    u64::from(page - 1) * page_size,
+                )?;
+                if page == self.page_count {
+                    self.source = Source::Closed {
+                        path: std::mem::take(path),
+                        file: None,
+                    };
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,12 +163,9 @@ impl SnapshotReader {
                 self.stage = self.after_page(at, 0);
             }
             Stage::Page(at, page) => {
-                let part = &self.parts[at];
+                let part = &mut self.parts[at];
                 self.chunk.resize(part.page_size as usize, 0);
-                match part.files.find_frame(page, part.max_frame)? {
-                    Some(frame) => part.files.read_wal_page(frame, &mut self.chunk)?,
-                    None => part.files.read_main_page(page, &mut self.chunk)?,
-                }
+                part.read_page(page, &mut self.chunk)?;
                 self.stage = self.after_page(at, page);
             }
             Stage::Trailer => {
@@ -196,10 +240,7 @@ impl Read for DatabaseImage {
             }
             let page = self.page_next;
             self.chunk.resize(self.part.page_size as usize, 0);
-            match self.part.files.find_frame(page, self.part.max_frame)? {
-                Some(frame) => self.part.files.read_wal_page(frame, &mut self.chunk)?,
-                None => self.part.files.read_main_page(page, &mut self.chunk)?,
-            }
+            self.part.read_page(page, &mut self.chunk)?;
             self.page_next += 1;
             self.position = 0;
         }
@@ -270,6 +311,24 @@ impl Engine {
         for part in self.snapshot_parts() {
             parts.push(self.open_part(part)?);
         }
+        for part in self.closed_snapshot_parts() {
+            let bytes = fs::metadata(&part.path)?.len();
+            let page_count = u32::try_from(bytes / u64::from(part.page_size)).map_err(|_| {
+                EngineError::CorruptRecord(format!("{}: too large", part.path.display()))
+            })?;
+            parts.push(Part {
+                name: part.name,
+                last_command_index: part.last_command_index,
+                page_size: part.page_size,
+                page_count,
+                _token: part.token,
+                source: Source::Closed {
+                    path: part.path,
+                    file: None,
+                },
+            });
+        }
+        parts.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(SnapshotReader {
             index: self.applied_index(),
             parts,
@@ -301,13 +360,15 @@ impl Engine {
         };
         Ok(Part {
             name,
-            files,
             last_command_index,
             page_size,
             page_count,
-            max_frame,
             _token: token,
-            _reader: reader,
+            source: Source::Open {
+                files,
+                max_frame,
+                _reader: reader,
+            },
         })
     }
 
@@ -316,6 +377,7 @@ impl Engine {
     /// holding it in memory. `None` if the node has no such database. Like a snapshot, the image
     /// holds a read transaction: checkpoints of the database wait until it is dropped.
     pub fn database_image(&mut self, name: &str) -> Result<Option<DatabaseImage>, EngineError> {
+        self.reopen(name)?;
         let Some(part) = self.snapshot_parts().into_iter().find(|p| p.name == name) else {
             return Ok(None);
         };
@@ -351,6 +413,8 @@ impl Engine {
             }
         };
         self.detach_all("the database was replaced by a snapshot");
+        // Every record is rewritten at the snapshot's index, above any mark.
+        crate::engine::remove_idle_marks(&dir)?;
         for name in fs_database_names(&dir)? {
             if !incoming.iter().any(|d| d.name == name) {
                 let path = dir.join(&name);

@@ -114,6 +114,8 @@ pub struct Conn {
     pub close_after_flush: Option<CloseReason>,
     /// A malformed frame was logged at warn level; later ones go to debug.
     pub malformed_logged: bool,
+    /// Bytes of `inbound`'s capacity charged to the reactor's client buffer budget.
+    pub charged: usize,
     /// Whether the host was told about this connection (Connected), so it must hear of its end.
     pub announced: bool,
     /// Queued on the reactor's flush or revisit list (dedupe flags).
@@ -145,6 +147,7 @@ impl Conn {
             read_paused: false,
             close_after_flush: None,
             malformed_logged: false,
+            charged: 0,
             announced: false,
             flush_queued: false,
             revisit_queued: false,
@@ -161,9 +164,16 @@ impl Conn {
         self.outbound.len() - self.out_offset
     }
 
-    /// Reads one chunk into `inbound`.
+    /// Reads one chunk into `inbound`: at most what its capacity has room for (the reactor
+    /// grew it for the frame being received), or a chunk when it is full.
     pub fn read_once(&mut self, now: Instant) -> IoOutcome {
-        self.read_once_max(now, READ_CHUNK_BYTES)
+        let room = self.inbound.capacity() - self.inbound.len();
+        let max = if room == 0 {
+            READ_CHUNK_BYTES
+        } else {
+            room.min(READ_CHUNK_BYTES)
+        };
+        self.read_once_max(now, max)
     }
 
     /// Reads at most `max` bytes into `inbound` (the remainder of a large peer frame is read in

@@ -56,6 +56,12 @@ pub const CONNECTIONS_MAX: usize = 1024;
 /// Default limit of connections that have not said what they are yet (their first word) or
 /// are peers not yet authenticated.
 pub const HANDSHAKES_MAX: usize = 1024;
+/// Default budget for client request bytes buffered beyond each connection's first
+/// `BUFFER_CAPACITY_KEEP_BYTES`, all client connections together: one 64 MiB request fits, a
+/// crowd of them does not (past it: FAILURE, then close).
+pub const CLIENT_BUFFER_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// dqlite's code for "out of memory" (SQLITE_NOMEM), sent when the client buffer budget is spent.
+pub const FAILURE_CODE_NOMEM: u64 = 7;
 /// Default outbound high-water mark: above it the connection is not read.
 pub const OUT_BYTES_HIGH: usize = 256 * 1024;
 /// Default time a new connection has to send its version word.
@@ -121,6 +127,11 @@ pub struct ReactorConfig {
     pub write_stall_timeout: Duration,
     /// Timers armed at once.
     pub timers_max: usize,
+    /// Bytes of partly received client requests buffered, beyond each connection's first
+    /// `BUFFER_CAPACITY_KEEP_BYTES`, over all client connections. A request that would need
+    /// more is answered with FAILURE 7 and its connection closed. Buffers grow as bytes arrive,
+    /// never on the size a header announces.
+    pub client_buffer_bytes_max: usize,
     /// The peer transport: `None` refuses peer connections (a client-only reactor).
     pub peer: Option<PeerConfig>,
 }
@@ -136,6 +147,7 @@ impl Default for ReactorConfig {
             idle_timeout: Some(IDLE_TIMEOUT),
             write_stall_timeout: WRITE_STALL_TIMEOUT,
             timers_max: TIMERS_MAX,
+            client_buffer_bytes_max: CLIENT_BUFFER_BYTES_MAX,
             peer: None,
         }
     }
@@ -184,6 +196,9 @@ pub enum CloseReason {
     Peer(PeerError),
     /// A newer inbound connection from the same node took this one's place.
     Replaced,
+    /// Its request would have taken the client request buffers past
+    /// `ReactorConfig::client_buffer_bytes_max`; FAILURE 7 was sent first.
+    BufferBudget,
     /// The peer announced a new incarnation (it restarted), so this outbound connection may lead
     /// to its previous, dead process; it is redialled at once.
     PeerRestarted,
@@ -331,6 +346,8 @@ pub struct Reactor {
     handshakes_count: usize,
     /// Open client connections (bounded by connections_max).
     clients_count: usize,
+    /// Sum of every client connection's `Conn::charged` (bounded by `client_buffer_bytes_max`).
+    client_buffered_bytes: usize,
     /// A connection limit was hit and logged; re-armed when the counts drop below them.
     limit_logged: bool,
     /// Connections with queued output to write.
@@ -421,6 +438,7 @@ impl Reactor {
             connections_count: 0,
             handshakes_count: 0,
             clients_count: 0,
+            client_buffered_bytes: 0,
             limit_logged: false,
             flush_list: Vec::new(),
             revisit_list: Vec::new(),
@@ -473,6 +491,11 @@ impl Reactor {
     pub fn buffered_bytes(&self, conn: ConnId) -> Option<(usize, usize)> {
         self.conn(conn)
             .map(|c| (c.inbound.len(), c.out_pending_bytes()))
+    }
+
+    /// Bytes of client request buffers charged to `client_buffer_bytes_max` now.
+    pub fn client_buffered_bytes(&self) -> usize {
+        self.client_buffered_bytes
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
@@ -734,6 +757,7 @@ impl Reactor {
         self.slots[slot].generation = self.slots[slot].generation.wrapping_add(1);
         self.free_slots.push(slot);
         self.connections_count -= 1;
+        self.client_buffered_bytes -= conn.charged;
         match conn.phase {
             Phase::Handshake | Phase::PeerHello | Phase::PeerAuthIn { .. } => {
                 self.handshakes_count -= 1
@@ -993,14 +1017,52 @@ impl Reactor {
             };
             let frame_bytes = HEADER_BYTES + body_bytes;
             if conn.inbound.len() < frame_bytes {
-                if conn.inbound.capacity() < frame_bytes {
-                    // The header's size was validated: reserve the frame once.
-                    conn.inbound.reserve_exact(frame_bytes - conn.inbound.len());
+                // Grow with the bytes that arrived (doubling, never past the frame's end), so a
+                // header alone costs nothing; growth beyond the first 64 KiB is charged to the
+                // budget shared by all client connections.
+                let len = conn.inbound.len();
+                let wanted = frame_bytes.min(len + READ_CHUNK_BYTES);
+                if conn.inbound.capacity() < wanted {
+                    let capacity = frame_bytes.min(wanted.max(2 * conn.inbound.capacity()));
+                    let charge = capacity.saturating_sub(BUFFER_CAPACITY_KEEP_BYTES);
+                    let others = self.client_buffered_bytes - conn.charged;
+                    if others + charge > self.config.client_buffer_bytes_max {
+                        warn!(
+                            "{id} ({}): request of {frame_bytes} bytes refused: client request \
+                             buffers hold {others} bytes (budget {})",
+                            conn.peer, self.config.client_buffer_bytes_max
+                        );
+                        conn.inbound.clear();
+                        if conn.out_pending_bytes() == 0 {
+                            conn.write_progress_at = Instant::now();
+                        }
+                        Response::failure(
+                            FAILURE_CODE_NOMEM,
+                            format!(
+                                "server out of memory for requests: {others} bytes of other \
+                                 requests are buffered; try again later"
+                            ),
+                        )
+                        .encode(&mut conn.outbound, version_of(conn.phase));
+                        conn.close_after_flush = Some(CloseReason::BufferBudget);
+                        Self::queue(&mut self.flush_list, &mut conn.flush_queued, slot);
+                        return true;
+                    }
+                    conn.inbound.reserve_exact(capacity - len);
+                    self.client_buffered_bytes = others + charge;
+                    conn.charged = charge;
                 }
                 return true;
             }
             let decoded = Request::decode(header, &conn.inbound[HEADER_BYTES..frame_bytes]);
             conn.consume_inbound(frame_bytes);
+            // The charge follows the buffer: a shrunk one gives it back.
+            let charge = conn
+                .inbound
+                .capacity()
+                .saturating_sub(BUFFER_CAPACITY_KEEP_BYTES);
+            self.client_buffered_bytes = self.client_buffered_bytes - conn.charged + charge;
+            conn.charged = charge;
             match decoded {
                 Ok(request) => {
                     conn.awaiting_response = true;
@@ -1024,10 +1086,7 @@ impl Reactor {
             warn!("{id} ({}): malformed request: {error}", conn.peer);
             conn.malformed_logged = true;
         }
-        let version = match conn.phase {
-            Phase::Client(version) => version,
-            _ => ProtocolVersion::V1,
-        };
+        let version = version_of(conn.phase);
         if conn.out_pending_bytes() == 0 {
             conn.write_progress_at = Instant::now();
         }
@@ -1097,5 +1156,13 @@ fn min_wait(wait: Option<Duration>, other: Duration) -> Duration {
     match wait {
         Some(wait) => wait.min(other),
         None => other,
+    }
+}
+
+/// The protocol version a connection's answers are encoded in.
+fn version_of(phase: Phase) -> ProtocolVersion {
+    match phase {
+        Phase::Client(version) => version,
+        _ => ProtocolVersion::V1,
     }
 }

@@ -32,6 +32,9 @@ struct Observed {
     outbound_max: usize,
     rows_sent: u64,
     requests: usize,
+    /// The reactor's client buffer charge after the last poll, and the largest seen.
+    charged: usize,
+    charged_max: usize,
 }
 
 struct Stream {
@@ -196,6 +199,8 @@ fn serve(reactor: &mut Reactor, addr: SocketAddr, stop: &AtomicBool, observed: &
                 }
             }
         }
+        observed.charged = reactor.client_buffered_bytes();
+        observed.charged_max = observed.charged_max.max(observed.charged);
         for &conn in &conns {
             if let Some((inbound, outbound)) = reactor.buffered_bytes(conn) {
                 observed.inbound_max = observed.inbound_max.max(inbound);
@@ -614,4 +619,70 @@ fn test_waker_ends_a_poll_from_another_thread() {
         .poll(&mut events, Some(Duration::from_secs(10)))
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// An EXEC_SQL frame (db 0) whose SQL text makes a body of about `body_bytes`.
+fn exec_sql_frame(body_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    Request::ExecSql {
+        db_id: 0,
+        sql: "x".repeat(body_bytes),
+        params: Vec::new(),
+    }
+    .encode(&mut out);
+    out
+}
+
+#[test]
+fn test_request_buffers_grow_with_bytes_and_share_a_budget() {
+    let config = ReactorConfig {
+        client_buffer_bytes_max: 1024 * 1024,
+        ..ReactorConfig::default()
+    };
+    let server = TestServer::start(config);
+    let mut bystander = Client::handshake(server.addr);
+    bystander.assert_served();
+    // Headers declaring 60 MiB bodies, and nothing more: no buffer grows for them (before, each
+    // reserved its whole frame: 20 x 60 MiB).
+    let mut idle: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut client = Client::handshake(server.addr);
+            client.write(&exec_sql_frame(60 << 20)[..16]);
+            client
+        })
+        .collect();
+    bystander.assert_served();
+    assert_eq!(server.observed(|o| o.charged_max), 0);
+
+    // A 900 KiB request, all but its last byte: its buffer grows with what arrived.
+    let big = exec_sql_frame(900 * 1024);
+    let mut first = Client::handshake(server.addr);
+    first.write(&big[..big.len() - 1]);
+    server.wait_for("the first request to be buffered", |o| {
+        o.charged >= 800 * 1024
+    });
+    assert!(server.observed(|o| o.charged) <= big.len());
+    // A second one does not fit the 1 MiB budget: FAILURE 7, then close.
+    let mut second = Client::handshake(server.addr);
+    let _ = second.stream.write_all(&big[..400 * 1024]);
+    if let Ok(header) = read_message(&mut second.stream, 1 << 20, &mut second.buffer) {
+        let _ = header;
+        let response = Response::decode_message(&second.buffer, &second.context).unwrap();
+        let message = assert_failure(response, 7);
+        assert!(message.contains("out of memory"), "{message}");
+    }
+    server.wait_for("the refusal", |o| {
+        o.closed
+            .iter()
+            .any(|(_, reason)| *reason == CloseReason::BufferBudget)
+    });
+    // The first completes and is answered; its charge is given back; everyone is served.
+    first.write(&big[big.len() - 1..]);
+    assert!(matches!(first.receive(), Response::Result { .. }));
+    server.wait_for("the charge to drop", |o| o.charged == 0);
+    bystander.assert_served();
+    first.assert_served();
+    for client in &mut idle {
+        client.write(&[0]);
+    }
 }

@@ -36,7 +36,7 @@
 //!   are zeroed, with a warning), and refuses, naming file and byte offset, any damage in a
 //!   closed segment, any gap between segments, or a second open segment holding entries.
 //! - A torn tail is only the last record written, followed by zeros (rule in
-//!   [`segment::damage_after`]). A bad record followed by a valid one, or by non-zero bytes past
+//!   `segment::damage_after`). A bad record followed by a valid one, or by non-zero bytes past
 //!   the end its header claims, is damage, not a torn write: recovery refuses it, naming file
 //!   and offset, rather than drop entries that may have been acknowledged. A flip in the very
 //!   last record cannot be told from a torn write: that one record is dropped.

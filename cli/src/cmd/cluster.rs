@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
-use atoll_net::protocol::{NodeInfo, Value};
+use atoll_net::protocol::{NodeInfo, NodeMetadata, Value};
 
 use super::{connect, explain, io_words, role_name, CliError, ClusterArgs};
 use crate::output::{self, Format};
@@ -53,12 +53,14 @@ pub struct NodeStatus {
     pub reachable: Result<(), String>,
     /// The node's applied index (atoll nodes only).
     pub applied_index: Option<u64>,
+    /// How many of its databases are corrupt and refuse writes (atoll nodes only).
+    pub corrupt_databases: Option<u64>,
 }
 
 /// Dials `address` and asks LEADER and DESCRIBE. An atoll node (it accepts atoll's version
 /// word) is asked DESCRIBE format 1, which carries its applied index; any other node format 0,
 /// the only one dqlite survives.
-fn probe(address: &str) -> Result<Option<u64>, String> {
+fn probe(address: &str) -> Result<Option<NodeMetadata>, String> {
     let config = ClientConfig {
         connect_timeout: PROBE_TIMEOUT,
         request_timeout: PROBE_TIMEOUT,
@@ -70,7 +72,7 @@ fn probe(address: &str) -> Result<Option<u64>, String> {
     };
     if let Some(mut connection) = Connection::connect_atoll(address, &config).map_err(words)? {
         let metadata = connection.describe_v1().map_err(words)?;
-        return Ok(Some(metadata.applied_index));
+        return Ok(Some(metadata));
     }
     let mut connection = Connection::connect(address, &config).map_err(words)?;
     connection.leader().map_err(words)?;
@@ -90,10 +92,12 @@ fn probe_all(nodes: &[NodeInfo], leader_id: Option<u64>) -> Vec<NodeStatus> {
             .zip(probes)
             .map(|(node, probe)| {
                 let probe = probe.join().unwrap_or_else(|_| Err("probe failed".into()));
+                let metadata = probe.as_ref().ok().copied().flatten();
                 NodeStatus {
                     node: node.clone(),
                     leader: Some(node.id) == leader_id,
-                    applied_index: probe.as_ref().ok().copied().flatten(),
+                    applied_index: metadata.map(|m| m.applied_index),
+                    corrupt_databases: metadata.map(|m| m.corrupt_databases),
                     reachable: probe.map(|_| ()),
                 }
             })
@@ -140,24 +144,34 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                 .map(|n| {
                     format!(
                         "{{\"id\":{},\"address\":{},\"role\":{},\"leader\":{},\"reachable\":{},\
-                         \"applied_index\":{}}}",
+                         \"applied_index\":{},\"corrupt_databases\":{}}}",
                         n.node.id,
                         output::json_string(&n.node.address),
                         output::json_string(role_name(n.node.role)),
                         n.leader,
                         n.reachable.is_ok(),
                         n.applied_index
-                            .map_or("null".to_owned(), |index| index.to_string())
+                            .map_or("null".to_owned(), |index| index.to_string()),
+                        n.corrupt_databases
+                            .map_or("null".to_owned(), |count| count.to_string())
                     )
                 })
                 .collect();
             writeln!(out, "[{}]", objects.join(",\n"))
         }
         Format::Table | Format::Csv => {
-            let columns: Vec<String> = ["id", "address", "role", "leader", "reachable", "applied"]
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
+            let columns: Vec<String> = [
+                "id",
+                "address",
+                "role",
+                "leader",
+                "reachable",
+                "applied",
+                "corrupt",
+            ]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
             let rows: Vec<Vec<Value>> = nodes
                 .iter()
                 .map(|n| {
@@ -173,6 +187,10 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                         Value::Text(
                             n.applied_index
                                 .map_or("-".to_owned(), |index| index.to_string()),
+                        ),
+                        Value::Text(
+                            n.corrupt_databases
+                                .map_or("-".to_owned(), |count| count.to_string()),
                         ),
                     ]
                 })

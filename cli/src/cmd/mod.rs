@@ -138,6 +138,19 @@ pub struct NodeSettings {
     /// and demoted (ms; default 3000).
     #[arg(long, value_name = "MS")]
     pub unreachable_ms: Option<u64>,
+
+    /// The most databases open at once (two file descriptors each): idle ones are closed to
+    /// make room, and an OPEN fails with "too many databases open" only while all are in use
+    /// (default 0: sized to the open-file limit, `ulimit -n`, after a reserve). A node holds at
+    /// most 4096 databases in all.
+    #[arg(long, value_name = "N")]
+    pub max_databases: Option<u64>,
+
+    /// A client transaction (a read snapshot or a write) open longer than this is rolled back,
+    /// and the client's next request on it fails (ms; default 30000; 0: no limit). An open
+    /// reader holds back checkpoints and snapshots, an open writer every other writer.
+    #[arg(long, value_name = "MS")]
+    pub transaction_timeout_ms: Option<u64>,
 }
 
 impl NodeSettings {
@@ -153,6 +166,8 @@ impl NodeSettings {
             || self.voters.is_some()
             || self.standbys.is_some()
             || self.unreachable_ms.is_some()
+            || self.max_databases.is_some()
+            || self.transaction_timeout_ms.is_some()
     }
 
     /// Applies the settings given to `config` and checks the result.
@@ -180,6 +195,12 @@ impl NodeSettings {
         }
         if let Some(ms) = self.unreachable_ms {
             config.unreachable_ms = ms;
+        }
+        if let Some(max) = self.max_databases {
+            config.max_databases = max;
+        }
+        if let Some(ms) = self.transaction_timeout_ms {
+            config.transaction_timeout_ms = ms;
         }
         config.validate().map_err(CliError::new)
     }

@@ -317,6 +317,7 @@ impl Node {
             commit_index: self.raft.commit_index().0,
             applied_index: self.raft.applied().0,
             last_index: self.raft.last_index().0,
+            corrupt_databases: self.engine.corrupt_databases().len() as u64,
         }
     }
 

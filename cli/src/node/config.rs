@@ -46,6 +46,17 @@ pub const STANDBYS_DEFAULT: u32 = 3;
 /// How long a voter may stay unreachable before the leader replaces it, by default.
 pub const UNREACHABLE_MS_DEFAULT: u64 = 3_000;
 
+/// A client transaction open longer than this is rolled back, by default (ms).
+pub const TRANSACTION_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// File descriptors kept for everything but databases (log segments, snapshots, sockets, SQLite
+/// temp files) when the database limit is sized to the descriptor limit: this many, plus a
+/// quarter of the limit.
+const FDS_RESERVED: u64 = 64;
+/// File descriptors one database keeps open (its main file and its WAL).
+const FDS_PER_DATABASE: u64 = 2;
+/// The database limit when the descriptor limit cannot be read or is unlimited.
+const DATABASES_MAX_FALLBACK: u64 = atoll_core::DATABASES_MAX_DEFAULT as u64;
+
 /// Everything `atoll init` decides about a node; `atoll start` reads it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -81,6 +92,12 @@ pub struct NodeConfig {
     pub standbys: u32,
     /// A voter unreachable this long is replaced (automatic roles).
     pub unreachable_ms: u64,
+    /// The most databases open at once (idle ones are closed to make room); 0: sized to the
+    /// process's file descriptor limit when the node starts ([`NodeConfig::databases_max`]).
+    pub max_databases: u64,
+    /// A client transaction open longer than this (ms) is rolled back and the client's next
+    /// request fails; 0: no limit.
+    pub transaction_timeout_ms: u64,
     /// Set by `atoll join` until the node is a member: the addresses of nodes of the cluster it
     /// asks to add it. Empty for a member.
     pub join: Vec<String>,
@@ -104,8 +121,26 @@ impl NodeConfig {
             voters: VOTERS_DEFAULT,
             standbys: STANDBYS_DEFAULT,
             unreachable_ms: UNREACHABLE_MS_DEFAULT,
+            max_databases: 0,
+            transaction_timeout_ms: TRANSACTION_TIMEOUT_MS_DEFAULT,
             join: Vec::new(),
         }
+    }
+
+    /// The database limit in effect: `max_databases`, or with 0 what the soft limit on open
+    /// files leaves after `FDS_RESERVED` and a quarter of it, at two descriptors a database.
+    pub fn databases_max(&self) -> usize {
+        let max = if self.max_databases > 0 {
+            self.max_databases
+        } else {
+            match open_files_limit() {
+                Some(fds) => (fds.saturating_sub(fds / 4).saturating_sub(FDS_RESERVED)
+                    / FDS_PER_DATABASE)
+                    .max(1),
+                None => DATABASES_MAX_FALLBACK,
+            }
+        };
+        usize::try_from(max).unwrap_or(usize::MAX)
     }
 
     /// Sets the timing from milliseconds: the tick, the heartbeat interval and the election
@@ -216,6 +251,12 @@ impl NodeConfig {
         let _ = writeln!(text, "voters = {}", self.voters);
         let _ = writeln!(text, "standbys = {}", self.standbys);
         let _ = writeln!(text, "unreachable_ms = {}", self.unreachable_ms);
+        let _ = writeln!(text, "max_databases = {}", self.max_databases);
+        let _ = writeln!(
+            text,
+            "transaction_timeout_ms = {}",
+            self.transaction_timeout_ms
+        );
         if !self.join.is_empty() {
             let _ = writeln!(text, "join = {}", self.join.join(","));
         }
@@ -277,6 +318,8 @@ impl NodeConfig {
             voters: VOTERS_DEFAULT,
             standbys: STANDBYS_DEFAULT,
             unreachable_ms: UNREACHABLE_MS_DEFAULT,
+            max_databases: 0,
+            transaction_timeout_ms: TRANSACTION_TIMEOUT_MS_DEFAULT,
             join: Vec::new(),
         };
         // Keys added for clusters are optional: a file written before them gets the defaults.
@@ -300,6 +343,12 @@ impl NodeConfig {
         }
         if let Some(value) = optional("unreachable_ms") {
             config.unreachable_ms = number("unreachable_ms", value)?;
+        }
+        if let Some(value) = optional("max_databases") {
+            config.max_databases = number("max_databases", value)?;
+        }
+        if let Some(value) = optional("transaction_timeout_ms") {
+            config.transaction_timeout_ms = number("transaction_timeout_ms", value)?;
         }
         if let Some(value) = optional("join") {
             config.join = value
@@ -377,6 +426,18 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// The soft limit on open files of this process (Linux: `/proc/self/limits`), `None` when
+/// unknown or unlimited.
+fn open_files_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,9 +484,16 @@ mod tests {
             .to_text()
             .lines()
             .filter(|l| {
-                !["roles", "voters", "standbys", "unreachable_ms"]
-                    .iter()
-                    .any(|k| l.starts_with(k))
+                ![
+                    "roles",
+                    "voters",
+                    "standbys",
+                    "unreachable_ms",
+                    "max_databases",
+                    "transaction_timeout_ms",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
             })
             .map(|l| format!("{l}\n"))
             .collect();

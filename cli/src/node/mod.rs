@@ -274,6 +274,8 @@ pub struct Node {
     last_apply_at: Instant,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
+    /// An idle checkpoint found a client's transaction in the way: the next try is not before.
+    idle_checkpoint_retry_at: Instant,
     /// The applied index and the log's last index at start: what was replayed is logged once
     /// the node serves (`None` afterwards).
     replay: Option<(u64, u64)>,
@@ -310,6 +312,13 @@ impl Node {
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
         engine_config.queue_wait_max = config.writer_wait_ms;
         engine_config.transaction_wait_max = config.busy_wait_ms;
+        engine_config.transaction_time_max = config.transaction_timeout_ms;
+        engine_config.databases_max = config.databases_max();
+        info!(
+            "at most {} databases open at once (--max-databases), client transactions open at \
+             most {} ms",
+            engine_config.databases_max, config.transaction_timeout_ms
+        );
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
         // Checkpoints stall the loop: small ones (4 MiB of pages: a few milliseconds of copy),
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
@@ -447,6 +456,7 @@ impl Node {
             compact_target: None,
             last_apply_at: Instant::now(),
             checkpointed_at: applied,
+            idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
@@ -1163,14 +1173,26 @@ impl Node {
         let applied = self.raft.applied().0;
         if applied == self.checkpointed_at
             || self.last_apply_at.elapsed() < IDLE_CHECKPOINT_AFTER
+            || Instant::now() < self.idle_checkpoint_retry_at
             || self.snapshot_job.is_some()
         {
             return;
         }
-        self.checkpointed_at = applied;
         match self.engine.checkpoint(true) {
-            Ok(index) => info!("idle: checkpointed every database (index {index:?})"),
-            Err(e) => error!("idle checkpoint failed: {e}"),
+            Ok(index) if index.is_some_and(|index| index < applied) => {
+                // A client's open transaction holds frames: try again after another idle
+                // period (the engine never waits for it; its time limit ends it).
+                debug!("idle checkpoint incomplete (index {index:?}): a reader holds frames");
+                self.idle_checkpoint_retry_at = Instant::now() + IDLE_CHECKPOINT_AFTER;
+            }
+            Ok(index) => {
+                self.checkpointed_at = applied;
+                info!("idle: checkpointed every database (index {index:?})");
+            }
+            Err(e) => {
+                self.checkpointed_at = applied;
+                error!("idle checkpoint failed: {e}");
+            }
         }
     }
 

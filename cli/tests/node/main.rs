@@ -25,6 +25,9 @@
 //!   with SQLITE_FULL, reads served, everything back once space is freed (root only).
 //! - `t52_bad_input`: malformed frames, wrong versions, oversized messages, unknown ids, while
 //!   another client keeps being served.
+//! - `t53_hardening`: an idle reader (no loop stall, rolled back past the limit), header-only
+//!   requests under a 1 GiB address-space limit, too many parameters, database names under a
+//!   low open-file limit, a corrupt page.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -40,6 +43,7 @@ mod t21_membership;
 mod t50_durability;
 mod t51_concurrency;
 mod t52_bad_input;
+mod t53_hardening;
 mod t54_forged_peer_messages;
 mod t55_cluster_faults;
 mod t56_disk_full;

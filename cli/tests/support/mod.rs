@@ -258,6 +258,9 @@ pub struct AtollNode {
     dir: tempfile::TempDir,
     /// Extra `atoll start` arguments, used at every start.
     pub start_args: Vec<String>,
+    /// A command the node runs under, with its arguments (`prlimit --nofile=128 --`): it must
+    /// exec the node, so that the child's pid is the node's.
+    pub wrapper: Vec<String>,
 }
 
 impl AtollNode {
@@ -297,6 +300,7 @@ impl AtollNode {
             child: None,
             dir,
             start_args: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -327,6 +331,7 @@ impl AtollNode {
             child: None,
             dir,
             start_args: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -378,7 +383,14 @@ impl AtollNode {
             .open(self.dir.path().join("node.log"))
             .expect("node log");
         let data = self.data_dir();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atoll"));
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_atoll"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_atoll")),
+        };
         command
             .args(["start", "--data-dir"])
             .arg(&data)

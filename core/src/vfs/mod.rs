@@ -1367,6 +1367,10 @@ impl Conn {
         use rusqlite::OpenFlags;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = rusqlite::Connection::open_with_flags_and_vfs(path, flags, vfs.name())?;
+        // rusqlite sets a 5 s busy timeout; the engine runs on the host's loop thread and must
+        // never wait in SQLite: a lock it cannot take now is retried later (checkpoints) or
+        // answered as busy.
+        connection.busy_timeout(std::time::Duration::ZERO)?;
         connection.set_db_config(
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
@@ -1397,6 +1401,11 @@ impl Conn {
     /// The rusqlite connection, for internal statements.
     pub(crate) fn connection(&self) -> &rusqlite::Connection {
         &self.connection
+    }
+
+    /// The rusqlite connection, to install handlers (an open-time check's progress handler).
+    pub(crate) fn connection_mut(&mut self) -> &mut rusqlite::Connection {
+        &mut self.connection
     }
 
     /// Prepares the first statement of `sql`; returns it (or `None` for only whitespace or

@@ -77,6 +77,13 @@ pub enum DecodeError {
         /// Bytes left in the body when the count was read.
         remaining: u64,
     },
+    /// A statement's parameter tuple holds more values than a statement can use.
+    TooManyParameters {
+        /// The count read from the wire.
+        count: u64,
+        /// The limit.
+        max: usize,
+    },
     /// The word after the last row of a ROWS body is neither DONE nor PART.
     InvalidRowsMarker(u64),
     /// A node role value other than 0 (voter), 1 (standby) or 2 (spare).
@@ -151,6 +158,10 @@ impl fmt::Display for DecodeError {
             DecodeError::ValueTypeNotAllowed(code) => {
                 write!(f, "value type {code} is not allowed here")
             }
+            DecodeError::TooManyParameters { count, max } => write!(
+                f,
+                "too many parameters: {count} (a statement takes at most {max})"
+            ),
             DecodeError::CountTooLarge {
                 field,
                 count,

@@ -263,11 +263,14 @@ pub struct NodeMetadata {
     pub applied_index: u64,
     /// The last index of the node's Raft log.
     pub last_index: u64,
+    /// How many of the node's databases are known corrupt (they refuse writes; the node's log
+    /// names them).
+    pub corrupt_databases: u64,
 }
 
 impl NodeMetadata {
     /// Words in the body of a METADATA format 1 message.
-    pub const WORDS: usize = 10;
+    pub const WORDS: usize = 11;
 }
 
 /// What a response decoder must know that the response itself does not say: the connection's
@@ -421,6 +424,7 @@ impl Response {
                     m.commit_index,
                     m.applied_index,
                     m.last_index,
+                    m.corrupt_databases,
                 ] {
                     put_u64(out, word);
                 }
@@ -537,6 +541,7 @@ impl Response {
                     commit_index: r.u64("commit index")?,
                     applied_index: r.u64("applied index")?,
                     last_index: r.u64("last index")?,
+                    corrupt_databases: r.u64("corrupt databases")?,
                 })
             }
             ResponseType::Metadata => Response::Metadata {

@@ -24,6 +24,9 @@ pub const TYPE_ISO8601: u8 = 10;
 /// Type code of a BOOLEAN (`uint64`, 0 or 1).
 pub const TYPE_BOOLEAN: u8 = 11;
 
+/// The most parameters one request may carry: SQLite's own limit on a statement's variables
+/// (`SQLITE_MAX_VARIABLE_NUMBER`, 32766). More are refused before any is decoded.
+pub const PARAMS_COUNT_MAX: usize = 32766;
 /// Schema 0 parameter tuples count with one byte; more parameters need schema 1.
 pub const PARAMS_SCHEMA0_COUNT_MAX: usize = 255;
 
@@ -233,6 +236,12 @@ pub fn decode_params(
         1 => u64::from(reader.u32("parameter count")?),
         _ => return Err(DecodeError::UnknownSchema { kind, schema }),
     };
+    if count > PARAMS_COUNT_MAX as u64 {
+        return Err(DecodeError::TooManyParameters {
+            count,
+            max: PARAMS_COUNT_MAX,
+        });
+    }
     let count = reader.check_count(count, 1, "parameter type")?;
     let codes = reader.take(count, "parameter types")?;
     for &code in codes {
@@ -366,11 +375,31 @@ mod tests {
             Err(DecodeError::UnknownValueType(7))
         );
         // A count claiming more values than the body holds allocates nothing.
-        let body = [0xffu8, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        let body = [0xe8u8, 0x03, 0, 0, 0, 0, 0, 0];
         assert!(matches!(
             decode_params(&mut Reader::new(&body), 9, 1),
             Err(DecodeError::CountTooLarge { .. })
         ));
+        // More parameters than a statement can take are refused before anything else.
+        let body = [0xffu8, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        assert_eq!(
+            decode_params(&mut Reader::new(&body), 9, 1),
+            Err(DecodeError::TooManyParameters {
+                count: u64::from(u32::MAX),
+                max: PARAMS_COUNT_MAX
+            })
+        );
+    }
+
+    #[test]
+    fn test_parameter_count_limit() {
+        for (count, ok) in [(PARAMS_COUNT_MAX, true), (PARAMS_COUNT_MAX + 1, false)] {
+            let params = vec![Value::Integer(1); count];
+            let mut out = Vec::new();
+            encode_params(&mut out, &params);
+            let decoded = decode_params(&mut Reader::new(&out), 5, params_schema(count));
+            assert_eq!(decoded.is_ok(), ok, "{count}: {decoded:?}");
+        }
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn test_every_response_round_trips() {
         commit_index: 7,
         applied_index: 6,
         last_index: 8,
+        corrupt_databases: 1,
     }));
     round_trip(Response::Metadata {
         failure_domain: 0,
