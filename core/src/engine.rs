@@ -134,8 +134,9 @@ pub struct EngineConfig {
     pub statement_bytes_max: usize,
     /// The most databases open at once (each keeps two files and its control connection
     /// open); to open another, the least recently used idle one is closed
-    /// (`engine/closer.rs`), and without one a session's OPEN fails with [`ExecError::TooManyDatabases`]. Commands from
-    /// the leader always open their database. A node holds at most 4096 databases in all.
+    /// (`engine/closer.rs`), and without one a session's OPEN fails with
+    /// [`ExecError::TooManyDatabases`]. Commands from the leader always open their database.
+    /// A node holds at most 4096 databases in all.
     pub databases_max: usize,
     /// A client transaction (read or write) open longer than this, in host time units, is
     /// rolled back by [`Engine::set_time`]; the session's next request on that database fails

@@ -7,10 +7,10 @@
 //! pending, it is not recovering and not corrupt (kept open so that its state stays visible).
 //! To close it the engine first makes its WAL empty (a forced `TRUNCATE` checkpoint: the
 //! wal-index lives only in memory, so a closed database must need none), then drops its
-//! connection and files and keeps only what its record says ([`Closed`]). Opening a session on it, or applying a command to it, opens it
-//! again; so does a snapshot (all of them, for its duration) or a DUMP. Recovery at start
-//! opens at most `databases_max` databases and leaves the others closed, so a restart never
-//! needs more descriptors than the limit allows.
+//! connection and files and keeps only what its record says ([`Closed`]). Opening a session
+//! on it, or applying a command to it, opens it again; so does a snapshot (all of them, for
+//! its duration) or a DUMP. Recovery at start opens at most `databases_max` databases and
+//! leaves the others closed, so a restart never needs more descriptors than the limit allows.
 //!
 //! Room is made when a new database must be opened: the least recently used idle one is
 //! closed. When none is idle, a session's OPEN fails with `TooManyDatabases`; `apply` never
