@@ -15,12 +15,14 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use atoll_core::{Applied, Engine, EngineConfig, Recovery, Reply, Response, Rows, SessionId, Target, Value};
+use atoll_core::{
+    Applied, Engine, EngineConfig, Recovery, Reply, Response, Rows, SessionId, Target, Value,
+};
 use atoll_raft::codec::{decode_message_slice, encode_message_to_vec};
 use atoll_raft::{Configuration, MemberRole, Message, MessageKind};
 use atoll_storage::{
-    Entry, EntryKind, HardState, LogIndex, LogRead, LogStore, NodeId, Options, Payload,
-    SegmentLog, Term,
+    Entry, EntryKind, HardState, LogIndex, LogRead, LogStore, NodeId, Options, Payload, SegmentLog,
+    Term,
 };
 
 const DATABASE: &str = "formats.db";
@@ -91,7 +93,10 @@ fn row(batch: i64, k: i64) -> Vec<Value> {
     } else {
         1.0e300 / (n as f64 + 1.0)
     };
-    let text = format!("ligne {n}: Zürich → 東京 {}", "ab".repeat((n % 17) as usize));
+    let text = format!(
+        "ligne {n}: Zürich → 東京 {}",
+        "ab".repeat((n % 17) as usize)
+    );
     let blob: Vec<u8> = (0..(n % 97) * 5)
         .map(|i| (i as u8).wrapping_mul(31) ^ n as u8)
         .collect();
@@ -116,7 +121,11 @@ fn configuration() -> Configuration {
     let mut configuration = Configuration::new();
     configuration.insert(NodeId(1), "10.0.0.1:9001", MemberRole::Voter);
     configuration.insert(NodeId(2), "[fd00::2]:9001", MemberRole::Voter);
-    configuration.insert(NodeId(0x0102_0304_0506_0708), "node-c:9001", MemberRole::Standby);
+    configuration.insert(
+        NodeId(0x0102_0304_0506_0708),
+        "node-c:9001",
+        MemberRole::Standby,
+    );
     configuration.insert(NodeId(4), "node-d:9001", MemberRole::Spare);
     configuration
 }
@@ -139,7 +148,11 @@ fn log_entries(commands: &[Vec<u8>]) -> Vec<Entry> {
         },
     ];
     for (k, command) in commands.iter().enumerate() {
-        let term = if k < commands.len() / 2 { 2 } else { 0x0001_0002_0003 };
+        let term = if k < commands.len() / 2 {
+            2
+        } else {
+            0x0001_0002_0003
+        };
         entries.push(Entry {
             index: LogIndex(3 + k as u64),
             term: Term(term),
@@ -231,9 +244,17 @@ fn produce(dir: &Path) -> Vec<Vec<u8>> {
         }
     }
     write(&mut engine, "DELETE FROM t WHERE id % 7 = 3", &[]);
-    write(&mut engine, "UPDATE t SET r = -r, n = ? WHERE id % 5 = 1", &[Value::Float(0.1)]);
+    write(
+        &mut engine,
+        "UPDATE t SET r = -r, n = ? WHERE id % 5 = 1",
+        &[Value::Float(0.1)],
+    );
     for (k, command) in commands.iter().enumerate() {
-        fs::write(dir.join("commands").join(format!("{:04}.cmd", k + 3)), command).unwrap();
+        fs::write(
+            dir.join("commands").join(format!("{:04}.cmd", k + 3)),
+            command,
+        )
+        .unwrap();
     }
 
     let entries = log_entries(&commands);
@@ -261,7 +282,11 @@ fn produce(dir: &Path) -> Vec<Vec<u8>> {
     writer.finish().unwrap();
     drop(log);
     drop(engine);
-    fs::write(dir.join("message.bin"), encode_message_to_vec(&message(&entries))).unwrap();
+    fs::write(
+        dir.join("message.bin"),
+        encode_message_to_vec(&message(&entries)),
+    )
+    .unwrap();
     commands
 }
 
@@ -288,7 +313,11 @@ fn check(dir: &Path, own_commands: &[Vec<u8>], reference: &Rows) {
         let applied = follower.apply(3 + k as u64, command).unwrap();
         assert!(matches!(applied, Applied::Frames { .. }), "{applied:?}");
     }
-    assert_eq!(&query_all(&mut follower, SELECT), reference, "applied commands");
+    assert_eq!(
+        &query_all(&mut follower, SELECT),
+        reference,
+        "applied commands"
+    );
     assert_eq!(follower.integrity_check(DATABASE).unwrap(), ["ok"]);
 
     // The database file (the WAL is never the durable copy): the engine recovers it from its
@@ -306,7 +335,11 @@ fn check(dir: &Path, own_commands: &[Vec<u8>], reference: &Rows) {
             recovered.apply(index, command).unwrap();
         }
     }
-    assert_eq!(&query_all(&mut recovered, SELECT), reference, "recovered database");
+    assert_eq!(
+        &query_all(&mut recovered, SELECT),
+        reference,
+        "recovered database"
+    );
     assert_eq!(recovered.integrity_check(DATABASE).unwrap(), ["ok"]);
 
     // The log: every entry, the terms and the hard state of its metadata file.
@@ -322,7 +355,11 @@ fn check(dir: &Path, own_commands: &[Vec<u8>], reference: &Rows) {
     assert_eq!(log.hard_state(), HARD_STATE);
     assert_eq!(log.first_index(), LogIndex(1));
     assert_eq!(log.last_index(), expected.last().unwrap().index);
-    assert!(log.segment_files_count() > 2, "{} segments", log.segment_files_count());
+    assert!(
+        log.segment_files_count() > 2,
+        "{} segments",
+        log.segment_files_count()
+    );
     let mut entries = Vec::new();
     log.entries(LogIndex(1), log.last_index().next(), u64::MAX, &mut entries)
         .unwrap();
@@ -340,14 +377,24 @@ fn check(dir: &Path, own_commands: &[Vec<u8>], reference: &Rows) {
     let meta = log.snapshots().latest().unwrap().expect("a snapshot");
     let last = expected.last().unwrap();
     assert_eq!((meta.index, meta.term), (last.index, last.term));
-    assert_eq!(Configuration::decode(&meta.configuration).unwrap(), configuration());
+    assert_eq!(
+        Configuration::decode(&meta.configuration).unwrap(),
+        configuration()
+    );
     let mut stream = log.snapshots().open_reader(&meta).unwrap();
     let mut installed = open_engine(&scratch.path().join("installed"), 3);
-    assert_eq!(installed.install_snapshot(&mut stream).unwrap(), last.index.0);
+    assert_eq!(
+        installed.install_snapshot(&mut stream).unwrap(),
+        last.index.0
+    );
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{} bytes after the snapshot", rest.len());
-    assert_eq!(&query_all(&mut installed, SELECT), reference, "installed snapshot");
+    assert_eq!(
+        &query_all(&mut installed, SELECT),
+        reference,
+        "installed snapshot"
+    );
     assert_eq!(installed.integrity_check(DATABASE).unwrap(), ["ok"]);
 
     // The message a peer would receive.
@@ -416,7 +463,11 @@ fn assert_same_files(ours: &Path, theirs: &Path) {
             ));
         }
     }
-    assert!(differing.is_empty(), "differing files:\n{}", differing.join("\n"));
+    assert!(
+        differing.is_empty(),
+        "differing files:\n{}",
+        differing.join("\n")
+    );
 }
 
 #[test]
