@@ -7,6 +7,7 @@
 
 pub mod add;
 pub mod assign;
+pub mod backup;
 pub mod cluster;
 pub mod demo;
 pub mod dump;
