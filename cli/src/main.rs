@@ -1,6 +1,6 @@
 //! `atoll`: the command line of a distributed SQLite.
 //!
-//! The node commands (`init`, `join`, `start`, `demo`) set up and run a node (`node/`: the loop
+//! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node (`node/`: the loop
 //! wiring the reactor, Raft, the log and the SQLite engine).
 //!
 //! The client commands (`shell`, `dump`, `backup`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
@@ -61,6 +61,7 @@ enum Command {
     Assign(cmd::assign::Args),
     Remove(cmd::remove::Args),
     Transfer(cmd::transfer::Args),
+    Recover(cmd::recover::Args),
 }
 
 impl Command {
@@ -90,6 +91,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Assign(args) => cmd::assign::run(args),
         Command::Remove(args) => cmd::remove::run(args),
         Command::Transfer(args) => cmd::transfer::run(args),
+        Command::Recover(args) => cmd::recover::run(args),
     }
 }
 

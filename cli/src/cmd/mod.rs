@@ -13,6 +13,7 @@ pub mod demo;
 pub mod dump;
 pub mod init;
 pub mod join;
+pub mod recover;
 pub mod remove;
 pub mod shell;
 pub mod start;

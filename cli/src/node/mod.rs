@@ -28,6 +28,7 @@ mod disk;
 mod join;
 mod peers;
 mod reads;
+pub mod recover;
 mod roles;
 pub mod secret;
 mod values;

@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use crate::support::{atoll, require, run_command, shell, AtollCluster};
+use crate::support::{
+    atoll, require, run_command, shell, wait_for, AtollCluster, AtollNode, Node, READY_TIMEOUT,
+};
 
 /// `sqlite3 FILE .dump`: the whole content as SQL text.
 fn sqlite_dump(path: &std::path::Path) -> String {
@@ -93,4 +95,94 @@ fn test_backup_from_leader_and_follower_hold_the_written_content() {
     ]);
     assert!(err.failed().contains("no"), "{}", err.stderr);
     assert!(!missing.exists());
+}
+
+/// The first `last log index N (term T)` line of `atoll recover --inspect`: (N, T).
+fn inspected(text: &str) -> (u64, u64) {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("last log index "))
+        .expect("a last log index line");
+    let mut words = line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
+    let index = words.next().unwrap().parse().unwrap();
+    let term = words.next().unwrap().parse().unwrap();
+    (index, term)
+}
+
+/// Three voters, two killed for good (the leader among them): the survivor cannot write. `atoll
+/// recover` refuses while it runs and refuses ids it does not know, changing nothing; on the
+/// stopped survivor it makes it the only voter: started again it elects itself, keeps every
+/// acknowledged write and serves new ones; two fresh nodes `atoll join` it and become voters
+/// with the same data.
+#[test]
+fn test_recover_after_losing_the_majority_serves_writes_and_takes_new_members() {
+    let mut cluster = AtollCluster::start(3, &[], 3);
+    let addresses = cluster.addresses();
+    shell(&addresses, "app", &["CREATE TABLE t (n INTEGER)"]).ok();
+    for n in 0..20 {
+        shell(&addresses, "app", &[&format!("INSERT INTO t VALUES ({n})")]).ok();
+    }
+    cluster.wait_in_sync();
+    let leader = cluster.leader();
+    let survivor = (0..3).find(|&i| i != leader).unwrap();
+    for i in (0..3).filter(|&i| i != survivor) {
+        cluster.nodes[i].kill();
+    }
+    let mut node = cluster.nodes.swap_remove(survivor);
+    drop(cluster);
+    let data = node.data_dir();
+    let data = data.to_str().unwrap().to_owned();
+    let id = node.id().to_string();
+
+    let refused = atoll(&["recover", "--data-dir", &data, "--voters", &id]);
+    assert!(refused.failed().contains("in use"), "{}", refused.stderr);
+    // No quorum: a write cannot commit.
+    let stalled = atoll(&[
+        "shell",
+        "--cluster",
+        node.address(),
+        "--timeout",
+        "1",
+        "app",
+        "INSERT INTO t VALUES (100)",
+    ]);
+    assert!(!stalled.status.success(), "{stalled:?}");
+    node.kill();
+
+    let before = atoll(&["recover", "--data-dir", &data, "--inspect"]);
+    let (index, term) = inspected(before.ok());
+    assert!(index > 20, "{}", before.stdout);
+    let unknown = atoll(&["recover", "--data-dir", &data, "--voters", &format!("{id},999")]);
+    assert!(unknown.failed().contains("999"), "{}", unknown.stderr);
+    let again = atoll(&["recover", "--data-dir", &data, "--inspect"]);
+    assert_eq!(again.ok(), before.stdout, "a refused recover changes nothing");
+
+    let out = atoll(&["recover", "--data-dir", &data, "--voters", &id]);
+    assert!(out.ok().contains("1 voter(s)"), "{}", out.stdout);
+    let after = atoll(&["recover", "--data-dir", &data, "--inspect"]);
+    let (new_index, new_term) = inspected(after.ok());
+    assert!(new_index == index + 1 && new_term > term, "{}", after.stdout);
+
+    node.restart();
+    let cluster_address = node.address().to_owned();
+    shell(&cluster_address, "app", &["INSERT INTO t VALUES (20)"]).ok();
+    let out = shell(&cluster_address, "app", &["SELECT count(*), sum(n) FROM t"]);
+    assert!(out.ok().contains("21") && out.stdout.contains("210"), "{}", out.stdout);
+
+    let first = AtollNode::join(&cluster_address, &[]);
+    let second = AtollNode::join(&cluster_address, &[]);
+    let cluster = AtollCluster {
+        nodes: vec![node, first, second],
+    };
+    cluster.wait_roles(3, None);
+    shell(&cluster.addresses(), "app", &["INSERT INTO t VALUES (21)"]).ok();
+    cluster.wait_in_sync();
+    let image = cluster.dump(0, "app");
+    for i in 1..3 {
+        assert!(cluster.dump(i, "app") == image, "node {i} holds the same database");
+    }
+    wait_for("a leader among the new voters", READY_TIMEOUT, || {
+        let out = shell(&cluster.addresses(), "app", &["SELECT count(*) FROM t"]);
+        out.stdout.contains("22").then_some(())
+    });
 }
