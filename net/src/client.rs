@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::{read_message, ReadError};
 use crate::protocol::{
-    ClusterFormat, DecodeError, File, NodeInfo, NodeMetadata, ProtocolVersion, Request, Response,
-    ResponseContext, ResponseType, Role, Rows, RowsEnd, Value, HEADER_BYTES,
+    Checksums, ClusterFormat, DecodeError, File, NodeInfo, NodeMetadata, NodeStatus,
+    ProtocolVersion, Request, Response, ResponseContext, ResponseType, Role, Rows, RowsEnd, Value,
+    HEADER_BYTES,
 };
 
 /// OPEN flag (atoll-specific): serve this connection's queries on the node it is connected to,
@@ -588,6 +589,27 @@ impl Connection {
                 self.broken = true;
                 Err(ProtocolError::Invalid("METADATA without atoll's words".into()).into())
             }
+        }
+    }
+
+    /// VERIFY (atoll only): `index` 0 asks the leader to make a verify point for `database`
+    /// (empty: all); otherwise this node's checksums at that point.
+    pub fn verify(&mut self, index: u64, database: &str) -> Result<Checksums, ClientError> {
+        let request = Request::Verify {
+            index,
+            database: database.to_owned(),
+        };
+        match self.call(&request, ResponseType::Checksums)? {
+            Response::Checksums(checksums) => Ok(checksums),
+            _ => unreachable!("call checked the type"),
+        }
+    }
+
+    /// STATUS (atoll only): the node's status.
+    pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
+        match self.call(&Request::Status, ResponseType::Status)? {
+            Response::Status(status) => Ok(status),
+            _ => unreachable!("call checked the type"),
         }
     }
 

@@ -68,7 +68,9 @@ impl LogState {
             text,
             "current term {}, voted for {}",
             self.hard_state.term,
-            self.hard_state.vote.map_or("nobody".to_owned(), |v| v.0.to_string())
+            self.hard_state
+                .vote
+                .map_or("nobody".to_owned(), |v| v.0.to_string())
         );
         let _ = writeln!(text, "configuration (index {}):", self.configuration_index);
         for (id, member) in self.configuration.members() {
@@ -118,9 +120,8 @@ fn state(data_dir: &Path, log: &SegmentLog) -> Result<LogState, String> {
             break;
         };
         for entry in batch.iter().filter(|e| e.kind == EntryKind::Configuration) {
-            let decoded = Configuration::decode(&entry.payload).map_err(|e| {
-                format!("configuration entry {} does not decode: {e}", entry.index)
-            })?;
+            let decoded = Configuration::decode(&entry.payload)
+                .map_err(|e| format!("configuration entry {} does not decode: {e}", entry.index))?;
             configuration = Some((entry.index, decoded));
         }
         low = end.next();

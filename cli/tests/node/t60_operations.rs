@@ -103,7 +103,9 @@ fn inspected(text: &str) -> (u64, u64) {
         .lines()
         .find_map(|l| l.strip_prefix("last log index "))
         .expect("a last log index line");
-    let mut words = line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
+    let mut words = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty());
     let index = words.next().unwrap().parse().unwrap();
     let term = words.next().unwrap().parse().unwrap();
     (index, term)
@@ -152,22 +154,40 @@ fn test_recover_after_losing_the_majority_serves_writes_and_takes_new_members() 
     let before = atoll(&["recover", "--data-dir", &data, "--inspect"]);
     let (index, term) = inspected(before.ok());
     assert!(index > 20, "{}", before.stdout);
-    let unknown = atoll(&["recover", "--data-dir", &data, "--voters", &format!("{id},999")]);
+    let unknown = atoll(&[
+        "recover",
+        "--data-dir",
+        &data,
+        "--voters",
+        &format!("{id},999"),
+    ]);
     assert!(unknown.failed().contains("999"), "{}", unknown.stderr);
     let again = atoll(&["recover", "--data-dir", &data, "--inspect"]);
-    assert_eq!(again.ok(), before.stdout, "a refused recover changes nothing");
+    assert_eq!(
+        again.ok(),
+        before.stdout,
+        "a refused recover changes nothing"
+    );
 
     let out = atoll(&["recover", "--data-dir", &data, "--voters", &id]);
     assert!(out.ok().contains("1 voter(s)"), "{}", out.stdout);
     let after = atoll(&["recover", "--data-dir", &data, "--inspect"]);
     let (new_index, new_term) = inspected(after.ok());
-    assert!(new_index == index + 1 && new_term > term, "{}", after.stdout);
+    assert!(
+        new_index == index + 1 && new_term > term,
+        "{}",
+        after.stdout
+    );
 
     node.restart();
     let cluster_address = node.address().to_owned();
     shell(&cluster_address, "app", &["INSERT INTO t VALUES (20)"]).ok();
     let out = shell(&cluster_address, "app", &["SELECT count(*), sum(n) FROM t"]);
-    assert!(out.ok().contains("21") && out.stdout.contains("210"), "{}", out.stdout);
+    assert!(
+        out.ok().contains("21") && out.stdout.contains("210"),
+        "{}",
+        out.stdout
+    );
 
     let first = AtollNode::join(&cluster_address, &[]);
     let second = AtollNode::join(&cluster_address, &[]);
@@ -179,7 +199,10 @@ fn test_recover_after_losing_the_majority_serves_writes_and_takes_new_members() 
     cluster.wait_in_sync();
     let image = cluster.dump(0, "app");
     for i in 1..3 {
-        assert!(cluster.dump(i, "app") == image, "node {i} holds the same database");
+        assert!(
+            cluster.dump(i, "app") == image,
+            "node {i} holds the same database"
+        );
     }
     wait_for("a leader among the new voters", READY_TIMEOUT, || {
         let out = shell(&cluster.addresses(), "app", &["SELECT count(*) FROM t"]);

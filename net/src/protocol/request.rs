@@ -50,6 +50,10 @@ pub enum RequestType {
     Describe = 18,
     /// WEIGHT (19) → EMPTY.
     Weight = 19,
+    /// VERIFY (128, atoll only) → CHECKSUMS.
+    Verify = 128,
+    /// STATUS (129, atoll only) → STATUS.
+    Status = 129,
 }
 
 impl RequestType {
@@ -77,6 +81,8 @@ impl RequestType {
             17 => Transfer,
             18 => Describe,
             19 => Weight,
+            128 => Verify,
+            129 => Status,
             _ => return None,
         })
     }
@@ -110,6 +116,8 @@ impl RequestType {
             Transfer => "TRANSFER",
             Describe => "DESCRIBE",
             Weight => "WEIGHT",
+            Verify => "VERIFY",
+            Status => "STATUS",
         }
     }
 }
@@ -267,6 +275,17 @@ pub enum Request {
         /// New weight.
         weight: u64,
     },
+    /// atoll only (type 128), answered with CHECKSUMS. `index` 0 asks the leader to propose a
+    /// verify point for `database` (empty: every database); the answer carries its index.
+    /// `index` > 0 asks a node for its checksums at that verify point.
+    Verify {
+        /// The verify point, or 0 to make one.
+        index: u64,
+        /// The database, or empty for all.
+        database: String,
+    },
+    /// atoll only (type 129): the node's status for `atoll status`, answered with STATUS.
+    Status,
 }
 
 impl Request {
@@ -294,6 +313,8 @@ impl Request {
             Request::Transfer { .. } => T::Transfer,
             Request::Describe | Request::DescribeV1 => T::Describe,
             Request::Weight { .. } => T::Weight,
+            Request::Verify { .. } => T::Verify,
+            Request::Status => T::Status,
         }
     }
 
@@ -322,7 +343,11 @@ impl Request {
 
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
-            Request::Leader | Request::Describe => put_u64(out, 0),
+            Request::Leader | Request::Describe | Request::Status => put_u64(out, 0),
+            Request::Verify { index, database } => {
+                put_u64(out, *index);
+                put_text(out, database);
+            }
             Request::DescribeV1 => put_u64(out, 1),
             Request::Client { id } => put_u64(out, *id),
             Request::Heartbeat { timestamp } => put_u64(out, *timestamp),
@@ -515,6 +540,14 @@ impl Request {
             RequestType::Weight => Request::Weight {
                 weight: r.u64("weight")?,
             },
+            RequestType::Verify => Request::Verify {
+                index: r.u64("verify index")?,
+                database: r.text("database name")?.to_owned(),
+            },
+            RequestType::Status => {
+                r.u64("status unused")?;
+                Request::Status
+            }
         };
         Ok(request)
     }
@@ -593,6 +626,11 @@ mod tests {
         });
         round_trip(Request::Transfer { id: 0 });
         round_trip(Request::Describe);
+        round_trip(Request::Status);
+        round_trip(Request::Verify {
+            index: 12,
+            database: "app".into(),
+        });
         round_trip(Request::DescribeV1);
         round_trip(Request::Weight { weight: 3 });
     }
