@@ -1072,6 +1072,13 @@ impl Client {
         self.with_leader(false, |c| c.dump(name))
     }
 
+    /// VERIFY on the leader: makes a verify point for `database` (empty: all); returns its
+    /// index. Retried on a new leader like a read: an extra point is harmless.
+    pub fn verify_point(&mut self, database: &str) -> Result<u64, ClientError> {
+        self.with_leader(false, |c| c.verify(0, database))
+            .map(|checksums| checksums.index)
+    }
+
     /// ADD a node (as a spare).
     pub fn add(&mut self, id: u64, address: &str) -> Result<(), ClientError> {
         self.with_leader(true, |c| c.add(id, address))

@@ -19,6 +19,7 @@ pub mod shell;
 pub mod start;
 pub mod token;
 pub mod transfer;
+pub mod verify;
 
 use std::fmt;
 use std::io;

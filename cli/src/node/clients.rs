@@ -8,11 +8,11 @@
 use atoll_core::{ExecError, Reply, Response as CoreResponse, Rows as CoreRows, Target};
 use atoll_net::client::OPEN_FOLLOWER_READS;
 use atoll_net::protocol::{
-    ClusterFormat, Header, NodeInfo, NodeMetadata, Request, Response, ResponseType, Role,
-    RowsBatch, RowsEnd, ValueRef, HEADER_BYTES,
+    Checksums, ClusterFormat, Header, NodeInfo, NodeMetadata, NodeStatus, Request, Response,
+    ResponseType, Role, RowsBatch, RowsEnd, ValueRef, VerifyState, HEADER_BYTES,
 };
 use atoll_net::reactor::{Completion, ConnId};
-use atoll_raft::{LogIndex, MemberRole, NodeId, StateRole, Term};
+use atoll_raft::{LogIndex, MemberRole, NodeId, Payload, StateRole, Term};
 use log::{debug, info, warn};
 
 use super::values::{self, Declared};
@@ -294,6 +294,60 @@ impl Node {
                 self.weight = weight;
                 self.send(conn, &Response::Empty);
             }
+            Request::Verify { index, database } => self.verify_request(conn, index, &database),
+            Request::Status => {
+                let status = self.status();
+                self.send(conn, &Response::Status(status));
+            }
+        }
+    }
+
+    /// VERIFY: index 0 makes a verify point (leader only) and answers its index, pending;
+    /// otherwise this node's checksums at that point.
+    fn verify_request(&mut self, conn: ConnId, index: u64, database: &str) {
+        let applied = self.raft.applied().0;
+        if index > 0 {
+            let answer = self.verify.answer(self.config.id, applied, index);
+            return self.send(conn, &Response::Checksums(answer));
+        }
+        let payload = match super::verify::encode_point(database) {
+            Ok(payload) => payload,
+            Err(why) => return self.refuse(conn, (values::CODE_ERROR, why)),
+        };
+        match self.raft.propose(Payload::from_vec(payload)) {
+            Ok(index) => {
+                info!("{conn}: verify point {index} proposed for {database:?}");
+                let answer = Checksums {
+                    index: index.0,
+                    node_id: self.config.id,
+                    applied_index: applied,
+                    state: VerifyState::Pending,
+                    databases: Vec::new(),
+                };
+                self.send(conn, &Response::Checksums(answer));
+            }
+            Err(e) => {
+                let refusal = Self::raft_refusal(e);
+                self.refuse(conn, refusal);
+            }
+        }
+    }
+
+    /// STATUS: what `atoll status` shows of this node.
+    fn status(&self) -> NodeStatus {
+        let last_contact_ms = if self.raft.role() == StateRole::Leader {
+            0
+        } else {
+            self.last_leader_contact
+                .map_or(u64::MAX, |at| at.elapsed().as_millis() as u64)
+        };
+        NodeStatus {
+            metadata: self.metadata(),
+            last_contact_ms,
+            disk_free_bytes: atoll_storage::available_bytes(&self.data_dir).unwrap_or(0),
+            databases: self.engine.database_names().len() as u64,
+            rss_bytes: super::metrics::resident_memory_bytes().unwrap_or(0),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 

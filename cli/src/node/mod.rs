@@ -26,12 +26,14 @@ mod clients;
 pub mod config;
 mod disk;
 mod join;
+mod metrics;
 mod peers;
 mod reads;
 pub mod recover;
 mod roles;
 pub mod secret;
 mod values;
+mod verify;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -267,12 +269,16 @@ pub struct Node {
     turn_sync: Duration,
     turn_apply: Duration,
     snapshot_job: Option<SnapshotJob>,
+    /// Verify points and the checksums being computed for them.
+    verify: verify::Verify,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
     /// Compaction raft asked for and not done yet: the log is compacted one segment file per
     /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
     compact_target: Option<(LogIndex, Term)>,
     last_apply_at: Instant,
+    /// When a message from the leader last arrived (`atoll status`'s last contact).
+    last_leader_contact: Option<Instant>,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
     /// An idle checkpoint found a client's transaction in the way: the next try is not before.
@@ -453,9 +459,11 @@ impl Node {
             turn_sync: Duration::ZERO,
             turn_apply: Duration::ZERO,
             snapshot_job: None,
+            verify: verify::Verify::default(),
             snapshot_next_at,
             compact_target: None,
             last_apply_at: Instant::now(),
+            last_leader_contact: None,
             checkpointed_at: applied,
             idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
@@ -499,7 +507,8 @@ impl Node {
             if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
                 break;
             }
-            let busy = self.snapshot_job.is_some() || !self.proposals.is_empty();
+            let busy =
+                self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
             let timeout = if busy { Some(Duration::ZERO) } else { None };
             self.reactor
                 .poll(&mut events, timeout)
@@ -509,6 +518,7 @@ impl Node {
             self.engine.set_time(now);
             self.engine.poll_checkpoints();
             self.drain_engine();
+            self.verify.work(verify::VERIFY_BYTES_PER_TURN);
             let event_count = events.len();
             let mut tick_due = false;
             for event in events.drain(..) {
@@ -783,6 +793,16 @@ impl Node {
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
+                EntryKind::Command if verify::decode_point(&entry.payload).is_some() => {
+                    self.engine.note_applied(index);
+                    match verify::decode_point(&entry.payload) {
+                        Some(Ok(database)) => {
+                            self.verify.applied(&mut self.engine, index, &database)
+                        }
+                        Some(Err(why)) => warn!("entry {index}: malformed verify point: {why}"),
+                        None => {}
+                    }
+                }
                 EntryKind::Command if !self.disk.may_write(now) => {
                     // A stalled apply is retried at most every `DISK_RETRY_INTERVAL`.
                     self.apply_again_from(entry.index, &mut ready)?;
@@ -937,6 +957,8 @@ impl Node {
             .snapshots()
             .open_reader(&meta)
             .map_err(|e| fatal("opening a received snapshot", e))?;
+        // Images being hashed read files the install replaces.
+        self.verify.snapshot_installed(index.0);
         self.engine
             .install_snapshot(&mut reader)
             .map_err(|e| fatal("installing a snapshot", e))?;
