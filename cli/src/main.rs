@@ -3,7 +3,7 @@
 //! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node (`node/`: the loop
 //! wiring the reactor, Raft, the log and the SQLite engine).
 //!
-//! The client commands (`shell`, `dump`, `backup`, `verify`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
+//! The client commands (`shell`, `dump`, `backup`, `verify`, `status`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
 //! to a running cluster over dqlite's client wire protocol through `atoll_net::client`; they work
 //! against atoll and dqlite nodes alike. They never touch SQLite: `dump` applies the WAL itself
 //! (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
@@ -57,6 +57,7 @@ enum Command {
     Dump(cmd::dump::Args),
     Backup(cmd::backup::Args),
     Verify(cmd::verify::Args),
+    Status(cmd::status::Args),
     Cluster(cmd::cluster::Args),
     Add(cmd::add::Args),
     Assign(cmd::assign::Args),
@@ -88,6 +89,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Dump(args) => cmd::dump::run(args),
         Command::Backup(args) => cmd::backup::run(args),
         Command::Verify(args) => cmd::verify::run(args),
+        Command::Status(args) => cmd::status::run(args),
         Command::Cluster(args) => cmd::cluster::run(args),
         Command::Add(args) => cmd::add::run(args),
         Command::Assign(args) => cmd::assign::run(args),

@@ -17,6 +17,7 @@ pub mod recover;
 pub mod remove;
 pub mod shell;
 pub mod start;
+pub mod status;
 pub mod token;
 pub mod transfer;
 pub mod verify;

@@ -303,3 +303,68 @@ fn test_verify_agrees_under_writes_and_names_a_damaged_replica() {
     // The other database is intact everywhere.
     verify_rows(verify(&["other"]).ok());
 }
+
+/// `atoll status` shows each node: one leader, the same term, and once in sync the same applied
+/// index with no lag, the database count, a disk and a memory figure and the version; JSON
+/// carries the numbers. A killed node is shown unreachable and the command fails.
+#[test]
+fn test_status_shows_every_node_and_a_dead_one() {
+    let mut cluster = AtollCluster::start(3, &[], 3);
+    let addresses = cluster.addresses();
+    shell(
+        &addresses,
+        "app",
+        &["CREATE TABLE t (n); INSERT INTO t VALUES (1)"],
+    )
+    .ok();
+    let applied = cluster.wait_in_sync();
+
+    let out = atoll(&["status", "--cluster", &addresses, "--format", "csv"]);
+    let lines: Vec<Vec<String>> = out
+        .ok()
+        .lines()
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(
+        lines[0].join(","),
+        "id,address,role,term,applied,lag,contact,disk_free,dbs,rss,version"
+    );
+    let rows = &lines[1..];
+    assert_eq!(rows.len(), 3, "{}", out.stdout);
+    assert_eq!(rows.iter().filter(|r| r[2] == "leader").count(), 1);
+    assert!(rows.iter().all(|r| r[3] == rows[0][3]), "one term");
+    for row in rows {
+        assert!(row[4].parse::<u64>().unwrap() >= applied, "{}", out.stdout);
+        assert_eq!(row[5], "0", "no lag once in sync: {}", out.stdout);
+        assert_eq!(row[6] == "-", row[2] == "leader", "{}", out.stdout);
+        assert!(
+            row[7].ends_with("iB") || row[7].ends_with(" B"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(row[8], "1");
+        assert!(row[9].ends_with("MiB"), "{}", out.stdout);
+        assert_eq!(row[10], env!("CARGO_PKG_VERSION"));
+    }
+    let json = atoll(&["status", "--cluster", &addresses, "--format", "json"]);
+    assert_eq!(json.ok().matches("\"lag\":0").count(), 3, "{}", json.stdout);
+    assert_eq!(json.stdout.matches("\"reachable\":true").count(), 3);
+
+    let leader = cluster.leader();
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let victim_id = cluster.nodes[victim].id();
+    cluster.nodes[victim].kill();
+    let out = atoll(&["status", "--cluster", &addresses, "--format", "csv"]);
+    assert!(
+        out.failed().contains(&victim_id.to_string()),
+        "{}",
+        out.stderr
+    );
+    let dead: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("{victim_id},")))
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].contains("unreachable"), "{}", out.stdout);
+}
