@@ -69,6 +69,8 @@ pub(super) struct Client {
     /// Opened with atoll's follower-reads flag: queries are served by this node, leader or
     /// not (after a read index from the leader); writes still need the leader.
     follower_reads: bool,
+    /// When its current request arrived (write latency).
+    request_at: std::time::Instant,
 }
 
 impl Client {
@@ -79,6 +81,7 @@ impl Client {
             statements: Vec::new(),
             state: State::Idle,
             follower_reads: false,
+            request_at: std::time::Instant::now(),
         }
     }
 }
@@ -161,6 +164,9 @@ fn first_statement(text: &str) -> &str {
 impl Node {
     /// Answers a request, or starts the work that will answer it.
     pub(super) fn on_request(&mut self, conn: ConnId, request: Request) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.request_at = std::time::Instant::now();
+        }
         self.serve_request(conn, request, false);
     }
 
@@ -330,6 +336,32 @@ impl Node {
                 let refusal = Self::raft_refusal(e);
                 self.refuse(conn, refusal);
             }
+        }
+    }
+
+    /// What `/metrics` reports besides the node's own counters.
+    pub(super) fn metrics_sample(&self) -> super::metrics::Sample {
+        let leader = self.raft.role() == StateRole::Leader;
+        let last = self.raft.last_index().0;
+        let peer_lags = if leader {
+            self.raft
+                .progress()
+                .filter(|(id, _)| id.0 != self.config.id)
+                .map(|(id, progress)| (id.0, last.saturating_sub(progress.match_index().0)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        super::metrics::Sample {
+            term: self.raft.term().0,
+            commit_index: self.raft.commit_index().0,
+            applied_index: self.raft.applied().0,
+            is_leader: leader,
+            peer_lags,
+            snapshots: self.stats.snapshots + self.stats.snapshots_installed,
+            databases: self.engine.database_names().len() as u64,
+            client_connections: self.clients.len() as u64,
+            resident_memory_bytes: super::metrics::resident_memory_bytes(),
         }
     }
 
@@ -587,6 +619,11 @@ impl Node {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
+        if matches!(client.state, State::Waiting) && result.is_ok() {
+            // A write the engine queued or proposed: answered after its commit.
+            let took = client.request_at.elapsed().as_secs_f64();
+            self.metrics.write_latency.observe(took);
+        }
         client.state = State::Idle;
         match result {
             Ok(CoreResponse::Exec {

@@ -103,6 +103,8 @@ pub struct StartOptions {
     pub peer_routes: HashMap<u64, String>,
     /// Client connections idle this long are closed (`None`: never); `--client-idle-timeout`.
     pub client_idle_timeout: Option<Duration>,
+    /// Where to serve Prometheus metrics (`--metrics-address`), if anywhere.
+    pub metrics_address: Option<String>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -279,6 +281,8 @@ pub struct Node {
     last_apply_at: Instant,
     /// When a message from the leader last arrived (`atoll status`'s last contact).
     last_leader_contact: Option<Instant>,
+    /// Counters and histograms for `/metrics`.
+    metrics: metrics::Metrics,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
     /// An idle checkpoint found a client's transaction in the way: the next try is not before.
@@ -418,12 +422,21 @@ impl Node {
             idle_timeout: options.client_idle_timeout,
             ..ReactorConfig::default()
         };
-        let reactor = Reactor::bind(address, reactor_config).map_err(|e| {
+        let mut reactor = Reactor::bind(address, reactor_config).map_err(|e| {
             start(format!(
                 "cannot listen on {} ({address}): {e}",
                 config.address
             ))
         })?;
+        if let Some(metrics_address) = &options.metrics_address {
+            let resolved = resolve(metrics_address).map_err(NodeError::Start)?;
+            let bound = reactor.bind_metrics(resolved).map_err(|e| {
+                start(format!(
+                    "cannot serve metrics on {metrics_address} ({resolved}): {e}"
+                ))
+            })?;
+            info!("serving metrics at http://{bound}/metrics");
+        }
         let snapshot_next_at = applied + snapshot_interval(&config);
         let tick = Duration::from_millis(config.tick_ms);
         let mut node = Node {
@@ -464,6 +477,7 @@ impl Node {
             compact_target: None,
             last_apply_at: Instant::now(),
             last_leader_contact: None,
+            metrics: metrics::Metrics::new(hard_state.term.0),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
@@ -541,6 +555,7 @@ impl Node {
             }
             let events_done = Instant::now();
             self.drive_raft()?;
+            self.metrics.note_term(self.raft.term().0);
             let raft_done = Instant::now();
             self.after_turn()?;
             self.note_slow_turn(turn_start, events_done, raft_done, event_count);
@@ -621,6 +636,11 @@ impl Node {
                 frames_dropped,
             } => self.on_peer_disconnected(node, direction, reason, frames_dropped),
             Event::PeerFrame { from, frame } => self.on_peer_frame(from, frame)?,
+            Event::MetricsRequest { request } => {
+                let text = self.metrics.render(&self.metrics_sample());
+                self.reactor
+                    .metrics_respond(request, metrics::CONTENT_TYPE, text.as_bytes());
+            }
         }
         Ok(())
     }
@@ -684,6 +704,9 @@ impl Node {
         if !self.proposals.is_empty() {
             let proposals = std::mem::take(&mut self.proposals);
             let ids: Vec<u64> = proposals.iter().map(|p| p.id).collect();
+            for proposal in &proposals {
+                self.metrics.group_commit.observe(proposal.writes as f64);
+            }
             let payloads: Vec<Payload> = proposals
                 .into_iter()
                 .map(|p| Payload::from_vec(p.command))
@@ -781,7 +804,9 @@ impl Node {
                 .sync()
                 .map_err(|e| fatal("syncing the log", e))?;
             self.stats.syncs += 1;
-            self.turn_sync += sync_start.elapsed();
+            let took = sync_start.elapsed();
+            self.metrics.log_sync.observe(took.as_secs_f64());
+            self.turn_sync += took;
         }
         if let Some((index, term)) = ready.persist_point() {
             self.raft.on_persisted(index, term);

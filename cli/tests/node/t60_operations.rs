@@ -368,3 +368,152 @@ fn test_status_shows_every_node_and_a_dead_one() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].contains("unreachable"), "{}", out.stdout);
 }
+
+/// An HTTP/1.1 request to `address`: (status code, body).
+fn http(address: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics port");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    stream
+        .read_to_end(&mut bytes)
+        .expect("the whole answer, then close");
+    let text = String::from_utf8(bytes).expect("UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    assert_eq!(length, body.len(), "{head}");
+    (status, body.to_owned())
+}
+
+/// `GET /metrics` of `address`, checked by `promtool check metrics`.
+fn scrape(address: &str) -> String {
+    let (status, body) = http(address, "GET /metrics HTTP/1.1\r\nHost: atoll\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "metrics"]);
+    let out = run_command(promtool, Some(&body));
+    assert!(
+        out.status.success() && out.stdout.trim().is_empty() && out.stderr.trim().is_empty(),
+        "promtool: {out:?}\n{body}"
+    );
+    body
+}
+
+/// The value of the sample `name` (with its labels, if any) in a scrape.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Three nodes serving `/metrics`: each scrape passes `promtool check metrics`; a write
+/// workload moves the leader's commit index, write latency, group commit and log sync
+/// histograms; the leader reports its two peers' lag; killing the leader makes a survivor count
+/// an election and lead, and report the dead peer's lag growing. Bad requests get 404, 405 and
+/// 431 and the node goes on serving.
+#[test]
+fn test_metrics_pass_promtool_and_move_under_writes_and_failover() {
+    require("promtool");
+    let metrics: Vec<String> = (0..3).map(|_| crate::support::free_address()).collect();
+    let mut first = AtollNode::init(&crate::support::free_address(), &[]);
+    first.start_args = vec!["--metrics-address".into(), metrics[0].clone()];
+    first.restart();
+    let mut nodes = vec![first];
+    for address in &metrics[1..] {
+        let mut node =
+            AtollNode::prepare_join(&crate::support::free_address(), nodes[0].address(), &[]);
+        node.start_args = vec!["--metrics-address".into(), address.clone()];
+        node.spawn();
+        nodes.push(node);
+    }
+    let mut cluster = AtollCluster { nodes };
+    cluster.wait_roles(3, None);
+    let addresses = cluster.addresses();
+    let leader = cluster.leader();
+    let before = scrape(&metrics[leader]);
+    assert_eq!(sample(&before, "atoll_raft_is_leader"), 1.0);
+    assert_eq!(sample(&before, "atoll_client_connections"), 0.0);
+    assert!(sample(&before, "process_resident_memory_bytes") > 1e6);
+
+    shell(&addresses, "app", &["CREATE TABLE t (n)"]).ok();
+    for n in 0..20 {
+        shell(&addresses, "app", &[&format!("INSERT INTO t VALUES ({n})")]).ok();
+    }
+    let after = scrape(&metrics[leader]);
+    assert!(
+        sample(&after, "atoll_raft_commit_index")
+            >= sample(&before, "atoll_raft_commit_index") + 21.0
+    );
+    for histogram in [
+        "atoll_write_latency_seconds_count",
+        "atoll_group_commit_writes_count",
+        "atoll_log_sync_seconds_count",
+    ] {
+        assert!(
+            sample(&after, histogram) >= sample(&before, histogram) + 21.0,
+            "{histogram}:\n{after}"
+        );
+    }
+    assert!(sample(&after, "atoll_write_latency_seconds_sum") > 0.0);
+    assert_eq!(sample(&after, "atoll_databases"), 1.0);
+    let peers: Vec<u64> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| cluster.nodes[i].id())
+        .collect();
+    for peer in &peers {
+        let lag = sample(
+            &after,
+            &format!("atoll_peer_match_lag_entries{{peer=\"{peer}\"}}"),
+        );
+        assert!((0.0..1000.0).contains(&lag));
+    }
+
+    let survivor = (0..3).find(|&i| i != leader).unwrap();
+    let survivor_before = scrape(&metrics[survivor]);
+    assert_eq!(sample(&survivor_before, "atoll_raft_is_leader"), 0.0);
+    let dead_id = cluster.nodes[leader].id();
+    cluster.nodes[leader].kill();
+    let new_leader = cluster.leader();
+    for n in 0..5 {
+        let running = cluster.running().join(",");
+        shell(&running, "app", &[&format!("INSERT INTO t VALUES ({n})")]).ok();
+    }
+    let failed_over = scrape(&metrics[new_leader]);
+    assert_eq!(sample(&failed_over, "atoll_raft_is_leader"), 1.0);
+    let survivor_after = scrape(&metrics[survivor]);
+    assert!(
+        sample(&survivor_after, "atoll_raft_elections_total")
+            > sample(&survivor_before, "atoll_raft_elections_total")
+    );
+    assert!(
+        sample(&survivor_after, "atoll_raft_term") > sample(&survivor_before, "atoll_raft_term")
+    );
+    let lag = sample(
+        &failed_over,
+        &format!("atoll_peer_match_lag_entries{{peer=\"{dead_id}\"}}"),
+    );
+    assert!(lag >= 5.0, "the dead node falls behind: {lag}");
+
+    let (status, _) = http(&metrics[new_leader], "POST /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 405);
+    let (status, _) = http(&metrics[new_leader], "GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 404);
+    // Exactly the limit, never ending: all of it is read (nothing left unread to reset the
+    // connection before the answer is read), then refused.
+    let mut huge = "GET /metrics HTTP/1.1\r\nX: ".to_owned();
+    huge.push_str(&"a".repeat(8192 - huge.len()));
+    let (status, _) = http(&metrics[new_leader], &huge);
+    assert_eq!(status, 431);
+    scrape(&metrics[new_leader]);
+}
