@@ -1,11 +1,12 @@
 //! `atoll`: the command line of a distributed SQLite.
 //!
-//! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node (`node/`: the loop
-//! wiring the reactor, Raft, the log and the SQLite engine).
+//! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node
+//! (`node/`: the loop wiring the reactor, Raft, the log and the SQLite engine).
 //!
-//! The client commands (`shell`, `dump`, `backup`, `verify`, `status`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
-//! to a running cluster over dqlite's client wire protocol through `atoll_net::client`; they work
-//! against atoll and dqlite nodes alike. They never touch SQLite: `dump` applies the WAL itself
+//! The client commands (`shell`, `dump`, `backup`, `verify`, `status`, `cluster`, `add`,
+//! `assign`, `remove`, `transfer`) talk to a running cluster over dqlite's client wire protocol
+//! through `atoll_net::client`; they work against atoll and dqlite nodes alike (`verify` and
+//! `status` need atoll nodes). They never touch SQLite: `dump` applies the WAL itself
 //! (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
 
 #![forbid(unsafe_code)]

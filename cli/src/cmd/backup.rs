@@ -18,7 +18,7 @@ use super::{connect, explain, CliError, ClusterArgs};
 /// leader by a few entries: the index it had applied is printed). The file is written to a
 /// temporary file beside FILE, synced and renamed, so FILE is the old one or the whole new one.
 ///
-/// Example: atoll backup --cluster 127.0.0.1:9001,127.0.0.1:9002 app -o app-backup.db --from-follower
+/// Example: atoll backup --cluster 127.0.0.1:9001,127.0.0.1:9002 app -o app.db --from-follower
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
