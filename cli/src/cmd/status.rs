@@ -15,9 +15,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Show each node's health: role, term, applied index, lag, last contact, disk, memory.
 ///
 /// Asks the leader for the configuration, then every node for its status (STATUS, atoll's
-/// request). Columns: id, address, role (voter/standby/spare, and `leader` for the leader),
-/// term, applied (the node's applied Raft index), lag (entries the leader has committed that
-/// the node has not applied), contact (time since the node last heard from the leader; `-` on
+/// request). Columns: id, address, role (voter/standby/spare, and `leader` for the leader;
+/// `(repairing)` follows while the node is rebuilt from the leader after finding its data
+/// damaged), term, applied (the node's applied Raft index), lag (entries the leader has
+/// committed that the node has not applied), contact (time since the node last heard from the leader; `-` on
 /// the leader), disk_free (bytes free for its data directory), dbs (databases it holds), rss
 /// (its resident memory), version. A node that does not answer shows why. Exits non-zero when
 /// a node does not answer.
@@ -102,10 +103,15 @@ fn write(
         .map(|s| s.metadata.commit_index)
         .max();
     let role = |node: &NodeInfo, status: Option<&NodeStatus>| {
-        if status.is_some_and(|s| s.metadata.state == 3) {
-            "leader".to_owned()
+        let role = if status.is_some_and(|s| s.metadata.state == 3) {
+            "leader"
         } else {
-            role_name(node.role).to_owned()
+            role_name(node.role)
+        };
+        if status.is_some_and(|s| s.repairing) {
+            format!("{role} (repairing)")
+        } else {
+            role.to_owned()
         }
     };
     let lag = |s: &NodeStatus| commit.map(|c| c.saturating_sub(s.metadata.applied_index));

@@ -379,6 +379,7 @@ impl Node {
             disk_free_bytes: atoll_storage::available_bytes(&self.data_dir).unwrap_or(0),
             databases: self.engine.database_names().len() as u64,
             rss_bytes: super::metrics::resident_memory_bytes().unwrap_or(0),
+            repairing: self.repairing(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }

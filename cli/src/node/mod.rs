@@ -30,6 +30,7 @@ mod metrics;
 mod peers;
 mod reads;
 pub mod recover;
+mod repair;
 mod roles;
 pub mod secret;
 mod values;
@@ -283,6 +284,8 @@ pub struct Node {
     last_leader_contact: Option<Instant>,
     /// Counters and histograms for `/metrics`.
     metrics: metrics::Metrics,
+    /// A repair from peers in progress (`repair.rs`).
+    repair: Option<repair::Repair>,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
     /// An idle checkpoint found a client's transaction in the way: the next try is not before.
@@ -306,15 +309,33 @@ impl Node {
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
-        let log = SegmentLog::open(config::raft_dir(data_dir), Options::default()).map_err(
-            |e| match e {
-                atoll_storage::LogError::Locked { .. } => start(format!(
-                    "{} is in use by another atoll process ({e})",
-                    data_dir.display()
-                )),
-                other => start(format!("opening the Raft log: {other}")),
-            },
-        )?;
+        let open_log = || SegmentLog::open(config::raft_dir(data_dir), Options::default());
+        let opened = match open_log() {
+            Err(
+                e @ (atoll_storage::LogError::Corrupt { .. } | atoll_storage::LogError::Gap { .. }),
+            ) => {
+                // A damaged log: rebuilt from the leader when there is one to ask.
+                let damage = repair::Damage {
+                    what: format!("the Raft log is damaged: {e}"),
+                };
+                match repair::quarantine(data_dir, config.id, &damage) {
+                    Ok(_) => open_log(),
+                    Err(why) => {
+                        return Err(start(format!(
+                            "opening the Raft log: {e} (not repaired from peers: {why})"
+                        )))
+                    }
+                }
+            }
+            other => other,
+        };
+        let log = opened.map_err(|e| match e {
+            atoll_storage::LogError::Locked { .. } => start(format!(
+                "{} is in use by another atoll process ({e})",
+                data_dir.display()
+            )),
+            other => start(format!("opening the Raft log: {other}")),
+        })?;
         let hard_state = log.hard_state();
         let snapshot = log
             .snapshots()
@@ -478,6 +499,7 @@ impl Node {
             last_apply_at: Instant::now(),
             last_leader_contact: None,
             metrics: metrics::Metrics::new(hard_state.term.0),
+            repair: None,
             checkpointed_at: applied,
             idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
@@ -498,6 +520,7 @@ impl Node {
         }
         node.follow_configuration();
         node.start_join()?;
+        node.start_repair()?;
         Ok(node)
     }
 
@@ -1058,6 +1081,7 @@ impl Node {
         self.expire_reads();
         self.roles_step();
         self.join_step();
+        self.repair_step();
         self.snapshot_policy()?;
         self.checkpoint_policy();
         if self.disk.is_full() {

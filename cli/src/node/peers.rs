@@ -298,6 +298,12 @@ impl Node {
             // A member sends only to members: what joining needed is forgotten.
             self.peer_announced.clear();
         }
+        if !configuration.is_empty() {
+            // Where the cluster is, should this node's log be damaged later (`repair.rs`).
+            if let Err(e) = super::repair::write_members(&self.data_dir, configuration) {
+                warn!("recording the configuration: {e}");
+            }
+        }
         for (id, member) in configuration.members() {
             if id.0 == me {
                 continue;

@@ -314,6 +314,9 @@ pub struct NodeStatus {
     pub databases: u64,
     /// The node's resident memory in bytes (0 when unknown).
     pub rss_bytes: u64,
+    /// The node is being rebuilt from the leader after finding its data damaged (its vote is
+    /// withheld meanwhile).
+    pub repairing: bool,
     /// The node's version.
     pub version: String,
 }
@@ -550,6 +553,7 @@ impl Response {
                 put_u64(out, status.disk_free_bytes);
                 put_u64(out, status.databases);
                 put_u64(out, status.rss_bytes);
+                put_u64(out, u64::from(status.repairing));
                 put_text(out, &status.version);
             }
             Response::Rows(_) => unreachable!("ROWS is encoded by RowsBatch above"),
@@ -694,6 +698,7 @@ impl Response {
                 disk_free_bytes: r.u64("disk free")?,
                 databases: r.u64("databases")?,
                 rss_bytes: r.u64("resident memory")?,
+                repairing: r.u64("repairing")? != 0,
                 version: r.text("version")?.to_owned(),
             }),
             ResponseType::Metadata => Response::Metadata {

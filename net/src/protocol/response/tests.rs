@@ -124,6 +124,7 @@ fn test_every_response_round_trips() {
         disk_free_bytes: 1 << 40,
         databases: 2,
         rss_bytes: 9 << 20,
+        repairing: true,
         version: "0.1.0".into(),
     }));
 }
