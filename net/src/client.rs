@@ -605,6 +605,14 @@ impl Connection {
         }
     }
 
+    /// REPAIR (atoll only): tells this node its copy of `database` is damaged; it stops, moves
+    /// its data aside and is rebuilt from the leader.
+    pub fn repair(&mut self, database: &str) -> Result<(), ClientError> {
+        self.call_empty(&Request::Repair {
+            database: database.to_owned(),
+        })
+    }
+
     /// STATUS (atoll only): the node's status.
     pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
         match self.call(&Request::Status, ResponseType::Status)? {

@@ -121,5 +121,22 @@ pub fn run(args: Args) -> Result<(), CliError> {
             }
         })
         .map_err(|e| CliError::new(format!("starting the signal thread: {e}")))?;
-    node.run().map_err(|e| CliError::new(e.to_string()))
+    node.run().map_err(|e| CliError::new(e.to_string()))?;
+    if let Some(damage) = node.take_repair_request() {
+        let id = node.id();
+        drop(node); // Releases the data directory's lock.
+        crate::node::repair::quarantine(&args.data_dir, id, &damage)
+            .map_err(|why| CliError::new(format!("{}: not repaired: {why}", damage.what)))?;
+        // The same command again, in this process (same pid, same standard streams): the
+        // node starts from the empty log and is rebuilt from the leader.
+        let program = std::env::current_exe()
+            .map_err(|e| CliError::new(format!("finding this program to restart: {e}")))?;
+        let error = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new(program).args(std::env::args_os().skip(1)),
+        );
+        return Err(CliError::new(format!(
+            "restarting after moving the damaged data aside: {error}; start the node again"
+        )));
+    }
+    Ok(())
 }

@@ -22,9 +22,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// database: node, db, index, checksum, verdict. The verdict compares each checksum with the one
 /// most nodes have: `ok`, `MISMATCH` (the node's copy differs: repair it), `missing` (the node
 /// lacks a database the others have) or why the node could not answer. Exits non-zero on any
-/// mismatch, missing database or node that did not answer within --timeout.
+/// mismatch, missing database or node that did not answer within --timeout. With --repair,
+/// each node outvoted on a database is told to rebuild itself from the leader.
 ///
-/// Example: atoll verify --cluster 127.0.0.1:9001 app
+/// Example: atoll verify --cluster 127.0.0.1:9001 app --repair
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -34,6 +35,12 @@ pub struct Args {
     /// The database to verify (default: every database).
     #[arg(value_name = "DB")]
     pub database: Option<String>,
+
+    /// Tell each node whose copy differs from the one most nodes hold (more than half of those
+    /// that answered) to repair itself: it stops (a leader hands over first), moves its data
+    /// to DIR/quarantine/<time>/ and is rebuilt from the leader. Needs atoll's `start`.
+    #[arg(long)]
+    pub repair: bool,
 
     /// Output format: table, csv, or json (an array of objects: node, address, db, index,
     /// pages, checksum, verdict).
@@ -97,6 +104,9 @@ struct Row {
     pages: Option<u64>,
     checksum: Option<u64>,
     verdict: String,
+    /// The value this row differs from is held by more than half of the nodes that answered:
+    /// this copy is the damaged one.
+    outvoted: bool,
 }
 
 /// The rows for every node's answer, and whether all agree.
@@ -111,6 +121,7 @@ fn compare(answers: &[(u64, String, Answer)]) -> (Vec<Row>, bool) {
     let mut rows = Vec::new();
     let mut healthy = true;
     for (node, address, answer) in answers {
+        let answered = answers.iter().filter(|(_, _, a)| a.is_ok()).count();
         let Ok(checksums) = answer else {
             healthy = false;
             rows.push(Row {
@@ -123,6 +134,7 @@ fn compare(answers: &[(u64, String, Answer)]) -> (Vec<Row>, bool) {
                     "no answer ({})",
                     answer.as_ref().err().unwrap_or(&String::new())
                 ),
+                outvoted: false,
             });
             continue;
         };
@@ -154,6 +166,7 @@ fn compare(answers: &[(u64, String, Answer)]) -> (Vec<Row>, bool) {
                 pages: mine.map(|(pages, _)| *pages),
                 checksum: mine.map(|(_, checksum)| *checksum),
                 verdict: verdict.to_owned(),
+                outvoted: verdict == "MISMATCH" && majority.len() == 1 && best * 2 > answered,
             });
         }
     }
@@ -264,6 +277,25 @@ pub fn run(args: Args) -> Result<(), CliError> {
         } else {
             format!("there is no database named {database:?} on the cluster")
         }));
+    }
+    if !healthy && args.repair {
+        for row in rows.iter().filter(|r| r.outvoted) {
+            let config = args.cluster.client_config();
+            let asked = Connection::connect(&row.address, &config)
+                .and_then(|mut c| c.repair(&row.database));
+            match asked {
+                Ok(()) => eprintln!(
+                    "node {} ({}) repairs itself: its copy of {:?} is moved aside and rebuilt                      from the leader",
+                    row.node, row.address, row.database
+                ),
+                Err(e) => eprintln!(
+                    "node {} ({}) could not be asked to repair itself: {}",
+                    row.node,
+                    row.address,
+                    explain(&e)
+                ),
+            }
+        }
     }
     if !healthy {
         return Err(CliError::new(format!(

@@ -305,6 +305,10 @@ impl Node {
                 let status = self.status();
                 self.send(conn, &Response::Status(status));
             }
+            Request::Repair { database } => match self.request_repair(&database) {
+                Ok(()) => self.send(conn, &Response::Empty),
+                Err(why) => self.refuse(conn, (values::CODE_ERROR, why)),
+            },
         }
     }
 

@@ -30,7 +30,7 @@ mod metrics;
 mod peers;
 mod reads;
 pub mod recover;
-mod repair;
+pub mod repair;
 mod roles;
 pub mod secret;
 mod values;
@@ -286,6 +286,8 @@ pub struct Node {
     metrics: metrics::Metrics,
     /// A repair from peers in progress (`repair.rs`).
     repair: Option<repair::Repair>,
+    /// A REPAIR request stopped the node: `atoll start` quarantines and starts it again.
+    repair_requested: Option<repair::Damage>,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
     /// An idle checkpoint found a client's transaction in the way: the next try is not before.
@@ -299,8 +301,26 @@ pub struct Node {
 }
 
 impl Node {
+    /// After damage found at start (`what`) with the log closed: quarantines (`repair.rs`) and
+    /// opens again from the empty log, or refuses naming the damage.
+    fn open_repaired(
+        data_dir: &Path,
+        config: &NodeConfig,
+        what: String,
+        shutdown: Arc<AtomicBool>,
+        options: StartOptions,
+    ) -> Result<Node, NodeError> {
+        let damage = repair::Damage { what };
+        repair::quarantine(data_dir, config.id, &damage).map_err(|why| {
+            NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what))
+        })?;
+        Node::open(data_dir, shutdown, options)
+    }
+
     /// Opens a node's data directory and binds its address: recovers the log, the snapshot
     /// and the databases, and starts an election at once when this node is the only voter.
+    /// Damage found in the log or a snapshot is repaired from peers when possible
+    /// (`repair.rs`).
     pub fn open(
         data_dir: &Path,
         shutdown: Arc<AtomicBool>,
@@ -309,27 +329,17 @@ impl Node {
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
-        let open_log = || SegmentLog::open(config::raft_dir(data_dir), Options::default());
-        let opened = match open_log() {
+        let log = match SegmentLog::open(config::raft_dir(data_dir), Options::default()) {
             Err(
                 e @ (atoll_storage::LogError::Corrupt { .. } | atoll_storage::LogError::Gap { .. }),
             ) => {
                 // A damaged log: rebuilt from the leader when there is one to ask.
-                let damage = repair::Damage {
-                    what: format!("the Raft log is damaged: {e}"),
-                };
-                match repair::quarantine(data_dir, config.id, &damage) {
-                    Ok(_) => open_log(),
-                    Err(why) => {
-                        return Err(start(format!(
-                            "opening the Raft log: {e} (not repaired from peers: {why})"
-                        )))
-                    }
-                }
+                let what = format!("opening the Raft log: {e}");
+                return Node::open_repaired(data_dir, &config, what, shutdown, options);
             }
             other => other,
         };
-        let log = opened.map_err(|e| match e {
+        let log = log.map_err(|e| match e {
             atoll_storage::LogError::Locked { .. } => start(format!(
                 "{} is in use by another atoll process ({e})",
                 data_dir.display()
@@ -337,10 +347,20 @@ impl Node {
             other => start(format!("opening the Raft log: {other}")),
         })?;
         let hard_state = log.hard_state();
-        let snapshot = log
-            .snapshots()
-            .latest()
-            .map_err(|e| start(format!("reading the snapshots: {e}")))?;
+        let snapshot = match log.snapshots().latest() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // A damaged snapshot file: rebuilt from the leader when there is one to ask.
+                drop(log);
+                return Node::open_repaired(
+                    data_dir,
+                    &config,
+                    format!("reading the snapshots: {e}"),
+                    shutdown,
+                    options,
+                );
+            }
+        };
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
         engine_config.queue_wait_max = config.writer_wait_ms;
         engine_config.transaction_wait_max = config.busy_wait_ms;
@@ -378,9 +398,19 @@ impl Node {
                         .snapshots()
                         .open_reader(meta)
                         .map_err(|e| start(format!("opening snapshot {}: {e}", meta.index)))?;
-                    engine
-                        .install_snapshot(&mut reader)
-                        .map_err(|e| start(format!("installing snapshot {}: {e}", meta.index)))?;
+                    match engine.install_snapshot(&mut reader) {
+                        Ok(_) => {}
+                        Err(e @ atoll_core::EngineError::BadSnapshot(_)) => {
+                            let what = format!("installing snapshot {}: {e}", meta.index);
+                            drop(reader);
+                            drop(engine);
+                            drop(log);
+                            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+                        }
+                        Err(e) => {
+                            return Err(start(format!("installing snapshot {}: {e}", meta.index)))
+                        }
+                    }
                 }
                 Some(SnapshotMeta {
                     index: meta.index,
@@ -500,6 +530,7 @@ impl Node {
             last_leader_contact: None,
             metrics: metrics::Metrics::new(hard_state.term.0),
             repair: None,
+            repair_requested: None,
             checkpointed_at: applied,
             idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
@@ -522,6 +553,11 @@ impl Node {
         node.start_join()?;
         node.start_repair()?;
         Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.id
     }
 
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
@@ -550,6 +586,10 @@ impl Node {
             self.reactor
                 .poll(&mut events, timeout)
                 .map_err(|e| fatal("polling", e))?;
+            if self.repair_requested.is_some() {
+                // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
+                self.shutdown.store(true, Ordering::SeqCst);
+            }
             let turn_start = Instant::now();
             let now = self.started.elapsed().as_millis() as u64;
             self.engine.set_time(now);

@@ -306,6 +306,30 @@ impl Node {
         }
     }
 
+    /// REPAIR: this node's copy of `database` was found damaged (by `atoll verify`). The node
+    /// stops (a leader hands over first, as on SIGTERM); `atoll start` then quarantines and
+    /// starts again ([`Node::take_repair_request`]). Refused when no other voter could rebuild
+    /// it.
+    pub(super) fn request_repair(&mut self, database: &str) -> Result<(), String> {
+        let me = atoll_raft::NodeId(self.config.id);
+        if !self.raft.configuration().voters().any(|id| id != me) {
+            return Err("this node is the only voter: there is no peer to repair it from".into());
+        }
+        if self.repair_requested.is_none() {
+            warn!("database {database:?} reported damaged: stopping to be rebuilt from the leader");
+            // The loop stops at its next turn, once the answer was flushed.
+            self.repair_requested = Some(Damage {
+                what: format!("database {database:?} reported damaged by atoll verify"),
+            });
+        }
+        Ok(())
+    }
+
+    /// After [`Node::run`] returned: the damage to repair, if a REPAIR stopped the node.
+    pub fn take_repair_request(&mut self) -> Option<Damage> {
+        self.repair_requested.take()
+    }
+
     /// Whether a repair is under way (for STATUS).
     pub(super) fn repairing(&self) -> bool {
         self.raft.votes_withheld()

@@ -302,6 +302,40 @@ fn test_verify_agrees_under_writes_and_names_a_damaged_replica() {
     }
     // The other database is intact everywhere.
     verify_rows(verify(&["other"]).ok());
+
+    // --repair: the outvoted node stops, moves its data aside and is rebuilt from the leader.
+    let out = verify(&["app", "--repair"]);
+    assert!(out.stderr.contains("repairs itself"), "{}", out.stderr);
+    assert!(!out.status.success());
+    wait_for(
+        "verify to find every replica equal again",
+        READY_TIMEOUT,
+        || {
+            let out = verify(&[]);
+            let rows = verify_rows(&out.stdout);
+            (out.status.success() && rows.len() == 6).then_some(())
+        },
+    );
+    wait_for(
+        "the repaired node to be a voter again",
+        READY_TIMEOUT,
+        || {
+            let voter = cluster
+                .roles()
+                .iter()
+                .any(|(id, role)| *id == victim_id && *role == atoll_net::protocol::Role::Voter);
+            voter.then_some(())
+        },
+    );
+    let quarantine = cluster.nodes[victim].data_dir().join("quarantine");
+    let kept: Vec<_> = std::fs::read_dir(&quarantine).unwrap().collect();
+    assert_eq!(kept.len(), 1);
+    let kept = std::fs::read(kept[0].as_ref().unwrap().path().join("db").join("app")).unwrap();
+    assert_eq!(kept[at], bytes[at], "the damaged file is kept as it was");
+    assert!(
+        cluster.nodes[victim].is_running(),
+        "the same process serves again"
+    );
 }
 
 /// `atoll status` shows each node: one leader, the same term, and once in sync the same applied
@@ -606,4 +640,63 @@ fn test_a_follower_with_a_damaged_open_segment_repairs_itself_from_the_leader() 
         count.stdout
     );
     assert!(cluster.dump(victim, "app") == cluster.dump(cluster.leader(), "app"));
+}
+
+/// A follower's snapshot file damaged while it is stopped (a byte of its header): at start it
+/// quarantines its data instead of refusing, is rebuilt from the leader, and holds every row.
+#[test]
+fn test_a_follower_with_a_damaged_snapshot_repairs_itself_from_the_leader() {
+    let mut cluster = AtollCluster::start(3, &["--snapshot-entries", "40"], 3);
+    let addresses = cluster.addresses();
+    shell(&addresses, "app", &["CREATE TABLE t (n INTEGER)"]).ok();
+    for n in 0..100 {
+        shell(&addresses, "app", &[&format!("INSERT INTO t VALUES ({n})")]).ok();
+    }
+    cluster.wait_in_sync();
+    let leader = cluster.leader();
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let snapshots = cluster.nodes[victim]
+        .data_dir()
+        .join("raft")
+        .join("snapshots");
+    wait_for("a snapshot on the follower", READY_TIMEOUT, || {
+        std::fs::read_dir(&snapshots)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_str().is_some_and(|n| !n.ends_with(".tmp")))
+            .map(|e| e.path())
+    });
+    cluster.nodes[victim].stop();
+    let snapshot = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.to_str().unwrap().ends_with(".tmp"))
+        .unwrap();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    bytes[20] ^= 0x01; // The index field: the header's crc no longer matches.
+    std::fs::write(&snapshot, &bytes).unwrap();
+
+    cluster.nodes[victim].spawn();
+    wait_for("the node to be rebuilt", READY_TIMEOUT, || {
+        let dir = cluster.nodes[victim].data_dir();
+        let applied = cluster.nodes[victim].metadata()?.applied_index;
+        (!dir.join("repairing").exists() && applied >= 100).then_some(())
+    });
+    let quarantine = cluster.nodes[victim].data_dir().join("quarantine");
+    let kept = std::fs::read_dir(&quarantine)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let name = snapshot.file_name().unwrap();
+    assert_eq!(
+        std::fs::read(kept.join("raft/snapshots").join(name)).unwrap(),
+        bytes
+    );
+    shell(&addresses, "app", &["INSERT INTO t VALUES (100)"]).ok();
+    cluster.wait_in_sync();
+    assert!(cluster.dump(victim, "app") == cluster.dump(cluster.leader(), "app"));
+    let count = shell(&addresses, "app", &["SELECT count(*) FROM t"]);
+    assert!(count.ok().contains("101"), "{}", count.stdout);
 }

@@ -54,6 +54,8 @@ pub enum RequestType {
     Verify = 128,
     /// STATUS (129, atoll only) → STATUS.
     Status = 129,
+    /// REPAIR (130, atoll only) → EMPTY.
+    Repair = 130,
 }
 
 impl RequestType {
@@ -83,6 +85,7 @@ impl RequestType {
             19 => Weight,
             128 => Verify,
             129 => Status,
+            130 => Repair,
             _ => return None,
         })
     }
@@ -118,6 +121,7 @@ impl RequestType {
             Weight => "WEIGHT",
             Verify => "VERIFY",
             Status => "STATUS",
+            Repair => "REPAIR",
         }
     }
 }
@@ -286,6 +290,13 @@ pub enum Request {
     },
     /// atoll only (type 129): the node's status for `atoll status`, answered with STATUS.
     Status,
+    /// atoll only (type 130): tells a node that its copy of `database` was found damaged
+    /// (`atoll verify --repair`): it moves its data aside and is rebuilt from the leader.
+    /// Answered with EMPTY before the node stops to do it.
+    Repair {
+        /// The damaged database, for the node's log.
+        database: String,
+    },
 }
 
 impl Request {
@@ -315,6 +326,7 @@ impl Request {
             Request::Weight { .. } => T::Weight,
             Request::Verify { .. } => T::Verify,
             Request::Status => T::Status,
+            Request::Repair { .. } => T::Repair,
         }
     }
 
@@ -348,6 +360,7 @@ impl Request {
                 put_u64(out, *index);
                 put_text(out, database);
             }
+            Request::Repair { database } => put_text(out, database),
             Request::DescribeV1 => put_u64(out, 1),
             Request::Client { id } => put_u64(out, *id),
             Request::Heartbeat { timestamp } => put_u64(out, *timestamp),
@@ -548,6 +561,9 @@ impl Request {
                 r.u64("status unused")?;
                 Request::Status
             }
+            RequestType::Repair => Request::Repair {
+                database: r.text("database name")?.to_owned(),
+            },
         };
         Ok(request)
     }
@@ -627,6 +643,9 @@ mod tests {
         round_trip(Request::Transfer { id: 0 });
         round_trip(Request::Describe);
         round_trip(Request::Status);
+        round_trip(Request::Repair {
+            database: "app".into(),
+        });
         round_trip(Request::Verify {
             index: 12,
             database: "app".into(),
