@@ -3,11 +3,11 @@
 //! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node
 //! (`node/`: the loop wiring the reactor, Raft, the log and the SQLite engine).
 //!
-//! The client commands (`shell`, `dump`, `backup`, `verify`, `status`, `cluster`, `add`,
-//! `assign`, `remove`, `transfer`) talk to a running cluster over dqlite's client wire protocol
-//! through `atoll_net::client`; they work against atoll and dqlite nodes alike (`verify` and
-//! `status` need atoll nodes). They never touch SQLite: `dump` applies the WAL itself
-//! (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
+//! The client commands (`shell`, `dump`, `backup`, `restore`, `verify`, `status`, `cluster`,
+//! `add`, `assign`, `remove`, `transfer`) talk to a running cluster over dqlite's client wire
+//! protocol through `atoll_net::client`; they work against atoll and dqlite nodes alike
+//! (`restore`, `verify` and `status` need atoll nodes). They never touch SQLite: `dump` applies
+//! the WAL itself (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
 
 #![forbid(unsafe_code)]
 
@@ -57,6 +57,7 @@ enum Command {
     Shell(cmd::shell::Args),
     Dump(cmd::dump::Args),
     Backup(cmd::backup::Args),
+    Restore(cmd::restore::Args),
     Verify(cmd::verify::Args),
     Status(cmd::status::Args),
     Cluster(cmd::cluster::Args),
@@ -89,6 +90,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Shell(args) => cmd::shell::run(args),
         Command::Dump(args) => cmd::dump::run(args),
         Command::Backup(args) => cmd::backup::run(args),
+        Command::Restore(args) => cmd::restore::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::Cluster(args) => cmd::cluster::run(args),

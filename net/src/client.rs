@@ -613,6 +613,24 @@ impl Connection {
         })
     }
 
+    /// RESTORE (atoll only): one piece of a restore; see [`Request::Restore`].
+    pub fn restore_piece(
+        &mut self,
+        database: &str,
+        restore_id: u64,
+        offset: u64,
+        total: u64,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
+        self.call_empty(&Request::Restore {
+            database: database.to_owned(),
+            restore_id,
+            offset,
+            total,
+            data: data.to_vec(),
+        })
+    }
+
     /// STATUS (atoll only): the node's status.
     pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
         match self.call(&Request::Status, ResponseType::Status)? {
@@ -1085,6 +1103,21 @@ impl Client {
     pub fn verify_point(&mut self, database: &str) -> Result<u64, ClientError> {
         self.with_leader(false, |c| c.verify(0, database))
             .map(|checksums| checksums.index)
+    }
+
+    /// A RESTORE piece on the leader. A piece is idempotent (written at its offset), so one
+    /// whose answer was lost is simply sent again: retried on a new leader like a read.
+    pub fn restore_piece(
+        &mut self,
+        database: &str,
+        restore_id: u64,
+        offset: u64,
+        total: u64,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
+        self.with_leader(false, |c| {
+            c.restore_piece(database, restore_id, offset, total, data)
+        })
     }
 
     /// ADD a node (as a spare).

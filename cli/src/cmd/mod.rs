@@ -15,6 +15,7 @@ pub mod init;
 pub mod join;
 pub mod recover;
 pub mod remove;
+pub mod restore;
 pub mod shell;
 pub mod start;
 pub mod status;

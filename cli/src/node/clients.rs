@@ -104,7 +104,7 @@ enum ChangeKind {
 /// A request's precondition that failed: its FAILURE.
 type Refusal = (u64, String);
 
-fn not_leader() -> Refusal {
+pub(super) fn not_leader() -> Refusal {
     (values::CODE_NOT_LEADER, "not leader".to_owned())
 }
 
@@ -305,6 +305,22 @@ impl Node {
                 let status = self.status();
                 self.send(conn, &Response::Status(status));
             }
+            Request::Restore {
+                database,
+                restore_id,
+                offset,
+                total,
+                data,
+            } => self.restore_request(
+                conn,
+                super::restore::Piece {
+                    database: &database,
+                    restore_id,
+                    offset,
+                    total,
+                    data: &data,
+                },
+            ),
             Request::Repair { database } => match self.request_repair(&database) {
                 Ok(()) => self.send(conn, &Response::Empty),
                 Err(why) => self.refuse(conn, (values::CODE_ERROR, why)),
@@ -841,7 +857,7 @@ impl Node {
 
     // ---- membership -------------------------------------------------------------------------
 
-    fn raft_refusal(error: atoll_raft::Error) -> Refusal {
+    pub(super) fn raft_refusal(error: atoll_raft::Error) -> Refusal {
         use atoll_raft::Error;
         match error {
             Error::NotLeader { .. } => not_leader(),

@@ -31,6 +31,7 @@ mod peers;
 mod reads;
 pub mod recover;
 pub mod repair;
+mod restore;
 mod roles;
 pub mod secret;
 mod values;
@@ -288,6 +289,8 @@ pub struct Node {
     repair: Option<repair::Repair>,
     /// A REPAIR request stopped the node: `atoll start` quarantines and starts it again.
     repair_requested: Option<repair::Damage>,
+    /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
+    restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
     /// An idle checkpoint found a client's transaction in the way: the next try is not before.
@@ -531,6 +534,7 @@ impl Node {
             metrics: metrics::Metrics::new(hard_state.term.0),
             repair: None,
             repair_requested: None,
+            restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
@@ -897,6 +901,9 @@ impl Node {
                     stalled = true;
                     break;
                 }
+                EntryKind::Command if restore::decode(&entry.payload).is_some() => {
+                    self.apply_restore_piece(entry.index, entry.term, &entry.payload)?;
+                }
                 EntryKind::Command => match self.engine.apply(index, &entry.payload) {
                     Ok(Applied::Frames { .. }) => {
                         self.stats.commands_applied += 1;
@@ -1122,6 +1129,7 @@ impl Node {
         self.roles_step();
         self.join_step();
         self.repair_step();
+        self.restore_step();
         self.snapshot_policy()?;
         self.checkpoint_policy();
         if self.disk.is_full() {

@@ -1,7 +1,7 @@
 //! Requests (client to server), section 7 of the reference: type codes, layouts, encode and
 //! decode.
 
-use super::codec::{put_text, put_u32, put_u64, DecodeError, Reader};
+use super::codec::{put_blob, put_text, put_u32, put_u64, DecodeError, Reader};
 use super::response::Role;
 use super::value::{decode_params, encode_params, params_schema, Value};
 use super::{split_message, write_message, Header};
@@ -56,6 +56,8 @@ pub enum RequestType {
     Status = 129,
     /// REPAIR (130, atoll only) → EMPTY.
     Repair = 130,
+    /// RESTORE (131, atoll only) → EMPTY.
+    Restore = 131,
 }
 
 impl RequestType {
@@ -86,6 +88,7 @@ impl RequestType {
             128 => Verify,
             129 => Status,
             130 => Repair,
+            131 => Restore,
             _ => return None,
         })
     }
@@ -122,6 +125,7 @@ impl RequestType {
             Verify => "VERIFY",
             Status => "STATUS",
             Repair => "REPAIR",
+            Restore => "RESTORE",
         }
     }
 }
@@ -297,6 +301,21 @@ pub enum Request {
         /// The damaged database, for the node's log.
         database: String,
     },
+    /// atoll only (type 131): one piece of a restore (`atoll restore`), sent to the leader in
+    /// order; the piece that reaches `total` replaces the database. Answered with EMPTY once
+    /// the piece is committed and applied on the leader.
+    Restore {
+        /// The database to replace.
+        database: String,
+        /// Chosen by the client, the same for every piece of one restore.
+        restore_id: u64,
+        /// Where `data` goes in the file.
+        offset: u64,
+        /// The whole file's length.
+        total: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -327,6 +346,7 @@ impl Request {
             Request::Verify { .. } => T::Verify,
             Request::Status => T::Status,
             Request::Repair { .. } => T::Repair,
+            Request::Restore { .. } => T::Restore,
         }
     }
 
@@ -361,6 +381,19 @@ impl Request {
                 put_text(out, database);
             }
             Request::Repair { database } => put_text(out, database),
+            Request::Restore {
+                database,
+                restore_id,
+                offset,
+                total,
+                data,
+            } => {
+                put_text(out, database);
+                put_u64(out, *restore_id);
+                put_u64(out, *offset);
+                put_u64(out, *total);
+                put_blob(out, data);
+            }
             Request::DescribeV1 => put_u64(out, 1),
             Request::Client { id } => put_u64(out, *id),
             Request::Heartbeat { timestamp } => put_u64(out, *timestamp),
@@ -564,6 +597,13 @@ impl Request {
             RequestType::Repair => Request::Repair {
                 database: r.text("database name")?.to_owned(),
             },
+            RequestType::Restore => Request::Restore {
+                database: r.text("database name")?.to_owned(),
+                restore_id: r.u64("restore id")?,
+                offset: r.u64("restore offset")?,
+                total: r.u64("restore total")?,
+                data: r.blob("restore data")?.to_vec(),
+            },
         };
         Ok(request)
     }
@@ -645,6 +685,13 @@ mod tests {
         round_trip(Request::Status);
         round_trip(Request::Repair {
             database: "app".into(),
+        });
+        round_trip(Request::Restore {
+            database: "app".into(),
+            restore_id: 9,
+            offset: 4096,
+            total: 8192,
+            data: vec![7; 13],
         });
         round_trip(Request::Verify {
             index: 12,
