@@ -655,6 +655,109 @@ impl Connection {
         }
     }
 
+    /// DUMP streamed: the main file's bytes go to `main` as they arrive (never whole in
+    /// memory), `progress(done, total)` is called after each chunk; returns the WAL file's
+    /// bytes (empty from atoll, which sends an applied image; dqlite 1.11 sends its live WAL,
+    /// bounded by the response limit). A FAILURE answer is an error before anything is written.
+    pub fn dump_to(
+        &mut self,
+        name: &str,
+        main: &mut dyn Write,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<u8>, ClientError> {
+        self.send(&Request::Dump {
+            name: name.to_owned(),
+        })?;
+        let result = self.stream_files(main, progress);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn stream_files(
+        &mut self,
+        main: &mut dyn Write,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<u8>, ClientError> {
+        use std::io::Read;
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        self.stream.read_exact(&mut header_bytes)?;
+        let header = crate::protocol::Header::decode(header_bytes);
+        if header.kind != ResponseType::Files.code() {
+            // FAILURE and anything else: small, read and decoded as usual.
+            let body = header
+                .body_bytes_checked(self.response_body_bytes_max)
+                .map_err(ProtocolError::Decode)?;
+            let mut bytes = vec![0u8; body];
+            self.stream.read_exact(&mut bytes)?;
+            let response =
+                Response::decode(header, &bytes, &self.context).map_err(ProtocolError::Decode)?;
+            return Err(match response {
+                Response::Failure { code, message } => ClientError::Failure { code, message },
+                other => ProtocolError::Unexpected {
+                    expected: ResponseType::Files,
+                    got: other.response_type(),
+                }
+                .into(),
+            });
+        }
+        let mut remaining = u64::from(header.words) * 8;
+        let invalid = |what: &str| ClientError::from(ProtocolError::Invalid(what.to_owned()));
+        let word = |stream: &mut TcpStream, remaining: &mut u64| -> Result<[u8; 8], ClientError> {
+            if *remaining < 8 {
+                return Err(invalid("FILES ends early"));
+            }
+            let mut bytes = [0u8; 8];
+            stream.read_exact(&mut bytes)?;
+            *remaining -= 8;
+            Ok(bytes)
+        };
+        // A name: words up to the one holding its NUL (at most 4 KiB).
+        let name = |stream: &mut TcpStream, remaining: &mut u64| -> Result<(), ClientError> {
+            for _ in 0..512 {
+                if word(stream, remaining)?.contains(&0) {
+                    return Ok(());
+                }
+            }
+            Err(invalid("a FILES name longer than 4 KiB"))
+        };
+        let count = u64::from_le_bytes(word(&mut self.stream, &mut remaining)?);
+        if !(1..=2).contains(&count) {
+            return Err(invalid("FILES without one or two files"));
+        }
+        name(&mut self.stream, &mut remaining)?;
+        let size = u64::from_le_bytes(word(&mut self.stream, &mut remaining)?);
+        if size > remaining {
+            return Err(invalid("a FILES size past the message"));
+        }
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut done = 0;
+        while done < size {
+            let want = usize::try_from((size - done).min(buffer.len() as u64)).unwrap_or(0);
+            self.stream.read_exact(&mut buffer[..want])?;
+            main.write_all(&buffer[..want])?;
+            done += want as u64;
+            progress(done, size);
+        }
+        remaining -= size;
+        let mut wal = Vec::new();
+        if count == 2 {
+            name(&mut self.stream, &mut remaining)?;
+            let size = u64::from_le_bytes(word(&mut self.stream, &mut remaining)?);
+            if size > remaining || size > self.response_body_bytes_max {
+                return Err(invalid("a FILES WAL past the message or the limit"));
+            }
+            wal = vec![0u8; usize::try_from(size).map_err(|_| invalid("WAL too large"))?];
+            self.stream.read_exact(&mut wal)?;
+            remaining -= size;
+        }
+        if remaining != 0 {
+            return Err(invalid("bytes after the FILES"));
+        }
+        Ok(wal)
+    }
+
     /// ADD: adds a node as a spare.
     pub fn add(&mut self, id: u64, address: &str) -> Result<(), ClientError> {
         self.call_empty(&Request::Add {
