@@ -634,7 +634,7 @@ impl Connection {
     /// STATUS (atoll only): the node's status.
     pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
         match self.call(&Request::Status, ResponseType::Status)? {
-            Response::Status(status) => Ok(status),
+            Response::Status(status) => Ok(*status),
             _ => unreachable!("call checked the type"),
         }
     }

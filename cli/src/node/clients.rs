@@ -303,7 +303,7 @@ impl Node {
             Request::Verify { index, database } => self.verify_request(conn, index, &database),
             Request::Status => {
                 let status = self.status();
-                self.send(conn, &Response::Status(status));
+                self.send(conn, &Response::Status(Box::new(status)));
             }
             Request::Restore {
                 database,

@@ -237,13 +237,17 @@ fn page_bytes() -> u64 {
         .unwrap_or(PAGE_BYTES_DEFAULT)
 }
 
-/// The value of `key` in an auxiliary vector of native-width, native-endian (key, value) pairs.
+/// The value of `key` in an auxiliary vector of native-width, native-endian (key, value) pairs
+/// (little-endian: every target atoll supports is; others report the default page size).
 fn auxv_value(bytes: &[u8], key: u64) -> Option<u64> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
     let width = std::mem::size_of::<usize>();
     let word = |b: &[u8]| -> u64 {
         match b.len() {
-            8 => u64::from_ne_bytes(b.try_into().unwrap_or_default()),
-            _ => u64::from(u32::from_ne_bytes(b.try_into().unwrap_or_default())),
+            8 => u64::from_le_bytes(b.try_into().unwrap_or_default()),
+            _ => u64::from(u32::from_le_bytes(b.try_into().unwrap_or_default())),
         }
     };
     bytes.chunks_exact(2 * width).find_map(|pair| {

@@ -246,8 +246,8 @@ pub enum Response {
     MetadataV1(NodeMetadata),
     /// An atoll node's answer to VERIFY.
     Checksums(Checksums),
-    /// An atoll node's answer to STATUS.
-    Status(NodeStatus),
+    /// An atoll node's answer to STATUS (boxed: the largest answer by far).
+    Status(Box<NodeStatus>),
 }
 
 /// Where a node stands with a verify point (CHECKSUMS' state word).
@@ -692,7 +692,7 @@ impl Response {
                     databases,
                 })
             }
-            ResponseType::Status => Response::Status(NodeStatus {
+            ResponseType::Status => Response::Status(Box::new(NodeStatus {
                 metadata: NodeMetadata::read(&mut r)?,
                 last_contact_ms: r.u64("last contact")?,
                 disk_free_bytes: r.u64("disk free")?,
@@ -700,7 +700,7 @@ impl Response {
                 rss_bytes: r.u64("resident memory")?,
                 repairing: r.u64("repairing")? != 0,
                 version: r.text("version")?.to_owned(),
-            }),
+            })),
             ResponseType::Metadata => Response::Metadata {
                 failure_domain: r.u64("failure domain")?,
                 weight: r.u64("weight")?,

@@ -114,7 +114,7 @@ fn test_every_response_round_trips() {
         state: VerifyState::Pending,
         databases: vec![],
     }));
-    round_trip(Response::Status(NodeStatus {
+    round_trip(Response::Status(Box::new(NodeStatus {
         metadata: NodeMetadata {
             id: 3,
             term: 9,
@@ -126,7 +126,7 @@ fn test_every_response_round_trips() {
         rss_bytes: 9 << 20,
         repairing: true,
         version: "0.1.0".into(),
-    }));
+    })));
 }
 
 #[test]
