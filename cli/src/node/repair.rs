@@ -74,7 +74,8 @@ fn write_atomically(data_dir: &Path, name: &str, data: &[u8]) -> io::Result<()> 
     fs::File::open(data_dir)?.sync_all()
 }
 
-/// Records `configuration` as the last one this node saw.
+/// Records `configuration` as the last one this node saw (not rewritten when unchanged: a
+/// restart costs no sync).
 pub fn write_members(data_dir: &Path, configuration: &Configuration) -> io::Result<()> {
     let mut text = String::new();
     for (id, member) in configuration.members() {
@@ -84,6 +85,9 @@ pub fn write_members(data_dir: &Path, configuration: &Configuration) -> io::Resu
             member.address,
             role_word(member.role)
         ));
+    }
+    if fs::read(data_dir.join(MEMBERS_FILE)).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
     }
     write_atomically(data_dir, MEMBERS_FILE, text.as_bytes())
 }
