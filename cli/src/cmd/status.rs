@@ -18,10 +18,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// request). Columns: id, address, role (voter/standby/spare, and `leader` for the leader;
 /// `(repairing)` follows while the node is rebuilt from the leader after finding its data
 /// damaged), term, applied (the node's applied Raft index), lag (entries the leader has
-/// committed that the node has not applied), contact (time since the node last heard from the leader; `-` on
-/// the leader), disk_free (bytes free for its data directory), dbs (databases it holds), rss
-/// (its resident memory), version. A node that does not answer shows why. Exits non-zero when
-/// a node does not answer.
+/// committed that the node has not applied), contact (time since the node last heard from
+/// the leader; `-` on the leader), disk_free (bytes free for its data directory), dbs
+/// (databases it holds), rss (its resident memory), version. A node that does not answer
+/// shows why. Exits non-zero when a node does not answer.
 ///
 /// Example: atoll status --cluster 127.0.0.1:9001 --format json
 #[derive(clap::Args, Debug)]

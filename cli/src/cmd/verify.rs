@@ -285,7 +285,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
                 .and_then(|mut c| c.repair(&row.database));
             match asked {
                 Ok(()) => eprintln!(
-                    "node {} ({}) repairs itself: its copy of {:?} is moved aside and rebuilt                      from the leader",
+                    "node {} ({}) repairs itself: its copy of {:?} is moved aside and rebuilt \
+                     from the leader",
                     row.node, row.address, row.database
                 ),
                 Err(e) => eprintln!(
