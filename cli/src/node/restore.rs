@@ -301,12 +301,14 @@ impl Node {
                 "restore refused: too many pages".to_owned(),
             ));
         };
-        let mut reader = io::BufReader::new(&file);
+        let source = file
+            .try_clone()
+            .map_err(|e| fatal("reading the staged file", e))?;
+        let reader = Box::new(io::BufReader::new(source));
         self.verify.snapshot_installed(index.0);
         self.engine
-            .restore_database(piece.database, &mut reader, info.page_bytes, pages, index.0)
+            .restore_database(piece.database, reader, info.page_bytes, pages, index.0)
             .map_err(|e| NodeError::Fatal(format!("restore of {:?}: {e}", piece.database)))?;
-        drop(reader);
         let id = piece.restore_id.to_string();
         let temporary = dir.join(format!("{}.done.tmp", piece.database));
         fs::write(&temporary, id.as_bytes())
