@@ -68,7 +68,7 @@ enum Source {
         file: Option<fs::File>,
     },
     /// A restore's file (`Engine::restore_database`): its pages, in order.
-    Restore(Box<dyn Read>),
+    Restore(Box<dyn Read + Send>),
 }
 
 impl Part {
@@ -417,7 +417,7 @@ impl Engine {
     pub fn restore_database(
         &mut self,
         name: &str,
-        source: Box<dyn Read>,
+        source: Box<dyn Read + Send>,
         page_size: u32,
         page_count: u32,
         index: u64,
