@@ -85,6 +85,8 @@ pub struct Proposal {
     pub id: u64,
     /// The encoded command ([`crate::command`]).
     pub command: Vec<u8>,
+    /// The writes it carries (more than one: group commit).
+    pub writes: usize,
 }
 
 /// The engine's settings. Time values are in whatever unit the host passes to
@@ -1690,11 +1692,13 @@ impl Engine {
                         });
                     }
                 }
+                let writes = members.len();
                 db.slot = Slot::Proposed { proposal, members };
                 self.proposals.push(Proposal {
                     database: database.to_string(),
                     id: proposal,
                     command,
+                    writes,
                 });
             }
         }

@@ -878,3 +878,80 @@ fn test_text_that_commits_then_opens_a_transaction() {
         vec!["ok"]
     );
 }
+
+#[test]
+fn test_restore_database_replaces_one_database_and_keeps_the_others() {
+    // A restore replaces one database with a SQLite file at a given index; the others keep
+    // their content; a session must open the database again; a source shorter than it claims
+    // changes nothing; later commands apply on top of the restored database.
+    let mut cluster = Cluster::new(0);
+    let a = session(&mut cluster.leader, "a.db");
+    cluster.write(a, "a.db", "CREATE TABLE t(x)", &[]).unwrap();
+    cluster
+        .write(a, "a.db", "INSERT INTO t VALUES (1)", &[])
+        .unwrap();
+    let b = session(&mut cluster.leader, "b.db");
+    cluster.write(b, "b.db", "CREATE TABLE u(y)", &[]).unwrap();
+    cluster
+        .write(b, "b.db", "INSERT INTO u VALUES (7)", &[])
+        .unwrap();
+
+    // The file to restore: written by plain SQLite, in WAL mode (as `atoll restore` sends it).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("source.db");
+    {
+        let connection = rusqlite::Connection::open(&file).unwrap();
+        connection
+            .execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t(x); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) \
+                 INSERT INTO t SELECT i FROM n; PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
+    }
+    let bytes = std::fs::read(&file).unwrap();
+    let pages = (bytes.len() / 4096) as u32;
+    let applied = cluster.leader.applied_index();
+
+    let short = &bytes[..bytes.len() - 4096];
+    assert!(cluster
+        .leader
+        .restore_database(
+            "a.db",
+            Box::new(std::io::Cursor::new(short.to_vec())),
+            4096,
+            pages,
+            applied + 1
+        )
+        .is_err());
+    assert_eq!(count(&mut cluster.leader, a, "a.db"), Value::Integer(1));
+    assert_eq!(cluster.leader.applied_index(), applied);
+
+    cluster
+        .leader
+        .restore_database(
+            "a.db",
+            Box::new(std::io::Cursor::new(bytes.clone())),
+            4096,
+            pages,
+            applied + 1,
+        )
+        .unwrap();
+    assert_eq!(cluster.leader.applied_index(), applied + 1);
+    assert!(matches!(
+        cluster.leader.exec(a, "a.db", Target::Sql("SELECT 1"), &[]),
+        Err(ExecError::DatabaseNotOpen(_))
+    ));
+    let a = session(&mut cluster.leader, "a.db");
+    assert_eq!(count(&mut cluster.leader, a, "a.db"), Value::Integer(500));
+    let b = session(&mut cluster.leader, "b.db");
+    let rows = query_all(&mut cluster.leader, b, "b.db", "SELECT y FROM u");
+    assert_eq!(rows.values, vec![Value::Integer(7)]);
+    assert_eq!(cluster.leader.integrity_check("a.db").unwrap(), vec!["ok"]);
+    // Later writes go on top of the restored database.
+    cluster.log.push(Vec::new()); // The restore's slot in the test log (index applied + 1).
+    cluster
+        .write(a, "a.db", "DELETE FROM t WHERE x > 10", &[])
+        .unwrap();
+    assert_eq!(count(&mut cluster.leader, a, "a.db"), Value::Integer(10));
+}

@@ -7,16 +7,21 @@
 
 pub mod add;
 pub mod assign;
+pub mod backup;
 pub mod cluster;
 pub mod demo;
 pub mod dump;
 pub mod init;
 pub mod join;
+pub mod recover;
 pub mod remove;
+pub mod restore;
 pub mod shell;
 pub mod start;
+pub mod status;
 pub mod token;
 pub mod transfer;
+pub mod verify;
 
 use std::fmt;
 use std::io;

@@ -28,7 +28,7 @@ use crate::node::{Node, StartOptions};
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
 /// Example:
-///   atoll start --data-dir /var/lib/atoll
+///   atoll start --data-dir /var/lib/atoll --metrics-address 127.0.0.1:9101
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -43,6 +43,13 @@ pub struct Args {
     /// forever. Idle connections hold slots of the 1,024-client limit. Not kept.
     #[arg(long, value_name = "SECONDS", default_value_t = CLIENT_IDLE_TIMEOUT_S_DEFAULT)]
     pub client_idle_timeout: u64,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP/1.1, from the node's
+    /// own event loop): Raft term, indexes, leadership, elections, peer lag, write latency,
+    /// group commit sizes, log sync times, snapshots, databases, connections, memory. Not kept
+    /// in atoll.conf. Example: --metrics-address 127.0.0.1:9101
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
 
     /// Testing only: dial node ID at HOST:PORT instead of its address (tests route a node's
     /// outbound peer connections through fault-injecting proxies). Repeatable; not kept.
@@ -87,6 +94,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         peer_routes: args.peer_route.into_iter().collect(),
         client_idle_timeout: (args.client_idle_timeout > 0)
             .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
+        metrics_address: args.metrics_address,
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut node = Node::open(&args.data_dir, shutdown.clone(), options)
@@ -113,5 +121,22 @@ pub fn run(args: Args) -> Result<(), CliError> {
             }
         })
         .map_err(|e| CliError::new(format!("starting the signal thread: {e}")))?;
-    node.run().map_err(|e| CliError::new(e.to_string()))
+    node.run().map_err(|e| CliError::new(e.to_string()))?;
+    if let Some(damage) = node.take_repair_request() {
+        let id = node.id();
+        drop(node); // Releases the data directory's lock.
+        crate::node::repair::quarantine(&args.data_dir, id, &damage)
+            .map_err(|why| CliError::new(format!("{}: not repaired: {why}", damage.what)))?;
+        // The same command again, in this process (same pid, same standard streams): the
+        // node starts from the empty log and is rebuilt from the leader.
+        let program = std::env::current_exe()
+            .map_err(|e| CliError::new(format!("finding this program to restart: {e}")))?;
+        let error = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new(program).args(std::env::args_os().skip(1)),
+        );
+        return Err(CliError::new(format!(
+            "restarting after moving the damaged data aside: {error}; start the node again"
+        )));
+    }
+    Ok(())
 }

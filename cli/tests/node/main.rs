@@ -28,6 +28,8 @@
 //! - `t53_hardening`: an idle reader (no loop stall, rolled back past the limit), header-only
 //!   requests under a 1 GiB address-space limit, too many parameters, database names under a
 //!   low open-file limit, a corrupt page.
+//! - `t60_operations`: `atoll backup` from the leader and from a follower; `atoll recover`
+//!   after the loss of a majority.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -48,3 +50,4 @@ mod t54_forged_peer_messages;
 mod t55_cluster_faults;
 mod t56_disk_full;
 mod t57_peer_auth;
+mod t60_operations;

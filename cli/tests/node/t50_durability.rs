@@ -215,7 +215,7 @@ fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// The entry records of a segment file: (offset, payload offset, payload length) each, from
 /// the byte layout in `storage/src/segment.rs` (16-byte file header; 32-byte record headers
 /// with the payload length at bytes 4..8; records padded to 8 bytes; zeros after the last).
-fn segment_records(bytes: &[u8]) -> Vec<(usize, usize, usize)> {
+pub(crate) fn segment_records(bytes: &[u8]) -> Vec<(usize, usize, usize)> {
     let mut records = Vec::new();
     let mut offset = 16;
     while offset + 32 <= bytes.len() && bytes[offset..offset + 32].iter().any(|&b| b != 0) {
