@@ -580,7 +580,9 @@ impl Workload {
         match text {
             "kvwrite" => Ok(Workload::Write),
             "kvreadwrite" => Ok(Workload::ReadWrite),
-            other => Err(format!("--workloads: {other:?} is not kvwrite or kvreadwrite")),
+            other => Err(format!(
+                "--workloads: {other:?} is not kvwrite or kvreadwrite"
+            )),
         }
     }
 }
@@ -702,7 +704,7 @@ fn kv_atoll(
                 while Instant::now() < deadline {
                     let read = workload == Workload::ReadWrite
                         && !keys.is_empty()
-                        && letters.next() % 2 == 0;
+                        && letters.next().is_multiple_of(2);
                     if read {
                         let key = keys[(letters.next() as usize * 7919) % keys.len()].clone();
                         let began = Instant::now();
@@ -962,7 +964,10 @@ pub fn kv(options: &Options) -> Result<(), String> {
     println!("{baseline}");
     // The nodes have settled after their start (one second without requests).
     thread::sleep(Duration::from_secs(1));
-    println!("rss per node idle after the start: {}", mib_list(&cluster.rss_mib()));
+    println!(
+        "rss per node idle after the start: {}",
+        mib_list(&cluster.rss_mib())
+    );
     let mut lines = vec![baseline];
     let mut rows: Vec<PlotRow> = Vec::new();
     for &workload in &workloads {
@@ -987,7 +992,11 @@ pub fn kv(options: &Options) -> Result<(), String> {
             println!("kv: {elections} election(s) during the run with {count} workers");
             let leader = cluster.leader().ok();
             for (index, timings) in breakdown.iter().enumerate() {
-                let role = if Some(index) == leader { "leader" } else { "follower" };
+                let role = if Some(index) == leader {
+                    "leader"
+                } else {
+                    "follower"
+                };
                 println!("  node {} ({role}): {}", index + 1, timings.summary());
             }
             if let Some(timings) = leader.and_then(|l| breakdown.get(l)) {
@@ -1019,7 +1028,10 @@ pub fn kv(options: &Options) -> Result<(), String> {
         mib_list(&cluster.rss_mib())
     ));
     if let Some(path) = plot {
-        let svg = kv_plot(&rows, &baseline_title(nodes, value_bytes, seconds, &settings));
+        let svg = kv_plot(
+            &rows,
+            &baseline_title(nodes, value_bytes, seconds, &settings),
+        );
         fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
         lines.push(format!("kv plot written to {}", path.display()));
     }

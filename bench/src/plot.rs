@@ -16,6 +16,9 @@ pub struct Series {
     pub points: Vec<(usize, f64, f64)>,
 }
 
+/// Picks a panel's value out of a point.
+type Pick = fn(&(usize, f64, f64)) -> f64;
+
 const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 460.0;
 const PANEL_WIDTH: f64 = 400.0;
@@ -60,7 +63,7 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         WIDTH / 2.0,
         escape(title)
     );
-    let panels: [(&str, fn(&(usize, f64, f64)) -> f64); 2] = [
+    let panels: [(&str, Pick); 2] = [
         ("operations per second", |p| p.1),
         ("p99 latency (ms)", |p| p.2),
     ];
@@ -92,7 +95,11 @@ pub fn svg(title: &str, series: &[Series]) -> String {
                 left + PANEL_WIDTH,
                 left - 6.0,
                 y(v) + 4.0,
-                if y_top >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") },
+                if y_top >= 10.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                },
                 y = y(v)
             );
         }
@@ -116,7 +123,11 @@ pub fn svg(title: &str, series: &[Series]) -> String {
                 .iter()
                 .map(|p| format!("{:.1},{:.1}", x(p.0), y(value(p))))
                 .collect();
-            let dash = if s.dashed { r#" stroke-dasharray="6 4""# } else { "" };
+            let dash = if s.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
@@ -140,7 +151,11 @@ pub fn svg(title: &str, series: &[Series]) -> String {
     for (index, s) in series.iter().enumerate() {
         let lx = 70.0 + (index % 4) as f64 * 220.0;
         let ly = HEIGHT - 40.0 + (index / 4) as f64 * 18.0;
-        let dash = if s.dashed { r#" stroke-dasharray="6 4""# } else { "" };
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,

@@ -74,7 +74,10 @@ impl Breakdown {
     /// Parses a node's timings file; a malformed line is an error naming it.
     pub fn parse(text: &str) -> Result<Breakdown, String> {
         let mut breakdown = Breakdown::default();
-        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let mut words = line.split(' ');
             let name = words.next().unwrap_or_default();
             let numbers: Vec<u64> = words
@@ -149,7 +152,11 @@ impl Breakdown {
                 )
             })
             .collect();
-        format!("{}; longest turns: {}", parts.join(", "), longest.join(", "))
+        format!(
+            "{}; longest turns: {}",
+            parts.join(", "),
+            longest.join(", ")
+        )
     }
 
     /// A leader's write path in means, against the mean latency a client saw: execute, batch
@@ -157,7 +164,8 @@ impl Breakdown {
     /// apply, answer, and the rest (queueing for the database's write lock, network, client).
     pub fn leader_path(&self, client_mean_us: f64) -> String {
         let mean = |name: &str| self.phase(name).mean_us();
-        let node = mean("execute") + mean("batch") + mean("commit") + mean("apply") + mean("answer");
+        let node =
+            mean("execute") + mean("batch") + mean("commit") + mean("apply") + mean("answer");
         format!(
             "mean {client_mean_us:.0} µs = execute {:.0} + batch wait {:.0} + commit {:.0} \
              (append {:.0} + sync {:.0} + quorum wait {:.0}) + apply {:.0} + answer {:.0} + rest \
@@ -201,10 +209,19 @@ mod tests {
         assert_eq!(breakdown.phase("apply"), Phase::default());
         assert_eq!(breakdown.longest[0].sync_us, 11000);
         let summary = breakdown.summary();
-        assert!(summary.contains("execute 20 µs (p99 <32 µs, max 40 µs, n 10)"), "{summary}");
-        assert!(summary.contains("12.0 ms (3 events, persist 0.1, sync 11.0"), "{summary}");
+        assert!(
+            summary.contains("execute 20 µs (p99 <32 µs, max 40 µs, n 10)"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("12.0 ms (3 events, persist 0.1, sync 11.0"),
+            "{summary}"
+        );
         let path = breakdown.leader_path(1500.0);
-        assert!(path.contains("execute 20 + batch wait 0 + commit 1000"), "{path}");
+        assert!(
+            path.contains("execute 20 + batch wait 0 + commit 1000"),
+            "{path}"
+        );
         assert!(path.contains("rest 480"), "{path}");
     }
 

@@ -562,7 +562,10 @@ mod tests {
         );
         assert_eq!(config.set_timing(None, Some(7), Some(100)), Ok(None));
         assert_eq!(config.tick_ms, 1);
-        assert_eq!((config.heartbeat_ticks, config.election_ticks_min), (7, 100));
+        assert_eq!(
+            (config.heartbeat_ticks, config.election_ticks_min),
+            (7, 100)
+        );
         // An explicit tick rounds, and says so.
         let note = config.set_timing(Some(10), Some(15), Some(333)).unwrap();
         assert!(note.unwrap().contains("rounded to 20 ms and 330 ms"));

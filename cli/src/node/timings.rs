@@ -190,7 +190,7 @@ impl Timings {
             || self.longest.last().is_some_and(|t| t.total < turn.total)
         {
             self.longest.push(turn);
-            self.longest.sort_by(|a, b| b.total.cmp(&a.total));
+            self.longest.sort_by_key(|t| std::cmp::Reverse(t.total));
             self.longest.truncate(TURNS_LONGEST);
         }
     }
@@ -204,8 +204,8 @@ impl Timings {
         }
         let text = self.render();
         let temporary = dir.join(format!("{FILE_NAME}.tmp"));
-        let result = fs::write(&temporary, text)
-            .and_then(|()| fs::rename(&temporary, dir.join(FILE_NAME)));
+        let result =
+            fs::write(&temporary, text).and_then(|()| fs::rename(&temporary, dir.join(FILE_NAME)));
         match result {
             Ok(()) => log::info!("timings written to {}", dir.join(FILE_NAME).display()),
             Err(e) => log::warn!("writing the timings to {}: {e}", dir.display()),
@@ -272,7 +272,11 @@ mod tests {
         timings.proposals_taken(t0);
         timings.proposed(5, t0 + Duration::from_micros(100));
         timings.proposed(9, t0 + Duration::from_micros(200));
-        timings.synced(Duration::from_micros(300), Some(5), t0 + Duration::from_micros(500));
+        timings.synced(
+            Duration::from_micros(300),
+            Some(5),
+            t0 + Duration::from_micros(500),
+        );
         // Batch 1 (..=5) commits; batch 2 (..=9) is not durable yet nor committed.
         timings.committed(7, true, t0 + Duration::from_micros(900));
         assert_eq!(timings.commit.count, 1);
@@ -289,7 +293,11 @@ mod tests {
                 apply: Duration::ZERO,
             });
         }
-        let longest: Vec<u128> = timings.longest.iter().map(|t| t.total.as_millis()).collect();
+        let longest: Vec<u128> = timings
+            .longest
+            .iter()
+            .map(|t| t.total.as_millis())
+            .collect();
         assert_eq!(longest, [10, 9, 8, 7, 6, 5, 4, 3]);
         // 1 ms = 1000 µs: below 2^10.
         assert_eq!(timings.turn.buckets[10], 1);
@@ -303,7 +311,12 @@ mod tests {
         let commit = text.lines().find(|l| l.starts_with("commit ")).unwrap();
         assert!(commit.starts_with("commit 1 800 800 "), "{commit}");
         assert_eq!(commit.split(' ').count(), 4 + BUCKETS);
-        assert_eq!(text.lines().filter(|l| l.starts_with("turn_longest")).count(), 8);
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("turn_longest"))
+                .count(),
+            8
+        );
         assert!(text.contains("\nturn_longest 10000 1 0 0 0\n"));
         // Reset, but the batch in flight is still measured when it commits.
         assert_eq!(timings.turn.count, 0);

@@ -294,7 +294,10 @@ fn test_sigusr1_writes_the_loop_timings_and_resets_them() {
     assert!(count(&first, "turn") >= 21, "{first:?}");
     let longest: Vec<_> = first.iter().filter(|(n, _)| n == "turn_longest").collect();
     assert!(!longest.is_empty() && longest.len() <= 8, "{longest:?}");
-    assert!(longest.windows(2).all(|w| w[0].1[0] >= w[1].1[0]), "longest first");
+    assert!(
+        longest.windows(2).all(|w| w[0].1[0] >= w[1].1[0]),
+        "longest first"
+    );
     // Nothing written since: the counters started again from zero.
     let second = dump(leader);
     assert_eq!(count(&second, "execute"), 0, "{second:?}");
