@@ -55,13 +55,23 @@ pub fn svg(title: &str, series: &[Series]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+        concat!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" "#,
+            r#"viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#,
+        ),
+        WIDTH = WIDTH,
+        HEIGHT = HEIGHT
     );
     let _ = writeln!(
         out,
-        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/><text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        concat!(
+            r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/><text x="{}" y="22" "#,
+            r#"text-anchor="middle" font-size="15">{}</text>"#,
+        ),
         WIDTH / 2.0,
-        escape(title)
+        escape(title),
+        WIDTH = WIDTH,
+        HEIGHT = HEIGHT
     );
     let panels: [(&str, Pick); 2] = [
         ("operations per second", |p| p.1),
@@ -91,7 +101,10 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             let v = y_top * line as f64 / GRID_LINES as f64;
             let _ = writeln!(
                 out,
-                r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+                concat!(
+                    r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text "##,
+                    r##"x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+                ),
                 left + PANEL_WIDTH,
                 left - 6.0,
                 y(v) + 4.0,
@@ -100,7 +113,8 @@ pub fn svg(title: &str, series: &[Series]) -> String {
                 } else {
                     format!("{v:.2}")
                 },
-                y = y(v)
+                y = y(v),
+                left = left
             );
         }
         for &w in &workers {
@@ -113,9 +127,17 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         }
         let _ = writeln!(
             out,
-            r#"<text x="{}" y="{}" text-anchor="middle">workers</text><rect x="{left}" y="{top}" width="{PANEL_WIDTH}" height="{PANEL_HEIGHT}" fill="none" stroke="black"/>"#,
+            concat!(
+                r#"<text x="{}" y="{}" text-anchor="middle">workers</text><rect x="{left}" "#,
+                r#"y="{top}" width="{PANEL_WIDTH}" height="{PANEL_HEIGHT}" fill="none" "#,
+                r#"stroke="black"/>"#,
+            ),
             left + PANEL_WIDTH / 2.0,
-            top + PANEL_HEIGHT + 36.0
+            top + PANEL_HEIGHT + 36.0,
+            left = left,
+            top = top,
+            PANEL_WIDTH = PANEL_WIDTH,
+            PANEL_HEIGHT = PANEL_HEIGHT
         );
         for s in series {
             let points: Vec<String> = s
@@ -137,7 +159,10 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             for p in &s.points {
                 let _ = writeln!(
                     out,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"><title>{} workers={}: {:.1}</title></circle>"#,
+                    concat!(
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"><title>{} "#,
+                        r#"workers={}: {:.1}</title></circle>"#,
+                    ),
                     x(p.0),
                     y(value(p)),
                     s.color,
@@ -158,12 +183,18 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         };
         let _ = writeln!(
             out,
-            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
+            concat!(
+                r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" "#,
+                r#"stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
+            ),
             lx + 30.0,
             s.color,
             lx + 36.0,
             ly + 4.0,
-            escape(&s.name)
+            escape(&s.name),
+            lx = lx,
+            ly = ly,
+            dash = dash
         );
     }
     out.push_str("</svg>\n");

@@ -23,8 +23,8 @@ use crate::node::{Node, StartOptions};
 ///
 /// SIGINT or SIGTERM stop it cleanly; a leader first hands leadership to another voter (a
 /// second signal stops it at once). SIGUSR1 writes the loop's timings (where writes' time
-/// goes, the longest loop turns) to DIR/timings and resets them. Settings given here (timing, roles) are written to
-/// DIR/atoll.conf and stay for later starts.
+/// goes, the longest loop turns) to DIR/timings and resets them. Settings given here
+/// (timing, roles) are written to DIR/atoll.conf and stay for later starts.
 ///
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
