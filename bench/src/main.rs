@@ -56,8 +56,10 @@ const SUITES: &[Suite] = &[
     },
     Suite {
         name: "kv",
-        about: "real nodes: dqlite-benchmark's kvwrite (--nodes N --workers W[,W..] \
-                --seconds S --value-size B; --dqlite runs dqlite-benchmark too)",
+        about: "real nodes: dqlite-benchmark's kvwrite and kvreadwrite, raw fdatasync \
+                baseline, per-write breakdown, RSS (--nodes N --workers W[,W..] --seconds S \
+                --value-size B --workloads kvwrite,kvreadwrite --plot FILE.svg; --dqlite runs \
+                dqlite-benchmark too; timing flags as for failover)",
         run: atoll_bench::cluster::kv,
     },
     Suite {

@@ -104,9 +104,9 @@ pub struct NodeSettings {
     #[arg(long, value_name = "MS")]
     pub election_timeout_ms: Option<u64>,
 
-    /// Length of one raft tick (ms; default 10, or half the heartbeat when a heartbeat or an
-    /// election timeout is given: 1 to 10). The heartbeat and election timeout must be whole
-    /// numbers of ticks.
+    /// Length of one raft tick (ms; default 10). Without it, a heartbeat or election timeout
+    /// given picks the longest tick (1 to 10 ms, at most half the heartbeat) dividing both, so
+    /// any milliseconds are kept; with it, they are rounded to whole ticks (and a note says so).
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
 
@@ -177,9 +177,12 @@ impl NodeSettings {
 
     /// Applies the settings given to `config` and checks the result.
     pub fn apply(&self, config: &mut crate::node::config::NodeConfig) -> Result<(), CliError> {
-        config
+        if let Some(note) = config
             .set_timing(self.tick_ms, self.heartbeat_ms, self.election_timeout_ms)
-            .map_err(CliError::new)?;
+            .map_err(CliError::new)?
+        {
+            eprintln!("atoll: {note}");
+        }
         if let Some(ms) = self.writer_wait_ms {
             config.writer_wait_ms = ms;
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use super::{CliError, NodeSettings};
@@ -22,8 +22,9 @@ use crate::node::{Node, StartOptions};
 /// first start.
 ///
 /// SIGINT or SIGTERM stop it cleanly; a leader first hands leadership to another voter (a
-/// second signal stops it at once). Settings given here (timing, roles) are written to
-/// DIR/atoll.conf and stay for later starts.
+/// second signal stops it at once). SIGUSR1 writes the loop's timings (where writes' time
+/// goes, the longest loop turns) to DIR/timings and resets them. Settings given here
+/// (timing, roles) are written to DIR/atoll.conf and stay for later starts.
 ///
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
@@ -102,14 +103,23 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let waker = node
         .waker()
         .map_err(|e| CliError::new(format!("creating the wake-up handle: {e}")))?;
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let timings = node.timings_flag();
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
         .map_err(|e| CliError::new(format!("installing the signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             // The first signal asks the loop to stop; a second one (the stop hangs) ends the
             // process at once: every acknowledged write is durable already.
+            // SIGUSR1 asks for the loop's timings (`DATA_DIR/timings`), nothing else.
             for signal in signals.forever() {
+                if signal == SIGUSR1 {
+                    timings.store(true, Ordering::SeqCst);
+                    if let Err(e) = waker.wake() {
+                        log::error!("waking the node loop: {e}");
+                    }
+                    continue;
+                }
                 if shutdown.swap(true, Ordering::SeqCst) {
                     log::warn!("signal {signal} again: exiting now");
                     std::process::exit(1);

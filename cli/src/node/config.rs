@@ -146,43 +146,67 @@ impl NodeConfig {
     /// Sets the timing from milliseconds: the tick, the heartbeat interval and the election
     /// timeout (its lower bound; each follower draws its timeout up to twice it). Values not
     /// given keep their current length. Without an explicit tick, a heartbeat or election
-    /// timeout given picks a tick of half the heartbeat (1 to 10 ms), so short timeouts keep a
-    /// useful resolution.
+    /// timeout given picks the longest tick (at most half the heartbeat, at most
+    /// `TICK_MS_DEFAULT`) that divides both, so any milliseconds are kept exactly. With an
+    /// explicit tick, the heartbeat and election timeout are rounded to the nearest whole
+    /// ticks (the heartbeat at least one, the election timeout above it); the answer then says
+    /// what was rounded, for the caller to tell the user.
     pub fn set_timing(
         &mut self,
         tick_ms: Option<u64>,
         heartbeat_ms: Option<u64>,
         election_timeout_ms: Option<u64>,
-    ) -> Result<(), String> {
-        let heartbeat = heartbeat_ms.unwrap_or(self.heartbeat_ticks as u64 * self.tick_ms);
-        let election = election_timeout_ms.unwrap_or(self.election_ticks_min as u64 * self.tick_ms);
+    ) -> Result<Option<String>, String> {
+        let heartbeat = heartbeat_ms.unwrap_or(self.heartbeat_ms());
+        let election = election_timeout_ms.unwrap_or(self.election_timeout_ms());
+        if heartbeat == 0 {
+            return Err("the heartbeat must be at least 1 ms".into());
+        }
+        if election <= heartbeat {
+            return Err(format!(
+                "the election timeout ({election} ms) must be above the heartbeat \
+                 ({heartbeat} ms)"
+            ));
+        }
         let tick = match tick_ms {
             Some(tick) => tick,
             None if heartbeat_ms.is_some() || election_timeout_ms.is_some() => {
-                (heartbeat / 2).clamp(1, TICK_MS_DEFAULT)
+                let common = gcd(heartbeat, election);
+                let most = (heartbeat / 2).clamp(1, TICK_MS_DEFAULT);
+                (1..=most)
+                    .rev()
+                    .find(|t| common.is_multiple_of(*t))
+                    .unwrap_or(1)
             }
             None => self.tick_ms,
         };
         if tick == 0 {
             return Err("the tick must be at least 1 ms".into());
         }
-        if heartbeat < tick || !heartbeat.is_multiple_of(tick) {
-            return Err(format!(
-                "the heartbeat ({heartbeat} ms) must be a whole number of ticks ({tick} ms)"
-            ));
-        }
-        if election <= heartbeat || !election.is_multiple_of(tick) {
-            return Err(format!(
-                "the election timeout ({election} ms) must be a whole number of ticks ({tick} ms) \
-                 above the heartbeat ({heartbeat} ms)"
-            ));
-        }
-        let ticks = |ms: u64| u32::try_from(ms / tick).map_err(|_| "timeout too long".to_owned());
+        let ticks = |ms: u64| -> Result<u32, String> {
+            let rounded = ms.saturating_add(tick / 2) / tick;
+            u32::try_from(rounded).map_err(|_| format!("{ms} ms is too long a timeout"))
+        };
+        let heartbeat_ticks = ticks(heartbeat)?.max(1);
+        let election_ticks = ticks(election)?.max(heartbeat_ticks + 1);
+        let election_ticks_max = election_ticks
+            .checked_mul(2)
+            .ok_or_else(|| format!("{election} ms is too long a timeout"))?;
+        let note = (u64::from(heartbeat_ticks) * tick != heartbeat
+            || u64::from(election_ticks) * tick != election)
+            .then(|| {
+                format!(
+                    "with a tick of {tick} ms, the heartbeat ({heartbeat} ms) and election \
+                     timeout ({election} ms) are rounded to {} ms and {} ms",
+                    u64::from(heartbeat_ticks) * tick,
+                    u64::from(election_ticks) * tick
+                )
+            });
         self.tick_ms = tick;
-        self.heartbeat_ticks = ticks(heartbeat)?;
-        self.election_ticks_min = ticks(election)?;
-        self.election_ticks_max = ticks(election * 2)?;
-        Ok(())
+        self.heartbeat_ticks = heartbeat_ticks;
+        self.election_ticks_min = election_ticks;
+        self.election_ticks_max = election_ticks_max;
+        Ok(note)
     }
 
     /// The heartbeat interval in milliseconds.
@@ -438,6 +462,14 @@ fn open_files_limit() -> Option<u64> {
         .ok()
 }
 
+/// The greatest common divisor of `a` and `b`.
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,8 +552,32 @@ mod tests {
             (config.heartbeat_ms(), config.election_timeout_ms()),
             (4, 30)
         );
-        assert!(config.set_timing(Some(10), Some(15), None).is_err());
+        // Any milliseconds: the tick divides both (45 and 450: a tick of 9 ms).
+        let mut config = NodeConfig::new(7, "127.0.0.1:9001".into());
+        assert_eq!(config.set_timing(None, Some(45), Some(450)), Ok(None));
+        assert_eq!(config.tick_ms, 9);
+        assert_eq!(
+            (config.heartbeat_ms(), config.election_timeout_ms()),
+            (45, 450)
+        );
+        assert_eq!(config.set_timing(None, Some(7), Some(100)), Ok(None));
+        assert_eq!(config.tick_ms, 1);
+        assert_eq!(
+            (config.heartbeat_ticks, config.election_ticks_min),
+            (7, 100)
+        );
+        // An explicit tick rounds, and says so.
+        let note = config.set_timing(Some(10), Some(15), Some(333)).unwrap();
+        assert!(note.unwrap().contains("rounded to 20 ms and 330 ms"));
+        assert_eq!((config.heartbeat_ticks, config.election_ticks_min), (2, 33));
+        assert_eq!(config.election_ticks_max, 66);
+        config.set_timing(Some(10), Some(1), Some(12)).unwrap();
+        assert_eq!((config.heartbeat_ticks, config.election_ticks_min), (1, 2));
+        config.validate().unwrap();
         assert!(config.set_timing(None, Some(50), Some(40)).is_err());
+        assert!(config.set_timing(None, Some(0), Some(40)).is_err());
+        assert!(config.set_timing(Some(0), Some(5), Some(40)).is_err());
+        assert!(config.set_timing(Some(1), Some(5), Some(u64::MAX)).is_err());
     }
 
     #[test]

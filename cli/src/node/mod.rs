@@ -34,6 +34,7 @@ pub mod repair;
 mod restore;
 mod roles;
 pub mod secret;
+mod timings;
 mod values;
 mod verify;
 
@@ -301,6 +302,8 @@ pub struct Node {
     /// A full disk: writes refused, stalled appends and applies retried.
     disk: disk::Disk,
     stats: Stats,
+    /// Where writes' time goes, and the longest turns (dumped on request).
+    timings: timings::Timings,
 }
 
 impl Node {
@@ -540,6 +543,7 @@ impl Node {
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
+            timings: timings::Timings::new(),
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)
@@ -570,6 +574,12 @@ impl Node {
     }
 
     /// Runs the node until the shutdown flag is set (SIGINT, SIGTERM) or a fatal error.
+    /// The flag that asks the loop to write its timings to `DATA_DIR/timings` (see
+    /// `timings.rs`); the loop sees it within a tick.
+    pub fn timings_flag(&self) -> Arc<AtomicBool> {
+        self.timings.request_flag()
+    }
+
     pub fn run(&mut self) -> Result<(), NodeError> {
         info!(
             "node {} serving {} (data directory {})",
@@ -626,6 +636,7 @@ impl Node {
             let raft_done = Instant::now();
             self.after_turn()?;
             self.note_slow_turn(turn_start, events_done, raft_done, event_count);
+            self.timings.dump_if_requested(&self.data_dir);
         }
         self.stop();
         Ok(())
@@ -641,6 +652,13 @@ impl Node {
         event_count: usize,
     ) {
         let took = start.elapsed();
+        self.timings.turn(timings::Turn {
+            total: took,
+            events: event_count,
+            persist: self.turn_persist,
+            sync: self.turn_sync,
+            apply: self.turn_apply,
+        });
         let budget = self.tick * self.config.election_ticks_min / 2;
         if took >= budget {
             warn!(
@@ -670,7 +688,18 @@ impl Node {
                 self.clients.insert(conn, Client::new());
                 debug!("{conn}: protocol {version:?}");
             }
-            Event::Request { conn, request } => self.on_request(conn, request),
+            Event::Request { conn, request } => {
+                let write = matches!(
+                    request,
+                    atoll_net::protocol::Request::Exec { .. }
+                        | atoll_net::protocol::Request::ExecSql { .. }
+                );
+                let began = Instant::now();
+                self.on_request(conn, request);
+                if write {
+                    self.timings.execute(began.elapsed());
+                }
+            }
             Event::Drained { conn } => self.on_drained(conn),
             Event::Closed { conn, reason } => {
                 debug!("{conn}: closed ({reason:?})");
@@ -742,7 +771,11 @@ impl Node {
 
     /// Takes the engine's proposals (proposed at the end of the turn) and its late answers.
     fn drain_engine(&mut self) {
+        let before = self.proposals.len();
         self.proposals.extend(self.engine.take_proposals());
+        if self.proposals.len() > before {
+            self.timings.proposals_taken(Instant::now());
+        }
         for completion in self.engine.take_completions() {
             match self.sessions.get(&completion.session) {
                 Some(&conn) => self.complete(conn, completion.result),
@@ -780,12 +813,15 @@ impl Node {
                 .collect();
             match self.raft.propose_batch(payloads) {
                 Ok(first) => {
+                    let last = first.0 + ids.len() as u64 - 1;
+                    self.timings.proposed(last, Instant::now());
                     self.stats.entries_proposed += ids.len() as u64;
                     self.stats.proposal_batches += 1;
                     debug!("proposed {} command(s) from index {first}", ids.len());
                 }
                 Err(atoll_raft::Error::Storage(e)) => return Err(fatal("reading the log", e)),
                 Err(e) => {
+                    self.timings.proposals_dropped();
                     // Nothing was appended: the client may retry. During a leadership transfer
                     // it is told "not leader", which every client retries on the new leader.
                     let reason = match e {
@@ -849,7 +885,10 @@ impl Node {
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
         let mut stalled = false;
         if !entries.is_empty() {
-            if self.append_entries(&entries)? {
+            let append_start = Instant::now();
+            let appended = self.append_entries(&entries)?;
+            self.timings.append(append_start.elapsed());
+            if appended {
                 ready.entries = entries;
             } else {
                 // Unappended entries are not acknowledged: drop the answers that would.
@@ -871,9 +910,12 @@ impl Node {
                 .sync()
                 .map_err(|e| fatal("syncing the log", e))?;
             self.stats.syncs += 1;
-            let took = sync_start.elapsed();
+            let synced = Instant::now();
+            let took = synced - sync_start;
             self.metrics.log_sync.observe(took.as_secs_f64());
             self.turn_sync += took;
+            let durable = ready.persist_point().map(|(index, _)| index.0);
+            self.timings.synced(took, durable, synced);
         }
         if let Some((index, term)) = ready.persist_point() {
             self.raft.on_persisted(index, term);
@@ -882,6 +924,10 @@ impl Node {
         // 5. Apply the committed entries, answering the writes they carry.
         let apply_start = Instant::now();
         let now = Instant::now();
+        if let Some(last) = ready.committed_entries.last() {
+            let leading = self.raft.role() == StateRole::Leader;
+            self.timings.committed(last.index.0, leading, now);
+        }
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
@@ -904,7 +950,7 @@ impl Node {
                 EntryKind::Command if restore::decode(&entry.payload).is_some() => {
                     self.apply_restore_piece(entry.index, entry.term, &entry.payload)?;
                 }
-                EntryKind::Command => match self.engine.apply(index, &entry.payload) {
+                EntryKind::Command => match self.timed_apply(index, &entry.payload) {
                     Ok(Applied::Frames { .. }) => {
                         self.stats.commands_applied += 1;
                         self.disk.write_succeeded();
@@ -929,7 +975,11 @@ impl Node {
                 },
                 EntryKind::Noop | EntryKind::Configuration => self.engine.note_applied(index),
             }
+            let answer_start = Instant::now();
             self.drain_engine();
+            if entry.kind == EntryKind::Command {
+                self.timings.answer(answer_start.elapsed());
+            }
         }
         if !ready.committed_entries.is_empty() {
             self.last_apply_at = Instant::now();
@@ -943,6 +993,18 @@ impl Node {
             self.read_dropped(*context);
         }
         Ok(stalled)
+    }
+
+    /// `engine.apply`, timed.
+    fn timed_apply(
+        &mut self,
+        index: u64,
+        payload: &[u8],
+    ) -> Result<Applied, atoll_core::EngineError> {
+        let start = Instant::now();
+        let applied = self.engine.apply(index, payload);
+        self.timings.apply(start.elapsed());
+        applied
     }
 
     /// Appends a ready's entries (truncating a conflicting suffix first). False if the disk is
