@@ -1,7 +1,7 @@
 //! `atoll`: the command line of a distributed SQLite.
 //!
-//! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node
-//! (`node/`: the loop wiring the reactor, Raft, the log and the SQLite engine).
+//! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node (the
+//! `atoll-node` crate: the loop wiring the reactor, Raft, the log and the SQLite engine).
 //!
 //! The client commands (`shell`, `dump`, `backup`, `restore`, `verify`, `status`, `cluster`,
 //! `add`, `assign`, `remove`, `transfer`) talk to a running cluster over dqlite's client wire
@@ -12,10 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
-mod database_header;
-mod node;
 mod output;
-mod sql;
 mod wal;
 
 use std::process::ExitCode;

@@ -9,7 +9,7 @@ use atoll_net::protocol::{File as ProtocolFile, Role};
 
 use super::dump::{check_target, dump_error, with_suffix, write_files};
 use super::{connect, explain, CliError, ClusterArgs};
-use crate::database_header;
+use atoll_node::database_header;
 
 /// Back up a database of the cluster to a SQLite file.
 ///

@@ -291,7 +291,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         path: std::env::temp_dir().join(format!(
             "atoll-demo-{}-{:08x}",
             std::process::id(),
-            crate::node::config::random_u64() as u32
+            atoll_node::config::random_u64() as u32
         )),
         keep: args.keep,
     };

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use atoll_net::peer::ClusterSecret;
 
 use super::CliError;
-use crate::node::secret::JoinToken;
-use crate::node::{self, config::NodeConfig};
+use atoll_node::secret::JoinToken;
+use atoll_node::{self as node, config::NodeConfig};
 
 /// Set up a new cluster of one voter: this node, in a new, empty data directory.
 ///

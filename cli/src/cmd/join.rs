@@ -7,8 +7,8 @@ use atoll_net::client::{ClientConfig, Connection};
 use atoll_net::peer;
 
 use super::{explain, parse_address, parse_node_id, CliError, NodeSettings};
-use crate::node::secret::JoinToken;
-use crate::node::{self, config::NodeConfig};
+use atoll_node::secret::JoinToken;
+use atoll_node::{self as node, config::NodeConfig};
 
 /// Prepare a node that joins a running cluster.
 ///

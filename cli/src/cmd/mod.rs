@@ -176,7 +176,7 @@ impl NodeSettings {
     }
 
     /// Applies the settings given to `config` and checks the result.
-    pub fn apply(&self, config: &mut crate::node::config::NodeConfig) -> Result<(), CliError> {
+    pub fn apply(&self, config: &mut atoll_node::config::NodeConfig) -> Result<(), CliError> {
         if let Some(note) = config
             .set_timing(self.tick_ms, self.heartbeat_ms, self.election_timeout_ms)
             .map_err(CliError::new)?

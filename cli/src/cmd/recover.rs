@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::CliError;
-use crate::node::recover;
+use atoll_node::recover;
 
 /// Make the surviving nodes a cluster again after the majority is lost for good.
 ///

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::dump::with_suffix;
 use super::{connect, explain, CliError, ClusterArgs};
-use crate::database_header;
+use atoll_node::database_header;
 
 /// Bytes sent per RESTORE piece (one Raft entry each).
 const PIECE_BYTES: usize = 1 << 20;

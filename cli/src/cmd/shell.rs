@@ -23,7 +23,7 @@ use rustyline::error::ReadlineError;
 
 use super::{cluster, connect, explain, no_leader_message, CliError, ClusterArgs};
 use crate::output::{self, Format, JsonRows};
-use crate::sql;
+use atoll_node::sql;
 
 /// Run SQL on a database of the cluster: one-shot, or an interactive shell.
 ///

@@ -8,8 +8,8 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use super::{CliError, NodeSettings};
-use crate::node::config::NodeConfig;
-use crate::node::{Node, StartOptions};
+use atoll_node::config::NodeConfig;
+use atoll_node::{Node, StartOptions};
 
 /// Run a node in the foreground: serve clients on its address until SIGINT or SIGTERM.
 ///
@@ -135,7 +135,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     if let Some(damage) = node.take_repair_request() {
         let id = node.id();
         drop(node); // Releases the data directory's lock.
-        crate::node::repair::quarantine(&args.data_dir, id, &damage)
+        atoll_node::repair::quarantine(&args.data_dir, id, &damage)
             .map_err(|why| CliError::new(format!("{}: not repaired: {why}", damage.what)))?;
         // The same command again, in this process (same pid, same standard streams): the
         // node starts from the empty log and is rebuilt from the leader.

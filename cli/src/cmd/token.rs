@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use atoll_net::peer::ClusterSecret;
 
 use super::CliError;
-use crate::node::config::NodeConfig;
-use crate::node::secret::{self, JoinToken};
+use atoll_node::config::NodeConfig;
+use atoll_node::secret::{self, JoinToken};
 
 /// Print the join token of this node's cluster (what `atoll join --join-token` needs).
 ///

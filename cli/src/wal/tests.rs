@@ -321,7 +321,7 @@ fn test_a_wal_written_by_sqlite_applies_to_its_main_file() {
     let applied = apply(&mut main, &wal).unwrap();
     assert_eq!(applied.log.end, LogEnd::Clean);
     assert_eq!(applied.log.commits, 7);
-    let info = crate::database_header::inspect(&main).unwrap();
+    let info = atoll_node::database_header::inspect(&main).unwrap();
     assert_eq!(info.pages, applied.pages);
 
     let copy = dir.path().join("copy");

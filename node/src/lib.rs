@@ -1,6 +1,7 @@
-//! The node: one thread, one loop, wiring the reactor (`atoll_net`), Raft (`atoll_raft`), the
-//! segment log (`atoll_storage`) and the SQLite engine (`atoll_core`). net never calls core; this
-//! module is where client requests become engine calls and engine proposals become Raft entries.
+//! `atoll-node`: the node as a library. One thread, one loop, wiring the reactor (`atoll_net`),
+//! Raft (`atoll_raft`), the segment log (`atoll_storage`) and the SQLite engine (`atoll_core`).
+//! net never calls core; this crate is where client requests become engine calls and engine
+//! proposals become Raft entries.
 //!
 //! ```text
 //! loop {                                             // the one loop that never ends
@@ -22,8 +23,11 @@
 //! request that needs the leader before it has applied the first entry of its term (so every
 //! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The node".
 
+#![forbid(unsafe_code)]
+
 mod clients;
 pub mod config;
+pub mod database_header;
 mod disk;
 mod join;
 mod metrics;
@@ -34,6 +38,7 @@ pub mod repair;
 mod restore;
 mod roles;
 pub mod secret;
+pub mod sql;
 mod timings;
 mod values;
 mod verify;
@@ -573,13 +578,13 @@ impl Node {
         self.reactor.waker()
     }
 
-    /// Runs the node until the shutdown flag is set (SIGINT, SIGTERM) or a fatal error.
     /// The flag that asks the loop to write its timings to `DATA_DIR/timings` (see
     /// `timings.rs`); the loop sees it within a tick.
     pub fn timings_flag(&self) -> Arc<AtomicBool> {
         self.timings.request_flag()
     }
 
+    /// Runs the node until the shutdown flag is set (SIGINT, SIGTERM) or a fatal error.
     pub fn run(&mut self) -> Result<(), NodeError> {
         info!(
             "node {} serving {} (data directory {})",
