@@ -120,6 +120,10 @@ pub struct EngineConfig {
     /// cluster apply the same entries, so without it they would all checkpoint (and stall
     /// their loops) in the same instant; with it, a leader keeps hearing from some follower.
     pub checkpoint_jitter_frames: u32,
+    /// Seed of the generator behind `checkpoint_jitter_frames`: the engine has no randomness of
+    /// its own, so one seed replays the same checkpoints (the host draws it; default: the node
+    /// id, which already keeps the replicas of a cluster apart).
+    pub checkpoint_jitter_seed: u64,
     /// Whether a checkpoint's durable half (fdatasync of the main file, then its record) runs
     /// on a helper thread instead of inside `apply`: the host's loop then stalls only for the
     /// copy, and takes the new checkpoint index from [`Engine::poll_checkpoints`]. Forced
@@ -164,6 +168,7 @@ impl EngineConfig {
             group_max: 64,
             checkpoint_frames: 4096,
             checkpoint_jitter_frames: 0,
+            checkpoint_jitter_seed: node_id,
             checkpoint_sync_in_background: false,
             batch_bytes: 64 * 1024,
             sessions_max: 16 * 1024,
@@ -725,11 +730,7 @@ impl Engine {
     /// then replays committed commands after [`Recovery::replay_from`] through [`Engine::apply`].
     pub fn open(config: EngineConfig) -> Result<(Engine, Recovery), EngineError> {
         config.validate()?;
-        // Only the checkpoint jitter draws from it: different per node and per start.
-        let config_seed = config.node_id
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
+        let config_seed = config.checkpoint_jitter_seed;
         fs::create_dir_all(&config.dir)?;
         let dir = fs::canonicalize(&config.dir)?;
         let name = format!(

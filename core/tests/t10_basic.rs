@@ -223,11 +223,13 @@ fn insert_blob(cluster: &mut Cluster, writer: atoll_core::SessionId, i: u32) {
         .unwrap();
 }
 
-/// The indices at which each engine's checkpoint index moved, over 400 single-row writes.
-fn checkpoint_points(jitter: u32) -> Vec<Vec<u64>> {
+/// The indices at which each engine's checkpoint index moved, over 400 single-row writes; each
+/// engine's jitter seed is its node id plus `seed`.
+fn checkpoint_points(jitter: u32, seed: u64) -> Vec<Vec<u64>> {
     let mut cluster = Cluster::with_config(2, |config| {
         config.checkpoint_frames = 64;
         config.checkpoint_jitter_frames = jitter;
+        config.checkpoint_jitter_seed = config.node_id.wrapping_add(seed);
     });
     let writer = session(&mut cluster.leader, "main.db");
     cluster
@@ -253,10 +255,10 @@ fn checkpoint_points(jitter: u32) -> Vec<Vec<u64>> {
 fn test_checkpoint_jitter_keeps_replicas_from_checkpointing_together() {
     // Without jitter every replica checkpoints at the same entries (they apply the same
     // frames), so in a cluster all loops would stall at once; with it they drift apart.
-    let together = checkpoint_points(0);
+    let together = checkpoint_points(0, 0);
     assert!(together[0].len() >= 5, "{together:?}");
     assert!(together.iter().all(|p| *p == together[0]), "{together:?}");
-    let apart = checkpoint_points(64);
+    let apart = checkpoint_points(64, 0);
     for points in &apart {
         // Between 64 and 128 frames per checkpoint: fewer checkpoints, but still regular.
         assert!(points.len() >= 3, "{apart:?}");
@@ -268,6 +270,19 @@ fn test_checkpoint_jitter_keeps_replicas_from_checkpointing_together() {
     assert!(
         apart.iter().any(|p| *p != apart[0]),
         "jitter left every replica checkpointing at the same entries: {apart:?}"
+    );
+}
+
+#[test]
+fn test_checkpoint_jitter_replays_from_its_seed() {
+    // The engine draws no randomness of its own: one seed, the same checkpoints (a simulator's
+    // run replays identically); another seed, other checkpoints.
+    let first = checkpoint_points(64, 1000);
+    assert_eq!(first, checkpoint_points(64, 1000));
+    let other = (1001..1004).map(|seed| checkpoint_points(64, seed));
+    assert!(
+        other.into_iter().any(|points| points != first),
+        "the seed does not steer the jitter: {first:?}"
     );
 }
 

@@ -208,7 +208,7 @@ impl Node {
         }
         if request.is_query() && !read_confirmed {
             // Answered once a read index confirms this node's view (batched per turn).
-            self.reads.gather(conn, request);
+            self.reads.gather(conn, request, self.clock.now());
             return;
         }
         match request {

@@ -436,18 +436,10 @@ pub fn validate_address(address: &str) -> Result<(), String> {
     }
 }
 
-/// A random number from the standard library's hasher keys (seeded from the OS per process),
-/// mixed with the time and the process id: enough for a cluster id and election seeds.
+/// A random number from the operating system ([`crate::inputs::OsRandom`]): enough for a
+/// cluster id and election seeds.
 pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    hasher.write_u128(now);
-    hasher.write_u32(std::process::id());
-    hasher.finish()
+    crate::inputs::os_random_u64()
 }
 
 /// The soft limit on open files of this process (Linux: `/proc/self/limits`), `None` when

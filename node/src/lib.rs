@@ -29,6 +29,7 @@ mod clients;
 pub mod config;
 pub mod database_header;
 mod disk;
+pub mod inputs;
 mod join;
 mod metrics;
 mod peers;
@@ -64,6 +65,7 @@ use log::{debug, error, info, warn};
 
 use clients::{ChangeWaiter, Client};
 use config::NodeConfig;
+use inputs::{Clock, Inputs, Random};
 
 /// The reactor timer token of the raft tick.
 const TICK_TOKEN: u64 = 1;
@@ -309,6 +311,10 @@ pub struct Node {
     stats: Stats,
     /// Where writes' time goes, and the longest turns (dumped on request).
     timings: timings::Timings,
+    /// Where the node reads the time (never `Instant::now()` itself).
+    clock: Box<dyn Clock>,
+    /// Where the node draws random numbers.
+    random: Box<dyn Random>,
 }
 
 impl Node {
@@ -331,12 +337,23 @@ impl Node {
     /// Opens a node's data directory and binds its address: recovers the log, the snapshot
     /// and the databases, and starts an election at once when this node is the only voter.
     /// Damage found in the log or a snapshot is repaired from peers when possible
-    /// (`repair.rs`).
+    /// (`repair.rs`). The node runs on the operating system's clock and randomness.
     pub fn open(
         data_dir: &Path,
         shutdown: Arc<AtomicBool>,
         options: StartOptions,
     ) -> Result<Node, NodeError> {
+        Node::open_with(data_dir, shutdown, options, Inputs::production())
+    }
+
+    /// [`Node::open`] on the given clock and random source.
+    pub fn open_with(
+        data_dir: &Path,
+        shutdown: Arc<AtomicBool>,
+        options: StartOptions,
+        inputs: Inputs,
+    ) -> Result<Node, NodeError> {
+        let Inputs { clock, mut random } = inputs;
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
@@ -391,6 +408,7 @@ impl Node {
         engine_config.checkpoint_frames = 1024;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = true;
+        engine_config.checkpoint_jitter_seed = random.next_u64();
         let (mut engine, recovery) = Engine::open(engine_config)
             .map_err(|e| start(format!("opening the databases: {e}")))?;
         let raft_snapshot = match &snapshot {
@@ -459,7 +477,7 @@ impl Node {
         raft_config.heartbeat_ticks = config.heartbeat_ticks;
         raft_config.election_timeout_ticks_min = config.election_ticks_min;
         raft_config.election_timeout_ticks_max = config.election_ticks_max;
-        raft_config.seed = config::random_u64();
+        raft_config.seed = random.next_u64();
         let raft = RawNode::new(
             raft_config,
             log,
@@ -475,7 +493,7 @@ impl Node {
             config.cluster_id,
             cluster_secret,
             config.address.clone(),
-            config::random_u64(),
+            random.next_u64(),
         );
         peer.frame_bytes_max = PEER_FRAME_BYTES_MAX;
         peer.queue_bytes_max = PEER_QUEUE_BYTES_MAX;
@@ -499,8 +517,9 @@ impl Node {
             })?;
             info!("serving metrics at http://{bound}/metrics");
         }
-        let snapshot_next_at = applied + snapshot_interval(&config);
+        let snapshot_next_at = applied + snapshot_interval(&config, random.as_mut());
         let tick = Duration::from_millis(config.tick_ms);
+        let now = clock.now();
         let mut node = Node {
             config,
             data_dir: data_dir.to_path_buf(),
@@ -513,7 +532,7 @@ impl Node {
             parked: Vec::new(),
             changes: Vec::new(),
             shutdown,
-            started: Instant::now(),
+            started: now,
             tick,
             leader_term: None,
             weight: 0,
@@ -524,7 +543,7 @@ impl Node {
             peer_refusals_logged: std::collections::HashSet::new(),
             peers_configuration_index: LogIndex(0),
             peer_send_failures: HashMap::new(),
-            tick_at: Instant::now(),
+            tick_at: now,
             reads: reads::Reads::default(),
             roles: roles::Roles::default(),
             join: None,
@@ -537,18 +556,20 @@ impl Node {
             verify: verify::Verify::default(),
             snapshot_next_at,
             compact_target: None,
-            last_apply_at: Instant::now(),
+            last_apply_at: now,
             last_leader_contact: None,
             metrics: metrics::Metrics::new(hard_state.term.0),
             repair: None,
             repair_requested: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
-            idle_checkpoint_retry_at: Instant::now(),
+            idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
             timings: timings::Timings::new(),
+            clock,
+            random,
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)
@@ -609,8 +630,8 @@ impl Node {
                 // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
                 self.shutdown.store(true, Ordering::SeqCst);
             }
-            let turn_start = Instant::now();
-            let now = self.started.elapsed().as_millis() as u64;
+                        let turn_start = self.clock.now();
+            let now = self.clock.now().saturating_duration_since(self.started).as_millis() as u64;
             self.engine.set_time(now);
             self.engine.poll_checkpoints();
             self.drain_engine();
@@ -635,10 +656,10 @@ impl Node {
                 // time the stall took (a heartbeat that waited in the socket is still heard).
                 self.on_tick()?;
             }
-            let events_done = Instant::now();
+            let events_done = self.clock.now();
             self.drive_raft()?;
             self.metrics.note_term(self.raft.term().0);
-            let raft_done = Instant::now();
+            let raft_done = self.clock.now();
             self.after_turn()?;
             self.note_slow_turn(turn_start, events_done, raft_done, event_count);
             self.timings.dump_if_requested(&self.data_dir);
@@ -756,13 +777,13 @@ impl Node {
     /// stalled. The rest of the stall is forgotten; a dead leader is noticed at most that much
     /// later, once per stall.
     fn on_tick(&mut self) -> Result<(), NodeError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let (ticks, tick_at) = count_ticks(self.tick_at, now, self.tick, self.ticks_per_turn_max());
         for _ in 0..ticks {
             self.raft.tick();
         }
         self.tick_at = tick_at;
-        let next = (self.tick_at + self.tick).saturating_duration_since(Instant::now());
+        let next = (self.tick_at + self.tick).saturating_duration_since(self.clock.now());
         self.reactor
             .timer_after(next, TICK_TOKEN)
             .map_err(|e| fatal("arming the tick timer", e))?;
@@ -793,7 +814,7 @@ impl Node {
     /// commit, apply, answer.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
         if !self.proposals.is_empty() {
-            self.disk.check(Instant::now());
+            self.disk.check(self.clock.now());
         }
         if !self.proposals.is_empty() && self.disk.is_full() {
             if self.raft.role() == StateRole::Leader && self.raft.transferee().is_none() {
@@ -884,7 +905,7 @@ impl Node {
                 self.compact_target = Some((index, term));
             }
         }
-        let persist_start = Instant::now();
+        let persist_start = self.clock.now();
         // The entries apart: on a full disk they go back to raft, and the rest goes on.
         let entries = std::mem::take(&mut ready.entries);
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
@@ -909,7 +930,7 @@ impl Node {
         self.send_messages(std::mem::take(&mut ready.messages));
         // 4. One sync for the whole batch, then durability goes back to raft.
         if ready.must_sync() {
-            let sync_start = Instant::now();
+            let sync_start = self.clock.now();
             self.raft
                 .log_mut()
                 .sync()
@@ -927,8 +948,8 @@ impl Node {
         }
         self.send_messages(std::mem::take(&mut ready.persisted_messages));
         // 5. Apply the committed entries, answering the writes they carry.
-        let apply_start = Instant::now();
-        let now = Instant::now();
+        let apply_start = self.clock.now();
+        let now = self.clock.now();
         if let Some(last) = ready.committed_entries.last() {
             let leading = self.raft.role() == StateRole::Leader;
             self.timings.committed(last.index.0, leading, now);
@@ -987,7 +1008,7 @@ impl Node {
             }
         }
         if !ready.committed_entries.is_empty() {
-            self.last_apply_at = Instant::now();
+            self.last_apply_at = self.clock.now();
         }
         self.turn_apply += apply_start.elapsed();
         // Reads whose index is applied now: run them (raft releases a read state only then).
@@ -1015,7 +1036,7 @@ impl Node {
     /// Appends a ready's entries (truncating a conflicting suffix first). False if the disk is
     /// full (nothing appended; retried at most every `DISK_RETRY_INTERVAL`).
     fn append_entries(&mut self, entries: &[atoll_raft::Entry]) -> Result<bool, NodeError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         if !self.disk.may_write(now) {
             return Ok(false);
         }
@@ -1129,7 +1150,7 @@ impl Node {
             meta.data_bytes
         );
         self.drain_engine();
-        self.snapshot_next_at = index.0 + snapshot_interval(&self.config);
+        self.snapshot_next_at = index.0 + snapshot_interval(&self.config, self.random.as_mut());
         self.checkpointed_at = index.0;
         self.stats.snapshots_installed += 1;
         self.prune_snapshots();
@@ -1201,7 +1222,7 @@ impl Node {
         self.checkpoint_policy();
         if self.disk.is_full() {
             // Leaves the full state once space is back and nothing is stalled.
-            self.disk.check(Instant::now());
+            self.disk.check(self.clock.now());
         } else if self.proposals.is_empty() {
             if let Err(e) = self.raft.log_mut().prepare_next_segment() {
                 if disk::is_full(&e) {
@@ -1299,7 +1320,7 @@ impl Node {
             writer,
             buffer: vec![0; 64 * 1024],
         });
-        self.snapshot_next_at = applied + snapshot_interval(&self.config);
+        self.snapshot_next_at = applied + snapshot_interval(&self.config, self.random.as_mut());
         Ok(())
     }
 
@@ -1360,7 +1381,7 @@ impl Node {
         let applied = self.raft.applied().0;
         if applied == self.checkpointed_at
             || self.last_apply_at.elapsed() < IDLE_CHECKPOINT_AFTER
-            || Instant::now() < self.idle_checkpoint_retry_at
+            || self.clock.now() < self.idle_checkpoint_retry_at
             || self.snapshot_job.is_some()
         {
             return;
@@ -1370,7 +1391,7 @@ impl Node {
                 // A client's open transaction holds frames: try again after another idle
                 // period (the engine never waits for it; its time limit ends it).
                 debug!("idle checkpoint incomplete (index {index:?}): a reader holds frames");
-                self.idle_checkpoint_retry_at = Instant::now() + IDLE_CHECKPOINT_AFTER;
+                self.idle_checkpoint_retry_at = self.clock.now() + IDLE_CHECKPOINT_AFTER;
             }
             Ok(index) => {
                 self.checkpointed_at = applied;
@@ -1388,7 +1409,7 @@ impl Node {
     /// as "not leader", which clients retry on the new leader), and waits for it, a bounded
     /// time; then it stops as any node does.
     fn handover_done(&mut self) -> bool {
-        let now = Instant::now();
+        let now = self.clock.now();
         if let Some(until) = self.linger_until {
             return now >= until;
         }
@@ -1466,9 +1487,9 @@ impl Node {
 /// per snapshot, so that the nodes of a cluster (which apply the same entries at about the
 /// same time) do not all snapshot, checkpoint and compact in the same instant: a pause of every
 /// node at once would look like a dead leader.
-fn snapshot_interval(config: &NodeConfig) -> u64 {
+fn snapshot_interval(config: &NodeConfig, random: &mut dyn Random) -> u64 {
     let jitter = config.snapshot_entries / 8;
-    config.snapshot_entries + config::random_u64() % (jitter + 1)
+    config.snapshot_entries + random.next_u64() % (jitter + 1)
 }
 
 /// The first socket address of `HOST:PORT`.

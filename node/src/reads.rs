@@ -39,8 +39,8 @@ pub(super) struct Reads {
 
 impl Reads {
     /// A query that waits for the turn's read index.
-    pub(super) fn gather(&mut self, conn: ConnId, request: Request) {
-        self.gathered.push((conn, request, Instant::now()));
+    pub(super) fn gather(&mut self, conn: ConnId, request: Request, now: Instant) {
+        self.gathered.push((conn, request, now));
     }
 
     /// Forgets the queries of a closed connection.
@@ -70,7 +70,7 @@ impl Node {
             .iter()
             .map(|(_, _, at)| *at)
             .min()
-            .unwrap_or_else(Instant::now);
+            .unwrap_or_else(|| self.clock.now());
         self.reads.context_last += 1;
         let context = self.reads.context_last;
         match self.raft.read_index(context) {
@@ -133,7 +133,7 @@ impl Node {
     /// Refuses the reads that waited too long for their read index.
     pub(super) fn expire_reads(&mut self) {
         let wait_max = self.read_wait_max();
-        let now = Instant::now();
+        let now = self.clock.now();
         let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads.gathered)
             .into_iter()
             .partition(|(_, _, at)| now.saturating_duration_since(*at) > wait_max);

@@ -62,7 +62,7 @@ impl Node {
             self.roles.next_check_at = None;
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         if self.roles.next_check_at.is_some_and(|at| now < at) {
             return;
         }
@@ -186,7 +186,7 @@ impl Node {
                     role_name(role)
                 );
                 if role == MemberRole::Spare {
-                    self.roles.failed.insert(id, Instant::now());
+                    self.roles.failed.insert(id, self.clock.now());
                 }
                 self.roles_assign(id, role);
                 return;
@@ -199,7 +199,7 @@ impl Node {
         {
             let id = dead.id;
             info!("automatic roles: demoting standby {id} to spare (unreachable)");
-            self.roles.failed.insert(id, Instant::now());
+            self.roles.failed.insert(id, self.clock.now());
             self.roles_assign(id, MemberRole::Spare);
             return;
         }
