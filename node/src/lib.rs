@@ -220,6 +220,36 @@ struct Stats {
     messages_refused: u64,
 }
 
+/// What a host (a test, a simulator) sees of a node between turns: read from the node's
+/// state, never from its log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its Raft role.
+    pub role: StateRole,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows of, if any.
+    pub leader: Option<NodeId>,
+    /// Raft's commit index.
+    pub commit: LogIndex,
+    /// The index the databases reflect.
+    pub applied: LogIndex,
+    /// The first and last index in the segment log (compaction moves the first).
+    pub log_first: LogIndex,
+    /// The last index in the segment log.
+    pub log_last: LogIndex,
+    /// The index of the snapshot Raft knows (taken or installed), if any.
+    pub snapshot: Option<LogIndex>,
+    /// Snapshots taken by this node since it opened.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader since it opened.
+    pub snapshots_installed: u64,
+    /// Commands applied to the engine since it opened.
+    pub commands_applied: u64,
+}
+
 /// A snapshot being copied from the engine into the snapshot store, a bounded piece per turn.
 struct SnapshotJob {
     index: LogIndex,
@@ -311,6 +341,8 @@ pub struct Node {
     stats: Stats,
     /// Where writes' time goes, and the longest turns (dumped on request).
     timings: timings::Timings,
+    /// The reactor's events of a turn (kept to reuse the allocation).
+    events: Vec<Event>,
     /// Where the node reads the time (never `Instant::now()` itself).
     clock: Box<dyn Clock>,
     /// Where the node draws random numbers.
@@ -568,6 +600,7 @@ impl Node {
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
             timings: timings::Timings::new(),
+            events: Vec::new(),
             clock,
             random,
         };
@@ -594,6 +627,25 @@ impl Node {
         self.config.id
     }
 
+    /// The node's state as a host sees it (see [`Status`]).
+    pub fn state(&self) -> Status {
+        let log = self.raft.log();
+        Status {
+            id: self.raft.id(),
+            role: self.raft.role(),
+            term: self.raft.term(),
+            leader: self.raft.leader_id(),
+            commit: self.raft.commit_index(),
+            applied: LogIndex(self.engine.applied_index()),
+            log_first: log.first_index(),
+            log_last: log.last_index(),
+            snapshot: self.raft.snapshot_meta().map(|meta| meta.index),
+            snapshots_taken: self.stats.snapshots,
+            snapshots_installed: self.stats.snapshots_installed,
+            commands_applied: self.stats.commands_applied,
+        }
+    }
+
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
     pub fn waker(&mut self) -> io::Result<Waker> {
         self.reactor.waker()
@@ -613,59 +665,66 @@ impl Node {
             self.config.address,
             self.data_dir.display()
         );
-        let mut events = Vec::new();
-        // The one loop that never ends, until shutdown: each turn gathers the inputs, then
-        // proposes, persists (one sync), applies and answers as a batch.
-        loop {
-            if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
-                break;
-            }
-            let busy =
-                self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
-            let timeout = if busy { Some(Duration::ZERO) } else { None };
-            self.reactor
-                .poll(&mut events, timeout)
-                .map_err(|e| fatal("polling", e))?;
-            if self.repair_requested.is_some() {
-                // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
-                self.shutdown.store(true, Ordering::SeqCst);
-            }
-                        let turn_start = self.clock.now();
-            let now = self.clock.now().saturating_duration_since(self.started).as_millis() as u64;
-            self.engine.set_time(now);
-            self.engine.poll_checkpoints();
-            self.drain_engine();
-            self.verify.work(verify::VERIFY_BYTES_PER_TURN);
-            let event_count = events.len();
-            let mut tick_due = false;
-            for event in events.drain(..) {
-                if matches!(
-                    event,
-                    Event::Timer {
-                        token: TICK_TOKEN,
-                        ..
-                    }
-                ) {
-                    tick_due = true;
-                } else {
-                    self.on_event(event)?;
-                }
-            }
-            if tick_due {
-                // After the turn's messages: what arrived during a stall counts before the
-                // time the stall took (a heartbeat that waited in the socket is still heard).
-                self.on_tick()?;
-            }
-            let events_done = self.clock.now();
-            self.drive_raft()?;
-            self.metrics.note_term(self.raft.term().0);
-            let raft_done = self.clock.now();
-            self.after_turn()?;
-            self.note_slow_turn(turn_start, events_done, raft_done, event_count);
-            self.timings.dump_if_requested(&self.data_dir);
-        }
+        // The one loop that never ends, until shutdown.
+        while self.turn(None)? {}
         self.stop();
         Ok(())
+    }
+
+    /// One turn of the loop: waits for input (at most `wait`; `None`: until some arrives or a
+    /// timer fires), then gathers the inputs, proposes, persists (one sync), applies and answers
+    /// as a batch. False once the shutdown flag is set and a leader's handover is done: the host
+    /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
+    pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
+        if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
+            return Ok(false);
+        }
+        let mut events = std::mem::take(&mut self.events);
+        let busy =
+            self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
+        let timeout = if busy { Some(Duration::ZERO) } else { wait };
+        self.reactor
+            .poll(&mut events, timeout)
+            .map_err(|e| fatal("polling", e))?;
+        if self.repair_requested.is_some() {
+            // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
+            self.shutdown.store(true, Ordering::SeqCst);
+        }
+        let turn_start = self.clock.now();
+        let now = self.clock.now().saturating_duration_since(self.started).as_millis() as u64;
+        self.engine.set_time(now);
+        self.engine.poll_checkpoints();
+        self.drain_engine();
+        self.verify.work(verify::VERIFY_BYTES_PER_TURN);
+        let event_count = events.len();
+        let mut tick_due = false;
+        for event in events.drain(..) {
+            if matches!(
+                event,
+                Event::Timer {
+                    token: TICK_TOKEN,
+                    ..
+                }
+            ) {
+                tick_due = true;
+            } else {
+                self.on_event(event)?;
+            }
+        }
+        if tick_due {
+            // After the turn's messages: what arrived during a stall counts before the
+            // time the stall took (a heartbeat that waited in the socket is still heard).
+            self.on_tick()?;
+        }
+        let events_done = self.clock.now();
+        self.drive_raft()?;
+        self.metrics.note_term(self.raft.term().0);
+        let raft_done = self.clock.now();
+        self.after_turn()?;
+        self.note_slow_turn(turn_start, events_done, raft_done, event_count);
+        self.timings.dump_if_requested(&self.data_dir);
+        self.events = events;
+        Ok(true)
     }
 
     /// A turn long enough to delay heartbeats (half an election timeout) is logged with where
@@ -677,7 +736,7 @@ impl Node {
         raft_done: Instant,
         event_count: usize,
     ) {
-        let took = start.elapsed();
+        let took = self.clock.now().saturating_duration_since(start);
         self.timings.turn(timings::Turn {
             total: took,
             events: event_count,
@@ -695,7 +754,7 @@ impl Node {
                 self.turn_persist,
                 self.turn_sync,
                 self.turn_apply,
-                raft_done.elapsed()
+                self.clock.now().saturating_duration_since(raft_done)
             );
         }
         self.turn_persist = Duration::ZERO;
@@ -925,7 +984,7 @@ impl Node {
                 stalled = true;
             }
         }
-        self.turn_persist += persist_start.elapsed();
+        self.turn_persist += self.clock.now().saturating_duration_since(persist_start);
         // 3. Messages that may leave before the entries are durable.
         self.send_messages(std::mem::take(&mut ready.messages));
         // 4. One sync for the whole batch, then durability goes back to raft.
@@ -936,8 +995,8 @@ impl Node {
                 .sync()
                 .map_err(|e| fatal("syncing the log", e))?;
             self.stats.syncs += 1;
-            let synced = Instant::now();
-            let took = synced - sync_start;
+            let synced = self.clock.now();
+            let took = synced.saturating_duration_since(sync_start);
             self.metrics.log_sync.observe(took.as_secs_f64());
             self.turn_sync += took;
             let durable = ready.persist_point().map(|(index, _)| index.0);
@@ -1010,7 +1069,7 @@ impl Node {
         if !ready.committed_entries.is_empty() {
             self.last_apply_at = self.clock.now();
         }
-        self.turn_apply += apply_start.elapsed();
+        self.turn_apply += self.clock.now().saturating_duration_since(apply_start);
         // Reads whose index is applied now: run them (raft releases a read state only then).
         for read in &ready.read_states {
             self.read_confirmed(read.context, read.index);
@@ -1380,7 +1439,7 @@ impl Node {
     fn checkpoint_policy(&mut self) {
         let applied = self.raft.applied().0;
         if applied == self.checkpointed_at
-            || self.last_apply_at.elapsed() < IDLE_CHECKPOINT_AFTER
+            || self.clock.now().saturating_duration_since(self.last_apply_at) < IDLE_CHECKPOINT_AFTER
             || self.clock.now() < self.idle_checkpoint_retry_at
             || self.snapshot_job.is_some()
         {
@@ -1463,7 +1522,8 @@ impl Node {
     }
 
     /// A clean stop: every database checkpointed, so the next start replays nothing.
-    fn stop(&mut self) {
+    /// Stops the node after its last turn: logs its counters and checkpoints the databases.
+    pub fn stop(&mut self) {
         info!(
             "stopping: {} entries proposed in {} batches, {} syncs, {} commands applied, {} \
              snapshots taken, {} installed, {} peer messages refused",
