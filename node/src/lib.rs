@@ -248,6 +248,8 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// Commands applied to the engine since it opened.
     pub commands_applied: u64,
+    /// The voters of the Raft configuration this node follows.
+    pub voters: Vec<NodeId>,
 }
 
 /// A snapshot being copied from the engine into the snapshot store, a bounded piece per turn.
@@ -643,6 +645,7 @@ impl Node {
             snapshots_taken: self.stats.snapshots,
             snapshots_installed: self.stats.snapshots_installed,
             commands_applied: self.stats.commands_applied,
+            voters: self.raft.configuration().voters().collect(),
         }
     }
 
