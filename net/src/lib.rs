@@ -93,12 +93,14 @@
 #![forbid(unsafe_code)]
 
 pub mod blocking;
+#[cfg(feature = "test-tools")]
 pub mod capture;
 pub mod client;
 pub mod fuzz;
 pub mod peer;
 pub mod protocol;
 pub mod reactor;
+#[cfg(feature = "test-tools")]
 pub mod testing;
 
 mod conn;
