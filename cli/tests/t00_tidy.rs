@@ -54,7 +54,9 @@ fn uses_unsafe_keyword(line: &str) -> bool {
 fn test_tidy() {
     let root = workspace_root();
     let mut files = Vec::new();
-    for dir in ["storage", "raft", "core", "net", "node", "cli", "bench", "fuzz"] {
+    for dir in [
+        "storage", "raft", "core", "net", "node", "cli", "bench", "fuzz",
+    ] {
         if root.join(dir).is_dir() {
             rust_files(&root.join(dir), &mut files);
         }

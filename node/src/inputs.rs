@@ -53,7 +53,8 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         let now = self.elapsed.load(Ordering::Relaxed);
-        self.elapsed.store(now.saturating_add(by), Ordering::Relaxed);
+        self.elapsed
+            .store(now.saturating_add(by), Ordering::Relaxed);
     }
 
     /// Simulated time elapsed since the clock was made.

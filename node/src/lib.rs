@@ -694,7 +694,11 @@ impl Node {
             self.shutdown.store(true, Ordering::SeqCst);
         }
         let turn_start = self.clock.now();
-        let now = self.clock.now().saturating_duration_since(self.started).as_millis() as u64;
+        let now = self
+            .clock
+            .now()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64;
         self.engine.set_time(now);
         self.engine.poll_checkpoints();
         self.drain_engine();
@@ -1442,7 +1446,11 @@ impl Node {
     fn checkpoint_policy(&mut self) {
         let applied = self.raft.applied().0;
         if applied == self.checkpointed_at
-            || self.clock.now().saturating_duration_since(self.last_apply_at) < IDLE_CHECKPOINT_AFTER
+            || self
+                .clock
+                .now()
+                .saturating_duration_since(self.last_apply_at)
+                < IDLE_CHECKPOINT_AFTER
             || self.clock.now() < self.idle_checkpoint_retry_at
             || self.snapshot_job.is_some()
         {

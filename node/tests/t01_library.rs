@@ -90,7 +90,10 @@ fn test_in_process_node_snapshots_and_recovers_seen_through_its_status() {
     assert_eq!(before.applied, before.commit);
     assert!(before.commands_applied >= 301, "{before:?}");
     let snapshot = before.snapshot.expect("a snapshot");
-    assert!(snapshot >= LogIndex(40) && snapshot <= before.applied, "{before:?}");
+    assert!(
+        snapshot >= LogIndex(40) && snapshot <= before.applied,
+        "{before:?}"
+    );
     assert_eq!(before.log_last, before.commit, "{before:?}");
     node.stop();
     drop(node);
@@ -130,7 +133,9 @@ fn test_simulated_time_alone_rolls_back_a_transaction_left_open() {
         let mut connection = connect(&address);
         connection.exec_sql("CREATE TABLE t(v)", &[]).unwrap();
         connection.exec_sql("BEGIN", &[]).unwrap();
-        connection.exec_sql("INSERT INTO t VALUES (1)", &[]).unwrap();
+        connection
+            .exec_sql("INSERT INTO t VALUES (1)", &[])
+            .unwrap();
         began_tx.send(()).unwrap();
         go.recv().unwrap();
         let in_expired = connection.exec_sql("INSERT INTO t VALUES (2)", &[]);

@@ -64,7 +64,9 @@ fn test_three_nodes_in_one_thread_join_replicate_and_stay_byte_identical() {
         atoll_node::prepare_join(&dirs[i], &config, &secret).unwrap();
     }
     let clock = ManualClock::new();
-    let mut nodes: Vec<Node> = (0..3).map(|i| open(&dirs[i], &clock, 100 + i as u64)).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| open(&dirs[i], &clock, 100 + i as u64))
+        .collect();
     drive(&mut nodes, &clock, |nodes| {
         nodes.iter().all(|node| node.status().voters.len() == 3)
     });
@@ -88,17 +90,32 @@ fn test_three_nodes_in_one_thread_join_replicate_and_stay_byte_identical() {
     drive(&mut nodes, &clock, |_| writer.is_finished());
     writer.join().unwrap();
     drive(&mut nodes, &clock, |nodes| {
-        let leader = nodes.iter().map(Node::status).find(|s| s.role == StateRole::Leader);
+        let leader = nodes
+            .iter()
+            .map(Node::status)
+            .find(|s| s.role == StateRole::Leader);
         leader.is_some_and(|leader| {
-            nodes.iter().all(|node| node.status().applied == leader.commit)
+            nodes
+                .iter()
+                .all(|node| node.status().applied == leader.commit)
         })
     });
     let statuses: Vec<_> = nodes.iter().map(Node::status).collect();
-    let leaders = statuses.iter().filter(|s| s.role == StateRole::Leader).count();
+    let leaders = statuses
+        .iter()
+        .filter(|s| s.role == StateRole::Leader)
+        .count();
     assert_eq!(leaders, 1, "{statuses:#?}");
     for status in &statuses {
-        assert_eq!(status.voters, vec![NodeId(1), NodeId(2), NodeId(3)], "{status:?}");
-        assert!(status.snapshot.is_some(), "snapshots every 50 entries: {status:?}");
+        assert_eq!(
+            status.voters,
+            vec![NodeId(1), NodeId(2), NodeId(3)],
+            "{status:?}"
+        );
+        assert!(
+            status.snapshot.is_some(),
+            "snapshots every 50 entries: {status:?}"
+        );
     }
     for node in &mut nodes {
         node.stop();
@@ -109,6 +126,10 @@ fn test_three_nodes_in_one_thread_join_replicate_and_stay_byte_identical() {
     let leader_image = image(0);
     assert!(leader_image.len() >= 4096);
     for i in 1..3 {
-        assert!(image(i) == leader_image, "node {} differs from node 1", i + 1);
+        assert!(
+            image(i) == leader_image,
+            "node {} differs from node 1",
+            i + 1
+        );
     }
 }
