@@ -22,9 +22,11 @@
 //!   transport keeps one outbound connection per peer with a bounded send queue and redials with
 //!   backoff, and delivers inbound frames as `Event::PeerFrame`. Raft messages are opaque here.
 //! - [`client`]: blocking client with leader discovery and safe retries.
-//! - [`capture`]: real dqlite traffic as test vectors, and a harness replaying it at a server.
+//! - `capture` (feature `test-tools`): real dqlite traffic as test vectors, and a harness
+//!   replaying it at a server.
 //! - [`fuzz`]: entry points for the fuzz targets.
-//! - [`testing`]: a fault-injecting TCP proxy for cluster tests (std threads; test tooling only).
+//! - `testing` (feature `test-tools`): a fault-injecting TCP proxy for cluster tests (std
+//!   threads).
 //!
 //! The client, against a running node:
 //!
