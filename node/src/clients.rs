@@ -74,14 +74,14 @@ pub(super) struct Client {
 }
 
 impl Client {
-    pub(super) fn new() -> Client {
+    pub(super) fn new(now: std::time::Instant) -> Client {
         Client {
             session: None,
             database: None,
             statements: Vec::new(),
             state: State::Idle,
             follower_reads: false,
-            request_at: std::time::Instant::now(),
+            request_at: now,
         }
     }
 }
@@ -165,7 +165,7 @@ impl Node {
     /// Answers a request, or starts the work that will answer it.
     pub(super) fn on_request(&mut self, conn: ConnId, request: Request) {
         if let Some(client) = self.clients.get_mut(&conn) {
-            client.request_at = std::time::Instant::now();
+            client.request_at = self.clock.now();
         }
         self.serve_request(conn, request, false);
     }
@@ -390,8 +390,9 @@ impl Node {
         let last_contact_ms = if self.raft.role() == StateRole::Leader {
             0
         } else {
-            self.last_leader_contact
-                .map_or(u64::MAX, |at| at.elapsed().as_millis() as u64)
+            self.last_leader_contact.map_or(u64::MAX, |at| {
+                self.clock.now().saturating_duration_since(at).as_millis() as u64
+            })
         };
         NodeStatus {
             metadata: self.metadata(),
@@ -637,12 +638,15 @@ impl Node {
 
     /// Answers a request with the engine's response.
     pub(super) fn complete(&mut self, conn: ConnId, result: Result<CoreResponse, ExecError>) {
+        let now = self.clock.now();
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
         if matches!(client.state, State::Waiting) && result.is_ok() {
             // A write the engine queued or proposed: answered after its commit.
-            let took = client.request_at.elapsed().as_secs_f64();
+            let took = now
+                .saturating_duration_since(client.request_at)
+                .as_secs_f64();
             self.metrics.write_latency.observe(took);
         }
         client.state = State::Idle;

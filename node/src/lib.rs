@@ -683,8 +683,7 @@ impl Node {
             return Ok(false);
         }
         let mut events = std::mem::take(&mut self.events);
-        let busy =
-            self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
+        let busy = self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
         let timeout = if busy { Some(Duration::ZERO) } else { wait };
         self.reactor
             .poll(&mut events, timeout)
@@ -777,7 +776,7 @@ impl Node {
                 version,
             } => {
                 debug!("{conn} from {peer}: connected");
-                self.clients.insert(conn, Client::new());
+                self.clients.insert(conn, Client::new(self.clock.now()));
                 debug!("{conn}: protocol {version:?}");
             }
             Event::Request { conn, request } => {

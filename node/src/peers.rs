@@ -182,7 +182,7 @@ impl Node {
         match self.raft.step(message) {
             Ok(()) => {
                 if from_leader || self.raft.leader_id().is_some_and(|leader| leader.0 == from) {
-                    self.last_leader_contact = Some(std::time::Instant::now());
+                    self.last_leader_contact = Some(self.clock.now());
                 }
                 Ok(())
             }

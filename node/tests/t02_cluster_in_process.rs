@@ -43,7 +43,7 @@ fn drive(nodes: &mut [Node], clock: &ManualClock, mut done: impl FnMut(&[Node]) 
             assert!(node.turn(Some(Duration::from_micros(200))).unwrap());
         }
     }
-    let statuses: Vec<_> = nodes.iter().map(Node::status).collect();
+    let statuses: Vec<_> = nodes.iter().map(Node::state).collect();
     panic!("the cluster never got there: {statuses:#?}");
 }
 
@@ -68,7 +68,7 @@ fn test_three_nodes_in_one_thread_join_replicate_and_stay_byte_identical() {
         .map(|i| open(&dirs[i], &clock, 100 + i as u64))
         .collect();
     drive(&mut nodes, &clock, |nodes| {
-        nodes.iter().all(|node| node.status().voters.len() == 3)
+        nodes.iter().all(|node| node.state().voters.len() == 3)
     });
 
     let cluster = addresses.clone();
@@ -92,15 +92,15 @@ fn test_three_nodes_in_one_thread_join_replicate_and_stay_byte_identical() {
     drive(&mut nodes, &clock, |nodes| {
         let leader = nodes
             .iter()
-            .map(Node::status)
+            .map(Node::state)
             .find(|s| s.role == StateRole::Leader);
         leader.is_some_and(|leader| {
             nodes
                 .iter()
-                .all(|node| node.status().applied == leader.commit)
+                .all(|node| node.state().applied == leader.commit)
         })
     });
-    let statuses: Vec<_> = nodes.iter().map(Node::status).collect();
+    let statuses: Vec<_> = nodes.iter().map(Node::state).collect();
     let leaders = statuses
         .iter()
         .filter(|s| s.role == StateRole::Leader)

@@ -9,8 +9,8 @@ use atoll_net::client::ClientError;
 use atoll_net::protocol::File;
 
 use super::{connect, explain, CliError, ClusterArgs};
-use atoll_node::database_header;
 use crate::wal;
+use atoll_node::database_header;
 
 /// dqlite's "database does not exist" answer to DUMP (newer servers).
 const CODE_DATABASE_NOT_FOUND: u64 = 1002;
