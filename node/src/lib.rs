@@ -345,7 +345,7 @@ pub struct Node {
     timings: timings::Timings,
     /// The reactor's events of a turn (kept to reuse the allocation).
     events: Vec<Event>,
-    /// Where the node reads the time (never `Instant::now()` itself).
+    /// Where the node reads the time (never `Instant::now` itself).
     clock: Box<dyn Clock>,
     /// Where the node draws random numbers.
     random: Box<dyn Random>,
@@ -785,10 +785,11 @@ impl Node {
                     atoll_net::protocol::Request::Exec { .. }
                         | atoll_net::protocol::Request::ExecSql { .. }
                 );
-                let began = Instant::now();
+                let began = self.clock.now();
                 self.on_request(conn, request);
                 if write {
-                    self.timings.execute(began.elapsed());
+                    self.timings
+                        .execute(self.clock.now().saturating_duration_since(began));
                 }
             }
             Event::Drained { conn } => self.on_drained(conn),
@@ -865,7 +866,7 @@ impl Node {
         let before = self.proposals.len();
         self.proposals.extend(self.engine.take_proposals());
         if self.proposals.len() > before {
-            self.timings.proposals_taken(Instant::now());
+            self.timings.proposals_taken(self.clock.now());
         }
         for completion in self.engine.take_completions() {
             match self.sessions.get(&completion.session) {
@@ -905,7 +906,7 @@ impl Node {
             match self.raft.propose_batch(payloads) {
                 Ok(first) => {
                     let last = first.0 + ids.len() as u64 - 1;
-                    self.timings.proposed(last, Instant::now());
+                    self.timings.proposed(last, self.clock.now());
                     self.stats.entries_proposed += ids.len() as u64;
                     self.stats.proposal_batches += 1;
                     debug!("proposed {} command(s) from index {first}", ids.len());
@@ -976,9 +977,10 @@ impl Node {
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
         let mut stalled = false;
         if !entries.is_empty() {
-            let append_start = Instant::now();
+            let append_start = self.clock.now();
             let appended = self.append_entries(&entries)?;
-            self.timings.append(append_start.elapsed());
+            self.timings
+                .append(self.clock.now().saturating_duration_since(append_start));
             if appended {
                 ready.entries = entries;
             } else {
@@ -1066,10 +1068,11 @@ impl Node {
                 },
                 EntryKind::Noop | EntryKind::Configuration => self.engine.note_applied(index),
             }
-            let answer_start = Instant::now();
+            let answer_start = self.clock.now();
             self.drain_engine();
             if entry.kind == EntryKind::Command {
-                self.timings.answer(answer_start.elapsed());
+                self.timings
+                    .answer(self.clock.now().saturating_duration_since(answer_start));
             }
         }
         if !ready.committed_entries.is_empty() {
@@ -1092,9 +1095,10 @@ impl Node {
         index: u64,
         payload: &[u8],
     ) -> Result<Applied, atoll_core::EngineError> {
-        let start = Instant::now();
+        let start = self.clock.now();
         let applied = self.engine.apply(index, payload);
-        self.timings.apply(start.elapsed());
+        self.timings
+            .apply(self.clock.now().saturating_duration_since(start));
         applied
     }
 
