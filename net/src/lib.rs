@@ -100,6 +100,7 @@ pub mod peer;
 pub mod protocol;
 pub mod reactor;
 pub mod testing;
+pub mod tls;
 
 mod conn;
 mod peer_link;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::{CliError, NodeSettings};
@@ -24,6 +24,9 @@ use crate::node::{Node, StartOptions};
 /// SIGINT or SIGTERM stop it cleanly; a leader first hands leadership to another voter (a
 /// second signal stops it at once). Settings given here (timing, roles) are written to
 /// DIR/atoll.conf and stay for later starts.
+///
+/// With TLS (DIR/cluster.crt, from `atoll init --tls`), SIGHUP reloads the certificate, key
+/// and trust root: new connections use them, open ones drain (rotation without downtime).
 ///
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
@@ -87,14 +90,16 @@ pub fn run(args: Args) -> Result<(), CliError> {
         peer_routes: args.peer_route.into_iter().collect(),
         client_idle_timeout: (args.client_idle_timeout > 0)
             .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
+        tls_reload: Arc::new(AtomicBool::new(false)),
     };
+    let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut node = Node::open(&args.data_dir, shutdown.clone(), options)
         .map_err(|e| CliError::new(e.to_string()))?;
     let waker = node
         .waker()
         .map_err(|e| CliError::new(format!("creating the wake-up handle: {e}")))?;
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| CliError::new(format!("installing the signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("signals".into())
@@ -102,6 +107,14 @@ pub fn run(args: Args) -> Result<(), CliError> {
             // The first signal asks the loop to stop; a second one (the stop hangs) ends the
             // process at once: every acknowledged write is durable already.
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    log::info!("SIGHUP: reloading the TLS files");
+                    tls_reload.store(true, Ordering::SeqCst);
+                    if let Err(e) = waker.wake() {
+                        log::error!("waking the node loop: {e}");
+                    }
+                    continue;
+                }
                 if shutdown.swap(true, Ordering::SeqCst) {
                     log::warn!("signal {signal} again: exiting now");
                     std::process::exit(1);

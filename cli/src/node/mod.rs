@@ -30,6 +30,7 @@ mod peers;
 mod reads;
 mod roles;
 pub mod secret;
+pub mod tls;
 mod values;
 
 use std::collections::HashMap;
@@ -100,6 +101,8 @@ pub struct StartOptions {
     pub peer_routes: HashMap<u64, String>,
     /// Client connections idle this long are closed (`None`: never); `--client-idle-timeout`.
     pub client_idle_timeout: Option<Duration>,
+    /// Set (by SIGHUP) to reload the TLS files: new connections use them, open ones drain.
+    pub tls_reload: Arc<AtomicBool>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -282,6 +285,8 @@ pub struct Node {
     /// A full disk: writes refused, stalled appends and applies retried.
     disk: disk::Disk,
     stats: Stats,
+    /// Set by SIGHUP: reload the TLS files.
+    tls_reload: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -405,8 +410,13 @@ impl Node {
         );
         peer.frame_bytes_max = PEER_FRAME_BYTES_MAX;
         peer.queue_bytes_max = PEER_QUEUE_BYTES_MAX;
+        let tls = tls::load(data_dir).map_err(NodeError::Start)?;
+        if tls.is_some() {
+            info!("TLS on for clients and peers ({})", tls::CERT_FILE_NAME);
+        }
         let reactor_config = ReactorConfig {
             peer: Some(peer),
+            tls,
             idle_timeout: options.client_idle_timeout,
             ..ReactorConfig::default()
         };
@@ -459,6 +469,7 @@ impl Node {
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
+            tls_reload: options.tls_reload,
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)
@@ -475,6 +486,19 @@ impl Node {
         node.follow_configuration();
         node.start_join()?;
         Ok(node)
+    }
+
+    /// Reloads the TLS files (SIGHUP): new connections use them; open ones keep their session
+    /// until they close. Unusable files change nothing.
+    fn reload_tls(&mut self) {
+        match tls::load(&self.data_dir) {
+            Ok(Some(context)) if self.reactor.is_tls() => {
+                self.reactor.set_tls(context);
+                info!("TLS files reloaded: new connections use them");
+            }
+            Ok(_) => warn!("SIGHUP: no TLS reload (TLS is not on, or its files are gone)"),
+            Err(e) => warn!("SIGHUP: keeping the current TLS setup: {e}"),
+        }
     }
 
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
@@ -502,6 +526,9 @@ impl Node {
             self.reactor
                 .poll(&mut events, timeout)
                 .map_err(|e| fatal("polling", e))?;
+            if self.tls_reload.swap(false, Ordering::SeqCst) {
+                self.reload_tls();
+            }
             let turn_start = Instant::now();
             let now = self.started.elapsed().as_millis() as u64;
             self.engine.set_time(now);
