@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
+use atoll_net::tls::TlsContext;
 use atoll_net::protocol::{Role, Value};
 
 use crate::{median, Options, Samples};
@@ -134,12 +135,21 @@ struct LocalCluster {
     binary: PathBuf,
     nodes: Vec<NodeProcess>,
     dir: tempfile::TempDir,
+    /// The cluster certificate (`atoll init --tls`), when the nodes serve TLS.
+    tls: Option<TlsContext>,
 }
 
 impl LocalCluster {
     /// `count` atoll nodes (`init` + `join`s, `settings` given to each) or dqlite-demo nodes,
     /// started; returns once `count.min(3)` are voters.
-    fn start(server: Server, count: usize, settings: &[String]) -> Result<LocalCluster, String> {
+    /// With `tls`, the first node is made with `atoll init --tls` and the others join with its
+    /// certificate files; clients present them.
+    fn start(
+        server: Server,
+        count: usize,
+        settings: &[String],
+        tls: bool,
+    ) -> Result<LocalCluster, String> {
         let binary = match server {
             Server::Atoll => atoll_binary()?,
             Server::DqliteDemo => PathBuf::from("dqlite-demo"),
@@ -154,6 +164,7 @@ impl LocalCluster {
             binary,
             nodes: Vec::new(),
             dir,
+            tls: None,
         };
         for index in 0..count {
             let address = free_address()?;
@@ -186,6 +197,15 @@ impl LocalCluster {
                     address.clone(),
                 ]);
                 args.extend(settings.iter().cloned());
+                if tls && index == 0 {
+                    args.push("--tls".into());
+                } else if tls {
+                    let first = &cluster.nodes[0].data;
+                    for (flag, file) in [("--tls-cert", "cluster.crt"), ("--tls-key", "cluster.key")] {
+                        args.push(flag.into());
+                        args.push(first.join(file).to_string_lossy().into_owned());
+                    }
+                }
                 let output = Command::new(&cluster.binary)
                     .args(&args)
                     .output()
@@ -212,6 +232,15 @@ impl LocalCluster {
                     let path = cluster.dir.path().join("join.token");
                     fs::write(&path, &token.stdout)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
+                    if tls {
+                        let context = TlsContext::load(
+                            &data.join("cluster.crt"),
+                            &data.join("cluster.key"),
+                            None,
+                        )
+                        .map_err(|e| format!("TLS: {e}"))?;
+                        cluster.tls = Some(context);
+                    }
                 }
             } else {
                 fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
@@ -226,7 +255,7 @@ impl LocalCluster {
             if index == 0 {
                 let first = cluster.nodes[0].address.clone();
                 wait_for("the first node to lead", || {
-                    let mut connection = Connection::connect(&first, &client_config()).ok()?;
+                    let mut connection = Connection::connect(&first, &cluster.config()).ok()?;
                     matches!(connection.leader(), Ok(Some((_, ref l))) if *l == first).then_some(())
                 })?;
             }
@@ -234,7 +263,7 @@ impl LocalCluster {
         let voters = count.min(3);
         if server == Server::DqliteDemo {
             // dqlite-demo joins nodes as spares and its role management is slow: promote them.
-            let mut client = Client::connect(&cluster.addresses(), client_config())
+            let mut client = Client::connect(&cluster.addresses(), cluster.config())
                 .map_err(|e| format!("connecting: {e}"))?;
             let nodes = client.cluster().map_err(|e| format!("CLUSTER: {e}"))?;
             for node in nodes
@@ -246,13 +275,21 @@ impl LocalCluster {
             }
         }
         wait_for(&format!("{voters} voters"), || {
-            let mut client = Client::connect(&cluster.addresses(), client_config()).ok()?;
+            let mut client = Client::connect(&cluster.addresses(), cluster.config()).ok()?;
             let nodes = client.cluster().ok()?;
             (nodes.len() == count
                 && nodes.iter().filter(|n| n.role == Some(Role::Voter)).count() == voters)
                 .then_some(())
         })?;
         Ok(cluster)
+    }
+
+    /// The client configuration for this cluster (TLS when it serves TLS).
+    fn config(&self) -> ClientConfig {
+        ClientConfig {
+            tls: self.tls.clone(),
+            ..client_config()
+        }
     }
 
     fn spawn(&mut self, index: usize) -> Result<(), String> {
@@ -305,7 +342,7 @@ impl LocalCluster {
     /// The index of the node the running nodes name as leader.
     fn leader(&self) -> Result<usize, String> {
         wait_for("a leader", || {
-            let mut client = Client::connect(&self.running(), client_config()).ok()?;
+            let mut client = Client::connect(&self.running(), self.config()).ok()?;
             let (_, address) = client.leader().ok()??;
             self.nodes.iter().position(|n| n.address == address)
         })
@@ -315,7 +352,7 @@ impl LocalCluster {
     /// back and answers (dqlite: no applied index on its protocol).
     fn wait_caught_up(&self, index: usize, leader: usize) -> Result<(), String> {
         let applied = |address: &str| {
-            let mut connection = Connection::connect_atoll(address, &client_config()).ok()??;
+            let mut connection = Connection::connect_atoll(address, &self.config()).ok()??;
             connection.describe_v1().ok().map(|m| m.applied_index)
         };
         match self.server {
@@ -325,7 +362,7 @@ impl LocalCluster {
             }),
             Server::DqliteDemo => wait_for("the restarted node to answer", || {
                 let mut connection =
-                    Connection::connect(&self.nodes[index].address, &client_config()).ok()?;
+                    Connection::connect(&self.nodes[index].address, &self.config()).ok()?;
                 connection.leader().ok().flatten().map(|_| ())
             }),
         }
@@ -335,7 +372,7 @@ impl LocalCluster {
     fn term(&self) -> Result<u64, String> {
         let mut term = 0;
         for node in &self.nodes {
-            let mut connection = Connection::connect_atoll(&node.address, &client_config())
+            let mut connection = Connection::connect_atoll(&node.address, &self.config())
                 .map_err(|e| format!("{}: {e}", node.address))?
                 .ok_or_else(|| format!("{} is not an atoll node", node.address))?;
             let metadata = connection
@@ -467,7 +504,7 @@ pub fn failover(options: &Options) -> Result<(), String> {
             "--heartbeat-ms, --election-timeout-ms and --tick-ms are atoll settings".into(),
         );
     }
-    let mut cluster = LocalCluster::start(server, nodes, &settings)?;
+    let mut cluster = LocalCluster::start(server, nodes, &settings, false)?;
     println!(
         "failover: {server:?}, {nodes} nodes, {rounds} round(s), settings {settings:?}; \
          kill -9 of the leader to the next acknowledged write"
@@ -546,7 +583,7 @@ fn kv_atoll(
 ) -> Result<KvResult, String> {
     let addresses = cluster.addresses();
     let mut setup =
-        Client::connect(&addresses, client_config()).map_err(|e| format!("connect: {e}"))?;
+        Client::connect(&addresses, cluster.config()).map_err(|e| format!("connect: {e}"))?;
     setup.open("bench").map_err(|e| format!("open: {e}"))?;
     setup
         .exec_sql(
@@ -559,8 +596,9 @@ fn kv_atoll(
     let handles: Vec<_> = (0..workers)
         .map(|worker| {
             let addresses = addresses.clone();
+            let config = cluster.config();
             thread::spawn(move || -> Result<(Samples, u64), String> {
-                let mut client = Client::connect(&addresses, client_config())
+                let mut client = Client::connect(&addresses, config.clone())
                     .map_err(|e| format!("connect: {e}"))?;
                 client.open("bench").map_err(|e| format!("open: {e}"))?;
                 let mut letters = Letters(0x9e37_79b9_7f4a_7c15 ^ ((worker as u64 + 1) * 7919));
@@ -731,10 +769,47 @@ pub fn kv(options: &Options) -> Result<(), String> {
         None => vec![1, 16, 64],
     };
     let with_dqlite = options.rest.iter().any(|a| a == "--dqlite");
+    let with_tls = options.rest.iter().any(|a| a == "--tls");
     let settings = timing_settings(options);
-    let cluster = LocalCluster::start(Server::Atoll, nodes, &settings)?;
     let mut lines = Vec::new();
-    for &count in &workers {
+    // With --tls: the plaintext cluster's rows, then a TLS cluster's (one cluster at a time).
+    for tls in [false, true] {
+        if tls && !with_tls {
+            break;
+        }
+        kv_cluster(
+            &settings,
+            nodes,
+            &workers,
+            seconds,
+            value_bytes,
+            with_dqlite && !tls,
+            tls,
+            &mut lines,
+        )?;
+    }
+    // The summary: one line per worker count, last.
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// One cluster's `kv` rows (plaintext or TLS).
+#[allow(clippy::too_many_arguments)]
+fn kv_cluster(
+    settings: &[String],
+    nodes: usize,
+    workers: &[usize],
+    seconds: f64,
+    value_bytes: usize,
+    with_dqlite: bool,
+    tls: bool,
+    lines: &mut Vec<String>,
+) -> Result<(), String> {
+    let cluster = LocalCluster::start(Server::Atoll, nodes, settings, tls)?;
+    let name = if tls { "kvwrite-tls" } else { "kvwrite" };
+    for &count in workers {
         if with_dqlite {
             settle_disk();
             let mut dqlite = kv_dqlite(count, seconds.ceil() as u64, value_bytes)?;
@@ -747,20 +822,16 @@ pub fn kv(options: &Options) -> Result<(), String> {
         let elections = cluster.term()? - term_before;
         // Printed at zero too: "no election under load" is a result worth showing.
         println!("kv: {elections} election(s) during the run with {count} workers");
-        lines.push(kv_line("kvwrite", count, &mut result));
+        lines.push(kv_line(name, count, &mut result));
         println!("{}", lines.last().expect("pushed"));
     }
     let rss = cluster.rss_mib();
     println!(
-        "rss per node after the run: {}",
+        "rss per node after the run ({name}): {}",
         rss.iter()
             .map(|m| format!("{m:.1} MiB"))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    // The summary: one line per worker count, last.
-    for line in lines {
-        println!("{line}");
-    }
     Ok(())
 }

@@ -57,7 +57,8 @@ const SUITES: &[Suite] = &[
     Suite {
         name: "kv",
         about: "real nodes: dqlite-benchmark's kvwrite (--nodes N --workers W[,W..] \
-                --seconds S --value-size B; --dqlite runs dqlite-benchmark too)",
+                --seconds S --value-size B; --dqlite runs dqlite-benchmark too; --tls \
+                then a TLS cluster's rows)",
         run: atoll_bench::cluster::kv,
     },
 ];

@@ -115,7 +115,8 @@ fn addresses(nodes: &[AtollNode]) -> Vec<String> {
 }
 
 /// The whole path under TLS: a cluster from the CLI, the dqlite shell with `-c/-k` writes and
-/// reads, `atoll shell` and `atoll cluster` with `--tls-cert/--tls-key`, the leader stopped
+/// reads, `atoll shell` and `atoll cluster` with `--tls-cert/--tls-key`, dqlite-dbapi with a
+/// TLS `dial_func`, the leader stopped
 /// (failover: the shell writes through the new leader), and a node stopped while the log is
 /// compacted past it catches up by snapshot over TLS.
 #[test]
@@ -138,6 +139,17 @@ fn test_tls_cluster_dqlite_shell_failover_and_snapshot() {
     args.extend_from_slice(&tls_flags);
     args.extend(["app", "SELECT s FROM t"]);
     assert!(atoll(&args).ok().contains("over TLS"));
+    // dqlite-dbapi through its dial_func hook and Python's ssl module.
+    let mut python = Command::new(crate::t11_python::python());
+    python
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/tls_check.py"),
+        )
+        .arg(&cert)
+        .arg(&key)
+        .arg(nodes[0].address());
+    let out = run_command(python, None);
+    assert!(out.ok().ends_with("tls dbapi check passed\n"), "{out:?}");
     let mut args = vec!["cluster", "--cluster", &all];
     args.extend_from_slice(&tls_flags);
     let listing = atoll(&args);
