@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
-use atoll_net::tls::TlsContext;
 use atoll_net::protocol::{Role, Value};
+use atoll_net::tls::TlsContext;
 
 use crate::{median, Options, Samples};
 
@@ -201,7 +201,9 @@ impl LocalCluster {
                     args.push("--tls".into());
                 } else if tls {
                     let first = &cluster.nodes[0].data;
-                    for (flag, file) in [("--tls-cert", "cluster.crt"), ("--tls-key", "cluster.key")] {
+                    for (flag, file) in
+                        [("--tls-cert", "cluster.crt"), ("--tls-key", "cluster.key")]
+                    {
                         args.push(flag.into());
                         args.push(first.join(file).to_string_lossy().into_owned());
                     }

@@ -37,12 +37,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::conn::{Conn, IoOutcome, Phase};
-use crate::tls::TlsContext;
 use crate::peer::{NonceSource, PeerError};
 use crate::peer_link::{Backoff, PeerLink};
 use crate::protocol::{
     DecodeError, Greeting, Header, ProtocolVersion, Request, Response, HEADER_BYTES,
 };
+use crate::tls::TlsContext;
 
 pub use crate::conn::{BUFFER_CAPACITY_KEEP_BYTES, PIPELINE_BYTES_MAX, READ_CHUNK_BYTES};
 pub use crate::peer_link::PeerStats;

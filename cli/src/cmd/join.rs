@@ -267,8 +267,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
     node::prepare_join(&args.data_dir, &config, &token.secret)
         .map_err(|e| CliError::new(e.to_string()))?;
     if let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) {
-        let (cert, key, ca) = node::tls::read_given(cert, key, args.tls.tls_ca.as_deref())
-            .map_err(CliError::new)?;
+        let (cert, key, ca) =
+            node::tls::read_given(cert, key, args.tls.tls_ca.as_deref()).map_err(CliError::new)?;
         node::tls::install(&args.data_dir, &cert, &key, ca.as_deref()).map_err(CliError::new)?;
     }
     println!(

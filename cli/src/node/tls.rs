@@ -52,14 +52,16 @@ pub fn install(data_dir: &Path, cert: &[u8], key: &[u8], ca: Option<&[u8]>) -> R
     write(&cert_path, cert)
 }
 
+/// PEM bytes of a certificate, its key and an optional trust root.
+pub type PemFiles = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 /// Reads the files given as `--tls-cert/--tls-key/--tls-ca`.
-pub fn read_given(
-    cert: &Path,
-    key: &Path,
-    ca: Option<&Path>,
-) -> Result<(Vec<u8>, Vec<u8>, Option<Vec<u8>>), String> {
+pub fn read_given(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<PemFiles, String> {
     let cert = read_pem_file(cert).map_err(|e| e.to_string())?;
     let key = read_pem_file(key).map_err(|e| e.to_string())?;
-    let ca = ca.map(read_pem_file).transpose().map_err(|e| e.to_string())?;
+    let ca = ca
+        .map(read_pem_file)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     Ok((cert, key, ca))
 }

@@ -142,9 +142,7 @@ fn test_tls_cluster_dqlite_shell_failover_and_snapshot() {
     // dqlite-dbapi through its dial_func hook and Python's ssl module.
     let mut python = Command::new(crate::t11_python::python());
     python
-        .arg(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/tls_check.py"),
-        )
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/tls_check.py"))
         .arg(&cert)
         .arg(&key)
         .arg(nodes[0].address());
@@ -153,9 +151,22 @@ fn test_tls_cluster_dqlite_shell_failover_and_snapshot() {
     let mut args = vec!["cluster", "--cluster", &all];
     args.extend_from_slice(&tls_flags);
     let listing = atoll(&args);
-    assert_eq!(listing.ok().matches("voter").count(), 3, "{}", listing.stdout);
+    assert_eq!(
+        listing.ok().matches("voter").count(),
+        3,
+        "{}",
+        listing.stdout
+    );
     // Without the certificate, atoll's shell cannot talk to the cluster.
-    let refused = atoll(&["shell", "--cluster", &all, "--timeout", "2", "app", "SELECT 1"]);
+    let refused = atoll(&[
+        "shell",
+        "--cluster",
+        &all,
+        "--timeout",
+        "2",
+        "app",
+        "SELECT 1",
+    ]);
     assert!(!refused.status.success(), "{refused:?}");
 
     // Failover: stop the leader; the shell's write lands on the new one.
@@ -168,9 +179,18 @@ fn test_tls_cluster_dqlite_shell_failover_and_snapshot() {
     let left = addresses(&nodes).join(",");
     wait_for("a new leader (TLS)", READY_TIMEOUT, || {
         let mut client = Client::connect(&addresses(&nodes), tls_config(&tls)).ok()?;
-        client.leader().ok()?.filter(|(_, a)| left.contains(a.as_str()))
+        client
+            .leader()
+            .ok()?
+            .filter(|(_, a)| left.contains(a.as_str()))
     });
-    dqlite_tls(&left, &cert, &key, "INSERT INTO t VALUES (2, 'after failover')").ok();
+    dqlite_tls(
+        &left,
+        &cert,
+        &key,
+        "INSERT INTO t VALUES (2, 'after failover')",
+    )
+    .ok();
 
     // The old leader misses >1,300 entries (a snapshot every 300, 1,024 kept behind) and
     // comes back: it can only catch up by snapshot, streamed over TLS.
@@ -185,9 +205,11 @@ fn test_tls_cluster_dqlite_shell_failover_and_snapshot() {
     let target = applied(&new_leader, &tls).expect("the leader's applied index");
     nodes[leader].spawn();
     let back = nodes[leader].address().to_owned();
-    wait_for("the restarted node to catch up (TLS)", READY_TIMEOUT, || {
-        applied(&back, &tls).filter(|a| *a >= target)
-    });
+    wait_for(
+        "the restarted node to catch up (TLS)",
+        READY_TIMEOUT,
+        || applied(&back, &tls).filter(|a| *a >= target),
+    );
     assert!(
         nodes[leader].log().contains("installed snapshot"),
         "{}",
@@ -292,12 +314,16 @@ fn test_tls_refuses_plaintext_untrusted_and_garbage() {
 
     // Garbage: a TLS record header then junk, and a huge record length.
     for junk in [
-        &[0x16, 0x03, 0x01, 0x00, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16][..],
+        &[
+            0x16, 0x03, 0x01, 0x00, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+        ][..],
         &[0x16, 0x03, 0x03, 0xff, 0xff, 0, 0, 0][..],
         &[0x16; 64][..],
     ] {
         let mut stream = TcpStream::connect(&address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         stream.write_all(junk).unwrap();
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink);
@@ -386,8 +412,8 @@ fn test_tls_rotation_under_load() {
         sighup(node);
     }
     wait_for("the old certificate refused", READY_TIMEOUT, || {
-        let refused = Connection::connect(nodes[0].address(), &tls_config(&old))
-            .and_then(|mut c| c.leader());
+        let refused =
+            Connection::connect(nodes[0].address(), &tls_config(&old)).and_then(|mut c| c.leader());
         refused.is_err().then_some(())
     });
     progress("writes after step 3 (the open connection drains)");
