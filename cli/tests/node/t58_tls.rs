@@ -273,6 +273,16 @@ fn test_tls_refuses_plaintext_untrusted_and_garbage() {
     assert!(refused.is_err(), "{refused:?}");
     write(&mut good);
 
+    // Presenting the node's own certificate but trusting another root: the client refuses
+    // the node.
+    let own_key = std::fs::read(cert_files(&node).1).unwrap();
+    let distrusting =
+        TlsContext::from_pem(&own_cert, &own_key, Some(other_cert.as_bytes())).unwrap();
+    let refused =
+        Connection::connect(&address, &tls_config(&distrusting)).and_then(|mut c| c.leader());
+    assert!(refused.is_err(), "{refused:?}");
+    write(&mut good);
+
     // `atoll join` with another cluster's files is refused before anything is written.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.crt"), &other_cert).unwrap();
