@@ -341,12 +341,32 @@ pub fn no_leader_message(args: &ClusterArgs, attempts: &[String]) -> String {
         ),
         Ok(()) => format!(
             "no leader among {} within {:?} ({}); the cluster may be electing one or have lost \
-             its quorum: retry, or look with `atoll cluster --cluster {}`",
+             its quorum: retry, or look with `atoll cluster --cluster {}`{}",
             args.joined(),
             args.timeout,
             attempts.first().map_or("no answer", String::as_str),
-            args.joined()
+            args.joined(),
+            tls_hint(args, attempts)
         ),
+    }
+}
+
+/// What to check when nodes close the connection at once: a TLS mismatch looks like that.
+fn tls_hint(args: &ClusterArgs, attempts: &[String]) -> &'static str {
+    let closed = attempts.iter().any(|a| {
+        ["reset", "end of file", "certificate", "TLS", "InvalidData"]
+            .iter()
+            .any(|word| a.contains(word))
+    });
+    match (closed, args.tls_context.is_some()) {
+        (false, _) => "",
+        (true, false) => {
+            "; a TLS cluster refuses plaintext: give --tls-cert and --tls-key (`atoll cert`)"
+        }
+        (true, true) => {
+            "; with TLS: the node may not serve TLS, or may not trust this certificate (or this \
+             client its)"
+        }
     }
 }
 
