@@ -8,6 +8,7 @@
 //! keeps the nodes' data directories and logs.
 
 use std::fs;
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
+use atoll_net::client::{Client, ClientConfig, ClientError, Connection, OPEN_FOLLOWER_READS};
 use atoll_net::protocol::{Role, Value};
 use atoll_net::tls::TlsContext;
 
-use crate::{median, Options, Samples};
+use crate::timings::Breakdown;
+use crate::{median, plot, Options, Samples};
 
 /// How long a cluster has to come up, a node to catch up, a failover to happen.
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -53,7 +55,13 @@ fn atoll_binary() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().map_err(|e| format!("locating atoll-bench: {e}"))?;
-    let binary = exe.with_file_name("atoll");
+    let mut binary = exe.with_file_name("atoll");
+    // A test binary lives in `target/<profile>/deps`, beside no `atoll`.
+    if exe.parent().and_then(Path::file_name) == Some(std::ffi::OsStr::new("deps")) {
+        if let Some(profile) = exe.parent().and_then(Path::parent) {
+            binary = profile.join("atoll");
+        }
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // Inside the source tree, always let cargo bring the binary up to date (a no-op when it is):
     // `cargo run -p atoll-bench` does not rebuild `atoll`, and a stale one measures old code.
@@ -385,6 +393,30 @@ impl LocalCluster {
         Ok(term)
     }
 
+    /// Asks every atoll node for its loop timings since the last ask (SIGUSR1, then its
+    /// `DATA_DIR/timings`), in node order.
+    fn timings(&self) -> Result<Vec<Breakdown>, String> {
+        let mut all = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let Some(child) = &node.child else {
+                all.push(Breakdown::default());
+                continue;
+            };
+            let path = node.data.join("timings");
+            let _ = fs::remove_file(&path);
+            let status = Command::new("kill")
+                .args(["-USR1", &child.id().to_string()])
+                .status()
+                .map_err(|e| format!("kill -USR1: {e}"))?;
+            if !status.success() {
+                return Err(format!("kill -USR1 {} failed", child.id()));
+            }
+            let text = wait_for("the node's timings", || fs::read_to_string(&path).ok())?;
+            all.push(Breakdown::parse(&text)?);
+        }
+        Ok(all)
+    }
+
     /// RSS of every running node, in MiB.
     fn rss_mib(&self) -> Vec<f64> {
         self.nodes
@@ -567,18 +599,106 @@ impl Letters {
     }
 }
 
-/// One kv run's outcome.
-struct KvResult {
-    ops: u64,
-    errors: u64,
-    seconds: f64,
-    samples: Samples,
+/// dqlite-benchmark's workloads: `kvwrite` (every operation a write of a new key) and
+/// `kvreadwrite` (each operation, a coin toss: a read of a key this worker wrote, or a write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Write,
+    ReadWrite,
 }
 
-/// dqlite-benchmark's kvwrite: each worker inserts (OR REPLACE) a new random 32-letter key with
-/// a value half one repeated letter, half random letters, as fast as it is answered.
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Write => "kvwrite",
+            Workload::ReadWrite => "kvreadwrite",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Workload, String> {
+        match text {
+            "kvwrite" => Ok(Workload::Write),
+            "kvreadwrite" => Ok(Workload::ReadWrite),
+            other => Err(format!(
+                "--workloads: {other:?} is not kvwrite or kvreadwrite"
+            )),
+        }
+    }
+}
+
+const KV_WRITE_SQL: &str = "INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)";
+const KV_READ_SQL: &str = "SELECT value FROM model WHERE key = ?";
+
+/// One kv run's outcome: writes and reads apart.
+struct KvResult {
+    writes: Samples,
+    write_errors: u64,
+    reads: Samples,
+    read_errors: u64,
+    seconds: f64,
+}
+
+impl KvResult {
+    fn new(seconds: f64) -> KvResult {
+        KvResult {
+            writes: Samples::with_capacity(1 << 16),
+            write_errors: 0,
+            reads: Samples::with_capacity(1 << 16),
+            read_errors: 0,
+            seconds,
+        }
+    }
+
+    fn merge(&mut self, other: KvResult) {
+        for duration in other.writes.into_durations() {
+            self.writes.push(duration);
+        }
+        for duration in other.reads.into_durations() {
+            self.reads.push(duration);
+        }
+        self.write_errors += other.write_errors;
+        self.read_errors += other.read_errors;
+    }
+
+    fn ops(&self) -> u64 {
+        (self.writes.len() + self.reads.len()) as u64
+    }
+
+    fn ops_per_second(&self) -> f64 {
+        self.ops() as f64 / self.seconds
+    }
+
+    /// Every sample, reads and writes.
+    fn all(&self) -> Samples {
+        let mut all = Samples::with_capacity(self.ops() as usize);
+        for duration in self.writes.clone().into_durations() {
+            all.push(duration);
+        }
+        for duration in self.reads.clone().into_durations() {
+            all.push(duration);
+        }
+        all
+    }
+}
+
+/// A value as dqlite-benchmark makes it: half one repeated letter, half random letters.
+fn kv_value(letters: &mut Letters, value_bytes: usize) -> String {
+    let repeated = letters.next() as char;
+    let mut value = String::with_capacity(value_bytes);
+    value.extend(std::iter::repeat_n(repeated, value_bytes / 2));
+    value.push_str(&letters.text(value_bytes - value_bytes / 2));
+    value
+}
+
+/// dqlite-benchmark's workloads on an atoll cluster: each worker writes (INSERT OR REPLACE) a
+/// new random 32-letter key, as fast as it is answered; with `kvreadwrite`, half of its
+/// operations (a coin toss) read instead a key it wrote. Writes go to the leader; reads go,
+/// worker by worker, to every node in turn, on a connection opened with follower reads (each
+/// node serves them itself, linearizable: see ARCHITECTURE.md, "Reads"). A read that finds no
+/// row counts as an error: the key was acknowledged before.
 fn kv_atoll(
     cluster: &LocalCluster,
+    workload: Workload,
     workers: usize,
     seconds: f64,
     value_bytes: usize,
@@ -598,56 +718,94 @@ fn kv_atoll(
     let handles: Vec<_> = (0..workers)
         .map(|worker| {
             let addresses = addresses.clone();
+            let reader_address = addresses[worker % addresses.len()].clone();
             let config = cluster.config();
-            thread::spawn(move || -> Result<(Samples, u64), String> {
+            thread::spawn(move || -> Result<KvResult, String> {
                 let mut client = Client::connect(&addresses, config.clone())
                     .map_err(|e| format!("connect: {e}"))?;
                 client.open("bench").map_err(|e| format!("open: {e}"))?;
+                let open_reader = || -> Result<Connection, ClientError> {
+                    let mut reader = Connection::connect(&reader_address, &config)?;
+                    reader.open_with_flags("bench", OPEN_FOLLOWER_READS)?;
+                    Ok(reader)
+                };
+                let mut reader = match workload {
+                    Workload::ReadWrite => Some(open_reader().map_err(|e| {
+                        format!("follower-reads connection to {reader_address}: {e}")
+                    })?),
+                    Workload::Write => None,
+                };
                 let mut letters = Letters(0x9e37_79b9_7f4a_7c15 ^ ((worker as u64 + 1) * 7919));
-                let mut samples = Samples::with_capacity(1 << 16);
-                let mut errors = 0;
+                let mut keys: Vec<String> = Vec::new();
+                let mut result = KvResult::new(seconds);
                 while Instant::now() < start {
                     thread::sleep(Duration::from_millis(1));
                 }
                 while Instant::now() < deadline {
+                    let read = workload == Workload::ReadWrite
+                        && !keys.is_empty()
+                        && letters.next().is_multiple_of(2);
+                    if read {
+                        let key = keys[(letters.next() as usize * 7919) % keys.len()].clone();
+                        let began = Instant::now();
+                        let answer = match reader.as_mut() {
+                            Some(connection) => {
+                                connection.query_sql(KV_READ_SQL, &[Value::Text(key)])
+                            }
+                            None => open_reader().and_then(|mut connection| {
+                                let answer = connection.query_sql(KV_READ_SQL, &[Value::Text(key)]);
+                                reader = Some(connection);
+                                answer
+                            }),
+                        };
+                        match answer {
+                            Ok(rows) if rows.rows.len() == 1 => {
+                                result.reads.push(began.elapsed());
+                            }
+                            Ok(_) => result.read_errors += 1,
+                            Err(_) => {
+                                result.read_errors += 1;
+                                reader = None;
+                            }
+                        }
+                        continue;
+                    }
                     let key = letters.text(32);
-                    let repeated = letters.next() as char;
-                    let mut value = String::with_capacity(value_bytes);
-                    value.extend(std::iter::repeat_n(repeated, value_bytes / 2));
-                    value.push_str(&letters.text(value_bytes - value_bytes / 2));
+                    let value = kv_value(&mut letters, value_bytes);
                     let began = Instant::now();
                     match client.exec_sql(
-                        "INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)",
-                        &[Value::Text(key), Value::Text(value)],
+                        KV_WRITE_SQL,
+                        &[Value::Text(key.clone()), Value::Text(value)],
                     ) {
-                        Ok(_) => samples.push(began.elapsed()),
-                        Err(_) => errors += 1,
+                        Ok(_) => {
+                            result.writes.push(began.elapsed());
+                            if workload == Workload::ReadWrite {
+                                keys.push(key);
+                            }
+                        }
+                        Err(_) => result.write_errors += 1,
                     }
                 }
-                Ok((samples, errors))
+                Ok(result)
             })
         })
         .collect();
-    let mut all = Samples::with_capacity(1 << 20);
-    let mut errors = 0;
+    let mut all = KvResult::new(seconds);
     for handle in handles {
-        let (samples, worker_errors) = handle.join().map_err(|_| "worker panicked")??;
-        errors += worker_errors;
-        for duration in samples.into_durations() {
-            all.push(duration);
-        }
+        all.merge(handle.join().map_err(|_| "worker panicked")??);
     }
-    Ok(KvResult {
-        ops: all.len() as u64,
-        errors,
-        seconds,
-        samples: all,
-    })
+    Ok(all)
 }
 
-/// Runs dqlite-benchmark's kvwrite on a three-node dqlite cluster (its own processes) and reads
-/// the results its driver writes: per worker, `n`, `n_err` and every latency in ms.
-fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResult, String> {
+/// Runs a dqlite-benchmark workload on a three-node dqlite cluster (its own processes) and
+/// reads the results its driver writes: a file per worker and kind of query (`N-exec-TIME`,
+/// `N-query-TIME`), each with `n`, `n_err` and every latency in ms.
+fn kv_dqlite(
+    workload: Workload,
+    workers: usize,
+    seconds: u64,
+    value_bytes: usize,
+) -> Result<KvResult, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect::<Result<_, _>>()?;
     let mut children = Vec::new();
@@ -668,7 +826,7 @@ fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResul
                 "--value-size",
                 &value_bytes.to_string(),
                 "--workload",
-                "kvwrite",
+                workload.name(),
             ]);
         } else {
             command.args(["--join", &addresses[0]]);
@@ -706,8 +864,7 @@ fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResul
     if !status.success() {
         return Err(format!("dqlite-benchmark driver exited with {status}"));
     }
-    let mut samples = Samples::with_capacity(1 << 16);
-    let (mut ops, mut errors) = (0, 0);
+    let mut result = KvResult::new(seconds as f64);
     let results = results.iter().find(|dir| dir.is_dir()).ok_or_else(|| {
         format!(
             "dqlite-benchmark wrote no results under {}",
@@ -717,13 +874,18 @@ fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResul
     let entries = fs::read_dir(results).map_err(|e| format!("{}: {e}", results.display()))?;
     for entry in entries {
         let path = entry.map_err(|e| e.to_string())?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let reads = name.is_some_and(|n| n.split('-').nth(1) == Some("query"));
         let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut in_measurements = false;
         for line in text.lines() {
-            if let Some(n) = line.strip_prefix("n ") {
-                ops += n.trim().parse::<u64>().unwrap_or(0);
-            } else if let Some(n) = line.strip_prefix("n_err ") {
-                errors += n.trim().parse::<u64>().unwrap_or(0);
+            if let Some(n) = line.strip_prefix("n_err ") {
+                let n = n.trim().parse::<u64>().unwrap_or(0);
+                if reads {
+                    result.read_errors += n;
+                } else {
+                    result.write_errors += n;
+                }
             } else if line.starts_with("measurements") {
                 in_measurements = true;
             } else if line.starts_with("errors") {
@@ -731,33 +893,92 @@ fn kv_dqlite(workers: usize, seconds: u64, value_bytes: usize) -> Result<KvResul
             } else if in_measurements {
                 if let Some(ms) = line.split_whitespace().nth(1) {
                     if let Ok(ms) = ms.parse::<f64>() {
-                        samples.push(Duration::from_secs_f64(ms / 1000.0));
+                        let duration = Duration::from_secs_f64(ms / 1000.0);
+                        if reads {
+                            result.reads.push(duration);
+                        } else {
+                            result.writes.push(duration);
+                        }
                     }
                 }
             }
         }
     }
-    Ok(KvResult {
-        ops,
-        errors,
-        seconds: seconds as f64,
-        samples,
-    })
+    Ok(result)
 }
 
-fn kv_line(name: &str, workers: usize, result: &mut KvResult) -> String {
+/// One row: ops/s, p50, p99 of every operation (writes and reads apart for `kvreadwrite`).
+fn kv_line(name: &str, workload: Workload, workers: usize, result: &KvResult) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    format!(
-        "kv {name} workers={workers}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms ({} errors)",
-        result.ops as f64 / result.seconds,
-        ms(result.samples.percentile(50.0)),
-        ms(result.samples.percentile(99.0)),
-        result.errors
-    )
+    let mut all = result.all();
+    let mut line = format!(
+        "kv {name} {} workers={workers}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms ({} errors)",
+        workload.name(),
+        result.ops_per_second(),
+        ms(all.percentile(50.0)),
+        ms(all.percentile(99.0)),
+        result.write_errors + result.read_errors
+    );
+    if workload == Workload::ReadWrite {
+        let (mut writes, mut reads) = (result.writes.clone(), result.reads.clone());
+        line.push_str(&format!(
+            "; writes {:.0}/s p50 {:.2} ms ({} errors), reads {:.0}/s p50 {:.2} ms ({} errors)",
+            writes.len() as f64 / result.seconds,
+            ms(writes.percentile(50.0)),
+            result.write_errors,
+            reads.len() as f64 / result.seconds,
+            ms(reads.percentile(50.0)),
+            result.read_errors
+        ));
+    }
+    line
 }
 
-/// `kv`: dqlite-benchmark's kvwrite against an atoll cluster (and, with `--dqlite`, against
-/// dqlite-benchmark's own three-node cluster, in the same run).
+/// 4 KiB `write` + `fdatasync` appending to a file in `dir`, in a loop for `seconds`: the
+/// rate one disk sync allows (the same measure as the storage suite's raw baseline).
+fn raw_fdatasync_per_second(dir: &Path, seconds: f64) -> Result<f64, String> {
+    let path = dir.join("raw-fdatasync");
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let block = vec![0x5a_u8; 4096];
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed().as_secs_f64() < seconds || count == 0 {
+        file.write_all(&block)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        count += 1;
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = fs::remove_file(&path);
+    Ok(rate)
+}
+
+fn mib_list(rss: &[f64]) -> String {
+    rss.iter()
+        .map(|m| format!("{m:.1} MiB"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One point of the kv plot: ops/s and p99 (ms) of atoll, and of dqlite if run.
+struct PlotRow {
+    /// Measured on the TLS cluster (`--tls`).
+    tls: bool,
+    workload: Workload,
+    workers: usize,
+    atoll: (f64, f64),
+    dqlite: Option<(f64, f64)>,
+}
+
+/// `kv`: dqlite-benchmark's workloads against an atoll cluster (and, with `--dqlite`, against
+/// dqlite-benchmark's own three-node cluster, in the same run), with the raw fdatasync rate
+/// of the nodes' disk, where the writes' time went in the nodes (see `Breakdown`), the nodes'
+/// RSS, and with `--plot FILE.svg` a chart of ops/s and p99 against workers.
 pub fn kv(options: &Options) -> Result<(), String> {
     let nodes: usize = number(options, "--nodes", 3)?;
     let seconds: f64 = number(options, "--seconds", if options.quick { 1.0 } else { 10.0 })?;
@@ -770,70 +991,225 @@ pub fn kv(options: &Options) -> Result<(), String> {
         None if options.quick => vec![4],
         None => vec![1, 16, 64],
     };
+    let workloads: Vec<Workload> = options
+        .value("--workloads")
+        .unwrap_or("kvwrite,kvreadwrite")
+        .split(',')
+        .map(Workload::parse)
+        .collect::<Result<_, _>>()?;
+    if workers.is_empty() || workers.contains(&0) || nodes == 0 {
+        return Err("--workers and --nodes must be at least 1".into());
+    }
+    let plot = options.value("--plot").map(PathBuf::from);
     let with_dqlite = options.rest.iter().any(|a| a == "--dqlite");
     let with_tls = options.rest.iter().any(|a| a == "--tls");
     let settings = timing_settings(options);
+    let run = KvRun {
+        settings,
+        nodes,
+        workers,
+        workloads,
+        seconds,
+        value_bytes,
+        quick: options.quick,
+    };
     let mut lines = Vec::new();
-    // With --tls: the plaintext cluster's rows, then a TLS cluster's (one cluster at a time).
+    let mut rows: Vec<PlotRow> = Vec::new();
+    // With --tls: the plaintext cluster's rows, then a TLS cluster's (one cluster at a time);
+    // the disk baseline and dqlite-benchmark once, with the plaintext cluster.
     for tls in [false, true] {
         if tls && !with_tls {
             break;
         }
-        kv_cluster(
-            &settings,
-            nodes,
-            &workers,
-            seconds,
-            value_bytes,
-            with_dqlite && !tls,
-            tls,
-            &mut lines,
-        )?;
+        kv_cluster(&run, tls, with_dqlite && !tls, &mut lines, &mut rows)?;
     }
-    // The summary: one line per worker count, last.
+    if let Some(path) = plot {
+        let svg = kv_plot(
+            &rows,
+            &baseline_title(run.nodes, run.value_bytes, run.seconds, &run.settings),
+        );
+        fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        lines.push(format!("kv plot written to {}", path.display()));
+    }
+    // The summary, last.
     for line in lines {
         println!("{line}");
     }
     Ok(())
 }
 
-/// One cluster's `kv` rows (plaintext or TLS).
-#[allow(clippy::too_many_arguments)]
-fn kv_cluster(
-    settings: &[String],
+/// What one `kv` invocation measures, for each cluster it starts.
+struct KvRun {
+    settings: Vec<String>,
     nodes: usize,
-    workers: &[usize],
+    workers: Vec<usize>,
+    workloads: Vec<Workload>,
     seconds: f64,
     value_bytes: usize,
-    with_dqlite: bool,
+    quick: bool,
+}
+
+/// One cluster's `kv` rows (plaintext or TLS): summary lines into `lines`, plot points into
+/// `rows`.
+fn kv_cluster(
+    run: &KvRun,
     tls: bool,
+    with_dqlite: bool,
     lines: &mut Vec<String>,
+    rows: &mut Vec<PlotRow>,
 ) -> Result<(), String> {
-    let cluster = LocalCluster::start(Server::Atoll, nodes, settings, tls)?;
-    let name = if tls { "kvwrite-tls" } else { "kvwrite" };
-    for &count in workers {
-        if with_dqlite {
-            settle_disk();
-            let mut dqlite = kv_dqlite(count, seconds.ceil() as u64, value_bytes)?;
-            let line = kv_line("dqlite-benchmark", count, &mut dqlite);
-            println!("{line}");
-        }
+    let cluster = LocalCluster::start(Server::Atoll, run.nodes, &run.settings, tls)?;
+    let server = if tls { "atoll-tls" } else { "atoll" };
+    if !tls {
         settle_disk();
-        let term_before = cluster.term()?;
-        let mut result = kv_atoll(&cluster, count, seconds, value_bytes)?;
-        let elections = cluster.term()? - term_before;
-        // Printed at zero too: "no election under load" is a result worth showing.
-        println!("kv: {elections} election(s) during the run with {count} workers");
-        lines.push(kv_line(name, count, &mut result));
-        println!("{}", lines.last().expect("pushed"));
+        let baseline_seconds = if run.quick { 0.2 } else { 3.0 };
+        let raw = raw_fdatasync_per_second(cluster.dir.path(), baseline_seconds)?;
+        let baseline =
+            format!("kv baseline raw-fdatasync: {raw:.0} ops/s (4 KiB append + fdatasync)");
+        println!("{baseline}");
+        lines.push(baseline);
     }
-    let rss = cluster.rss_mib();
+    // The nodes have settled after their start (one second without requests).
+    thread::sleep(Duration::from_secs(1));
     println!(
-        "rss per node after the run ({name}): {}",
-        rss.iter()
-            .map(|m| format!("{m:.1} MiB"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "rss per node idle after the start ({server}): {}",
+        mib_list(&cluster.rss_mib())
     );
+    for &workload in &run.workloads {
+        for &count in &run.workers {
+            let mut dqlite_point = None;
+            if with_dqlite {
+                settle_disk();
+                let dqlite =
+                    kv_dqlite(workload, count, run.seconds.ceil() as u64, run.value_bytes)?;
+                let line = kv_line("dqlite-benchmark", workload, count, &dqlite);
+                println!("{line}");
+                dqlite_point = Some((dqlite.ops_per_second(), p99_ms(&dqlite)));
+                lines.push(line);
+            }
+            settle_disk();
+            let term_before = cluster.term()?;
+            // Zero the nodes' timings: the breakdown below covers this row only.
+            cluster.timings()?;
+            let result = kv_atoll(&cluster, workload, count, run.seconds, run.value_bytes)?;
+            let breakdown = cluster.timings()?;
+            let elections = cluster.term()? - term_before;
+            // Printed at zero too: "no election under load" is a result worth showing.
+            println!("kv: {elections} election(s) during the run with {count} workers");
+            let leader = cluster.leader().ok();
+            for (index, timings) in breakdown.iter().enumerate() {
+                let role = if Some(index) == leader {
+                    "leader"
+                } else {
+                    "follower"
+                };
+                println!("  node {} ({role}): {}", index + 1, timings.summary());
+            }
+            if let Some(timings) = leader.and_then(|l| breakdown.get(l)) {
+                let mut writes = result.writes.clone();
+                println!(
+                    "  write p50 {:.0} µs at the client; {}",
+                    writes.percentile(50.0).as_secs_f64() * 1e6,
+                    timings.leader_path(mean_us(&result.writes))
+                );
+            }
+            let line = kv_line(server, workload, count, &result);
+            println!("{line}");
+            rows.push(PlotRow {
+                tls,
+                workload,
+                workers: count,
+                atoll: (result.ops_per_second(), p99_ms(&result)),
+                dqlite: dqlite_point,
+            });
+            lines.push(line);
+        }
+    }
+    lines.push(format!(
+        "rss per node after the run ({server}): {}",
+        mib_list(&cluster.rss_mib())
+    ));
+    thread::sleep(Duration::from_secs(if run.quick { 1 } else { 5 }));
+    lines.push(format!(
+        "rss per node idle after the run ({server}): {}",
+        mib_list(&cluster.rss_mib())
+    ));
     Ok(())
+}
+
+fn p99_ms(result: &KvResult) -> f64 {
+    result.all().percentile(99.0).as_secs_f64() * 1000.0
+}
+
+fn mean_us(samples: &Samples) -> f64 {
+    let durations = samples.clone().into_durations();
+    if durations.is_empty() {
+        return 0.0;
+    }
+    durations.iter().map(|d| d.as_secs_f64()).sum::<f64>() * 1e6 / durations.len() as f64
+}
+
+fn baseline_title(nodes: usize, value_bytes: usize, seconds: f64, settings: &[String]) -> String {
+    let mut title = format!("{nodes} nodes, {value_bytes} B values, {seconds} s per point");
+    if !settings.is_empty() {
+        title.push_str(&format!(", {}", settings.join(" ")));
+    }
+    title
+}
+
+/// The plot: ops/s and p99 against workers, a line per server and workload.
+fn kv_plot(rows: &[PlotRow], subtitle: &str) -> String {
+    let mut series: Vec<plot::Series> = Vec::new();
+    for (tls, server, color) in [(false, "atoll", "#1f77b4"), (true, "atoll-tls", "#2ca02c")] {
+        for workload in [Workload::Write, Workload::ReadWrite] {
+            let points: Vec<_> = rows
+                .iter()
+                .filter(|r| r.workload == workload && r.tls == tls)
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            series.push(plot::Series {
+                name: format!("{server} {}", workload.name()),
+                dashed: workload == Workload::ReadWrite,
+                color,
+                points: points
+                    .iter()
+                    .map(|r| (r.workers, r.atoll.0, r.atoll.1))
+                    .collect(),
+            });
+            let dqlite: Vec<_> = points
+                .iter()
+                .filter_map(|r| r.dqlite.map(|(ops, p99)| (r.workers, ops, p99)))
+                .collect();
+            if !dqlite.is_empty() {
+                series.push(plot::Series {
+                    name: format!("dqlite {}", workload.name()),
+                    dashed: workload == Workload::ReadWrite,
+                    color: "#d62728",
+                    points: dqlite,
+                });
+            }
+        }
+    }
+    plot::svg(&format!("atoll-bench kv: {subtitle}"), &series)
+}
+
+/// One atoll node (`init` + `start`) in a temporary directory, for the suites and tests that
+/// need a real server but no cluster (`sqldiff`). Stopped and removed on drop.
+pub struct SingleNode {
+    cluster: LocalCluster,
+}
+
+impl SingleNode {
+    /// Starts the node and waits until it leads.
+    pub fn start() -> Result<SingleNode, String> {
+        let cluster = LocalCluster::start(Server::Atoll, 1, &[], false)?;
+        Ok(SingleNode { cluster })
+    }
+
+    /// The node's client address.
+    pub fn address(&self) -> String {
+        self.cluster.nodes[0].address.clone()
+    }
 }

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 pub mod cluster;
 pub mod core;
+pub mod plot;
+pub mod sqldiff;
+pub mod timings;
 
 /// Options common to every suite, parsed from the command line after the suite name.
 #[derive(Debug, Default, Clone)]

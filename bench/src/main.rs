@@ -56,10 +56,18 @@ const SUITES: &[Suite] = &[
     },
     Suite {
         name: "kv",
-        about: "real nodes: dqlite-benchmark's kvwrite (--nodes N --workers W[,W..] \
-                --seconds S --value-size B; --dqlite runs dqlite-benchmark too; --tls \
-                then a TLS cluster's rows)",
+        about: "real nodes: dqlite-benchmark's kvwrite and kvreadwrite, raw fdatasync \
+                baseline, per-write breakdown, RSS (--nodes N --workers W[,W..] --seconds S \
+                --value-size B --workloads kvwrite,kvreadwrite --plot FILE.svg; --dqlite runs \
+                dqlite-benchmark too; --tls then a TLS cluster's rows; timing flags as for \
+                failover)",
         run: atoll_bench::cluster::kv,
+    },
+    Suite {
+        name: "sqldiff",
+        about: "differential SQL: seeded scripts through a real node vs local SQLite, answers \
+                compared exactly (--seeds A..B --address HOST:PORT --out DIR)",
+        run: atoll_bench::sqldiff::run,
     },
 ];
 

@@ -79,29 +79,36 @@ impl std::error::Error for HeaderError {}
 /// Checks that `image` is a whole SQLite database: magic, page size, whole pages, and the
 /// header's page count (when SQLite marked it valid) equal to the image's.
 pub fn inspect(image: &[u8]) -> Result<DatabaseInfo, HeaderError> {
-    if image.len() < HEADER_BYTES {
-        return Err(HeaderError::Short(image.len()));
+    inspect_header(image, image.len() as u64)
+}
+
+/// [`inspect`] of a file of `length` bytes that starts with `header` (at least its first 100
+/// bytes): the same checks, without the whole image in memory.
+pub fn inspect_header(header: &[u8], length: u64) -> Result<DatabaseInfo, HeaderError> {
+    let short = |bytes: u64| HeaderError::Short(usize::try_from(bytes).unwrap_or(usize::MAX));
+    if header.len() < HEADER_BYTES || length < HEADER_BYTES as u64 {
+        return Err(short(length.min(header.len() as u64)));
     }
-    if &image[..16] != MAGIC {
+    if &header[..16] != MAGIC {
         return Err(HeaderError::Magic);
     }
-    let page_bytes = match u16::from_be_bytes([image[16], image[17]]) {
+    let page_bytes = match u16::from_be_bytes([header[16], header[17]]) {
         1 => 65_536,
         size => u32::from(size),
     };
     if !page_bytes.is_power_of_two() || !(512..=65_536).contains(&page_bytes) {
         return Err(HeaderError::PageSize(page_bytes));
     }
-    if !image.len().is_multiple_of(page_bytes as usize) {
+    if !length.is_multiple_of(u64::from(page_bytes)) {
         return Err(HeaderError::NotWholePages {
-            bytes: image.len(),
+            bytes: usize::try_from(length).unwrap_or(usize::MAX),
             page_bytes,
         });
     }
-    let pages = (image.len() / page_bytes as usize) as u64;
-    let change_counter = read_u32_be(image, 24);
-    let header_pages = read_u32_be(image, 28);
-    let valid_for = read_u32_be(image, 92);
+    let pages = length / u64::from(page_bytes);
+    let change_counter = read_u32_be(header, 24);
+    let header_pages = read_u32_be(header, 28);
+    let valid_for = read_u32_be(header, 92);
     if header_pages != 0 && valid_for == change_counter && u64::from(header_pages) != pages {
         return Err(HeaderError::PageCount {
             header: header_pages,

@@ -1,12 +1,13 @@
 //! `atoll`: the command line of a distributed SQLite.
 //!
-//! The node commands (`init`, `join`, `start`, `demo`) set up and run a node (`node/`: the loop
-//! wiring the reactor, Raft, the log and the SQLite engine).
+//! The node commands (`init`, `join`, `start`, `demo`, `recover`) set up and run a node
+//! (`node/`: the loop wiring the reactor, Raft, the log and the SQLite engine).
 //!
-//! The client commands (`shell`, `dump`, `cluster`, `add`, `assign`, `remove`, `transfer`) talk
-//! to a running cluster over dqlite's client wire protocol through `atoll_net::client`; they work
-//! against atoll and dqlite nodes alike. They never touch SQLite: `dump` applies the WAL itself
-//! (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
+//! The client commands (`shell`, `dump`, `backup`, `restore`, `verify`, `status`, `cluster`,
+//! `add`, `assign`, `remove`, `transfer`) talk to a running cluster over dqlite's client wire
+//! protocol through `atoll_net::client`; they work against atoll and dqlite nodes alike
+//! (`restore`, `verify` and `status` need atoll nodes). They never touch SQLite: `dump` applies
+//! the WAL itself (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
 
 #![forbid(unsafe_code)]
 
@@ -55,12 +56,17 @@ enum Command {
     Demo(cmd::demo::Args),
     Shell(cmd::shell::Args),
     Dump(cmd::dump::Args),
+    Backup(cmd::backup::Args),
+    Restore(cmd::restore::Args),
+    Verify(cmd::verify::Args),
+    Status(cmd::status::Args),
     Cluster(cmd::cluster::Args),
     Add(cmd::add::Args),
     Assign(cmd::assign::Args),
     Remove(cmd::remove::Args),
     Transfer(cmd::transfer::Args),
     Cert(cmd::cert::Args),
+    Recover(cmd::recover::Args),
 }
 
 impl Command {
@@ -81,6 +87,10 @@ impl Command {
         match self {
             Command::Shell(args) => Some(&mut args.cluster),
             Command::Dump(args) => Some(&mut args.cluster),
+            Command::Backup(args) => Some(&mut args.cluster),
+            Command::Restore(args) => Some(&mut args.cluster),
+            Command::Verify(args) => Some(&mut args.cluster),
+            Command::Status(args) => Some(&mut args.cluster),
             Command::Cluster(args) => Some(&mut args.cluster),
             Command::Add(args) => Some(&mut args.cluster),
             Command::Assign(args) => Some(&mut args.cluster),
@@ -103,12 +113,17 @@ fn run(mut command: Command) -> Result<(), CliError> {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Shell(args) => cmd::shell::run(args),
         Command::Dump(args) => cmd::dump::run(args),
+        Command::Backup(args) => cmd::backup::run(args),
+        Command::Restore(args) => cmd::restore::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
+        Command::Status(args) => cmd::status::run(args),
         Command::Cluster(args) => cmd::cluster::run(args),
         Command::Add(args) => cmd::add::run(args),
         Command::Assign(args) => cmd::assign::run(args),
         Command::Remove(args) => cmd::remove::run(args),
         Command::Transfer(args) => cmd::transfer::run(args),
         Command::Cert(args) => cmd::cert::run(args),
+        Command::Recover(args) => cmd::recover::run(args),
     }
 }
 

@@ -118,6 +118,7 @@ pub fn json_value(value: &Value) -> String {
         Value::Float(v) if v.is_infinite() => if *v > 0.0 { "9e999" } else { "-9e999" }.into(),
         Value::Float(v) => format_float(*v),
         Value::Text(text) => json_string(text),
+        Value::RawText(bytes) => json_string(&String::from_utf8_lossy(bytes)),
         Value::Iso8601(text) if text.is_empty() => "null".into(),
         Value::Iso8601(text) => json_string(text),
         Value::Blob(bytes) => json_string(&hex(bytes)),
@@ -185,6 +186,7 @@ pub fn table_cell(value: &Value) -> (String, bool) {
         Value::Integer(v) => (v.to_string(), true),
         Value::Float(v) => (format_float(*v), true),
         Value::Text(text) => (escape_control(text), false),
+        Value::RawText(bytes) => (escape_control(&String::from_utf8_lossy(bytes)), false),
         Value::Blob(bytes) if bytes.len() > TABLE_BLOB_BYTES_MAX => (
             format!(
                 "x'{}'... ({} bytes)",
@@ -210,6 +212,7 @@ pub fn csv_field(value: &Value) -> String {
         Value::Blob(bytes) => return hex(bytes),
         Value::Null => return String::new(),
         Value::Boolean(v) => return u8::from(*v).to_string(),
+        Value::RawText(bytes) => return csv_quote(&String::from_utf8_lossy(bytes)),
         Value::Text(text) | Value::Iso8601(text) => text,
     };
     csv_quote(text)

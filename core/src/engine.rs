@@ -85,6 +85,8 @@ pub struct Proposal {
     pub id: u64,
     /// The encoded command ([`crate::command`]).
     pub command: Vec<u8>,
+    /// The writes it carries (more than one: group commit).
+    pub writes: usize,
 }
 
 /// The engine's settings. Time values are in whatever unit the host passes to
@@ -106,6 +108,10 @@ pub struct EngineConfig {
     pub queue_max: usize,
     /// The longest a writer waits for the write slot before failing with a timeout.
     pub queue_wait_max: u64,
+    /// The longest a writer waits while another session's explicit transaction holds the
+    /// write slot before failing with SQLITE_BUSY "database is locked" (as SQLite and dqlite
+    /// answer such a writer). Writers queued behind group commit never see it.
+    pub transaction_wait_max: u64,
     /// The most queued autocommit writes committed together in one command.
     pub group_max: usize,
     /// Checkpoint a database once its WAL holds this many frames.
@@ -128,10 +134,11 @@ pub struct EngineConfig {
     /// The most bytes of SQL text a session keeps prepared (SQLite's compiled statements take
     /// a few times their text): past it, PREPARE fails with a limit error.
     pub statement_bytes_max: usize,
-    /// The most databases open at once (each keeps two files and two connections open); to
-    /// open another, the least recently used idle one is closed (`engine/closer.rs`), and
-    /// without one a session's OPEN fails with [`ExecError::TooManyDatabases`]. Commands from
-    /// the leader always open their database. A node holds at most 4096 databases in all.
+    /// The most databases open at once (each keeps two files and its control connection
+    /// open); to open another, the least recently used idle one is closed
+    /// (`engine/closer.rs`), and without one a session's OPEN fails with
+    /// [`ExecError::TooManyDatabases`]. Commands from the leader always open their database.
+    /// A node holds at most 4096 databases in all.
     pub databases_max: usize,
     /// A client transaction (read or write) open longer than this, in host time units, is
     /// rolled back by [`Engine::set_time`]; the session's next request on that database fails
@@ -153,6 +160,7 @@ impl EngineConfig {
             cache_kib: 256,
             queue_max: 4096,
             queue_wait_max: 10_000,
+            transaction_wait_max: 500,
             group_max: 64,
             checkpoint_frames: 4096,
             checkpoint_jitter_frames: 0,
@@ -267,28 +275,24 @@ enum Slot {
     Proposed { proposal: u64, members: Vec<Member> },
 }
 
+/// A session whose request ran in a chain: answered when the chain's command is applied (or
+/// at once if the chain committed nothing). A request that failed after some of its statements
+/// committed is a member too: its error is its answer, its committed statements stay.
 #[derive(Debug)]
 struct Member {
     session: SessionId,
-    response: Response,
+    result: Result<Response, ExecError>,
 }
 
-/// Work waiting for the write slot.
+/// Work waiting for the write slot: a request that runs on the session's own connection.
 #[derive(Debug)]
-enum Work {
-    /// An autocommit write: runs on the database's writer connection, possibly grouped.
-    Autocommit {
-        sql: String,
-        params: Vec<Value>,
-        query: bool,
-        single: bool,
-    },
-    /// A statement of the session's own transaction (or `BEGIN IMMEDIATE`).
-    Session {
-        target: OwnedTarget,
-        params: Vec<Value>,
-        query: bool,
-    },
+struct Work {
+    target: OwnedTarget,
+    params: Vec<Value>,
+    query: bool,
+    /// Runs as a chain of its own: it may open a transaction (transaction control in its text,
+    /// `BEGIN IMMEDIATE`, a write inside a read transaction).
+    alone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -307,9 +311,11 @@ struct Waiter {
 struct Database {
     path: PathBuf,
     files: Arc<DbFiles>,
-    writer: Conn,
     control: Conn,
     slot: Slot,
+    /// Members of the chain a session transaction (holding `slot`) continues: answered with
+    /// the chain's command once the transaction ends.
+    chain_members: Vec<Member>,
     queue: VecDeque<Waiter>,
     /// The durable record as last written.
     record: Record,
@@ -326,6 +332,8 @@ struct Database {
     /// A checkpoint's sync and record are with the checkpointer thread: no record is written
     /// for this database, and no checkpoint started, until it answers.
     sync_pending: bool,
+    /// When the session transaction holding `slot` took it (host time).
+    transaction_since: u64,
     /// Why the database is known to be corrupt (an integrity check, or SQLITE_CORRUPT from a
     /// statement): writes to it are refused. Sticky until the engine is reopened.
     corrupt: Option<String>,
@@ -477,6 +485,14 @@ fn misuse(message: &str) -> ExecError {
     ))
 }
 
+/// The error of an EXEC whose statement yields rows (the newest dqlite's code and text).
+fn rows_in_exec() -> ExecError {
+    ExecError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some("rows yielded when none expected for EXEC request".to_string()),
+    ))
+}
+
 /// Whether `sql` starts with `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE` (those take the write lock
 /// at once, so they need the write slot).
 fn begins_write_transaction(sql: &str) -> bool {
@@ -489,20 +505,67 @@ fn begins_write_transaction(sql: &str) -> bool {
         && (second.eq_ignore_ascii_case("IMMEDIATE") || second.eq_ignore_ascii_case("EXCLUSIVE"))
 }
 
-/// Runs one statement: binds `params`, steps, and returns the response. `batch` limits the
-/// bytes of rows collected (`None`: all rows); the bool says whether rows remain.
-fn run_statement(
-    statement: &mut RawStmt,
-    params: &[Value],
-    query: bool,
-    batch: Option<usize>,
-    conn_result: impl Fn() -> (i64, u64),
-) -> Result<(Response, bool), ExecError> {
-    if let Err(error) = statement.bind_all(params) {
-        statement.reset();
-        return Err(error.into());
+/// Whether any statement of `sql` starts with a transaction-control keyword (`BEGIN`,
+/// `SAVEPOINT`, ...): such text may leave a transaction open, so it runs as a chain of its own.
+/// A lexical scan (quotes, identifiers and comments skipped); a false positive only costs
+/// grouping.
+fn has_transaction_control(sql: &str) -> bool {
+    const KEYWORDS: [&str; 6] = ["BEGIN", "SAVEPOINT", "COMMIT", "END", "ROLLBACK", "RELEASE"];
+    let bytes = sql.as_bytes();
+    let mut at = 0;
+    let mut statement_start = true;
+    // Bounded: every iteration advances `at`.
+    while at < bytes.len() {
+        let byte = bytes[at];
+        match byte {
+            b'\'' | b'"' | b'`' | b'[' => {
+                let close = if byte == b'[' { b']' } else { byte };
+                at += 1;
+                while at < bytes.len() && bytes[at] != close {
+                    at += 1;
+                }
+                at += 1;
+                statement_start = false;
+            }
+            b'-' if bytes.get(at + 1) == Some(&b'-') => {
+                while at < bytes.len() && bytes[at] != b'\n' {
+                    at += 1;
+                }
+            }
+            b'/' if bytes.get(at + 1) == Some(&b'*') => {
+                at += 2;
+                while at < bytes.len() && !(bytes[at] == b'*' && bytes.get(at + 1) == Some(&b'/')) {
+                    at += 1;
+                }
+                at += 2;
+            }
+            b';' => {
+                statement_start = true;
+                at += 1;
+            }
+            _ if byte.is_ascii_whitespace() => at += 1,
+            _ if byte.is_ascii_alphabetic() || byte == b'_' => {
+                let end = bytes[at..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
+                    .map_or(bytes.len(), |length| at + length);
+                if statement_start
+                    && KEYWORDS
+                        .iter()
+                        .any(|k| k.as_bytes().eq_ignore_ascii_case(&bytes[at..end]))
+                {
+                    return true;
+                }
+                statement_start = false;
+                at = end;
+            }
+            _ => {
+                statement_start = false;
+                at += 1;
+            }
+        }
     }
-    collect_rows(statement, query, batch, conn_result)
+    false
 }
 
 fn collect_rows(
@@ -522,7 +585,9 @@ fn collect_rows(
         match statement.step() {
             Ok(Step::Row) => {
                 if !query {
-                    continue;
+                    // As the newest dqlite answers: EXEC is for statements without rows.
+                    statement.reset();
+                    return Err(rows_in_exec());
                 }
                 for column in 0..columns {
                     let value = statement.column_value(column);
@@ -576,6 +641,16 @@ fn run_target(
             let outcome = collect_rows(statement, query, batch, || (0, 0))?;
             Ok(fill_exec(outcome, connection_result(conn)))
         }
+        OwnedTarget::Sql(text) if batch.is_none() && conn.is_cached(text) => {
+            // A single statement this connection ran before: no parsing again (the hot path of
+            // autocommit writes).
+            let statement = conn.cached(text)?;
+            statement
+                .bind_all(params)
+                .inspect_err(|_| statement.reset())?;
+            let outcome = collect_rows(statement, query, None, || (0, 0))?;
+            Ok(fill_exec(outcome, connection_result(conn)))
+        }
         OwnedTarget::Sql(text) => {
             let mut offset = 0;
             let mut first = true;
@@ -592,11 +667,15 @@ fn run_target(
                 let Some(statement) = statement else {
                     break;
                 };
-                conn.keep(AD_HOC_STATEMENT, statement);
-                let statement = conn.kept(AD_HOC_STATEMENT).expect("just kept");
                 let is_last = text[offset.min(text.len())..]
                     .trim_matches(|c: char| c.is_whitespace() || c == ';')
                     .is_empty();
+                if first && is_last && batch.is_none() {
+                    conn.cache(text, statement);
+                    return run_target(conn, target, params, query, batch);
+                }
+                conn.keep(AD_HOC_STATEMENT, statement);
+                let statement = conn.kept(AD_HOC_STATEMENT).expect("just kept");
                 let batch = if is_last && statement.readonly() {
                     batch
                 } else {
@@ -814,12 +893,7 @@ impl Engine {
             capture_bytes_max: self.config.transaction_bytes_max,
         };
         let files = self.vfs.add_database(&path, options)?;
-        let opened =
-            Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib).and_then(|control| {
-                let writer = Conn::open(&self.vfs, &path, Role::Capture, self.config.cache_kib)?;
-                Ok((control, writer))
-            });
-        let (control, writer) = match opened {
+        let control = match Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib) {
             Ok(connections) => connections,
             Err(error) => {
                 self.vfs.remove_database(&path);
@@ -832,9 +906,9 @@ impl Engine {
             Database {
                 path,
                 files,
-                writer,
                 control,
                 slot: Slot::Free,
+                chain_members: Vec::new(),
                 queue: VecDeque::new(),
                 record,
                 last_command_index: record.last_command_index,
@@ -842,6 +916,7 @@ impl Engine {
                 snapshot_token: Arc::new(()),
                 checkpoint_at_frames,
                 sync_pending: false,
+                transaction_since: 0,
                 corrupt: None,
                 idle_mark: 0,
                 used_at: self.now,
@@ -874,24 +949,36 @@ impl Engine {
     // ---- time, sessions, statements -------------------------------------------------------
 
     /// Tells the engine the host's current time and fails queued writers that waited longer
-    /// than `queue_wait_max` (their completions come out of [`Engine::take_completions`]).
+    /// than `queue_wait_max`, or longer than `transaction_wait_max` behind another session's
+    /// explicit transaction (their completions come out of [`Engine::take_completions`]).
     pub fn set_time(&mut self, now: u64) {
         self.now = now;
         let wait_max = self.config.queue_wait_max;
+        let transaction_wait_max = self.config.transaction_wait_max;
         let mut expired = Vec::new();
         for database in self.databases.values_mut() {
+            let held_since = match database.slot {
+                Slot::Transaction(_) => Some(database.transaction_since),
+                _ => None,
+            };
             database.queue.retain(|waiter| {
                 let waited = now.saturating_sub(waiter.since);
                 if waited >= wait_max {
-                    expired.push((waiter.session, waited));
-                    false
-                } else {
-                    true
+                    expired.push((waiter.session, ExecError::Timeout { waited }));
+                    return false;
                 }
+                if let Some(held_since) = held_since {
+                    let behind = now.saturating_sub(waiter.since.max(held_since));
+                    if behind >= transaction_wait_max {
+                        expired.push((waiter.session, ExecError::Locked { waited: behind }));
+                        return false;
+                    }
+                }
+                true
             });
         }
-        for (session, waited) in expired {
-            self.complete(session, Err(ExecError::Timeout { waited }));
+        for (session, error) in expired {
+            self.complete(session, Err(error));
         }
         self.expire_transactions();
     }
@@ -935,7 +1022,6 @@ impl Engine {
                     sdb.conn.rollback();
                 }
                 if let Some(db) = self.databases.get_mut(database) {
-                    db.files.clear_committed();
                     db.slot = Slot::Free;
                     freed.push(database.clone());
                 }
@@ -947,6 +1033,10 @@ impl Engine {
         }
         drop(session);
         for database in freed {
+            // What the chain committed before the transaction still goes.
+            let db = self.databases.get_mut(&database).expect("listed");
+            let members = std::mem::take(&mut db.chain_members);
+            self.end_chain(&database, members);
             self.pump(&database);
         }
     }
@@ -1169,8 +1259,9 @@ impl Engine {
         Self::drop_cursor(session);
         let db = self
             .databases
-            .get(database)
+            .get_mut(database)
             .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        db.used_at = now;
         if db.recovering_until > applied_index {
             return Err(ExecError::Recovering {
                 index: db.recovering_until,
@@ -1202,14 +1293,14 @@ impl Engine {
             return self.take_reply(id);
         }
         // Classify by the first statement, prepared on the session's connection.
-        let (readonly, single, sql_text, begins_write) = match &owned {
+        let (readonly, single, transaction_control, begins_write) = match &owned {
             OwnedTarget::Statement(statement) => {
                 let statement = sdb.conn.kept(*statement).expect("checked");
                 let sql = statement.sql();
                 (
                     statement.readonly(),
                     true,
-                    sql.clone(),
+                    has_transaction_control(&sql),
                     begins_write_transaction(&sql),
                 )
             }
@@ -1227,7 +1318,7 @@ impl Engine {
                 let classified = (
                     statement.readonly(),
                     rest,
-                    sql.clone(),
+                    has_transaction_control(sql),
                     begins_write_transaction(sql),
                 );
                 // Kept for the read path, which then runs it without preparing it again.
@@ -1272,19 +1363,11 @@ impl Engine {
                 "one write at a time per session: finish the open transaction first",
             ));
         }
-        let work = if sdb.txn == Txn::Read || begins_write {
-            Work::Session {
-                target: owned,
-                params: params.to_vec(),
-                query,
-            }
-        } else {
-            Work::Autocommit {
-                sql: sql_text,
-                params: params.to_vec(),
-                query,
-                single,
-            }
+        let work = Work {
+            target: owned,
+            params: params.to_vec(),
+            query,
+            alone: sdb.txn == Txn::Read || begins_write || transaction_control,
         };
         self.enqueue(id, database, work)?;
         self.pump(database);
@@ -1304,11 +1387,15 @@ impl Engine {
             }
             _ => {}
         }
-        let position = self
-            .completions
-            .iter()
-            .rposition(|c| c.session == id)
-            .expect("a finished request left its completion");
+        let Some(position) = self.completions.iter().rposition(|c| c.session == id) else {
+            // A member of a chain that another session's transaction continues: answered with
+            // the chain's command (a completion) once that transaction ends.
+            assert!(
+                matches!(session.state, WriteState::Executing { .. }),
+                "a finished request left its completion"
+            );
+            return Ok(Reply::Queued);
+        };
         let completion = self.completions.remove(position);
         completion.result.map(Reply::Done)
     }
@@ -1340,8 +1427,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Grants the write slot to queued work while it is free: a run of autocommit writes goes
-    /// as one group (one SQLite transaction, one command), a transaction statement alone.
+    /// Grants the write slot to queued work while it is free: a run of up to `group_max`
+    /// requests goes as one chain (one command); work that may open a transaction goes alone.
     fn pump(&mut self, database: &str) {
         // Bounded: every iteration removes at least one waiter from the queue.
         loop {
@@ -1354,115 +1441,204 @@ impl Engine {
             }
             let mut waiters = Vec::new();
             while let Some(front) = db.queue.front() {
-                let autocommit = matches!(front.work, Work::Autocommit { .. });
-                if !waiters.is_empty() && (!autocommit || waiters.len() >= group_max) {
+                if !waiters.is_empty() && (front.work.alone || waiters.len() >= group_max) {
                     break;
                 }
                 let waiter = db.queue.pop_front().expect("front exists");
+                let alone = waiter.work.alone;
                 waiters.push(waiter);
-                if !autocommit {
+                if alone {
                     break;
                 }
             }
-            for waiter in &waiters {
-                if let Some(session) = self.sessions.get_mut(&waiter.session) {
-                    session.state.transition(WriteState::Executing {
-                        database: database.to_string(),
-                    });
-                }
-            }
-            if matches!(waiters[0].work, Work::Session { .. }) {
-                let waiter = waiters.pop().expect("one waiter");
-                self.run_session_work(database, waiter);
-            } else {
-                self.run_group(database, waiters);
-            }
+            self.run_chain(database, waiters);
         }
     }
 
-    fn run_session_work(&mut self, database: &str, waiter: Waiter) {
-        let Work::Session {
+    /// Runs queued requests one after another, each on its session's own connection (so each
+    /// has SQLite's per-connection semantics: TEMP objects, PRAGMAs, `changes()`, statement by
+    /// statement execution), inside one chain ([`DbFiles::begin_chain`]): each sees what the
+    /// ones before it committed, readers see none of it, and all of it goes as one command.
+    /// A request that leaves a transaction open keeps the slot on top of the chain; the
+    /// requests after it go back to the front of the queue.
+    fn run_chain(&mut self, database: &str, waiters: Vec<Waiter>) {
+        let db = self.databases.get_mut(database).expect("pumped");
+        if let Err(error) = db.files.begin_chain() {
+            let message = error.to_string();
+            for waiter in waiters {
+                let error = io_exec(std::io::Error::other(message.clone()));
+                self.complete(waiter.session, Err(error));
+            }
+            return;
+        }
+        let mut members = Vec::new();
+        let mut waiters = waiters.into_iter();
+        while let Some(waiter) = waiters.next() {
+            let id = waiter.session;
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.state.transition(WriteState::Executing {
+                    database: database.to_string(),
+                });
+            }
+            if let Some(reason) = self.databases[database].corrupt.clone() {
+                // An earlier member found the database corrupt: nothing more is written.
+                let database = database.to_string();
+                self.complete(id, Err(ExecError::Corrupt { database, reason }));
+                continue;
+            }
+            let outcome = self.run_member(database, waiter);
+            let error = match &outcome {
+                MemberOutcome::Member(member) => member.result.as_ref().err(),
+                MemberOutcome::Answer(result) | MemberOutcome::Transaction(result) => {
+                    result.as_ref().err()
+                }
+            };
+            if let Some(error) = error.filter(|error| limits::is_corruption(error)) {
+                let reason = error.client_message();
+                self.mark_corrupt(database, &reason);
+            }
+            match outcome {
+                MemberOutcome::Member(member) => members.push(member),
+                MemberOutcome::Answer(result) => self.complete(id, result),
+                MemberOutcome::Transaction(result) => {
+                    let now = self.now;
+                    let db = self.databases.get_mut(database).expect("pumped");
+                    db.slot = Slot::Transaction(id);
+                    db.transaction_since = now;
+                    db.chain_members = members;
+                    // The requests after it (still queued) wait for the transaction.
+                    let rest: Vec<Waiter> = waiters.collect();
+                    for waiter in rest.into_iter().rev() {
+                        db.queue.push_front(waiter);
+                    }
+                    let session = self.sessions.get_mut(&id).expect("ran");
+                    session.state.transition(WriteState::Transaction {
+                        database: database.to_string(),
+                    });
+                    self.completions.push(Completion {
+                        session: id,
+                        result,
+                    });
+                    return;
+                }
+            }
+        }
+        self.end_chain(database, members);
+    }
+
+    /// Runs one request of a chain on its session's connection.
+    fn run_member(&mut self, database: &str, waiter: Waiter) -> MemberOutcome {
+        let bytes_max = self.config.transaction_bytes_max;
+        let now = self.now;
+        let id = waiter.session;
+        let db = self.databases.get_mut(database).expect("pumped");
+        let Some(sdb) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|session| session.databases.get_mut(database))
+        else {
+            return MemberOutcome::Answer(Err(ExecError::DatabaseNotOpen(database.to_string())));
+        };
+        let frames_before = live_max_frame(&db.files);
+        let Work {
             target,
             params,
             query,
-        } = waiter.work
-        else {
-            unreachable!("session work");
-        };
-        let id = waiter.session;
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        let Some(sdb) = session.databases.get_mut(database) else {
-            self.complete(id, Err(ExecError::DatabaseNotOpen(database.to_string())));
-            return;
-        };
-        let db = self.databases.get_mut(database).expect("pumped");
-        db.slot = Slot::Transaction(id);
-        if sdb.txn == Txn::None {
-            sdb.txn_since = self.now;
+            ..
+        } = waiter.work;
+        let result = run_target(&mut sdb.conn, &target, &params, query, None).map(|(r, _)| r);
+        let result = too_large(&db.files, result, bytes_max);
+        if !sdb.conn.is_autocommit() {
+            if sdb.txn == Txn::None {
+                // The transaction time limit counts from here (`limits.rs`).
+                sdb.txn_since = now;
+            }
+            match keep_transaction(&db.files, &mut sdb.conn) {
+                Ok(()) if !db.files.capture_active() => {
+                    // A transaction that has not written (`BEGIN; SELECT …`, or a write that
+                    // failed): like SQLite's, it blocks no writer until it writes.
+                    sdb.txn = Txn::Read;
+                    return MemberOutcome::Answer(result);
+                }
+                Ok(()) => {
+                    sdb.txn = Txn::Write;
+                    return MemberOutcome::Transaction(result);
+                }
+                Err(error) => {
+                    sdb.txn = Txn::None;
+                    return MemberOutcome::Member(Member {
+                        session: id,
+                        result: Err(error),
+                    });
+                }
+            }
         }
-        sdb.txn = Txn::Write;
-        let result = run_target(&mut sdb.conn, &target, &params, query, None);
-        self.after_session_statement(id, database, result.map(|(r, _)| r));
+        sdb.txn = Txn::None;
+        match result {
+            Err(error) if live_max_frame(&db.files) == frames_before => {
+                MemberOutcome::Answer(Err(error))
+            }
+            result => MemberOutcome::Member(Member {
+                session: id,
+                result,
+            }),
+        }
     }
 
-    /// After a statement ran on a session's connection while it held the write slot: keep the
-    /// slot while the transaction is open; once it ends, propose its frames (or release).
+    /// Closes the database's chain and proposes what it committed, answering `members` when
+    /// it is applied (at once if nothing was committed).
+    fn end_chain(&mut self, database: &str, members: Vec<Member>) {
+        let db = self.databases.get_mut(database).expect("open database");
+        if let Err(error) = db.files.end_chain() {
+            db.files.clear_committed();
+            let message = error.to_string();
+            for member in members {
+                let error = io_exec(std::io::Error::other(message.clone()));
+                self.complete(member.session, Err(error));
+            }
+            return;
+        }
+        self.finish_commit(database, members);
+    }
+
+    /// After a statement ran on a session's connection while its transaction held the write
+    /// slot: keep the slot while the transaction is open; once it ends, propose the chain's
+    /// frames (with the members that ran before the transaction) or release.
     fn after_session_statement(
         &mut self,
         id: SessionId,
         database: &str,
         result: Result<Response, ExecError>,
     ) {
+        let bytes_max = self.config.transaction_bytes_max;
         let session = self.sessions.get_mut(&id).expect("running session");
         let sdb = session.databases.get_mut(database).expect("open database");
         let db = self.databases.get_mut(database).expect("open database");
-        let overflow = db.files.take_overflow();
-        let result = result.map_err(|error| match error {
-            ExecError::Sqlite(_) if overflow => ExecError::TransactionTooLarge {
-                bytes_max: self.config.transaction_bytes_max,
-            },
-            other => other,
-        });
+        let mut result = too_large(&db.files, result, bytes_max);
         if !sdb.conn.is_autocommit() {
-            session.state.transition(WriteState::Transaction {
-                database: database.to_string(),
-            });
-            self.completions.push(Completion {
-                session: id,
-                result,
-            });
-            return;
+            match keep_transaction(&db.files, &mut sdb.conn) {
+                Ok(()) => {
+                    session.state.transition(WriteState::Transaction {
+                        database: database.to_string(),
+                    });
+                    self.completions.push(Completion {
+                        session: id,
+                        result,
+                    });
+                    return;
+                }
+                Err(error) => result = Err(error),
+            }
         }
         sdb.txn = Txn::None;
         db.slot = Slot::Free;
-        match result {
-            Ok(response) => self.finish_commit(
-                database,
-                vec![Member {
-                    session: id,
-                    response,
-                }],
-            ),
-            Err(error) => {
-                db.files.clear_committed();
-                self.complete(id, Err(error));
-            }
-        }
+        let mut members = std::mem::take(&mut db.chain_members);
+        members.push(Member {
+            session: id,
+            result,
+        });
+        self.end_chain(database, members);
         self.pump(database);
-    }
-
-    fn run_group(&mut self, database: &str, waiters: Vec<Waiter>) {
-        let bytes_max = self.config.transaction_bytes_max;
-        let db = self.databases.get_mut(database).expect("pumped");
-        let (answers, members) = run_group_on(db, waiters, bytes_max);
-        for (session, result) in answers {
-            self.complete(session, result);
-        }
-        if let Some(members) = members {
-            self.finish_commit(database, members);
-        }
     }
 
     /// Turns the frames the last transaction left in the capture buffer into a proposal whose
@@ -1503,7 +1679,7 @@ impl Engine {
             }
             Ok(None) => {
                 for member in members {
-                    self.complete(member.session, Ok(member.response));
+                    self.complete(member.session, member.result);
                 }
             }
             Ok(Some(command)) => {
@@ -1516,11 +1692,13 @@ impl Engine {
                         });
                     }
                 }
+                let writes = members.len();
                 db.slot = Slot::Proposed { proposal, members };
                 self.proposals.push(Proposal {
                     database: database.to_string(),
                     id: proposal,
                     command,
+                    writes,
                 });
             }
         }
@@ -1615,7 +1793,6 @@ impl Engine {
         match db.slot {
             Slot::Transaction(id) => {
                 db.slot = Slot::Free;
-                db.files.clear_committed();
                 if let Some(session) = self.sessions.get_mut(&id) {
                     if let Some(sdb) = session.databases.get_mut(database) {
                         sdb.conn.rollback();
@@ -1623,6 +1800,16 @@ impl Engine {
                         sdb.aborted = Some(reason.to_string());
                     }
                     session.state.transition(WriteState::Idle);
+                }
+                if let Err(error) = db.files.end_chain() {
+                    log::error!("{database}: closing an abandoned chain: {error}");
+                }
+                db.files.clear_committed();
+                for member in std::mem::take(&mut db.chain_members) {
+                    self.complete(
+                        member.session,
+                        Err(ExecError::Discarded(reason.to_string())),
+                    );
                 }
             }
             Slot::Proposed { .. } => self.fail_proposed(database, reason),
@@ -1715,7 +1902,7 @@ impl Engine {
         if ours {
             if let Slot::Proposed { members, .. } = std::mem::replace(&mut db.slot, Slot::Free) {
                 for member in members {
-                    self.complete(member.session, Ok(member.response));
+                    self.complete(member.session, member.result);
                 }
             }
         }
@@ -2106,18 +2293,6 @@ pub(crate) struct SnapshotPart {
 /// Suffix of a database file being installed from a snapshot.
 pub(crate) const SNAPSHOT_TEMP_SUFFIX: &str = "-snapshot.tmp";
 
-/// Runs one autocommit statement (exactly one) on the writer, through its statement cache.
-fn run_single(
-    writer: &mut Conn,
-    sql: &str,
-    params: &[Value],
-    query: bool,
-) -> Result<Response, ExecError> {
-    let statement = writer.cached(sql)?;
-    let outcome = run_statement(statement, params, query, None, || (0, 0))?;
-    Ok(fill_exec(outcome, (writer.last_insert_rowid(), writer.changes())).0)
-}
-
 /// Whether `path` starts like an SQLite database (other files in the directory are left alone).
 fn is_sqlite_file(path: &Path) -> bool {
     use std::io::Read;
@@ -2136,141 +2311,55 @@ fn write_empty_database(path: &Path, page_size: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn too_large(files: &DbFiles, error: ExecError, bytes_max: usize) -> ExecError {
-    if files.take_overflow() {
-        ExecError::TransactionTooLarge { bytes_max }
-    } else {
-        error
-    }
+/// What one request of a chain came to.
+enum MemberOutcome {
+    /// It is a member: answered with the chain's command.
+    Member(Member),
+    /// It committed nothing: answered now.
+    Answer(Result<Response, ExecError>),
+    /// It left a transaction open: it holds the slot, on top of the chain.
+    Transaction(Result<Response, ExecError>),
 }
 
-type Answers = Vec<(SessionId, Result<Response, ExecError>)>;
+/// `mxFrame` of the live wal-index header (0 before SQLite initialised it).
+fn live_max_frame(files: &DbFiles) -> u32 {
+    files
+        .index_header()
+        .ok()
+        .flatten()
+        .map_or(0, |header| header.max_frame)
+}
 
-/// Runs a group of autocommit writes on the writer connection: one statement alone as its own
-/// transaction, several inside one transaction with a SAVEPOINT each (a failing member is rolled
-/// back to its savepoint and answered with its own error). Returns the answers to give now and,
-/// if the transaction committed, the members whose answer waits for the command's apply.
-fn run_group_on(
-    db: &mut Database,
-    waiters: Vec<Waiter>,
+/// A failed statement that overflowed the capture limit is reported as too large.
+fn too_large(
+    files: &DbFiles,
+    result: Result<Response, ExecError>,
     bytes_max: usize,
-) -> (Answers, Option<Vec<Member>>) {
-    let mut answers: Answers = Vec::new();
-    if waiters.len() == 1 {
-        if let Work::Autocommit {
-            sql,
-            params,
-            query,
-            single: true,
-        } = &waiters[0].work
-        {
-            let session = waiters[0].session;
-            return match run_single(&mut db.writer, sql, params, *query) {
-                Ok(response) => (answers, Some(vec![Member { session, response }])),
-                Err(error) => {
-                    db.writer.rollback();
-                    db.files.clear_committed();
-                    let error = too_large(&db.files, error, bytes_max);
-                    answers.push((session, Err(error)));
-                    (answers, None)
-                }
-            };
-        }
+) -> Result<Response, ExecError> {
+    let overflow = files.take_overflow();
+    result.map_err(|error| match error {
+        ExecError::Sqlite(_) if overflow => ExecError::TransactionTooLarge { bytes_max },
+        other => other,
+    })
+}
+
+/// A connection was left inside a transaction. If the chain committed nothing so far, the
+/// transaction continues (it holds the slot; readers see nothing until it commits). A
+/// transaction opened after statements of the chain committed (`INSERT …; BEGIN; …` or
+/// `COMMIT; BEGIN` in one request) would have to stay open on top of frames no reader may see
+/// yet; SQLite cannot keep them apart from its own (a write transaction treats every frame
+/// past the published header as its own and may rewrite it in place), so it is rolled back
+/// with an error. What committed before it stays.
+fn keep_transaction(files: &DbFiles, conn: &mut Conn) -> Result<(), ExecError> {
+    if !files.chain_committed() {
+        return Ok(());
     }
-    if let Err(error) = db.writer.execute_batch("BEGIN IMMEDIATE") {
-        let message = error.to_string();
-        for waiter in waiters {
-            let error = ExecError::Aborted(format!("group could not begin: {message}"));
-            answers.push((waiter.session, Err(error)));
-        }
-        return (answers, None);
-    }
-    let mut members = Vec::new();
-    let mut lost: Option<String> = None;
-    let mut failed: Vec<(SessionId, Option<ExecError>)> = Vec::new();
-    for waiter in waiters {
-        let Work::Autocommit {
-            sql,
-            params,
-            query,
-            single,
-        } = &waiter.work
-        else {
-            unreachable!("groups hold autocommit work only");
-        };
-        if lost.is_some() {
-            failed.push((waiter.session, None));
-            continue;
-        }
-        let result = db
-            .writer
-            .execute_batch("SAVEPOINT atoll_member")
-            .map_err(ExecError::from)
-            .and_then(|()| {
-                if *single {
-                    run_single(&mut db.writer, sql, params, *query)
-                } else {
-                    let target = OwnedTarget::Sql(sql.clone());
-                    run_target(&mut db.writer, &target, params, *query, None).map(|(r, _)| r)
-                }
-            });
-        match result {
-            Ok(response) => match db.writer.execute_batch("RELEASE atoll_member") {
-                Ok(()) => members.push(Member {
-                    session: waiter.session,
-                    response,
-                }),
-                Err(error) => {
-                    lost = Some(error.to_string());
-                    failed.push((waiter.session, Some(ExecError::from(error))));
-                }
-            },
-            Err(error) => {
-                let error = too_large(&db.files, error, bytes_max);
-                if db.writer.is_autocommit() {
-                    // SQLite rolled the whole group back (an I/O error, a full capture).
-                    lost = Some(error.to_string());
-                } else {
-                    let _ = db
-                        .writer
-                        .execute_batch("ROLLBACK TO atoll_member; RELEASE atoll_member");
-                }
-                failed.push((waiter.session, Some(error)));
-            }
-        }
-    }
-    if let Some(reason) = &lost {
-        db.writer.rollback();
-        db.files.clear_committed();
-        for member in members.drain(..) {
-            failed.push((member.session, None));
-        }
-        for (session, error) in failed {
-            let error = error.unwrap_or_else(|| {
-                ExecError::Aborted(format!("its group was rolled back: {reason}"))
-            });
-            answers.push((session, Err(error)));
-        }
-        return (answers, None);
-    }
-    for (session, error) in failed {
-        answers.push((
-            session,
-            Err(error.expect("errors of kept groups are known")),
-        ));
-    }
-    if let Err(error) = db.writer.execute_batch("COMMIT") {
-        let error = too_large(&db.files, error.into(), bytes_max);
-        db.writer.rollback();
-        db.files.clear_committed();
-        let message = error.to_string();
-        for member in members {
-            let error = ExecError::Aborted(format!("group commit failed: {message}"));
-            answers.push((member.session, Err(error)));
-        }
-        return (answers, None);
-    }
-    (answers, Some(members))
+    conn.rollback();
+    Err(ExecError::Aborted(
+        "a transaction opened after statements that committed in the same request cannot \
+         stay open: send BEGIN in a request of its own"
+            .to_string(),
+    ))
 }
 
 /// Passes `result` on, recording the first failure of a checkpoint's sync in `failure`.

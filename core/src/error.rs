@@ -21,6 +21,12 @@ pub enum ExecError {
         /// How long it waited, in the host's time unit.
         waited: u64,
     },
+    /// Another session's explicit transaction held the write slot for longer than the writer
+    /// may wait (`transaction_wait_max`): SQLite's "database is locked".
+    Locked {
+        /// Host time units waited behind the transaction.
+        waited: u64,
+    },
     /// Too many writers are already queued for this database.
     QueueFull {
         /// The queue's bound.
@@ -78,7 +84,9 @@ impl ExecError {
             ExecError::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => error.extended_code,
             ExecError::Sqlite(_) => ffi::SQLITE_ERROR,
             ExecError::TransactionTooLarge { .. } => ffi::SQLITE_FULL,
-            ExecError::Timeout { .. } | ExecError::QueueFull { .. } => ffi::SQLITE_BUSY,
+            ExecError::Timeout { .. } | ExecError::Locked { .. } | ExecError::QueueFull { .. } => {
+                ffi::SQLITE_BUSY
+            }
             ExecError::Discarded(_) | ExecError::Aborted(_) => ffi::SQLITE_ABORT,
             ExecError::UnknownSession
             | ExecError::UnknownStatement(_)
@@ -121,6 +129,7 @@ impl fmt::Display for ExecError {
             ExecError::Timeout { waited } => {
                 write!(f, "busy: waited {waited} for the write lock, giving up")
             }
+            ExecError::Locked { .. } => write!(f, "database is locked"),
             ExecError::QueueFull { queued_max } => {
                 write!(
                     f,

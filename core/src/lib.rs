@@ -24,12 +24,13 @@
 //!  host (node event loop)                core::Engine                          disk
 //!  ─────────────────────                 ────────────                          ────
 //!  exec(session, db, sql, params) ──►  writer slot free? ─no──► FIFO queue
-//!                                        │yes (or granted later; groups of autocommits)
+//!                                        │yes (or granted later: a chain of queued requests)
 //!                                        ▼
-//!                                      SQLite runs the transaction
+//!                                      SQLite runs each request on its session's own
+//!                                      connection, one after another (each sees the last)
 //!                                        │ WAL xWrite ──► capture buffer (memory)
-//!                                        │ unlock WAL write lock ──► hide: restore wal-index
-//!                                        ▼                           header, clean hash
+//!                                        │ end of chain ──► hide: restore wal-index
+//!                                        ▼                  header, clean hash
 //!  take_proposals() ◄── Proposal{command}    (slot: Proposed)
 //!  raft propose / commit
 //!  apply(index, &command) ──────────►  decode + validate (nothing written on error)

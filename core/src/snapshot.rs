@@ -67,6 +67,8 @@ enum Source {
         path: std::path::PathBuf,
         file: Option<fs::File>,
     },
+    /// A restore's file (`Engine::restore_database`): its pages, in order.
+    Restore(Box<dyn Read + Send>),
 }
 
 impl Part {
@@ -97,6 +99,7 @@ impl Part {
                 }
                 Ok(())
             }
+            Source::Restore(reader) => reader.read_exact(out),
         }
     }
 }
@@ -400,19 +403,89 @@ impl Engine {
     pub fn install_snapshot(&mut self, stream: &mut dyn Read) -> Result<u64, EngineError> {
         // No record may be written behind the swap's back.
         self.wait_checkpoints();
+        let (index, incoming) = self.receive_snapshot(stream)?;
+        self.swap_in(index, incoming, "the database was replaced by a snapshot")
+    }
+
+    /// Replaces database `name` (created if absent) with the `page_count` pages of `page_size`
+    /// bytes that `source` yields, as the command at `index` (a restore's last piece): after it
+    /// the applied index is `index` and the database's last command is `index`. The other
+    /// databases are carried over as they are: the swap is the snapshot install's (every
+    /// database written to a temporary file and checked first, then renamed into place with
+    /// its record; sessions must open their databases again), so it is atomic for readers and
+    /// crash-safe, at the cost of copying the other databases once. On error nothing changed.
+    pub fn restore_database(
+        &mut self,
+        name: &str,
+        source: Box<dyn Read + Send>,
+        page_size: u32,
+        page_count: u32,
+        index: u64,
+    ) -> Result<(), EngineError> {
+        validate_database_name(name)
+            .map_err(|why| EngineError::BadSnapshot(format!("database name: {why}")))?;
+        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) || page_count == 0 {
+            return Err(EngineError::BadSnapshot(format!(
+                "{page_count} pages of {page_size} bytes"
+            )));
+        }
+        if index <= self.applied_index() {
+            return Err(EngineError::BadSnapshot(format!(
+                "restore at index {index}, applied {} already",
+                self.applied_index()
+            )));
+        }
+        self.wait_checkpoints();
+        // Every database as it is (open ones under a read transaction, closed ones from their
+        // main files), the restored one replaced by the file.
+        let mut stream = self.snapshot()?;
+        stream.index = index;
+        stream.parts.retain(|part| part.name != name);
+        stream.parts.push(Part {
+            name: name.to_string(),
+            last_command_index: index,
+            page_size,
+            page_count,
+            _token: Arc::new(()),
+            source: Source::Restore(source),
+        });
+        let received = self.receive_snapshot(&mut stream);
+        drop(stream); // The read transactions end before the swap.
+        let (stream_index, incoming) = received?;
+        debug_assert_eq!(stream_index, index);
+        self.swap_in(index, incoming, "the database was replaced by a restore")?;
+        log::info!("restored database {name:?} at index {index} ({page_count} pages)");
+        Ok(())
+    }
+
+    /// Reads a snapshot stream into temporary files; nothing else changes (the temporary files
+    /// are removed on error).
+    fn receive_snapshot(
+        &mut self,
+        stream: &mut dyn Read,
+    ) -> Result<(u64, Vec<Incoming>), EngineError> {
         let dir = self.dir().to_path_buf();
         let mut incoming: Vec<Incoming> = Vec::new();
-        let result = receive(stream, &dir, &mut incoming);
-        let index = match result {
-            Ok(index) => index,
+        match receive(stream, &dir, &mut incoming) {
+            Ok(index) => Ok((index, incoming)),
             Err(error) => {
                 for database in &incoming {
                     let _ = fs::remove_file(temp_path(&dir, &database.name));
                 }
-                return Err(error);
+                Err(error)
             }
-        };
-        self.detach_all("the database was replaced by a snapshot");
+        }
+    }
+
+    /// Replaces the node's databases with the received ones, at `index`.
+    fn swap_in(
+        &mut self,
+        index: u64,
+        incoming: Vec<Incoming>,
+        reason: &str,
+    ) -> Result<u64, EngineError> {
+        let dir = self.dir().to_path_buf();
+        self.detach_all(reason);
         // Every record is rewritten at the snapshot's index, above any mark.
         crate::engine::remove_idle_marks(&dir)?;
         for name in fs_database_names(&dir)? {
@@ -462,7 +535,7 @@ impl Engine {
         record::sync_dir(&dir)?;
         self.reattach_after_install(index)?;
         log::info!(
-            "installed snapshot at index {index} ({} databases)",
+            "installed databases at index {index} ({} databases)",
             incoming.len()
         );
         Ok(index)

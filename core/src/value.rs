@@ -11,6 +11,8 @@ pub enum Value {
     Float(f64),
     /// UTF-8 text.
     Text(String),
+    /// Text whose bytes are not valid UTF-8 (SQLite keeps what it is given): kept exactly.
+    RawText(Vec<u8>),
     /// Bytes.
     Blob(Vec<u8>),
 }
@@ -22,6 +24,7 @@ impl Value {
             Value::Null => 1,
             Value::Integer(_) | Value::Float(_) => 8,
             Value::Text(text) => text.len(),
+            Value::RawText(text) => text.len(),
             Value::Blob(blob) => blob.len(),
         }
     }

@@ -137,6 +137,7 @@ fn to_plain(value: &Value) -> rusqlite::types::Value {
         Value::Float(v) => rusqlite::types::Value::Real(*v),
         Value::Text(v) => rusqlite::types::Value::Text(v.clone()),
         Value::Blob(v) => rusqlite::types::Value::Blob(v.clone()),
+        Value::RawText(_) => unreachable!("the workload writes UTF-8 text only"),
     }
 }
 

@@ -120,9 +120,10 @@ fn test_group_member_error_is_its_own() {
 }
 
 #[test]
-fn test_waiting_past_the_bound_times_out() {
-    // A transaction holds the write slot; a writer queued behind it fails with a timeout once
-    // the host's clock passes the bound, and the transaction is unaffected.
+fn test_waiting_behind_a_transaction_past_the_bound_is_busy() {
+    // A transaction holds the write slot; a writer queued behind it fails with SQLITE_BUSY
+    // "database is locked" once the host's clock passes `transaction_wait_max` (500), and the
+    // transaction is unaffected.
     let mut cluster = Cluster::new(0);
     let admin = setup(&mut cluster);
     let holder = session(&mut cluster.leader, "q.db");
@@ -144,15 +145,19 @@ fn test_waiting_past_the_bound_times_out() {
         )
         .unwrap();
     assert_eq!(reply, Reply::Queued);
-    cluster.leader.set_time(1_000 + 9_999);
+    cluster.leader.set_time(1_000 + 499);
     assert!(cluster.leader.take_completions().is_empty());
-    cluster.leader.set_time(1_000 + 10_000);
+    cluster.leader.set_time(1_000 + 500);
     let completions = cluster.leader.take_completions();
     assert_eq!(completions.len(), 1);
     assert!(matches!(
         completions[0].result,
-        Err(ExecError::Timeout { waited: 10_000 })
+        Err(ExecError::Locked { waited: 500 })
     ));
+    assert_eq!(
+        completions[0].result.as_ref().unwrap_err().to_string(),
+        "database is locked"
+    );
     assert_eq!(
         completions[0].result.as_ref().unwrap_err().code(),
         rusqlite::ffi::SQLITE_BUSY

@@ -557,9 +557,10 @@ fn test_leadership_loss_abandons_local_writes() {
 }
 
 #[test]
-fn test_multi_statement_writes_are_atomic_in_a_group() {
+fn test_multi_statement_writes_run_statement_by_statement_in_a_group() {
     // Several autocommit writes queue behind a proposal; one is a multi-statement text whose
-    // second statement fails: none of its statements land, the others commit in one command.
+    // second statement fails: as on a SQLite connection, its first statement stays and the
+    // text stops at the error (answered with it); all commit in one command.
     let mut cluster = Cluster::new(0);
     let admin = session(&mut cluster.leader, "m.db");
     cluster
@@ -613,7 +614,7 @@ fn test_multi_statement_writes_are_atomic_in_a_group() {
     );
     assert_eq!(
         rows.values,
-        vec![1, 3, 4]
+        vec![1, 2, 3, 4]
             .into_iter()
             .map(Value::Integer)
             .collect::<Vec<_>>()
@@ -675,4 +676,282 @@ fn test_missing_parameters_are_null_and_extra_ones_refused() {
         )
         .unwrap_err();
     assert_eq!(error.code(), 25, "{error}");
+}
+
+#[test]
+fn test_repeated_chains_of_the_same_sessions_stay_consistent() {
+    // Eight sessions write the same page in every round; each round runs as a chain (one
+    // command, the page sent once). The hash entries of the chain's repeated page must all be
+    // removed when it is hidden: a later round on the same connections then writes cleanly,
+    // and followers end up with the same rows.
+    let mut cluster = Cluster::new(1);
+    let admin = session(&mut cluster.leader, "r.db");
+    cluster
+        .write(
+            admin,
+            "r.db",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, who)",
+            &[],
+        )
+        .unwrap();
+    let sessions: Vec<_> = (0..8)
+        .map(|_| session(&mut cluster.leader, "r.db"))
+        .collect();
+    for _ in 0..5 {
+        for (who, &s) in sessions.iter().enumerate() {
+            cluster
+                .leader
+                .exec(
+                    s,
+                    "r.db",
+                    Target::Sql("INSERT INTO t (who) VALUES (?)"),
+                    &[Value::Integer(who as i64)],
+                )
+                .unwrap();
+        }
+        cluster.commit_all();
+        let completions = cluster.leader.take_completions();
+        assert_eq!(completions.len(), 8);
+        assert!(
+            completions.iter().all(|c| c.result.is_ok()),
+            "{completions:?}"
+        );
+    }
+    let count = |engine: &mut atoll_core::Engine, s| {
+        query_all(engine, s, "r.db", "SELECT count(*), sum(who) FROM t").values
+    };
+    assert_eq!(
+        count(&mut cluster.leader, admin),
+        vec![Value::Integer(40), Value::Integer(5 * 28)]
+    );
+    let reader = session(&mut cluster.followers[0], "r.db");
+    assert_eq!(
+        count(&mut cluster.followers[0], reader),
+        vec![Value::Integer(40), Value::Integer(5 * 28)]
+    );
+    assert_eq!(cluster.leader.integrity_check("r.db").unwrap(), vec!["ok"]);
+    assert_eq!(
+        cluster.followers[0].integrity_check("r.db").unwrap(),
+        vec!["ok"]
+    );
+}
+
+#[test]
+fn test_each_session_writes_with_its_own_connection_state() {
+    // Grouped autocommit writes of two sessions: each sees its own TEMP table, its own
+    // PRAGMA foreign_keys and its own last_insert_rowid()/changes(), as on private SQLite
+    // connections; RESULT after DDL keeps the connection's counters.
+    let mut cluster = Cluster::new(0);
+    let a = session(&mut cluster.leader, "s.db");
+    let b = session(&mut cluster.leader, "s.db");
+    cluster
+        .write(
+            a,
+            "s.db",
+            "CREATE TABLE p (id INTEGER PRIMARY KEY); \
+             CREATE TABLE c (id INTEGER PRIMARY KEY, p REFERENCES p(id))",
+            &[],
+        )
+        .unwrap();
+    for s in [a, b] {
+        cluster
+            .write(s, "s.db", "PRAGMA foreign_keys = ON", &[])
+            .unwrap();
+    }
+    cluster
+        .write(b, "s.db", "PRAGMA foreign_keys = OFF", &[])
+        .unwrap();
+    cluster
+        .write(a, "s.db", "CREATE TEMP TABLE tt (v)", &[])
+        .unwrap();
+    // Both queue behind a proposal, then run as one chain.
+    let other = session(&mut cluster.leader, "s.db");
+    let reply = cluster
+        .leader
+        .exec(other, "s.db", Target::Sql("INSERT INTO p VALUES (1)"), &[])
+        .unwrap();
+    assert!(matches!(reply, Reply::Proposed { .. }));
+    let reply = cluster
+        .leader
+        .exec(
+            a,
+            "s.db",
+            Target::Sql("INSERT INTO tt VALUES (1), (2)"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(reply, Reply::Queued);
+    let reply = cluster
+        .leader
+        .exec(b, "s.db", Target::Sql("INSERT INTO c (p) VALUES (42)"), &[])
+        .unwrap();
+    assert_eq!(reply, Reply::Queued);
+    cluster.commit_all();
+    let completions = cluster.leader.take_completions();
+    assert!(
+        completions.iter().all(|c| c.result.is_ok()),
+        "{completions:?}"
+    );
+    let rows = query_all(&mut cluster.leader, a, "s.db", "SELECT count(*) FROM tt");
+    assert_eq!(rows.values, vec![Value::Integer(2)]);
+    assert!(cluster
+        .leader
+        .query(b, "s.db", Target::Sql("SELECT * FROM tt"), &[])
+        .is_err());
+    let counters = |engine: &mut atoll_core::Engine, s| {
+        query_all(engine, s, "s.db", "SELECT last_insert_rowid(), changes()").values
+    };
+    assert_eq!(
+        counters(&mut cluster.leader, a),
+        vec![Value::Integer(2), Value::Integer(2)]
+    );
+    assert_eq!(
+        counters(&mut cluster.leader, b),
+        vec![Value::Integer(1), Value::Integer(1)]
+    );
+    // B's foreign keys are off: its orphan row went in. A's are on.
+    let error = cluster
+        .write(a, "s.db", "INSERT INTO c (p) VALUES (43)", &[])
+        .unwrap_err();
+    assert_eq!(error.code(), 787, "{error}");
+    let response = cluster
+        .write(b, "s.db", "CREATE INDEX ci ON c (p)", &[])
+        .unwrap();
+    assert_eq!(
+        response,
+        Response::Exec {
+            last_insert_id: 1,
+            rows_changed: 1
+        }
+    );
+}
+
+#[test]
+fn test_text_that_commits_then_opens_a_transaction() {
+    // "INSERT; BEGIN; INSERT" in one request: the first insert commits in the chain; the
+    // transaction opened after it cannot stay open on top of unpublished frames, so it is rolled
+    // back with an error, and what committed stays (on every replica). "BEGIN; ...; COMMIT"
+    // in one request, and a transaction over several requests, work as usual.
+    let mut cluster = Cluster::new(1);
+    let a = session(&mut cluster.leader, "o.db");
+    let b = session(&mut cluster.leader, "o.db");
+    cluster.write(a, "o.db", "CREATE TABLE t (v)", &[]).unwrap();
+    let count =
+        |engine: &mut Engine, s| query_all(engine, s, "o.db", "SELECT count(*) FROM t").values;
+    let error = cluster
+        .write(
+            a,
+            "o.db",
+            "INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2)",
+            &[],
+        )
+        .unwrap_err();
+    assert!(matches!(error, ExecError::Aborted(_)), "{error}");
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(1)]);
+    assert_eq!(count(&mut cluster.leader, a), vec![Value::Integer(1)]);
+    let error = cluster
+        .write(
+            a,
+            "o.db",
+            "BEGIN; INSERT INTO t VALUES (3); COMMIT; BEGIN",
+            &[],
+        )
+        .unwrap_err();
+    assert!(matches!(error, ExecError::Aborted(_)), "{error}");
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(2)]);
+    cluster
+        .write(a, "o.db", "BEGIN; INSERT INTO t VALUES (4)", &[])
+        .unwrap();
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(2)]);
+    cluster
+        .write(a, "o.db", "INSERT INTO t VALUES (5); COMMIT", &[])
+        .unwrap();
+    assert_eq!(count(&mut cluster.leader, b), vec![Value::Integer(4)]);
+    let reader = session(&mut cluster.followers[0], "o.db");
+    assert_eq!(
+        count(&mut cluster.followers[0], reader),
+        vec![Value::Integer(4)]
+    );
+    assert_eq!(cluster.leader.integrity_check("o.db").unwrap(), vec!["ok"]);
+    assert_eq!(
+        cluster.followers[0].integrity_check("o.db").unwrap(),
+        vec!["ok"]
+    );
+}
+
+#[test]
+fn test_restore_database_replaces_one_database_and_keeps_the_others() {
+    // A restore replaces one database with a SQLite file at a given index; the others keep
+    // their content; a session must open the database again; a source shorter than it claims
+    // changes nothing; later commands apply on top of the restored database.
+    let mut cluster = Cluster::new(0);
+    let a = session(&mut cluster.leader, "a.db");
+    cluster.write(a, "a.db", "CREATE TABLE t(x)", &[]).unwrap();
+    cluster
+        .write(a, "a.db", "INSERT INTO t VALUES (1)", &[])
+        .unwrap();
+    let b = session(&mut cluster.leader, "b.db");
+    cluster.write(b, "b.db", "CREATE TABLE u(y)", &[]).unwrap();
+    cluster
+        .write(b, "b.db", "INSERT INTO u VALUES (7)", &[])
+        .unwrap();
+
+    // The file to restore: written by plain SQLite, in WAL mode (as `atoll restore` sends it).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("source.db");
+    {
+        let connection = rusqlite::Connection::open(&file).unwrap();
+        connection
+            .execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t(x); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) \
+                 INSERT INTO t SELECT i FROM n; PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
+    }
+    let bytes = std::fs::read(&file).unwrap();
+    let pages = (bytes.len() / 4096) as u32;
+    let applied = cluster.leader.applied_index();
+
+    let short = &bytes[..bytes.len() - 4096];
+    assert!(cluster
+        .leader
+        .restore_database(
+            "a.db",
+            Box::new(std::io::Cursor::new(short.to_vec())),
+            4096,
+            pages,
+            applied + 1
+        )
+        .is_err());
+    assert_eq!(count(&mut cluster.leader, a, "a.db"), Value::Integer(1));
+    assert_eq!(cluster.leader.applied_index(), applied);
+
+    cluster
+        .leader
+        .restore_database(
+            "a.db",
+            Box::new(std::io::Cursor::new(bytes.clone())),
+            4096,
+            pages,
+            applied + 1,
+        )
+        .unwrap();
+    assert_eq!(cluster.leader.applied_index(), applied + 1);
+    assert!(matches!(
+        cluster.leader.exec(a, "a.db", Target::Sql("SELECT 1"), &[]),
+        Err(ExecError::DatabaseNotOpen(_))
+    ));
+    let a = session(&mut cluster.leader, "a.db");
+    assert_eq!(count(&mut cluster.leader, a, "a.db"), Value::Integer(500));
+    let b = session(&mut cluster.leader, "b.db");
+    let rows = query_all(&mut cluster.leader, b, "b.db", "SELECT y FROM u");
+    assert_eq!(rows.values, vec![Value::Integer(7)]);
+    assert_eq!(cluster.leader.integrity_check("a.db").unwrap(), vec!["ok"]);
+    // Later writes go on top of the restored database.
+    cluster.log.push(Vec::new()); // The restore's slot in the test log (index applied + 1).
+    cluster
+        .write(a, "a.db", "DELETE FROM t WHERE x > 10", &[])
+        .unwrap();
+    assert_eq!(count(&mut cluster.leader, a, "a.db"), Value::Integer(10));
 }

@@ -65,7 +65,12 @@ fn test_checkpoint_blocked_by_a_reader_returns_at_once() {
 
 #[test]
 fn test_transactions_open_past_the_limit_are_rolled_back() {
-    let mut cluster = Cluster::with_config(0, |c| c.transaction_time_max = 1_000);
+    // The queued writer below waits out the holder's limit instead of being answered "database
+    // is locked" after `transaction_wait_max` (500 by default, before the limit).
+    let mut cluster = Cluster::with_config(0, |c| {
+        c.transaction_time_max = 1_000;
+        c.transaction_wait_max = 5_000;
+    });
     let writer = session(&mut cluster.leader, "db");
     cluster
         .write(writer, "db", "CREATE TABLE t(x)", &[])
@@ -217,6 +222,61 @@ fn test_a_corrupt_page_found_by_a_query_refuses_writes() {
     assert_eq!(engine.corrupt_databases().len(), 1);
     let write = engine.exec(s, "bad", Target::Sql("CREATE TABLE u(y)"), &[]);
     assert!(matches!(write, Err(ExecError::Corrupt { .. })), "{write:?}");
+}
+
+/// Writers queued behind a transaction run as one chain once it commits. The first finds the
+/// corrupt page; the ones after it in the same chain are refused without running (they touch
+/// no damaged page, so before the merge of chains and guards they ran and were replicated).
+#[test]
+fn test_a_corrupt_page_found_in_a_chain_stops_the_chain() {
+    let mut cluster = Cluster::new(0);
+    fill(&mut cluster, "bad");
+    cluster.leader.checkpoint(true).unwrap();
+    let path = cluster.leader.database_path("bad").unwrap().to_path_buf();
+    close_leader(&mut cluster);
+    corrupt_page(&path, 2, 4096);
+    cluster.leader = reopen(&mut cluster, |c| c.open_check_budget = Duration::ZERO);
+    assert!(cluster.leader.corrupt_databases().is_empty());
+
+    let holder = session(&mut cluster.leader, "bad");
+    let reply = cluster
+        .leader
+        .exec(holder, "bad", Target::Sql("BEGIN; CREATE TABLE u(y)"), &[]);
+    assert!(matches!(reply, Ok(Reply::Done(_))), "{reply:?}");
+    let finds = session(&mut cluster.leader, "bad");
+    let after: Vec<_> = (0..2)
+        .map(|_| session(&mut cluster.leader, "bad"))
+        .collect();
+    let reply = cluster
+        .leader
+        .exec(finds, "bad", Target::Sql("INSERT INTO t VALUES ('x')"), &[]);
+    assert!(matches!(reply, Ok(Reply::Queued)), "{reply:?}");
+    for (i, &s) in after.iter().enumerate() {
+        let sql = format!("CREATE TABLE v{i}(z)");
+        let reply = cluster.leader.exec(s, "bad", Target::Sql(&sql), &[]);
+        assert!(matches!(reply, Ok(Reply::Queued)), "{reply:?}");
+    }
+    let reply = cluster
+        .leader
+        .exec(holder, "bad", Target::Sql("COMMIT"), &[]);
+    assert!(matches!(reply, Ok(Reply::Proposed { .. })), "{reply:?}");
+    // The holder's commit, and nothing after it.
+    assert_eq!(cluster.commit_all(), 1);
+    let completions = cluster.leader.take_completions();
+    let result = |s| {
+        let found = completions.iter().find(|c| c.session == s);
+        found.expect("answered").result.as_ref().map(|_| ())
+    };
+    assert!(result(holder).is_ok());
+    match result(finds) {
+        Err(error) => assert_eq!(error.code() & 0xff, 11, "{error}"),
+        Ok(()) => panic!("an insert into a corrupt page succeeded"),
+    }
+    for &s in &after {
+        let error = result(s).unwrap_err();
+        assert!(matches!(error, ExecError::Corrupt { .. }), "{error:?}");
+    }
+    assert_eq!(cluster.leader.corrupt_databases().len(), 1);
 }
 
 #[test]

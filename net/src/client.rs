@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::{read_message, ReadError};
 use crate::protocol::{
-    ClusterFormat, DecodeError, File, NodeInfo, NodeMetadata, ProtocolVersion, Request, Response,
-    ResponseContext, ResponseType, Role, Rows, RowsEnd, Value, HEADER_BYTES,
+    Checksums, ClusterFormat, DecodeError, File, NodeInfo, NodeMetadata, NodeStatus,
+    ProtocolVersion, Request, Response, ResponseContext, ResponseType, Role, Rows, RowsEnd, Value,
+    HEADER_BYTES,
 };
 
 /// OPEN flag (atoll-specific): serve this connection's queries on the node it is connected to,
@@ -639,6 +640,53 @@ impl Connection {
         }
     }
 
+    /// VERIFY (atoll only): `index` 0 asks the leader to make a verify point for `database`
+    /// (empty: all); otherwise this node's checksums at that point.
+    pub fn verify(&mut self, index: u64, database: &str) -> Result<Checksums, ClientError> {
+        let request = Request::Verify {
+            index,
+            database: database.to_owned(),
+        };
+        match self.call(&request, ResponseType::Checksums)? {
+            Response::Checksums(checksums) => Ok(checksums),
+            _ => unreachable!("call checked the type"),
+        }
+    }
+
+    /// REPAIR (atoll only): tells this node its copy of `database` is damaged; it stops, moves
+    /// its data aside and is rebuilt from the leader.
+    pub fn repair(&mut self, database: &str) -> Result<(), ClientError> {
+        self.call_empty(&Request::Repair {
+            database: database.to_owned(),
+        })
+    }
+
+    /// RESTORE (atoll only): one piece of a restore; see [`Request::Restore`].
+    pub fn restore_piece(
+        &mut self,
+        database: &str,
+        restore_id: u64,
+        offset: u64,
+        total: u64,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
+        self.call_empty(&Request::Restore {
+            database: database.to_owned(),
+            restore_id,
+            offset,
+            total,
+            data: data.to_vec(),
+        })
+    }
+
+    /// STATUS (atoll only): the node's status.
+    pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
+        match self.call(&Request::Status, ResponseType::Status)? {
+            Response::Status(status) => Ok(*status),
+            _ => unreachable!("call checked the type"),
+        }
+    }
+
     /// WEIGHT: sets this node's weight.
     pub fn weight(&mut self, weight: u64) -> Result<(), ClientError> {
         self.call_empty(&Request::Weight { weight })
@@ -653,6 +701,109 @@ impl Connection {
             Response::Files(files) => Ok(files),
             _ => unreachable!("call checked the type"),
         }
+    }
+
+    /// DUMP streamed: the main file's bytes go to `main` as they arrive (never whole in
+    /// memory), `progress(done, total)` is called after each chunk; returns the WAL file's
+    /// bytes (empty from atoll, which sends an applied image; dqlite 1.11 sends its live WAL,
+    /// bounded by the response limit). A FAILURE answer is an error before anything is written.
+    pub fn dump_to(
+        &mut self,
+        name: &str,
+        main: &mut dyn Write,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<u8>, ClientError> {
+        self.send(&Request::Dump {
+            name: name.to_owned(),
+        })?;
+        let result = self.stream_files(main, progress);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn stream_files(
+        &mut self,
+        main: &mut dyn Write,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<u8>, ClientError> {
+        use std::io::Read;
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        self.stream.read_exact(&mut header_bytes)?;
+        let header = crate::protocol::Header::decode(header_bytes);
+        if header.kind != ResponseType::Files.code() {
+            // FAILURE and anything else: small, read and decoded as usual.
+            let body = header
+                .body_bytes_checked(self.response_body_bytes_max)
+                .map_err(ProtocolError::Decode)?;
+            let mut bytes = vec![0u8; body];
+            self.stream.read_exact(&mut bytes)?;
+            let response =
+                Response::decode(header, &bytes, &self.context).map_err(ProtocolError::Decode)?;
+            return Err(match response {
+                Response::Failure { code, message } => ClientError::Failure { code, message },
+                other => ProtocolError::Unexpected {
+                    expected: ResponseType::Files,
+                    got: other.response_type(),
+                }
+                .into(),
+            });
+        }
+        let mut remaining = u64::from(header.words) * 8;
+        let invalid = |what: &str| ClientError::from(ProtocolError::Invalid(what.to_owned()));
+        let word = |stream: &mut Stream, remaining: &mut u64| -> Result<[u8; 8], ClientError> {
+            if *remaining < 8 {
+                return Err(invalid("FILES ends early"));
+            }
+            let mut bytes = [0u8; 8];
+            stream.read_exact(&mut bytes)?;
+            *remaining -= 8;
+            Ok(bytes)
+        };
+        // A name: words up to the one holding its NUL (at most 4 KiB).
+        let name = |stream: &mut Stream, remaining: &mut u64| -> Result<(), ClientError> {
+            for _ in 0..512 {
+                if word(stream, remaining)?.contains(&0) {
+                    return Ok(());
+                }
+            }
+            Err(invalid("a FILES name longer than 4 KiB"))
+        };
+        let count = u64::from_le_bytes(word(&mut self.stream, &mut remaining)?);
+        if !(1..=2).contains(&count) {
+            return Err(invalid("FILES without one or two files"));
+        }
+        name(&mut self.stream, &mut remaining)?;
+        let size = u64::from_le_bytes(word(&mut self.stream, &mut remaining)?);
+        if size > remaining {
+            return Err(invalid("a FILES size past the message"));
+        }
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut done = 0;
+        while done < size {
+            let want = usize::try_from((size - done).min(buffer.len() as u64)).unwrap_or(0);
+            self.stream.read_exact(&mut buffer[..want])?;
+            main.write_all(&buffer[..want])?;
+            done += want as u64;
+            progress(done, size);
+        }
+        remaining -= size;
+        let mut wal = Vec::new();
+        if count == 2 {
+            name(&mut self.stream, &mut remaining)?;
+            let size = u64::from_le_bytes(word(&mut self.stream, &mut remaining)?);
+            if size > remaining || size > self.response_body_bytes_max {
+                return Err(invalid("a FILES WAL past the message or the limit"));
+            }
+            wal = vec![0u8; usize::try_from(size).map_err(|_| invalid("WAL too large"))?];
+            self.stream.read_exact(&mut wal)?;
+            remaining -= size;
+        }
+        if remaining != 0 {
+            return Err(invalid("bytes after the FILES"));
+        }
+        Ok(wal)
     }
 
     /// ADD: adds a node as a spare.
@@ -1101,6 +1252,28 @@ impl Client {
     /// DUMP of a database, from the leader.
     pub fn dump(&mut self, name: &str) -> Result<Vec<File>, ClientError> {
         self.with_leader(false, |c| c.dump(name))
+    }
+
+    /// VERIFY on the leader: makes a verify point for `database` (empty: all); returns its
+    /// index. Retried on a new leader like a read: an extra point is harmless.
+    pub fn verify_point(&mut self, database: &str) -> Result<u64, ClientError> {
+        self.with_leader(false, |c| c.verify(0, database))
+            .map(|checksums| checksums.index)
+    }
+
+    /// A RESTORE piece on the leader. A piece is idempotent (written at its offset), so one
+    /// whose answer was lost is simply sent again: retried on a new leader like a read.
+    pub fn restore_piece(
+        &mut self,
+        database: &str,
+        restore_id: u64,
+        offset: u64,
+        total: u64,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
+        self.with_leader(false, |c| {
+            c.restore_piece(database, restore_id, offset, total, data)
+        })
     }
 
     /// ADD a node (as a spare).

@@ -48,7 +48,10 @@ pub use crate::conn::{BUFFER_CAPACITY_KEEP_BYTES, PIPELINE_BYTES_MAX, READ_CHUNK
 pub use crate::peer_link::PeerStats;
 pub use peer::{system_lookup, PeerConfig, PeerDirection, PeerSendError};
 
+mod http;
 mod peer;
+
+pub use http::{MetricsRequestId, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_TIMEOUT};
 
 /// Default largest request body: 64 MiB, room for large blobs in parameters.
 pub const MESSAGE_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -92,6 +95,8 @@ const LISTENER: Token = Token(0);
 /// The token of the waker ([`Reactor::waker`]); connections use `Token(slot + 1)`, bounded by
 /// the connection limits, so they never reach it.
 const WAKER: Token = Token(usize::MAX);
+// The metrics server's tokens sit between the connections' (below half) and the waker's.
+const _: () = assert!(http::HTTP_TOKEN_LOW > (WAKER.0 - 1) / 2);
 
 /// Wakes a reactor blocked in [`Reactor::poll`] from another thread (a signal-handling thread,
 /// for example): that `poll` returns early, with no event for the wake itself; the host then
@@ -275,6 +280,12 @@ pub enum Event {
         /// The opaque payload.
         frame: Vec<u8>,
     },
+    /// `GET /metrics` on the metrics listener ([`Reactor::bind_metrics`]): answer it with
+    /// [`Reactor::metrics_respond`].
+    MetricsRequest {
+        /// The request.
+        request: MetricsRequestId,
+    },
     /// A timer armed with `timer_after` fired.
     Timer {
         /// The timer.
@@ -390,6 +401,8 @@ pub struct Reactor {
     peer_rejections_logged: HashSet<(IpAddr, std::mem::Discriminant<PeerError>)>,
     /// Wakes `poll` from another thread (signal handling), created on first request.
     waker: Option<Waker>,
+    /// The metrics listener, when bound.
+    http: Option<http::HttpServer>,
 }
 
 impl Reactor {
@@ -399,7 +412,7 @@ impl Reactor {
         assert!(config.handshakes_max > 0);
         assert!(
             config.connections_max.saturating_add(config.handshakes_max) < (WAKER.0 - 1) / 2,
-            "connection tokens stay below the waker's"
+            "connection tokens stay below the metrics server's and the waker's"
         );
         assert!(config.timers_max > 0);
         let mut config = config;
@@ -462,8 +475,31 @@ impl Reactor {
             buffer_pool: Vec::new(),
             peer_rejections_logged: HashSet::new(),
             waker: None,
+            http: None,
             config,
         })
+    }
+
+    /// Listens for metrics scrapes (`GET /metrics`, plain HTTP/1.1) on `address`; returns the
+    /// bound address. See [`Event::MetricsRequest`].
+    pub fn bind_metrics(&mut self, address: SocketAddr) -> io::Result<SocketAddr> {
+        let server = http::HttpServer::bind(self.poll.registry(), address)?;
+        let bound = server.local_addr()?;
+        self.http = Some(server);
+        Ok(bound)
+    }
+
+    /// Answers a metrics request with `body`; false if its connection is gone.
+    pub fn metrics_respond(
+        &mut self,
+        request: MetricsRequestId,
+        content_type: &str,
+        body: &[u8],
+    ) -> bool {
+        match self.http.as_mut() {
+            Some(http) => http.respond(self.poll.registry(), request, content_type, body),
+            None => false,
+        }
     }
 
     /// A handle that wakes this reactor's `poll` from another thread. A reactor has one waker;
@@ -646,7 +682,7 @@ impl Reactor {
         if let Some(Reverse((deadline, _))) = self.timers.peek() {
             wait = Some(min_wait(wait, deadline.saturating_duration_since(now)));
         }
-        if self.connections_count > 0 {
+        if self.connections_count > 0 || self.http.as_ref().is_some_and(|h| h.has_connections()) {
             wait = Some(min_wait(wait, self.sweep_at.saturating_duration_since(now)));
         }
         if let Some(dial_at) = self.peer_dial_next_at() {
@@ -673,6 +709,16 @@ impl Reactor {
             }
             if token == WAKER {
                 continue; // The wake only ends the wait; the host checks why.
+            }
+            if let Some(http) = self.http.as_mut() {
+                if token == http::HTTP_LISTENER {
+                    http.accept(self.poll.registry());
+                    continue;
+                }
+                if let Some(slot) = http::HttpServer::slot_of(token) {
+                    http.ready(self.poll.registry(), slot, readable, events);
+                    continue;
+                }
             }
             let slot = token.0 - 1;
             if writable && self.slots.get(slot).is_some_and(|s| s.conn.is_some()) {
@@ -1146,6 +1192,9 @@ impl Reactor {
     fn sweep(&mut self, events: &mut Vec<Event>) {
         let now = Instant::now();
         self.sweep_at = now + self.sweep_interval;
+        if let Some(http) = self.http.as_mut() {
+            http.sweep(self.poll.registry(), now);
+        }
         for slot in 0..self.slots.len() {
             let Some(conn) = self.slots[slot].conn.as_ref() else {
                 continue;

@@ -153,8 +153,9 @@ fn serve(reactor: &mut Reactor, addr: SocketAddr, stop: &AtomicBool, observed: &
                         }
                     }
                 }
-                // This server has no peer transport: no peer events.
+                // This server has no peer transport and no metrics listener.
                 Event::Timer { .. }
+                | Event::MetricsRequest { .. }
                 | Event::PeerConnected { .. }
                 | Event::PeerDisconnected { .. }
                 | Event::PeerFrame { .. } => {}

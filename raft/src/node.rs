@@ -173,6 +173,9 @@ pub struct RawNode<L: LogRead> {
     /// Reused buffers of the leader's hot paths.
     pub(crate) scratch_ids: Vec<NodeId>,
     pub(crate) scratch_indexes: Vec<LogIndex>,
+    /// Set by the host while this node's log was lost and is being rebuilt from the leader:
+    /// it grants no vote and does not campaign (see [`RawNode::set_votes_withheld`]).
+    pub(crate) votes_withheld: bool,
 }
 
 impl<L: LogRead> RawNode<L> {
@@ -272,6 +275,7 @@ impl<L: LogRead> RawNode<L> {
             hard_state_handed: hard_state,
             scratch_ids: Vec::new(),
             scratch_indexes: Vec::new(),
+            votes_withheld: false,
             config,
         };
         Ok(node)
@@ -392,6 +396,25 @@ impl<L: LogRead> RawNode<L> {
         self.configuration().is_voter(self.id)
     }
 
+    /// Withholds (or gives back) this node's vote: while withheld it rejects every vote and
+    /// pre-vote request and never campaigns. The host sets it when the node lost log entries it
+    /// may have acknowledged (a damaged log replaced by an empty one): an empty log would look
+    /// up to date to any candidate, and voting on it could elect a leader lacking an entry this
+    /// node helped commit. Appends are still acknowledged: they are entries the node holds.
+    pub fn set_votes_withheld(&mut self, withheld: bool) {
+        self.votes_withheld = withheld;
+    }
+
+    /// Whether votes are withheld ([`RawNode::set_votes_withheld`]).
+    pub fn votes_withheld(&self) -> bool {
+        self.votes_withheld
+    }
+
+    /// Whether this node may start an election: a voter whose vote is not withheld.
+    pub(crate) fn may_campaign(&self) -> bool {
+        self.is_promotable() && !self.votes_withheld
+    }
+
     pub(crate) fn is_voter(&self, id: NodeId) -> bool {
         self.configuration().is_voter(id)
     }
@@ -471,8 +494,10 @@ impl<L: LogRead> RawNode<L> {
     pub fn campaign(&mut self) -> Result<(), Error> {
         self.log.check_host_contract();
         self.storage_result()?;
-        if !self.is_promotable() {
-            return Err(Error::InvalidRequest("only voters campaign"));
+        if !self.may_campaign() {
+            return Err(Error::InvalidRequest(
+                "only voters with their vote campaign",
+            ));
         }
         if self.role == StateRole::Leader {
             return Ok(());
@@ -974,9 +999,10 @@ impl<L: LogRead> RawNode<L> {
     /// Section 5.2 and 5.4.1: grant at most one vote per term, only to an up-to-date log.
     fn handle_vote_request(&mut self, message: Message) {
         let pre_vote = message.kind == MessageKind::PreVote;
-        let can_vote = self.vote == Some(message.from)
-            || (self.vote.is_none() && self.leader_id.is_none())
-            || (pre_vote && message.term > self.term);
+        let can_vote = !self.votes_withheld
+            && (self.vote == Some(message.from)
+                || (self.vote.is_none() && self.leader_id.is_none())
+                || (pre_vote && message.term > self.term));
         let response_kind = if pre_vote {
             MessageKind::PreVoteResponse
         } else {
@@ -1064,7 +1090,7 @@ impl<L: LogRead> RawNode<L> {
 
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.is_promotable() && self.election_elapsed >= self.randomized_election_timeout {
+        if self.may_campaign() && self.election_elapsed >= self.randomized_election_timeout {
             let kind = if self.config.pre_vote {
                 Campaign::PreElection
             } else {

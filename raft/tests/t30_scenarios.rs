@@ -655,3 +655,40 @@ fn test_heartbeat_responses_resume_a_lost_probe_only_after_a_wait() {
     assert_eq!(resends.len(), 1, "resent at ticks {resends:?}");
     assert_eq!(network.node(3).last_index(), network.node(1).last_index());
 }
+
+/// A node whose vote is withheld (its log was lost and is being rebuilt) grants no vote and
+/// does not campaign, even though its empty-looking log would make any candidate look up to
+/// date; it still acknowledges appends. Given back, it votes again.
+#[test]
+fn test_a_withheld_vote_elects_nobody_until_given_back() {
+    let mut network = Network::with_config(&[1, 2, 3], classic);
+    elect(&mut network, 1);
+    network.propose(1, b"x").unwrap();
+    network.stabilize();
+    network.node_mut(3).set_votes_withheld(true);
+    // Appends are still acknowledged by the withholding node.
+    let y = network.propose(1, b"y").unwrap();
+    network.stabilize();
+    assert_eq!(network.node(1).commit_index(), y);
+    assert_eq!(network.node(3).last_index(), y);
+    network.crash(1);
+    for _ in 0..3 {
+        network.node_mut(2).campaign().unwrap();
+        network.stabilize();
+        assert_ne!(
+            network.node(2).role(),
+            StateRole::Leader,
+            "{}",
+            network.status()
+        );
+    }
+    assert!(matches!(
+        network.node_mut(3).campaign(),
+        Err(Error::InvalidRequest(_))
+    ));
+    tick_all(&mut network, 50);
+    assert_ne!(network.node(3).role(), StateRole::Leader);
+    assert_ne!(network.node(2).role(), StateRole::Leader);
+    network.node_mut(3).set_votes_withheld(false);
+    elect_retrying(&mut network, 2);
+}

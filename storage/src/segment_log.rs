@@ -1765,6 +1765,17 @@ fn sync_dir_file(dir_file: &File, dir: &Path) -> Result<(), LogError> {
         .map_err(|error| LogError::io("syncing data directory", dir, error))
 }
 
+/// The hard state saved in the metadata files of the log directory `dir`, read without opening
+/// the log (its segments may be damaged, and no lock is taken: the caller holds the node's).
+/// `Ok(None)` when none was ever saved; an error when neither file holds a valid record.
+pub fn read_hard_state(dir: &Path) -> Result<Option<HardState>, LogError> {
+    let files = [
+        meta::read_metadata_file(&dir.join(METADATA_FILE_NAMES[0]))?,
+        meta::read_metadata_file(&dir.join(METADATA_FILE_NAMES[1]))?,
+    ];
+    Ok(meta::choose_metadata(dir, files)?.map(|metadata| metadata.hard_state))
+}
+
 /// The name of the closed segment holding `first..=last`.
 pub fn closed_name(first: LogIndex, last: LogIndex) -> String {
     format!("{:020}-{:020}", first.0, last.0)

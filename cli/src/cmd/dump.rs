@@ -1,10 +1,12 @@
 //! `atoll dump`: a consistent SQLite file of a database of the cluster, written atomically.
 
-use std::fs::{self, File};
+use std::fs;
+use std::fs::File as FsFile;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use atoll_net::client::ClientError;
+use atoll_net::protocol::File;
 
 use super::{connect, explain, CliError, ClusterArgs};
 use crate::{database_header, wal};
@@ -38,7 +40,7 @@ pub struct Args {
 }
 
 /// `path` with `suffix` appended to its file name.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     path.with_file_name(name)
@@ -49,7 +51,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temporary = with_suffix(path, &format!(".atoll-dump-{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = File::create(&temporary)?;
+        let mut file = FsFile::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -58,7 +60,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        File::open(directory)?.sync_all()
+        FsFile::open(directory)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temporary);
@@ -66,9 +68,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Runs `atoll dump`.
-pub fn run(args: Args) -> Result<(), CliError> {
-    let output = &args.output;
+/// Refuses a target whose `-wal` file is non-empty: SQLite would apply it to the new file.
+pub fn check_target(output: &Path) -> Result<(), CliError> {
     // A log beside the target belongs to the file being replaced (or to a process that has it
     // open): SQLite would apply it to the new file and corrupt it.
     let stale_wal = with_suffix(output, "-wal");
@@ -80,27 +81,31 @@ pub fn run(args: Args) -> Result<(), CliError> {
             output.display()
         )));
     }
-    let mut client = connect(&args.cluster)?;
-    let files = client.dump(&args.database).map_err(|e| match e {
-        ClientError::Failure { code, .. } if code == CODE_DATABASE_NOT_FOUND => {
-            CliError::new(format!(
-                "there is no database named {:?} on the cluster",
-                args.database
-            ))
-        }
-        other => CliError::new(format!("dumping {:?}: {}", args.database, explain(&other))),
-    })?;
+    Ok(())
+}
+
+/// Turns a DUMP answer into `what` should be said of a failed DUMP.
+pub fn dump_error(database: &str, e: ClientError) -> CliError {
+    match e {
+        ClientError::Failure { code, .. } if code == CODE_DATABASE_NOT_FOUND => CliError::new(
+            format!("there is no database named {database:?} on the cluster"),
+        ),
+        other => CliError::new(format!("dumping {database:?}: {}", explain(&other))),
+    }
+}
+
+/// Applies a DUMP answer's WAL to its main file, checks the image and writes it to `output`
+/// atomically; returns the line that says what was written.
+pub fn write_files(database: &str, files: Vec<File>, output: &Path) -> Result<String, CliError> {
     let mut files = files.into_iter();
     let (Some(main), wal_file) = (files.next(), files.next()) else {
         return Err(CliError::new(format!(
-            "the node answered DUMP of {:?} with no file",
-            args.database
+            "the node answered DUMP of {database:?} with no file"
         )));
     };
     let wal_bytes = wal_file.map(|f| f.data).unwrap_or_default();
     log::info!(
-        "DUMP of {:?}: main file {} bytes, WAL {} bytes",
-        args.database,
+        "DUMP of {database:?}: main file {} bytes, WAL {} bytes",
         main.data.len(),
         wal_bytes.len()
     );
@@ -108,16 +113,14 @@ pub fn run(args: Args) -> Result<(), CliError> {
         // dqlite 1.11 answers an unknown name with two empty files, as it does for a database
         // that was opened but never written.
         return Err(CliError::new(format!(
-            "the cluster has no data for database {:?} (it does not exist, or nothing was ever \
-             written to it); nothing written",
-            args.database
+            "the cluster has no data for database {database:?} (it does not exist, or nothing \
+             was ever written to it); nothing written"
         )));
     }
     let mut image = main.data;
     let applied = wal::apply(&mut image, &wal_bytes).map_err(|e| {
         CliError::new(format!(
-            "the dump of {:?} is inconsistent: {e}; nothing written",
-            args.database
+            "the dump of {database:?} is inconsistent: {e}; nothing written"
         ))
     })?;
     match applied.log.end {
@@ -126,8 +129,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     }
     let info = database_header::inspect(&image).map_err(|e| {
         CliError::new(format!(
-            "the dump of {:?} is not a valid database ({e}); nothing written",
-            args.database
+            "the dump of {database:?} is not a valid database ({e}); nothing written"
         ))
     })?;
     write_atomically(output, &image).map_err(|e| {
@@ -136,7 +138,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             output.display()
         ))
     })?;
-    println!(
+    Ok(format!(
         "wrote {}: {} pages of {} bytes ({} bytes), {} committed WAL frames of {} transactions \
          applied",
         output.display(),
@@ -145,6 +147,16 @@ pub fn run(args: Args) -> Result<(), CliError> {
         image.len(),
         applied.log.frames.len(),
         applied.log.commits
-    );
+    ))
+}
+
+/// Runs `atoll dump`.
+pub fn run(args: Args) -> Result<(), CliError> {
+    check_target(&args.output)?;
+    let mut client = connect(&args.cluster)?;
+    let files = client
+        .dump(&args.database)
+        .map_err(|e| dump_error(&args.database, e))?;
+    println!("{}", write_files(&args.database, files, &args.output)?);
     Ok(())
 }

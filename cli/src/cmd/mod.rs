@@ -7,17 +7,22 @@
 
 pub mod add;
 pub mod assign;
+pub mod backup;
 pub mod cert;
 pub mod cluster;
 pub mod demo;
 pub mod dump;
 pub mod init;
 pub mod join;
+pub mod recover;
 pub mod remove;
+pub mod restore;
 pub mod shell;
 pub mod start;
+pub mod status;
 pub mod token;
 pub mod transfer;
+pub mod verify;
 
 use std::fmt;
 use std::io;
@@ -136,9 +141,9 @@ pub struct NodeSettings {
     #[arg(long, value_name = "MS")]
     pub election_timeout_ms: Option<u64>,
 
-    /// Length of one raft tick (ms; default 10, or half the heartbeat when a heartbeat or an
-    /// election timeout is given: 1 to 10). The heartbeat and election timeout must be whole
-    /// numbers of ticks.
+    /// Length of one raft tick (ms; default 10). Without it, a heartbeat or election timeout
+    /// given picks the longest tick (1 to 10 ms, at most half the heartbeat) dividing both, so
+    /// any milliseconds are kept; with it, they are rounded to whole ticks (and a note says so).
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
 
@@ -146,6 +151,12 @@ pub struct NodeSettings {
     /// default 5000).
     #[arg(long, value_name = "MS")]
     pub writer_wait_ms: Option<u64>,
+
+    /// How long a write waits while another client's explicit transaction holds the database
+    /// before failing with SQLITE_BUSY "database is locked" (ms; default 500). Writes queued
+    /// behind group commit never fail this way.
+    #[arg(long, value_name = "MS")]
+    pub busy_wait_ms: Option<u64>,
 
     /// Take a snapshot and compact the Raft log every N applied entries (default 8192).
     #[arg(long, value_name = "N")]
@@ -191,6 +202,7 @@ impl NodeSettings {
             || self.election_timeout_ms.is_some()
             || self.tick_ms.is_some()
             || self.writer_wait_ms.is_some()
+            || self.busy_wait_ms.is_some()
             || self.snapshot_entries.is_some()
             || self.roles.is_some()
             || self.voters.is_some()
@@ -202,11 +214,17 @@ impl NodeSettings {
 
     /// Applies the settings given to `config` and checks the result.
     pub fn apply(&self, config: &mut crate::node::config::NodeConfig) -> Result<(), CliError> {
-        config
+        if let Some(note) = config
             .set_timing(self.tick_ms, self.heartbeat_ms, self.election_timeout_ms)
-            .map_err(CliError::new)?;
+            .map_err(CliError::new)?
+        {
+            eprintln!("atoll: {note}");
+        }
         if let Some(ms) = self.writer_wait_ms {
             config.writer_wait_ms = ms;
+        }
+        if let Some(ms) = self.busy_wait_ms {
+            config.busy_wait_ms = ms;
         }
         if let Some(entries) = self.snapshot_entries {
             config.snapshot_entries = entries;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use super::{CliError, NodeSettings};
@@ -22,8 +22,9 @@ use crate::node::{Node, StartOptions};
 /// first start.
 ///
 /// SIGINT or SIGTERM stop it cleanly; a leader first hands leadership to another voter (a
-/// second signal stops it at once). Settings given here (timing, roles) are written to
-/// DIR/atoll.conf and stay for later starts.
+/// second signal stops it at once). SIGUSR1 writes the loop's timings (where writes' time
+/// goes, the longest loop turns) to DIR/timings and resets them. Settings given here
+/// (timing, roles) are written to DIR/atoll.conf and stay for later starts.
 ///
 /// With TLS (DIR/cluster.crt, from `atoll init --tls`), SIGHUP reloads the certificate, key
 /// and trust root: new connections use them, open ones drain (rotation without downtime).
@@ -31,7 +32,7 @@ use crate::node::{Node, StartOptions};
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
 /// Example:
-///   atoll start --data-dir /var/lib/atoll
+///   atoll start --data-dir /var/lib/atoll --metrics-address 127.0.0.1:9101
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -46,6 +47,13 @@ pub struct Args {
     /// forever. Idle connections hold slots of the 1,024-client limit. Not kept.
     #[arg(long, value_name = "SECONDS", default_value_t = CLIENT_IDLE_TIMEOUT_S_DEFAULT)]
     pub client_idle_timeout: u64,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP/1.1, from the node's
+    /// own event loop): Raft term, indexes, leadership, elections, peer lag, write latency,
+    /// group commit sizes, log sync times, snapshots, databases, connections, memory. Not kept
+    /// in atoll.conf. Example: --metrics-address 127.0.0.1:9101
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
 
     /// Testing only: dial node ID at HOST:PORT instead of its address (tests route a node's
     /// outbound peer connections through fault-injecting proxies). Repeatable; not kept.
@@ -91,6 +99,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         client_idle_timeout: (args.client_idle_timeout > 0)
             .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
         tls_reload: Arc::new(AtomicBool::new(false)),
+        metrics_address: args.metrics_address,
     };
     let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -99,17 +108,24 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let waker = node
         .waker()
         .map_err(|e| CliError::new(format!("creating the wake-up handle: {e}")))?;
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+    let timings = node.timings_flag();
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
         .map_err(|e| CliError::new(format!("installing the signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             // The first signal asks the loop to stop; a second one (the stop hangs) ends the
             // process at once: every acknowledged write is durable already.
+            // SIGUSR1 asks for the loop's timings (`DATA_DIR/timings`), SIGHUP for a TLS
+            // reload; neither stops the node.
             for signal in signals.forever() {
-                if signal == SIGHUP {
-                    log::info!("SIGHUP: reloading the TLS files");
-                    tls_reload.store(true, Ordering::SeqCst);
+                if signal == SIGUSR1 || signal == SIGHUP {
+                    if signal == SIGHUP {
+                        log::info!("SIGHUP: reloading the TLS files");
+                        tls_reload.store(true, Ordering::SeqCst);
+                    } else {
+                        timings.store(true, Ordering::SeqCst);
+                    }
                     if let Err(e) = waker.wake() {
                         log::error!("waking the node loop: {e}");
                     }
@@ -126,5 +142,22 @@ pub fn run(args: Args) -> Result<(), CliError> {
             }
         })
         .map_err(|e| CliError::new(format!("starting the signal thread: {e}")))?;
-    node.run().map_err(|e| CliError::new(e.to_string()))
+    node.run().map_err(|e| CliError::new(e.to_string()))?;
+    if let Some(damage) = node.take_repair_request() {
+        let id = node.id();
+        drop(node); // Releases the data directory's lock.
+        crate::node::repair::quarantine(&args.data_dir, id, &damage)
+            .map_err(|why| CliError::new(format!("{}: not repaired: {why}", damage.what)))?;
+        // The same command again, in this process (same pid, same standard streams): the
+        // node starts from the empty log and is rebuilt from the leader.
+        let program = std::env::current_exe()
+            .map_err(|e| CliError::new(format!("finding this program to restart: {e}")))?;
+        let error = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new(program).args(std::env::args_os().skip(1)),
+        );
+        return Err(CliError::new(format!(
+            "restarting after moving the damaged data aside: {error}; start the node again"
+        )));
+    }
+    Ok(())
 }

@@ -8,11 +8,11 @@
 use atoll_core::{ExecError, Reply, Response as CoreResponse, Rows as CoreRows, Target};
 use atoll_net::client::OPEN_FOLLOWER_READS;
 use atoll_net::protocol::{
-    ClusterFormat, Header, NodeInfo, NodeMetadata, Request, Response, ResponseType, Role,
-    RowsBatch, RowsEnd, ValueRef, HEADER_BYTES,
+    Checksums, ClusterFormat, Header, NodeInfo, NodeMetadata, NodeStatus, Request, Response,
+    ResponseType, Role, RowsBatch, RowsEnd, ValueRef, VerifyState, HEADER_BYTES,
 };
 use atoll_net::reactor::{Completion, ConnId};
-use atoll_raft::{LogIndex, MemberRole, NodeId, StateRole, Term};
+use atoll_raft::{LogIndex, MemberRole, NodeId, Payload, StateRole, Term};
 use log::{debug, info, warn};
 
 use super::values::{self, Declared};
@@ -69,6 +69,8 @@ pub(super) struct Client {
     /// Opened with atoll's follower-reads flag: queries are served by this node, leader or
     /// not (after a read index from the leader); writes still need the leader.
     follower_reads: bool,
+    /// When its current request arrived (write latency).
+    request_at: std::time::Instant,
 }
 
 impl Client {
@@ -79,6 +81,7 @@ impl Client {
             statements: Vec::new(),
             state: State::Idle,
             follower_reads: false,
+            request_at: std::time::Instant::now(),
         }
     }
 }
@@ -101,7 +104,7 @@ enum ChangeKind {
 /// A request's precondition that failed: its FAILURE.
 type Refusal = (u64, String);
 
-fn not_leader() -> Refusal {
+pub(super) fn not_leader() -> Refusal {
     (values::CODE_NOT_LEADER, "not leader".to_owned())
 }
 
@@ -161,6 +164,9 @@ fn first_statement(text: &str) -> &str {
 impl Node {
     /// Answers a request, or starts the work that will answer it.
     pub(super) fn on_request(&mut self, conn: ConnId, request: Request) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.request_at = std::time::Instant::now();
+        }
         self.serve_request(conn, request, false);
     }
 
@@ -294,6 +300,107 @@ impl Node {
                 self.weight = weight;
                 self.send(conn, &Response::Empty);
             }
+            Request::Verify { index, database } => self.verify_request(conn, index, &database),
+            Request::Status => {
+                let status = self.status();
+                self.send(conn, &Response::Status(Box::new(status)));
+            }
+            Request::Restore {
+                database,
+                restore_id,
+                offset,
+                total,
+                data,
+            } => self.restore_request(
+                conn,
+                super::restore::Piece {
+                    database: &database,
+                    restore_id,
+                    offset,
+                    total,
+                    data: &data,
+                },
+            ),
+            Request::Repair { database } => match self.request_repair(&database) {
+                Ok(()) => self.send(conn, &Response::Empty),
+                Err(why) => self.refuse(conn, (values::CODE_ERROR, why)),
+            },
+        }
+    }
+
+    /// VERIFY: index 0 makes a verify point (leader only) and answers its index, pending;
+    /// otherwise this node's checksums at that point.
+    fn verify_request(&mut self, conn: ConnId, index: u64, database: &str) {
+        let applied = self.raft.applied().0;
+        if index > 0 {
+            let answer = self.verify.answer(self.config.id, applied, index);
+            return self.send(conn, &Response::Checksums(answer));
+        }
+        let payload = match super::verify::encode_point(database) {
+            Ok(payload) => payload,
+            Err(why) => return self.refuse(conn, (values::CODE_ERROR, why)),
+        };
+        match self.raft.propose(Payload::from_vec(payload)) {
+            Ok(index) => {
+                info!("{conn}: verify point {index} proposed for {database:?}");
+                let answer = Checksums {
+                    index: index.0,
+                    node_id: self.config.id,
+                    applied_index: applied,
+                    state: VerifyState::Pending,
+                    databases: Vec::new(),
+                };
+                self.send(conn, &Response::Checksums(answer));
+            }
+            Err(e) => {
+                let refusal = Self::raft_refusal(e);
+                self.refuse(conn, refusal);
+            }
+        }
+    }
+
+    /// What `/metrics` reports besides the node's own counters.
+    pub(super) fn metrics_sample(&self) -> super::metrics::Sample {
+        let leader = self.raft.role() == StateRole::Leader;
+        let last = self.raft.last_index().0;
+        let peer_lags = if leader {
+            self.raft
+                .progress()
+                .filter(|(id, _)| id.0 != self.config.id)
+                .map(|(id, progress)| (id.0, last.saturating_sub(progress.match_index().0)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        super::metrics::Sample {
+            term: self.raft.term().0,
+            commit_index: self.raft.commit_index().0,
+            applied_index: self.raft.applied().0,
+            is_leader: leader,
+            peer_lags,
+            snapshots: self.stats.snapshots + self.stats.snapshots_installed,
+            databases: self.engine.database_names().len() as u64,
+            client_connections: self.clients.len() as u64,
+            resident_memory_bytes: super::metrics::resident_memory_bytes(),
+        }
+    }
+
+    /// STATUS: what `atoll status` shows of this node.
+    fn status(&self) -> NodeStatus {
+        let last_contact_ms = if self.raft.role() == StateRole::Leader {
+            0
+        } else {
+            self.last_leader_contact
+                .map_or(u64::MAX, |at| at.elapsed().as_millis() as u64)
+        };
+        NodeStatus {
+            metadata: self.metadata(),
+            last_contact_ms,
+            disk_free_bytes: atoll_storage::available_bytes(&self.data_dir).unwrap_or(0),
+            databases: self.engine.database_names().len() as u64,
+            rss_bytes: super::metrics::resident_memory_bytes().unwrap_or(0),
+            repairing: self.repairing(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 
@@ -533,6 +640,11 @@ impl Node {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
+        if matches!(client.state, State::Waiting) && result.is_ok() {
+            // A write the engine queued or proposed: answered after its commit.
+            let took = client.request_at.elapsed().as_secs_f64();
+            self.metrics.write_latency.observe(took);
+        }
         client.state = State::Idle;
         match result {
             Ok(CoreResponse::Exec {
@@ -617,7 +729,9 @@ impl Node {
                     &stream.rows.columns,
                     atoll_net::protocol::response::ROWS_BATCH_BYTES_TARGET,
                 );
-                while stream.row_next < row_count && !batch.is_full() {
+                // A batch takes at least one row even when the column names alone fill it (a
+                // thousand columns): otherwise the stream would send empty batches for ever.
+                while stream.row_next < row_count && (batch.rows_count() == 0 || !batch.is_full()) {
                     cells.clear();
                     let row = stream.rows.row(stream.row_next);
                     cells.extend(
@@ -743,7 +857,7 @@ impl Node {
 
     // ---- membership -------------------------------------------------------------------------
 
-    fn raft_refusal(error: atoll_raft::Error) -> Refusal {
+    pub(super) fn raft_refusal(error: atoll_raft::Error) -> Refusal {
         use atoll_raft::Error;
         match error {
             Error::NotLeader { .. } => not_leader(),

@@ -27,6 +27,9 @@ const FORMAT: u64 = 1;
 pub const TICK_MS_DEFAULT: u64 = 10;
 /// How long a writer waits for the write lock of a database by default.
 pub const WRITER_WAIT_MS_DEFAULT: u64 = 5_000;
+/// How long a writer waits behind another session's explicit transaction before SQLITE_BUSY,
+/// by default: well inside the 5 s timeouts of go-dqlite and dqlite-dbapi.
+pub const BUSY_WAIT_MS_DEFAULT: u64 = 500;
 /// Applied entries between two snapshots by default.
 pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 8_192;
 /// Leader heartbeat interval by default: 3 ticks of 10 ms.
@@ -74,6 +77,9 @@ pub struct NodeConfig {
     pub election_ticks_max: u32,
     /// How long a writer waits for a database's write lock before failing with SQLITE_BUSY.
     pub writer_wait_ms: u64,
+    /// How long a writer waits while another session's explicit transaction holds the write
+    /// lock before failing with SQLITE_BUSY "database is locked".
+    pub busy_wait_ms: u64,
     /// A snapshot (and log compaction) after this many applied entries.
     pub snapshot_entries: u64,
     /// Automatic roles: the leader promotes and demotes members to keep `voters` voters and
@@ -109,6 +115,7 @@ impl NodeConfig {
             election_ticks_min: (ELECTION_TIMEOUT_MS_DEFAULT / TICK_MS_DEFAULT) as u32,
             election_ticks_max: (2 * ELECTION_TIMEOUT_MS_DEFAULT / TICK_MS_DEFAULT) as u32,
             writer_wait_ms: WRITER_WAIT_MS_DEFAULT,
+            busy_wait_ms: BUSY_WAIT_MS_DEFAULT,
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
             auto_roles: true,
             voters: VOTERS_DEFAULT,
@@ -139,43 +146,67 @@ impl NodeConfig {
     /// Sets the timing from milliseconds: the tick, the heartbeat interval and the election
     /// timeout (its lower bound; each follower draws its timeout up to twice it). Values not
     /// given keep their current length. Without an explicit tick, a heartbeat or election
-    /// timeout given picks a tick of half the heartbeat (1 to 10 ms), so short timeouts keep a
-    /// useful resolution.
+    /// timeout given picks the longest tick (at most half the heartbeat, at most
+    /// `TICK_MS_DEFAULT`) that divides both, so any milliseconds are kept exactly. With an
+    /// explicit tick, the heartbeat and election timeout are rounded to the nearest whole
+    /// ticks (the heartbeat at least one, the election timeout above it); the answer then says
+    /// what was rounded, for the caller to tell the user.
     pub fn set_timing(
         &mut self,
         tick_ms: Option<u64>,
         heartbeat_ms: Option<u64>,
         election_timeout_ms: Option<u64>,
-    ) -> Result<(), String> {
-        let heartbeat = heartbeat_ms.unwrap_or(self.heartbeat_ticks as u64 * self.tick_ms);
-        let election = election_timeout_ms.unwrap_or(self.election_ticks_min as u64 * self.tick_ms);
+    ) -> Result<Option<String>, String> {
+        let heartbeat = heartbeat_ms.unwrap_or(self.heartbeat_ms());
+        let election = election_timeout_ms.unwrap_or(self.election_timeout_ms());
+        if heartbeat == 0 {
+            return Err("the heartbeat must be at least 1 ms".into());
+        }
+        if election <= heartbeat {
+            return Err(format!(
+                "the election timeout ({election} ms) must be above the heartbeat \
+                 ({heartbeat} ms)"
+            ));
+        }
         let tick = match tick_ms {
             Some(tick) => tick,
             None if heartbeat_ms.is_some() || election_timeout_ms.is_some() => {
-                (heartbeat / 2).clamp(1, TICK_MS_DEFAULT)
+                let common = gcd(heartbeat, election);
+                let most = (heartbeat / 2).clamp(1, TICK_MS_DEFAULT);
+                (1..=most)
+                    .rev()
+                    .find(|t| common.is_multiple_of(*t))
+                    .unwrap_or(1)
             }
             None => self.tick_ms,
         };
         if tick == 0 {
             return Err("the tick must be at least 1 ms".into());
         }
-        if heartbeat < tick || !heartbeat.is_multiple_of(tick) {
-            return Err(format!(
-                "the heartbeat ({heartbeat} ms) must be a whole number of ticks ({tick} ms)"
-            ));
-        }
-        if election <= heartbeat || !election.is_multiple_of(tick) {
-            return Err(format!(
-                "the election timeout ({election} ms) must be a whole number of ticks ({tick} ms) \
-                 above the heartbeat ({heartbeat} ms)"
-            ));
-        }
-        let ticks = |ms: u64| u32::try_from(ms / tick).map_err(|_| "timeout too long".to_owned());
+        let ticks = |ms: u64| -> Result<u32, String> {
+            let rounded = ms.saturating_add(tick / 2) / tick;
+            u32::try_from(rounded).map_err(|_| format!("{ms} ms is too long a timeout"))
+        };
+        let heartbeat_ticks = ticks(heartbeat)?.max(1);
+        let election_ticks = ticks(election)?.max(heartbeat_ticks + 1);
+        let election_ticks_max = election_ticks
+            .checked_mul(2)
+            .ok_or_else(|| format!("{election} ms is too long a timeout"))?;
+        let note = (u64::from(heartbeat_ticks) * tick != heartbeat
+            || u64::from(election_ticks) * tick != election)
+            .then(|| {
+                format!(
+                    "with a tick of {tick} ms, the heartbeat ({heartbeat} ms) and election \
+                     timeout ({election} ms) are rounded to {} ms and {} ms",
+                    u64::from(heartbeat_ticks) * tick,
+                    u64::from(election_ticks) * tick
+                )
+            });
         self.tick_ms = tick;
-        self.heartbeat_ticks = ticks(heartbeat)?;
-        self.election_ticks_min = ticks(election)?;
-        self.election_ticks_max = ticks(election * 2)?;
-        Ok(())
+        self.heartbeat_ticks = heartbeat_ticks;
+        self.election_ticks_min = election_ticks;
+        self.election_ticks_max = election_ticks_max;
+        Ok(note)
     }
 
     /// The heartbeat interval in milliseconds.
@@ -237,6 +268,7 @@ impl NodeConfig {
         let _ = writeln!(text, "election_ticks_min = {}", self.election_ticks_min);
         let _ = writeln!(text, "election_ticks_max = {}", self.election_ticks_max);
         let _ = writeln!(text, "writer_wait_ms = {}", self.writer_wait_ms);
+        let _ = writeln!(text, "busy_wait_ms = {}", self.busy_wait_ms);
         let _ = writeln!(text, "snapshot_entries = {}", self.snapshot_entries);
         let roles = if self.auto_roles { "auto" } else { "manual" };
         let _ = writeln!(text, "roles = {roles}");
@@ -304,6 +336,7 @@ impl NodeConfig {
             election_ticks_min: number("election_ticks_min", take("election_ticks_min")?)?,
             election_ticks_max: number("election_ticks_max", take("election_ticks_max")?)?,
             writer_wait_ms: number("writer_wait_ms", take("writer_wait_ms")?)?,
+            busy_wait_ms: BUSY_WAIT_MS_DEFAULT,
             snapshot_entries: number("snapshot_entries", take("snapshot_entries")?)?,
             auto_roles: true,
             voters: VOTERS_DEFAULT,
@@ -328,6 +361,9 @@ impl NodeConfig {
         }
         if let Some(value) = optional("standbys") {
             config.standbys = number("standbys", value)?;
+        }
+        if let Some(value) = optional("busy_wait_ms") {
+            config.busy_wait_ms = number("busy_wait_ms", value)?;
         }
         if let Some(value) = optional("unreachable_ms") {
             config.unreachable_ms = number("unreachable_ms", value)?;
@@ -426,6 +462,14 @@ fn open_files_limit() -> Option<u64> {
         .ok()
 }
 
+/// The greatest common divisor of `a` and `b`.
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,8 +552,32 @@ mod tests {
             (config.heartbeat_ms(), config.election_timeout_ms()),
             (4, 30)
         );
-        assert!(config.set_timing(Some(10), Some(15), None).is_err());
+        // Any milliseconds: the tick divides both (45 and 450: a tick of 9 ms).
+        let mut config = NodeConfig::new(7, "127.0.0.1:9001".into());
+        assert_eq!(config.set_timing(None, Some(45), Some(450)), Ok(None));
+        assert_eq!(config.tick_ms, 9);
+        assert_eq!(
+            (config.heartbeat_ms(), config.election_timeout_ms()),
+            (45, 450)
+        );
+        assert_eq!(config.set_timing(None, Some(7), Some(100)), Ok(None));
+        assert_eq!(config.tick_ms, 1);
+        assert_eq!(
+            (config.heartbeat_ticks, config.election_ticks_min),
+            (7, 100)
+        );
+        // An explicit tick rounds, and says so.
+        let note = config.set_timing(Some(10), Some(15), Some(333)).unwrap();
+        assert!(note.unwrap().contains("rounded to 20 ms and 330 ms"));
+        assert_eq!((config.heartbeat_ticks, config.election_ticks_min), (2, 33));
+        assert_eq!(config.election_ticks_max, 66);
+        config.set_timing(Some(10), Some(1), Some(12)).unwrap();
+        assert_eq!((config.heartbeat_ticks, config.election_ticks_min), (1, 2));
+        config.validate().unwrap();
         assert!(config.set_timing(None, Some(50), Some(40)).is_err());
+        assert!(config.set_timing(None, Some(0), Some(40)).is_err());
+        assert!(config.set_timing(Some(0), Some(5), Some(40)).is_err());
+        assert!(config.set_timing(Some(1), Some(5), Some(u64::MAX)).is_err());
     }
 
     #[test]

@@ -26,12 +26,18 @@ mod clients;
 pub mod config;
 mod disk;
 mod join;
+mod metrics;
 mod peers;
 mod reads;
+pub mod recover;
+pub mod repair;
+mod restore;
 mod roles;
 pub mod secret;
+mod timings;
 pub mod tls;
 mod values;
+mod verify;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -103,6 +109,8 @@ pub struct StartOptions {
     pub client_idle_timeout: Option<Duration>,
     /// Set (by SIGHUP) to reload the TLS files: new connections use them, open ones drain.
     pub tls_reload: Arc<AtomicBool>,
+    /// Where to serve Prometheus metrics (`--metrics-address`), if anywhere.
+    pub metrics_address: Option<String>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -269,12 +277,24 @@ pub struct Node {
     turn_sync: Duration,
     turn_apply: Duration,
     snapshot_job: Option<SnapshotJob>,
+    /// Verify points and the checksums being computed for them.
+    verify: verify::Verify,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
     /// Compaction raft asked for and not done yet: the log is compacted one segment file per
     /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
     compact_target: Option<(LogIndex, Term)>,
     last_apply_at: Instant,
+    /// When a message from the leader last arrived (`atoll status`'s last contact).
+    last_leader_contact: Option<Instant>,
+    /// Counters and histograms for `/metrics`.
+    metrics: metrics::Metrics,
+    /// A repair from peers in progress (`repair.rs`).
+    repair: Option<repair::Repair>,
+    /// A REPAIR request stopped the node: `atoll start` quarantines and starts it again.
+    repair_requested: Option<repair::Damage>,
+    /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
+    restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
     checkpointed_at: u64,
     /// An idle checkpoint found a client's transaction in the way: the next try is not before.
@@ -287,11 +307,31 @@ pub struct Node {
     stats: Stats,
     /// Set by SIGHUP: reload the TLS files.
     tls_reload: Arc<AtomicBool>,
+    /// Where writes' time goes, and the longest turns (dumped on request).
+    timings: timings::Timings,
 }
 
 impl Node {
+    /// After damage found at start (`what`) with the log closed: quarantines (`repair.rs`) and
+    /// opens again from the empty log, or refuses naming the damage.
+    fn open_repaired(
+        data_dir: &Path,
+        config: &NodeConfig,
+        what: String,
+        shutdown: Arc<AtomicBool>,
+        options: StartOptions,
+    ) -> Result<Node, NodeError> {
+        let damage = repair::Damage { what };
+        repair::quarantine(data_dir, config.id, &damage).map_err(|why| {
+            NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what))
+        })?;
+        Node::open(data_dir, shutdown, options)
+    }
+
     /// Opens a node's data directory and binds its address: recovers the log, the snapshot
     /// and the databases, and starts an election at once when this node is the only voter.
+    /// Damage found in the log or a snapshot is repaired from peers when possible
+    /// (`repair.rs`).
     pub fn open(
         data_dir: &Path,
         shutdown: Arc<AtomicBool>,
@@ -300,22 +340,41 @@ impl Node {
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
-        let log = SegmentLog::open(config::raft_dir(data_dir), Options::default()).map_err(
-            |e| match e {
-                atoll_storage::LogError::Locked { .. } => start(format!(
-                    "{} is in use by another atoll process ({e})",
-                    data_dir.display()
-                )),
-                other => start(format!("opening the Raft log: {other}")),
-            },
-        )?;
+        let log = match SegmentLog::open(config::raft_dir(data_dir), Options::default()) {
+            Err(
+                e @ (atoll_storage::LogError::Corrupt { .. } | atoll_storage::LogError::Gap { .. }),
+            ) => {
+                // A damaged log: rebuilt from the leader when there is one to ask.
+                let what = format!("opening the Raft log: {e}");
+                return Node::open_repaired(data_dir, &config, what, shutdown, options);
+            }
+            other => other,
+        };
+        let log = log.map_err(|e| match e {
+            atoll_storage::LogError::Locked { .. } => start(format!(
+                "{} is in use by another atoll process ({e})",
+                data_dir.display()
+            )),
+            other => start(format!("opening the Raft log: {other}")),
+        })?;
         let hard_state = log.hard_state();
-        let snapshot = log
-            .snapshots()
-            .latest()
-            .map_err(|e| start(format!("reading the snapshots: {e}")))?;
+        let snapshot = match log.snapshots().latest() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // A damaged snapshot file: rebuilt from the leader when there is one to ask.
+                drop(log);
+                return Node::open_repaired(
+                    data_dir,
+                    &config,
+                    format!("reading the snapshots: {e}"),
+                    shutdown,
+                    options,
+                );
+            }
+        };
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
         engine_config.queue_wait_max = config.writer_wait_ms;
+        engine_config.transaction_wait_max = config.busy_wait_ms;
         engine_config.transaction_time_max = config.transaction_timeout_ms;
         engine_config.databases_max = config.databases_max();
         info!(
@@ -350,9 +409,19 @@ impl Node {
                         .snapshots()
                         .open_reader(meta)
                         .map_err(|e| start(format!("opening snapshot {}: {e}", meta.index)))?;
-                    engine
-                        .install_snapshot(&mut reader)
-                        .map_err(|e| start(format!("installing snapshot {}: {e}", meta.index)))?;
+                    match engine.install_snapshot(&mut reader) {
+                        Ok(_) => {}
+                        Err(e @ atoll_core::EngineError::BadSnapshot(_)) => {
+                            let what = format!("installing snapshot {}: {e}", meta.index);
+                            drop(reader);
+                            drop(engine);
+                            drop(log);
+                            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+                        }
+                        Err(e) => {
+                            return Err(start(format!("installing snapshot {}: {e}", meta.index)))
+                        }
+                    }
                 }
                 Some(SnapshotMeta {
                     index: meta.index,
@@ -420,12 +489,21 @@ impl Node {
             idle_timeout: options.client_idle_timeout,
             ..ReactorConfig::default()
         };
-        let reactor = Reactor::bind(address, reactor_config).map_err(|e| {
+        let mut reactor = Reactor::bind(address, reactor_config).map_err(|e| {
             start(format!(
                 "cannot listen on {} ({address}): {e}",
                 config.address
             ))
         })?;
+        if let Some(metrics_address) = &options.metrics_address {
+            let resolved = resolve(metrics_address).map_err(NodeError::Start)?;
+            let bound = reactor.bind_metrics(resolved).map_err(|e| {
+                start(format!(
+                    "cannot serve metrics on {metrics_address} ({resolved}): {e}"
+                ))
+            })?;
+            info!("serving metrics at http://{bound}/metrics");
+        }
         let snapshot_next_at = applied + snapshot_interval(&config);
         let tick = Duration::from_millis(config.tick_ms);
         let mut node = Node {
@@ -461,15 +539,22 @@ impl Node {
             turn_sync: Duration::ZERO,
             turn_apply: Duration::ZERO,
             snapshot_job: None,
+            verify: verify::Verify::default(),
             snapshot_next_at,
             compact_target: None,
             last_apply_at: Instant::now(),
+            last_leader_contact: None,
+            metrics: metrics::Metrics::new(hard_state.term.0),
+            repair: None,
+            repair_requested: None,
+            restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: Instant::now(),
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
             tls_reload: options.tls_reload,
+            timings: timings::Timings::new(),
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)
@@ -485,6 +570,7 @@ impl Node {
         }
         node.follow_configuration();
         node.start_join()?;
+        node.start_repair()?;
         Ok(node)
     }
 
@@ -501,9 +587,20 @@ impl Node {
         }
     }
 
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
     pub fn waker(&mut self) -> io::Result<Waker> {
         self.reactor.waker()
+    }
+
+    /// The flag that asks the loop to write its timings to `DATA_DIR/timings` (see
+    /// `timings.rs`); the loop sees it within a tick.
+    pub fn timings_flag(&self) -> Arc<AtomicBool> {
+        self.timings.request_flag()
     }
 
     /// Runs the node until the shutdown flag is set (SIGINT, SIGTERM) or a fatal error.
@@ -521,7 +618,8 @@ impl Node {
             if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
                 break;
             }
-            let busy = self.snapshot_job.is_some() || !self.proposals.is_empty();
+            let busy =
+                self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
             let timeout = if busy { Some(Duration::ZERO) } else { None };
             self.reactor
                 .poll(&mut events, timeout)
@@ -529,11 +627,16 @@ impl Node {
             if self.tls_reload.swap(false, Ordering::SeqCst) {
                 self.reload_tls();
             }
+            if self.repair_requested.is_some() {
+                // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
+                self.shutdown.store(true, Ordering::SeqCst);
+            }
             let turn_start = Instant::now();
             let now = self.started.elapsed().as_millis() as u64;
             self.engine.set_time(now);
             self.engine.poll_checkpoints();
             self.drain_engine();
+            self.verify.work(verify::VERIFY_BYTES_PER_TURN);
             let event_count = events.len();
             let mut tick_due = false;
             for event in events.drain(..) {
@@ -556,9 +659,11 @@ impl Node {
             }
             let events_done = Instant::now();
             self.drive_raft()?;
+            self.metrics.note_term(self.raft.term().0);
             let raft_done = Instant::now();
             self.after_turn()?;
             self.note_slow_turn(turn_start, events_done, raft_done, event_count);
+            self.timings.dump_if_requested(&self.data_dir);
         }
         self.stop();
         Ok(())
@@ -574,6 +679,13 @@ impl Node {
         event_count: usize,
     ) {
         let took = start.elapsed();
+        self.timings.turn(timings::Turn {
+            total: took,
+            events: event_count,
+            persist: self.turn_persist,
+            sync: self.turn_sync,
+            apply: self.turn_apply,
+        });
         let budget = self.tick * self.config.election_ticks_min / 2;
         if took >= budget {
             warn!(
@@ -603,7 +715,18 @@ impl Node {
                 self.clients.insert(conn, Client::new());
                 debug!("{conn}: protocol {version:?}");
             }
-            Event::Request { conn, request } => self.on_request(conn, request),
+            Event::Request { conn, request } => {
+                let write = matches!(
+                    request,
+                    atoll_net::protocol::Request::Exec { .. }
+                        | atoll_net::protocol::Request::ExecSql { .. }
+                );
+                let began = Instant::now();
+                self.on_request(conn, request);
+                if write {
+                    self.timings.execute(began.elapsed());
+                }
+            }
             Event::Drained { conn } => self.on_drained(conn),
             Event::Closed { conn, reason } => {
                 debug!("{conn}: closed ({reason:?})");
@@ -636,6 +759,11 @@ impl Node {
                 frames_dropped,
             } => self.on_peer_disconnected(node, direction, reason, frames_dropped),
             Event::PeerFrame { from, frame } => self.on_peer_frame(from, frame)?,
+            Event::MetricsRequest { request } => {
+                let text = self.metrics.render(&self.metrics_sample());
+                self.reactor
+                    .metrics_respond(request, metrics::CONTENT_TYPE, text.as_bytes());
+            }
         }
         Ok(())
     }
@@ -670,7 +798,11 @@ impl Node {
 
     /// Takes the engine's proposals (proposed at the end of the turn) and its late answers.
     fn drain_engine(&mut self) {
+        let before = self.proposals.len();
         self.proposals.extend(self.engine.take_proposals());
+        if self.proposals.len() > before {
+            self.timings.proposals_taken(Instant::now());
+        }
         for completion in self.engine.take_completions() {
             match self.sessions.get(&completion.session) {
                 Some(&conn) => self.complete(conn, completion.result),
@@ -699,18 +831,24 @@ impl Node {
         if !self.proposals.is_empty() {
             let proposals = std::mem::take(&mut self.proposals);
             let ids: Vec<u64> = proposals.iter().map(|p| p.id).collect();
+            for proposal in &proposals {
+                self.metrics.group_commit.observe(proposal.writes as f64);
+            }
             let payloads: Vec<Payload> = proposals
                 .into_iter()
                 .map(|p| Payload::from_vec(p.command))
                 .collect();
             match self.raft.propose_batch(payloads) {
                 Ok(first) => {
+                    let last = first.0 + ids.len() as u64 - 1;
+                    self.timings.proposed(last, Instant::now());
                     self.stats.entries_proposed += ids.len() as u64;
                     self.stats.proposal_batches += 1;
                     debug!("proposed {} command(s) from index {first}", ids.len());
                 }
                 Err(atoll_raft::Error::Storage(e)) => return Err(fatal("reading the log", e)),
                 Err(e) => {
+                    self.timings.proposals_dropped();
                     // Nothing was appended: the client may retry. During a leadership transfer
                     // it is told "not leader", which every client retries on the new leader.
                     let reason = match e {
@@ -774,7 +912,10 @@ impl Node {
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
         let mut stalled = false;
         if !entries.is_empty() {
-            if self.append_entries(&entries)? {
+            let append_start = Instant::now();
+            let appended = self.append_entries(&entries)?;
+            self.timings.append(append_start.elapsed());
+            if appended {
                 ready.entries = entries;
             } else {
                 // Unappended entries are not acknowledged: drop the answers that would.
@@ -796,7 +937,12 @@ impl Node {
                 .sync()
                 .map_err(|e| fatal("syncing the log", e))?;
             self.stats.syncs += 1;
-            self.turn_sync += sync_start.elapsed();
+            let synced = Instant::now();
+            let took = synced - sync_start;
+            self.metrics.log_sync.observe(took.as_secs_f64());
+            self.turn_sync += took;
+            let durable = ready.persist_point().map(|(index, _)| index.0);
+            self.timings.synced(took, durable, synced);
         }
         if let Some((index, term)) = ready.persist_point() {
             self.raft.on_persisted(index, term);
@@ -805,16 +951,33 @@ impl Node {
         // 5. Apply the committed entries, answering the writes they carry.
         let apply_start = Instant::now();
         let now = Instant::now();
+        if let Some(last) = ready.committed_entries.last() {
+            let leading = self.raft.role() == StateRole::Leader;
+            self.timings.committed(last.index.0, leading, now);
+        }
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
+                EntryKind::Command if verify::decode_point(&entry.payload).is_some() => {
+                    self.engine.note_applied(index);
+                    match verify::decode_point(&entry.payload) {
+                        Some(Ok(database)) => {
+                            self.verify.applied(&mut self.engine, index, &database)
+                        }
+                        Some(Err(why)) => warn!("entry {index}: malformed verify point: {why}"),
+                        None => {}
+                    }
+                }
                 EntryKind::Command if !self.disk.may_write(now) => {
                     // A stalled apply is retried at most every `DISK_RETRY_INTERVAL`.
                     self.apply_again_from(entry.index, &mut ready)?;
                     stalled = true;
                     break;
                 }
-                EntryKind::Command => match self.engine.apply(index, &entry.payload) {
+                EntryKind::Command if restore::decode(&entry.payload).is_some() => {
+                    self.apply_restore_piece(entry.index, entry.term, &entry.payload)?;
+                }
+                EntryKind::Command => match self.timed_apply(index, &entry.payload) {
                     Ok(Applied::Frames { .. }) => {
                         self.stats.commands_applied += 1;
                         self.disk.write_succeeded();
@@ -839,7 +1002,11 @@ impl Node {
                 },
                 EntryKind::Noop | EntryKind::Configuration => self.engine.note_applied(index),
             }
+            let answer_start = Instant::now();
             self.drain_engine();
+            if entry.kind == EntryKind::Command {
+                self.timings.answer(answer_start.elapsed());
+            }
         }
         if !ready.committed_entries.is_empty() {
             self.last_apply_at = Instant::now();
@@ -853,6 +1020,18 @@ impl Node {
             self.read_dropped(*context);
         }
         Ok(stalled)
+    }
+
+    /// `engine.apply`, timed.
+    fn timed_apply(
+        &mut self,
+        index: u64,
+        payload: &[u8],
+    ) -> Result<Applied, atoll_core::EngineError> {
+        let start = Instant::now();
+        let applied = self.engine.apply(index, payload);
+        self.timings.apply(start.elapsed());
+        applied
     }
 
     /// Appends a ready's entries (truncating a conflicting suffix first). False if the disk is
@@ -962,6 +1141,8 @@ impl Node {
             .snapshots()
             .open_reader(&meta)
             .map_err(|e| fatal("opening a received snapshot", e))?;
+        // Images being hashed read files the install replaces.
+        self.verify.snapshot_installed(index.0);
         self.engine
             .install_snapshot(&mut reader)
             .map_err(|e| fatal("installing a snapshot", e))?;
@@ -1036,6 +1217,8 @@ impl Node {
         self.expire_reads();
         self.roles_step();
         self.join_step();
+        self.repair_step();
+        self.restore_step();
         self.snapshot_policy()?;
         self.checkpoint_policy();
         if self.disk.is_full() {

@@ -178,8 +178,14 @@ impl Node {
             self.stats.messages_refused += 1;
             return Ok(());
         }
+        let from_leader = self.raft.leader_id().is_some_and(|leader| leader.0 == from);
         match self.raft.step(message) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if from_leader || self.raft.leader_id().is_some_and(|leader| leader.0 == from) {
+                    self.last_leader_contact = Some(std::time::Instant::now());
+                }
+                Ok(())
+            }
             Err(atoll_raft::Error::Storage(e)) => Err(fatal("reading the log", e)),
             Err(e @ atoll_raft::Error::InvalidMessage(_)) => {
                 warn!("message from node {from} refused: {e}");
@@ -291,6 +297,12 @@ impl Node {
         if configuration.get(NodeId(me)).is_some() {
             // A member sends only to members: what joining needed is forgotten.
             self.peer_announced.clear();
+        }
+        if !configuration.is_empty() {
+            // Where the cluster is, should this node's log be damaged later (`repair.rs`).
+            if let Err(e) = super::repair::write_members(&self.data_dir, configuration) {
+                warn!("recording the configuration: {e}");
+            }
         }
         for (id, member) in configuration.members() {
             if id.0 == me {

@@ -41,6 +41,7 @@ pub fn parameter(value: WireValue) -> CoreValue {
         WireValue::Integer(v) | WireValue::UnixTime(v) => CoreValue::Integer(v),
         WireValue::Float(v) => CoreValue::Float(v),
         WireValue::Text(v) | WireValue::Iso8601(v) => CoreValue::Text(v),
+        WireValue::RawText(v) => CoreValue::RawText(v),
         WireValue::Blob(v) => CoreValue::Blob(v),
         WireValue::Null => CoreValue::Null,
         WireValue::Boolean(v) => CoreValue::Integer(i64::from(v)),
@@ -88,6 +89,9 @@ pub fn cell(value: &CoreValue, declared: Declared) -> ValueRef<'_> {
         (CoreValue::Integer(v), Declared::Plain) => ValueRef::Integer(*v),
         (CoreValue::Float(v), _) => ValueRef::Float(*v),
         (CoreValue::Text(v), _) => ValueRef::Text(until_nul(v)),
+        (CoreValue::RawText(v), _) => {
+            ValueRef::RawText(v.split(|&b| b == 0).next().unwrap_or_default())
+        }
         (CoreValue::Blob(v), _) => ValueRef::Blob(v),
         (CoreValue::Null, Declared::Plain) => ValueRef::Null,
     }

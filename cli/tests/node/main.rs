@@ -31,6 +31,8 @@
 //! - `t53_hardening`: an idle reader (no loop stall, rolled back past the limit), header-only
 //!   requests under a 1 GiB address-space limit, too many parameters, database names under a
 //!   low open-file limit, a corrupt page.
+//! - `t60_operations`: `atoll backup` from the leader and from a follower; `atoll recover`
+//!   after the loss of a majority.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -40,6 +42,7 @@ mod t11_python;
 mod t12_captures;
 mod t13_commands;
 mod t14_protocol;
+mod t15_session;
 mod t20_cluster;
 mod t21_membership;
 mod t50_durability;
@@ -51,3 +54,4 @@ mod t55_cluster_faults;
 mod t56_disk_full;
 mod t57_peer_auth;
 mod t58_tls;
+mod t60_operations;

@@ -57,3 +57,12 @@ fn test_python_sqlalchemy_orm() {
     let out = run_script("sqlalchemy_check.py", node.address());
     assert!(out.ends_with("all sqlalchemy checks passed\n"), "{out}");
 }
+
+/// Two dqlite-dbapi connections each behave as their own SQLite connection, and a writer
+/// behind the other's transaction gets "database is locked" promptly.
+#[test]
+fn test_python_sessions_are_connections() {
+    let node = AtollNode::start();
+    let out = run_script("session_check.py", node.address());
+    assert!(out.ends_with("all session checks passed\n"), "{out}");
+}

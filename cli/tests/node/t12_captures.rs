@@ -21,12 +21,9 @@ const INTENTIONAL: &[(&str, usize, &str)] = &[
     // 1.11 reused the previous execution's values. The row inserted differs, so the QUERY that
     // reads it back shows NULLs where 1.11 repeated the earlier values.
     ("13-raw-prepared", 7, "QUERY"),
-    // RESULT of a statement that changes no rows (CREATE TABLE) repeats the connection's last
-    // counters, as SQLite does; autocommit writes share one writer connection per database (it
-    // is what lets them commit as a group), so the counters are that connection's.
-    ("14-raw-errors", 11, "EXEC_SQL"),
-    // EXEC_SQL of a statement that yields rows runs it and answers RESULT (as EXEC of a
-    // prepared statement does in 1.11) instead of FAILURE 100 "another row available".
+    // EXEC_SQL of a statement that yields rows fails as the newest dqlite fails it (FAILURE 1
+    // "rows yielded when none expected for EXEC request"); 1.11 answered FAILURE 100 "another
+    // row available".
     ("14-raw-errors", 15, "EXEC_SQL"),
     // A query without result columns (QUERY_SQL of a DELETE) runs and answers an empty ROWS
     // (as dqlite 1.18.3+), where 1.11 refused it with FAILURE 1 "not an error".

@@ -86,3 +86,85 @@ fn test_sigterm_stops_cleanly_and_a_directory_in_use_is_refused() {
     let out = crate::support::shell(&address, "kept", &["-f", "csv", "SELECT x FROM t"]);
     assert_eq!(out.ok(), "x\n1\n");
 }
+
+/// The timing flags take any milliseconds: without `--tick-ms` the tick is derived (45 and 450
+/// ms: a tick of 9 ms), with it the values are rounded to whole ticks and a note says so; the
+/// node starts and serves with either.
+#[test]
+fn test_timing_flags_take_any_milliseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let exact = dir.path().join("exact");
+    let exact = exact.to_str().unwrap();
+    let out = atoll(&[
+        "init",
+        "--data-dir",
+        exact,
+        "--address",
+        "127.0.0.1:9",
+        "--heartbeat-ms",
+        "45",
+        "--election-timeout-ms",
+        "450",
+    ]);
+    out.ok();
+    assert!(!out.stderr.contains("rounded"), "{out:?}");
+    let conf = std::fs::read_to_string(dir.path().join("exact/atoll.conf")).unwrap();
+    for line in [
+        "tick_ms = 9\n",
+        "heartbeat_ticks = 5\n",
+        "election_ticks_min = 50\n",
+    ] {
+        assert!(conf.contains(line), "{line:?} in\n{conf}");
+    }
+    let rounded = dir.path().join("rounded");
+    let rounded = rounded.to_str().unwrap();
+    let out = atoll(&[
+        "init",
+        "--data-dir",
+        rounded,
+        "--address",
+        "127.0.0.1:9",
+        "--tick-ms",
+        "10",
+        "--heartbeat-ms",
+        "15",
+        "--election-timeout-ms",
+        "333",
+    ]);
+    out.ok();
+    assert!(
+        out.stderr.contains("rounded to 20 ms and 330 ms"),
+        "{out:?}"
+    );
+    let conf = std::fs::read_to_string(dir.path().join("rounded/atoll.conf")).unwrap();
+    for line in [
+        "tick_ms = 10\n",
+        "heartbeat_ticks = 2\n",
+        "election_ticks_min = 33\n",
+    ] {
+        assert!(conf.contains(line), "{line:?} in\n{conf}");
+    }
+    // Still refused: an election timeout not above the heartbeat.
+    let refused = dir.path().join("refused");
+    let out = atoll(&[
+        "init",
+        "--data-dir",
+        refused.to_str().unwrap(),
+        "--address",
+        "127.0.0.1:9",
+        "--heartbeat-ms",
+        "50",
+        "--election-timeout-ms",
+        "40",
+    ]);
+    assert!(
+        out.failed().contains("must be above the heartbeat"),
+        "{out:?}"
+    );
+    // A node with derived timing leads and writes.
+    let node = AtollNode::start_with(&["--heartbeat-ms", "45", "--election-timeout-ms", "450"]);
+    let config = atoll_net::client::ClientConfig::default();
+    let mut client = atoll_net::client::Client::connect(&[node.address()], config).unwrap();
+    client.open("timing").unwrap();
+    client.exec_sql("CREATE TABLE t (x)", &[]).unwrap();
+}

@@ -232,3 +232,85 @@ fn test_failover_under_a_write_loop_loses_no_acknowledged_write() {
     assert_all_present(&cluster, old, &acknowledged);
     assert_eq!(cluster.dump(old, "app"), cluster.dump(new, "app"));
 }
+
+/// SIGUSR1 to a node: `DATA_DIR/timings` (see `cli/src/node/timings.rs`) holds where the writes
+/// since the last dump spent their time; the leader executed, committed and applied them, a
+/// follower appended, synced and applied them; a second dump starts from zero.
+#[test]
+fn test_sigusr1_writes_the_loop_timings_and_resets_them() {
+    let cluster = AtollCluster::start(3, &[], 3);
+    let mut client = cluster.client();
+    client.open("timed").expect("open");
+    client
+        .exec_sql("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", &[])
+        .expect("create");
+    for key in 0..20 {
+        client
+            .exec_sql(
+                "INSERT INTO t VALUES (?, ?)",
+                &[Value::Integer(key), Value::Text("x".repeat(1000))],
+            )
+            .expect("insert");
+    }
+    let leader = cluster.leader();
+    cluster.wait_in_sync();
+    let dump = |index: usize| -> Vec<(String, Vec<u64>)> {
+        let node = &cluster.nodes[index];
+        let path = node.data_dir().join("timings");
+        let _ = std::fs::remove_file(&path);
+        let status = Command::new("kill")
+            .args(["-USR1", &node.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let text = wait_for("the timings file", Duration::from_secs(10), || {
+            std::fs::read_to_string(&path).ok()
+        });
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let mut words = line.split(' ');
+                let name = words.next().expect("a phase").to_owned();
+                let numbers = words.map(|w| w.parse().expect("a number")).collect();
+                (name, numbers)
+            })
+            .collect()
+    };
+    let count = |timings: &[(String, Vec<u64>)], phase: &str| -> u64 {
+        let (_, numbers) = timings.iter().find(|(n, _)| n == phase).expect(phase);
+        // COUNT SUM MAX and 32 buckets adding up to COUNT.
+        assert_eq!(numbers.len(), 3 + 32, "{phase}: {numbers:?}");
+        assert_eq!(numbers[3..].iter().sum::<u64>(), numbers[0], "{phase}");
+        assert!(numbers[2] <= numbers[1], "{phase}: max above the sum");
+        numbers[0]
+    };
+    let first = dump(leader);
+    assert!(count(&first, "execute") >= 21, "{first:?}");
+    for phase in ["batch", "append", "sync", "commit", "quorum"] {
+        assert!(count(&first, phase) >= 1, "{phase}: {first:?}");
+    }
+    assert!(count(&first, "apply") >= 21, "{first:?}");
+    assert!(count(&first, "answer") >= 21, "{first:?}");
+    assert!(count(&first, "turn") >= 21, "{first:?}");
+    let longest: Vec<_> = first.iter().filter(|(n, _)| n == "turn_longest").collect();
+    assert!(!longest.is_empty() && longest.len() <= 8, "{longest:?}");
+    assert!(
+        longest.windows(2).all(|w| w[0].1[0] >= w[1].1[0]),
+        "longest first"
+    );
+    // Nothing written since: the counters started again from zero.
+    let second = dump(leader);
+    assert_eq!(count(&second, "execute"), 0, "{second:?}");
+    assert_eq!(count(&second, "commit"), 0, "{second:?}");
+    let follower = (leader + 1) % 3;
+    let timings = dump(follower);
+    assert_eq!(count(&timings, "execute"), 0, "{timings:?}");
+    assert_eq!(count(&timings, "commit"), 0, "{timings:?}");
+    assert!(count(&timings, "append") >= 1, "{timings:?}");
+    assert!(count(&timings, "sync") >= 1, "{timings:?}");
+    assert!(count(&timings, "apply") >= 21, "{timings:?}");
+    // The node still serves.
+    client
+        .exec_sql("INSERT INTO t VALUES (100, 'after')", &[])
+        .expect("insert after the dumps");
+}

@@ -365,7 +365,19 @@ fn test_idle_clients_past_the_limit_do_not_keep_peers_out() {
     // writes need the restarted follower's connection to the leader, and they commit. Then a
     // new node joins (its ADD waits for the idle clients to time out: 15 s here) and catches up.
     let addresses = [free_address(), free_address(), free_address()];
-    let idle = ["--client-idle-timeout", "15"].map(String::from).to_vec();
+    // A long election timeout: while one follower is down and the other restarts the leader
+    // has no quorum, and on a loaded machine the restart can outlast 300-600 ms (it stepped
+    // down and the write failed). The test is about admission, not failover.
+    let idle = [
+        "--client-idle-timeout",
+        "15",
+        "--heartbeat-ms",
+        "100",
+        "--election-timeout-ms",
+        "3000",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut first = AtollNode::init(&addresses[0], &["--id", "1"]);
     first.start_args = idle.clone();
     first.restart();

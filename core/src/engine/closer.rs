@@ -1,15 +1,16 @@
 //! Closing idle databases, so that the databases a node holds are not bounded by its open-file
-//! limit: only `databases_max` are open at once (two descriptors and two connections each).
+//! limit: only `databases_max` are open at once (two descriptors and a control connection each,
+//! besides the connections of the sessions that use it).
 //!
-//! A database is *idle* when no session has it open, its write slot is free and its queue
-//! empty, no snapshot reads it, no checkpoint sync is pending, it is not recovering and not
-//! corrupt (kept open so that its state stays visible). To close it the engine first makes its
-//! WAL empty (a forced `TRUNCATE` checkpoint: the wal-index lives only in memory, so a closed
-//! database must need none), then drops its connections and files and keeps only what its
-//! record says ([`Closed`]). Opening a session on it, or applying a command to it, opens it
-//! again; so does a snapshot (all of them, for its duration) or a DUMP. Recovery at start
-//! opens at most `databases_max` databases and leaves the others closed, so a restart never
-//! needs more descriptors than the limit allows.
+//! A database is *idle* when no session has it open, its write slot is free (no chain, no
+//! session transaction) and its queue empty, no snapshot reads it, no checkpoint sync is
+//! pending, it is not recovering and not corrupt (kept open so that its state stays visible).
+//! To close it the engine first makes its WAL empty (a forced `TRUNCATE` checkpoint: the
+//! wal-index lives only in memory, so a closed database must need none), then drops its
+//! connection and files and keeps only what its record says ([`Closed`]). Opening a session
+//! on it, or applying a command to it, opens it again; so does a snapshot (all of them, for
+//! its duration) or a DUMP. Recovery at start opens at most `databases_max` databases and
+//! leaves the others closed, so a restart never needs more descriptors than the limit allows.
 //!
 //! Room is made when a new database must be opened: the least recently used idle one is
 //! closed. When none is idle, a session's OPEN fails with `TooManyDatabases`; `apply` never
@@ -52,6 +53,7 @@ impl Engine {
             .iter()
             .filter(|(name, db)| {
                 matches!(db.slot, Slot::Free)
+                    && db.chain_members.is_empty()
                     && db.queue.is_empty()
                     && Arc::strong_count(&db.snapshot_token) == 1
                     && !db.sync_pending

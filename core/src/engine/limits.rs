@@ -4,13 +4,15 @@
 //! - A client transaction (a read snapshot or the write slot) open longer than
 //!   `transaction_time_max` is rolled back in [`Engine::set_time`]: a reader would otherwise keep
 //!   checkpoints (and so snapshots and log compaction) waiting forever, a writer every other
-//!   writer. The session's next request on that database fails with [`ExecError::Aborted`].
+//!   writer. The session's next request on that database fails with [`ExecError::Aborted`];
+//!   what other sessions' requests of the chain it continued committed still goes.
 //! - At [`Engine::open`], `PRAGMA quick_check` runs on each database while the wall-clock budget
 //!   `open_check_budget` lasts (a progress handler interrupts it); a database whose check fails
 //!   is marked corrupt, one that is not checked in time is logged. Any statement that fails with
 //!   `SQLITE_CORRUPT` or `SQLITE_NOTADB` marks its database corrupt too. A corrupt database
 //!   refuses writes ([`ExecError::Corrupt`]), so a leader never replicates pages computed from a
-//!   broken page; an open write transaction on it is rolled back at the next `set_time`. Reads
+//!   broken page; an open write transaction on it (and the chain it continues) is rolled back
+//!   at the next `set_time`, and the rest of a chain stops once a member finds it. Reads
 //!   go on (SQLite answers what it can), applies from the leader go on (they carry whole pages).
 
 use std::time::{Duration, Instant};
@@ -95,8 +97,22 @@ impl Engine {
                 self.databases.get(&database).map(|db| &db.slot),
                 Some(Slot::Transaction(holder)) if *holder == id
             );
-            if holds_slot {
+            if holds_slot && self.databases[&database].corrupt.is_some() {
+                // Nothing more is replicated from it: the chain the transaction continues
+                // (statements of other sessions that ran before it) is discarded too.
                 self.abort_local_writes(&database, &reason);
+                self.pump(&database);
+            } else if holds_slot {
+                // As when its session closes: the transaction is rolled back, what the chain
+                // committed before it still goes.
+                sdb.conn.rollback();
+                sdb.txn = Txn::None;
+                sdb.aborted = Some(reason);
+                session.state.transition(WriteState::Idle);
+                let db = self.databases.get_mut(&database).expect("holds its slot");
+                db.slot = Slot::Free;
+                let members = std::mem::take(&mut db.chain_members);
+                self.end_chain(&database, members);
                 self.pump(&database);
             } else {
                 sdb.conn.rollback();

@@ -764,6 +764,25 @@ fn error_of(db: *mut ffi::sqlite3, code: c_int) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(ffi::Error::new(extended), Some(message))
 }
 
+/// Binds text bytes (copied by SQLite), valid UTF-8 or not: SQLite keeps them as given.
+///
+/// # Safety
+/// `statement` is a live statement handle.
+unsafe fn bind_text(statement: *mut ffi::sqlite3_stmt, position: c_int, text: &[u8]) -> c_int {
+    // SAFETY: the caller passes a live statement; the pointer is valid for `text.len()` bytes
+    // and SQLITE_TRANSIENT makes SQLite copy them before returning.
+    unsafe {
+        ffi::sqlite3_bind_text64(
+            statement,
+            position,
+            text.as_ptr().cast(),
+            text.len() as u64,
+            ffi::SQLITE_TRANSIENT(),
+            ffi::SQLITE_UTF8 as u8,
+        )
+    }
+}
+
 impl RawStmt {
     /// Prepares the first statement of `sql` on `connection`.
     pub(super) fn prepare(
@@ -839,24 +858,18 @@ impl RawStmt {
         }
     }
 
-    /// Binds `values` to parameters 1.. and NULL to the rest; errors if there are more values
-    /// than parameters.
+    /// Binds `values` to parameters 1.. and NULL to the rest. More values than parameters fail
+    /// as SQLite's own bind fails (SQLITE_RANGE, "column index out of range"), as dqlite
+    /// answers.
     pub(crate) fn bind_all(&mut self, values: &[Value]) -> Result<(), rusqlite::Error> {
-        if values.len() > self.parameter_count() {
-            return Err(rusqlite::Error::SqliteFailure(
-                ffi::Error::new(ffi::SQLITE_RANGE),
-                Some(format!(
-                    "statement has {} parameters, {} given",
-                    self.parameter_count(),
-                    values.len()
-                )),
-            ));
-        }
         // Placeholders without a value are NULL (as dqlite binds them, and as a fresh SQLite
         // statement reads them), also after an execution that bound them.
-        let nulls = std::iter::repeat_n(&Value::Null, self.parameter_count() - values.len());
+        let nulls = self.parameter_count().saturating_sub(values.len());
+        let nulls = std::iter::repeat_n(&Value::Null, nulls);
         for (index, value) in values.iter().chain(nulls).enumerate() {
-            let position = index as c_int + 1;
+            let Ok(position) = c_int::try_from(index + 1) else {
+                return Err(error_of(self.db, ffi::SQLITE_RANGE));
+            };
             // SAFETY: the statement is live; text and blob pointers are valid for their lengths
             // and SQLITE_TRANSIENT makes SQLite copy them before returning.
             let rc = unsafe {
@@ -864,14 +877,8 @@ impl RawStmt {
                     Value::Null => ffi::sqlite3_bind_null(self.raw(), position),
                     Value::Integer(v) => ffi::sqlite3_bind_int64(self.raw(), position, *v),
                     Value::Float(v) => ffi::sqlite3_bind_double(self.raw(), position, *v),
-                    Value::Text(text) => ffi::sqlite3_bind_text64(
-                        self.raw(),
-                        position,
-                        text.as_ptr().cast(),
-                        text.len() as u64,
-                        ffi::SQLITE_TRANSIENT(),
-                        ffi::SQLITE_UTF8 as u8,
-                    ),
+                    Value::Text(text) => bind_text(self.raw(), position, text.as_bytes()),
+                    Value::RawText(text) => bind_text(self.raw(), position, text),
                     Value::Blob(blob) => ffi::sqlite3_bind_blob64(
                         self.raw(),
                         position,
@@ -961,7 +968,10 @@ impl RawStmt {
                         return Value::Text(String::new());
                     }
                     let bytes = std::slice::from_raw_parts(text, length);
-                    Value::Text(String::from_utf8_lossy(bytes).into_owned())
+                    match String::from_utf8(bytes.to_vec()) {
+                        Ok(text) => Value::Text(text),
+                        Err(error) => Value::RawText(error.into_bytes()),
+                    }
                 }
                 ffi::SQLITE_BLOB => {
                     let blob = ffi::sqlite3_column_blob(self.raw(), column);

@@ -15,6 +15,10 @@
 //!    copy 0), the hash entries past the saved `mxFrame` are cleaned as `walCleanupHash` does, and
 //!    the committed frames wait in the capture buffer for the engine to encode them.
 //!
+//! Inside a chain ([`DbFiles::begin_chain`] .. [`DbFiles::end_chain`]) step 3 waits for the end
+//! of the chain: the next capture connection's transaction starts on the frames the ones before
+//! it committed (indexed, served from the buffer), and the command carries each page once.
+//!
 //! Readers never see the frames; the writer's own connection sees the header change at its next
 //! read transaction and drops its page cache. [`DbFiles::append_frames`] later writes committed
 //! frames into the WAL and publishes them under the WAL write lock.
@@ -219,6 +223,13 @@ struct Capture {
     committed: Option<Committed>,
     /// The hide step found an inconsistency; the commit must be treated as failed.
     error: bool,
+    /// A chain is open ([`DbFiles::begin_chain`]): the transactions of several connections,
+    /// one after another, accumulate in `buffer`, each seeing the frames of the ones before it
+    /// (they are in the wal-index), and the hide step waits for [`DbFiles::end_chain`].
+    chain: bool,
+    /// The chain's first transaction took the write lock: `saved_header` and `base_frame` are
+    /// the chain's, and captured slots are read from `buffer` between its transactions.
+    started: bool,
 }
 
 impl Default for Capture {
@@ -234,6 +245,8 @@ impl Default for Capture {
             overflow: false,
             committed: None,
             error: false,
+            chain: false,
+            started: false,
         }
     }
 }
@@ -259,7 +272,7 @@ pub struct FrameRef<'a> {
 /// What a connection may do, chosen when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// Session and writer connections: their write transactions are captured, never written.
+    /// Session connections: their write transactions are captured, never written.
     Capture,
     /// The engine's control connection: checkpoints and snapshot reads.
     Plain,
@@ -479,7 +492,7 @@ impl DbFiles {
             Err(code) => return code,
         };
         let capture = &state.capture;
-        if capture.active {
+        if capture.active || capture.started {
             let start = wal::frame_offset(capture.base_frame + 1, self.options.page_size);
             if offset >= start {
                 // Past what a `usize` holds (32-bit) is past the captured bytes too; a read
@@ -582,7 +595,7 @@ impl DbFiles {
             .map(|m| m.len())
             .map_err(|e| io_code(&e, rusqlite::ffi::SQLITE_IOERR_FSTAT))?;
         let capture = &state.capture;
-        if capture.active && capture.slots > 0 {
+        if (capture.active || capture.started) && capture.slots > 0 {
             let end = wal::frame_offset(capture.base_frame + 1, self.options.page_size)
                 + capture.buffer.len() as u64;
             return Ok(real.max(end));
@@ -628,7 +641,7 @@ impl DbFiles {
                 && state.holder(conn).exclusive_mask & 1 != 0;
             state.shm_release(conn, offset, n, exclusive);
             if releases_write && state.capture.active && state.capture.owner == conn {
-                self.hide_captured(&mut state);
+                self.release_capture(&mut state);
             }
             return OK;
         }
@@ -655,7 +668,7 @@ impl DbFiles {
         if let Ok(mut state) = self.lock() {
             let exclusive = state.holder(conn).exclusive_mask;
             if state.capture.active && state.capture.owner == conn && exclusive & 1 != 0 {
-                self.hide_captured(&mut state);
+                self.release_capture(&mut state);
             }
             state.shm_release(conn, 0, wal::LOCK_SLOTS, true);
             state.shm_release(conn, 0, wal::LOCK_SLOTS, false);
@@ -670,6 +683,11 @@ impl DbFiles {
         assert!(!capture.active, "two captured writers");
         capture.active = true;
         capture.owner = conn;
+        if capture.chain && capture.started {
+            // The next transaction of the chain: it appends after the ones before it.
+            return;
+        }
+        capture.started = capture.chain;
         capture.saved_header = saved;
         capture.base_frame = wal::raw_header_max_frame(&saved);
         capture.buffer.clear();
@@ -680,7 +698,64 @@ impl DbFiles {
         capture.error = false;
     }
 
-    /// The hide step: runs when a captured writer releases the WAL write lock.
+    /// A captured writer released the WAL write lock: the hide step, unless a chain is open
+    /// (then its frames stay visible to the chain's next transaction until `end_chain`).
+    fn release_capture(&self, state: &mut DbState) {
+        if state.capture.chain {
+            state.capture.active = false;
+        } else {
+            self.hide_captured(state);
+        }
+    }
+
+    /// Opens a chain: the transactions captured from now until [`DbFiles::end_chain`], by any
+    /// capture connections one after another, form one committed run of frames. The engine
+    /// runs them within one call, so no reader starts while their frames are visible.
+    pub(crate) fn begin_chain(&self) -> io::Result<()> {
+        let mut state = self.lock_io()?;
+        let capture = &mut state.capture;
+        assert!(
+            !capture.active && !capture.chain,
+            "a chain inside a transaction"
+        );
+        capture.chain = true;
+        capture.started = false;
+        Ok(())
+    }
+
+    /// Whether a capture connection holds the WAL write lock now.
+    pub(crate) fn capture_active(&self) -> bool {
+        self.lock().is_ok_and(|state| state.capture.active)
+    }
+
+    /// Whether the open chain committed frames so far (visible in the live header).
+    pub(crate) fn chain_committed(&self) -> bool {
+        self.lock().is_ok_and(|state| {
+            let mut live = [0u8; wal::INDEX_HEADER_BYTES];
+            state.shm_read(0, 0, &mut live);
+            state.capture.started && live != state.capture.saved_header
+        })
+    }
+
+    /// Closes the chain: the hide step for everything it committed (see `take_committed`).
+    /// No connection may hold the write lock.
+    pub(crate) fn end_chain(&self) -> io::Result<()> {
+        let mut state = self.lock_io()?;
+        assert!(
+            !state.capture.active,
+            "end_chain while a writer holds the lock"
+        );
+        let started = state.capture.started;
+        state.capture.chain = false;
+        state.capture.started = false;
+        if started {
+            self.hide_captured(&mut state);
+        }
+        Ok(())
+    }
+
+    /// The hide step: runs when a captured writer releases the WAL write lock (at the end of
+    /// a chain for chained transactions).
     fn hide_captured(&self, state: &mut DbState) {
         let frame_bytes = self.frame_bytes();
         let mut live = [0u8; wal::INDEX_HEADER_BYTES];
@@ -737,12 +812,24 @@ impl DbFiles {
             capture.error = false;
             return Err(io::Error::other("captured commit was inconsistent"));
         }
-        let Some(committed) = capture.committed.take() else {
+        let Some(mut committed) = capture.committed.take() else {
             return Ok(None);
         };
         let frame_bytes = self.frame_bytes();
         let buffer = &capture.buffer;
-        let mut frames = (0..committed.frame_count as usize).map(|slot| {
+        let page_of =
+            |slot: usize| byteorder::BigEndian::read_u32_at(&buffer[slot * frame_bytes..], 0);
+        // A chain of transactions may write a page several times: only its last version is
+        // part of the committed state (readers never saw the others), so only it is sent.
+        let mut last_slot: HashMap<u32, usize> = HashMap::new();
+        for slot in 0..committed.frame_count as usize {
+            last_slot.insert(page_of(slot), slot);
+        }
+        let kept: Vec<usize> = (0..committed.frame_count as usize)
+            .filter(|&slot| last_slot.get(&page_of(slot)) == Some(&slot))
+            .collect();
+        committed.frame_count = kept.len() as u32;
+        let mut frames = kept.iter().map(|&slot| {
             let frame = &buffer[slot * frame_bytes..(slot + 1) * frame_bytes];
             FrameRef {
                 page_number: byteorder::BigEndian::read_u32_at(frame, 0),
@@ -1144,14 +1231,16 @@ impl DbState {
 
     /// Removes the index entries of frames `max_frame + 1 ..= touched_frame` (what
     /// `walCleanupHash` achieves, but by probing for each removed frame's page instead of
-    /// scanning all 8192 slots: this runs after every captured commit). Removing later entries
-    /// never breaks the probe chain of an earlier one: an earlier entry's chain only crosses
-    /// slots that were already taken when it was inserted, by even earlier entries.
+    /// scanning all 8192 slots: this runs after every captured commit). Entries go latest
+    /// first: removing a later entry never breaks the probe chain of an earlier one (an earlier
+    /// entry's chain only crosses slots that were already taken when it was inserted, by even
+    /// earlier entries), while removing an earlier one first would cut the chain of a later
+    /// entry of the same page (a chain of transactions writes a page several times).
     fn clean_hash_after(&mut self, max_frame: u32, touched_frame: u32) {
-        for frame in max_frame + 1..=touched_frame {
+        for frame in (max_frame + 1..=touched_frame).rev() {
             let region = wal::frame_region(frame);
             if region >= self.regions.len() {
-                break;
+                continue;
             }
             let index = frame - wal::region_zero(region);
             let entry = wal::region_pages_offset(region) + (index as usize - 1) * 4;
@@ -1262,8 +1351,9 @@ pub(crate) struct Conn {
     _vfs: Arc<Vfs>,
 }
 
-/// Statements a connection keeps prepared by SQL text (the writer's hot path).
-const STATEMENT_CACHE_MAX: usize = 32;
+/// Statements a connection keeps prepared by SQL text (single-statement writes: the hot path).
+/// Small: every client session has its connection.
+const STATEMENT_CACHE_MAX: usize = 8;
 
 impl Conn {
     /// Opens a connection to the database at `path` through `vfs`, in role `role`, with the
@@ -1340,6 +1430,20 @@ impl Conn {
     /// Finalizes the statement kept under `id`; whether there was one.
     pub(crate) fn forget(&mut self, id: u32) -> bool {
         self.statements.remove(&id).is_some()
+    }
+
+    /// Whether a statement for `sql` is cached.
+    pub(crate) fn is_cached(&self, sql: &str) -> bool {
+        self.cache.iter().any(|(text, _)| text == sql)
+    }
+
+    /// Caches `statement`, the whole of `sql` (the least recently used entry makes room).
+    pub(crate) fn cache(&mut self, sql: &str, statement: RawStmt) {
+        self.cache.retain(|(text, _)| text != sql);
+        if self.cache.len() >= STATEMENT_CACHE_MAX {
+            self.cache.remove(0);
+        }
+        self.cache.push((sql.to_string(), statement));
     }
 
     /// A cached statement for the whole of `sql` (which must hold exactly one statement), prepared

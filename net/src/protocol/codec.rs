@@ -272,6 +272,19 @@ impl<'a> Reader<'a> {
     /// A `text`: UTF-8 bytes, a NUL, then padding up to the next multiple of 8 counted from the
     /// start of the string. The padding content is not checked.
     pub fn text(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
+        let start = self.offset;
+        let bytes = self.text_bytes(field)?;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text),
+            Err(_) => {
+                self.offset = start;
+                Err(DecodeError::TextNotUtf8 { field })
+            }
+        }
+    }
+
+    /// A `text`'s bytes, whatever they are (a SQLite TEXT value may hold any bytes).
+    pub fn text_bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let rest = self.peek_rest();
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
             return Err(DecodeError::TextUnterminated { field });
@@ -284,10 +297,8 @@ impl<'a> Reader<'a> {
                 remaining: rest.len() as u64,
             });
         }
-        let text =
-            std::str::from_utf8(&rest[..nul]).map_err(|_| DecodeError::TextNotUtf8 { field })?;
         self.offset += encoded;
-        Ok(text)
+        Ok(&rest[..nul])
     }
 
     /// A `blob`: a `uint64` length, the bytes, zero padding up to a multiple of 8.
@@ -359,8 +370,13 @@ pub fn pad_to_word(out: &mut Vec<u8>, start: usize) {
 /// Appends a `text`. A string holding a NUL is cut there by every receiver (the wire format has
 /// no length field), so senders should not pass one; it is written verbatim.
 pub fn put_text(out: &mut Vec<u8>, text: &str) {
+    put_text_bytes(out, text.as_bytes());
+}
+
+/// Appends a `text` from its bytes (not necessarily UTF-8; without NUL).
+pub fn put_text_bytes(out: &mut Vec<u8>, text: &[u8]) {
     let start = out.len();
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(text);
     out.push(0);
     pad_to_word(out, start);
 }

@@ -23,8 +23,8 @@ pub mod value;
 pub use codec::{DecodeError, FAILURE_CODE_PARSE, WORD_BYTES};
 pub use request::{ClusterFormat, Request, RequestType};
 pub use response::{
-    File, NodeInfo, NodeMetadata, Response, ResponseContext, ResponseType, Role, Rows, RowsBatch,
-    RowsEnd,
+    Checksums, DatabaseChecksum, File, NodeInfo, NodeMetadata, NodeStatus, Response,
+    ResponseContext, ResponseType, Role, Rows, RowsBatch, RowsEnd, VerifyState,
 };
 pub use value::{Value, ValueRef};
 

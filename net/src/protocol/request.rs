@@ -1,7 +1,7 @@
 //! Requests (client to server), section 7 of the reference: type codes, layouts, encode and
 //! decode.
 
-use super::codec::{put_text, put_u32, put_u64, DecodeError, Reader};
+use super::codec::{put_blob, put_text, put_u32, put_u64, DecodeError, Reader};
 use super::response::Role;
 use super::value::{decode_params, encode_params, params_schema, Value};
 use super::{split_message, write_message, Header};
@@ -50,6 +50,14 @@ pub enum RequestType {
     Describe = 18,
     /// WEIGHT (19) → EMPTY.
     Weight = 19,
+    /// VERIFY (128, atoll only) → CHECKSUMS.
+    Verify = 128,
+    /// STATUS (129, atoll only) → STATUS.
+    Status = 129,
+    /// REPAIR (130, atoll only) → EMPTY.
+    Repair = 130,
+    /// RESTORE (131, atoll only) → EMPTY.
+    Restore = 131,
 }
 
 impl RequestType {
@@ -77,6 +85,10 @@ impl RequestType {
             17 => Transfer,
             18 => Describe,
             19 => Weight,
+            128 => Verify,
+            129 => Status,
+            130 => Repair,
+            131 => Restore,
             _ => return None,
         })
     }
@@ -110,6 +122,10 @@ impl RequestType {
             Transfer => "TRANSFER",
             Describe => "DESCRIBE",
             Weight => "WEIGHT",
+            Verify => "VERIFY",
+            Status => "STATUS",
+            Repair => "REPAIR",
+            Restore => "RESTORE",
         }
     }
 }
@@ -267,6 +283,39 @@ pub enum Request {
         /// New weight.
         weight: u64,
     },
+    /// atoll only (type 128), answered with CHECKSUMS. `index` 0 asks the leader to propose a
+    /// verify point for `database` (empty: every database); the answer carries its index.
+    /// `index` > 0 asks a node for its checksums at that verify point.
+    Verify {
+        /// The verify point, or 0 to make one.
+        index: u64,
+        /// The database, or empty for all.
+        database: String,
+    },
+    /// atoll only (type 129): the node's status for `atoll status`, answered with STATUS.
+    Status,
+    /// atoll only (type 130): tells a node that its copy of `database` was found damaged
+    /// (`atoll verify --repair`): it moves its data aside and is rebuilt from the leader.
+    /// Answered with EMPTY before the node stops to do it.
+    Repair {
+        /// The damaged database, for the node's log.
+        database: String,
+    },
+    /// atoll only (type 131): one piece of a restore (`atoll restore`), sent to the leader in
+    /// order; the piece that reaches `total` replaces the database. Answered with EMPTY once
+    /// the piece is committed and applied on the leader.
+    Restore {
+        /// The database to replace.
+        database: String,
+        /// Chosen by the client, the same for every piece of one restore.
+        restore_id: u64,
+        /// Where `data` goes in the file.
+        offset: u64,
+        /// The whole file's length.
+        total: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -294,6 +343,10 @@ impl Request {
             Request::Transfer { .. } => T::Transfer,
             Request::Describe | Request::DescribeV1 => T::Describe,
             Request::Weight { .. } => T::Weight,
+            Request::Verify { .. } => T::Verify,
+            Request::Status => T::Status,
+            Request::Repair { .. } => T::Repair,
+            Request::Restore { .. } => T::Restore,
         }
     }
 
@@ -322,7 +375,25 @@ impl Request {
 
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
-            Request::Leader | Request::Describe => put_u64(out, 0),
+            Request::Leader | Request::Describe | Request::Status => put_u64(out, 0),
+            Request::Verify { index, database } => {
+                put_u64(out, *index);
+                put_text(out, database);
+            }
+            Request::Repair { database } => put_text(out, database),
+            Request::Restore {
+                database,
+                restore_id,
+                offset,
+                total,
+                data,
+            } => {
+                put_text(out, database);
+                put_u64(out, *restore_id);
+                put_u64(out, *offset);
+                put_u64(out, *total);
+                put_blob(out, data);
+            }
             Request::DescribeV1 => put_u64(out, 1),
             Request::Client { id } => put_u64(out, *id),
             Request::Heartbeat { timestamp } => put_u64(out, *timestamp),
@@ -515,6 +586,24 @@ impl Request {
             RequestType::Weight => Request::Weight {
                 weight: r.u64("weight")?,
             },
+            RequestType::Verify => Request::Verify {
+                index: r.u64("verify index")?,
+                database: r.text("database name")?.to_owned(),
+            },
+            RequestType::Status => {
+                r.u64("status unused")?;
+                Request::Status
+            }
+            RequestType::Repair => Request::Repair {
+                database: r.text("database name")?.to_owned(),
+            },
+            RequestType::Restore => Request::Restore {
+                database: r.text("database name")?.to_owned(),
+                restore_id: r.u64("restore id")?,
+                offset: r.u64("restore offset")?,
+                total: r.u64("restore total")?,
+                data: r.blob("restore data")?.to_vec(),
+            },
         };
         Ok(request)
     }
@@ -593,6 +682,21 @@ mod tests {
         });
         round_trip(Request::Transfer { id: 0 });
         round_trip(Request::Describe);
+        round_trip(Request::Status);
+        round_trip(Request::Repair {
+            database: "app".into(),
+        });
+        round_trip(Request::Restore {
+            database: "app".into(),
+            restore_id: 9,
+            offset: 4096,
+            total: 8192,
+            data: vec![7; 13],
+        });
+        round_trip(Request::Verify {
+            index: 12,
+            database: "app".into(),
+        });
         round_trip(Request::DescribeV1);
         round_trip(Request::Weight { weight: 3 });
     }

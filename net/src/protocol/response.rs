@@ -41,6 +41,10 @@ pub enum ResponseType {
     Files = 9,
     /// METADATA (10), the answer to DESCRIBE.
     Metadata = 10,
+    /// CHECKSUMS (128, atoll only), the answer to VERIFY.
+    Checksums = 128,
+    /// STATUS (129, atoll only), the answer to STATUS.
+    Status = 129,
 }
 
 impl ResponseType {
@@ -59,6 +63,8 @@ impl ResponseType {
             8 => Empty,
             9 => Files,
             10 => Metadata,
+            128 => Checksums,
+            129 => Status,
             _ => return None,
         })
     }
@@ -83,6 +89,8 @@ impl ResponseType {
             Empty => "EMPTY",
             Files => "FILES",
             Metadata => "METADATA",
+            Checksums => "CHECKSUMS",
+            Status => "STATUS",
         }
     }
 }
@@ -236,6 +244,81 @@ pub enum Response {
     /// An atoll node's answer to DESCRIBE format 1 ([`crate::protocol::Request::DescribeV1`]):
     /// a METADATA message whose body starts as format 0's and goes on with atoll's words.
     MetadataV1(NodeMetadata),
+    /// An atoll node's answer to VERIFY.
+    Checksums(Checksums),
+    /// An atoll node's answer to STATUS (boxed: the largest answer by far).
+    Status(Box<NodeStatus>),
+}
+
+/// Where a node stands with a verify point (CHECKSUMS' state word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyState {
+    /// The checksums are computed (0).
+    Done,
+    /// The node has not applied the point yet, or is still reading its databases (1).
+    Pending,
+    /// The node cannot say: it skipped the point (caught up by snapshot past it) or forgot it
+    /// (only the newest points are kept) (2).
+    Unavailable,
+}
+
+impl VerifyState {
+    /// The wire word.
+    pub fn word(self) -> u64 {
+        match self {
+            VerifyState::Done => 0,
+            VerifyState::Pending => 1,
+            VerifyState::Unavailable => 2,
+        }
+    }
+}
+
+/// One database's checksum at a verify point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseChecksum {
+    /// The database's name.
+    pub name: String,
+    /// Its size in pages.
+    pub pages: u64,
+    /// The checksum of its image (crc32 of every page in order, in the low 32 bits).
+    pub checksum: u64,
+}
+
+/// CHECKSUMS: index, node id, applied index, state, count, then per database name, pages,
+/// checksum (words and texts as everywhere else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksums {
+    /// The verify point.
+    pub index: u64,
+    /// The answering node.
+    pub node_id: u64,
+    /// Its applied index when it answered.
+    pub applied_index: u64,
+    /// Whether the checksums below are there.
+    pub state: VerifyState,
+    /// The checksums (state Done only).
+    pub databases: Vec<DatabaseChecksum>,
+}
+
+/// STATUS: what `atoll status` shows of a node (words, then the version text).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeStatus {
+    /// Raft status as DESCRIBE format 1 has it.
+    pub metadata: NodeMetadata,
+    /// Milliseconds since the node last heard from its leader (0 on the leader; `u64::MAX`
+    /// when it never has).
+    pub last_contact_ms: u64,
+    /// Bytes free for the node's data directory.
+    pub disk_free_bytes: u64,
+    /// Databases the node holds.
+    pub databases: u64,
+    /// The node's resident memory in bytes (0 when unknown).
+    pub rss_bytes: u64,
+    /// The node is being rebuilt from the leader after finding its data damaged (its vote is
+    /// withheld meanwhile).
+    pub repairing: bool,
+    /// The node's version.
+    pub version: String,
 }
 
 /// What an atoll node says about itself in METADATA format 1: dqlite's two words, then its
@@ -271,6 +354,39 @@ pub struct NodeMetadata {
 impl NodeMetadata {
     /// Words in the body of a METADATA format 1 message.
     pub const WORDS: usize = 11;
+
+    /// The words, in wire order.
+    pub fn words(&self) -> [u64; NodeMetadata::WORDS] {
+        [
+            self.failure_domain,
+            self.weight,
+            self.id,
+            self.cluster_id,
+            self.term,
+            self.state,
+            self.leader_id,
+            self.commit_index,
+            self.applied_index,
+            self.last_index,
+            self.corrupt_databases,
+        ]
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<NodeMetadata, DecodeError> {
+        Ok(NodeMetadata {
+            failure_domain: r.u64("failure domain")?,
+            weight: r.u64("weight")?,
+            id: r.u64("node id")?,
+            cluster_id: r.u64("cluster id")?,
+            term: r.u64("term")?,
+            state: r.u64("raft state")?,
+            leader_id: r.u64("leader id")?,
+            commit_index: r.u64("commit index")?,
+            applied_index: r.u64("applied index")?,
+            last_index: r.u64("last index")?,
+            corrupt_databases: r.u64("corrupt databases")?,
+        })
+    }
 }
 
 /// What a response decoder must know that the response itself does not say: the connection's
@@ -307,6 +423,8 @@ impl Response {
             Response::Empty => ResponseType::Empty,
             Response::Files(_) => ResponseType::Files,
             Response::Metadata { .. } | Response::MetadataV1(_) => ResponseType::Metadata,
+            Response::Checksums(_) => ResponseType::Checksums,
+            Response::Status(_) => ResponseType::Status,
         }
     }
 
@@ -412,22 +530,31 @@ impl Response {
                 put_u64(out, *failure_domain);
                 put_u64(out, *weight);
             }
-            Response::MetadataV1(m) => {
-                for word in [
-                    m.failure_domain,
-                    m.weight,
-                    m.id,
-                    m.cluster_id,
-                    m.term,
-                    m.state,
-                    m.leader_id,
-                    m.commit_index,
-                    m.applied_index,
-                    m.last_index,
-                    m.corrupt_databases,
-                ] {
-                    put_u64(out, word);
+            Response::MetadataV1(m) => m.words().into_iter().for_each(|w| put_u64(out, w)),
+            Response::Checksums(c) => {
+                put_u64(out, c.index);
+                put_u64(out, c.node_id);
+                put_u64(out, c.applied_index);
+                put_u64(out, c.state.word());
+                put_u64(out, c.databases.len() as u64);
+                for database in &c.databases {
+                    put_text(out, &database.name);
+                    put_u64(out, database.pages);
+                    put_u64(out, database.checksum);
                 }
+            }
+            Response::Status(status) => {
+                status
+                    .metadata
+                    .words()
+                    .into_iter()
+                    .for_each(|w| put_u64(out, w));
+                put_u64(out, status.last_contact_ms);
+                put_u64(out, status.disk_free_bytes);
+                put_u64(out, status.databases);
+                put_u64(out, status.rss_bytes);
+                put_u64(out, u64::from(status.repairing));
+                put_text(out, &status.version);
             }
             Response::Rows(_) => unreachable!("ROWS is encoded by RowsBatch above"),
         });
@@ -530,20 +657,50 @@ impl Response {
             }
             // Format 0 is two words; atoll's format 1 (asked only of atoll nodes) is longer.
             ResponseType::Metadata if body.len() == NodeMetadata::WORDS * 8 => {
-                Response::MetadataV1(NodeMetadata {
-                    failure_domain: r.u64("failure domain")?,
-                    weight: r.u64("weight")?,
-                    id: r.u64("node id")?,
-                    cluster_id: r.u64("cluster id")?,
-                    term: r.u64("term")?,
-                    state: r.u64("raft state")?,
-                    leader_id: r.u64("leader id")?,
-                    commit_index: r.u64("commit index")?,
-                    applied_index: r.u64("applied index")?,
-                    last_index: r.u64("last index")?,
-                    corrupt_databases: r.u64("corrupt databases")?,
+                Response::MetadataV1(NodeMetadata::read(&mut r)?)
+            }
+            ResponseType::Checksums => {
+                let index = r.u64("verify index")?;
+                let node_id = r.u64("node id")?;
+                let applied_index = r.u64("applied index")?;
+                let state = match r.u64("verify state")? {
+                    0 => VerifyState::Done,
+                    1 => VerifyState::Pending,
+                    2 => VerifyState::Unavailable,
+                    format => {
+                        return Err(DecodeError::InvalidFormat {
+                            field: "verify state",
+                            format,
+                        })
+                    }
+                };
+                let count = r.u64("database count")?;
+                let count = r.check_count(count, 3 * WORD_BYTES, "database checksum")?;
+                let mut databases = Vec::with_capacity(count);
+                for _ in 0..count {
+                    databases.push(DatabaseChecksum {
+                        name: r.text("database name")?.to_owned(),
+                        pages: r.u64("pages")?,
+                        checksum: r.u64("checksum")?,
+                    });
+                }
+                Response::Checksums(Checksums {
+                    index,
+                    node_id,
+                    applied_index,
+                    state,
+                    databases,
                 })
             }
+            ResponseType::Status => Response::Status(Box::new(NodeStatus {
+                metadata: NodeMetadata::read(&mut r)?,
+                last_contact_ms: r.u64("last contact")?,
+                disk_free_bytes: r.u64("disk free")?,
+                databases: r.u64("databases")?,
+                rss_bytes: r.u64("resident memory")?,
+                repairing: r.u64("repairing")? != 0,
+                version: r.text("version")?.to_owned(),
+            })),
             ResponseType::Metadata => Response::Metadata {
                 failure_domain: r.u64("failure domain")?,
                 weight: r.u64("weight")?,

@@ -3,8 +3,8 @@
 //! ROWS (4-bit type codes, two per byte, low nibble first).
 
 use super::codec::{
-    pad_to_word, put_blob, put_f64, put_i64, put_text, put_u32, put_u64, roundup8, DecodeError,
-    Reader, WORD_BYTES,
+    pad_to_word, put_blob, put_f64, put_i64, put_text, put_text_bytes, put_u32, put_u64, roundup8,
+    DecodeError, Reader, WORD_BYTES,
 };
 
 /// Type code of an INTEGER (`int64`).
@@ -39,6 +39,9 @@ pub enum Value {
     Float(f64),
     /// UTF-8 text (without NUL bytes: the wire format cuts text at the first NUL).
     Text(String),
+    /// A TEXT whose bytes are not valid UTF-8 (SQLite stores the bytes it is given): carried
+    /// byte for byte, as dqlite carries them. Decoding gives it only for such bytes.
+    RawText(Vec<u8>),
     /// Raw bytes.
     Blob(Vec<u8>),
     /// SQL NULL.
@@ -61,6 +64,8 @@ pub enum ValueRef<'a> {
     Float(f64),
     /// UTF-8 text.
     Text(&'a str),
+    /// TEXT bytes that are not valid UTF-8 (see [`Value::RawText`]).
+    RawText(&'a [u8]),
     /// Raw bytes.
     Blob(&'a [u8]),
     /// SQL NULL.
@@ -80,6 +85,7 @@ impl Value {
             Value::Integer(v) => ValueRef::Integer(*v),
             Value::Float(v) => ValueRef::Float(*v),
             Value::Text(v) => ValueRef::Text(v),
+            Value::RawText(v) => ValueRef::RawText(v),
             Value::Blob(v) => ValueRef::Blob(v),
             Value::Null => ValueRef::Null,
             Value::UnixTime(v) => ValueRef::UnixTime(*v),
@@ -100,7 +106,7 @@ impl ValueRef<'_> {
         match self {
             ValueRef::Integer(_) => TYPE_INTEGER,
             ValueRef::Float(_) => TYPE_FLOAT,
-            ValueRef::Text(_) => TYPE_TEXT,
+            ValueRef::Text(_) | ValueRef::RawText(_) => TYPE_TEXT,
             ValueRef::Blob(_) => TYPE_BLOB,
             ValueRef::Null => TYPE_NULL,
             ValueRef::UnixTime(_) => TYPE_UNIXTIME,
@@ -115,6 +121,7 @@ impl ValueRef<'_> {
             ValueRef::Integer(v) => Value::Integer(v),
             ValueRef::Float(v) => Value::Float(v),
             ValueRef::Text(v) => Value::Text(v.to_owned()),
+            ValueRef::RawText(v) => Value::RawText(v.to_vec()),
             ValueRef::Blob(v) => Value::Blob(v.to_vec()),
             ValueRef::Null => Value::Null,
             ValueRef::UnixTime(v) => Value::UnixTime(v),
@@ -127,6 +134,7 @@ impl ValueRef<'_> {
     pub fn encoded_bytes(&self) -> usize {
         match self {
             ValueRef::Text(v) | ValueRef::Iso8601(v) => roundup8(v.len() + 1),
+            ValueRef::RawText(v) => roundup8(v.len() + 1),
             ValueRef::Blob(v) => WORD_BYTES + roundup8(v.len()),
             _ => WORD_BYTES,
         }
@@ -138,6 +146,7 @@ impl ValueRef<'_> {
             ValueRef::Integer(v) | ValueRef::UnixTime(v) => put_i64(out, v),
             ValueRef::Float(v) => put_f64(out, v),
             ValueRef::Text(v) | ValueRef::Iso8601(v) => put_text(out, v),
+            ValueRef::RawText(v) => put_text_bytes(out, v),
             ValueRef::Blob(v) => put_blob(out, v),
             ValueRef::Null => put_u64(out, 0),
             ValueRef::Boolean(v) => put_u64(out, u64::from(v)),
@@ -165,7 +174,13 @@ fn decode_value(reader: &mut Reader<'_>, code: u8) -> Result<Value, DecodeError>
     Ok(match code {
         TYPE_INTEGER => Value::Integer(reader.i64("integer value")?),
         TYPE_FLOAT => Value::Float(reader.f64("float value")?),
-        TYPE_TEXT => Value::Text(reader.text("text value")?.to_owned()),
+        TYPE_TEXT => {
+            let bytes = reader.text_bytes("text value")?;
+            match std::str::from_utf8(bytes) {
+                Ok(text) => Value::Text(text.to_owned()),
+                Err(_) => Value::RawText(bytes.to_vec()),
+            }
+        }
         TYPE_BLOB => Value::Blob(reader.blob("blob value")?.to_vec()),
         TYPE_NULL => {
             // The NULL word is always zero from real senders; its content is not checked.
@@ -311,6 +326,28 @@ mod tests {
         let mut reader = Reader::new(&out);
         assert_eq!(decode_params(&mut reader, 8, 0).unwrap(), values);
         assert!(reader.is_empty());
+    }
+
+    #[test]
+    fn test_text_bytes_that_are_not_utf8_round_trip_exactly() {
+        // SQLite may hold any bytes as TEXT: they travel as a TEXT value, byte for byte, and
+        // decode as RawText (valid UTF-8 still decodes as Text).
+        let values = vec![
+            Value::RawText(vec![0xff, b'a', 0xc3]),
+            Value::Text("ünï".into()),
+        ];
+        let mut out = Vec::new();
+        encode_params(&mut out, &values);
+        assert_eq!(&out[..3], &[2, TYPE_TEXT, TYPE_TEXT]);
+        let mut reader = Reader::new(&out);
+        assert_eq!(decode_params(&mut reader, 8, 0).unwrap(), values);
+        let mut row = Vec::new();
+        encode_row(&mut row, &[ValueRef::RawText(&[0x80, 0x81])]);
+        let mut reader = Reader::new(&row);
+        assert_eq!(
+            decode_row(&mut reader, 1).unwrap(),
+            vec![Value::RawText(vec![0x80, 0x81])]
+        );
     }
 
     #[test]

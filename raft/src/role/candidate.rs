@@ -10,7 +10,7 @@ use crate::{NodeId, Term};
 impl<L: LogRead> RawNode<L> {
     /// Starts a campaign of `kind`, if this node is a voter.
     pub(crate) fn campaign_now(&mut self, kind: Campaign) {
-        if !self.is_promotable() {
+        if !self.may_campaign() {
             return;
         }
         assert_ne!(self.role, StateRole::Leader, "a leader does not campaign");

@@ -22,7 +22,7 @@ impl<L: LogRead> RawNode<L> {
                     _ => self.handle_snapshot(message),
                 }
             }
-            TimeoutNow if self.is_promotable() => {
+            TimeoutNow if self.may_campaign() => {
                 log::info!("{}: leadership transfer from {}", self.id, message.from);
                 self.campaign_now(Campaign::Transfer);
             }

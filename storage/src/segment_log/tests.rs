@@ -1023,3 +1023,26 @@ fn test_crash_at_every_step_of_a_rollover() {
         "creating and closing segments took {steps} file operations"
     );
 }
+
+#[test]
+fn test_read_hard_state_reads_the_metadata_without_opening_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(read_hard_state(dir.path()).unwrap(), None);
+    let mut log = open(dir.path(), 1 << 20);
+    let saved = HardState {
+        term: Term(7),
+        vote: Some(NodeId(3)),
+    };
+    log.save_hard_state(saved).unwrap();
+    log.append(&entries(1..=5, 7, 100)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    assert_eq!(read_hard_state(dir.path()).unwrap(), Some(saved));
+    for name in METADATA_FILE_NAMES {
+        std::fs::write(dir.path().join(name), b"garbage").unwrap();
+    }
+    assert!(matches!(
+        read_hard_state(dir.path()),
+        Err(LogError::Corrupt { .. })
+    ));
+}

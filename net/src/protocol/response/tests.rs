@@ -89,6 +89,63 @@ fn test_every_response_round_trips() {
         failure_domain: 0,
         weight: 3,
     });
+    round_trip(Response::Checksums(Checksums {
+        index: 40,
+        node_id: 2,
+        applied_index: 41,
+        state: VerifyState::Done,
+        databases: vec![
+            DatabaseChecksum {
+                name: "app".into(),
+                pages: 12,
+                checksum: 0xdead_beef,
+            },
+            DatabaseChecksum {
+                name: "other".into(),
+                pages: 1,
+                checksum: 7,
+            },
+        ],
+    }));
+    round_trip(Response::Checksums(Checksums {
+        index: 40,
+        node_id: 2,
+        applied_index: 3,
+        state: VerifyState::Pending,
+        databases: vec![],
+    }));
+    round_trip(Response::Status(Box::new(NodeStatus {
+        metadata: NodeMetadata {
+            id: 3,
+            term: 9,
+            ..NodeMetadata::default()
+        },
+        last_contact_ms: 12,
+        disk_free_bytes: 1 << 40,
+        databases: 2,
+        rss_bytes: 9 << 20,
+        repairing: true,
+        version: "0.1.0".into(),
+    })));
+}
+
+#[test]
+fn test_checksums_refuse_an_unknown_state_and_a_huge_count() {
+    let mut out = Vec::new();
+    Response::Checksums(Checksums {
+        index: 1,
+        node_id: 1,
+        applied_index: 1,
+        state: VerifyState::Done,
+        databases: vec![],
+    })
+    .encode(&mut out, ProtocolVersion::V1);
+    let mut bad_state = out.clone();
+    bad_state[8 + 24] = 9;
+    assert!(Response::decode_message(&bad_state, &ResponseContext::default()).is_err());
+    let mut huge = out;
+    huge[8 + 32..8 + 40].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(Response::decode_message(&huge, &ResponseContext::default()).is_err());
 }
 
 #[test]

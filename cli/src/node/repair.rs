@@ -1,0 +1,344 @@
+//! Repair from peers: a node whose Raft log is damaged moves its data aside and is rebuilt from
+//! the leader instead of refusing to start forever.
+//!
+//! Entry point: [`Damage`], whatever found it (today: `SegmentLog::open` at start reporting a
+//! corrupt or missing part of the log; the same path takes a damaged database or snapshot once
+//! a detector reports one). [`quarantine`] moves `DIR/raft` (segments, metadata, snapshots) and
+//! `DIR/db` into `DIR/quarantine/<unix seconds>/` (never deleted), creates an empty log that
+//! keeps the saved term and vote, and leaves the marker `DIR/repairing`. It refuses when the
+//! node has no other voter to be rebuilt from (`DIR/members`, the last configuration this node
+//! saw, written at every change) or when the term and vote cannot be read: those cases keep
+//! refusing to start, naming the damage.
+//!
+//! Safety: the lost log may have held entries this node acknowledged, counted in a commit.
+//! With an empty log it would look up to date to any candidate, so while `DIR/repairing` exists
+//! raft withholds its vote (no vote granted, no campaign). A helper thread asks the leader to
+//! REMOVE this node and ADD it back (as a spare, as `atoll join` does): the removal is the
+//! point after which its vote no longer counts for anybody who holds the committed removal, and
+//! the fresh membership gives the leader new progress for it (match 0: it is sent a snapshot or
+//! the whole log). Automatic roles then promote it as any joining node, after catching up; with
+//! manual roles the operator assigns it. Once both answers came back the marker is removed and
+//! the vote given back.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atoll_net::client::{Client, ClientConfig, ClientError};
+use atoll_raft::{Configuration, MemberRole};
+use atoll_storage::{LogStore, Options, SegmentLog};
+use log::{error, info, warn};
+
+use super::config;
+use super::{Node, NodeError};
+
+/// The last configuration this node saw: one `id address role` line per member.
+const MEMBERS_FILE: &str = "members";
+/// Present while a repair is under way.
+const REPAIRING_FILE: &str = "repairing";
+/// Where damaged files go.
+const QUARANTINE_DIR: &str = "quarantine";
+/// Longest pause between two attempts to be re-added.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
+/// Largest members file read (256 members of short lines fit many times over).
+const MEMBERS_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// What was found damaged, by whom.
+#[derive(Debug)]
+pub struct Damage {
+    /// What and where, for the log and the marker.
+    pub what: String,
+}
+
+fn role_word(role: MemberRole) -> &'static str {
+    match role {
+        MemberRole::Voter => "voter",
+        MemberRole::Standby => "standby",
+        MemberRole::Spare => "spare",
+    }
+}
+
+/// Writes `data` to `DIR/name` atomically (temporary file, fsync, rename, directory fsync).
+fn write_atomically(data_dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let temporary = data_dir.join(format!("{name}.tmp"));
+    let mut file = fs::File::create(&temporary)?;
+    io::Write::write_all(&mut file, data)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temporary, data_dir.join(name))?;
+    fs::File::open(data_dir)?.sync_all()
+}
+
+/// Records `configuration` as the last one this node saw (not rewritten when unchanged: a
+/// restart costs no sync).
+pub fn write_members(data_dir: &Path, configuration: &Configuration) -> io::Result<()> {
+    let mut text = String::new();
+    for (id, member) in configuration.members() {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            id.0,
+            member.address,
+            role_word(member.role)
+        ));
+    }
+    if fs::read(data_dir.join(MEMBERS_FILE)).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
+    write_atomically(data_dir, MEMBERS_FILE, text.as_bytes())
+}
+
+/// The members recorded by [`write_members`]: (id, address, is voter). Lines that do not parse
+/// are skipped (the file is only a hint of where the cluster is).
+fn read_members(data_dir: &Path) -> Vec<(u64, String, bool)> {
+    let path = data_dir.join(MEMBERS_FILE);
+    let Ok(file) = fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    if io::Read::read_to_string(&mut io::Read::take(file, MEMBERS_FILE_BYTES_MAX), &mut text)
+        .is_err()
+    {
+        return Vec::new();
+    }
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split(' ');
+            let id = words.next()?.parse().ok()?;
+            let address = words.next()?.to_owned();
+            let voter = words.next()? == "voter";
+            Some((id, address, voter))
+        })
+        .collect()
+}
+
+/// Whether a repair is under way (the marker exists).
+pub fn is_repairing(data_dir: &Path) -> bool {
+    data_dir.join(REPAIRING_FILE).exists()
+}
+
+/// Moves the damaged log and the databases aside and leaves an empty log with the saved term
+/// and vote, and the marker. Returns the quarantine directory. Refuses (changing nothing) when
+/// there is no other voter to repair from or the term and vote are unreadable.
+pub fn quarantine(data_dir: &Path, my_id: u64, damage: &Damage) -> Result<PathBuf, String> {
+    let others: Vec<String> = read_members(data_dir)
+        .into_iter()
+        .filter(|(id, _, voter)| *id != my_id && *voter)
+        .map(|(_, address, _)| address)
+        .collect();
+    if others.is_empty() {
+        return Err("no other voter is known to repair from".into());
+    }
+    let raft_dir = config::raft_dir(data_dir);
+    let hard_state = atoll_storage::read_hard_state(&raft_dir)
+        .map_err(|e| format!("the term and vote cannot be read ({e})"))?
+        .unwrap_or_default();
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut target = data_dir.join(QUARANTINE_DIR).join(seconds.to_string());
+    let mut suffix = 1;
+    while target.exists() {
+        target = data_dir
+            .join(QUARANTINE_DIR)
+            .join(format!("{seconds}-{suffix}"));
+        suffix += 1;
+    }
+    let failed = |what: &str, e: io::Error| format!("{what}: {e}");
+    fs::create_dir_all(&target).map_err(|e| failed("creating the quarantine directory", e))?;
+    // The marker first: a crash from here on finds it and completes the repair.
+    let marker = format!("{}\nquarantined in {}\n", damage.what, target.display());
+    write_atomically(data_dir, REPAIRING_FILE, marker.as_bytes())
+        .map_err(|e| failed("writing the repair marker", e))?;
+    fs::rename(&raft_dir, target.join("raft")).map_err(|e| failed("moving the log aside", e))?;
+    let db_dir = config::db_dir(data_dir);
+    if db_dir.exists() {
+        fs::rename(&db_dir, target.join("db"))
+            .map_err(|e| failed("moving the databases aside", e))?;
+    }
+    fs::create_dir_all(&db_dir).map_err(|e| failed("creating the database directory", e))?;
+    let mut log = SegmentLog::open(&raft_dir, Options::default())
+        .map_err(|e| format!("creating an empty log: {e}"))?;
+    log.save_hard_state(hard_state)
+        .map_err(|e| failed("keeping the term and vote", e))?;
+    drop(log);
+    fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| failed("syncing the data directory", e))?;
+    warn!(
+        "{}: moved the log and the databases to {}; this node will be rebuilt from the leader \
+         (its vote is withheld until the cluster re-added it)",
+        damage.what,
+        target.display()
+    );
+    Ok(target)
+}
+
+/// Asks the cluster at `addresses` to remove node `id` (if it is a member) and add it back at
+/// `address`, until both are answered or `stop`.
+fn request_readd(
+    tls: Option<atoll_net::tls::TlsContext>,
+    addresses: &[String],
+    id: u64,
+    address: &str,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let config = ClientConfig {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(10),
+        leader_timeout: Duration::from_secs(5),
+        tls,
+        ..ClientConfig::default()
+    };
+    let mut pause = Duration::from_millis(100);
+    let mut removed = false;
+    // Bounded by `stop`: the node sets it when it stops.
+    while !stop.load(Ordering::SeqCst) {
+        let attempt = (|| -> Result<(), ClientError> {
+            let mut client = Client::connect(addresses, config.clone())?;
+            if !removed {
+                let nodes = client.cluster()?;
+                if nodes.iter().any(|n| n.id == id) {
+                    client.remove(id)?;
+                }
+                removed = true;
+                info!("repair: the cluster removed node {id}; adding it back");
+            }
+            let nodes = client.cluster()?;
+            if !nodes.iter().any(|n| n.id == id) {
+                client.add(id, address)?;
+            }
+            Ok(())
+        })();
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                warn!(
+                    "repair: asking {} to re-add this node: {e}; retrying",
+                    addresses.join(",")
+                );
+                thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+        }
+    }
+    Err("stopped before the cluster answered".into())
+}
+
+/// A repair in progress: the helper asking to be re-added.
+pub(super) struct Repair {
+    outcome: Receiver<Result<(), String>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Repair {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Node {
+    /// Continues a repair if the marker is there: withholds the vote and starts the helper.
+    pub(super) fn start_repair(&mut self) -> Result<(), NodeError> {
+        if !is_repairing(&self.data_dir) {
+            return Ok(());
+        }
+        self.raft.set_votes_withheld(true);
+        let addresses: Vec<String> = read_members(&self.data_dir)
+            .into_iter()
+            .filter(|(id, _, _)| *id != self.config.id)
+            .map(|(_, address, _)| address)
+            .collect();
+        if addresses.is_empty() {
+            return Err(NodeError::Start(format!(
+                "{} says a repair is under way but no other member is known: remove the \
+                 node from the cluster and `atoll join` it again with an empty data directory",
+                self.data_dir.join(REPAIRING_FILE).display()
+            )));
+        }
+        let (sender, outcome) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let waker = self
+            .reactor
+            .waker()
+            .map_err(|e| NodeError::Start(format!("creating the wake-up handle: {e}")))?;
+        let (id, address) = (self.config.id, self.config.address.clone());
+        let helper_stop = stop.clone();
+        let tls = super::tls::load(&self.data_dir).map_err(NodeError::Start)?;
+        info!(
+            "repair: asking the cluster at {} to remove node {id} and add it back",
+            addresses.join(",")
+        );
+        thread::Builder::new()
+            .name("repair".into())
+            .spawn(move || {
+                let result = request_readd(tls, &addresses, id, &address, &helper_stop);
+                let _ = sender.send(result);
+                let _ = waker.wake();
+            })
+            .map_err(|e| NodeError::Start(format!("starting the repair thread: {e}")))?;
+        self.repair = Some(Repair { outcome, stop });
+        Ok(())
+    }
+
+    /// Once per turn: the helper's answer; on success the vote is given back.
+    pub(super) fn repair_step(&mut self) {
+        let Some(repair) = self.repair.as_mut() else {
+            return;
+        };
+        match repair.outcome.try_recv() {
+            Ok(Ok(())) => {
+                self.repair = None;
+                if let Err(e) = fs::remove_file(self.data_dir.join(REPAIRING_FILE))
+                    .and_then(|()| fs::File::open(&self.data_dir)?.sync_all())
+                {
+                    error!("repair: removing the marker: {e}");
+                }
+                self.raft.set_votes_withheld(false);
+                info!("repair: re-added to the cluster; catching up from the leader");
+            }
+            Ok(Err(why)) => {
+                error!("repair: {why}");
+                self.repair = None;
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                error!("repair: the helper ended without an answer");
+                self.repair = None;
+            }
+        }
+    }
+
+    /// REPAIR: this node's copy of `database` was found damaged (by `atoll verify`). The node
+    /// stops (a leader hands over first, as on SIGTERM); `atoll start` then quarantines and
+    /// starts again ([`Node::take_repair_request`]). Refused when no other voter could rebuild
+    /// it.
+    pub(super) fn request_repair(&mut self, database: &str) -> Result<(), String> {
+        let me = atoll_raft::NodeId(self.config.id);
+        if !self.raft.configuration().voters().any(|id| id != me) {
+            return Err("this node is the only voter: there is no peer to repair it from".into());
+        }
+        if self.repair_requested.is_none() {
+            warn!("database {database:?} reported damaged: stopping to be rebuilt from the leader");
+            // The loop stops at its next turn, once the answer was flushed.
+            self.repair_requested = Some(Damage {
+                what: format!("database {database:?} reported damaged by atoll verify"),
+            });
+        }
+        Ok(())
+    }
+
+    /// After [`Node::run`] returned: the damage to repair, if a REPAIR stopped the node.
+    pub fn take_repair_request(&mut self) -> Option<Damage> {
+        self.repair_requested.take()
+    }
+
+    /// Whether a repair is under way (for STATUS).
+    pub(super) fn repairing(&self) -> bool {
+        self.raft.votes_withheld()
+    }
+}
