@@ -438,3 +438,74 @@ fn test_tls_rotation_under_load() {
         assert!(node.log().contains("TLS files reloaded"), "{}", node.log());
     }
 }
+
+/// The day-2 commands on a TLS cluster, with `--tls-cert/--tls-key` as every client command
+/// takes them: `atoll status` reaches every node, `atoll verify` gets every replica's checksum,
+/// `atoll backup --from-follower` copies the rows and `atoll restore` puts them in another
+/// database; without the flags they are refused. `/metrics` stays plain HTTP on its own
+/// address and answers on a TLS node.
+#[test]
+fn test_tls_operations_commands_and_metrics() {
+    let metrics = free_address();
+    let (mut nodes, tls) = tls_cluster(&[]);
+    nodes[0].stop();
+    nodes[0].start_args = vec!["--metrics-address".into(), metrics.clone()];
+    nodes[0].spawn();
+    let all = addresses(&nodes).join(",");
+    wait_voters(&addresses(&nodes), &tls, 3);
+    let mut client = Client::connect(&addresses(&nodes), tls_config(&tls)).unwrap();
+    client.open("app").unwrap();
+    client.exec_sql("CREATE TABLE t (n INTEGER)", &[]).unwrap();
+    for n in 0..50 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?)", &[Value::Integer(n)])
+            .unwrap();
+    }
+    let (cert, key) = cert_files(&nodes[0]);
+    let with_tls = |command: &[&str]| {
+        let mut args = vec![command[0], "--cluster", &all];
+        args.extend(["--tls-cert", cert.to_str().unwrap()]);
+        args.extend(["--tls-key", key.to_str().unwrap()]);
+        args.extend_from_slice(&command[1..]);
+        atoll(&args)
+    };
+
+    let status = with_tls(&["status", "--format", "csv"]);
+    assert_eq!(status.ok().lines().count(), 4, "{}", status.stdout);
+    let verify = with_tls(&["verify", "--format", "csv", "app"]);
+    let rows: Vec<&str> = verify.ok().lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{}", verify.stdout);
+    assert!(rows.iter().all(|r| r.ends_with(",ok")), "{}", verify.stdout);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let file_arg = file.to_str().unwrap();
+    let backup = with_tls(&["backup", "app", "-o", file_arg, "--from-follower"]);
+    assert!(backup.ok().contains("from follower"), "{}", backup.stdout);
+    with_tls(&["restore", "copy", file_arg]).ok();
+    let count = with_tls(&[
+        "shell",
+        "--format",
+        "csv",
+        "copy",
+        "SELECT count(*), sum(n) FROM t",
+    ]);
+    assert!(count.ok().contains("50,1225"), "{}", count.stdout);
+
+    for command in ["status", "verify"] {
+        let refused = atoll(&[command, "--cluster", &all, "--timeout", "2"]);
+        assert!(refused.failed().contains("--tls-cert"), "{refused:?}");
+    }
+
+    let mut stream = TcpStream::connect(&metrics).expect("the metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: atoll\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("atoll_"), "{answer}");
+}
