@@ -39,7 +39,7 @@ pub struct Args {
 
     /// Tell each node whose copy differs from the one most nodes hold (more than half of those
     /// that answered) to repair itself: it stops (a leader hands over first), moves its data
-    /// to DIR/quarantine/<time>/ and is rebuilt from the leader. Needs atoll's `start`.
+    /// to `DIR/quarantine/<time>/` and is rebuilt from the leader. Needs atoll's `start`.
     #[arg(long)]
     pub repair: bool,
 
