@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection, OPEN_FOLLOWER_READS};
 use atoll_net::protocol::{Role, Value};
+use atoll_net::tls::TlsContext;
 
 use crate::timings::Breakdown;
 use crate::{median, plot, Options, Samples};
@@ -142,12 +143,21 @@ struct LocalCluster {
     binary: PathBuf,
     nodes: Vec<NodeProcess>,
     dir: tempfile::TempDir,
+    /// The cluster certificate (`atoll init --tls`), when the nodes serve TLS.
+    tls: Option<TlsContext>,
 }
 
 impl LocalCluster {
     /// `count` atoll nodes (`init` + `join`s, `settings` given to each) or dqlite-demo nodes,
     /// started; returns once `count.min(3)` are voters.
-    fn start(server: Server, count: usize, settings: &[String]) -> Result<LocalCluster, String> {
+    /// With `tls`, the first node is made with `atoll init --tls` and the others join with its
+    /// certificate files; clients present them.
+    fn start(
+        server: Server,
+        count: usize,
+        settings: &[String],
+        tls: bool,
+    ) -> Result<LocalCluster, String> {
         let binary = match server {
             Server::Atoll => atoll_binary()?,
             Server::DqliteDemo => PathBuf::from("dqlite-demo"),
@@ -162,6 +172,7 @@ impl LocalCluster {
             binary,
             nodes: Vec::new(),
             dir,
+            tls: None,
         };
         for index in 0..count {
             let address = free_address()?;
@@ -194,6 +205,17 @@ impl LocalCluster {
                     address.clone(),
                 ]);
                 args.extend(settings.iter().cloned());
+                if tls && index == 0 {
+                    args.push("--tls".into());
+                } else if tls {
+                    let first = &cluster.nodes[0].data;
+                    for (flag, file) in
+                        [("--tls-cert", "cluster.crt"), ("--tls-key", "cluster.key")]
+                    {
+                        args.push(flag.into());
+                        args.push(first.join(file).to_string_lossy().into_owned());
+                    }
+                }
                 let output = Command::new(&cluster.binary)
                     .args(&args)
                     .output()
@@ -220,6 +242,15 @@ impl LocalCluster {
                     let path = cluster.dir.path().join("join.token");
                     fs::write(&path, &token.stdout)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
+                    if tls {
+                        let context = TlsContext::load(
+                            &data.join("cluster.crt"),
+                            &data.join("cluster.key"),
+                            None,
+                        )
+                        .map_err(|e| format!("TLS: {e}"))?;
+                        cluster.tls = Some(context);
+                    }
                 }
             } else {
                 fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
@@ -234,7 +265,7 @@ impl LocalCluster {
             if index == 0 {
                 let first = cluster.nodes[0].address.clone();
                 wait_for("the first node to lead", || {
-                    let mut connection = Connection::connect(&first, &client_config()).ok()?;
+                    let mut connection = Connection::connect(&first, &cluster.config()).ok()?;
                     matches!(connection.leader(), Ok(Some((_, ref l))) if *l == first).then_some(())
                 })?;
             }
@@ -242,7 +273,7 @@ impl LocalCluster {
         let voters = count.min(3);
         if server == Server::DqliteDemo {
             // dqlite-demo joins nodes as spares and its role management is slow: promote them.
-            let mut client = Client::connect(&cluster.addresses(), client_config())
+            let mut client = Client::connect(&cluster.addresses(), cluster.config())
                 .map_err(|e| format!("connecting: {e}"))?;
             let nodes = client.cluster().map_err(|e| format!("CLUSTER: {e}"))?;
             for node in nodes
@@ -254,13 +285,21 @@ impl LocalCluster {
             }
         }
         wait_for(&format!("{voters} voters"), || {
-            let mut client = Client::connect(&cluster.addresses(), client_config()).ok()?;
+            let mut client = Client::connect(&cluster.addresses(), cluster.config()).ok()?;
             let nodes = client.cluster().ok()?;
             (nodes.len() == count
                 && nodes.iter().filter(|n| n.role == Some(Role::Voter)).count() == voters)
                 .then_some(())
         })?;
         Ok(cluster)
+    }
+
+    /// The client configuration for this cluster (TLS when it serves TLS).
+    fn config(&self) -> ClientConfig {
+        ClientConfig {
+            tls: self.tls.clone(),
+            ..client_config()
+        }
     }
 
     fn spawn(&mut self, index: usize) -> Result<(), String> {
@@ -313,7 +352,7 @@ impl LocalCluster {
     /// The index of the node the running nodes name as leader.
     fn leader(&self) -> Result<usize, String> {
         wait_for("a leader", || {
-            let mut client = Client::connect(&self.running(), client_config()).ok()?;
+            let mut client = Client::connect(&self.running(), self.config()).ok()?;
             let (_, address) = client.leader().ok()??;
             self.nodes.iter().position(|n| n.address == address)
         })
@@ -323,7 +362,7 @@ impl LocalCluster {
     /// back and answers (dqlite: no applied index on its protocol).
     fn wait_caught_up(&self, index: usize, leader: usize) -> Result<(), String> {
         let applied = |address: &str| {
-            let mut connection = Connection::connect_atoll(address, &client_config()).ok()??;
+            let mut connection = Connection::connect_atoll(address, &self.config()).ok()??;
             connection.describe_v1().ok().map(|m| m.applied_index)
         };
         match self.server {
@@ -333,7 +372,7 @@ impl LocalCluster {
             }),
             Server::DqliteDemo => wait_for("the restarted node to answer", || {
                 let mut connection =
-                    Connection::connect(&self.nodes[index].address, &client_config()).ok()?;
+                    Connection::connect(&self.nodes[index].address, &self.config()).ok()?;
                 connection.leader().ok().flatten().map(|_| ())
             }),
         }
@@ -343,7 +382,7 @@ impl LocalCluster {
     fn term(&self) -> Result<u64, String> {
         let mut term = 0;
         for node in &self.nodes {
-            let mut connection = Connection::connect_atoll(&node.address, &client_config())
+            let mut connection = Connection::connect_atoll(&node.address, &self.config())
                 .map_err(|e| format!("{}: {e}", node.address))?
                 .ok_or_else(|| format!("{} is not an atoll node", node.address))?;
             let metadata = connection
@@ -499,7 +538,7 @@ pub fn failover(options: &Options) -> Result<(), String> {
             "--heartbeat-ms, --election-timeout-ms and --tick-ms are atoll settings".into(),
         );
     }
-    let mut cluster = LocalCluster::start(server, nodes, &settings)?;
+    let mut cluster = LocalCluster::start(server, nodes, &settings, false)?;
     println!(
         "failover: {server:?}, {nodes} nodes, {rounds} round(s), settings {settings:?}; \
          kill -9 of the leader to the next acknowledged write"
@@ -666,7 +705,7 @@ fn kv_atoll(
 ) -> Result<KvResult, String> {
     let addresses = cluster.addresses();
     let mut setup =
-        Client::connect(&addresses, client_config()).map_err(|e| format!("connect: {e}"))?;
+        Client::connect(&addresses, cluster.config()).map_err(|e| format!("connect: {e}"))?;
     setup.open("bench").map_err(|e| format!("open: {e}"))?;
     setup
         .exec_sql(
@@ -680,12 +719,13 @@ fn kv_atoll(
         .map(|worker| {
             let addresses = addresses.clone();
             let reader_address = addresses[worker % addresses.len()].clone();
+            let config = cluster.config();
             thread::spawn(move || -> Result<KvResult, String> {
-                let mut client = Client::connect(&addresses, client_config())
+                let mut client = Client::connect(&addresses, config.clone())
                     .map_err(|e| format!("connect: {e}"))?;
                 client.open("bench").map_err(|e| format!("open: {e}"))?;
                 let open_reader = || -> Result<Connection, ClientError> {
-                    let mut reader = Connection::connect(&reader_address, &client_config())?;
+                    let mut reader = Connection::connect(&reader_address, &config)?;
                     reader.open_with_flags("bench", OPEN_FOLLOWER_READS)?;
                     Ok(reader)
                 };
@@ -925,8 +965,15 @@ fn mib_list(rss: &[f64]) -> String {
         .join(", ")
 }
 
-/// The kv suite's rows for the plot: (workload, workers, atoll, dqlite if run).
-type PlotRow = (Workload, usize, (f64, f64), Option<(f64, f64)>);
+/// One point of the kv plot: ops/s and p99 (ms) of atoll, and of dqlite if run.
+struct PlotRow {
+    /// Measured on the TLS cluster (`--tls`).
+    tls: bool,
+    workload: Workload,
+    workers: usize,
+    atoll: (f64, f64),
+    dqlite: Option<(f64, f64)>,
+}
 
 /// `kv`: dqlite-benchmark's workloads against an atoll cluster (and, with `--dqlite`, against
 /// dqlite-benchmark's own three-node cluster, in the same run), with the raw fdatasync rate
@@ -955,27 +1002,86 @@ pub fn kv(options: &Options) -> Result<(), String> {
     }
     let plot = options.value("--plot").map(PathBuf::from);
     let with_dqlite = options.rest.iter().any(|a| a == "--dqlite");
+    let with_tls = options.rest.iter().any(|a| a == "--tls");
     let settings = timing_settings(options);
-    let cluster = LocalCluster::start(Server::Atoll, nodes, &settings)?;
-    settle_disk();
-    let baseline_seconds = if options.quick { 0.2 } else { 3.0 };
-    let raw = raw_fdatasync_per_second(cluster.dir.path(), baseline_seconds)?;
-    let baseline = format!("kv baseline raw-fdatasync: {raw:.0} ops/s (4 KiB append + fdatasync)");
-    println!("{baseline}");
+    let run = KvRun {
+        settings,
+        nodes,
+        workers,
+        workloads,
+        seconds,
+        value_bytes,
+        quick: options.quick,
+    };
+    let mut lines = Vec::new();
+    let mut rows: Vec<PlotRow> = Vec::new();
+    // With --tls: the plaintext cluster's rows, then a TLS cluster's (one cluster at a time);
+    // the disk baseline and dqlite-benchmark once, with the plaintext cluster.
+    for tls in [false, true] {
+        if tls && !with_tls {
+            break;
+        }
+        kv_cluster(&run, tls, with_dqlite && !tls, &mut lines, &mut rows)?;
+    }
+    if let Some(path) = plot {
+        let svg = kv_plot(
+            &rows,
+            &baseline_title(run.nodes, run.value_bytes, run.seconds, &run.settings),
+        );
+        fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        lines.push(format!("kv plot written to {}", path.display()));
+    }
+    // The summary, last.
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// What one `kv` invocation measures, for each cluster it starts.
+struct KvRun {
+    settings: Vec<String>,
+    nodes: usize,
+    workers: Vec<usize>,
+    workloads: Vec<Workload>,
+    seconds: f64,
+    value_bytes: usize,
+    quick: bool,
+}
+
+/// One cluster's `kv` rows (plaintext or TLS): summary lines into `lines`, plot points into
+/// `rows`.
+fn kv_cluster(
+    run: &KvRun,
+    tls: bool,
+    with_dqlite: bool,
+    lines: &mut Vec<String>,
+    rows: &mut Vec<PlotRow>,
+) -> Result<(), String> {
+    let cluster = LocalCluster::start(Server::Atoll, run.nodes, &run.settings, tls)?;
+    let server = if tls { "atoll-tls" } else { "atoll" };
+    if !tls {
+        settle_disk();
+        let baseline_seconds = if run.quick { 0.2 } else { 3.0 };
+        let raw = raw_fdatasync_per_second(cluster.dir.path(), baseline_seconds)?;
+        let baseline =
+            format!("kv baseline raw-fdatasync: {raw:.0} ops/s (4 KiB append + fdatasync)");
+        println!("{baseline}");
+        lines.push(baseline);
+    }
     // The nodes have settled after their start (one second without requests).
     thread::sleep(Duration::from_secs(1));
     println!(
-        "rss per node idle after the start: {}",
+        "rss per node idle after the start ({server}): {}",
         mib_list(&cluster.rss_mib())
     );
-    let mut lines = vec![baseline];
-    let mut rows: Vec<PlotRow> = Vec::new();
-    for &workload in &workloads {
-        for &count in &workers {
+    for &workload in &run.workloads {
+        for &count in &run.workers {
             let mut dqlite_point = None;
             if with_dqlite {
                 settle_disk();
-                let dqlite = kv_dqlite(workload, count, seconds.ceil() as u64, value_bytes)?;
+                let dqlite =
+                    kv_dqlite(workload, count, run.seconds.ceil() as u64, run.value_bytes)?;
                 let line = kv_line("dqlite-benchmark", workload, count, &dqlite);
                 println!("{line}");
                 dqlite_point = Some((dqlite.ops_per_second(), p99_ms(&dqlite)));
@@ -985,7 +1091,7 @@ pub fn kv(options: &Options) -> Result<(), String> {
             let term_before = cluster.term()?;
             // Zero the nodes' timings: the breakdown below covers this row only.
             cluster.timings()?;
-            let result = kv_atoll(&cluster, workload, count, seconds, value_bytes)?;
+            let result = kv_atoll(&cluster, workload, count, run.seconds, run.value_bytes)?;
             let breakdown = cluster.timings()?;
             let elections = cluster.term()? - term_before;
             // Printed at zero too: "no election under load" is a result worth showing.
@@ -1007,38 +1113,27 @@ pub fn kv(options: &Options) -> Result<(), String> {
                     timings.leader_path(mean_us(&result.writes))
                 );
             }
-            let line = kv_line("atoll", workload, count, &result);
+            let line = kv_line(server, workload, count, &result);
             println!("{line}");
-            rows.push((
+            rows.push(PlotRow {
+                tls,
                 workload,
-                count,
-                (result.ops_per_second(), p99_ms(&result)),
-                dqlite_point,
-            ));
+                workers: count,
+                atoll: (result.ops_per_second(), p99_ms(&result)),
+                dqlite: dqlite_point,
+            });
             lines.push(line);
         }
     }
     lines.push(format!(
-        "rss per node after the run: {}",
+        "rss per node after the run ({server}): {}",
         mib_list(&cluster.rss_mib())
     ));
-    thread::sleep(Duration::from_secs(if options.quick { 1 } else { 5 }));
+    thread::sleep(Duration::from_secs(if run.quick { 1 } else { 5 }));
     lines.push(format!(
-        "rss per node idle after the run: {}",
+        "rss per node idle after the run ({server}): {}",
         mib_list(&cluster.rss_mib())
     ));
-    if let Some(path) = plot {
-        let svg = kv_plot(
-            &rows,
-            &baseline_title(nodes, value_bytes, seconds, &settings),
-        );
-        fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
-        lines.push(format!("kv plot written to {}", path.display()));
-    }
-    // The summary, last.
-    for line in lines {
-        println!("{line}");
-    }
     Ok(())
 }
 
@@ -1065,28 +1160,36 @@ fn baseline_title(nodes: usize, value_bytes: usize, seconds: f64, settings: &[St
 /// The plot: ops/s and p99 against workers, a line per server and workload.
 fn kv_plot(rows: &[PlotRow], subtitle: &str) -> String {
     let mut series: Vec<plot::Series> = Vec::new();
-    for workload in [Workload::Write, Workload::ReadWrite] {
-        let points: Vec<_> = rows.iter().filter(|r| r.0 == workload).collect();
-        if points.is_empty() {
-            continue;
-        }
-        series.push(plot::Series {
-            name: format!("atoll {}", workload.name()),
-            dashed: workload == Workload::ReadWrite,
-            color: "#1f77b4",
-            points: points.iter().map(|r| (r.1, r.2 .0, r.2 .1)).collect(),
-        });
-        let dqlite: Vec<_> = points
-            .iter()
-            .filter_map(|r| r.3.map(|(ops, p99)| (r.1, ops, p99)))
-            .collect();
-        if !dqlite.is_empty() {
+    for (tls, server, color) in [(false, "atoll", "#1f77b4"), (true, "atoll-tls", "#2ca02c")] {
+        for workload in [Workload::Write, Workload::ReadWrite] {
+            let points: Vec<_> = rows
+                .iter()
+                .filter(|r| r.workload == workload && r.tls == tls)
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
             series.push(plot::Series {
-                name: format!("dqlite {}", workload.name()),
+                name: format!("{server} {}", workload.name()),
                 dashed: workload == Workload::ReadWrite,
-                color: "#d62728",
-                points: dqlite,
+                color,
+                points: points
+                    .iter()
+                    .map(|r| (r.workers, r.atoll.0, r.atoll.1))
+                    .collect(),
             });
+            let dqlite: Vec<_> = points
+                .iter()
+                .filter_map(|r| r.dqlite.map(|(ops, p99)| (r.workers, ops, p99)))
+                .collect();
+            if !dqlite.is_empty() {
+                series.push(plot::Series {
+                    name: format!("dqlite {}", workload.name()),
+                    dashed: workload == Workload::ReadWrite,
+                    color: "#d62728",
+                    points: dqlite,
+                });
+            }
         }
     }
     plot::svg(&format!("atoll-bench kv: {subtitle}"), &series)
@@ -1101,7 +1204,7 @@ pub struct SingleNode {
 impl SingleNode {
     /// Starts the node and waits until it leads.
     pub fn start() -> Result<SingleNode, String> {
-        let cluster = LocalCluster::start(Server::Atoll, 1, &[])?;
+        let cluster = LocalCluster::start(Server::Atoll, 1, &[], false)?;
         Ok(SingleNode { cluster })
     }
 

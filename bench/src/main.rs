@@ -59,7 +59,8 @@ const SUITES: &[Suite] = &[
         about: "real nodes: dqlite-benchmark's kvwrite and kvreadwrite, raw fdatasync \
                 baseline, per-write breakdown, RSS (--nodes N --workers W[,W..] --seconds S \
                 --value-size B --workloads kvwrite,kvreadwrite --plot FILE.svg; --dqlite runs \
-                dqlite-benchmark too; timing flags as for failover)",
+                dqlite-benchmark too; --tls then a TLS cluster's rows; timing flags as for \
+                failover)",
         run: atoll_bench::cluster::kv,
     },
     Suite {

@@ -62,6 +62,7 @@ enum Command {
     Assign(cmd::assign::Args),
     Remove(cmd::remove::Args),
     Transfer(cmd::transfer::Args),
+    Cert(cmd::cert::Args),
     Recover(cmd::recover::Args),
 }
 
@@ -77,7 +78,30 @@ impl Command {
     }
 }
 
-fn run(command: Command) -> Result<(), CliError> {
+impl Command {
+    /// The cluster a client command talks to.
+    fn cluster_args(&mut self) -> Option<&mut cmd::ClusterArgs> {
+        match self {
+            Command::Shell(args) => Some(&mut args.cluster),
+            Command::Dump(args) => Some(&mut args.cluster),
+            Command::Backup(args) => Some(&mut args.cluster),
+            Command::Restore(args) => Some(&mut args.cluster),
+            Command::Verify(args) => Some(&mut args.cluster),
+            Command::Status(args) => Some(&mut args.cluster),
+            Command::Cluster(args) => Some(&mut args.cluster),
+            Command::Add(args) => Some(&mut args.cluster),
+            Command::Assign(args) => Some(&mut args.cluster),
+            Command::Remove(args) => Some(&mut args.cluster),
+            Command::Transfer(args) => Some(&mut args.cluster),
+            _ => None,
+        }
+    }
+}
+
+fn run(mut command: Command) -> Result<(), CliError> {
+    if let Some(cluster) = command.cluster_args() {
+        cluster.check_tls()?;
+    }
     match command {
         Command::Init(args) => cmd::init::run(args),
         Command::Join(args) => cmd::join::run(args),
@@ -95,6 +119,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Assign(args) => cmd::assign::run(args),
         Command::Remove(args) => cmd::remove::run(args),
         Command::Transfer(args) => cmd::transfer::run(args),
+        Command::Cert(args) => cmd::cert::run(args),
         Command::Recover(args) => cmd::recover::run(args),
     }
 }

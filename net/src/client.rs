@@ -16,7 +16,7 @@
 //!   caller gets [`ClientError::OutcomeUnknown`]; the next call reconnects.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -60,6 +60,8 @@ pub struct ClientConfig {
     pub response_body_bytes_max: u64,
     /// Id sent with CLIENT.
     pub client_id: u64,
+    /// TLS with the cluster's certificate (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 impl Default for ClientConfig {
@@ -72,6 +74,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(1),
             response_body_bytes_max: 1 << 30,
             client_id: 0,
+            tls: None,
         }
     }
 }
@@ -257,10 +260,42 @@ fn check_params(params: &[Value]) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// A connection's byte stream: plaintext or TLS.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.read(buf),
+            Stream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.write(buf),
+            Stream::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(stream) => stream.flush(),
+            Stream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
 /// One connection to one node.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     address: String,
     context: ResponseContext,
     buffer: Vec<u8>,
@@ -317,6 +352,15 @@ impl Connection {
                     stream.set_nodelay(true)?;
                     stream.set_read_timeout(Some(config.request_timeout))?;
                     stream.set_write_timeout(Some(config.request_timeout))?;
+                    let stream = match &config.tls {
+                        None => Stream::Plain(stream),
+                        Some(tls) => {
+                            let session = tls.client_connection().map_err(|e| {
+                                ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+                            })?;
+                            Stream::Tls(Box::new(rustls::StreamOwned::new(session, stream)))
+                        }
+                    };
                     let mut connection = Connection {
                         stream,
                         address: address.to_owned(),
@@ -326,6 +370,7 @@ impl Connection {
                         broken: false,
                     };
                     connection.stream.write_all(&version_word.to_le_bytes())?;
+                    connection.stream.flush()?;
                     return Ok(connection);
                 }
                 Err(e) => last_error = Some(e),
@@ -353,7 +398,10 @@ impl Connection {
         }
         self.buffer.clear();
         request.encode(&mut self.buffer);
-        let result = self.stream.write_all(&self.buffer);
+        let result = self
+            .stream
+            .write_all(&self.buffer)
+            .and_then(|()| self.stream.flush());
         if result.is_err() {
             self.broken = true;
         }
@@ -704,7 +752,7 @@ impl Connection {
         }
         let mut remaining = u64::from(header.words) * 8;
         let invalid = |what: &str| ClientError::from(ProtocolError::Invalid(what.to_owned()));
-        let word = |stream: &mut TcpStream, remaining: &mut u64| -> Result<[u8; 8], ClientError> {
+        let word = |stream: &mut Stream, remaining: &mut u64| -> Result<[u8; 8], ClientError> {
             if *remaining < 8 {
                 return Err(invalid("FILES ends early"));
             }
@@ -714,7 +762,7 @@ impl Connection {
             Ok(bytes)
         };
         // A name: words up to the one holding its NUL (at most 4 KiB).
-        let name = |stream: &mut TcpStream, remaining: &mut u64| -> Result<(), ClientError> {
+        let name = |stream: &mut Stream, remaining: &mut u64| -> Result<(), ClientError> {
             for _ in 0..512 {
                 if word(stream, remaining)?.contains(&0) {
                     return Ok(());
@@ -987,6 +1035,11 @@ impl Client {
         };
         client.connection()?;
         Ok(client)
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
     }
 
     /// The leader connection, reconnecting (and reopening the database) if needed.

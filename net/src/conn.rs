@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use log::{debug, warn};
+
 use crate::peer::FrameHeader;
 use crate::protocol::ProtocolVersion;
 use crate::reactor::CloseReason;
@@ -18,6 +20,60 @@ pub const PIPELINE_BYTES_MAX: usize = 64 * 1024;
 /// Buffers that grew past this (a large request, a DUMP answer) are shrunk back once empty, so an
 /// idle connection holds little memory.
 pub const BUFFER_CAPACITY_KEEP_BYTES: usize = 64 * 1024;
+
+/// TLS: records read from the socket per `read_once` call when none yields plaintext
+/// (post-handshake messages, a slow handshake); past it the caller comes back.
+pub const TLS_READS_PER_CALL_MAX: usize = 16;
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Writes the session's records to the socket until it has none or the socket is full.
+/// Returns whether anything was written.
+fn tls_flush(tls: &mut rustls::Connection, stream: &mut TcpStream) -> io::Result<bool> {
+    let mut wrote = false;
+    // Bounded: the session's buffer is (TLS_BUFFER_BYTES_MAX) and every turn drains some.
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => wrote = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(wrote)
+}
+
+/// Where the peer queue writes: the TLS session (then its records to the socket), or the
+/// socket.
+pub struct ConnWriter<'a> {
+    stream: &'a mut TcpStream,
+    tls: Option<&'a mut rustls::Connection>,
+}
+
+impl Write for ConnWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.stream.write_vectored(bufs);
+        };
+        tls_flush(tls, self.stream)?;
+        let accepted = tls.writer().write_vectored(bufs)?;
+        tls_flush(tls, self.stream)?;
+        if accepted == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            // The session's buffer is full and the socket takes nothing: wait for writable.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(accepted)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Where a connection is in its conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +182,12 @@ pub struct Conn {
     pub in_frame: Option<FrameHeader>,
     /// Peer: the handshake in progress (PeerAuthIn, PeerAuthOut), dropped once authenticated.
     pub handshake: Option<Box<PeerHandshake>>,
+    /// The TLS session when the node (or the peer transport) uses TLS: every byte of
+    /// `inbound` came out of it and every byte of `outbound` goes into it.
+    pub tls: Option<Box<rustls::Connection>>,
+    /// TLS: the first byte was checked to be a TLS handshake record (plaintext is refused with a
+    /// clear log line rather than a TLS parse error).
+    pub tls_first_checked: bool,
     pub accepted_at: Instant,
     /// Last read or write progress.
     pub active_at: Instant,
@@ -153,15 +215,19 @@ impl Conn {
             revisit_queued: false,
             in_frame: None,
             handshake: None,
+            tls: None,
+            tls_first_checked: false,
             accepted_at: now,
             active_at: now,
             write_progress_at: now,
         }
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written (TLS: plus one while the session holds unwritten
+    /// records, so that "nothing pending" means the socket has everything).
     pub fn out_pending_bytes(&self) -> usize {
-        self.outbound.len() - self.out_offset
+        let tls_pending = self.tls.as_ref().is_some_and(|tls| tls.wants_write());
+        self.outbound.len() - self.out_offset + usize::from(tls_pending)
     }
 
     /// Reads one chunk into `inbound`: at most what its capacity has room for (the reactor
@@ -179,6 +245,9 @@ impl Conn {
     /// Reads at most `max` bytes into `inbound` (the remainder of a large peer frame is read in
     /// larger steps, and never past the frame's end).
     pub fn read_once_max(&mut self, now: Instant, max: usize) -> IoOutcome {
+        if self.tls.is_some() {
+            return self.tls_read(now, max);
+        }
         let len = self.inbound.len();
         self.inbound.resize(len + max, 0);
         let result = self.stream.read(&mut self.inbound[len..]);
@@ -201,6 +270,9 @@ impl Conn {
 
     /// Writes from `outbound` once.
     pub fn write_once(&mut self, now: Instant) -> IoOutcome {
+        if self.tls.is_some() {
+            return self.tls_write(now);
+        }
         if self.out_pending_bytes() == 0 {
             return IoOutcome::Blocked;
         }
@@ -223,6 +295,115 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => IoOutcome::Blocked,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => IoOutcome::Progress,
             Err(e) => IoOutcome::Failed(e),
+        }
+    }
+
+    /// TLS: hands queued output to the session, then writes its records to the socket.
+    fn tls_write(&mut self, now: Instant) -> IoOutcome {
+        let tls = self.tls.as_mut().expect("caller checked");
+        let mut progress = false;
+        if self.out_offset < self.outbound.len() {
+            // The session copies (and encrypts) what fits under its buffer limit.
+            match tls.writer().write(&self.outbound[self.out_offset..]) {
+                Ok(n) => {
+                    self.out_offset += n;
+                    progress |= n > 0;
+                }
+                Err(e) => return IoOutcome::Failed(e),
+            }
+            if self.out_offset == self.outbound.len() {
+                self.outbound.clear();
+                self.out_offset = 0;
+                if self.outbound.capacity() > BUFFER_CAPACITY_KEEP_BYTES {
+                    self.outbound.shrink_to(BUFFER_CAPACITY_KEEP_BYTES);
+                }
+            }
+        }
+        match tls_flush(tls, &mut self.stream) {
+            Ok(wrote) => progress |= wrote,
+            Err(e) => return IoOutcome::Failed(e),
+        }
+        if progress {
+            self.active_at = now;
+            self.write_progress_at = now;
+            IoOutcome::Progress
+        } else {
+            IoOutcome::Blocked
+        }
+    }
+
+    /// TLS: returns decrypted bytes the session holds, else reads records from the socket.
+    /// `Progress` means bytes were appended to `inbound` (or the read budget ran out).
+    fn tls_read(&mut self, now: Instant, max: usize) -> IoOutcome {
+        if !self.tls_first_checked {
+            let mut first = [0u8; 1];
+            match self.stream.peek(&mut first) {
+                Ok(0) => return IoOutcome::Eof,
+                Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    warn!(
+                        "{}: not TLS (first byte {:#04x}): this node serves TLS only (use the \
+                         cluster certificate, e.g. dqlite -c CERT -k KEY); closing",
+                        self.peer, first[0]
+                    );
+                    return IoOutcome::Failed(io::ErrorKind::InvalidData.into());
+                }
+                Ok(_) => self.tls_first_checked = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return IoOutcome::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return IoOutcome::Progress,
+                Err(e) => return IoOutcome::Failed(e),
+            }
+        }
+        let tls = self.tls.as_mut().expect("caller checked");
+        // Bounded: every turn reads bytes from the socket or returns.
+        for _ in 0..TLS_READS_PER_CALL_MAX {
+            let len = self.inbound.len();
+            self.inbound.resize(len + max, 0);
+            let result = tls.reader().read(&mut self.inbound[len..]);
+            let read = *result.as_ref().unwrap_or(&0);
+            self.inbound.truncate(len + read);
+            match result {
+                Ok(0) => return IoOutcome::Eof, // close_notify
+                Ok(_) => {
+                    self.active_at = now;
+                    return IoOutcome::Progress;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket closed without close_notify.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return IoOutcome::Eof,
+                Err(e) => return IoOutcome::Failed(e),
+            }
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => return IoOutcome::Eof,
+                Ok(_) => self.active_at = now,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return IoOutcome::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return IoOutcome::Failed(e),
+            }
+            let processed = tls.process_new_packets();
+            // Handshake answers and alerts go out now; what the socket does not take waits
+            // for its writable event.
+            let flushed = tls_flush(tls, &mut self.stream);
+            if let Err(e) = processed {
+                if tls.is_handshaking() && !self.malformed_logged {
+                    warn!("{}: TLS handshake refused: {e}; closing", self.peer);
+                    self.malformed_logged = true;
+                } else {
+                    debug!("{}: TLS: {e}; closing", self.peer);
+                }
+                return IoOutcome::Failed(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if let Err(e) = flushed {
+                return IoOutcome::Failed(e);
+            }
+        }
+        IoOutcome::Progress
+    }
+
+    /// A writer for the peer queue: into the TLS session when there is one, else the socket.
+    pub fn queue_writer(&mut self) -> ConnWriter<'_> {
+        ConnWriter {
+            stream: &mut self.stream,
+            tls: self.tls.as_deref_mut(),
         }
     }
 

@@ -104,6 +104,7 @@ pub mod protocol;
 pub mod reactor;
 #[cfg(feature = "test-tools")]
 pub mod testing;
+pub mod tls;
 
 mod conn;
 mod peer_link;

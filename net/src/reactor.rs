@@ -42,6 +42,7 @@ use crate::peer_link::{Backoff, PeerLink};
 use crate::protocol::{
     DecodeError, Greeting, Header, ProtocolVersion, Request, Response, HEADER_BYTES,
 };
+use crate::tls::TlsContext;
 
 pub use crate::conn::{BUFFER_CAPACITY_KEEP_BYTES, PIPELINE_BYTES_MAX, READ_CHUNK_BYTES};
 pub use crate::peer_link::PeerStats;
@@ -139,6 +140,9 @@ pub struct ReactorConfig {
     pub client_buffer_bytes_max: usize,
     /// The peer transport: `None` refuses peer connections (a client-only reactor).
     pub peer: Option<PeerConfig>,
+    /// TLS for every connection, clients and peers, both directions (`None`: plaintext).
+    /// A TLS reactor refuses plaintext.
+    pub tls: Option<TlsContext>,
 }
 
 impl Default for ReactorConfig {
@@ -154,6 +158,7 @@ impl Default for ReactorConfig {
             timers_max: TIMERS_MAX,
             client_buffer_bytes_max: CLIENT_BUFFER_BYTES_MAX,
             peer: None,
+            tls: None,
         }
     }
 }
@@ -648,6 +653,21 @@ impl Reactor {
         }
     }
 
+    /// Replaces the TLS configuration (certificate rotation): connections opened from now on
+    /// use `tls`; open ones keep their session until they close. A plaintext reactor stays one.
+    pub fn set_tls(&mut self, tls: TlsContext) -> bool {
+        if self.config.tls.is_none() {
+            return false;
+        }
+        self.config.tls = Some(tls);
+        true
+    }
+
+    /// Whether this reactor speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
     /// One turn of the event loop: writes queued output, waits for readiness (at most `timeout`,
     /// less when a timer or a timeout check is due, not at all when events are ready already),
     /// accepts, reads and decodes, fires due timers, enforces timeouts. Appends what happened to
@@ -766,7 +786,19 @@ impl Reactor {
             Token(slot + 1),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.slots[slot].conn = Some(Conn::new(stream, peer, Instant::now()));
+        let mut conn = Conn::new(stream, peer, Instant::now());
+        if let Some(tls) = &self.config.tls {
+            match tls.server_session() {
+                Ok(session) => conn.tls = Some(Box::new(session)),
+                Err(e) => {
+                    warn!("{peer}: {e}; closing");
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                    self.free_slots.push(slot);
+                    return Ok(());
+                }
+            }
+        }
+        self.slots[slot].conn = Some(conn);
         self.connections_count += 1;
         self.handshakes_count += 1;
         debug!("accepted {peer} as {}", self.conn_id(slot));

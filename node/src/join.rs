@@ -38,6 +38,7 @@ impl Drop for Join {
 
 /// Asks the cluster at `addresses` to add node `id` at `address`, until it answers or `stop`.
 fn request_add(
+    tls: Option<atoll_net::tls::TlsContext>,
     addresses: &[String],
     id: u64,
     address: &str,
@@ -47,6 +48,7 @@ fn request_add(
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(10),
         leader_timeout: Duration::from_secs(5),
+        tls,
         ..ClientConfig::default()
     };
     let mut pause = Duration::from_millis(100);
@@ -111,6 +113,7 @@ impl Node {
             self.config.address.clone(),
         );
         let helper_stop = stop.clone();
+        let tls = super::tls::load(&self.data_dir).map_err(NodeError::Start)?;
         info!(
             "joining the cluster at {}: asking its leader to add node {id} ({address})",
             addresses.join(",")
@@ -118,7 +121,7 @@ impl Node {
         thread::Builder::new()
             .name("join".into())
             .spawn(move || {
-                let result = request_add(&addresses, id, &address, &helper_stop);
+                let result = request_add(tls, &addresses, id, &address, &helper_stop);
                 let _ = sender.send(result);
                 let _ = waker.wake();
             })

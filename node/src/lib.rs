@@ -41,6 +41,7 @@ mod roles;
 pub mod secret;
 pub mod sql;
 mod timings;
+pub mod tls;
 mod values;
 mod verify;
 
@@ -113,6 +114,8 @@ pub struct StartOptions {
     pub peer_routes: HashMap<u64, String>,
     /// Client connections idle this long are closed (`None`: never); `--client-idle-timeout`.
     pub client_idle_timeout: Option<Duration>,
+    /// Set (by SIGHUP) to reload the TLS files: new connections use them, open ones drain.
+    pub tls_reload: Arc<AtomicBool>,
     /// Where to serve Prometheus metrics (`--metrics-address`), if anywhere.
     pub metrics_address: Option<String>,
 }
@@ -341,6 +344,8 @@ pub struct Node {
     /// A full disk: writes refused, stalled appends and applies retried.
     disk: disk::Disk,
     stats: Stats,
+    /// Set by SIGHUP: reload the TLS files.
+    tls_reload: Arc<AtomicBool>,
     /// Where writes' time goes, and the longest turns (dumped on request).
     timings: timings::Timings,
     /// The reactor's events of a turn (kept to reuse the allocation).
@@ -531,8 +536,13 @@ impl Node {
         );
         peer.frame_bytes_max = PEER_FRAME_BYTES_MAX;
         peer.queue_bytes_max = PEER_QUEUE_BYTES_MAX;
+        let tls = tls::load(data_dir).map_err(NodeError::Start)?;
+        if tls.is_some() {
+            info!("TLS on for clients and peers ({})", tls::CERT_FILE_NAME);
+        }
         let reactor_config = ReactorConfig {
             peer: Some(peer),
+            tls,
             idle_timeout: options.client_idle_timeout,
             ..ReactorConfig::default()
         };
@@ -601,6 +611,7 @@ impl Node {
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
             stats: Stats::default(),
+            tls_reload: options.tls_reload,
             timings: timings::Timings::new(),
             events: Vec::new(),
             clock,
@@ -622,6 +633,19 @@ impl Node {
         node.start_join()?;
         node.start_repair()?;
         Ok(node)
+    }
+
+    /// Reloads the TLS files (SIGHUP): new connections use them; open ones keep their session
+    /// until they close. Unusable files change nothing.
+    fn reload_tls(&mut self) {
+        match tls::load(&self.data_dir) {
+            Ok(Some(context)) if self.reactor.is_tls() => {
+                self.reactor.set_tls(context);
+                info!("TLS files reloaded: new connections use them");
+            }
+            Ok(_) => warn!("SIGHUP: no TLS reload (TLS is not on, or its files are gone)"),
+            Err(e) => warn!("SIGHUP: keeping the current TLS setup: {e}"),
+        }
     }
 
     /// This node's id.
@@ -688,6 +712,9 @@ impl Node {
         self.reactor
             .poll(&mut events, timeout)
             .map_err(|e| fatal("polling", e))?;
+        if self.tls_reload.swap(false, Ordering::SeqCst) {
+            self.reload_tls();
+        }
         if self.repair_requested.is_some() {
             // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
             self.shutdown.store(true, Ordering::SeqCst);

@@ -181,6 +181,7 @@ pub fn quarantine(data_dir: &Path, my_id: u64, damage: &Damage) -> Result<PathBu
 /// Asks the cluster at `addresses` to remove node `id` (if it is a member) and add it back at
 /// `address`, until both are answered or `stop`.
 fn request_readd(
+    tls: Option<atoll_net::tls::TlsContext>,
     addresses: &[String],
     id: u64,
     address: &str,
@@ -190,6 +191,7 @@ fn request_readd(
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(10),
         leader_timeout: Duration::from_secs(5),
+        tls,
         ..ClientConfig::default()
     };
     let mut pause = Duration::from_millis(100);
@@ -266,6 +268,7 @@ impl Node {
             .map_err(|e| NodeError::Start(format!("creating the wake-up handle: {e}")))?;
         let (id, address) = (self.config.id, self.config.address.clone());
         let helper_stop = stop.clone();
+        let tls = super::tls::load(&self.data_dir).map_err(NodeError::Start)?;
         info!(
             "repair: asking the cluster at {} to remove node {id} and add it back",
             addresses.join(",")
@@ -273,7 +276,7 @@ impl Node {
         thread::Builder::new()
             .name("repair".into())
             .spawn(move || {
-                let result = request_readd(&addresses, id, &address, &helper_stop);
+                let result = request_readd(tls, &addresses, id, &address, &helper_stop);
                 let _ = sender.send(result);
                 let _ = waker.wake();
             })

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
 use atoll_net::protocol::{NodeInfo, NodeMetadata, Value};
+use atoll_net::tls::TlsContext;
 
 use super::{connect, explain, io_words, role_name, CliError, ClusterArgs};
 use crate::output::{self, Format};
@@ -60,10 +61,11 @@ pub struct NodeStatus {
 /// Dials `address` and asks LEADER and DESCRIBE. An atoll node (it accepts atoll's version
 /// word) is asked DESCRIBE format 1, which carries its applied index; any other node format 0,
 /// the only one dqlite survives.
-fn probe(address: &str) -> Result<Option<NodeMetadata>, String> {
+fn probe(address: &str, tls: Option<&TlsContext>) -> Result<Option<NodeMetadata>, String> {
     let config = ClientConfig {
         connect_timeout: PROBE_TIMEOUT,
         request_timeout: PROBE_TIMEOUT,
+        tls: tls.cloned(),
         ..ClientConfig::default()
     };
     let words = |e: ClientError| match e {
@@ -81,11 +83,15 @@ fn probe(address: &str) -> Result<Option<NodeMetadata>, String> {
 }
 
 /// Probes every node at once, so unreachable nodes cost one timeout in all.
-fn probe_all(nodes: &[NodeInfo], leader_id: Option<u64>) -> Vec<NodeStatus> {
+fn probe_all(
+    nodes: &[NodeInfo],
+    leader_id: Option<u64>,
+    tls: Option<&TlsContext>,
+) -> Vec<NodeStatus> {
     std::thread::scope(|scope| {
         let probes: Vec<_> = nodes
             .iter()
-            .map(|node| scope.spawn(move || probe(&node.address)))
+            .map(|node| scope.spawn(move || probe(&node.address, tls)))
             .collect();
         nodes
             .iter()
@@ -109,7 +115,7 @@ fn probe_all(nodes: &[NodeInfo], leader_id: Option<u64>) -> Vec<NodeStatus> {
 pub fn collect(client: &mut Client) -> Result<Vec<NodeStatus>, ClientError> {
     let nodes = client.cluster()?;
     let leader_id = client.leader()?.map(|(id, _)| id);
-    Ok(probe_all(&nodes, leader_id))
+    Ok(probe_all(&nodes, leader_id, client.config().tls.as_ref()))
 }
 
 /// The configuration from the first node that answers CLUSTER, when there is no leader.
@@ -117,13 +123,14 @@ fn collect_without_leader(args: &ClusterArgs) -> Option<Vec<NodeStatus>> {
     let config = ClientConfig {
         connect_timeout: PROBE_TIMEOUT,
         request_timeout: PROBE_TIMEOUT,
+        tls: args.tls_context.clone(),
         ..ClientConfig::default()
     };
     args.cluster.iter().find_map(|address| {
         let nodes = Connection::connect(address, &config)
             .and_then(|mut c| c.cluster())
             .ok()?;
-        (!nodes.is_empty()).then(|| probe_all(&nodes, None))
+        (!nodes.is_empty()).then(|| probe_all(&nodes, None, args.tls_context.as_ref()))
     })
 }
 

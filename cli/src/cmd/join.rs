@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use atoll_net::client::{ClientConfig, Connection};
 use atoll_net::peer;
+use atoll_net::tls::TlsContext;
 
 use super::{explain, parse_address, parse_node_id, CliError, NodeSettings};
 use atoll_node::secret::JoinToken;
@@ -24,6 +25,10 @@ use atoll_node::{self as node, config::NodeConfig};
 /// The join token comes from `atoll init` (it prints it) or `atoll token --data-dir DIR` on a
 /// node of the cluster; it is a credential, so prefer --join-token-file on shared machines
 /// (a command line is visible to other users).
+///
+/// A TLS cluster (`atoll init --tls`) needs its certificate and key too: copy cluster.crt and
+/// cluster.key from a member's data directory (or `atoll cert --out-dir`) and give them as
+/// --tls-cert and --tls-key (and --tls-ca if the cluster has one); they are copied into DIR.
 ///
 /// Example:
 ///   atoll join --data-dir /var/lib/atoll --address 127.0.0.1:9002 --cluster 127.0.0.1:9001 \
@@ -68,6 +73,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub settings: NodeSettings,
+
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// What `atoll join` learns from the cluster.
@@ -76,8 +84,9 @@ struct ClusterFacts {
 }
 
 /// Asks the first atoll node of `addresses` that answers for the members.
-fn ask_cluster(addresses: &[String]) -> Result<ClusterFacts, CliError> {
+fn ask_cluster(addresses: &[String], tls: Option<&TlsContext>) -> Result<ClusterFacts, CliError> {
     let config = ClientConfig {
+        tls: tls.cloned(),
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         ..ClientConfig::default()
@@ -118,10 +127,11 @@ fn check_token(
     id: u64,
     address: &str,
     token: &JoinToken,
+    tls: Option<&TlsContext>,
 ) -> Result<(), CliError> {
     let mut problems = Vec::new();
     for (member, at) in members {
-        match probe(*member, at, id, address, token) {
+        match probe(*member, at, id, address, token, tls) {
             Ok(()) => return Ok(()),
             Err(problem) => problems.push(format!("node {member} at {at}: {problem}")),
         }
@@ -132,8 +142,14 @@ fn check_token(
     )))
 }
 
-fn probe(member: u64, at: &str, id: u64, address: &str, token: &JoinToken) -> Result<(), String> {
-    use std::io::{Read, Write};
+fn probe(
+    member: u64,
+    at: &str,
+    id: u64,
+    address: &str,
+    token: &JoinToken,
+    tls: Option<&TlsContext>,
+) -> Result<(), String> {
     use std::net::{TcpStream, ToSocketAddrs};
     let target = at
         .to_socket_addrs()
@@ -145,6 +161,24 @@ fn probe(member: u64, at: &str, id: u64, address: &str, token: &JoinToken) -> Re
     stream
         .set_read_timeout(Some(PROBE_TIMEOUT))
         .map_err(|e| e.to_string())?;
+    match tls {
+        None => probe_over(&mut stream, member, id, address, token),
+        Some(tls) => {
+            let session = tls.client_connection().map_err(|e| e.to_string())?;
+            let mut stream = rustls::StreamOwned::new(session, stream);
+            probe_over(&mut stream, member, id, address, token)
+        }
+    }
+}
+
+/// The probe's exchange on a connected stream (plaintext or TLS).
+fn probe_over(
+    stream: &mut (impl std::io::Read + std::io::Write),
+    member: u64,
+    id: u64,
+    address: &str,
+    token: &JoinToken,
+) -> Result<(), String> {
     let mut nonce = [0u8; peer::NONCE_BYTES];
     peer::os_random(&mut nonce).map_err(|e| format!("drawing a nonce: {e}"))?;
     let hello = peer::Hello {
@@ -157,7 +191,10 @@ fn probe(member: u64, at: &str, id: u64, address: &str, token: &JoinToken) -> Re
     };
     let mut bytes = peer::PEER_MAGIC_V1.to_le_bytes().to_vec();
     hello.encode(&mut bytes);
-    stream.write_all(&bytes).map_err(|e| e.to_string())?;
+    stream
+        .write_all(&bytes)
+        .and_then(|()| stream.flush())
+        .map_err(|e| e.to_string())?;
     let mut answer = [0u8; peer::FRAME_HEADER_BYTES + peer::CHALLENGE_BYTES];
     if let Err(e) = stream.read_exact(&mut answer) {
         return Err(match e.kind() {
@@ -204,7 +241,8 @@ fn read_token(args: &Args) -> Result<JoinToken, CliError> {
 pub fn run(args: Args) -> Result<(), CliError> {
     let address = args.address.trim().to_owned();
     let token = read_token(&args)?;
-    let facts = ask_cluster(&args.cluster)?;
+    let tls = args.tls.context()?;
+    let facts = ask_cluster(&args.cluster, tls.as_ref())?;
     let id = match args.id {
         Some(id) => id,
         // Random, non-zero, below 2^63 (some clients keep ids in signed integers).
@@ -221,13 +259,18 @@ pub fn run(args: Args) -> Result<(), CliError> {
              remove`) or pick another address"
         )));
     }
-    check_token(&facts.members, id, &address, &token)?;
+    check_token(&facts.members, id, &address, &token, tls.as_ref())?;
     let mut config = NodeConfig::new(id, address);
     config.cluster_id = token.cluster_id;
     config.join = args.cluster.clone();
     args.settings.apply(&mut config)?;
     node::prepare_join(&args.data_dir, &config, &token.secret)
         .map_err(|e| CliError::new(e.to_string()))?;
+    if let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) {
+        let (cert, key, ca) =
+            node::tls::read_given(cert, key, args.tls.tls_ca.as_deref()).map_err(CliError::new)?;
+        node::tls::install(&args.data_dir, &cert, &key, ca.as_deref()).map_err(CliError::new)?;
+    }
     println!(
         "prepared node {id} at {} in {} to join the cluster {:016x} ({} member(s)); run it \
          with:\n  atoll start --data-dir {}",

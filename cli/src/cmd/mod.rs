@@ -8,6 +8,7 @@
 pub mod add;
 pub mod assign;
 pub mod backup;
+pub mod cert;
 pub mod cluster;
 pub mod demo;
 pub mod dump;
@@ -86,6 +87,42 @@ pub struct ClusterArgs {
     /// How long to look for a leader (an election may be under way) before giving up.
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// The TLS setup, loaded once by `check_tls`.
+    #[arg(skip)]
+    pub tls_context: Option<atoll_net::tls::TlsContext>,
+}
+
+/// TLS files a command uses to reach a TLS cluster, or a new node takes (`init`, `join`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// TLS: the certificate (PEM) to present: the cluster certificate (`atoll cert`), as for
+    /// `dqlite -c CERT -k KEY`. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// TLS: the trust root (PEM) when it is not the certificate itself.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS setup these flags name (`None`: plaintext).
+    pub fn context(&self) -> Result<Option<atoll_net::tls::TlsContext>, CliError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        atoll_net::tls::TlsContext::load(cert, key, self.tls_ca.as_deref())
+            .map(Some)
+            .map_err(|e| CliError::new(format!("TLS: {e}")))
+    }
 }
 
 /// The settings of a node that `atoll init`, `atoll join` and `atoll start` take. Given to
@@ -254,11 +291,18 @@ pub fn parse_node_id(text: &str) -> Result<u64, String> {
 }
 
 impl ClusterArgs {
+    /// Loads the TLS files named (call before `client_config`).
+    pub fn check_tls(&mut self) -> Result<(), CliError> {
+        self.tls_context = self.tls.context()?;
+        Ok(())
+    }
+
     /// The client configuration for these arguments.
     pub fn client_config(&self) -> ClientConfig {
         ClientConfig {
             connect_timeout: Duration::from_secs(2).min(self.timeout),
             leader_timeout: self.timeout,
+            tls: self.tls_context.clone(),
             ..ClientConfig::default()
         }
     }
@@ -315,12 +359,32 @@ pub fn no_leader_message(args: &ClusterArgs, attempts: &[String]) -> String {
         ),
         Ok(()) => format!(
             "no leader among {} within {:?} ({}); the cluster may be electing one or have lost \
-             its quorum: retry, or look with `atoll cluster --cluster {}`",
+             its quorum: retry, or look with `atoll cluster --cluster {}`{}",
             args.joined(),
             args.timeout,
             attempts.first().map_or("no answer", String::as_str),
-            args.joined()
+            args.joined(),
+            tls_hint(args, attempts)
         ),
+    }
+}
+
+/// What to check when nodes close the connection at once: a TLS mismatch looks like that.
+fn tls_hint(args: &ClusterArgs, attempts: &[String]) -> &'static str {
+    let closed = attempts.iter().any(|a| {
+        ["reset", "end of file", "certificate", "TLS", "InvalidData"]
+            .iter()
+            .any(|word| a.contains(word))
+    });
+    match (closed, args.tls_context.is_some()) {
+        (false, _) => "",
+        (true, false) => {
+            "; a TLS cluster refuses plaintext: give --tls-cert and --tls-key (`atoll cert`)"
+        }
+        (true, true) => {
+            "; with TLS: the node may not serve TLS, or may not trust this certificate (or this \
+             client its)"
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use super::{CliError, NodeSettings};
@@ -25,6 +25,9 @@ use atoll_node::{Node, StartOptions};
 /// second signal stops it at once). SIGUSR1 writes the loop's timings (where writes' time
 /// goes, the longest loop turns) to DIR/timings and resets them. Settings given here
 /// (timing, roles) are written to DIR/atoll.conf and stay for later starts.
+///
+/// With TLS (DIR/cluster.crt, from `atoll init --tls`), SIGHUP reloads the certificate, key
+/// and trust root: new connections use them, open ones drain (rotation without downtime).
 ///
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
@@ -95,8 +98,10 @@ pub fn run(args: Args) -> Result<(), CliError> {
         peer_routes: args.peer_route.into_iter().collect(),
         client_idle_timeout: (args.client_idle_timeout > 0)
             .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
+        tls_reload: Arc::new(AtomicBool::new(false)),
         metrics_address: args.metrics_address,
     };
+    let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut node = Node::open(&args.data_dir, shutdown.clone(), options)
         .map_err(|e| CliError::new(e.to_string()))?;
@@ -104,17 +109,23 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .waker()
         .map_err(|e| CliError::new(format!("creating the wake-up handle: {e}")))?;
     let timings = node.timings_flag();
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
         .map_err(|e| CliError::new(format!("installing the signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             // The first signal asks the loop to stop; a second one (the stop hangs) ends the
             // process at once: every acknowledged write is durable already.
-            // SIGUSR1 asks for the loop's timings (`DATA_DIR/timings`), nothing else.
+            // SIGUSR1 asks for the loop's timings (`DATA_DIR/timings`), SIGHUP for a TLS
+            // reload; neither stops the node.
             for signal in signals.forever() {
-                if signal == SIGUSR1 {
-                    timings.store(true, Ordering::SeqCst);
+                if signal == SIGUSR1 || signal == SIGHUP {
+                    if signal == SIGHUP {
+                        log::info!("SIGHUP: reloading the TLS files");
+                        tls_reload.store(true, Ordering::SeqCst);
+                    } else {
+                        timings.store(true, Ordering::SeqCst);
+                    }
                     if let Err(e) = waker.wake() {
                         log::error!("waking the node loop: {e}");
                     }

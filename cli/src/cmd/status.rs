@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use atoll_net::client::{ClientConfig, ClientError, Connection};
 use atoll_net::protocol::{NodeInfo, NodeStatus, Value};
+use atoll_net::tls::TlsContext;
 
 use super::{connect, explain, io_words, role_name, CliError, ClusterArgs};
 use crate::output::{self, Format};
@@ -41,10 +42,11 @@ pub struct Args {
     pub format: Format,
 }
 
-fn probe(address: &str) -> Result<NodeStatus, String> {
+fn probe(address: &str, tls: Option<&TlsContext>) -> Result<NodeStatus, String> {
     let config = ClientConfig {
         connect_timeout: PROBE_TIMEOUT,
         request_timeout: PROBE_TIMEOUT,
+        tls: tls.cloned(),
         ..ClientConfig::default()
     };
     let words = |e: ClientError| match e {
@@ -74,11 +76,14 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// The status rows: each node with its answer.
-fn collect(nodes: &[NodeInfo]) -> Vec<(NodeInfo, Result<NodeStatus, String>)> {
+fn collect(
+    nodes: &[NodeInfo],
+    tls: Option<&TlsContext>,
+) -> Vec<(NodeInfo, Result<NodeStatus, String>)> {
     std::thread::scope(|scope| {
         let probes: Vec<_> = nodes
             .iter()
-            .map(|node| scope.spawn(move || probe(&node.address)))
+            .map(|node| scope.spawn(move || probe(&node.address, tls)))
             .collect();
         nodes
             .iter()
@@ -221,7 +226,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             explain(&e)
         ))
     })?;
-    let rows = collect(&nodes);
+    let rows = collect(&nodes, args.cluster.tls_context.as_ref());
     let mut stdout = io::stdout().lock();
     write(&mut stdout, &rows, args.format)?;
     stdout.flush()?;

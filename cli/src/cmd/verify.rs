@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use atoll_net::client::{ClientConfig, Connection};
 use atoll_net::protocol::{Role, Value, VerifyState};
+use atoll_net::tls::TlsContext;
 
 use super::{connect, explain, io_words, CliError, ClusterArgs};
 use crate::output::{self, Format};
@@ -38,7 +39,7 @@ pub struct Args {
 
     /// Tell each node whose copy differs from the one most nodes hold (more than half of those
     /// that answered) to repair itself: it stops (a leader hands over first), moves its data
-    /// to DIR/quarantine/TIME/ and is rebuilt from the leader. Needs atoll's `start`.
+    /// to `DIR/quarantine/<time>/` and is rebuilt from the leader. Needs atoll's `start`.
     #[arg(long)]
     pub repair: bool,
 
@@ -57,10 +58,17 @@ pub struct Args {
 type Answer = Result<BTreeMap<String, (u64, u64)>, String>;
 
 /// Asks node `address` for its checksums at `index` until it has them or `deadline` passes.
-fn ask(address: &str, index: u64, database: &str, deadline: Instant) -> Answer {
+fn ask(
+    address: &str,
+    tls: Option<&TlsContext>,
+    index: u64,
+    database: &str,
+    deadline: Instant,
+) -> Answer {
     let config = ClientConfig {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
+        tls: tls.cloned(),
         ..ClientConfig::default()
     };
     let mut connection = Connection::connect(address, &config).map_err(|e| match e {
@@ -255,7 +263,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
             .iter()
             .map(|node| {
                 let database = &database;
-                scope.spawn(move || ask(&node.address, index, database, deadline))
+                let tls = args.cluster.tls_context.as_ref();
+                scope.spawn(move || ask(&node.address, tls, index, database, deadline))
             })
             .collect();
         replicas

@@ -23,6 +23,9 @@
 //!   refused; the node stays up, unchanged.
 //! - `t56_disk_full`: a node's data directory on a small tmpfs that fills up: writes refused
 //!   with SQLITE_FULL, reads served, everything back once space is freed (root only).
+//! - `t58_tls`: a TLS cluster (init --tls, joins) with the dqlite shell's -c/-k, failover and
+//!   a snapshot catch-up over TLS; plaintext, untrusted certificates, handshake garbage
+//!   refused; certificate rotation on SIGHUP under load.
 //! - `t52_bad_input`: malformed frames, wrong versions, oversized messages, unknown ids, while
 //!   another client keeps being served.
 //! - `t53_hardening`: an idle reader (no loop stall, rolled back past the limit), header-only
@@ -50,4 +53,5 @@ mod t54_forged_peer_messages;
 mod t55_cluster_faults;
 mod t56_disk_full;
 mod t57_peer_auth;
+mod t58_tls;
 mod t60_operations;

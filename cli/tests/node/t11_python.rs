@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::support::{run_command, AtollNode, Node};
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     if let Ok(python) = std::env::var("ATOLL_TEST_PYTHON") {
         return PathBuf::from(python);
     }

@@ -233,7 +233,7 @@ fn test_failover_under_a_write_loop_loses_no_acknowledged_write() {
     assert_eq!(cluster.dump(old, "app"), cluster.dump(new, "app"));
 }
 
-/// SIGUSR1 to a node: `DATA_DIR/timings` (see `cli/src/node/timings.rs`) holds where the writes
+/// SIGUSR1 to a node: `DATA_DIR/timings` (see `node/src/timings.rs`) holds where the writes
 /// since the last dump spent their time; the leader executed, committed and applied them, a
 /// follower appended, synced and applied them; a second dump starts from zero.
 #[test]

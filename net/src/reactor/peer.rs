@@ -598,6 +598,23 @@ impl Reactor {
         };
         let mut conn = Conn::new(stream, address, now);
         conn.phase = Phase::PeerDialing { to };
+        if let Some(tls) = &self.config.tls {
+            match tls.client_session() {
+                Ok(session) => {
+                    conn.tls = Some(Box::new(session));
+                    // The acceptor's first bytes are ours to trust only through TLS.
+                    conn.tls_first_checked = true;
+                }
+                Err(e) => {
+                    warn!("peer {to}: {e}");
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                    self.free_slots.push(slot);
+                    let event = self.peer_link_down(to, CloseReason::Host, None);
+                    events.push(event);
+                    return;
+                }
+            }
+        }
         // The greeting and hello go first, as soon as the connect completes.
         conn.outbound
             .extend_from_slice(&PEER_MAGIC_V1.to_le_bytes());
@@ -733,7 +750,7 @@ impl Reactor {
             }
             match link
                 .queue
-                .write_once(&mut conn.stream, &mut self.buffer_pool)
+                .write_once(&mut conn.queue_writer(), &mut self.buffer_pool)
             {
                 Ok(completed) => {
                     link.stats.frames_sent += completed;
@@ -756,6 +773,11 @@ impl Reactor {
         let conn = self.slots[slot].conn.as_mut().expect("caller checked");
         let reason = match conn.read_once(Instant::now()) {
             IoOutcome::Blocked => return,
+            IoOutcome::Progress if conn.inbound.is_empty() => {
+                // TLS records without data (the read budget ran out): read on next turn.
+                Self::queue(&mut self.revisit_list, &mut conn.revisit_queued, slot);
+                return;
+            }
             IoOutcome::Progress => CloseReason::Peer(PeerError::UnexpectedData),
             IoOutcome::Eof => CloseReason::PeerClosed,
             IoOutcome::Failed(e) => CloseReason::Io(e.kind()),
