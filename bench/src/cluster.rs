@@ -24,6 +24,22 @@ use atoll_net::tls::TlsContext;
 use crate::timings::Breakdown;
 use crate::{median, plot, Options, Samples};
 
+/// `count` distinct free loopback addresses: every listener is held until all are picked, so
+/// the kernel cannot hand the same released port out twice.
+fn free_addresses(count: usize) -> Result<Vec<String>, String> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.to_string())
+                .map_err(|e| format!("free port: {e}"))
+        })
+        .collect()
+}
+
 /// How long a cluster has to come up, a node to catch up, a failover to happen.
 const WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -807,7 +823,7 @@ fn kv_dqlite(
     value_bytes: usize,
 ) -> Result<KvResult, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect::<Result<_, _>>()?;
+    let addresses = free_addresses(3)?;
     let mut children = Vec::new();
     for (index, address) in addresses.iter().enumerate() {
         let data = dir.path().join(format!("node{}", index + 1));

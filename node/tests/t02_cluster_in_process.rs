@@ -18,11 +18,6 @@ use atoll_node::inputs::{Inputs, ManualClock, SeededRandom};
 use atoll_node::{Node, StartOptions};
 use atoll_raft::{NodeId, StateRole};
 
-fn free_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 fn open(data: &Path, clock: &ManualClock, seed: u64) -> Node {
     let inputs = Inputs {
         clock: Box::new(clock.clone()),
@@ -51,7 +46,15 @@ fn drive(nodes: &mut [Node], clock: &ManualClock, mut done: impl FnMut(&[Node]) 
 fn test_three_nodes_in_one_thread_join_replicate_and_stay_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    // Held together so that the kernel cannot hand one released port out twice.
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addresses: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    drop(listeners);
     let secret = ClusterSecret::generate().unwrap();
     let mut first = NodeConfig::new(1, addresses[0].clone());
     first.snapshot_entries = 50;

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,24 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A free loopback port (bound and released; the node binds it right after).
+///
+/// The kernel may hand a released port out again at once, so two calls in a row could answer
+/// the same port (seen in CI: three nodes' addresses picked up front, two equal). A port this
+/// process already handed out is never answered again.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind a loopback port")
+            .local_addr()
+            .expect("local address")
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// A free loopback address.
