@@ -261,6 +261,8 @@ struct SnapshotJob {
     reader: atoll_core::SnapshotReader,
     writer: SnapshotWriter,
     buffer: Vec<u8>,
+    /// Bytes written to `writer` so far.
+    written: u64,
 }
 
 /// A running node. Built by [`Node::open`], run by [`Node::run`].
@@ -320,6 +322,8 @@ pub struct Node {
     verify: verify::Verify,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
+    /// Snapshots are postponed for want of disk space (logged once when it began).
+    snapshot_postponed: bool,
     /// Compaction raft asked for and not done yet: the log is compacted one segment file per
     /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
     compact_target: Option<(LogIndex, Term)>,
@@ -599,6 +603,7 @@ impl Node {
             snapshot_job: None,
             verify: verify::Verify::default(),
             snapshot_next_at,
+            snapshot_postponed: false,
             compact_target: None,
             last_apply_at: now,
             last_leader_contact: None,
@@ -1350,18 +1355,27 @@ impl Node {
                 if read == 0 {
                     break;
                 }
-                job.writer
-                    .write_all(&job.buffer[..read])
-                    .map_err(|e| fatal("writing the snapshot", e))?;
+                if let Err(e) = job.writer.write_all(&job.buffer[..read]) {
+                    let why = format!("writing snapshot {} ({} bytes written)", job.index, job.written);
+                    return self.snapshot_failed(&why, e);
+                }
+                job.written += read as u64;
                 copied += read;
             }
             if copied < SNAPSHOT_BYTES_PER_TURN {
                 let job = self.snapshot_job.take().expect("checked above");
-                let meta = job
-                    .writer
-                    .finish()
-                    .map_err(|e| fatal("finishing the snapshot", e))?;
+                let index = job.index;
+                let meta = match job.writer.finish() {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let why = format!("finishing snapshot {index}");
+                        return self.snapshot_failed(&why, e);
+                    }
+                };
                 drop(job.reader);
+                if std::mem::take(&mut self.snapshot_postponed) {
+                    info!("disk space back: snapshots resume");
+                }
                 self.raft
                     .snapshot_taken(job.index, meta.data_bytes)
                     .map_err(|e| fatal("recording the snapshot", e))?;
@@ -1384,10 +1398,13 @@ impl Node {
         }
         // The snapshot's index must not pass the checkpoint index, so that the compaction that
         // follows never drops an entry recovery would need.
-        let checkpoint = self
-            .engine
-            .checkpoint(true)
-            .map_err(|e| fatal("checkpointing", e))?;
+        let checkpoint = match self.engine.checkpoint(true) {
+            Ok(checkpoint) => checkpoint,
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                return self.snapshot_failed("checkpointing before a snapshot", e);
+            }
+            Err(e) => return Err(fatal("checkpointing", e)),
+        };
         if checkpoint.is_some_and(|index| index < applied) {
             debug!("snapshot postponed: a checkpoint waits for a reader");
             return Ok(());
@@ -1399,24 +1416,64 @@ impl Node {
             .log_term(index)
             .ok_or_else(|| NodeError::Fatal(format!("no term for applied index {index}")))?;
         let configuration = self.raft.configuration().encode_to_vec();
-        let writer = self
-            .raft
-            .log()
-            .snapshots()
-            .create(index, term, &configuration)
-            .map_err(|e| fatal("creating the snapshot", e))?;
         let reader = self
             .engine
             .snapshot()
             .map_err(|e| fatal("starting the snapshot", e))?;
         assert_eq!(reader.index(), applied);
+        // A snapshot that would leave less than the margin writes keep is not started: it
+        // would fail part-way, or take the space committed writes need.
+        let needed = reader
+            .len_bytes()
+            .saturating_add(disk::DISK_FREE_BYTES_MIN);
+        let snapshots = self.raft.log().snapshots().dir();
+        match atoll_storage::available_bytes(snapshots) {
+            Ok(available) if available < needed => {
+                let why = format!(
+                    "snapshot {index} needs {} bytes and the margin, {available} available",
+                    reader.len_bytes()
+                );
+                return self.snapshot_failed(&why, io::ErrorKind::StorageFull.into());
+            }
+            Ok(_) => {}
+            Err(e) => warn!("free space of {}: {e}", snapshots.display()),
+        }
+        let writer = match self
+            .raft
+            .log()
+            .snapshots()
+            .create(index, term, &configuration)
+        {
+            Ok(writer) => writer,
+            Err(e) => return self.snapshot_failed(&format!("creating snapshot {index}"), e),
+        };
         self.snapshot_job = Some(SnapshotJob {
             index,
             reader,
             writer,
             buffer: vec![0; 64 * 1024],
+            written: 0,
         });
         self.snapshot_next_at = applied + snapshot_interval(&self.config, self.random.as_mut());
+        Ok(())
+    }
+
+    /// Taking a snapshot failed (`why`, `error`). For want of space the snapshot is dropped
+    /// (its unfinished file removed, giving the space back) and tried again after
+    /// [`SNAPSHOT_RETRY_ENTRIES`] more applies, logged once until one is written: the log is
+    /// only compacted later. Any other error stops the node.
+    fn snapshot_failed(&mut self, why: &str, error: io::Error) -> Result<(), NodeError> {
+        if !disk::is_full(&error) {
+            return Err(fatal(why, error));
+        }
+        self.snapshot_job = None;
+        self.snapshot_next_at = self.raft.applied().0 + SNAPSHOT_RETRY_ENTRIES;
+        if !self.snapshot_postponed {
+            self.snapshot_postponed = true;
+            warn!("disk full: snapshots postponed ({why}: {error})");
+        } else {
+            debug!("snapshot postponed again: {why}: {error}");
+        }
         Ok(())
     }
 

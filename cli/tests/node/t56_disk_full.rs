@@ -437,10 +437,16 @@ fn test_snapshot_larger_than_the_free_space() {
             .count()
     };
     assert_eq!(finished(&snapshots), 0);
-    // Room above the 16 MiB margin, not for a 40 MB snapshot.
-    let filler = mount.fill_leaving(28 << 20);
+    let small = |connection: &mut Connection, id: i64| {
+        connection
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .map(|_| ())
+    };
+    // Room above the 16 MiB margin (for a new 8 MiB log segment and WAL frames too), not for
+    // a 40 MB snapshot.
+    let filler = mount.fill_leaving(36 << 20);
     for id in 100_000..100_500 {
-        insert(&mut connection, id).unwrap();
+        small(&mut connection, id).unwrap();
         acknowledged += 1;
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -454,7 +460,7 @@ fn test_snapshot_larger_than_the_free_space() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while finished(&snapshots) == 0 {
         assert!(Instant::now() < deadline, "no snapshot after freeing space");
-        insert(&mut connection, id).unwrap();
+        small(&mut connection, id).unwrap();
         acknowledged += 1;
         id += 1;
     }
