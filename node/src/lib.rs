@@ -347,6 +347,10 @@ pub struct Node {
     replay: Option<(u64, u64)>,
     /// A full disk: writes refused, stalled appends and applies retried.
     disk: disk::Disk,
+    /// Raft's term and vote could not be saved (a full disk): until they are, no raft
+    /// message leaves the node (no vote is granted, no append acknowledged), raft is not
+    /// ticked (no election starts) and entries are not appended; the save is retried.
+    hard_state_unsaved: bool,
     stats: Stats,
     /// Set by SIGHUP: reload the TLS files.
     tls_reload: Arc<AtomicBool>,
@@ -615,6 +619,7 @@ impl Node {
             idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
+            hard_state_unsaved: false,
             stats: Stats::default(),
             tls_reload: options.tls_reload,
             timings: timings::Timings::new(),
@@ -877,8 +882,14 @@ impl Node {
     fn on_tick(&mut self) -> Result<(), NodeError> {
         let now = self.clock.now();
         let (ticks, tick_at) = count_ticks(self.tick_at, now, self.tick, self.ticks_per_turn_max());
-        for _ in 0..ticks {
-            self.raft.tick();
+        if self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        // A node whose term and vote are not durable must not start an election.
+        if !self.hard_state_unsaved {
+            for _ in 0..ticks {
+                self.raft.tick();
+            }
         }
         self.tick_at = tick_at;
         let next = (self.tick_at + self.tick).saturating_duration_since(self.clock.now());
@@ -986,6 +997,16 @@ impl Node {
     /// Handles one ready; true if some of its entries could not be appended or applied for
     /// want of disk space and went back to raft.
     fn handle_ready(&mut self, mut ready: Ready) -> Result<bool, NodeError> {
+        // 0. The term and vote, durable before anything else (saved again if an earlier save
+        //    failed). While they are not, nothing leaves the node and no entry is appended.
+        if ready.hard_state.take().is_some() || self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        let unsaved = self.hard_state_unsaved;
+        if unsaved {
+            ready.messages.clear();
+            ready.persisted_messages.clear();
+        }
         // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
         self.store_snapshot_chunks(&ready)?;
         if let Some(install) = &ready.snapshot {
@@ -1010,7 +1031,7 @@ impl Node {
         let mut stalled = false;
         if !entries.is_empty() {
             let append_start = self.clock.now();
-            let appended = self.append_entries(&entries)?;
+            let appended = !unsaved && self.append_entries(&entries)?;
             self.timings
                 .append(self.clock.now().saturating_duration_since(append_start));
             if appended {
@@ -1118,7 +1139,44 @@ impl Node {
         for context in &ready.dropped_reads {
             self.read_dropped(*context);
         }
-        Ok(stalled)
+        Ok(stalled || unsaved)
+    }
+
+    /// Saves raft's term and vote. For want of space the node goes on with them unsaved
+    /// ([`Node::hard_state_unsaved`]) and retries at most every `DISK_RETRY_INTERVAL`; a
+    /// failed sync, or any other error, stops it.
+    fn save_hard_state(&mut self) -> Result<(), NodeError> {
+        let now = self.clock.now();
+        if self.hard_state_unsaved && !self.disk.may_write(now) {
+            return Ok(());
+        }
+        let hard_state = self.raft.hard_state();
+        match self.raft.log_mut().save_hard_state(hard_state) {
+            Ok(()) => {
+                if std::mem::take(&mut self.hard_state_unsaved) {
+                    self.disk.write_succeeded();
+                    info!(
+                        "term {} and vote saved: taking part in raft again",
+                        hard_state.term
+                    );
+                }
+                Ok(())
+            }
+            Err(e) if disk::is_full(&e) => {
+                if !self.hard_state_unsaved {
+                    warn!(
+                        "cannot save term {} and vote ({e}): sending nothing, granting no vote                          and starting no election until they are saved",
+                        hard_state.term
+                    );
+                }
+                self.hard_state_unsaved = true;
+                if self.disk.write_failed("saving the term and vote", &e, now) {
+                    self.disk_full_began();
+                }
+                Ok(())
+            }
+            Err(e) => Err(fatal("saving the term and vote", e)),
+        }
     }
 
     /// `engine.apply`, timed.
@@ -1144,9 +1202,21 @@ impl Node {
         let log = self.raft.log_mut();
         let first = entries[0].index;
         if first <= log.last_index() {
-            log.truncate_after(first.prev())
-                .map_err(|e| fatal("truncating the log", e))?;
+            // Cutting a segment writes its kept prefix to a new file first: a full disk fails
+            // there, before anything changed.
+            match log.truncate_after(first.prev()) {
+                Ok(()) => {}
+                Err(e) if disk::is_full(&e) => {
+                    let what = format!("truncating the log after {}", first.prev());
+                    if self.disk.write_failed(&what, &e, now) {
+                        self.disk_full_began();
+                    }
+                    return Ok(false);
+                }
+                Err(e) => return Err(fatal("truncating the log", e)),
+            }
         }
+        let log = self.raft.log_mut();
         match log.append(entries) {
             Ok(()) => {
                 self.disk.write_succeeded();
@@ -1498,10 +1568,24 @@ impl Node {
         };
         let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
         assert!(index.0 <= floor, "compaction past the checkpoint index");
-        self.raft
-            .log_mut()
-            .compact_through(index, term)
-            .map_err(|e| fatal("compacting the log", e))?;
+        if self.disk.is_full() {
+            return Ok(()); // Tried again once space is back.
+        }
+        match self.raft.log_mut().compact_through(index, term) {
+            Ok(()) => {}
+            // Saving the compaction point failed to write: nothing changed; tried again once
+            // space is back (entries kept longer are still valid log).
+            Err(e) if disk::is_full(&e) => {
+                if self
+                    .disk
+                    .space_short(&format!("compacting the log through {index}: {e}"))
+                {
+                    self.disk_full_began();
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("compacting the log", e)),
+        }
         debug!("log compacted through {index}");
         if index == target {
             self.compact_target = None;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
 use atoll_net::protocol::Value;
 
-use crate::support::{free_address, AtollCluster, AtollNode, Node};
+use crate::support::{free_address, wait_for, AtollCluster, AtollNode, Node};
 
 /// SQLITE_FULL.
 const CODE_FULL: u64 = 13;
@@ -88,6 +88,13 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Panics (with its log) if the node's process ended.
+fn assert_alive(node: &mut AtollNode) {
+    if let Some(status) = node.wait_exit(Duration::ZERO) {
+        panic!("the node exited with {status}:\n{}", node.log());
     }
 }
 
@@ -184,7 +191,7 @@ fn test_full_disk_refuses_writes_serves_reads_and_recovers() {
     assert_eq!(count(&mut connection), acknowledged);
     let log = node.log();
     assert_eq!(log.matches("disk space back: resuming").count(), 1, "{log}");
-    assert!(node.is_running());
+    assert_alive(&mut node);
 
     drop(connection);
     node.kill();
@@ -271,7 +278,7 @@ fn test_leader_with_a_full_disk_steps_down_and_catches_up_later() {
     // Half a second later the full node still has not applied the last writes (a follower
     // with room applies within milliseconds), and it still runs.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(cluster.nodes[0].is_running());
+    assert_alive(&mut cluster.nodes[0]);
     let stuck = cluster.nodes[0].metadata().expect("the full node answers");
     let leader_applied = cluster.nodes[leader].metadata().unwrap().applied_index;
     assert!(
@@ -355,7 +362,7 @@ fn test_open_of_a_new_database_on_a_full_disk() {
             }
             other => panic!("OPEN of a new database on a full disk: {other:?}"),
         }
-        assert!(node.is_running());
+        assert_alive(&mut node);
         assert_eq!(count(&mut connection), 10, "reads are served");
     }
     let leftovers: Vec<_> = std::fs::read_dir(node.data_dir().join("db"))
@@ -450,7 +457,7 @@ fn test_snapshot_larger_than_the_free_space() {
         acknowledged += 1;
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert!(node.is_running(), "{}", node.log());
+    assert_alive(&mut node);
     assert_eq!(finished(&snapshots), 0);
     assert!(mount.available_bytes() > 16 << 20, "the unfinished file is gone");
     assert_eq!(count(&mut connection), acknowledged);
@@ -469,4 +476,74 @@ fn test_snapshot_larger_than_the_free_space() {
     node.kill();
     node.restart();
     assert_eq!(count(&mut connect(node.address())), acknowledged);
+}
+
+/// A node joins with its data directory full to the last byte. Its first term and vote need
+/// a new metadata file, which cannot be written: the node stays up, sends nothing (it
+/// acknowledges no append and grants no vote on a term it could lose in a crash) and starts
+/// no election; the cluster goes on writing without it. Once space is freed it saves them,
+/// joins and catches up, and its database equals the leader's.
+#[test]
+fn test_node_that_cannot_save_its_term_joins_once_space_is_freed() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut first = AtollNode::start();
+    let cluster_address = first.address().to_owned();
+    let mut client = Client::connect(&[cluster_address.clone()], config()).unwrap();
+    client.open("full").unwrap();
+    client
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("data"), "48m");
+    let mut joining = AtollNode::prepare_join_in(dir, &free_address(), &cluster_address, &[]);
+    let raft = joining.data_dir().join("raft");
+    assert!(raft.join("metadata1").exists());
+    assert!(!raft.join("metadata2").exists(), "the next save makes a new file");
+    let filler = mount.fill();
+    joining.spawn();
+    // The leader adds it to the configuration (its first message carries the term to save).
+    let address = joining.address().to_owned();
+    wait_for("the leader to add the joining node", Duration::from_secs(20), || {
+        let nodes = client.cluster().ok()?;
+        nodes.iter().any(|n| n.address == address).then_some(())
+    });
+    let mut acknowledged = 0i64;
+    for id in 0..40 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_alive(&mut joining);
+    assert_eq!(
+        std::fs::metadata(raft.join("metadata2")).map_or(0, |m| m.len()),
+        0,
+        "nothing saved"
+    );
+    let leader = first.metadata().unwrap().applied_index;
+    assert!(joining.metadata().map_or(0, |m| m.applied_index) < leader);
+    assert_alive(&mut first);
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut cluster = AtollCluster {
+        nodes: vec![first, joining],
+    };
+    let applied = cluster.wait_in_sync();
+    assert!(applied >= leader);
+    for id in 1000..1010 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+    }
+    cluster.wait_in_sync();
+    let rows = client.query_sql("SELECT count(*) FROM t", &[]).unwrap();
+    assert_eq!(rows.rows[0][0], Value::Integer(acknowledged));
+    assert_eq!(cluster.dump(0, "full"), cluster.dump(1, "full"));
+    cluster.nodes.iter_mut().for_each(assert_alive);
+    drop(mount);
 }
