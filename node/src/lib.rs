@@ -1426,7 +1426,10 @@ impl Node {
                     break;
                 }
                 if let Err(e) = job.writer.write_all(&job.buffer[..read]) {
-                    let why = format!("writing snapshot {} ({} bytes written)", job.index, job.written);
+                    let why = format!(
+                        "writing snapshot {} ({} bytes written)",
+                        job.index, job.written
+                    );
                     return self.snapshot_failed(&why, e);
                 }
                 job.written += read as u64;
@@ -1493,9 +1496,7 @@ impl Node {
         assert_eq!(reader.index(), applied);
         // A snapshot that would leave less than the margin writes keep is not started: it
         // would fail part-way, or take the space committed writes need.
-        let needed = reader
-            .len_bytes()
-            .saturating_add(disk::DISK_FREE_BYTES_MIN);
+        let needed = reader.len_bytes().saturating_add(disk::DISK_FREE_BYTES_MIN);
         let snapshots = self.raft.log().snapshots().dir();
         match atoll_storage::available_bytes(snapshots) {
             Ok(available) if available < needed => {

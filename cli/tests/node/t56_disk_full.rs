@@ -459,7 +459,10 @@ fn test_snapshot_larger_than_the_free_space() {
     std::thread::sleep(Duration::from_millis(500));
     assert_alive(&mut node);
     assert_eq!(finished(&snapshots), 0);
-    assert!(mount.available_bytes() > 16 << 20, "the unfinished file is gone");
+    assert!(
+        mount.available_bytes() > 16 << 20,
+        "the unfinished file is gone"
+    );
     assert_eq!(count(&mut connection), acknowledged);
 
     std::fs::remove_file(&filler).unwrap();
@@ -491,7 +494,7 @@ fn test_node_that_cannot_save_its_term_joins_once_space_is_freed() {
     }
     let mut first = AtollNode::start();
     let cluster_address = first.address().to_owned();
-    let mut client = Client::connect(&[cluster_address.clone()], config()).unwrap();
+    let mut client = Client::connect(std::slice::from_ref(&cluster_address), config()).unwrap();
     client.open("full").unwrap();
     client
         .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
@@ -501,15 +504,22 @@ fn test_node_that_cannot_save_its_term_joins_once_space_is_freed() {
     let mut joining = AtollNode::prepare_join_in(dir, &free_address(), &cluster_address, &[]);
     let raft = joining.data_dir().join("raft");
     assert!(raft.join("metadata1").exists());
-    assert!(!raft.join("metadata2").exists(), "the next save makes a new file");
+    assert!(
+        !raft.join("metadata2").exists(),
+        "the next save makes a new file"
+    );
     let filler = mount.fill();
     joining.spawn();
     // The leader adds it to the configuration (its first message carries the term to save).
     let address = joining.address().to_owned();
-    wait_for("the leader to add the joining node", Duration::from_secs(20), || {
-        let nodes = client.cluster().ok()?;
-        nodes.iter().any(|n| n.address == address).then_some(())
-    });
+    wait_for(
+        "the leader to add the joining node",
+        Duration::from_secs(20),
+        || {
+            let nodes = client.cluster().ok()?;
+            nodes.iter().any(|n| n.address == address).then_some(())
+        },
+    );
     let mut acknowledged = 0i64;
     for id in 0..40 {
         client
