@@ -1165,7 +1165,8 @@ impl Node {
             Err(e) if disk::is_full(&e) => {
                 if !self.hard_state_unsaved {
                     warn!(
-                        "cannot save term {} and vote ({e}): sending nothing, granting no vote                          and starting no election until they are saved",
+                        "cannot save term {} and vote ({e}): sending nothing, granting no vote \
+                         and starting no election until they are saved",
                         hard_state.term
                     );
                 }
