@@ -76,6 +76,9 @@ const SNAPSHOT_BYTES_PER_TURN: usize = 1 << 20;
 /// A node that applied nothing for this long checkpoints every database (TRUNCATE), so that a
 /// restart replays little and the WAL files give their space back.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
+/// A snapshot from the leader that could not be stored for want of space: chunks are dropped
+/// unread this long before the next try (the leader resends them when it sees no progress).
+const SNAPSHOT_RECEIVE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A snapshot attempt that could not start (a checkpoint was held back by a reader) is retried
 /// after this many more applied entries.
 const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
@@ -288,6 +291,12 @@ pub struct Node {
     weight: u64,
     /// The snapshot being received from a leader, and the bytes written to it so far.
     incoming: Option<(SnapshotWriter, u64)>,
+    /// The snapshot received whole and made durable, for raft's install in the next ready.
+    incoming_finished: Option<atoll_storage::SnapshotMeta>,
+    /// A snapshot from the leader could not be stored (a full disk): chunks arriving before
+    /// this instant are dropped unread (the leader resends them), so that a disk still full
+    /// is not tried at the pace of a round trip. Logged once per full state.
+    incoming_refused_until: Option<Instant>,
     /// Snapshots being streamed to followers, open for reads at offsets (chunks are read
     /// from the file when they are sent, never the whole snapshot into memory).
     outgoing: Vec<SnapshotData>,
@@ -589,6 +598,8 @@ impl Node {
             leader_term: None,
             weight: 0,
             incoming: None,
+            incoming_finished: None,
+            incoming_refused_until: None,
             outgoing: Vec::new(),
             peer_routes: options.peer_routes,
             peer_announced: HashMap::new(),
@@ -1007,10 +1018,15 @@ impl Node {
             ready.messages.clear();
             ready.persisted_messages.clear();
         }
-        // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
-        self.store_snapshot_chunks(&ready)?;
+        // 1. An install (of a snapshot whose bytes an earlier ready handed out), then received
+        //    snapshot bytes (followers; none arrive without peers).
         if let Some(install) = &ready.snapshot {
             self.install_snapshot(install.meta.index)?;
+        }
+        if let Err(e) = self.store_snapshot_chunks(&ready) {
+            self.snapshot_store_failed(e)?;
+            // The answers acknowledge chunks that are gone.
+            ready.persisted_messages.clear();
         }
         // 2. The log: install, truncate + append, hard state (durable before sends). A
         //    compaction is done later, a segment file per turn (`compact_step`).
@@ -1263,17 +1279,21 @@ impl Node {
 
     /// Writes received snapshot chunks into the incoming snapshot file, each at its offset:
     /// raft hands them out contiguous from 0, and a chunk at offset 0 starts a new file (a
-    /// restarted stream, or a newer snapshot; the unfinished one is removed).
-    fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), NodeError> {
+    /// restarted stream, or a newer snapshot; the unfinished one is removed). The chunk that
+    /// completes it finishes the file (durable), before raft installs it in the next ready.
+    /// (A snapshot that does not fit is refused before raft sees it: `refuse_message`.) An
+    /// error of the disk comes back to the caller.
+    fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), io::Error> {
         for chunk in &ready.snapshot_chunks {
             if chunk.offset == 0 {
+                self.incoming = None;
+                self.incoming_finished = None;
                 let configuration = chunk.meta.configuration.encode_to_vec();
-                let writer = self
-                    .raft
-                    .log()
-                    .snapshots()
-                    .create(chunk.meta.index, chunk.meta.term, &configuration)
-                    .map_err(|e| fatal("creating a received snapshot", e))?;
+                let writer = self.raft.log().snapshots().create(
+                    chunk.meta.index,
+                    chunk.meta.term,
+                    &configuration,
+                )?;
                 info!(
                     "receiving snapshot {} ({} bytes) from the leader",
                     chunk.meta.index, chunk.meta.size_bytes
@@ -1281,7 +1301,7 @@ impl Node {
                 self.incoming = Some((writer, 0));
             }
             let Some((writer, written)) = self.incoming.as_mut() else {
-                return Err(NodeError::Fatal(format!(
+                return Err(io::Error::other(format!(
                     "snapshot chunk at offset {} without its start",
                     chunk.offset
                 )));
@@ -1291,21 +1311,56 @@ impl Node {
                 "raft hands out snapshot chunks contiguously"
             );
             assert_eq!(chunk.data.len(), chunk.length as usize);
-            writer
-                .write_all(&chunk.data)
-                .map_err(|e| fatal("writing a received snapshot", e))?;
+            writer.write_all(&chunk.data)?;
             *written += chunk.data.len() as u64;
+            if *written == chunk.meta.size_bytes {
+                let (writer, _) = self.incoming.take().expect("matched above");
+                self.incoming_finished = Some(writer.finish()?);
+            }
         }
         Ok(())
     }
 
+    /// Received snapshot chunks could not be stored. For want of space the unfinished file
+    /// goes, raft forgets the receive and asks the leader to start again, and chunks are
+    /// dropped unread for [`SNAPSHOT_RECEIVE_RETRY_INTERVAL`]; the node goes on. Any other
+    /// error stops it.
+    fn snapshot_store_failed(&mut self, error: io::Error) -> Result<(), NodeError> {
+        if !disk::is_full(&error) {
+            return Err(fatal("storing a received snapshot", error));
+        }
+        self.incoming = None;
+        self.incoming_finished = None;
+        self.raft
+            .snapshot_store_failed()
+            .map_err(|e| fatal("dropping a received snapshot", e))?;
+        let now = self.clock.now();
+        if self.incoming_refused_until.is_none() {
+            warn!("disk full: a snapshot from the leader cannot be stored ({error}); retried");
+        } else {
+            debug!("a snapshot from the leader cannot be stored again: {error}");
+        }
+        self.incoming_refused_until = Some(now + SNAPSHOT_RECEIVE_RETRY_INTERVAL);
+        Ok(())
+    }
+
+    /// Whether snapshot chunks from the leader are dropped unread now (a full disk).
+    fn snapshot_receive_refused(&self) -> bool {
+        self.incoming_refused_until
+            .is_some_and(|until| self.clock.now() < until)
+    }
+
     fn install_snapshot(&mut self, index: LogIndex) -> Result<(), NodeError> {
-        let (writer, _) = self.incoming.take().ok_or_else(|| {
-            NodeError::Fatal(format!("snapshot {index} to install was not received"))
-        })?;
-        let meta = writer
-            .finish()
-            .map_err(|e| fatal("finishing a received snapshot", e))?;
+        let meta = self
+            .incoming_finished
+            .take()
+            .filter(|meta| meta.index == index)
+            .ok_or_else(|| {
+                NodeError::Fatal(format!("snapshot {index} to install was not received"))
+            })?;
+        if self.incoming_refused_until.take().is_some() {
+            info!("disk space back: snapshot {index} from the leader stored");
+        }
         let mut reader = self
             .raft
             .log()

@@ -30,9 +30,14 @@ struct Tmpfs {
 
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Tmpfs {
+        Tmpfs::mount_with(path, &format!("size={size}"))
+    }
+
+    /// A tmpfs mounted with `options` (`size=…,nr_inodes=…`).
+    fn mount_with(path: &Path, options: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(path)
             .status()
             .expect("mount");
@@ -71,6 +76,23 @@ impl Tmpfs {
         let length = file.metadata().unwrap().len();
         file.set_len(length.saturating_sub(bytes)).unwrap();
         filler
+    }
+
+    /// Takes every free inode with empty files (`inode-N`), until the file system refuses one
+    /// more (ENOSPC while bytes are still free); returns them.
+    fn fill_inodes(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for n in 0..100_000 {
+            let path = self.path.join(format!("inode-{n}"));
+            match std::fs::File::create(&path) {
+                Ok(_) => files.push(path),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+                    return files;
+                }
+            }
+        }
+        panic!("the file system took 100000 files");
     }
 
     /// The bytes available (`df`).
@@ -545,6 +567,143 @@ fn test_node_that_cannot_save_its_term_joins_once_space_is_freed() {
     let applied = cluster.wait_in_sync();
     assert!(applied >= leader);
     for id in 1000..1010 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+    }
+    cluster.wait_in_sync();
+    let rows = client.query_sql("SELECT count(*) FROM t", &[]).unwrap();
+    assert_eq!(rows.rows[0][0], Value::Integer(acknowledged));
+    assert_eq!(cluster.dump(0, "full"), cluster.dump(1, "full"));
+    cluster.nodes.iter_mut().for_each(assert_alive);
+    drop(mount);
+}
+
+/// The finished snapshot files in a node's data directory, and whether an unfinished one is
+/// there.
+fn snapshot_files(node: &AtollNode) -> (usize, bool) {
+    let dir = node.data_dir().join("raft").join("snapshots");
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("snapshot-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let finished = names.iter().filter(|n| !n.ends_with(".tmp")).count();
+    (finished, names.iter().any(|n| n.ends_with(".tmp")))
+}
+
+/// A node joins a cluster whose leader compacted its log behind a snapshot of about 24 MB.
+/// First its data directory has 20 MiB left: the snapshot does not fit and is refused before
+/// a byte is written. Then the bytes are back but every inode is taken: the snapshot file
+/// cannot be created (ENOSPC, as when a write fails mid-stream). Either way the node stays
+/// up, keeps no partial file and installs nothing, while the cluster goes on writing. Once
+/// the disk is freed the leader streams the snapshot again; the node stores and installs it,
+/// catches up, and its database equals the leader's.
+#[test]
+fn test_snapshot_from_the_leader_that_cannot_be_stored() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let first = AtollNode::start_with(&["--snapshot-entries", "1100"]);
+    let cluster_address = first.address().to_owned();
+    let mut client = Client::connect(std::slice::from_ref(&cluster_address), config()).unwrap();
+    client.open("full").unwrap();
+    client
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    for batch in 0..12i64 {
+        client
+            .exec_sql(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99) \
+                 INSERT INTO t SELECT ? * 100 + i, randomblob(20000) FROM n",
+                &[Value::Integer(batch)],
+            )
+            .unwrap();
+    }
+    let mut acknowledged = 1200i64;
+    // Past the snapshot (after 1100 to 1237 applies), which compacts the log behind it but
+    // for 1024 entries: the joining node needs the snapshot.
+    let mut id = 100_000;
+    while snapshot_files(&first).0 == 0 || id < 101_300 {
+        assert!(id < 110_000, "the leader took no snapshot");
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+        id += 1;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount_with(&dir.path().join("data"), "size=96m,nr_inodes=2000");
+    let mut joining = AtollNode::prepare_join_in(dir, &free_address(), &cluster_address, &[]);
+    let filler = mount.fill_leaving(20 << 20);
+    joining.spawn();
+    let address = joining.address().to_owned();
+    wait_for(
+        "the leader to add the joining node",
+        Duration::from_secs(20),
+        || {
+            let nodes = client.cluster().ok()?;
+            nodes.iter().any(|n| n.address == address).then_some(())
+        },
+    );
+    // The leader streams the snapshot; the node refuses it for want of bytes (unread), and
+    // saves its term.
+    let raft = joining.data_dir().join("raft");
+    wait_for("the joining node's term", Duration::from_secs(10), || {
+        let saved = std::fs::metadata(raft.join("metadata2")).is_ok_and(|m| m.len() > 0);
+        saved.then_some(())
+    });
+    assert_eq!(snapshot_files(&joining), (0, false), "nothing stored");
+    // Bytes back, no inode left: the snapshot file cannot be created. The leader tries again
+    // (a few times, until it gives up catching the node up for a while).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let inodes = mount.fill_inodes();
+    for _ in 0..40 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+        id += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        assert_alive(&mut joining);
+        assert_eq!(snapshot_files(&joining), (0, false), "nothing stored");
+    }
+    assert!(
+        mount.available_bytes() > 80 << 20,
+        "no partial file holds space"
+    );
+    let leader = first.metadata().unwrap().applied_index;
+    assert!(joining.metadata().map_or(0, |m| m.applied_index) < leader);
+
+    for path in inodes.iter().chain([&filler]) {
+        std::fs::remove_file(path).unwrap();
+    }
+    // The leader tries again once it retries the promotion it gave up (seconds later).
+    wait_for(
+        "the joining node to catch up",
+        Duration::from_secs(90),
+        || {
+            let applied = joining.metadata()?.applied_index;
+            (applied >= leader).then_some(())
+        },
+    );
+    assert_eq!(snapshot_files(&joining).0, 1, "the snapshot, installed");
+    let mut cluster = AtollCluster {
+        nodes: vec![first, joining],
+    };
+    for id in 200_000..200_010 {
         client
             .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
             .unwrap();
