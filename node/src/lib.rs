@@ -1110,7 +1110,21 @@ impl Node {
                     break;
                 }
                 EntryKind::Command if restore::decode(&entry.payload).is_some() => {
-                    self.apply_restore_piece(entry.index, entry.term, &entry.payload)?;
+                    if let Err(e) =
+                        self.apply_restore_piece(entry.index, entry.term, &entry.payload)?
+                    {
+                        // As for any command: applied again once space is back, never skipped.
+                        if self
+                            .disk
+                            .write_failed(&format!("applying entry {index}"), &e, now)
+                        {
+                            self.disk_full_began();
+                        }
+                        self.apply_again_from(entry.index, &mut ready)?;
+                        stalled = true;
+                        break;
+                    }
+                    self.disk.write_succeeded();
                 }
                 EntryKind::Command => match self.timed_apply(index, &entry.payload) {
                     Ok(Applied::Frames { .. }) => {

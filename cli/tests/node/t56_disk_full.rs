@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
 use atoll_net::protocol::Value;
 
-use crate::support::{free_address, wait_for, AtollCluster, AtollNode, Node};
+use crate::support::{atoll, free_address, wait_for, AtollCluster, AtollNode, Node};
 
 /// SQLITE_FULL.
 const CODE_FULL: u64 = 13;
@@ -715,4 +715,134 @@ fn test_snapshot_from_the_leader_that_cannot_be_stored() {
     assert_eq!(cluster.dump(0, "full"), cluster.dump(1, "full"));
     cluster.nodes.iter_mut().for_each(assert_alive);
     drop(mount);
+}
+
+/// Writes `rows` rows of 2000 random bytes into `t` of database "src" and backs it up to
+/// `path` (a WAL-mode SQLite file, as `atoll restore` takes).
+fn backup_of_rows(address: &str, rows: i64, path: &Path) {
+    let mut connection = Connection::connect(address, &config()).unwrap();
+    connection.open("src").unwrap();
+    connection
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    connection
+        .exec_sql(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ? - 1) \
+             INSERT INTO t SELECT i, randomblob(2000) FROM n",
+            &[Value::Integer(rows)],
+        )
+        .unwrap();
+    let path = path.to_str().unwrap();
+    atoll(&["backup", "--cluster", address, "src", "-o", path]).ok();
+}
+
+/// The staged restore files a node holds.
+fn staged_restores(node: &AtollNode) -> Vec<String> {
+    std::fs::read_dir(node.data_dir().join("restore"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".part"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `atoll restore` of a 6 MB file into a node whose disk has 20 MiB left: more than the
+/// margin writes keep, not enough for the staged file and the database it becomes. The
+/// restore fails with "disk full"; nothing changed (the database keeps its rows, nothing is
+/// staged) and the node serves on. Once space is freed the same restore succeeds.
+#[test]
+fn test_restore_on_a_full_disk_fails_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("data"), "96m");
+    let mut node = AtollNode::init_in(dir, &free_address(), &[]);
+    node.restart();
+    let files = tempfile::tempdir().unwrap();
+    let backup = files.path().join("backup.db");
+    backup_of_rows(node.address(), 3000, &backup);
+    assert!(std::fs::metadata(&backup).unwrap().len() > 6_000_000);
+    let mut connection = connect(node.address());
+    connection
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    for id in 0..10 {
+        insert(&mut connection, id).unwrap();
+    }
+
+    let filler = mount.fill_leaving(20 << 20);
+    let backup_path = backup.to_str().unwrap();
+    let address = node.address().to_owned();
+    let restore = || atoll(&["restore", "--cluster", &address, "full", backup_path]);
+    let refused = restore();
+    assert!(refused.failed().contains("disk full"), "{}", refused.stderr);
+    assert_alive(&mut node);
+    assert_eq!(count(&mut connection), 10, "nothing changed");
+    assert_eq!(staged_restores(&node), Vec::<String>::new());
+
+    std::fs::remove_file(&filler).unwrap();
+    restore().ok();
+    let mut connection = connect(node.address());
+    assert_eq!(count(&mut connection), 3000);
+    assert_alive(&mut node);
+}
+
+/// A restore into a cluster whose follower has no inode left on its disk: the leader stages
+/// and switches; the follower cannot create the staged file (ENOSPC). It stays up, applies
+/// nothing past the piece (never skipping it), and once the disk is freed applies it and
+/// holds the restored database, equal to the leader's.
+#[test]
+fn test_restore_piece_a_follower_cannot_stage() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let first = AtollNode::start();
+    let cluster_address = first.address().to_owned();
+    let files = tempfile::tempdir().unwrap();
+    let backup = files.path().join("backup.db");
+    backup_of_rows(&cluster_address, 100, &backup);
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount_with(&dir.path().join("data"), "size=96m,nr_inodes=2000");
+    let mut joining = AtollNode::prepare_join_in(dir, &free_address(), &cluster_address, &[]);
+    joining.spawn();
+    let mut cluster = AtollCluster {
+        nodes: vec![first, joining],
+    };
+    let mut connection = connect(&cluster_address);
+    connection
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    insert(&mut connection, 1).unwrap();
+    cluster.wait_in_sync();
+
+    let inodes = mount.fill_inodes();
+    let backup_path = backup.to_str().unwrap();
+    atoll(&[
+        "restore",
+        "--cluster",
+        &cluster_address,
+        "full",
+        backup_path,
+    ])
+    .ok();
+    assert_eq!(count(&mut connect(&cluster_address)), 100);
+    let leader = cluster.nodes[0].metadata().unwrap().applied_index;
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_alive(&mut cluster.nodes[1]);
+    let stuck = cluster.nodes[1].metadata().unwrap().applied_index;
+    assert!(stuck < leader, "{stuck} {leader}");
+
+    for path in &inodes {
+        std::fs::remove_file(path).unwrap();
+    }
+    cluster.wait_in_sync();
+    assert_eq!(cluster.dump(0, "full"), cluster.dump(1, "full"));
+    assert_eq!(staged_restores(&cluster.nodes[1]), Vec::<String>::new());
+    cluster.nodes.iter_mut().for_each(assert_alive);
 }
