@@ -846,3 +846,67 @@ fn test_restore_piece_a_follower_cannot_stage() {
     assert_eq!(staged_restores(&cluster.nodes[1]), Vec::<String>::new());
     cluster.nodes.iter_mut().for_each(assert_alive);
 }
+
+/// A database whose creation never finished (its record is there, its main file is not:
+/// a crash in between) on a node restarted with a full disk: starting used to write its empty
+/// main file and failed. The node starts and serves the database it has; the unfinished one
+/// is not there: an OPEN of it is refused with "disk full" until space is freed, then
+/// creates it (empty), and it takes writes.
+#[test]
+fn test_start_on_a_full_disk_with_an_unfinished_database() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("data"), "48m");
+    let mut node = AtollNode::init_in(dir, &free_address(), &[]);
+    node.restart();
+    let mut connection = connect(node.address());
+    connection
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    for id in 0..10 {
+        insert(&mut connection, id).unwrap();
+    }
+    Connection::connect(node.address(), &config())
+        .unwrap()
+        .open("fresh")
+        .unwrap();
+    drop(connection);
+    node.kill();
+    let main = node.data_dir().join("db").join("fresh");
+    assert!(node.data_dir().join("db").join("fresh-atoll").exists());
+    std::fs::remove_file(&main).unwrap();
+
+    let filler = mount.fill();
+    node.spawn();
+    let mut connection = wait_for("the node to serve", Duration::from_secs(20), || {
+        assert_alive(&mut node);
+        let mut connection = Connection::connect(node.address(), &config()).ok()?;
+        connection.open("full").ok()?;
+        Some(connection)
+    });
+    assert_eq!(count(&mut connection), 10);
+    match Connection::connect(node.address(), &config())
+        .unwrap()
+        .open("fresh")
+    {
+        Err(ClientError::Failure { code, message }) => {
+            assert_eq!(code, CODE_FULL, "{message}");
+            assert!(message.contains("disk full"), "{message}");
+        }
+        other => panic!("OPEN of the unfinished database on a full disk: {other:?}"),
+    }
+    assert_alive(&mut node);
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut fresh = Connection::connect(node.address(), &config()).unwrap();
+    fresh.open("fresh").unwrap();
+    fresh
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    insert(&mut fresh, 1).unwrap();
+    assert_eq!(count(&mut fresh), 1);
+    assert_eq!(count(&mut connection), 10);
+}
