@@ -293,6 +293,12 @@ pub struct Node {
     incoming: Option<(SnapshotWriter, u64)>,
     /// The snapshot received whole and made durable, for raft's install in the next ready.
     incoming_finished: Option<atoll_storage::SnapshotMeta>,
+    /// A snapshot from the leader that raft installed (its file is durable, the log restarts
+    /// after it) but the engine could not, for want of space: the databases are behind raft.
+    /// Until it is installed (retried at most every `DISK_RETRY_INTERVAL`) nothing is applied
+    /// or read, no raft message leaves, no entry is appended and raft is not ticked. A crash
+    /// meanwhile is covered: at start the databases behind the snapshot get it installed.
+    install_pending: Option<atoll_storage::SnapshotMeta>,
     /// A snapshot from the leader could not be stored (a full disk): chunks arriving before
     /// this instant are dropped unread (the leader resends them), so that a disk still full
     /// is not tried at the pace of a round trip. Logged once per full state.
@@ -600,6 +606,7 @@ impl Node {
             incoming: None,
             incoming_finished: None,
             incoming_refused_until: None,
+            install_pending: None,
             outgoing: Vec::new(),
             peer_routes: options.peer_routes,
             peer_announced: HashMap::new(),
@@ -896,8 +903,12 @@ impl Node {
         if self.hard_state_unsaved {
             self.save_hard_state()?;
         }
-        // A node whose term and vote are not durable must not start an election.
-        if !self.hard_state_unsaved {
+        if self.install_pending.is_some() {
+            self.install_again()?;
+        }
+        // A node whose term and vote are not durable must not start an election, nor one whose
+        // databases are behind its log.
+        if !self.hard_state_unsaved && self.install_pending.is_none() {
             for _ in 0..ticks {
                 self.raft.tick();
             }
@@ -1013,7 +1024,10 @@ impl Node {
         if ready.hard_state.take().is_some() || self.hard_state_unsaved {
             self.save_hard_state()?;
         }
-        let unsaved = self.hard_state_unsaved;
+        if self.install_pending.is_some() {
+            self.install_again()?;
+        }
+        let unsaved = self.hard_state_unsaved || self.install_pending.is_some();
         if unsaved {
             ready.messages.clear();
             ready.persisted_messages.clear();
@@ -1022,7 +1036,12 @@ impl Node {
         //    snapshot bytes (followers; none arrive without peers).
         if let Some(install) = &ready.snapshot {
             self.install_snapshot(install.meta.index)?;
+            if self.install_pending.is_some() {
+                ready.messages.clear();
+                ready.persisted_messages.clear();
+            }
         }
+        let unsaved = unsaved || self.install_pending.is_some();
         if let Err(e) = self.store_snapshot_chunks(&ready) {
             self.snapshot_store_failed(e)?;
             // The answers acknowledge chunks that are gone.
@@ -1089,6 +1108,18 @@ impl Node {
         if let Some(last) = ready.committed_entries.last() {
             let leading = self.raft.role() == StateRole::Leader;
             self.timings.committed(last.index.0, leading, now);
+        }
+        if self.install_pending.is_some() {
+            // The databases are behind raft's snapshot: nothing is applied, nothing is read.
+            if let Some(first) = ready.committed_entries.first() {
+                let index = first.index;
+                self.apply_again_from(index, &mut ready)?;
+                stalled = true;
+            }
+            ready.committed_entries.clear();
+            for read in std::mem::take(&mut ready.read_states) {
+                self.read_dropped(read.context);
+            }
         }
         for entry in &ready.committed_entries {
             let index = entry.index.0;
@@ -1364,6 +1395,8 @@ impl Node {
             .is_some_and(|until| self.clock.now() < until)
     }
 
+    /// Installs the received snapshot raft just installed (`index`) into the engine. For want
+    /// of space the engine changes nothing and the install waits ([`Node::install_pending`]).
     fn install_snapshot(&mut self, index: LogIndex) -> Result<(), NodeError> {
         let meta = self
             .incoming_finished
@@ -1375,6 +1408,25 @@ impl Node {
         if self.incoming_refused_until.take().is_some() {
             info!("disk space back: snapshot {index} from the leader stored");
         }
+        self.install_into_engine(meta, false)
+    }
+
+    /// Tries a pending install again (at most every `DISK_RETRY_INTERVAL`).
+    fn install_again(&mut self) -> Result<(), NodeError> {
+        if !self.disk.may_write(self.clock.now()) {
+            return Ok(());
+        }
+        let meta = self.install_pending.take().expect("checked by the caller");
+        self.install_into_engine(meta, true)
+    }
+
+    /// Installs a received snapshot into the engine (`again`: a pending one).
+    fn install_into_engine(
+        &mut self,
+        meta: atoll_storage::SnapshotMeta,
+        again: bool,
+    ) -> Result<(), NodeError> {
+        let index = meta.index;
         let mut reader = self
             .raft
             .log()
@@ -1383,9 +1435,26 @@ impl Node {
             .map_err(|e| fatal("opening a received snapshot", e))?;
         // Images being hashed read files the install replaces.
         self.verify.snapshot_installed(index.0);
-        self.engine
-            .install_snapshot(&mut reader)
-            .map_err(|e| fatal("installing a snapshot", e))?;
+        match self.engine.install_snapshot(&mut reader) {
+            Ok(_) => {}
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                let now = self.clock.now();
+                if !again {
+                    warn!(
+                        "disk full: snapshot {index} cannot be installed ({e}); applying, \
+                         reading and taking part in raft wait until it is"
+                    );
+                }
+                self.disk
+                    .write_failed(&format!("installing snapshot {index}"), &e, now);
+                self.install_pending = Some(meta);
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("installing a snapshot", e)),
+        }
+        if again {
+            self.disk.write_succeeded();
+        }
         info!(
             "installed snapshot {index} from the leader ({} bytes)",
             meta.data_bytes
@@ -1485,6 +1554,9 @@ impl Node {
     /// database at the applied index, copied a bounded piece per turn; once written, raft
     /// compacts the log behind it and old snapshots go.
     fn snapshot_policy(&mut self) -> Result<(), NodeError> {
+        if self.install_pending.is_some() {
+            return Ok(()); // The databases are behind raft's snapshot.
+        }
         if let Some(job) = self.snapshot_job.as_mut() {
             let mut copied = 0;
             while copied < SNAPSHOT_BYTES_PER_TURN {

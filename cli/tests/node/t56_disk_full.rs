@@ -910,3 +910,101 @@ fn test_start_on_a_full_disk_with_an_unfinished_database() {
     assert_eq!(count(&mut fresh), 1);
     assert_eq!(count(&mut connection), 10);
 }
+
+/// A node joins a cluster whose leader compacted its log behind a snapshot of about 24 MB.
+/// Its raft directory has room, but its databases' directory is a 16 MiB file system of its
+/// own: the snapshot is received and stored, raft installs it, but the databases cannot be
+/// written (ENOSPC). The node stays up, applies nothing, and writes no database file; once
+/// that file system grows it installs the snapshot, catches up, and its database equals the
+/// leader's.
+#[test]
+fn test_snapshot_from_the_leader_that_cannot_be_installed() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let first = AtollNode::start_with(&["--snapshot-entries", "1100"]);
+    let cluster_address = first.address().to_owned();
+    let mut client = Client::connect(std::slice::from_ref(&cluster_address), config()).unwrap();
+    client.open("full").unwrap();
+    client
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    for batch in 0..12i64 {
+        client
+            .exec_sql(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99) \
+                 INSERT INTO t SELECT ? * 100 + i, randomblob(20000) FROM n",
+                &[Value::Integer(batch)],
+            )
+            .unwrap();
+    }
+    let mut acknowledged = 1200i64;
+    let mut id = 100_000;
+    while snapshot_files(&first).0 == 0 || id < 101_300 {
+        assert!(id < 110_000, "the leader took no snapshot");
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+        id += 1;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("db");
+    let mut joining = AtollNode::prepare_join_in(dir, &free_address(), &cluster_address, &[]);
+    let mount = Tmpfs::mount(&db, "16m");
+    joining.spawn();
+    wait_for(
+        "the snapshot to be received",
+        Duration::from_secs(20),
+        || (snapshot_files(&joining).0 == 1).then_some(()),
+    );
+    for _ in 0..20 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+        id += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        assert_alive(&mut joining);
+    }
+    let databases: Vec<_> = std::fs::read_dir(&db)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!databases.iter().any(|n| n == "full"), "{databases:?}");
+    let leader = first.metadata().unwrap().applied_index;
+    assert!(joining.metadata().map_or(0, |m| m.applied_index) < leader);
+
+    let status = Command::new("mount")
+        .args(["-o", "remount,size=96m"])
+        .arg(&mount.path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(
+        "the joining node to catch up",
+        Duration::from_secs(90),
+        || {
+            let applied = joining.metadata()?.applied_index;
+            (applied >= leader).then_some(())
+        },
+    );
+    let mut cluster = AtollCluster {
+        nodes: vec![first, joining],
+    };
+    for id in 200_000..200_010 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+    }
+    cluster.wait_in_sync();
+    let rows = client.query_sql("SELECT count(*) FROM t", &[]).unwrap();
+    assert_eq!(rows.rows[0][0], Value::Integer(acknowledged));
+    assert_eq!(cluster.dump(0, "full"), cluster.dump(1, "full"));
+    cluster.nodes.iter_mut().for_each(assert_alive);
+    drop(mount);
+}
