@@ -1008,3 +1008,84 @@ fn test_snapshot_from_the_leader_that_cannot_be_installed() {
     cluster.nodes.iter_mut().for_each(assert_alive);
     drop(mount);
 }
+
+/// Three nodes; node 1 leads, its data directory a tmpfs. Cut off from the others, it
+/// appends a write it can never commit, steps down, and the majority writes on under a new
+/// leader. Its disk is then filled to the last byte and the partition healed: the new
+/// leader's entries conflict with its suffix, and cutting its log (the kept prefix of the
+/// segment goes to a new file first) fails for want of space. It stays up, is retried, and
+/// once the filler is deleted it truncates, catches up and holds the leader's database,
+/// without the write it never acknowledged.
+#[test]
+fn test_truncating_a_conflicting_suffix_on_a_full_disk() {
+    use atoll_net::testing::Direction;
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("data"), "64m");
+    let (mut cluster, proxies) = crate::t55_cluster_faults::proxied_cluster_in(Some(dir), &[]);
+    assert_eq!(cluster.leader(), 0);
+    let mut direct = Connection::connect(cluster.nodes[0].address(), &config()).unwrap();
+    direct.open("full").unwrap();
+    direct
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    for id in 0..10 {
+        insert(&mut direct, id).unwrap();
+    }
+    cluster.wait_in_sync();
+
+    for ((from, to), proxy) in &proxies {
+        if *from == 1 || *to == 1 {
+            proxy.blackhole(Direction::Both);
+        }
+    }
+    assert!(
+        insert(&mut direct, -1).is_err(),
+        "acknowledged without a quorum"
+    );
+    let addresses = [cluster.nodes[1].address(), cluster.nodes[2].address()]
+        .map(str::to_owned)
+        .to_vec();
+    let mut client = Client::connect(&addresses, config()).unwrap();
+    client.open("full").unwrap();
+    let mut acknowledged = 10i64;
+    for id in 100..130 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+    }
+    let leader = cluster.leader();
+    assert_ne!(leader, 0);
+
+    let filler = mount.fill();
+    for proxy in proxies.values() {
+        proxy.heal();
+    }
+    for id in 200..220 {
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_alive(&mut cluster.nodes[0]);
+    let stuck = cluster.nodes[0].metadata().unwrap().applied_index;
+    let applied = cluster.nodes[leader].metadata().unwrap().applied_index;
+    assert!(stuck < applied, "{stuck} {applied}");
+
+    std::fs::remove_file(&filler).unwrap();
+    cluster.wait_in_sync();
+    let rows = client.query_sql("SELECT count(*) FROM t", &[]).unwrap();
+    assert_eq!(rows.rows[0][0], Value::Integer(acknowledged));
+    assert_eq!(cluster.dump(0, "full"), cluster.dump(leader, "full"));
+    let rows = client
+        .query_sql("SELECT count(*) FROM t WHERE id = -1", &[])
+        .unwrap();
+    assert_eq!(rows.rows[0][0], Value::Integer(0));
+    cluster.nodes.iter_mut().for_each(assert_alive);
+    drop(mount);
+}
