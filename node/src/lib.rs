@@ -21,7 +21,12 @@
 //! majority); the Raft log is never compacted past `engine.min_checkpoint_index()`, because
 //! crash recovery replays the log after each database's checkpoint; a new leader serves no
 //! request that needs the leader before it has applied the first entry of its term (so every
-//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The node".
+//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The flow of
+//! a write" and "The flow of a read".
+//!
+//! Command entries carry one of three payloads, told apart by their magic: a transaction's
+//! frames (`ATLC`, [`atoll_core::command`]), a restore piece (`ATRS`, `restore.rs`) and a verify
+//! point (`ATVF`, `verify.rs`). The data directory is laid out in `config.rs`.
 
 #![forbid(unsafe_code)]
 
