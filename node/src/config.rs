@@ -54,7 +54,8 @@ pub const HEARTBEAT_MS_DEFAULT: u64 = 30;
 /// Election timeout by default (the lower bound; each follower draws from it up to twice it).
 /// Long enough to ride out the loop stalls a slow or shared disk causes under load (a sync of
 /// 100 ms and more was measured with three nodes on one disk), short enough for failover well
-/// under a second; see ARCHITECTURE.md, "Failover timing and its trade-off".
+/// under a second; see ARCHITECTURE.md, "Membership, roles and failover", and the measurements
+/// in bench/RESULTS.md.
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 300;
 /// Voters the leader keeps by default (automatic roles).
 pub const VOTERS_DEFAULT: u32 = 3;

@@ -21,8 +21,8 @@
 //! majority); the Raft log is never compacted past `engine.min_checkpoint_index()`, because
 //! crash recovery replays the log after each database's checkpoint; a new leader serves no
 //! request that needs the leader before it has applied the first entry of its term (so every
-//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The flow of
-//! a write" and "The flow of a read".
+//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md,
+//! "The flow of a write" and "The flow of a read".
 //!
 //! Command entries carry one of three payloads, told apart by their magic: a transaction's
 //! frames (`ATLC`, [`atoll_core::command`]), a restore piece (`ATRS`, `restore.rs`) and a verify
@@ -448,7 +448,7 @@ impl Node {
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
         // the results), and jitter so that nodes, which apply the same entries, do not
         // checkpoint together. With 64 writers and a 20 ms election timeout this took needless
-        // elections from 11-12 to none in 20 s (ARCHITECTURE, "Failover timing").
+        // elections from 11-12 to none in 20 s (bench/RESULTS.md).
         engine_config.checkpoint_frames = 1024;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = true;
