@@ -340,6 +340,9 @@ pub struct Node {
     repair_catch_up: Option<u64>,
     /// What `Node::open` was given, for a restart in place after a repair.
     start_options: StartOptions,
+    /// When this process last reopened the node for a repair: damage found again soon after
+    /// is not repaired again automatically (it likely came from the leader).
+    repaired_at: Option<Instant>,
     /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
     restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
@@ -467,10 +470,11 @@ impl Node {
             }
             other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
         };
-        let found = engine.take_corrupt_found();
+        let found = engine.corrupt_databases();
         if !found.is_empty() && repair::repair_source_known(data_dir, config.id) {
             // quick_check found a damaged page: the node is rebuilt from the leader before it
-            // serves anything from it (with no other voter it serves, refusing writes to it).
+            // serves anything from it. Otherwise the first turn decides (`damage_step`): with
+            // no other voter it serves, refusing writes to the database.
             let what = repair::describe_corrupt(&found);
             drop(engine);
             drop(log);
@@ -634,6 +638,7 @@ impl Node {
             repair_stop: false,
             repair_catch_up: None,
             start_options,
+            repaired_at: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: now,

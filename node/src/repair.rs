@@ -52,6 +52,10 @@ const QUARANTINE_DIR: &str = "quarantine";
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// Largest members file read (256 members of short lines fit many times over).
 const MEMBERS_FILE_BYTES_MAX: u64 = 1 << 20;
+/// A database found corrupt again within this time of a repair in this process is not
+/// repaired again by itself: the damage then likely came with the leader's copy, and each
+/// repair keeps another quarantine copy on disk.
+const REPAIR_AGAIN_AFTER: Duration = Duration::from_secs(600);
 
 /// What was found damaged, by whom.
 #[derive(Debug)]
@@ -343,6 +347,19 @@ impl Node {
             warn!("{what} (a repair is under way already)");
             return;
         }
+        let now = self.clock.now();
+        if let Some(at) = self
+            .repaired_at
+            .filter(|at| now.saturating_duration_since(*at) < REPAIR_AGAIN_AFTER)
+        {
+            error!(
+                "{what}, {:?} after this node was rebuilt from the leader: not repairing again \
+                 by itself (the leader's copy may be damaged: check with `atoll verify`); \
+                 writes to it stay refused",
+                now.saturating_duration_since(at)
+            );
+            return;
+        }
         let leading = self.raft.role() == StateRole::Leader;
         warn!(
             "{what}: {}restarting in place to be rebuilt from the leader",
@@ -432,7 +449,9 @@ impl Node {
             NodeError::Start(format!("{}: not repaired from peers: {why}", damage.what))
         })?;
         info!("repair: reopening node {id} from the empty log");
-        Node::open_with(&data_dir, shutdown, options, inputs)
+        let mut node = Node::open_with(&data_dir, shutdown, options, inputs)?;
+        node.repaired_at = Some(node.clock.now());
+        Ok(node)
     }
 
     /// What a restart in place keeps of this node; everything else (the engine, the log and

@@ -14,10 +14,11 @@ use crate::output::{self, Format};
 /// List the nodes of the cluster.
 ///
 /// Asks the leader for the configuration (CLUSTER), then dials every node with a short timeout
-/// and asks it LEADER and DESCRIBE, to show which nodes answer. Columns: id, address, role
-/// (voter, standby or spare), leader (yes/no), reachable (yes/no), applied (the node's applied
-/// Raft index: atoll nodes report it (DESCRIBE format 1, atoll's extension); `-` for dqlite
-/// nodes and nodes that do not answer).
+/// and asks it LEADER and DESCRIBE (atoll nodes: STATUS), to show which nodes answer. Columns:
+/// id, address, role (voter, standby or spare), leader (yes/no), reachable (yes/no), applied
+/// (the node's applied Raft index), corrupt (its databases found corrupt, refusing writes),
+/// repairing (yes while it is rebuilt from the leader after finding its data damaged); the
+/// last three from atoll nodes only, `-` for dqlite nodes and nodes that do not answer.
 ///
 /// When no leader can be found, the configuration is read from any node that answers, the
 /// table is printed with no leader, and the command fails.
