@@ -8,9 +8,10 @@
 //! `atoll verify --repair`. Found while running, the node stops its loop as on SIGTERM (a
 //! leader hands leadership to another voter first; the engine already refuses writes to the
 //! damaged database, so nothing built on it is replicated meanwhile) and the host restarts it
-//! in place ([`Node::reopen_repaired`]: same process, same port). [`quarantine`] moves `DIR/raft` (segments, metadata, snapshots) and
-//! `DIR/db` into `DIR/quarantine/<unix seconds>/` (never deleted), creates an empty log that
-//! keeps the saved term and vote, and leaves the marker `DIR/repairing`. It refuses when the
+//! in place ([`Node::reopen_repaired`]: same process, same port). [`quarantine`] moves
+//! `DIR/raft` (segments, metadata, snapshots) and `DIR/db` into `DIR/quarantine/<unix
+//! seconds>/` (never deleted), creates an empty log that keeps the saved term and vote, and
+//! leaves the marker `DIR/repairing`. It refuses when the
 //! node has no other voter to be rebuilt from (`DIR/members`, the last configuration this node
 //! saw, written at every change) or when the term and vote cannot be read: those cases keep
 //! refusing to start, naming the damage.

@@ -170,8 +170,8 @@ fn test_a_page_damaged_on_disk_is_found_at_start_and_repaired_from_the_leader() 
 /// A follower's `app` loses its header page (page 1) while it is stopped. Before, the node
 /// could not start at all ("file is not a database"). Now it comes up, quarantines its data and
 /// waits to be re-added: with two of the three nodes down the cluster cannot re-add it, and
-/// `atoll cluster` shows it repairing meanwhile (`atoll status` needs a leader). Once the third node is back the repair
-/// completes and the node holds the same data as the leader.
+/// `atoll cluster` shows it repairing meanwhile (`atoll status` needs a leader). Once the third
+/// node is back the repair completes and the node holds the same data as the leader.
 #[test]
 fn test_a_follower_with_a_damaged_header_page_starts_and_repairs_itself() {
     let mut cluster = AtollCluster::start(3, &[], 3);
