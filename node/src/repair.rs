@@ -337,7 +337,11 @@ impl Node {
         }
         let what = describe_corrupt(&found);
         let me = atoll_raft::NodeId(self.config.id);
-        if !self.raft.configuration().voters().any(|id| id != me) {
+        // Both: the configuration says whom the cluster counts, the members file is what
+        // `quarantine` (after the restart) reads.
+        if !self.raft.configuration().voters().any(|id| id != me)
+            || !repair_source_known(&self.data_dir, self.config.id)
+        {
             warn!(
                 "{what}: no other voter to repair it from; writes to it stay refused (restore \
                  it with `atoll restore`, or add voters)"
@@ -442,14 +446,18 @@ impl Node {
     /// (the data directory's lock, the port), moves the damaged data aside ([`quarantine`]) and
     /// opens the node again from the empty log, in this process, with the same start options,
     /// clock and random source; it then asks to be re-added and is rebuilt from the leader.
-    /// The host swaps its handles (the waker, the timings flag) for the new node's.
+    /// The host swaps its handles (the waker, the timings flag) for the new node's. When the
+    /// data cannot be moved aside (nothing changed then), the node is reopened as it was.
     pub fn reopen_repaired(self) -> Result<Node, NodeError> {
         let (data_dir, id, damage, shutdown, options, inputs) = self.into_repair_parts();
         let damage = damage.expect("the loop stopped for a repair");
-        quarantine(&data_dir, id, &damage).map_err(|why| {
-            NodeError::Start(format!("{}: not repaired from peers: {why}", damage.what))
-        })?;
-        info!("repair: reopening node {id} from the empty log");
+        match quarantine(&data_dir, id, &damage) {
+            Ok(_) => info!("repair: reopening node {id} from the empty log"),
+            Err(why) => error!(
+                "{}: not repaired from peers: {why}; reopening node {id} as it was",
+                damage.what
+            ),
+        }
         let mut node = Node::open_with(&data_dir, shutdown, options, inputs)?;
         node.repaired_at = Some(node.clock.now());
         Ok(node)
