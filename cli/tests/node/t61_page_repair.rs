@@ -186,6 +186,18 @@ fn test_a_follower_with_a_damaged_header_page_starts_and_repairs_itself() {
     cluster.nodes[victim].stop();
     let file = cluster.nodes[victim].data_dir().join("db").join("app");
     let damaged = damage_page(&file, 1);
+    // Once the lone leader stepped down nobody can take the node's REMOVE (proposed earlier,
+    // the uncommitted entry would already take it out of the configuration listed below).
+    wait_for(
+        "the leader without a quorum to step down",
+        READY_TIMEOUT,
+        || {
+            cluster.nodes[leader]
+                .metadata()
+                .is_some_and(|m| m.state != 3)
+                .then_some(())
+        },
+    );
     cluster.nodes[victim].spawn();
 
     let leader_address = cluster.nodes[leader].address().to_owned();
