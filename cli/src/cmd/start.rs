@@ -29,6 +29,10 @@ use atoll_node::{Node, StartOptions};
 /// With TLS (DIR/cluster.crt, from `atoll init --tls`), SIGHUP reloads the certificate, key
 /// and trust root: new connections use them, open ones drain (rotation without downtime).
 ///
+/// A node that finds its log, a snapshot or a database damaged (at start, or SQLite answering
+/// "malformed" while it serves; a leader hands over first) moves its data to
+/// `DIR/quarantine/<time>/` (never deleted) and is rebuilt from the leader, in this process.
+///
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
 /// Example:
@@ -117,6 +121,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
         .map_err(|e| CliError::new(format!("installing the signal handlers: {e}")))?;
     let signal_handles = current.clone();
+    let stop_requested = shutdown.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -155,7 +160,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
     // log, its damaged data moved aside, to be rebuilt from the leader.
     loop {
         node.run().map_err(|e| CliError::new(e.to_string()))?;
-        if !node.repair_requested() {
+        if !node.repair_requested() || stop_requested.load(Ordering::SeqCst) {
+            // A signal while stopping for a repair: the operator's stop wins (damage found at
+            // the next start is repaired then).
             break;
         }
         node = node
