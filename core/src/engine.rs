@@ -954,8 +954,16 @@ impl Engine {
         };
         let record = record::write(&path, &record)?;
         let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
-        write_empty_database(&path, record.page_size)?;
-        record::sync_dir(&self.config.dir)?;
+        let written = write_empty_database(&path, record.page_size)
+            .and_then(|()| record::sync_dir(&self.config.dir));
+        if let Err(error) = written {
+            // A full disk, typically: nothing half-made stays (the main file first: a crash in
+            // between leaves a record alone, which open turns into the same empty database),
+            // and the same name can be created once space is freed.
+            let _ = fs::remove_file(&path);
+            let _ = record::remove(&path);
+            return Err(error.into());
+        }
         log::info!("created database {name:?} at index {created_at}");
         self.attach_database(name, record, 0)
     }

@@ -261,6 +261,8 @@ struct SnapshotJob {
     reader: atoll_core::SnapshotReader,
     writer: SnapshotWriter,
     buffer: Vec<u8>,
+    /// Bytes written to `writer` so far.
+    written: u64,
 }
 
 /// A running node. Built by [`Node::open`], run by [`Node::run`].
@@ -320,6 +322,8 @@ pub struct Node {
     verify: verify::Verify,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
+    /// Snapshots are postponed for want of disk space (logged once when it began).
+    snapshot_postponed: bool,
     /// Compaction raft asked for and not done yet: the log is compacted one segment file per
     /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
     compact_target: Option<(LogIndex, Term)>,
@@ -354,6 +358,10 @@ pub struct Node {
     replay: Option<(u64, u64)>,
     /// A full disk: writes refused, stalled appends and applies retried.
     disk: disk::Disk,
+    /// Raft's term and vote could not be saved (a full disk): until they are, no raft
+    /// message leaves the node (no vote is granted, no append acknowledged), raft is not
+    /// ticked (no election starts) and entries are not appended; the save is retried.
+    hard_state_unsaved: bool,
     stats: Stats,
     /// Set by SIGHUP: reload the TLS files.
     tls_reload: Arc<AtomicBool>,
@@ -629,6 +637,7 @@ impl Node {
             snapshot_job: None,
             verify: verify::Verify::default(),
             snapshot_next_at,
+            snapshot_postponed: false,
             compact_target: None,
             last_apply_at: now,
             last_leader_contact: None,
@@ -644,6 +653,7 @@ impl Node {
             idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
+            hard_state_unsaved: false,
             stats: Stats::default(),
             tls_reload: options.tls_reload,
             timings: timings::Timings::new(),
@@ -908,8 +918,14 @@ impl Node {
     fn on_tick(&mut self) -> Result<(), NodeError> {
         let now = self.clock.now();
         let (ticks, tick_at) = count_ticks(self.tick_at, now, self.tick, self.ticks_per_turn_max());
-        for _ in 0..ticks {
-            self.raft.tick();
+        if self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        // A node whose term and vote are not durable must not start an election.
+        if !self.hard_state_unsaved {
+            for _ in 0..ticks {
+                self.raft.tick();
+            }
         }
         self.tick_at = tick_at;
         let next = (self.tick_at + self.tick).saturating_duration_since(self.clock.now());
@@ -1017,6 +1033,16 @@ impl Node {
     /// Handles one ready; true if some of its entries could not be appended or applied for
     /// want of disk space and went back to raft.
     fn handle_ready(&mut self, mut ready: Ready) -> Result<bool, NodeError> {
+        // 0. The term and vote, durable before anything else (saved again if an earlier save
+        //    failed). While they are not, nothing leaves the node and no entry is appended.
+        if ready.hard_state.take().is_some() || self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        let unsaved = self.hard_state_unsaved;
+        if unsaved {
+            ready.messages.clear();
+            ready.persisted_messages.clear();
+        }
         // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
         self.store_snapshot_chunks(&ready)?;
         if let Some(install) = &ready.snapshot {
@@ -1041,7 +1067,7 @@ impl Node {
         let mut stalled = false;
         if !entries.is_empty() {
             let append_start = self.clock.now();
-            let appended = self.append_entries(&entries)?;
+            let appended = !unsaved && self.append_entries(&entries)?;
             self.timings
                 .append(self.clock.now().saturating_duration_since(append_start));
             if appended {
@@ -1149,7 +1175,45 @@ impl Node {
         for context in &ready.dropped_reads {
             self.read_dropped(*context);
         }
-        Ok(stalled)
+        Ok(stalled || unsaved)
+    }
+
+    /// Saves raft's term and vote. For want of space the node goes on with them unsaved
+    /// ([`Node::hard_state_unsaved`]) and retries at most every `DISK_RETRY_INTERVAL`; a
+    /// failed sync, or any other error, stops it.
+    fn save_hard_state(&mut self) -> Result<(), NodeError> {
+        let now = self.clock.now();
+        if self.hard_state_unsaved && !self.disk.may_write(now) {
+            return Ok(());
+        }
+        let hard_state = self.raft.hard_state();
+        match self.raft.log_mut().save_hard_state(hard_state) {
+            Ok(()) => {
+                if std::mem::take(&mut self.hard_state_unsaved) {
+                    self.disk.write_succeeded();
+                    info!(
+                        "term {} and vote saved: taking part in raft again",
+                        hard_state.term
+                    );
+                }
+                Ok(())
+            }
+            Err(e) if disk::is_full(&e) => {
+                if !self.hard_state_unsaved {
+                    warn!(
+                        "cannot save term {} and vote ({e}): sending nothing, granting no vote \
+                         and starting no election until they are saved",
+                        hard_state.term
+                    );
+                }
+                self.hard_state_unsaved = true;
+                if self.disk.write_failed("saving the term and vote", &e, now) {
+                    self.disk_full_began();
+                }
+                Ok(())
+            }
+            Err(e) => Err(fatal("saving the term and vote", e)),
+        }
     }
 
     /// `engine.apply`, timed.
@@ -1175,9 +1239,21 @@ impl Node {
         let log = self.raft.log_mut();
         let first = entries[0].index;
         if first <= log.last_index() {
-            log.truncate_after(first.prev())
-                .map_err(|e| fatal("truncating the log", e))?;
+            // Cutting a segment writes its kept prefix to a new file first: a full disk fails
+            // there, before anything changed.
+            match log.truncate_after(first.prev()) {
+                Ok(()) => {}
+                Err(e) if disk::is_full(&e) => {
+                    let what = format!("truncating the log after {}", first.prev());
+                    if self.disk.write_failed(&what, &e, now) {
+                        self.disk_full_began();
+                    }
+                    return Ok(false);
+                }
+                Err(e) => return Err(fatal("truncating the log", e)),
+            }
         }
+        let log = self.raft.log_mut();
         match log.append(entries) {
             Ok(()) => {
                 self.disk.write_succeeded();
@@ -1387,18 +1463,30 @@ impl Node {
                 if read == 0 {
                     break;
                 }
-                job.writer
-                    .write_all(&job.buffer[..read])
-                    .map_err(|e| fatal("writing the snapshot", e))?;
+                if let Err(e) = job.writer.write_all(&job.buffer[..read]) {
+                    let why = format!(
+                        "writing snapshot {} ({} bytes written)",
+                        job.index, job.written
+                    );
+                    return self.snapshot_failed(&why, e);
+                }
+                job.written += read as u64;
                 copied += read;
             }
             if copied < SNAPSHOT_BYTES_PER_TURN {
                 let job = self.snapshot_job.take().expect("checked above");
-                let meta = job
-                    .writer
-                    .finish()
-                    .map_err(|e| fatal("finishing the snapshot", e))?;
+                let index = job.index;
+                let meta = match job.writer.finish() {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let why = format!("finishing snapshot {index}");
+                        return self.snapshot_failed(&why, e);
+                    }
+                };
                 drop(job.reader);
+                if std::mem::take(&mut self.snapshot_postponed) {
+                    info!("disk space back: snapshots resume");
+                }
                 self.raft
                     .snapshot_taken(job.index, meta.data_bytes)
                     .map_err(|e| fatal("recording the snapshot", e))?;
@@ -1421,10 +1509,13 @@ impl Node {
         }
         // The snapshot's index must not pass the checkpoint index, so that the compaction that
         // follows never drops an entry recovery would need.
-        let checkpoint = self
-            .engine
-            .checkpoint(true)
-            .map_err(|e| fatal("checkpointing", e))?;
+        let checkpoint = match self.engine.checkpoint(true) {
+            Ok(checkpoint) => checkpoint,
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                return self.snapshot_failed("checkpointing before a snapshot", e);
+            }
+            Err(e) => return Err(fatal("checkpointing", e)),
+        };
         if checkpoint.is_some_and(|index| index < applied) {
             debug!("snapshot postponed: a checkpoint waits for a reader");
             return Ok(());
@@ -1436,24 +1527,62 @@ impl Node {
             .log_term(index)
             .ok_or_else(|| NodeError::Fatal(format!("no term for applied index {index}")))?;
         let configuration = self.raft.configuration().encode_to_vec();
-        let writer = self
-            .raft
-            .log()
-            .snapshots()
-            .create(index, term, &configuration)
-            .map_err(|e| fatal("creating the snapshot", e))?;
         let reader = self
             .engine
             .snapshot()
             .map_err(|e| fatal("starting the snapshot", e))?;
         assert_eq!(reader.index(), applied);
+        // A snapshot that would leave less than the margin writes keep is not started: it
+        // would fail part-way, or take the space committed writes need.
+        let needed = reader.len_bytes().saturating_add(disk::DISK_FREE_BYTES_MIN);
+        let snapshots = self.raft.log().snapshots().dir();
+        match atoll_storage::available_bytes(snapshots) {
+            Ok(available) if available < needed => {
+                let why = format!(
+                    "snapshot {index} needs {} bytes and the margin, {available} available",
+                    reader.len_bytes()
+                );
+                return self.snapshot_failed(&why, io::ErrorKind::StorageFull.into());
+            }
+            Ok(_) => {}
+            Err(e) => warn!("free space of {}: {e}", snapshots.display()),
+        }
+        let writer = match self
+            .raft
+            .log()
+            .snapshots()
+            .create(index, term, &configuration)
+        {
+            Ok(writer) => writer,
+            Err(e) => return self.snapshot_failed(&format!("creating snapshot {index}"), e),
+        };
         self.snapshot_job = Some(SnapshotJob {
             index,
             reader,
             writer,
             buffer: vec![0; 64 * 1024],
+            written: 0,
         });
         self.snapshot_next_at = applied + snapshot_interval(&self.config, self.random.as_mut());
+        Ok(())
+    }
+
+    /// Taking a snapshot failed (`why`, `error`). For want of space the snapshot is dropped
+    /// (its unfinished file removed, giving the space back) and tried again after
+    /// [`SNAPSHOT_RETRY_ENTRIES`] more applies, logged once until one is written: the log is
+    /// only compacted later. Any other error stops the node.
+    fn snapshot_failed(&mut self, why: &str, error: io::Error) -> Result<(), NodeError> {
+        if !disk::is_full(&error) {
+            return Err(fatal(why, error));
+        }
+        self.snapshot_job = None;
+        self.snapshot_next_at = self.raft.applied().0 + SNAPSHOT_RETRY_ENTRIES;
+        if !self.snapshot_postponed {
+            self.snapshot_postponed = true;
+            warn!("disk full: snapshots postponed ({why}: {error})");
+        } else {
+            debug!("snapshot postponed again: {why}: {error}");
+        }
         Ok(())
     }
 
@@ -1478,10 +1607,24 @@ impl Node {
         };
         let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
         assert!(index.0 <= floor, "compaction past the checkpoint index");
-        self.raft
-            .log_mut()
-            .compact_through(index, term)
-            .map_err(|e| fatal("compacting the log", e))?;
+        if self.disk.is_full() {
+            return Ok(()); // Tried again once space is back.
+        }
+        match self.raft.log_mut().compact_through(index, term) {
+            Ok(()) => {}
+            // Saving the compaction point failed to write: nothing changed; tried again once
+            // space is back (entries kept longer are still valid log).
+            Err(e) if disk::is_full(&e) => {
+                if self
+                    .disk
+                    .space_short(&format!("compacting the log through {index}: {e}"))
+                {
+                    self.disk_full_began();
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("compacting the log", e)),
+        }
         debug!("log compacted through {index}");
         if index == target {
             self.compact_target = None;
