@@ -465,6 +465,8 @@ pub struct Engine {
     idle_found: Vec<String>,
     /// Databases closed while idle (`engine/closer.rs`); `databases` holds the open ones.
     closed: BTreeMap<String, closer::Closed>,
+    /// Databases found corrupt and not yet reported (`Engine::take_corrupt_found`).
+    corrupt_found: Vec<(String, String)>,
 }
 
 impl Drop for Engine {
@@ -756,6 +758,7 @@ impl Engine {
             sync_failure: None,
             idle_found: Vec::new(),
             closed: BTreeMap::new(),
+            corrupt_found: Vec::new(),
         };
         if engine.config.checkpoint_sync_in_background {
             engine.checkpointer = Some(Checkpointer::start()?);
@@ -855,7 +858,17 @@ impl Engine {
                 self.closed.insert(name.clone(), closed);
                 unchecked += 1;
             } else {
-                self.attach_database(&name, record, replay_through)?;
+                match self.attach_database(&name, record, replay_through) {
+                    Err(EngineError::Sqlite(error)) if limits::is_sqlite_corruption(&error) => {
+                        // Its header page (or one read to open it) is damaged: nothing here can
+                        // serve it; the host repairs the node from its peers.
+                        return Err(EngineError::CorruptDatabase {
+                            database: name,
+                            reason: error.to_string(),
+                        });
+                    }
+                    other => other?,
+                }
                 self.databases.get_mut(&name).expect("attached").idle_mark = idle_mark;
                 // A database mid-recovery holds a mix of states until replay: not checked.
                 if replay_through == 0 && !self.check_at_open(&name, check_deadline) {

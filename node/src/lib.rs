@@ -339,8 +339,19 @@ pub struct Node {
     metrics: metrics::Metrics,
     /// A repair from peers in progress (`repair.rs`).
     repair: Option<repair::Repair>,
-    /// A REPAIR request stopped the node: `atoll start` quarantines and starts it again.
+    /// Damage found (a REPAIR request, a corrupt database): the loop stops (a leader hands over
+    /// first) and the host restarts the node in place ([`Node::reopen_repaired`]).
     repair_requested: Option<repair::Damage>,
+    /// Set once the answers of the turn that requested the repair were flushed: the loop stops.
+    repair_stop: bool,
+    /// After a repair: the leader's commit index when the node was re-added; the repair is
+    /// finished (logged) once this node applied it.
+    repair_catch_up: Option<u64>,
+    /// What `Node::open` was given, for a restart in place after a repair.
+    start_options: StartOptions,
+    /// When this process last reopened the node for a repair: damage found again soon after
+    /// is not repaired again automatically (it likely came from the leader).
+    repaired_at: Option<Instant>,
     /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
     restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
@@ -406,6 +417,7 @@ impl Node {
         inputs: Inputs,
     ) -> Result<Node, NodeError> {
         let Inputs { clock, mut random } = inputs;
+        let start_options = options.clone();
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
@@ -461,8 +473,26 @@ impl Node {
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = true;
         engine_config.checkpoint_jitter_seed = random.next_u64();
-        let (mut engine, recovery) = Engine::open(engine_config)
-            .map_err(|e| start(format!("opening the databases: {e}")))?;
+        let (mut engine, recovery) = match Engine::open(engine_config) {
+            Err(e @ atoll_core::EngineError::CorruptDatabase { .. }) => {
+                // A database SQLite cannot even open (its header page): rebuilt from the leader
+                // when there is one to ask.
+                drop(log);
+                let what = format!("opening the databases: {e}");
+                return Node::open_repaired(data_dir, &config, what, shutdown, options);
+            }
+            other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
+        };
+        let found = engine.corrupt_databases();
+        if !found.is_empty() && repair::repair_source_known(data_dir, config.id) {
+            // quick_check found a damaged page: the node is rebuilt from the leader before it
+            // serves anything from it. Otherwise the first turn decides (`damage_step`): with
+            // no other voter it serves, refusing writes to the database.
+            let what = repair::describe_corrupt(&found);
+            drop(engine);
+            drop(log);
+            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+        }
         let raft_snapshot = match &snapshot {
             Some(meta) => {
                 let configuration = Configuration::decode(&meta.configuration).map_err(|e| {
@@ -619,6 +649,10 @@ impl Node {
             metrics: metrics::Metrics::new(hard_state.term.0),
             repair: None,
             repair_requested: None,
+            repair_stop: false,
+            repair_catch_up: None,
+            start_options,
+            repaired_at: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: now,
@@ -718,7 +752,8 @@ impl Node {
     /// as a batch. False once the shutdown flag is set and a leader's handover is done: the host
     /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
     pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
-        if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
+        let stopping = self.shutdown.load(Ordering::SeqCst) || self.repair_stop;
+        if stopping && self.handover_done() {
             return Ok(false);
         }
         let mut events = std::mem::take(&mut self.events);
@@ -730,9 +765,10 @@ impl Node {
         if self.tls_reload.swap(false, Ordering::SeqCst) {
             self.reload_tls();
         }
-        if self.repair_requested.is_some() {
-            // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
-            self.shutdown.store(true, Ordering::SeqCst);
+        if self.repair_requested.is_some() && !self.repair_stop {
+            // Damage found, a REPAIR answered (the poll flushed it): stop as on SIGTERM (a
+            // leader hands over first); the host restarts the node in place.
+            self.repair_stop = true;
         }
         let turn_start = self.clock.now();
         let now = self
@@ -1393,6 +1429,7 @@ impl Node {
         self.expire_reads();
         self.roles_step();
         self.join_step();
+        self.damage_step();
         self.repair_step();
         self.restore_step();
         self.snapshot_policy()?;
