@@ -44,7 +44,6 @@ pub mod repair;
 mod restore;
 mod roles;
 pub mod secret;
-pub mod sql;
 mod timings;
 pub mod tls;
 mod values;
