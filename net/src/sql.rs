@@ -283,8 +283,8 @@ pub fn text_transaction_effect(text: &str) -> Option<bool> {
         .statements
         .into_iter()
         .chain(rest)
-        .filter_map(transaction_effect)
-        .last()
+        .rev()
+        .find_map(transaction_effect)
 }
 
 #[cfg(test)]
