@@ -20,7 +20,9 @@
 //! | 48     | 4    | crc32 of bytes 0..48                                                |
 //! | 52     | 12   | reserved, 0                                                         |
 //!
-//! The file is created (both slots, fsync, directory fsync) before the database file exists.
+//! The file is created whole (the first slot written, the other zero; temporary file, fsync,
+//! rename, directory fsync) before the database file exists, so a database file without a
+//! record holds no data.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -21,7 +21,12 @@
 //! majority); the Raft log is never compacted past `engine.min_checkpoint_index()`, because
 //! crash recovery replays the log after each database's checkpoint; a new leader serves no
 //! request that needs the leader before it has applied the first entry of its term (so every
-//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The node".
+//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md,
+//! "The flow of a write" and "The flow of a read".
+//!
+//! Command entries carry one of three payloads, told apart by their magic: a transaction's
+//! frames (`ATLC`, [`atoll_core::command`]), a restore piece (`ATRS`, `restore.rs`) and a verify
+//! point (`ATVF`, `verify.rs`). The data directory is laid out in `config.rs`.
 
 #![forbid(unsafe_code)]
 
@@ -39,7 +44,6 @@ pub mod repair;
 mod restore;
 mod roles;
 pub mod secret;
-pub mod sql;
 mod timings;
 pub mod tls;
 mod values;
@@ -349,8 +353,19 @@ pub struct Node {
     metrics: metrics::Metrics,
     /// A repair from peers in progress (`repair.rs`).
     repair: Option<repair::Repair>,
-    /// A REPAIR request stopped the node: `atoll start` quarantines and starts it again.
+    /// Damage found (a REPAIR request, a corrupt database): the loop stops (a leader hands over
+    /// first) and the host restarts the node in place ([`Node::reopen_repaired`]).
     repair_requested: Option<repair::Damage>,
+    /// Set once the answers of the turn that requested the repair were flushed: the loop stops.
+    repair_stop: bool,
+    /// After a repair: the leader's commit index when the node was re-added; the repair is
+    /// finished (logged) once this node applied it.
+    repair_catch_up: Option<u64>,
+    /// What `Node::open` was given, for a restart in place after a repair.
+    start_options: StartOptions,
+    /// When this process last reopened the node for a repair: damage found again soon after
+    /// is not repaired again automatically (it likely came from the leader).
+    repaired_at: Option<Instant>,
     /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
     restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
@@ -416,6 +431,7 @@ impl Node {
         inputs: Inputs,
     ) -> Result<Node, NodeError> {
         let Inputs { clock, mut random } = inputs;
+        let start_options = options.clone();
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
@@ -466,13 +482,31 @@ impl Node {
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
         // the results), and jitter so that nodes, which apply the same entries, do not
         // checkpoint together. With 64 writers and a 20 ms election timeout this took needless
-        // elections from 11-12 to none in 20 s (ARCHITECTURE, "Failover timing").
+        // elections from 11-12 to none in 20 s (bench/RESULTS.md).
         engine_config.checkpoint_frames = 1024;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = true;
         engine_config.checkpoint_jitter_seed = random.next_u64();
-        let (mut engine, recovery) = Engine::open(engine_config)
-            .map_err(|e| start(format!("opening the databases: {e}")))?;
+        let (mut engine, recovery) = match Engine::open(engine_config) {
+            Err(e @ atoll_core::EngineError::CorruptDatabase { .. }) => {
+                // A database SQLite cannot even open (its header page): rebuilt from the leader
+                // when there is one to ask.
+                drop(log);
+                let what = format!("opening the databases: {e}");
+                return Node::open_repaired(data_dir, &config, what, shutdown, options);
+            }
+            other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
+        };
+        let found = engine.corrupt_databases();
+        if !found.is_empty() && repair::repair_source_known(data_dir, config.id) {
+            // quick_check found a damaged page: the node is rebuilt from the leader before it
+            // serves anything from it. Otherwise the first turn decides (`damage_step`): with
+            // no other voter it serves, refusing writes to the database.
+            let what = repair::describe_corrupt(&found);
+            drop(engine);
+            drop(log);
+            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+        }
         let raft_snapshot = match &snapshot {
             Some(meta) => {
                 let configuration = Configuration::decode(&meta.configuration).map_err(|e| {
@@ -632,6 +666,10 @@ impl Node {
             metrics: metrics::Metrics::new(hard_state.term.0),
             repair: None,
             repair_requested: None,
+            repair_stop: false,
+            repair_catch_up: None,
+            start_options,
+            repaired_at: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: now,
@@ -731,7 +769,8 @@ impl Node {
     /// as a batch. False once the shutdown flag is set and a leader's handover is done: the host
     /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
     pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
-        if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
+        let stopping = self.shutdown.load(Ordering::SeqCst) || self.repair_stop;
+        if stopping && self.handover_done() {
             return Ok(false);
         }
         let mut events = std::mem::take(&mut self.events);
@@ -743,9 +782,10 @@ impl Node {
         if self.tls_reload.swap(false, Ordering::SeqCst) {
             self.reload_tls();
         }
-        if self.repair_requested.is_some() {
-            // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
-            self.shutdown.store(true, Ordering::SeqCst);
+        if self.repair_requested.is_some() && !self.repair_stop {
+            // Damage found, a REPAIR answered (the poll flushed it): stop as on SIGTERM (a
+            // leader hands over first); the host restarts the node in place.
+            self.repair_stop = true;
         }
         let turn_start = self.clock.now();
         let now = self
@@ -1526,6 +1566,7 @@ impl Node {
         self.expire_reads();
         self.roles_step();
         self.join_step();
+        self.damage_step();
         self.repair_step();
         self.restore_step();
         self.snapshot_policy()?;

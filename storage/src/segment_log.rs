@@ -2,11 +2,12 @@
 //!
 //! A data directory holds:
 //! - `LOCK`: locked while a `SegmentLog` has the directory open;
-//! - `metadata1`, `metadata2`: the hard state and the compaction point (see ARCHITECTURE.md);
+//! - `metadata1`, `metadata2`: the hard state and the compaction point (layout in `meta.rs`);
 //! - `open-N`: segments being written, or prepared and still empty (spares). `N` is a counter;
 //! - `FIRST-LAST`: closed segments (full, synced, read-only), e.g.
 //!   `00000000000000000001-00000000000000000512`: they hold exactly the entries `FIRST..=LAST`;
-//! - `open-N.tmp`: segments being prepared, removed on open (no other file is ever removed);
+//! - `open-N.tmp`: segments being prepared, removed on open (as is an all-zero `open-N`, an
+//!   unfinished spare; segments are otherwise removed only when compacted or truncated away);
 //! - `snapshots/`: the [`SnapshotStore`].
 //!
 //! # Durability
