@@ -1,5 +1,9 @@
-//! The engine: named databases, client sessions, the write queue with group commit, apply,
-//! checkpoints and recovery. See the crate documentation for the flow of a write.
+//! The engine of one node: its public types and configuration, its state (databases, sessions,
+//! each database's write slot), opening it, and what it reports about its databases. The rest
+//! lives in one file per concern: `session.rs` (the clock, sessions, prepared statements),
+//! `request.rs` (EXEC and QUERY), `queue.rs` (the write queue and group commit), `apply.rs`,
+//! `checkpoint.rs`, `recovery.rs`, `closer.rs` and `idle.rs` (idle databases), `limits.rs`.
+//! See the crate documentation for the flow of a write.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
