@@ -9,8 +9,9 @@ use super::{
 use crate::error::ExecError;
 use crate::lifecycle::WriteState;
 use crate::sql;
+use crate::stmt::{RawStmt, Step};
 use crate::value::{Rows, Value};
-use crate::vfs::{Conn, RawStmt, Step};
+use crate::vfs::Conn;
 
 impl Engine {
     /// Executes `target` for the session (SQL with parameters, or a prepared statement).
