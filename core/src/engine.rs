@@ -2,7 +2,8 @@
 //! each database's write slot), opening it, and what it reports about its databases. The rest
 //! lives in one file per concern: `session.rs` (the clock, sessions, prepared statements),
 //! `request.rs` (EXEC and QUERY), `queue.rs` (the write queue and group commit), `apply.rs`,
-//! `checkpoint.rs`, `recovery.rs`, `closer.rs` and `idle.rs` (idle databases), `limits.rs`.
+//! `checkpoint.rs`, `recovery.rs`, `install.rs` (what snapshots need), `closer.rs` and `idle.rs`
+//! (idle databases), `limits.rs`.
 //! See the crate documentation for the flow of a write.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -21,6 +22,7 @@ mod apply;
 mod checkpoint;
 mod closer;
 mod idle;
+mod install;
 mod limits;
 mod queue;
 mod recovery;
@@ -28,6 +30,7 @@ mod request;
 mod session;
 use checkpoint::Checkpointer;
 pub(crate) use idle::remove as remove_idle_marks;
+pub(crate) use install::{SnapshotPart, SNAPSHOT_TEMP_SUFFIX};
 pub(crate) use limits::DATABASES_TOTAL_MAX;
 pub use limits::{DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT};
 #[cfg(test)]
@@ -467,19 +470,6 @@ impl Engine {
         }
     }
 
-    pub(crate) fn snapshot_parts(&self) -> Vec<SnapshotPart> {
-        self.databases
-            .iter()
-            .map(|(name, db)| SnapshotPart {
-                name: name.clone(),
-                path: db.path.clone(),
-                files: Arc::clone(&db.files),
-                last_command_index: db.last_command_index,
-                token: Arc::clone(&db.snapshot_token),
-            })
-            .collect()
-    }
-
     pub(crate) fn vfs(&self) -> &Arc<Vfs> {
         &self.vfs
     }
@@ -491,48 +481,4 @@ impl Engine {
     pub(crate) fn dir(&self) -> &Path {
         &self.config.dir
     }
-
-    /// Drops every connection and session state of all databases and forgets them (before a
-    /// snapshot replaces them). Sessions stay open but must open their databases again.
-    pub(crate) fn detach_all(&mut self, reason: &str) {
-        self.abandon_writes(reason);
-        for session in self.sessions.values_mut() {
-            session.cursor = None;
-            session.statements.clear();
-            session.statement_bytes = 0;
-            session.databases.clear();
-            if !matches!(session.state, WriteState::Idle) {
-                session.state = WriteState::Idle;
-            }
-        }
-        self.closed.clear();
-        let databases = std::mem::take(&mut self.databases);
-        for (_, db) in databases {
-            let path = db.path.clone();
-            drop(db);
-            self.vfs.remove_database(&path);
-        }
-    }
-
-    /// Attaches the databases in the directory again after a snapshot install, at `index`.
-    pub(crate) fn reattach_after_install(&mut self, index: u64) -> Result<(), EngineError> {
-        let recovery = self.recover()?;
-        for database in &recovery.databases {
-            assert_eq!(database.checkpoint_index, index);
-        }
-        self.applied_index = index;
-        Ok(())
-    }
 }
-
-/// One database's part of a snapshot.
-pub(crate) struct SnapshotPart {
-    pub(crate) name: String,
-    pub(crate) path: PathBuf,
-    pub(crate) files: Arc<DbFiles>,
-    pub(crate) last_command_index: u64,
-    pub(crate) token: Arc<()>,
-}
-
-/// Suffix of a database file being installed from a snapshot.
-pub(crate) const SNAPSHOT_TEMP_SUFFIX: &str = "-snapshot.tmp";

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use byteorder::{BigEndian, ByteOrder};
 
-use super::{closer, idle, limits, Database, Engine, Slot, SNAPSHOT_TEMP_SUFFIX};
+use super::install::SNAPSHOT_TEMP_SUFFIX;
+use super::{closer, idle, limits, Database, Engine, Slot};
 use crate::command::validate_database_name;
 use crate::error::EngineError;
 use crate::record::{self, Record};
