@@ -349,7 +349,7 @@ fn test_a_closed_database_damaged_on_a_follower_is_repaired_when_a_write_reaches
 /// The only voter finds a page of `app` damaged: with no peer to repair from it keeps serving,
 /// refusing writes to `app`, and reports it. Its next snapshots hold the damaged page; a node
 /// joining once the log was compacted (it can only catch up by a snapshot) must not be sent
-/// one: before, it installed the damaged `app`.
+/// one: before, it installed the damaged `app` (then found it corrupt and quarantined it).
 #[test]
 fn test_a_leader_with_a_damaged_database_sends_no_snapshot() {
     let leader = AtollNode::start_with(&["--snapshot-entries", "64"]);
@@ -377,13 +377,16 @@ fn test_a_leader_with_a_damaged_database_sends_no_snapshot() {
     }
     let joiner = AtollNode::join(&address, &[]);
     std::thread::sleep(Duration::from_secs(3));
-    let received: Vec<PathBuf> = std::fs::read_dir(joiner.data_dir().join("raft/snapshots"))
+    // Before, the joiner installed the damaged `app`, found it corrupt and quarantined it.
+    let data_dir = joiner.data_dir();
+    assert!(quarantined(&data_dir).is_none() && !data_dir.join("repairing").exists());
+    let received: Vec<PathBuf> = std::fs::read_dir(data_dir.join("raft/snapshots"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .collect();
     assert!(received.is_empty(), "snapshots received: {received:?}");
+    assert!(!data_dir.join("db").join("app").exists());
     assert_eq!(joiner.metadata().unwrap().applied_index, 0);
-    assert!(!joiner.data_dir().join("db").join("app").exists());
     // The leader still serves what is whole.
     shell(&address, "other", &["INSERT INTO acks VALUES (-1)"]).ok();
 }
