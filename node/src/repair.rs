@@ -544,3 +544,28 @@ impl Node {
             || self.repair_catch_up.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::ManualClock;
+
+    #[test]
+    fn test_quarantine_is_named_after_the_clock_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path();
+        fs::write(data_dir.join(MEMBERS_FILE), "1 a:1 voter\n2 b:1 voter\n").unwrap();
+        let damage = Damage {
+            what: "damaged".into(),
+        };
+        let clock = ManualClock::new();
+        clock.advance(Duration::from_secs(90));
+        let seconds = clock.unix_time().as_secs();
+        for name in [seconds.to_string(), format!("{seconds}-1")] {
+            drop(SegmentLog::open(config::raft_dir(data_dir), Options::default()).unwrap());
+            let target = quarantine(data_dir, 1, &damage, &clock).unwrap();
+            assert_eq!(target, data_dir.join(QUARANTINE_DIR).join(name));
+            assert!(target.join("raft").is_dir());
+        }
+    }
+}
