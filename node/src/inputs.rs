@@ -88,7 +88,7 @@ impl Clock for ManualClock {
         self.base + self.elapsed()
     }
 
-    /// [`MANUAL_CLOCK_UNIX_START`] plus the simulated time elapsed.
+    /// 2020-01-01T00:00:00Z plus the simulated time elapsed.
     fn unix_time(&self) -> Duration {
         MANUAL_CLOCK_UNIX_START.saturating_add(self.elapsed())
     }
