@@ -758,7 +758,27 @@ impl Engine {
                         path.display()
                     )));
                 }
-                write_empty_database(&path, record.page_size)?;
+                match write_empty_database(&path, record.page_size) {
+                    Ok(()) => {}
+                    Err(error) if record.intent_index == 0 && is_disk_full(&error) => {
+                        // A creation that never finished, on a full disk: undone as a failed
+                        // creation is (the node still starts). No command reached it, and no
+                        // database was checkpointed past the one that created it: replay
+                        // creates it again, as a session's OPEN does, once space is back.
+                        let _ = fs::remove_file(&path);
+                        let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+                        record::remove(&path)?;
+                        log::warn!(
+                            "database {name:?}: no room for its empty file ({error}); not \
+                             created (created again when used)"
+                        );
+                        continue;
+                    }
+                    Err(error) => {
+                        let _ = fs::remove_file(&path);
+                        return Err(error.into());
+                    }
+                }
             }
             let on_disk = record.checkpoint_index;
             let record = idle::apply_mark(record, marks.get(&name).copied());
@@ -2260,6 +2280,14 @@ fn is_sqlite_file(path: &Path) -> bool {
 }
 
 /// Writes a fresh database file with the canonical empty page 1, durably.
+/// Whether an I/O error means the disk (or the user's quota) is full.
+fn is_disk_full(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 fn write_empty_database(path: &Path, page_size: u32) -> std::io::Result<()> {
     use std::io::Write;
     let mut file = fs::File::create(path)?;

@@ -80,6 +80,9 @@ const SNAPSHOT_BYTES_PER_TURN: usize = 1 << 20;
 /// A node that applied nothing for this long checkpoints every database (TRUNCATE), so that a
 /// restart replays little and the WAL files give their space back.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
+/// A snapshot from the leader that could not be stored for want of space: chunks are dropped
+/// unread this long before the next try (the leader resends them when it sees no progress).
+const SNAPSHOT_RECEIVE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A snapshot attempt that could not start (a checkpoint was held back by a reader) is retried
 /// after this many more applied entries.
 const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
@@ -295,6 +298,18 @@ pub struct Node {
     weight: u64,
     /// The snapshot being received from a leader, and the bytes written to it so far.
     incoming: Option<(SnapshotWriter, u64)>,
+    /// The snapshot received whole and made durable, for raft's install in the next ready.
+    incoming_finished: Option<atoll_storage::SnapshotMeta>,
+    /// A snapshot from the leader that raft installed (its file is durable, the log restarts
+    /// after it) but the engine could not, for want of space: the databases are behind raft.
+    /// Until it is installed (retried at most every `DISK_RETRY_INTERVAL`) nothing is applied
+    /// or read, no raft message leaves, no entry is appended and raft is not ticked. A crash
+    /// meanwhile is covered: at start the databases behind the snapshot get it installed.
+    install_pending: Option<atoll_storage::SnapshotMeta>,
+    /// A snapshot from the leader could not be stored (a full disk): chunks arriving before
+    /// this instant are dropped unread (the leader resends them), so that a disk still full
+    /// is not tried at the pace of a round trip. Logged once per full state.
+    incoming_refused_until: Option<Instant>,
     /// Snapshots being streamed to followers, open for reads at offsets (chunks are read
     /// from the file when they are sent, never the whole snapshot into memory).
     outgoing: Vec<SnapshotData>,
@@ -632,6 +647,9 @@ impl Node {
             leader_term: None,
             weight: 0,
             incoming: None,
+            incoming_finished: None,
+            incoming_refused_until: None,
+            install_pending: None,
             outgoing: Vec::new(),
             peer_routes: options.peer_routes,
             peer_announced: HashMap::new(),
@@ -935,8 +953,12 @@ impl Node {
         if self.hard_state_unsaved {
             self.save_hard_state()?;
         }
-        // A node whose term and vote are not durable must not start an election.
-        if !self.hard_state_unsaved {
+        if self.install_pending.is_some() {
+            self.install_again()?;
+        }
+        // A node whose term and vote are not durable must not start an election, nor one whose
+        // databases are behind its log.
+        if !self.hard_state_unsaved && self.install_pending.is_none() {
             for _ in 0..ticks {
                 self.raft.tick();
             }
@@ -1052,15 +1074,28 @@ impl Node {
         if ready.hard_state.take().is_some() || self.hard_state_unsaved {
             self.save_hard_state()?;
         }
-        let unsaved = self.hard_state_unsaved;
+        if self.install_pending.is_some() {
+            self.install_again()?;
+        }
+        let unsaved = self.hard_state_unsaved || self.install_pending.is_some();
         if unsaved {
             ready.messages.clear();
             ready.persisted_messages.clear();
         }
-        // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
-        self.store_snapshot_chunks(&ready)?;
+        // 1. An install (of a snapshot whose bytes an earlier ready handed out), then received
+        //    snapshot bytes (followers; none arrive without peers).
         if let Some(install) = &ready.snapshot {
             self.install_snapshot(install.meta.index)?;
+            if self.install_pending.is_some() {
+                ready.messages.clear();
+                ready.persisted_messages.clear();
+            }
+        }
+        let unsaved = unsaved || self.install_pending.is_some();
+        if let Err(e) = self.store_snapshot_chunks(&ready) {
+            self.snapshot_store_failed(e)?;
+            // The answers acknowledge chunks that are gone.
+            ready.persisted_messages.clear();
         }
         // 2. The log: install, truncate + append, hard state (durable before sends). A
         //    compaction is done later, a segment file per turn (`compact_step`).
@@ -1124,6 +1159,18 @@ impl Node {
             let leading = self.raft.role() == StateRole::Leader;
             self.timings.committed(last.index.0, leading, now);
         }
+        if self.install_pending.is_some() {
+            // The databases are behind raft's snapshot: nothing is applied, nothing is read.
+            if let Some(first) = ready.committed_entries.first() {
+                let index = first.index;
+                self.apply_again_from(index, &mut ready)?;
+                stalled = true;
+            }
+            ready.committed_entries.clear();
+            for read in std::mem::take(&mut ready.read_states) {
+                self.read_dropped(read.context);
+            }
+        }
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
@@ -1150,7 +1197,21 @@ impl Node {
                     break;
                 }
                 EntryKind::Command if restore::decode(&entry.payload).is_some() => {
-                    self.apply_restore_piece(entry.index, entry.term, &entry.payload)?;
+                    if let Err(e) =
+                        self.apply_restore_piece(entry.index, entry.term, &entry.payload)?
+                    {
+                        // As for any command: applied again once space is back, never skipped.
+                        if self
+                            .disk
+                            .write_failed(&format!("applying entry {index}"), &e, now)
+                        {
+                            self.disk_full_began();
+                        }
+                        self.apply_again_from(entry.index, &mut ready)?;
+                        stalled = true;
+                        break;
+                    }
+                    self.disk.write_succeeded();
                 }
                 EntryKind::Command => match self.timed_apply(index, &entry.payload) {
                     Ok(Applied::Frames { .. }) => {
@@ -1327,17 +1388,21 @@ impl Node {
 
     /// Writes received snapshot chunks into the incoming snapshot file, each at its offset:
     /// raft hands them out contiguous from 0, and a chunk at offset 0 starts a new file (a
-    /// restarted stream, or a newer snapshot; the unfinished one is removed).
-    fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), NodeError> {
+    /// restarted stream, or a newer snapshot; the unfinished one is removed). The chunk that
+    /// completes it finishes the file (durable), before raft installs it in the next ready.
+    /// (A snapshot that does not fit is refused before raft sees it: `refuse_message`.) An
+    /// error of the disk comes back to the caller.
+    fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), io::Error> {
         for chunk in &ready.snapshot_chunks {
             if chunk.offset == 0 {
+                self.incoming = None;
+                self.incoming_finished = None;
                 let configuration = chunk.meta.configuration.encode_to_vec();
-                let writer = self
-                    .raft
-                    .log()
-                    .snapshots()
-                    .create(chunk.meta.index, chunk.meta.term, &configuration)
-                    .map_err(|e| fatal("creating a received snapshot", e))?;
+                let writer = self.raft.log().snapshots().create(
+                    chunk.meta.index,
+                    chunk.meta.term,
+                    &configuration,
+                )?;
                 info!(
                     "receiving snapshot {} ({} bytes) from the leader",
                     chunk.meta.index, chunk.meta.size_bytes
@@ -1345,7 +1410,7 @@ impl Node {
                 self.incoming = Some((writer, 0));
             }
             let Some((writer, written)) = self.incoming.as_mut() else {
-                return Err(NodeError::Fatal(format!(
+                return Err(io::Error::other(format!(
                     "snapshot chunk at offset {} without its start",
                     chunk.offset
                 )));
@@ -1355,21 +1420,77 @@ impl Node {
                 "raft hands out snapshot chunks contiguously"
             );
             assert_eq!(chunk.data.len(), chunk.length as usize);
-            writer
-                .write_all(&chunk.data)
-                .map_err(|e| fatal("writing a received snapshot", e))?;
+            writer.write_all(&chunk.data)?;
             *written += chunk.data.len() as u64;
+            if *written == chunk.meta.size_bytes {
+                let (writer, _) = self.incoming.take().expect("matched above");
+                self.incoming_finished = Some(writer.finish()?);
+            }
         }
         Ok(())
     }
 
+    /// Received snapshot chunks could not be stored. For want of space the unfinished file
+    /// goes, raft forgets the receive and asks the leader to start again, and chunks are
+    /// dropped unread for [`SNAPSHOT_RECEIVE_RETRY_INTERVAL`]; the node goes on. Any other
+    /// error stops it.
+    fn snapshot_store_failed(&mut self, error: io::Error) -> Result<(), NodeError> {
+        if !disk::is_full(&error) {
+            return Err(fatal("storing a received snapshot", error));
+        }
+        self.incoming = None;
+        self.incoming_finished = None;
+        self.raft
+            .snapshot_store_failed()
+            .map_err(|e| fatal("dropping a received snapshot", e))?;
+        let now = self.clock.now();
+        if self.incoming_refused_until.is_none() {
+            warn!("disk full: a snapshot from the leader cannot be stored ({error}); retried");
+        } else {
+            debug!("a snapshot from the leader cannot be stored again: {error}");
+        }
+        self.incoming_refused_until = Some(now + SNAPSHOT_RECEIVE_RETRY_INTERVAL);
+        Ok(())
+    }
+
+    /// Whether snapshot chunks from the leader are dropped unread now (a full disk).
+    fn snapshot_receive_refused(&self) -> bool {
+        self.incoming_refused_until
+            .is_some_and(|until| self.clock.now() < until)
+    }
+
+    /// Installs the received snapshot raft just installed (`index`) into the engine. For want
+    /// of space the engine changes nothing and the install waits ([`Node::install_pending`]).
     fn install_snapshot(&mut self, index: LogIndex) -> Result<(), NodeError> {
-        let (writer, _) = self.incoming.take().ok_or_else(|| {
-            NodeError::Fatal(format!("snapshot {index} to install was not received"))
-        })?;
-        let meta = writer
-            .finish()
-            .map_err(|e| fatal("finishing a received snapshot", e))?;
+        let meta = self
+            .incoming_finished
+            .take()
+            .filter(|meta| meta.index == index)
+            .ok_or_else(|| {
+                NodeError::Fatal(format!("snapshot {index} to install was not received"))
+            })?;
+        if self.incoming_refused_until.take().is_some() {
+            info!("disk space back: snapshot {index} from the leader stored");
+        }
+        self.install_into_engine(meta, false)
+    }
+
+    /// Tries a pending install again (at most every `DISK_RETRY_INTERVAL`).
+    fn install_again(&mut self) -> Result<(), NodeError> {
+        if !self.disk.may_write(self.clock.now()) {
+            return Ok(());
+        }
+        let meta = self.install_pending.take().expect("checked by the caller");
+        self.install_into_engine(meta, true)
+    }
+
+    /// Installs a received snapshot into the engine (`again`: a pending one).
+    fn install_into_engine(
+        &mut self,
+        meta: atoll_storage::SnapshotMeta,
+        again: bool,
+    ) -> Result<(), NodeError> {
+        let index = meta.index;
         let mut reader = self
             .raft
             .log()
@@ -1378,9 +1499,26 @@ impl Node {
             .map_err(|e| fatal("opening a received snapshot", e))?;
         // Images being hashed read files the install replaces.
         self.verify.snapshot_installed(index.0);
-        self.engine
-            .install_snapshot(&mut reader)
-            .map_err(|e| fatal("installing a snapshot", e))?;
+        match self.engine.install_snapshot(&mut reader) {
+            Ok(_) => {}
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                let now = self.clock.now();
+                if !again {
+                    warn!(
+                        "disk full: snapshot {index} cannot be installed ({e}); applying, \
+                         reading and taking part in raft wait until it is"
+                    );
+                }
+                self.disk
+                    .write_failed(&format!("installing snapshot {index}"), &e, now);
+                self.install_pending = Some(meta);
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("installing a snapshot", e)),
+        }
+        if again {
+            self.disk.write_succeeded();
+        }
         info!(
             "installed snapshot {index} from the leader ({} bytes)",
             meta.data_bytes
@@ -1481,6 +1619,9 @@ impl Node {
     /// database at the applied index, copied a bounded piece per turn; once written, raft
     /// compacts the log behind it and old snapshots go.
     fn snapshot_policy(&mut self) -> Result<(), NodeError> {
+        if self.install_pending.is_some() {
+            return Ok(()); // The databases are behind raft's snapshot.
+        }
         if let Some(job) = self.snapshot_job.as_mut() {
             let mut copied = 0;
             while copied < SNAPSHOT_BYTES_PER_TURN {

@@ -176,7 +176,17 @@ impl Node {
             );
             return Ok(());
         }
+        if message.kind == atoll_raft::MessageKind::Snapshot && self.snapshot_receive_refused() {
+            // Unread, unanswered: the leader resends from what it knows stored when it sees
+            // no progress (answering each chunk would restart its stream once per chunk).
+            debug!("snapshot chunk from node {from} dropped: the disk was full");
+            return Ok(());
+        }
         if let Some(refusal) = self.refuse_message(&message) {
+            if matches!(refusal, Refusal::SnapshotTooLarge { .. }) {
+                self.incoming_refused_until =
+                    Some(self.clock.now() + super::SNAPSHOT_RECEIVE_RETRY_INTERVAL);
+            }
             let first = self.peer_refusals_logged.len() < PEER_REFUSALS_LOGGED_MAX
                 && self.peer_refusals_logged.insert((from, refusal.kind()));
             if first {
