@@ -10,11 +10,15 @@
 //! damaged database, so nothing built on it is replicated meanwhile) and the host restarts it
 //! in place ([`Node::reopen_repaired`]: same process, same port). [`quarantine`] moves
 //! `DIR/raft` (segments, metadata, snapshots) and `DIR/db` into `DIR/quarantine/<unix
-//! seconds>/` (the wall time of the node's clock input; never deleted), creates an empty log that keeps the saved term and vote, and
-//! leaves the marker `DIR/repairing`. It refuses when the
-//! node has no other voter to be rebuilt from (`DIR/members`, the last configuration this node
-//! saw, written at every change) or when the term and vote cannot be read: those cases keep
-//! refusing to start, naming the damage.
+//! seconds>/` (the wall time of the node's clock input; never deleted), creates an empty log
+//! that keeps the saved term and vote, and leaves the marker `DIR/repairing`. It refuses when
+//! the node has no other voter to be rebuilt from (`DIR/members`, the last configuration this
+//! node saw, written at every change) or when the term and vote cannot be read: those cases
+//! keep refusing to start, naming the damage.
+//!
+//! A closed database an apply cannot open again (its header page damaged) holds every apply
+//! back, none past it, until the repair (retried each second meanwhile); a node that knows a
+//! database damaged sends no snapshot chunk, so that the damage does not spread.
 //!
 //! Safety: the lost log may have held entries this node acknowledged, counted in a commit.
 //! With an empty log it would look up to date to any candidate, so while `DIR/repairing` exists
