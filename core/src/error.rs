@@ -198,8 +198,9 @@ pub enum EngineError {
     CorruptRecord(String),
     /// A snapshot stream is malformed or its checksum does not match.
     BadSnapshot(String),
-    /// SQLite found a database file damaged while opening it at start (its header page, or a
-    /// page read to recover it): the node cannot serve it and repairs from its peers.
+    /// SQLite found a database file damaged while opening it (at start, or a closed one for an
+    /// apply; its header page, or a page read to recover it): the node cannot serve it and
+    /// repairs from its peers.
     CorruptDatabase {
         /// The database's name.
         database: String,

@@ -125,6 +125,9 @@ pub struct StartOptions {
     pub tls_reload: Arc<AtomicBool>,
     /// Where to serve Prometheus metrics (`--metrics-address`), if anywhere.
     pub metrics_address: Option<String>,
+    /// Damage found this soon after a repair in this process is not repaired again by itself
+    /// (`None`: 10 minutes); `--repair-again-after`.
+    pub repair_again_after: Option<Duration>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -366,6 +369,8 @@ pub struct Node {
     /// When this process last reopened the node for a repair: damage found again soon after
     /// is not repaired again automatically (it likely came from the leader).
     repaired_at: Option<Instant>,
+    /// An apply found a closed database damaged: applies wait until this instant, then retry.
+    damaged_apply_retry_at: Option<Instant>,
     /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
     restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
@@ -403,9 +408,10 @@ impl Node {
         what: String,
         shutdown: Arc<AtomicBool>,
         options: StartOptions,
+        clock: &dyn Clock,
     ) -> Result<Node, NodeError> {
         let damage = repair::Damage { what };
-        repair::quarantine(data_dir, config.id, &damage).map_err(|why| {
+        repair::quarantine(data_dir, config.id, &damage, clock).map_err(|why| {
             NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what))
         })?;
         Node::open(data_dir, shutdown, options)
@@ -441,7 +447,7 @@ impl Node {
             ) => {
                 // A damaged log: rebuilt from the leader when there is one to ask.
                 let what = format!("opening the Raft log: {e}");
-                return Node::open_repaired(data_dir, &config, what, shutdown, options);
+                return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
             }
             other => other,
         };
@@ -464,6 +470,7 @@ impl Node {
                     format!("reading the snapshots: {e}"),
                     shutdown,
                     options,
+                    &*clock,
                 );
             }
         };
@@ -493,7 +500,7 @@ impl Node {
                 // when there is one to ask.
                 drop(log);
                 let what = format!("opening the databases: {e}");
-                return Node::open_repaired(data_dir, &config, what, shutdown, options);
+                return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
             }
             other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
         };
@@ -505,7 +512,7 @@ impl Node {
             let what = repair::describe_corrupt(&found);
             drop(engine);
             drop(log);
-            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+            return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
         }
         let raft_snapshot = match &snapshot {
             Some(meta) => {
@@ -530,7 +537,9 @@ impl Node {
                             drop(reader);
                             drop(engine);
                             drop(log);
-                            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+                            return Node::open_repaired(
+                                data_dir, &config, what, shutdown, options, &*clock,
+                            );
                         }
                         Err(e) => {
                             return Err(start(format!("installing snapshot {}: {e}", meta.index)))
@@ -670,6 +679,7 @@ impl Node {
             repair_catch_up: None,
             start_options,
             repaired_at: None,
+            damaged_apply_retry_at: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: now,
@@ -1180,6 +1190,12 @@ impl Node {
                     stalled = true;
                     break;
                 }
+                EntryKind::Command if self.damaged_apply_wait(now) => {
+                    // A damaged database held the apply back: retried a second later.
+                    self.apply_again_from(entry.index, &mut ready)?;
+                    stalled = true;
+                    break;
+                }
                 EntryKind::Command if restore::decode(&entry.payload).is_some() => {
                     if let Err(e) =
                         self.apply_restore_piece(entry.index, entry.term, &entry.payload)?
@@ -1214,6 +1230,14 @@ impl Node {
                         {
                             self.disk_full_began();
                         }
+                        self.apply_again_from(entry.index, &mut ready)?;
+                        stalled = true;
+                        break;
+                    }
+                    Err(atoll_core::EngineError::CorruptDatabase { database, reason }) => {
+                        // Never applied past (nor skipped): held back until the node is
+                        // repaired (`damage_step`, this turn), retried meanwhile.
+                        self.damaged_apply_held(index, &database, &reason, now);
                         self.apply_again_from(entry.index, &mut ready)?;
                         stalled = true;
                         break;

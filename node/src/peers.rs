@@ -89,6 +89,15 @@ impl Node {
         for mut message in messages {
             let to = message.to.0;
             if let Some(chunk) = message.snapshot_chunk_to_fill() {
+                if self.snapshots_refused() {
+                    // Damage must not spread: raft sends the chunk again when no progress
+                    // comes (after the repair a whole leader sends its own snapshot).
+                    debug!(
+                        "snapshot {} for node {to}: not sent, a database here is damaged",
+                        chunk.meta.index
+                    );
+                    continue;
+                }
                 if let Err(e) = self.fill_snapshot_chunk(chunk) {
                     // The leader resends from the acknowledged offset when no progress comes.
                     warn!(

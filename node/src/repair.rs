@@ -10,11 +10,15 @@
 //! damaged database, so nothing built on it is replicated meanwhile) and the host restarts it
 //! in place ([`Node::reopen_repaired`]: same process, same port). [`quarantine`] moves
 //! `DIR/raft` (segments, metadata, snapshots) and `DIR/db` into `DIR/quarantine/<unix
-//! seconds>/` (never deleted), creates an empty log that keeps the saved term and vote, and
-//! leaves the marker `DIR/repairing`. It refuses when the
-//! node has no other voter to be rebuilt from (`DIR/members`, the last configuration this node
-//! saw, written at every change) or when the term and vote cannot be read: those cases keep
-//! refusing to start, naming the damage.
+//! seconds>/` (the wall time of the node's clock input; never deleted), creates an empty log
+//! that keeps the saved term and vote, and leaves the marker `DIR/repairing`. It refuses when
+//! the node has no other voter to be rebuilt from (`DIR/members`, the last configuration this
+//! node saw, written at every change) or when the term and vote cannot be read: those cases
+//! keep refusing to start, naming the damage.
+//!
+//! A closed database an apply cannot open again (its header page damaged) holds every apply
+//! back, none past it, until the repair (retried each second meanwhile); a node that knows a
+//! database damaged sends no snapshot chunk, so that the damage does not spread.
 //!
 //! Safety: the lost log may have held entries this node acknowledged, counted in a commit.
 //! With an empty log it would look up to date to any candidate, so while `DIR/repairing` exists
@@ -33,14 +37,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use atoll_net::client::{Client, ClientConfig, ClientError};
 use atoll_raft::{Configuration, MemberRole, StateRole};
 use atoll_storage::{LogStore, Options, SegmentLog};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use super::config;
+use super::inputs::Clock;
 use super::{Node, NodeError};
 
 /// The last configuration this node saw: one `id address role` line per member.
@@ -53,10 +58,14 @@ const QUARANTINE_DIR: &str = "quarantine";
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// Largest members file read (256 members of short lines fit many times over).
 const MEMBERS_FILE_BYTES_MAX: u64 = 1 << 20;
-/// A database found corrupt again within this time of a repair in this process is not
+/// Default of `StartOptions::repair_again_after`: a database found corrupt again within this
+/// time of a repair in this process is not
 /// repaired again by itself: the damage then likely came with the leader's copy, and each
 /// repair keeps another quarantine copy on disk.
 const REPAIR_AGAIN_AFTER: Duration = Duration::from_secs(600);
+
+/// How long applies wait after one found a closed database damaged, before trying again.
+const DAMAGED_APPLY_RETRY: Duration = Duration::from_secs(1);
 
 /// What was found damaged, by whom.
 #[derive(Debug)]
@@ -134,7 +143,13 @@ pub fn is_repairing(data_dir: &Path) -> bool {
 /// Moves the damaged log and the databases aside and leaves an empty log with the saved term
 /// and vote, and the marker. Returns the quarantine directory. Refuses (changing nothing) when
 /// there is no other voter to repair from or the term and vote are unreadable.
-pub fn quarantine(data_dir: &Path, my_id: u64, damage: &Damage) -> Result<PathBuf, String> {
+/// The directory is named after `clock`'s wall-clock seconds (the node's time input).
+pub fn quarantine(
+    data_dir: &Path,
+    my_id: u64,
+    damage: &Damage,
+    clock: &dyn Clock,
+) -> Result<PathBuf, String> {
     let others: Vec<String> = read_members(data_dir)
         .into_iter()
         .filter(|(id, _, voter)| *id != my_id && *voter)
@@ -147,9 +162,7 @@ pub fn quarantine(data_dir: &Path, my_id: u64, damage: &Damage) -> Result<PathBu
     let hard_state = atoll_storage::read_hard_state(&raft_dir)
         .map_err(|e| format!("the term and vote cannot be read ({e})"))?
         .unwrap_or_default();
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let seconds = clock.unix_time().as_secs();
     let mut target = data_dir.join(QUARANTINE_DIR).join(seconds.to_string());
     let mut suffix = 1;
     while target.exists() {
@@ -343,8 +356,8 @@ impl Node {
             || !repair_source_known(&self.data_dir, self.config.id)
         {
             warn!(
-                "{what}: no other voter to repair it from; writes to it stay refused (restore \
-                 it with `atoll restore`, or add voters)"
+                "{what}: no other voter to repair it from; writes to it stay refused and no \
+                 snapshot is sent (restore it with `atoll restore`)"
             );
             return;
         }
@@ -353,14 +366,18 @@ impl Node {
             return;
         }
         let now = self.clock.now();
+        let window = self
+            .start_options
+            .repair_again_after
+            .unwrap_or(REPAIR_AGAIN_AFTER);
         if let Some(at) = self
             .repaired_at
-            .filter(|at| now.saturating_duration_since(*at) < REPAIR_AGAIN_AFTER)
+            .filter(|at| now.saturating_duration_since(*at) < window)
         {
             error!(
                 "{what}, {:?} after this node was rebuilt from the leader: not repairing again \
                  by itself (the leader's copy may be damaged: check with `atoll verify`); \
-                 writes to it stay refused",
+                 writes to it stay refused and no snapshot is sent",
                 now.saturating_duration_since(at)
             );
             return;
@@ -375,6 +392,34 @@ impl Node {
             }
         );
         self.repair_requested = Some(Damage { what });
+    }
+
+    /// Whether this node knows one of its databases damaged (found corrupt, or a repair asked
+    /// for): a snapshot it sends could carry the damage to a follower, so none is sent (neither
+    /// started nor continued; the follower gets one from a whole leader, or later).
+    pub(super) fn snapshots_refused(&self) -> bool {
+        self.repair_requested.is_some() || !self.engine.corrupt_databases().is_empty()
+    }
+
+    /// Whether applies wait: an apply found a closed database damaged less than
+    /// [`DAMAGED_APPLY_RETRY`] ago.
+    pub(super) fn damaged_apply_wait(&self, now: Instant) -> bool {
+        self.damaged_apply_retry_at.is_some_and(|at| now < at)
+    }
+
+    /// Entry `index` cannot be applied: `database` is closed and cannot be opened again (its
+    /// header page is damaged; the engine reported it, and `damage_step` repairs the node).
+    /// Neither it nor a later entry is applied (skipping it would leave the database behind the
+    /// log); they are retried after [`DAMAGED_APPLY_RETRY`], in case no repair happens.
+    pub(super) fn damaged_apply_held(
+        &mut self,
+        index: u64,
+        database: &str,
+        reason: &str,
+        now: Instant,
+    ) {
+        debug!("entry {index}: database {database:?} cannot be opened ({reason}): applies wait");
+        self.damaged_apply_retry_at = Some(now + DAMAGED_APPLY_RETRY);
     }
 
     /// Once per turn: the helper's answer; on success the vote is given back. Then, once this
@@ -451,7 +496,7 @@ impl Node {
     pub fn reopen_repaired(self) -> Result<Node, NodeError> {
         let (data_dir, id, damage, shutdown, options, inputs) = self.into_repair_parts();
         let damage = damage.expect("the loop stopped for a repair");
-        match quarantine(&data_dir, id, &damage) {
+        match quarantine(&data_dir, id, &damage, inputs.clock.as_ref()) {
             Ok(_) => info!("repair: reopening node {id} from the empty log"),
             Err(why) => error!(
                 "{}: not repaired from peers: {why}; reopening node {id} as it was",
@@ -501,5 +546,30 @@ impl Node {
         self.repair_requested.is_some()
             || self.raft.votes_withheld()
             || self.repair_catch_up.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::ManualClock;
+
+    #[test]
+    fn test_quarantine_is_named_after_the_clock_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path();
+        fs::write(data_dir.join(MEMBERS_FILE), "1 a:1 voter\n2 b:1 voter\n").unwrap();
+        let damage = Damage {
+            what: "damaged".into(),
+        };
+        let clock = ManualClock::new();
+        clock.advance(Duration::from_secs(90));
+        let seconds = clock.unix_time().as_secs();
+        for name in [seconds.to_string(), format!("{seconds}-1")] {
+            drop(SegmentLog::open(config::raft_dir(data_dir), Options::default()).unwrap());
+            let target = quarantine(data_dir, 1, &damage, &clock).unwrap();
+            assert_eq!(target, data_dir.join(QUARANTINE_DIR).join(name));
+            assert!(target.join("raft").is_dir());
+        }
     }
 }

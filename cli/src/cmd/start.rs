@@ -59,6 +59,12 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
 
+    /// A database found damaged again within this many seconds of a repair from peers (in
+    /// this process) is not repaired again by itself: the damage then likely came from the
+    /// leader's copy. Writes to it stay refused until an operator acts. Not kept.
+    #[arg(long, value_name = "SECONDS", default_value_t = REPAIR_AGAIN_AFTER_S_DEFAULT)]
+    pub repair_again_after: u64,
+
     /// Testing only: dial node ID at HOST:PORT instead of its address (tests route a node's
     /// outbound peer connections through fault-injecting proxies). Repeatable; not kept.
     #[arg(long, value_name = "ID=HOST:PORT", hide = true, value_parser = parse_route)]
@@ -71,6 +77,9 @@ fn parse_route(text: &str) -> Result<(u64, String), String> {
         .ok_or_else(|| format!("`{text}` is not ID=HOST:PORT"))?;
     Ok((super::parse_node_id(id)?, super::parse_address(address)?))
 }
+
+/// Default of --repair-again-after: ten minutes.
+const REPAIR_AGAIN_AFTER_S_DEFAULT: u64 = 600;
 
 /// Default of --client-idle-timeout: five minutes (the reactor's default).
 const CLIENT_IDLE_TIMEOUT_S_DEFAULT: u64 = atoll_net::reactor::IDLE_TIMEOUT.as_secs();
@@ -104,6 +113,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
         tls_reload: Arc::new(AtomicBool::new(false)),
         metrics_address: args.metrics_address,
+        repair_again_after: Some(std::time::Duration::from_secs(args.repair_again_after)),
     };
     let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));

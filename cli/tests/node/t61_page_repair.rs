@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{atoll, shell, wait_for, AtollCluster, Node, READY_TIMEOUT};
+use atoll_net::client::{ClientConfig, Connection};
+use atoll_net::protocol::Value;
+
+use crate::support::{atoll, shell, wait_for, AtollCluster, AtollNode, Node, READY_TIMEOUT};
 
 /// Rows of `t` in `app`: enough 600-byte values for the table to span about 150 pages.
 const ROWS: u64 = 1000;
@@ -309,4 +312,164 @@ fn test_a_leader_finding_a_corrupt_page_hands_over_and_repairs_itself() {
     assert!(count.ok().contains(&ROWS.to_string()), "{}", count.stdout);
     let (ok, rows) = verify(&addresses);
     assert!(ok && rows.len() == 6, "{rows:?}");
+}
+
+/// A database closed while idle, its header page damaged on a follower (SQLite cannot open
+/// it): nothing reads it until a write for it arrives from the leader. Before, that apply failed
+/// and the node stopped. Now the apply is held back (nothing applied past it), the damage is
+/// reported, and the node is repaired from the leader in the same process.
+#[test]
+fn test_a_closed_database_damaged_on_a_follower_is_repaired_when_a_write_reaches_it() {
+    let mut cluster = AtollCluster::start(3, &[], 3);
+    let addresses = cluster.addresses();
+    fill(&addresses);
+    cluster.wait_in_sync();
+    let leader = cluster.leader();
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    cluster.nodes[victim].stop();
+    // One database open at a time: at its start the node opens `app` and leaves `other`
+    // closed (and unchecked) until something needs it.
+    cluster.nodes[victim].start_args = vec!["--max-databases".into(), "1".into()];
+    let file = cluster.nodes[victim].data_dir().join("db").join("other");
+    let damaged = damage_page(&file, 1);
+    cluster.nodes[victim].spawn();
+    cluster.wait_in_sync();
+
+    shell(&addresses, "other", &["INSERT INTO acks VALUES (1)"]).ok();
+    wait_repaired(&mut cluster, victim);
+    let kept = quarantined(&cluster.nodes[victim].data_dir()).unwrap();
+    assert_eq!(
+        std::fs::read(kept.join("db").join("other")).unwrap(),
+        damaged
+    );
+    let count = shell(&addresses, "other", &["SELECT count(*) FROM acks"]);
+    assert!(count.ok().contains('1'), "{}", count.stdout);
+}
+
+/// The only voter finds a page of `app` damaged: with no peer to repair from it keeps serving,
+/// refusing writes to `app`, and reports it. Its next snapshots hold the damaged page; a node
+/// joining once the log was compacted (it can only catch up by a snapshot) must not be sent
+/// one: before, it installed the damaged `app` (then found it corrupt and quarantined it).
+#[test]
+fn test_a_leader_with_a_damaged_database_sends_no_snapshot() {
+    let leader = AtollNode::start_with(&["--snapshot-entries", "64"]);
+    let address = leader.address().to_owned();
+    fill(&address);
+    let wal = leader.data_dir().join("db").join("app-wal");
+    wait_for("the app WAL to be checkpointed", READY_TIMEOUT, || {
+        (std::fs::metadata(&wal).ok()?.len() == 0).then_some(())
+    });
+    damage_page(&leader.data_dir().join("db").join("app"), 80);
+    let out = shell(&address, "app", &["SELECT count(*), sum(length(v)) FROM t"]);
+    assert!(out.failed().contains("malformed"), "{}", out.stderr);
+    assert_eq!(leader.metadata().unwrap().corrupt_databases, 1);
+    let refused = shell(&address, "app", &["INSERT INTO t (v) VALUES ('x')"]);
+    assert!(refused.failed().contains("corrupt"), "{}", refused.stderr);
+
+    // Snapshots past the damage, and a log compacted past its start (1,024 entries are kept
+    // behind a snapshot).
+    let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+    connection.open("other").unwrap();
+    for n in 0..1300 {
+        connection
+            .exec_sql("INSERT INTO acks VALUES (?)", &[Value::Integer(n)])
+            .unwrap();
+    }
+    let joiner = AtollNode::join(&address, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    // Before, the joiner installed the damaged `app`, found it corrupt and quarantined it.
+    let data_dir = joiner.data_dir();
+    assert!(quarantined(&data_dir).is_none() && !data_dir.join("repairing").exists());
+    let received: Vec<PathBuf> = std::fs::read_dir(data_dir.join("raft/snapshots"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert!(received.is_empty(), "snapshots received: {received:?}");
+    assert!(!data_dir.join("db").join("app").exists());
+    assert_eq!(joiner.metadata().unwrap().applied_index, 0);
+    // The leader still serves what is whole.
+    shell(&address, "other", &["INSERT INTO acks VALUES (-1)"]).ok();
+}
+
+/// The leader of `app`'s replicas with a damaged page (as in the test above) is repaired;
+/// made leader again, it finds `app` damaged again within `--repair-again-after` of the
+/// repair: the damage likely came with the leader's copy, so it is not repaired again (one
+/// quarantine directory), it is reported, writes to `app` are refused and the node serves
+/// `other`. Once the window has passed, damage found in `other` is repaired again.
+#[test]
+fn test_damage_found_again_soon_after_a_repair_is_not_repaired_again() {
+    const WINDOW_S: u64 = 30;
+    let mut cluster = AtollCluster::start(3, &[], 3);
+    let addresses = cluster.addresses();
+    fill(&addresses);
+    cluster.wait_in_sync();
+    let victim = 0;
+    let victim_id = cluster.nodes[victim].id();
+    cluster.nodes[victim].stop();
+    cluster.nodes[victim].start_args = vec!["--repair-again-after".into(), WINDOW_S.to_string()];
+    cluster.nodes[victim].spawn();
+    cluster.wait_in_sync();
+    let victim_address = cluster.nodes[victim].address().to_owned();
+
+    // The victim leads (handed leadership), then a page of `database` is damaged and a query
+    // through it finds it.
+    let lead_and_damage = |cluster: &AtollCluster, database: &str, page: usize, query: &str| {
+        wait_for("the node to lead", READY_TIMEOUT, || {
+            if cluster.leader() == victim {
+                return Some(());
+            }
+            atoll(&[
+                "transfer",
+                "--cluster",
+                &addresses,
+                "--id",
+                &victim_id.to_string(),
+            ]);
+            None
+        });
+        let data_dir = cluster.nodes[victim].data_dir();
+        let wal = data_dir.join("db").join(format!("{database}-wal"));
+        wait_for("the WAL to be checkpointed", READY_TIMEOUT, || {
+            (std::fs::metadata(&wal).ok()?.len() == 0).then_some(())
+        });
+        damage_page(&data_dir.join("db").join(database), page);
+        let out = shell(&victim_address, database, &[query]);
+        assert!(out.failed().contains("malformed"), "{}", out.stderr);
+    };
+    let scan_app = "SELECT count(*), sum(length(v)) FROM t";
+
+    lead_and_damage(&cluster, "app", 80, scan_app);
+    let first_repair = std::time::Instant::now();
+    wait_repaired(&mut cluster, victim);
+
+    lead_and_damage(&cluster, "app", 80, scan_app);
+    assert!(first_repair.elapsed() < Duration::from_secs(WINDOW_S - 5));
+    std::thread::sleep(Duration::from_secs(2));
+    let metadata = cluster.nodes[victim].metadata().unwrap();
+    assert_eq!((metadata.state, metadata.corrupt_databases), (3, 1));
+    assert!(quarantined(&cluster.nodes[victim].data_dir()).is_some()); // only the first
+    let refused = shell(&addresses, "app", &["INSERT INTO t (v) VALUES ('x')"]);
+    assert!(refused.failed().contains("corrupt"), "{}", refused.stderr);
+    shell(&addresses, "other", &["INSERT INTO acks VALUES (1)"]).ok();
+    assert_eq!(listed_repairing(&addresses, victim_id), Some(false));
+
+    // Past the window: new damage is repaired again (the first damage with it).
+    let wait = Duration::from_secs(WINDOW_S + 2).saturating_sub(first_repair.elapsed());
+    std::thread::sleep(wait);
+    lead_and_damage(&cluster, "other", 2, "SELECT * FROM acks");
+    wait_for("a second repair", READY_TIMEOUT, || {
+        let kept = std::fs::read_dir(cluster.nodes[victim].data_dir().join("quarantine"))
+            .ok()?
+            .count();
+        (kept == 2 && !cluster.nodes[victim].data_dir().join("repairing").exists()).then_some(())
+    });
+    wait_for("the node to hold app again", READY_TIMEOUT, || {
+        (cluster.nodes[victim].metadata()?.corrupt_databases == 0
+            && cluster.wait_in_sync() > 0
+            && cluster.dump(victim, "app") == cluster.dump(cluster.leader(), "app"))
+        .then_some(())
+    });
+    assert!(cluster.nodes[victim]
+        .wait_exit(Duration::from_millis(1))
+        .is_none());
 }

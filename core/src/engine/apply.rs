@@ -1,7 +1,7 @@
 //! Apply: a committed command's frames appended to its database's WAL and published (on every
 //! node, the leader included), the proposing sessions answered, and the applied index kept.
 
-use super::{Engine, Slot};
+use super::{limits, Engine, Slot};
 use crate::command::Command;
 use crate::error::{Applied, EngineError};
 use crate::vfs::FrameRef;
@@ -16,7 +16,9 @@ impl Engine {
     /// are answered. Malformed and stale commands are rejected (before anything is written) the
     /// same way on every replica. Errors are I/O failures, after which the database stops
     /// serving until the engine is reopened, except a failed WAL write that published nothing
-    /// (a full disk): nothing changed, and the host applies the same entry again later.
+    /// (a full disk) and [`EngineError::CorruptDatabase`] (a closed database that cannot be
+    /// opened again): nothing changed, and the host applies the same entry again later (or,
+    /// for a damaged database, repairs the node from its peers).
     pub fn apply(&mut self, index: u64, command: &[u8]) -> Result<Applied, EngineError> {
         assert!(
             index > self.applied_index,
@@ -38,8 +40,18 @@ impl Engine {
             if let Err(error) = self.make_room() {
                 log::warn!("closing an idle database to open {name:?}: {error}");
             }
-            if !self.reopen(name)? {
-                self.create_database(name, index - 1)?;
+            match self.reopen(name) {
+                Ok(true) => {}
+                Ok(false) => self.create_database(name, index - 1)?,
+                // A closed database whose header page is damaged (reported once through
+                // `take_corrupt_found`): nothing is applied and the applied index stays.
+                Err(EngineError::Sqlite(error)) if limits::is_sqlite_corruption(&error) => {
+                    return Err(EngineError::CorruptDatabase {
+                        database: name.to_string(),
+                        reason: error.to_string(),
+                    });
+                }
+                Err(error) => return Err(error),
             }
         }
         let now = self.now;

@@ -219,11 +219,17 @@ impl Engine {
         }
     }
 
-    /// The databases found corrupt, with what was found (for status reports).
+    /// The databases found corrupt, with what was found (for status reports), the closed ones
+    /// that could not be opened again among them.
     pub fn corrupt_databases(&self) -> Vec<(String, String)> {
-        self.databases
+        let open = self
+            .databases
             .iter()
-            .filter_map(|(name, db)| Some((name.clone(), db.corrupt.clone()?)))
-            .collect()
+            .filter_map(|(name, db)| Some((name.clone(), db.corrupt.clone()?)));
+        let closed = self
+            .closed
+            .iter()
+            .filter_map(|(name, closed)| Some((name.clone(), closed.corrupt.clone()?)));
+        open.chain(closed).collect()
     }
 }

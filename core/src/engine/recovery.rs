@@ -150,6 +150,7 @@ impl Engine {
                     last_command_index: record.last_command_index,
                     idle_mark,
                     snapshot_token: Arc::new(()),
+                    corrupt: None,
                 };
                 self.closed.insert(name.clone(), closed);
                 unchecked += 1;
