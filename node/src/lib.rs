@@ -40,6 +40,8 @@ pub mod repair;
 mod restore;
 mod roles;
 pub mod secret;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod sim_network;
 pub mod sql;
 mod timings;
