@@ -36,7 +36,11 @@ fn main() -> ExitCode {
         };
         let parsed = match arg.as_str() {
             "--seeds" => match value.split_once("..") {
-                Some((a, b)) => a.parse().ok().zip(b.parse().ok()).map(|(a, b)| seeds = a..b),
+                Some((a, b)) => a
+                    .parse()
+                    .ok()
+                    .zip(b.parse().ok())
+                    .map(|(a, b)| seeds = a..b),
                 None => value.parse().ok().map(|a: u64| seeds = a..a + 1),
             },
             "--nodes" => value.parse().ok().map(|n| nodes = n),
@@ -89,7 +93,9 @@ fn main() -> ExitCode {
             count as f64 / took.as_secs_f64()
         );
     }
-    println!("sim: {count} seeds, {violations} violations, {commits} commits, {elections} elections");
+    println!(
+        "sim: {count} seeds, {violations} violations, {commits} commits, {elections} elections"
+    );
     if violations > 0 {
         ExitCode::FAILURE
     } else {

@@ -70,7 +70,9 @@ impl Shared {
 
     /// The first key not full at or after `base`.
     fn key_from(&self, base: u64) -> u64 {
-        (base..).find(|&key| !self.key_full(key)).expect("keys are unbounded")
+        (base..)
+            .find(|&key| !self.key_full(key))
+            .expect("keys are unbounded")
     }
 
     /// The keys in use: the first [`KEYS`] not full.
@@ -89,12 +91,24 @@ impl Shared {
 /// What a client's operation is.
 #[derive(Debug, Clone)]
 enum Op {
-    Schema { next: usize },
-    Write { key: u64, value: u64 },
-    Read { key: u64 },
+    Schema {
+        next: usize,
+    },
+    Write {
+        key: u64,
+        value: u64,
+    },
+    Read {
+        key: u64,
+    },
     /// BEGIN, the writes, COMMIT; `sent` requests sent so far.
-    Transaction { writes: Vec<(u64, u64)>, sent: usize },
-    Transfer { to: u64 },
+    Transaction {
+        writes: Vec<(u64, u64)>,
+        sent: usize,
+    },
+    Transfer {
+        to: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,7 +336,10 @@ impl SimClient {
                     value: next_value(ctx.shared, key),
                 },
                 _ => {
-                    let other = keys.into_iter().filter(|&k| k != key).nth(self.below(KEYS - 1) as usize);
+                    let other = keys
+                        .into_iter()
+                        .filter(|&k| k != key)
+                        .nth(self.below(KEYS - 1) as usize);
                     let other = other.expect("KEYS - 1 other keys");
                     let writes = vec![
                         (key, next_value(ctx.shared, key)),

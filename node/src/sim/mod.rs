@@ -506,7 +506,9 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     let dir = match temporary_dir() {
         Ok(dir) => dir,
         Err(e) => {
-            report.violations.push(format!("no temporary directory: {e}"));
+            report
+                .violations
+                .push(format!("no temporary directory: {e}"));
             return report;
         }
     };
@@ -515,7 +517,9 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     let mut random = SeededRandom::new(mix(seed, 2));
     let n = config.nodes.max(1);
     let dirs: Vec<PathBuf> = (1..=n).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let addresses: Vec<String> = (1..=n).map(|i| format!("127.0.0.1:{}", 20_000 + i)).collect();
+    let addresses: Vec<String> = (1..=n)
+        .map(|i| format!("127.0.0.1:{}", 20_000 + i))
+        .collect();
     let mut configuration = Configuration::new();
     for (i, address) in addresses.iter().enumerate() {
         configuration.insert(NodeId(i as u64 + 1), address.clone(), MemberRole::Voter);
@@ -542,7 +546,13 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     };
     let clients_count = 2 + (random.next_u64() % 3) as usize;
     let clients = (0..clients_count)
-        .map(|i| SimClient::new(i, i == clients_count - 1 && i > 1, mix(seed, 100 + i as u64)))
+        .map(|i| {
+            SimClient::new(
+                i,
+                i == clients_count - 1 && i > 1,
+                mix(seed, 100 + i as u64),
+            )
+        })
         .collect();
     let mut run = Run {
         config: config.clone(),
