@@ -5,14 +5,17 @@
 //! ```text
 //! cargo run --release -p atoll-node --example sim -- --seeds 0..100 [--nodes 3] [--fault-ms 10000]
 //! ```
+//!
+//! `--stop` ends at the first failing seed; `--verbose` prints every seed's counters. A panic
+//! in a seed (a node's assertion) is one of its violations.
 
 use std::process::ExitCode;
 
 use atoll_node::inputs::{Clock, MonotonicClock};
-use atoll_node::sim::{run_seed, SimConfig};
+use atoll_node::sim::{run_seed, SeedReport, SimConfig};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: sim --seeds A..B [--nodes N] [--fault-ms MS] [--verbose]");
+    eprintln!("usage: sim --seeds A..B [--nodes N] [--fault-ms MS] [--stop] [--verbose]");
     ExitCode::from(2)
 }
 
@@ -21,11 +24,16 @@ fn main() -> ExitCode {
     let mut nodes = 3usize;
     let mut fault_ms = 10_000u64;
     let mut verbose = false;
+    let mut stop = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = match arg.as_str() {
             "--verbose" => {
                 verbose = true;
+                continue;
+            }
+            "--stop" => {
+                stop = true;
                 continue;
             }
             "--seeds" | "--nodes" | "--fault-ms" => match args.next() {
@@ -58,7 +66,20 @@ fn main() -> ExitCode {
             nodes,
             fault_ms,
         };
-        let report = run_seed(&config);
+        let report = match std::panic::catch_unwind(|| run_seed(&config)) {
+            Ok(report) => report,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                SeedReport {
+                    violations: vec![format!("panicked: {message}")],
+                    ..SeedReport::default()
+                }
+            }
+        };
         count += 1;
         commits += report.commits;
         elections += report.elections;
@@ -84,6 +105,9 @@ fn main() -> ExitCode {
                  {seed}..{} --nodes {nodes} --fault-ms {fault_ms}",
                 seed + 1
             );
+            if stop {
+                break;
+            }
         }
     }
     let took = MonotonicClock.now() - started;

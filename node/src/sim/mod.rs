@@ -24,9 +24,10 @@
 //!   commit index within `LIVENESS_TIMEOUT`.
 //!
 //! A crash drops the `Node` without its shutdown handover and reopens it from its directory:
-//! a process crash (the page cache survives). A simulated disk (latency, power loss that drops
-//! unsynced writes, torn writes, ENOSPC, EIO) would sit under the segment log and the engine's
-//! VFS; it is not there yet.
+//! a process crash (the page cache survives), or, half the time, a power cut of the log: the
+//! segment log's bytes written since its last sync are zeroed before the restart. A simulated
+//! disk (latency, power loss of every file, torn writes, ENOSPC, EIO) would sit under the
+//! segment log and the engine's VFS; it is not there yet.
 
 pub mod client;
 
@@ -133,10 +134,22 @@ impl Cluster {
         Ok(())
     }
 
-    /// Drops the node without its shutdown: no handover, no final checkpoint.
-    fn crash(&mut self, index: usize) {
+    /// Drops the node without its shutdown: no handover, no final checkpoint. With
+    /// `power_loss`, the log's bytes not synced yet are lost too (zeroed), as a power cut may
+    /// lose them; the other files keep what was written (a legal outcome of a power cut too).
+    fn crash(&mut self, index: usize, power_loss: bool) -> Result<(), String> {
         self.fabric.crash(Cluster::id(index));
-        self.nodes[index] = None;
+        let node = self.nodes[index].take();
+        let unsynced = node.as_ref().and_then(|n| n.raft.log().unsynced_bytes());
+        drop(node);
+        if let (true, Some((path, offset, length))) = (power_loss, unsynced) {
+            let zero = || -> std::io::Result<()> {
+                let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+                std::os::unix::fs::FileExt::write_all_at(&file, &vec![0; length as usize], offset)
+            };
+            zero().map_err(|e| format!("cutting the power of {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 
     fn up(&self) -> Vec<u64> {
@@ -275,7 +288,8 @@ impl Run {
                 if up.len() > 1 {
                     let id = up[self.below(up.len() as u64) as usize];
                     let index = id as usize - 1;
-                    self.cluster.crash(index);
+                    let power_loss = self.below(2) == 0;
+                    self.cluster.crash(index, power_loss)?;
                     self.report.crashes += 1;
                     let after = 50_000_000 + self.below(2_000_000_000);
                     self.restarts.insert(index, now + after);
