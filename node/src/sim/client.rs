@@ -138,6 +138,9 @@ pub struct SimClient {
     op: Option<(Op, u64)>,
     /// ROWS batches of the current answer.
     rows: Vec<Vec<Value>>,
+    /// The next request of a transaction, held back until `next_at` (a client that thinks
+    /// between statements keeps its transaction open across faults and leader changes).
+    delayed: Option<Request>,
     /// When to act next (nanoseconds of simulated time).
     next_at: u64,
     /// When the request out is given up.
@@ -174,6 +177,7 @@ impl SimClient {
             stage: Stage::Down,
             op: None,
             rows: Vec::new(),
+            delayed: None,
             next_at: 0,
             deadline: 0,
             hint: None,
@@ -203,7 +207,7 @@ impl SimClient {
 
     /// When the client next wants to act (nanoseconds), if it waits for nothing else.
     pub fn next_at(&self) -> u64 {
-        if self.stage == Stage::Down || self.stage == Stage::Ready {
+        if self.stage == Stage::Down || self.stage == Stage::Ready || self.delayed.is_some() {
             self.next_at
         } else {
             self.deadline
@@ -250,6 +254,10 @@ impl SimClient {
         if ctx.now < self.next_at {
             return;
         }
+        if let Some(request) = self.delayed.take() {
+            self.send(ctx, Stage::Busy, request);
+            return;
+        }
         match self.stage {
             Stage::Down => self.connect(ctx),
             Stage::Ready => self.start_op(ctx),
@@ -266,6 +274,7 @@ impl SimClient {
 
     /// The connection is gone: the operation in flight ends without an answer.
     fn on_lost(&mut self, ctx: &mut Context<'_>) {
+        self.delayed = None;
         if let Some((op, invoke)) = self.op.take() {
             self.end_op(op, invoke, None, ctx);
         }
@@ -415,7 +424,13 @@ impl SimClient {
                     },
                     invoke,
                 ));
-                self.send(ctx, Stage::Busy, request);
+                if self.below(4) == 0 {
+                    self.pause(ctx.now, 0, 600);
+                    self.deadline = self.next_at + REQUEST_TIMEOUT.as_nanos() as u64;
+                    self.delayed = Some(request);
+                } else {
+                    self.send(ctx, Stage::Busy, request);
+                }
                 return;
             }
         }
