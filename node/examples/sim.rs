@@ -85,12 +85,14 @@ fn main() -> ExitCode {
         elections += report.elections;
         if verbose {
             println!(
-                "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {:?} \
-                 simulated, fingerprint {:016x}",
+                "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} snapshots \
+                 installed, {} logs compacted, {:?} simulated, fingerprint {:016x}",
                 report.commits,
                 report.elections,
                 report.crashes,
                 report.transfers,
+                report.snapshots_installed,
+                report.compacted,
                 report.simulated,
                 report.fingerprint
             );

@@ -123,6 +123,9 @@ pub struct StartOptions {
     pub tls_reload: Arc<AtomicBool>,
     /// Where to serve Prometheus metrics (`--metrics-address`), if anywhere.
     pub metrics_address: Option<String>,
+    /// Entries kept behind a snapshot when the log compacts (`None`: raft's default, 1024). The
+    /// simulator keeps few, so that its short runs compact and install snapshots.
+    pub snapshot_trailing_entries: Option<u64>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -545,6 +548,9 @@ impl Node {
         raft_config.election_timeout_ticks_min = config.election_ticks_min;
         raft_config.election_timeout_ticks_max = config.election_ticks_max;
         raft_config.seed = random.next_u64();
+        if let Some(entries) = options.snapshot_trailing_entries {
+            raft_config.snapshot_trailing_entries = entries;
+        }
         let raft = RawNode::new(
             raft_config,
             log,

@@ -100,6 +100,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
         tls_reload: Arc::new(AtomicBool::new(false)),
         metrics_address: args.metrics_address,
+        snapshot_trailing_entries: None,
     };
     let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));

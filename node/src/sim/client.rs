@@ -424,8 +424,8 @@ impl SimClient {
                     },
                     invoke,
                 ));
-                if self.below(4) == 0 {
-                    self.pause(ctx.now, 0, 600);
+                if self.below(8) == 0 {
+                    self.pause(ctx.now, 0, 300);
                     self.deadline = self.next_at + REQUEST_TIMEOUT.as_nanos() as u64;
                     self.delayed = Some(request);
                 } else {

@@ -80,6 +80,10 @@ pub struct SeedReport {
     pub crashes: u64,
     /// Leadership transfers asked.
     pub transfers: u64,
+    /// Snapshots installed from a leader, all nodes.
+    pub snapshots_installed: u64,
+    /// Nodes whose log was compacted (its first index past 1) when they stopped or crashed.
+    pub compacted: u64,
     /// Simulated time.
     pub simulated: Duration,
     /// A digest of everything observed: equal for two runs of one seed.
@@ -114,6 +118,10 @@ struct Cluster {
     nodes: Vec<Option<Node>>,
     incarnations: Vec<u64>,
     seed: u64,
+    /// Entries raft keeps behind a snapshot (few: compaction and snapshot installs happen).
+    snapshot_trailing_entries: u64,
+    snapshots_installed: u64,
+    compacted: u64,
 }
 
 impl Cluster {
@@ -128,7 +136,11 @@ impl Cluster {
         let seed = mix(self.seed, 1000 * id + self.incarnations[index]);
         let inputs = Inputs::simulated(Box::new(self.clock.clone()), seed, Some(network));
         let shutdown = Arc::new(AtomicBool::new(false));
-        let node = Node::open_with(&self.dirs[index], shutdown, StartOptions::default(), inputs)
+        let options = StartOptions {
+            snapshot_trailing_entries: Some(self.snapshot_trailing_entries),
+            ..StartOptions::default()
+        };
+        let node = Node::open_with(&self.dirs[index], shutdown, options, inputs)
             .map_err(|e| format!("node {id} did not open: {e}"))?;
         self.nodes[index] = Some(node);
         Ok(())
@@ -140,6 +152,9 @@ impl Cluster {
     fn crash(&mut self, index: usize, power_loss: bool) -> Result<(), String> {
         self.fabric.crash(Cluster::id(index));
         let node = self.nodes[index].take();
+        if let Some(node) = &node {
+            self.note_stopping(node);
+        }
         let unsynced = node.as_ref().and_then(|n| n.raft.log().unsynced_bytes());
         drop(node);
         if let (true, Some((path, offset, length))) = (power_loss, unsynced) {
@@ -150,6 +165,12 @@ impl Cluster {
             zero().map_err(|e| format!("cutting the power of {}: {e}", path.display()))?;
         }
         Ok(())
+    }
+
+    fn note_stopping(&mut self, node: &Node) {
+        let state = node.state();
+        self.snapshots_installed += state.snapshots_installed;
+        self.compacted += u64::from(state.log_first.0 > 1);
     }
 
     fn up(&self) -> Vec<u64> {
@@ -557,6 +578,9 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         nodes: (0..n).map(|_| None).collect(),
         incarnations: vec![0; n],
         seed,
+        snapshot_trailing_entries: [0, 4, 64][(random.next_u64() % 3) as usize],
+        snapshots_installed: 0,
+        compacted: 0,
     };
     let clients_count = 2 + (random.next_u64() % 3) as usize;
     let clients = (0..clients_count)
@@ -587,8 +611,12 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     if let Err(e) = outcome {
         run.report.violations.push(e);
     }
-    for node in run.cluster.nodes.iter_mut().flatten() {
-        node.stop();
+    for index in 0..n {
+        if let Some(mut node) = run.cluster.nodes[index].take() {
+            run.cluster.note_stopping(&node);
+            node.stop();
+            run.cluster.nodes[index] = Some(node);
+        }
     }
     for index in 0..n {
         run.cluster.nodes[index] = None;
@@ -599,6 +627,8 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     run.report.commits = run.shared.acknowledged.len() as u64;
     run.report.elections = run.leaders.len() as u64;
     run.report.transfers = run.shared.transfers;
+    run.report.snapshots_installed = run.cluster.snapshots_installed;
+    run.report.compacted = run.cluster.compacted;
     run.report.simulated = run.cluster.clock.elapsed();
     run.digest.add(run.report.commits);
     for (key, history) in &run.shared.history {
