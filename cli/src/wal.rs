@@ -2,30 +2,13 @@
 //! apply them to the main database image, as a checkpoint would. `atoll dump` needs this because
 //! dqlite 1.11 answers DUMP with the main file and the WAL as they are on the node.
 //!
-//! The WAL format (every integer big-endian, as SQLite defines it):
+//! The WAL format (header, frames, checksums) is written out once, in `atoll_core::wal`.
 //!
-//! | bytes | WAL header (32 bytes) |
-//! | --- | --- |
-//! | 0..4 | magic `0x377f0682` (checksums over little-endian words) or `0x377f0683` (big-endian) |
-//! | 4..8 | format version, 3007000 |
-//! | 8..12 | page size (a power of two, 512..=65536) |
-//! | 12..16 | checkpoint sequence number |
-//! | 16..24 | salt-1, salt-2 |
-//! | 24..32 | checksum of bytes 0..24 |
-//!
-//! | bytes | frame header (24 bytes), then one page |
-//! | --- | --- |
-//! | 0..4 | page number (from 1) |
-//! | 4..8 | for a commit frame, the database size in pages after the commit; else 0 |
-//! | 8..16 | salt-1, salt-2: must equal the header's |
-//! | 16..24 | cumulative checksum of the header, every earlier frame, bytes 0..8 of this frame |
-//! |        | header and the page |
-//!
-//! The checksum runs over pairs of 32-bit words `(x0, x1)`: `s0 += x0 + s1; s1 += x1 + s0`
-//! (wrapping), starting from the header's checksum. A frame is valid when its salts match and
-//! its checksum equals the running one. As in SQLite's recovery, the log ends at the first
-//! invalid or incomplete frame, and only frames up to the last valid commit frame count: later
-//! ones belong to a transaction that never committed.
+//! As in SQLite's recovery, the log ends at the first invalid or incomplete frame (salts or
+//! running checksum wrong), and only frames up to the last valid commit frame count. The main
+//! file's page size must match the WAL's and the sizes claimed must fit in the two files (a
+//! bound on allocation); each kept page is written at `(page - 1) × page_size` in log order and
+//! the image cut or extended to the last commit's size. Nothing changes on error.
 
 use std::fmt;
 

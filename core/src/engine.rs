@@ -465,6 +465,8 @@ pub struct Engine {
     idle_found: Vec<String>,
     /// Databases closed while idle (`engine/closer.rs`); `databases` holds the open ones.
     closed: BTreeMap<String, closer::Closed>,
+    /// Databases found corrupt and not yet reported (`Engine::take_corrupt_found`).
+    corrupt_found: Vec<(String, String)>,
 }
 
 impl Drop for Engine {
@@ -756,6 +758,7 @@ impl Engine {
             sync_failure: None,
             idle_found: Vec::new(),
             closed: BTreeMap::new(),
+            corrupt_found: Vec::new(),
         };
         if engine.config.checkpoint_sync_in_background {
             engine.checkpointer = Some(Checkpointer::start()?);
@@ -855,7 +858,17 @@ impl Engine {
                 self.closed.insert(name.clone(), closed);
                 unchecked += 1;
             } else {
-                self.attach_database(&name, record, replay_through)?;
+                match self.attach_database(&name, record, replay_through) {
+                    Err(EngineError::Sqlite(error)) if limits::is_sqlite_corruption(&error) => {
+                        // Its header page (or one read to open it) is damaged: nothing here can
+                        // serve it; the host repairs the node from its peers.
+                        return Err(EngineError::CorruptDatabase {
+                            database: name,
+                            reason: error.to_string(),
+                        });
+                    }
+                    other => other?,
+                }
                 self.databases.get_mut(&name).expect("attached").idle_mark = idle_mark;
                 // A database mid-recovery holds a mix of states until replay: not checked.
                 if replay_through == 0 && !self.check_at_open(&name, check_deadline) {
@@ -941,8 +954,16 @@ impl Engine {
         };
         let record = record::write(&path, &record)?;
         let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
-        write_empty_database(&path, record.page_size)?;
-        record::sync_dir(&self.config.dir)?;
+        let written = write_empty_database(&path, record.page_size)
+            .and_then(|()| record::sync_dir(&self.config.dir));
+        if let Err(error) = written {
+            // A full disk, typically: nothing half-made stays (the main file first: a crash in
+            // between leaves a record alone, which open turns into the same empty database),
+            // and the same name can be created once space is freed.
+            let _ = fs::remove_file(&path);
+            let _ = record::remove(&path);
+            return Err(error.into());
+        }
         log::info!("created database {name:?} at index {created_at}");
         self.attach_database(name, record, 0)
     }

@@ -7,6 +7,33 @@
 //!
 //! The constants and formulas mirror SQLite's `wal.c` (`walFramePage`, `walHash`,
 //! `walChecksumBytes`, `walIndexWriteHdr`); see <https://sqlite.org/walformat.html>.
+//!
+//! | bytes | WAL header (32 bytes, every integer big-endian) |
+//! | --- | --- |
+//! | 0..4 | magic `0x377f0682` (checksums over little-endian words) or `0x377f0683` (big-endian) |
+//! | 4..8 | format version, 3007000 |
+//! | 8..12 | page size (a power of two, 512..=65536) |
+//! | 12..16 | checkpoint sequence number |
+//! | 16..24 | salt-1, salt-2 |
+//! | 24..32 | checksum of bytes 0..24 |
+//!
+//! | bytes | frame header (24 bytes), then one page |
+//! | --- | --- |
+//! | 0..4 | page number (from 1) |
+//! | 4..8 | for a commit frame, the database size in pages after the commit; else 0 |
+//! | 8..16 | salt-1, salt-2: must equal the header's |
+//! | 16..24 | running checksum: from the header's, over each earlier frame, then this one |
+//!
+//! A frame adds its header's bytes 0..8 and then its page to the running checksum.
+//!
+//! The checksum runs over pairs of 32-bit words `(x0, x1)`: `s0 += x0 + s1; s1 += x1 + s0`
+//! (wrapping). A frame is valid when its salts match and its checksum equals the running one;
+//! the log ends at the first invalid or incomplete frame, and frames after the last valid commit
+//! frame belong to a transaction that never committed.
+//!
+//! What atoll writes (`Engine::apply`): always the little-endian magic, so WAL bytes are the same
+//! on every host, and salts derived from the Raft index of the entry that starts the WAL
+//! (`index.to_le_bytes()`), so replicas write identical WAL files too.
 
 use byteorder::{BigEndian, ByteOrder, LittleEndian, NativeEndian};
 

@@ -21,7 +21,12 @@
 //! majority); the Raft log is never compacted past `engine.min_checkpoint_index()`, because
 //! crash recovery replays the log after each database's checkpoint; a new leader serves no
 //! request that needs the leader before it has applied the first entry of its term (so every
-//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The node".
+//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md,
+//! "The flow of a write" and "The flow of a read".
+//!
+//! Command entries carry one of three payloads, told apart by their magic: a transaction's
+//! frames (`ATLC`, [`atoll_core::command`]), a restore piece (`ATRS`, `restore.rs`) and a verify
+//! point (`ATVF`, `verify.rs`). The data directory is laid out in `config.rs`.
 
 #![forbid(unsafe_code)]
 
@@ -286,6 +291,8 @@ struct SnapshotJob {
     reader: atoll_core::SnapshotReader,
     writer: SnapshotWriter,
     buffer: Vec<u8>,
+    /// Bytes written to `writer` so far.
+    written: u64,
 }
 
 /// A running node. Built by [`Node::open`], run by [`Node::run`].
@@ -346,6 +353,8 @@ pub struct Node {
     verify: verify::Verify,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
+    /// Snapshots are postponed for want of disk space (logged once when it began).
+    snapshot_postponed: bool,
     /// Compaction raft asked for and not done yet: the log is compacted one segment file per
     /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
     compact_target: Option<(LogIndex, Term)>,
@@ -356,8 +365,19 @@ pub struct Node {
     metrics: metrics::Metrics,
     /// A repair from peers in progress (`repair.rs`).
     repair: Option<repair::Repair>,
-    /// A REPAIR request stopped the node: `atoll start` quarantines and starts it again.
+    /// Damage found (a REPAIR request, a corrupt database): the loop stops (a leader hands over
+    /// first) and the host restarts the node in place ([`Node::reopen_repaired`]).
     repair_requested: Option<repair::Damage>,
+    /// Set once the answers of the turn that requested the repair were flushed: the loop stops.
+    repair_stop: bool,
+    /// After a repair: the leader's commit index when the node was re-added; the repair is
+    /// finished (logged) once this node applied it.
+    repair_catch_up: Option<u64>,
+    /// What `Node::open` was given, for a restart in place after a repair.
+    start_options: StartOptions,
+    /// When this process last reopened the node for a repair: damage found again soon after
+    /// is not repaired again automatically (it likely came from the leader).
+    repaired_at: Option<Instant>,
     /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
     restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
@@ -369,6 +389,10 @@ pub struct Node {
     replay: Option<(u64, u64)>,
     /// A full disk: writes refused, stalled appends and applies retried.
     disk: disk::Disk,
+    /// Raft's term and vote could not be saved (a full disk): until they are, no raft
+    /// message leaves the node (no vote is granted, no append acknowledged), raft is not
+    /// ticked (no election starts) and entries are not appended; the save is retried.
+    hard_state_unsaved: bool,
     stats: Stats,
     /// Set by SIGHUP: reload the TLS files.
     tls_reload: Arc<AtomicBool>,
@@ -424,6 +448,7 @@ impl Node {
             network,
             checkpoint_sync_in_background,
         } = inputs;
+        let start_options = options.clone();
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
@@ -474,13 +499,31 @@ impl Node {
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
         // the results), and jitter so that nodes, which apply the same entries, do not
         // checkpoint together. With 64 writers and a 20 ms election timeout this took needless
-        // elections from 11-12 to none in 20 s (ARCHITECTURE, "Failover timing").
+        // elections from 11-12 to none in 20 s (bench/RESULTS.md).
         engine_config.checkpoint_frames = 1024;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = checkpoint_sync_in_background;
         engine_config.checkpoint_jitter_seed = random.next_u64();
-        let (mut engine, recovery) = Engine::open(engine_config)
-            .map_err(|e| start(format!("opening the databases: {e}")))?;
+        let (mut engine, recovery) = match Engine::open(engine_config) {
+            Err(e @ atoll_core::EngineError::CorruptDatabase { .. }) => {
+                // A database SQLite cannot even open (its header page): rebuilt from the leader
+                // when there is one to ask.
+                drop(log);
+                let what = format!("opening the databases: {e}");
+                return Node::open_repaired(data_dir, &config, what, shutdown, options);
+            }
+            other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
+        };
+        let found = engine.corrupt_databases();
+        if !found.is_empty() && repair::repair_source_known(data_dir, config.id) {
+            // quick_check found a damaged page: the node is rebuilt from the leader before it
+            // serves anything from it. Otherwise the first turn decides (`damage_step`): with
+            // no other voter it serves, refusing writes to the database.
+            let what = repair::describe_corrupt(&found);
+            drop(engine);
+            drop(log);
+            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+        }
         let raft_snapshot = match &snapshot {
             Some(meta) => {
                 let configuration = Configuration::decode(&meta.configuration).map_err(|e| {
@@ -639,17 +682,23 @@ impl Node {
             snapshot_job: None,
             verify: verify::Verify::default(),
             snapshot_next_at,
+            snapshot_postponed: false,
             compact_target: None,
             last_apply_at: now,
             last_leader_contact: None,
             metrics: metrics::Metrics::new(hard_state.term.0),
             repair: None,
             repair_requested: None,
+            repair_stop: false,
+            repair_catch_up: None,
+            start_options,
+            repaired_at: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
+            hard_state_unsaved: false,
             stats: Stats::default(),
             tls_reload: options.tls_reload,
             timings: timings::Timings::new(),
@@ -743,7 +792,8 @@ impl Node {
     /// as a batch. False once the shutdown flag is set and a leader's handover is done: the host
     /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
     pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
-        if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
+        let stopping = self.shutdown.load(Ordering::SeqCst) || self.repair_stop;
+        if stopping && self.handover_done() {
             return Ok(false);
         }
         let mut events = std::mem::take(&mut self.events);
@@ -755,9 +805,10 @@ impl Node {
         if self.tls_reload.swap(false, Ordering::SeqCst) {
             self.reload_tls();
         }
-        if self.repair_requested.is_some() {
-            // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
-            self.shutdown.store(true, Ordering::SeqCst);
+        if self.repair_requested.is_some() && !self.repair_stop {
+            // Damage found, a REPAIR answered (the poll flushed it): stop as on SIGTERM (a
+            // leader hands over first); the host restarts the node in place.
+            self.repair_stop = true;
         }
         let turn_start = self.clock.now();
         let now = self
@@ -912,8 +963,14 @@ impl Node {
     fn on_tick(&mut self) -> Result<(), NodeError> {
         let now = self.clock.now();
         let (ticks, tick_at) = count_ticks(self.tick_at, now, self.tick, self.ticks_per_turn_max());
-        for _ in 0..ticks {
-            self.raft.tick();
+        if self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        // A node whose term and vote are not durable must not start an election.
+        if !self.hard_state_unsaved {
+            for _ in 0..ticks {
+                self.raft.tick();
+            }
         }
         self.tick_at = tick_at;
         let next = (self.tick_at + self.tick).saturating_duration_since(self.clock.now());
@@ -1021,6 +1078,16 @@ impl Node {
     /// Handles one ready; true if some of its entries could not be appended or applied for
     /// want of disk space and went back to raft.
     fn handle_ready(&mut self, mut ready: Ready) -> Result<bool, NodeError> {
+        // 0. The term and vote, durable before anything else (saved again if an earlier save
+        //    failed). While they are not, nothing leaves the node and no entry is appended.
+        if ready.hard_state.take().is_some() || self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        let unsaved = self.hard_state_unsaved;
+        if unsaved {
+            ready.messages.clear();
+            ready.persisted_messages.clear();
+        }
         // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
         self.store_snapshot_chunks(&ready)?;
         if let Some(install) = &ready.snapshot {
@@ -1045,7 +1112,7 @@ impl Node {
         let mut stalled = false;
         if !entries.is_empty() {
             let append_start = self.clock.now();
-            let appended = self.append_entries(&entries)?;
+            let appended = !unsaved && self.append_entries(&entries)?;
             self.timings
                 .append(self.clock.now().saturating_duration_since(append_start));
             if appended {
@@ -1153,7 +1220,45 @@ impl Node {
         for context in &ready.dropped_reads {
             self.read_dropped(*context);
         }
-        Ok(stalled)
+        Ok(stalled || unsaved)
+    }
+
+    /// Saves raft's term and vote. For want of space the node goes on with them unsaved
+    /// ([`Node::hard_state_unsaved`]) and retries at most every `DISK_RETRY_INTERVAL`; a
+    /// failed sync, or any other error, stops it.
+    fn save_hard_state(&mut self) -> Result<(), NodeError> {
+        let now = self.clock.now();
+        if self.hard_state_unsaved && !self.disk.may_write(now) {
+            return Ok(());
+        }
+        let hard_state = self.raft.hard_state();
+        match self.raft.log_mut().save_hard_state(hard_state) {
+            Ok(()) => {
+                if std::mem::take(&mut self.hard_state_unsaved) {
+                    self.disk.write_succeeded();
+                    info!(
+                        "term {} and vote saved: taking part in raft again",
+                        hard_state.term
+                    );
+                }
+                Ok(())
+            }
+            Err(e) if disk::is_full(&e) => {
+                if !self.hard_state_unsaved {
+                    warn!(
+                        "cannot save term {} and vote ({e}): sending nothing, granting no vote \
+                         and starting no election until they are saved",
+                        hard_state.term
+                    );
+                }
+                self.hard_state_unsaved = true;
+                if self.disk.write_failed("saving the term and vote", &e, now) {
+                    self.disk_full_began();
+                }
+                Ok(())
+            }
+            Err(e) => Err(fatal("saving the term and vote", e)),
+        }
     }
 
     /// `engine.apply`, timed.
@@ -1179,9 +1284,21 @@ impl Node {
         let log = self.raft.log_mut();
         let first = entries[0].index;
         if first <= log.last_index() {
-            log.truncate_after(first.prev())
-                .map_err(|e| fatal("truncating the log", e))?;
+            // Cutting a segment writes its kept prefix to a new file first: a full disk fails
+            // there, before anything changed.
+            match log.truncate_after(first.prev()) {
+                Ok(()) => {}
+                Err(e) if disk::is_full(&e) => {
+                    let what = format!("truncating the log after {}", first.prev());
+                    if self.disk.write_failed(&what, &e, now) {
+                        self.disk_full_began();
+                    }
+                    return Ok(false);
+                }
+                Err(e) => return Err(fatal("truncating the log", e)),
+            }
         }
+        let log = self.raft.log_mut();
         match log.append(entries) {
             Ok(()) => {
                 self.disk.write_succeeded();
@@ -1352,6 +1469,7 @@ impl Node {
         self.expire_reads();
         self.roles_step();
         self.join_step();
+        self.damage_step();
         self.repair_step();
         self.restore_step();
         self.snapshot_policy()?;
@@ -1390,18 +1508,30 @@ impl Node {
                 if read == 0 {
                     break;
                 }
-                job.writer
-                    .write_all(&job.buffer[..read])
-                    .map_err(|e| fatal("writing the snapshot", e))?;
+                if let Err(e) = job.writer.write_all(&job.buffer[..read]) {
+                    let why = format!(
+                        "writing snapshot {} ({} bytes written)",
+                        job.index, job.written
+                    );
+                    return self.snapshot_failed(&why, e);
+                }
+                job.written += read as u64;
                 copied += read;
             }
             if copied < SNAPSHOT_BYTES_PER_TURN {
                 let job = self.snapshot_job.take().expect("checked above");
-                let meta = job
-                    .writer
-                    .finish()
-                    .map_err(|e| fatal("finishing the snapshot", e))?;
+                let index = job.index;
+                let meta = match job.writer.finish() {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let why = format!("finishing snapshot {index}");
+                        return self.snapshot_failed(&why, e);
+                    }
+                };
                 drop(job.reader);
+                if std::mem::take(&mut self.snapshot_postponed) {
+                    info!("disk space back: snapshots resume");
+                }
                 self.raft
                     .snapshot_taken(job.index, meta.data_bytes)
                     .map_err(|e| fatal("recording the snapshot", e))?;
@@ -1424,10 +1554,13 @@ impl Node {
         }
         // The snapshot's index must not pass the checkpoint index, so that the compaction that
         // follows never drops an entry recovery would need.
-        let checkpoint = self
-            .engine
-            .checkpoint(true)
-            .map_err(|e| fatal("checkpointing", e))?;
+        let checkpoint = match self.engine.checkpoint(true) {
+            Ok(checkpoint) => checkpoint,
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                return self.snapshot_failed("checkpointing before a snapshot", e);
+            }
+            Err(e) => return Err(fatal("checkpointing", e)),
+        };
         if checkpoint.is_some_and(|index| index < applied) {
             debug!("snapshot postponed: a checkpoint waits for a reader");
             return Ok(());
@@ -1439,24 +1572,62 @@ impl Node {
             .log_term(index)
             .ok_or_else(|| NodeError::Fatal(format!("no term for applied index {index}")))?;
         let configuration = self.raft.configuration().encode_to_vec();
-        let writer = self
-            .raft
-            .log()
-            .snapshots()
-            .create(index, term, &configuration)
-            .map_err(|e| fatal("creating the snapshot", e))?;
         let reader = self
             .engine
             .snapshot()
             .map_err(|e| fatal("starting the snapshot", e))?;
         assert_eq!(reader.index(), applied);
+        // A snapshot that would leave less than the margin writes keep is not started: it
+        // would fail part-way, or take the space committed writes need.
+        let needed = reader.len_bytes().saturating_add(disk::DISK_FREE_BYTES_MIN);
+        let snapshots = self.raft.log().snapshots().dir();
+        match atoll_storage::available_bytes(snapshots) {
+            Ok(available) if available < needed => {
+                let why = format!(
+                    "snapshot {index} needs {} bytes and the margin, {available} available",
+                    reader.len_bytes()
+                );
+                return self.snapshot_failed(&why, io::ErrorKind::StorageFull.into());
+            }
+            Ok(_) => {}
+            Err(e) => warn!("free space of {}: {e}", snapshots.display()),
+        }
+        let writer = match self
+            .raft
+            .log()
+            .snapshots()
+            .create(index, term, &configuration)
+        {
+            Ok(writer) => writer,
+            Err(e) => return self.snapshot_failed(&format!("creating snapshot {index}"), e),
+        };
         self.snapshot_job = Some(SnapshotJob {
             index,
             reader,
             writer,
             buffer: vec![0; 64 * 1024],
+            written: 0,
         });
         self.snapshot_next_at = applied + snapshot_interval(&self.config, self.random.as_mut());
+        Ok(())
+    }
+
+    /// Taking a snapshot failed (`why`, `error`). For want of space the snapshot is dropped
+    /// (its unfinished file removed, giving the space back) and tried again after
+    /// [`SNAPSHOT_RETRY_ENTRIES`] more applies, logged once until one is written: the log is
+    /// only compacted later. Any other error stops the node.
+    fn snapshot_failed(&mut self, why: &str, error: io::Error) -> Result<(), NodeError> {
+        if !disk::is_full(&error) {
+            return Err(fatal(why, error));
+        }
+        self.snapshot_job = None;
+        self.snapshot_next_at = self.raft.applied().0 + SNAPSHOT_RETRY_ENTRIES;
+        if !self.snapshot_postponed {
+            self.snapshot_postponed = true;
+            warn!("disk full: snapshots postponed ({why}: {error})");
+        } else {
+            debug!("snapshot postponed again: {why}: {error}");
+        }
         Ok(())
     }
 
@@ -1481,10 +1652,24 @@ impl Node {
         };
         let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
         assert!(index.0 <= floor, "compaction past the checkpoint index");
-        self.raft
-            .log_mut()
-            .compact_through(index, term)
-            .map_err(|e| fatal("compacting the log", e))?;
+        if self.disk.is_full() {
+            return Ok(()); // Tried again once space is back.
+        }
+        match self.raft.log_mut().compact_through(index, term) {
+            Ok(()) => {}
+            // Saving the compaction point failed to write: nothing changed; tried again once
+            // space is back (entries kept longer are still valid log).
+            Err(e) if disk::is_full(&e) => {
+                if self
+                    .disk
+                    .space_short(&format!("compacting the log through {index}: {e}"))
+                {
+                    self.disk_full_began();
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("compacting the log", e)),
+        }
         debug!("log compacted through {index}");
         if index == target {
             self.compact_target = None;

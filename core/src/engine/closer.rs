@@ -119,7 +119,16 @@ impl Engine {
         let Some(closed) = self.closed.get(name).cloned() else {
             return Ok(false);
         };
-        self.attach_database(name, closed.record, 0)?;
+        match self.attach_database(name, closed.record, 0) {
+            Err(EngineError::Sqlite(error)) if super::limits::is_sqlite_corruption(&error) => {
+                // Its header page is damaged: reported for a repair; it stays closed.
+                log::error!("database {name:?} is corrupt ({error}): it cannot be opened");
+                self.corrupt_found
+                    .push((name.to_string(), error.to_string()));
+                return Err(EngineError::Sqlite(error));
+            }
+            other => other?,
+        }
         self.closed.remove(name);
         let db = self.databases.get_mut(name).expect("attached");
         db.last_command_index = closed.last_command_index;

@@ -440,7 +440,7 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_in
         let handle = unsafe { handle(file) };
         match handle.kind {
             Kind::Main { .. } => handle.db.main_sync(),
-            // The WAL is never the durable copy (see ARCHITECTURE.md, "Durability").
+            // The WAL is never the durable copy (ARCHITECTURE.md, "Durability and crash recovery").
             Kind::Wal => ffi::SQLITE_OK,
         }
     })
