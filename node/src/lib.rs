@@ -404,6 +404,11 @@ pub struct Node {
     clock: Box<dyn Clock>,
     /// Where the node draws random numbers.
     random: Box<dyn Random>,
+    /// The transport came with the `Inputs` (kept by a restart in place) rather than being
+    /// bound here.
+    network_given: bool,
+    /// From the `Inputs` (kept by a restart in place).
+    checkpoint_sync_in_background: bool,
 }
 
 impl Node {
@@ -617,6 +622,7 @@ impl Node {
         if tls.is_some() {
             info!("TLS on for clients and peers ({})", tls::CERT_FILE_NAME);
         }
+        let network_given = network.is_some();
         let reactor: Box<dyn Network> = match network {
             Some(network) => network,
             None => {
@@ -705,6 +711,8 @@ impl Node {
             events: Vec::new(),
             clock,
             random,
+            network_given,
+            checkpoint_sync_in_background,
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)
