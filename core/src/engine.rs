@@ -14,6 +14,7 @@ use crate::command::{validate_database_name, Command, CommandHeader};
 use crate::error::{Applied, EngineError, ExecError};
 use crate::lifecycle::WriteState;
 use crate::record::{self, Record};
+use crate::sql;
 use crate::value::{Rows, Value};
 use crate::vfs::{Conn, DbFiles, DbOptions, FrameRef, RawStmt, Role, Step, Vfs};
 
@@ -498,81 +499,6 @@ fn rows_in_exec() -> ExecError {
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
         Some("rows yielded when none expected for EXEC request".to_string()),
     ))
-}
-
-/// Whether `sql` starts with `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE` (those take the write lock
-/// at once, so they need the write slot).
-fn begins_write_transaction(sql: &str) -> bool {
-    let mut words = sql
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|w| !w.is_empty());
-    let first = words.next().unwrap_or_default();
-    let second = words.next().unwrap_or_default();
-    first.eq_ignore_ascii_case("BEGIN")
-        && (second.eq_ignore_ascii_case("IMMEDIATE") || second.eq_ignore_ascii_case("EXCLUSIVE"))
-}
-
-/// Whether any statement of `sql` starts with a transaction-control keyword (`BEGIN`,
-/// `SAVEPOINT`, ...): such text may leave a transaction open, so it runs as a chain of its own.
-/// A lexical scan (quotes, identifiers and comments skipped); a false positive only costs
-/// grouping.
-fn has_transaction_control(sql: &str) -> bool {
-    const KEYWORDS: [&str; 6] = ["BEGIN", "SAVEPOINT", "COMMIT", "END", "ROLLBACK", "RELEASE"];
-    let bytes = sql.as_bytes();
-    let mut at = 0;
-    let mut statement_start = true;
-    // Bounded: every iteration advances `at`.
-    while at < bytes.len() {
-        let byte = bytes[at];
-        match byte {
-            b'\'' | b'"' | b'`' | b'[' => {
-                let close = if byte == b'[' { b']' } else { byte };
-                at += 1;
-                while at < bytes.len() && bytes[at] != close {
-                    at += 1;
-                }
-                at += 1;
-                statement_start = false;
-            }
-            b'-' if bytes.get(at + 1) == Some(&b'-') => {
-                while at < bytes.len() && bytes[at] != b'\n' {
-                    at += 1;
-                }
-            }
-            b'/' if bytes.get(at + 1) == Some(&b'*') => {
-                at += 2;
-                while at < bytes.len() && !(bytes[at] == b'*' && bytes.get(at + 1) == Some(&b'/')) {
-                    at += 1;
-                }
-                at += 2;
-            }
-            b';' => {
-                statement_start = true;
-                at += 1;
-            }
-            _ if byte.is_ascii_whitespace() => at += 1,
-            _ if byte.is_ascii_alphabetic() || byte == b'_' => {
-                let end = bytes[at..]
-                    .iter()
-                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
-                    .map_or(bytes.len(), |length| at + length);
-                if statement_start
-                    && KEYWORDS
-                        .iter()
-                        .any(|k| k.as_bytes().eq_ignore_ascii_case(&bytes[at..end]))
-                {
-                    return true;
-                }
-                statement_start = false;
-                at = end;
-            }
-            _ => {
-                statement_start = false;
-                at += 1;
-            }
-        }
-    }
-    false
 }
 
 fn collect_rows(
@@ -1314,41 +1240,31 @@ impl Engine {
             self.after_session_statement(id, database, result.map(|(r, _)| r));
             return self.take_reply(id);
         }
-        // Classify by the first statement, prepared on the session's connection.
-        let (readonly, single, transaction_control, begins_write) = match &owned {
+        // Classify by the first statement, prepared on the session's connection, asking
+        // SQLite (`sql.rs`).
+        let (class, single) = match &owned {
             OwnedTarget::Statement(statement) => {
                 let statement = sdb.conn.kept(*statement).expect("checked");
-                let sql = statement.sql();
-                (
-                    statement.readonly(),
-                    true,
-                    has_transaction_control(&sql),
-                    begins_write_transaction(&sql),
-                )
+                (sql::classify(statement)?, true)
             }
             OwnedTarget::Sql(sql) => {
                 let (statement, used) = sdb.conn.prepare_one(sql)?;
-                let Some(statement) = statement else {
+                let Some(mut statement) = statement else {
                     return Ok(Reply::Done(Response::Exec {
                         last_insert_id: sdb.conn.last_insert_rowid(),
                         rows_changed: 0,
                     }));
                 };
-                let rest = sql[used.min(sql.len())..]
+                let single = sql[used.min(sql.len())..]
                     .trim_matches(|c: char| c.is_whitespace() || c == ';')
                     .is_empty();
-                let classified = (
-                    statement.readonly(),
-                    rest,
-                    has_transaction_control(sql),
-                    begins_write_transaction(sql),
-                );
+                let class = sql::classify(&mut statement)?;
                 // Kept for the read path, which then runs it without preparing it again.
                 sdb.conn.keep(AD_HOC_STATEMENT, statement);
-                classified
+                (class, single)
             }
         };
-        if readonly && single && !begins_write {
+        if class.readonly && single && !class.takes_write_lock {
             // Reads, BEGIN [DEFERRED], COMMIT/ROLLBACK of a read transaction: no write slot.
             let owned = match owned {
                 OwnedTarget::Sql(_) => OwnedTarget::Statement(AD_HOC_STATEMENT),
@@ -1389,7 +1305,12 @@ impl Engine {
             target: owned,
             params: params.to_vec(),
             query,
-            alone: sdb.txn == Txn::Read || begins_write || transaction_control,
+            // Text of several statements may hold transaction control past the first (see
+            // `sql.rs`): it runs alone too.
+            alone: sdb.txn == Txn::Read
+                || class.takes_write_lock
+                || class.transaction_control
+                || !single,
         };
         self.enqueue(id, database, work)?;
         self.pump(database);

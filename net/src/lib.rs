@@ -102,6 +102,7 @@ pub mod fuzz;
 pub mod peer;
 pub mod protocol;
 pub mod reactor;
+pub mod sql;
 #[cfg(feature = "test-tools")]
 pub mod testing;
 pub mod tls;

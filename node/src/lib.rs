@@ -48,7 +48,6 @@ pub mod secret;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod sim_network;
-pub mod sql;
 mod timings;
 pub mod tls;
 mod values;

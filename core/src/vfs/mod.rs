@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::wal::{self, IndexHeader};
-pub(crate) use ffi::{RawStmt, Step};
+pub(crate) use ffi::{complete, RawStmt, Step};
 
 /// Suffix SQLite appends to a database path to name its WAL.
 pub(crate) const WAL_SUFFIX: &str = "-wal";

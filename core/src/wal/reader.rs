@@ -2,7 +2,7 @@
 //! apply them to the main database image, as a checkpoint would. `atoll dump` needs this because
 //! dqlite 1.11 answers DUMP with the main file and the WAL as they are on the node.
 //!
-//! The WAL format (header, frames, checksums) is written out once, in `atoll_core::wal`.
+//! The WAL format (header, frames, checksums) is written out once, in the parent module.
 //!
 //! As in SQLite's recovery, the log ends at the first invalid or incomplete frame (salts or
 //! running checksum wrong), and only frames up to the last valid commit frame count. The main
@@ -12,48 +12,19 @@
 
 use std::fmt;
 
-/// Bytes of the WAL header.
-pub const WAL_HEADER_BYTES: usize = 32;
-/// Bytes of a frame header.
-pub const FRAME_HEADER_BYTES: usize = 24;
-/// Magic with checksums over little-endian words.
-pub const MAGIC_LITTLE_ENDIAN: u32 = 0x377f_0682;
-/// Magic with checksums over big-endian words.
-pub const MAGIC_BIG_ENDIAN: u32 = 0x377f_0683;
-/// The only WAL format version.
-pub const FORMAT_VERSION: u32 = 3_007_000;
-/// Smallest page size.
-pub const PAGE_BYTES_MIN: u32 = 512;
-/// Largest page size.
-pub const PAGE_BYTES_MAX: u32 = 65_536;
+use super::{
+    checksum, FRAME_HEADER_BYTES, PAGE_BYTES_MAX, PAGE_BYTES_MIN, WAL_FORMAT_VERSION,
+    WAL_HEADER_BYTES, WAL_MAGIC_BIG_ENDIAN, WAL_MAGIC_LITTLE_ENDIAN,
+};
+
+/// Bytes of the WAL header, as an offset into WAL bytes.
+const HEADER_BYTES: usize = WAL_HEADER_BYTES as usize;
 
 fn read_u32_be(bytes: &[u8], offset: usize) -> u32 {
     let word: [u8; 4] = bytes[offset..offset + 4]
         .try_into()
         .expect("a 4-byte slice");
     u32::from_be_bytes(word)
-}
-
-/// Adds `data` (a whole number of 8-byte pairs) to a running WAL checksum.
-pub fn checksum(big_endian: bool, data: &[u8], mut sum: [u32; 2]) -> [u32; 2] {
-    assert!(
-        data.len().is_multiple_of(8),
-        "checksummed data is whole 8-byte pairs"
-    );
-    for pair in data.chunks_exact(8) {
-        let (x0, x1): ([u8; 4], [u8; 4]) = (
-            pair[..4].try_into().expect("4 bytes"),
-            pair[4..].try_into().expect("4 bytes"),
-        );
-        let (x0, x1) = if big_endian {
-            (u32::from_be_bytes(x0), u32::from_be_bytes(x1))
-        } else {
-            (u32::from_le_bytes(x0), u32::from_le_bytes(x1))
-        };
-        sum[0] = sum[0].wrapping_add(x0).wrapping_add(sum[1]);
-        sum[1] = sum[1].wrapping_add(x1).wrapping_add(sum[0]);
-    }
-    sum
 }
 
 /// A valid WAL header.
@@ -99,17 +70,17 @@ impl fmt::Display for HeaderProblem {
 impl WalHeader {
     /// Parses and verifies the header at the start of `wal`.
     pub fn parse(wal: &[u8]) -> Result<WalHeader, HeaderProblem> {
-        if wal.len() < WAL_HEADER_BYTES {
+        if wal.len() < HEADER_BYTES {
             return Err(HeaderProblem::Short);
         }
         let magic = read_u32_be(wal, 0);
         let big_endian = match magic {
-            MAGIC_LITTLE_ENDIAN => false,
-            MAGIC_BIG_ENDIAN => true,
+            WAL_MAGIC_LITTLE_ENDIAN => false,
+            WAL_MAGIC_BIG_ENDIAN => true,
             other => return Err(HeaderProblem::Magic(other)),
         };
         let version = read_u32_be(wal, 4);
-        if version != FORMAT_VERSION {
+        if version != WAL_FORMAT_VERSION {
             return Err(HeaderProblem::Version(version));
         }
         let page_bytes = read_u32_be(wal, 8);
@@ -204,7 +175,7 @@ pub fn scan(wal: &[u8]) -> CommittedLog {
     let frame_bytes = header.frame_bytes();
     let mut running = header.checksum;
     let mut pending = Vec::new();
-    let mut offset = WAL_HEADER_BYTES;
+    let mut offset = HEADER_BYTES;
     // Bounded: each turn consumes one whole frame of the file, or stops.
     for frame in 0u64.. {
         if offset == wal.len() {
