@@ -109,6 +109,12 @@ pub struct SnapshotSend {
     pub stalled_heartbeats: u32,
     /// The chunk that ends the snapshot was sent (and not rewound since).
     pub last_sent: bool,
+    /// The offset of the last rejection ignored because it was below `acked_offset` (taken
+    /// for a reordered answer). Should the stream then stall, that answer was the truth (the
+    /// acknowledgement above it was stale: from before the follower restarted, say), and the
+    /// stream resumes from it instead of from `acked_offset`, which the follower would refuse
+    /// for ever.
+    pub ignored_reject: Option<u64>,
 }
 
 /// What the leader tracks for one member (itself included).
@@ -209,6 +215,7 @@ impl Progress {
             acked_offset: 0,
             stalled_heartbeats: 0,
             last_sent: false,
+            ignored_reject: None,
         });
     }
 

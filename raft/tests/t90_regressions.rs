@@ -166,3 +166,76 @@ fn t90_seed_1421() {
     assert_eq!(progress.state(), ProgressState::Replicate);
     assert!(progress.match_index() >= LogIndex(index.0));
 }
+
+/// An acknowledgement above what the follower holds (from before it restarted, overtaken on
+/// the wire by its restart's rejection from 0) moved the leader's acknowledged offset past the
+/// follower's bytes. The follower then asked to resume from what it held; that rejection, below
+/// the acknowledged offset, was ignored as reordered (seed 1421's rule), and every stall resent
+/// from the acknowledged offset again: the follower never caught up (a liveness violation
+/// after healing). Now a rejection ignored that way is remembered, and a stall with no
+/// progress since resumes from it.
+#[test]
+fn t90_seed_9974() {
+    replay(9974, 7);
+    let mut network = Network::with_config(&[1, 2, 3], |config| {
+        config.snapshot_chunk_bytes = 16;
+        config.snapshot_chunks_inflight_max = 1;
+        config.snapshot_trailing_entries = 0;
+    });
+    elect(&mut network, 1);
+    network.isolate(3);
+    for value in 1..=4 {
+        network.put(1, value, value * 10).unwrap();
+    }
+    network.stabilize();
+    network.snapshot(1);
+    network.stabilize();
+    network.heal();
+    let acked = |network: &Network| {
+        network
+            .node(1)
+            .progress()
+            .find(|(id, _)| *id == NodeId(3))
+            .and_then(|(_, p)| p.snapshot_send().map(|s| s.acked_offset))
+    };
+    for _ in 0..20 {
+        network.tick(1, 1);
+        network.deliver(Some(3));
+        network.process(3);
+        network.deliver(Some(1));
+        network.process(1);
+        if acked(&network).is_some_and(|offset| offset >= 16) {
+            break;
+        }
+    }
+    let held = acked(&network).expect("streaming a snapshot to 3");
+    let index = network.node(1).snapshot_meta().unwrap().index;
+    // The chunk in flight is lost; a stale acknowledgement claims 16 bytes more than node 3 has.
+    network.drop_pending(|m| m.kind == MessageKind::Snapshot);
+    let mut stale = Message::new(
+        MessageKind::SnapshotResponse,
+        NodeId(3),
+        NodeId(1),
+        network.node(1).term(),
+    );
+    stale.index = index;
+    stale.context = held + 16;
+    network.node_mut(1).step(stale).unwrap();
+    assert_eq!(acked(&network), Some(held + 16));
+    for _ in 0..40 {
+        network.tick(1, 1);
+        network.stabilize();
+    }
+    let progress = network
+        .node(1)
+        .progress()
+        .find(|(id, _)| *id == NodeId(3))
+        .unwrap()
+        .1;
+    assert_eq!(
+        progress.state(),
+        ProgressState::Replicate,
+        "node 3 never caught up"
+    );
+    assert!(progress.match_index() >= LogIndex(index.0));
+}

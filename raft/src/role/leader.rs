@@ -325,6 +325,9 @@ impl<L: LogRead> RawNode<L> {
                 send.stalled_heartbeats += 1;
                 if send.stalled_heartbeats >= SNAPSHOT_STALL_HEARTBEATS {
                     send.stalled_heartbeats = 0;
+                    if let Some(offset) = send.ignored_reject.take() {
+                        send.acked_offset = offset.min(send.acked_offset);
+                    }
                     send.sent_offset = send.acked_offset;
                     send.last_sent = false;
                     resend = true;
@@ -774,17 +777,21 @@ impl<L: LogRead> RawNode<L> {
             // one began). A rejection below what it acknowledged since, other than a restart
             // from 0, was overtaken by later answers: ignore it, or reordered rejections would
             // rewind the stream over and over.
+            // Remembered, though: if no progress follows, the stall rewinds to it.
             if offset != 0 && offset < send.acked_offset {
+                send.ignored_reject = Some(offset);
                 return;
             }
             send.sent_offset = offset;
             send.acked_offset = offset;
             send.last_sent = false;
             send.stalled_heartbeats = 0;
+            send.ignored_reject = None;
         } else if offset > send.acked_offset {
             send.acked_offset = offset;
             send.sent_offset = send.sent_offset.max(offset);
             send.stalled_heartbeats = 0;
+            send.ignored_reject = None;
         }
         self.send_snapshot_chunks(from);
     }
