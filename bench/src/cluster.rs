@@ -710,8 +710,8 @@ fn kv_value(letters: &mut Letters, value_bytes: usize) -> String {
 /// new random 32-letter key, as fast as it is answered; with `kvreadwrite`, half of its
 /// operations (a coin toss) read instead a key it wrote. Writes go to the leader; reads go,
 /// worker by worker, to every node in turn, on a connection opened with follower reads (each
-/// node serves them itself, linearizable: see ARCHITECTURE.md, "Reads"). A read that finds no
-/// row counts as an error: the key was acknowledged before.
+/// node serves them itself, linearizable: see ARCHITECTURE.md, "The flow of a read"). A read
+/// that finds no row counts as an error: the key was acknowledged before.
 fn kv_atoll(
     cluster: &LocalCluster,
     workload: Workload,

@@ -7,13 +7,13 @@
 //! `add`, `assign`, `remove`, `transfer`) talk to a running cluster over dqlite's client wire
 //! protocol through `atoll_net::client`; they work against atoll and dqlite nodes alike
 //! (`restore`, `verify` and `status` need atoll nodes). They never touch SQLite: `dump` applies
-//! the WAL itself (`wal.rs`). Each subcommand lives in `cmd/<name>.rs` with its `Args` and `run`.
+//! the WAL itself (`atoll_core::wal`). Each subcommand lives in `cmd/<name>.rs` with its `Args`
+//! and `run`.
 
 #![forbid(unsafe_code)]
 
 mod cmd;
 mod output;
-mod wal;
 
 use std::process::ExitCode;
 

@@ -93,7 +93,8 @@ fn scenario_membership(cluster: &Cluster) {
             "leader",
             "reachable",
             "applied",
-            "corrupt"
+            "corrupt",
+            "repairing"
         ]
     );
     let first_id_text = first_id.to_string();
@@ -101,6 +102,7 @@ fn scenario_membership(cluster: &Cluster) {
         rows.iter().any(
             |row| row[..5] == [&first_id_text, first, "voter", "yes", "yes"]
                 && (row[5] == "-" || row[5].parse::<u64>().is_ok())
+                && (row[7] == "-" || row[7] == "no")
         ),
         "{rows:?}"
     );

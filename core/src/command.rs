@@ -15,8 +15,8 @@
 //! |          |                 | the leader ran the transaction                          |
 //! | 28       | 8               | origin node id                                          |
 //! | 36       | 8               | proposal id (unique per origin engine)                  |
-//! | 44       | N               | database name, UTF-8                                    |
-//! | 44 + N   | F × (4 + page)  | frames: page number (u32), then the page bytes          |
+//! | 44       | N               | database name, `[A-Za-z0-9_.-]`, no reserved suffix     |
+//! | 44 + N   | F × (4 + page)  | frames: page number (u32, 1..=0xfffffffe), page bytes   |
 //!
 //! The length must match exactly. [`Command::decode`] validates everything (page size, every page
 //! number, the commit marker, the name) before the caller touches any file.

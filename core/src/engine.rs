@@ -14,6 +14,7 @@ use crate::command::{validate_database_name, Command, CommandHeader};
 use crate::error::{Applied, EngineError, ExecError};
 use crate::lifecycle::WriteState;
 use crate::record::{self, Record};
+use crate::sql;
 use crate::value::{Rows, Value};
 use crate::vfs::{Conn, DbFiles, DbOptions, FrameRef, RawStmt, Role, Step, Vfs};
 
@@ -465,6 +466,8 @@ pub struct Engine {
     idle_found: Vec<String>,
     /// Databases closed while idle (`engine/closer.rs`); `databases` holds the open ones.
     closed: BTreeMap<String, closer::Closed>,
+    /// Databases found corrupt and not yet reported (`Engine::take_corrupt_found`).
+    corrupt_found: Vec<(String, String)>,
 }
 
 impl Drop for Engine {
@@ -496,81 +499,6 @@ fn rows_in_exec() -> ExecError {
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
         Some("rows yielded when none expected for EXEC request".to_string()),
     ))
-}
-
-/// Whether `sql` starts with `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE` (those take the write lock
-/// at once, so they need the write slot).
-fn begins_write_transaction(sql: &str) -> bool {
-    let mut words = sql
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|w| !w.is_empty());
-    let first = words.next().unwrap_or_default();
-    let second = words.next().unwrap_or_default();
-    first.eq_ignore_ascii_case("BEGIN")
-        && (second.eq_ignore_ascii_case("IMMEDIATE") || second.eq_ignore_ascii_case("EXCLUSIVE"))
-}
-
-/// Whether any statement of `sql` starts with a transaction-control keyword (`BEGIN`,
-/// `SAVEPOINT`, ...): such text may leave a transaction open, so it runs as a chain of its own.
-/// A lexical scan (quotes, identifiers and comments skipped); a false positive only costs
-/// grouping.
-fn has_transaction_control(sql: &str) -> bool {
-    const KEYWORDS: [&str; 6] = ["BEGIN", "SAVEPOINT", "COMMIT", "END", "ROLLBACK", "RELEASE"];
-    let bytes = sql.as_bytes();
-    let mut at = 0;
-    let mut statement_start = true;
-    // Bounded: every iteration advances `at`.
-    while at < bytes.len() {
-        let byte = bytes[at];
-        match byte {
-            b'\'' | b'"' | b'`' | b'[' => {
-                let close = if byte == b'[' { b']' } else { byte };
-                at += 1;
-                while at < bytes.len() && bytes[at] != close {
-                    at += 1;
-                }
-                at += 1;
-                statement_start = false;
-            }
-            b'-' if bytes.get(at + 1) == Some(&b'-') => {
-                while at < bytes.len() && bytes[at] != b'\n' {
-                    at += 1;
-                }
-            }
-            b'/' if bytes.get(at + 1) == Some(&b'*') => {
-                at += 2;
-                while at < bytes.len() && !(bytes[at] == b'*' && bytes.get(at + 1) == Some(&b'/')) {
-                    at += 1;
-                }
-                at += 2;
-            }
-            b';' => {
-                statement_start = true;
-                at += 1;
-            }
-            _ if byte.is_ascii_whitespace() => at += 1,
-            _ if byte.is_ascii_alphabetic() || byte == b'_' => {
-                let end = bytes[at..]
-                    .iter()
-                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
-                    .map_or(bytes.len(), |length| at + length);
-                if statement_start
-                    && KEYWORDS
-                        .iter()
-                        .any(|k| k.as_bytes().eq_ignore_ascii_case(&bytes[at..end]))
-                {
-                    return true;
-                }
-                statement_start = false;
-                at = end;
-            }
-            _ => {
-                statement_start = false;
-                at += 1;
-            }
-        }
-    }
-    false
 }
 
 fn collect_rows(
@@ -756,6 +684,7 @@ impl Engine {
             sync_failure: None,
             idle_found: Vec::new(),
             closed: BTreeMap::new(),
+            corrupt_found: Vec::new(),
         };
         if engine.config.checkpoint_sync_in_background {
             engine.checkpointer = Some(Checkpointer::start()?);
@@ -829,7 +758,27 @@ impl Engine {
                         path.display()
                     )));
                 }
-                write_empty_database(&path, record.page_size)?;
+                match write_empty_database(&path, record.page_size) {
+                    Ok(()) => {}
+                    Err(error) if record.intent_index == 0 && is_disk_full(&error) => {
+                        // A creation that never finished, on a full disk: undone as a failed
+                        // creation is (the node still starts). No command reached it, and no
+                        // database was checkpointed past the one that created it: replay
+                        // creates it again, as a session's OPEN does, once space is back.
+                        let _ = fs::remove_file(&path);
+                        let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+                        record::remove(&path)?;
+                        log::warn!(
+                            "database {name:?}: no room for its empty file ({error}); not \
+                             created (created again when used)"
+                        );
+                        continue;
+                    }
+                    Err(error) => {
+                        let _ = fs::remove_file(&path);
+                        return Err(error.into());
+                    }
+                }
             }
             let on_disk = record.checkpoint_index;
             let record = idle::apply_mark(record, marks.get(&name).copied());
@@ -851,11 +800,22 @@ impl Engine {
                     last_command_index: record.last_command_index,
                     idle_mark,
                     snapshot_token: Arc::new(()),
+                    corrupt: None,
                 };
                 self.closed.insert(name.clone(), closed);
                 unchecked += 1;
             } else {
-                self.attach_database(&name, record, replay_through)?;
+                match self.attach_database(&name, record, replay_through) {
+                    Err(EngineError::Sqlite(error)) if limits::is_sqlite_corruption(&error) => {
+                        // Its header page (or one read to open it) is damaged: nothing here can
+                        // serve it; the host repairs the node from its peers.
+                        return Err(EngineError::CorruptDatabase {
+                            database: name,
+                            reason: error.to_string(),
+                        });
+                    }
+                    other => other?,
+                }
                 self.databases.get_mut(&name).expect("attached").idle_mark = idle_mark;
                 // A database mid-recovery holds a mix of states until replay: not checked.
                 if replay_through == 0 && !self.check_at_open(&name, check_deadline) {
@@ -941,8 +901,16 @@ impl Engine {
         };
         let record = record::write(&path, &record)?;
         let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
-        write_empty_database(&path, record.page_size)?;
-        record::sync_dir(&self.config.dir)?;
+        let written = write_empty_database(&path, record.page_size)
+            .and_then(|()| record::sync_dir(&self.config.dir));
+        if let Err(error) = written {
+            // A full disk, typically: nothing half-made stays (the main file first: a crash in
+            // between leaves a record alone, which open turns into the same empty database),
+            // and the same name can be created once space is freed.
+            let _ = fs::remove_file(&path);
+            let _ = record::remove(&path);
+            return Err(error.into());
+        }
         log::info!("created database {name:?} at index {created_at}");
         self.attach_database(name, record, 0)
     }
@@ -1293,41 +1261,31 @@ impl Engine {
             self.after_session_statement(id, database, result.map(|(r, _)| r));
             return self.take_reply(id);
         }
-        // Classify by the first statement, prepared on the session's connection.
-        let (readonly, single, transaction_control, begins_write) = match &owned {
+        // Classify by the first statement, prepared on the session's connection, asking
+        // SQLite (`sql.rs`).
+        let (class, single) = match &owned {
             OwnedTarget::Statement(statement) => {
                 let statement = sdb.conn.kept(*statement).expect("checked");
-                let sql = statement.sql();
-                (
-                    statement.readonly(),
-                    true,
-                    has_transaction_control(&sql),
-                    begins_write_transaction(&sql),
-                )
+                (sql::classify(statement)?, true)
             }
             OwnedTarget::Sql(sql) => {
                 let (statement, used) = sdb.conn.prepare_one(sql)?;
-                let Some(statement) = statement else {
+                let Some(mut statement) = statement else {
                     return Ok(Reply::Done(Response::Exec {
                         last_insert_id: sdb.conn.last_insert_rowid(),
                         rows_changed: 0,
                     }));
                 };
-                let rest = sql[used.min(sql.len())..]
+                let single = sql[used.min(sql.len())..]
                     .trim_matches(|c: char| c.is_whitespace() || c == ';')
                     .is_empty();
-                let classified = (
-                    statement.readonly(),
-                    rest,
-                    has_transaction_control(sql),
-                    begins_write_transaction(sql),
-                );
+                let class = sql::classify(&mut statement)?;
                 // Kept for the read path, which then runs it without preparing it again.
                 sdb.conn.keep(AD_HOC_STATEMENT, statement);
-                classified
+                (class, single)
             }
         };
-        if readonly && single && !begins_write {
+        if class.readonly && single && !class.takes_write_lock {
             // Reads, BEGIN [DEFERRED], COMMIT/ROLLBACK of a read transaction: no write slot.
             let owned = match owned {
                 OwnedTarget::Sql(_) => OwnedTarget::Statement(AD_HOC_STATEMENT),
@@ -1368,7 +1326,12 @@ impl Engine {
             target: owned,
             params: params.to_vec(),
             query,
-            alone: sdb.txn == Txn::Read || begins_write || transaction_control,
+            // Text of several statements may hold transaction control past the first (see
+            // `sql.rs`): it runs alone too.
+            alone: sdb.txn == Txn::Read
+                || class.takes_write_lock
+                || class.transaction_control
+                || !single,
         };
         self.enqueue(id, database, work)?;
         self.pump(database);
@@ -1826,7 +1789,9 @@ impl Engine {
     /// are answered. Malformed and stale commands are rejected (before anything is written) the
     /// same way on every replica. Errors are I/O failures, after which the database stops
     /// serving until the engine is reopened, except a failed WAL write that published nothing
-    /// (a full disk): nothing changed, and the host applies the same entry again later.
+    /// (a full disk) and [`EngineError::CorruptDatabase`] (a closed database that cannot be
+    /// opened again): nothing changed, and the host applies the same entry again later (or,
+    /// for a damaged database, repairs the node from its peers).
     pub fn apply(&mut self, index: u64, command: &[u8]) -> Result<Applied, EngineError> {
         assert!(
             index > self.applied_index,
@@ -1848,8 +1813,18 @@ impl Engine {
             if let Err(error) = self.make_room() {
                 log::warn!("closing an idle database to open {name:?}: {error}");
             }
-            if !self.reopen(name)? {
-                self.create_database(name, index - 1)?;
+            match self.reopen(name) {
+                Ok(true) => {}
+                Ok(false) => self.create_database(name, index - 1)?,
+                // A closed database whose header page is damaged (reported once through
+                // `take_corrupt_found`): nothing is applied and the applied index stays.
+                Err(EngineError::Sqlite(error)) if limits::is_sqlite_corruption(&error) => {
+                    return Err(EngineError::CorruptDatabase {
+                        database: name.to_string(),
+                        reason: error.to_string(),
+                    });
+                }
+                Err(error) => return Err(error),
             }
         }
         let now = self.now;
@@ -2305,6 +2280,14 @@ fn is_sqlite_file(path: &Path) -> bool {
 }
 
 /// Writes a fresh database file with the canonical empty page 1, durably.
+/// Whether an I/O error means the disk (or the user's quota) is full.
+fn is_disk_full(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 fn write_empty_database(path: &Path, page_size: u32) -> std::io::Result<()> {
     use std::io::Write;
     let mut file = fs::File::create(path)?;

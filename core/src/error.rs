@@ -198,6 +198,15 @@ pub enum EngineError {
     CorruptRecord(String),
     /// A snapshot stream is malformed or its checksum does not match.
     BadSnapshot(String),
+    /// SQLite found a database file damaged while opening it (at start, or a closed one for an
+    /// apply; its header page, or a page read to recover it): the node cannot serve it and
+    /// repairs from its peers.
+    CorruptDatabase {
+        /// The database's name.
+        database: String,
+        /// What SQLite said.
+        reason: String,
+    },
     /// The configuration is invalid.
     Config(&'static str),
 }
@@ -209,6 +218,9 @@ impl fmt::Display for EngineError {
             EngineError::Sqlite(error) => write!(f, "SQLite error: {error}"),
             EngineError::CorruptRecord(what) => write!(f, "corrupt checkpoint record: {what}"),
             EngineError::BadSnapshot(what) => write!(f, "bad snapshot: {what}"),
+            EngineError::CorruptDatabase { database, reason } => {
+                write!(f, "database {database:?} is corrupt: {reason}")
+            }
             EngineError::Config(what) => write!(f, "bad configuration: {what}"),
         }
     }

@@ -83,6 +83,7 @@ pub mod fuzzing;
 pub mod lifecycle;
 mod record;
 mod snapshot;
+pub mod sql;
 mod value;
 mod vfs;
 pub mod wal;

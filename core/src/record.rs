@@ -20,7 +20,9 @@
 //! | 48     | 4    | crc32 of bytes 0..48                                                |
 //! | 52     | 12   | reserved, 0                                                         |
 //!
-//! The file is created (both slots, fsync, directory fsync) before the database file exists.
+//! The file is created whole (the first slot written, the other zero; temporary file, fsync,
+//! rename, directory fsync) before the database file exists, so a database file without a
+//! record holds no data.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -158,10 +160,12 @@ pub fn write(db_path: &Path, record: &Record) -> io::Result<Record> {
         let mut temp = path.as_os_str().to_owned();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
-        {
-            let mut file = File::create(&temp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
+        let created = File::create(&temp)
+            .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()));
+        if let Err(error) = created {
+            // A full disk: leave nothing behind (open would remove it, but it holds space).
+            let _ = fs::remove_file(&temp);
+            return Err(error);
         }
         fs::rename(&temp, &path)?;
         sync_dir(path.parent().expect("records live in a directory"))?;

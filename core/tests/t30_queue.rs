@@ -234,3 +234,106 @@ fn test_queue_is_bounded() {
         Err(ExecError::RequestInProgress)
     ));
 }
+
+#[test]
+fn test_begin_immediate_behind_comments_takes_the_write_slot() {
+    // `BEGIN IMMEDIATE` and `BEGIN EXCLUSIVE` take SQLite's write lock at once, so they must go
+    // through the write slot, however the text is dressed: comments before or inside the
+    // keywords, leading semicolons, mixed case. The engine asks SQLite (the statement's
+    // bytecode), not the first words. A writer from another session then queues behind the
+    // transaction and succeeds once it commits; had the BEGIN slipped past the slot, that
+    // writer would be granted the slot and fail on SQLite's lock ("database is locked").
+    for begin in [
+        "/*c*/ BEGIN IMMEDIATE",
+        "-- x\nBEGIN IMMEDIATE",
+        "BEGIN/**/IMMEDIATE",
+        " ;; begin Exclusive TRANSACTION;",
+        "/* a */ -- b\n bEgIn /* c */ immediate",
+    ] {
+        let mut cluster = Cluster::new(0);
+        let admin = setup(&mut cluster);
+        let holder = session(&mut cluster.leader, "q.db");
+        let waiter = session(&mut cluster.leader, "q.db");
+        cluster.write(holder, "q.db", begin, &[]).unwrap();
+        let reply = cluster
+            .leader
+            .exec(
+                waiter,
+                "q.db",
+                Target::Sql("INSERT INTO t(who) VALUES (2)"),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(reply, Reply::Queued, "{begin:?}");
+        cluster
+            .write(holder, "q.db", "INSERT INTO t(who) VALUES (1)", &[])
+            .unwrap();
+        cluster
+            .leader
+            .exec(holder, "q.db", Target::Sql("COMMIT"), &[])
+            .unwrap();
+        cluster.commit_all();
+        let completions = cluster.leader.take_completions();
+        assert_eq!(completions.len(), 2, "{begin:?}: {completions:?}");
+        for completion in &completions {
+            assert!(completion.result.is_ok(), "{begin:?}: {completions:?}");
+        }
+        assert_eq!(
+            whos(&mut cluster.leader, admin),
+            vec![Value::Integer(1), Value::Integer(2)],
+            "{begin:?}"
+        );
+    }
+}
+
+#[test]
+fn test_transaction_control_behind_comments_is_never_grouped() {
+    // Writers queue behind a proposal; one of them opens a write transaction (`BEGIN IMMEDIATE`
+    // or `EXCLUSIVE`: deferred ones take the read path), its keywords dressed in comments, case
+    // and semicolons. It must run alone, first of its own chain: grouped after
+    // another writer's committed statements, the transaction could not stay open and would be
+    // refused ("send BEGIN in a request of its own"). The engine asks SQLite's bytecode.
+    for begin in [
+        "/*c*/ BEGIN IMMEDIATE",
+        "-- x\nbegin immediate",
+        " ;; BeGiN/**/ExClUsIvE",
+        "/* a */ BEGIN/**/EXCLUSIVE TRANSACTION;",
+    ] {
+        let mut cluster = Cluster::new(0);
+        let admin = setup(&mut cluster);
+        let first = session(&mut cluster.leader, "q.db");
+        let second = session(&mut cluster.leader, "q.db");
+        let opener = session(&mut cluster.leader, "q.db");
+        let mut exec = |session, sql| {
+            cluster
+                .leader
+                .exec(session, "q.db", Target::Sql(sql), &[])
+                .unwrap()
+        };
+        assert!(matches!(
+            exec(first, "INSERT INTO t(who) VALUES (1)"),
+            Reply::Proposed { .. }
+        ));
+        assert_eq!(exec(second, "INSERT INTO t(who) VALUES (2)"), Reply::Queued);
+        assert_eq!(exec(opener, begin), Reply::Queued, "{begin:?}");
+        cluster.commit_all();
+        let completions = cluster.leader.take_completions();
+        assert_eq!(completions.len(), 3, "{begin:?}: {completions:?}");
+        for completion in &completions {
+            assert!(completion.result.is_ok(), "{begin:?}: {completions:?}");
+        }
+        cluster
+            .write(opener, "q.db", "INSERT INTO t(who) VALUES (3)", &[])
+            .unwrap();
+        cluster
+            .leader
+            .exec(opener, "q.db", Target::Sql("COMMIT"), &[])
+            .unwrap();
+        cluster.commit_all();
+        assert_eq!(
+            whos(&mut cluster.leader, admin),
+            (1..=3).map(Value::Integer).collect::<Vec<_>>(),
+            "{begin:?}"
+        );
+    }
+}

@@ -1002,22 +1002,6 @@ fn try_leader(address: &str, config: &ClientConfig) -> Result<Result<Connection,
     }
 }
 
-/// Whether SQL text starts a transaction (BEGIN, SAVEPOINT) or ends one (COMMIT, END, ROLLBACK,
-/// RELEASE), judged by its first keyword.
-fn transaction_effect(sql: &str) -> Option<bool> {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or_default()
-        .to_ascii_uppercase();
-    match first.as_str() {
-        "BEGIN" | "SAVEPOINT" => Some(true),
-        "COMMIT" | "END" | "ROLLBACK" | "RELEASE" => Some(false),
-        _ => None,
-    }
-}
-
 impl Client {
     /// Finds the leader among `addresses` (each `host:port`, exactly as the nodes advertise
     /// themselves) and connects to it.
@@ -1128,7 +1112,7 @@ impl Client {
         check_params(params)?;
         let result = self.with_leader(true, |c| c.exec_sql(sql, params));
         if result.is_ok() {
-            if let Some(open) = transaction_effect(sql) {
+            if let Some(open) = crate::sql::text_transaction_effect(sql) {
                 self.transaction_open = open;
             }
         }
@@ -1307,12 +1291,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_transaction_effect_reads_the_first_keyword() {
-        assert_eq!(transaction_effect("  begin immediate"), Some(true));
-        assert_eq!(transaction_effect("SAVEPOINT a"), Some(true));
-        assert_eq!(transaction_effect("COMMIT;"), Some(false));
-        assert_eq!(transaction_effect("rollback to a"), Some(false));
-        assert_eq!(transaction_effect("INSERT INTO t VALUES (1)"), None);
+    fn test_transaction_effect_reads_tokens_not_the_first_word() {
+        // The client must know whether a transaction is open: a not-leader answer inside one
+        // must not be retried on another node, where the statement would run outside it. The
+        // first-word reading this replaced missed the first three (comments, a leading `;`),
+        // took the first statement of a text for all of it, and ended the transaction on
+        // `ROLLBACK TO` and `RELEASE`, which keep it open.
+        use crate::sql::text_transaction_effect as effect;
+        assert_eq!(effect("/*c*/ BEGIN IMMEDIATE"), Some(true));
+        assert_eq!(effect("-- x\nbegin"), Some(true));
+        assert_eq!(effect(";SAVEPOINT a"), Some(true));
+        assert_eq!(
+            effect("BEGIN; INSERT INTO t VALUES (1); COMMIT"),
+            Some(false)
+        );
+        assert_eq!(effect("rollback to a"), None);
+        assert_eq!(effect("RELEASE a"), None);
+        assert_eq!(effect("  begin immediate"), Some(true));
+        assert_eq!(effect("COMMIT;"), Some(false));
+        assert_eq!(effect("INSERT INTO t VALUES ('BEGIN')"), None);
+        assert_eq!(effect("EXPLAIN BEGIN"), None);
     }
 
     #[test]

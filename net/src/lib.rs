@@ -4,7 +4,7 @@
 //!
 //! What it must never do: block the reactor thread, let one connection grow the node's memory
 //! without bound, panic or over-allocate on bytes from the network, or call into core/raft/storage
-//! (the node loop in `cli/` wires the reactor to them).
+//! (the node loop in `node/` wires the reactor to them).
 //!
 //! ```text
 //!  clients ─TCP─► Reactor::poll ─Event::Request───► host (node loop) ──► core / raft
@@ -102,6 +102,7 @@ pub mod fuzz;
 pub mod peer;
 pub mod protocol;
 pub mod reactor;
+pub mod sql;
 #[cfg(feature = "test-tools")]
 pub mod testing;
 pub mod tls;

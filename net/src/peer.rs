@@ -41,9 +41,19 @@
 //! then its 32-byte MAC. AUTH (dialler to acceptor, the second frame, once) has exactly the
 //! dialler's 32-byte MAC.
 //!
+//! A MAC is HMAC-SHA256 keyed with the 32-byte secret over: the role's 16-byte label
+//! (`atoll-v1-accept\0` for CHALLENGE, `atoll-v1-dialer\0` for AUTH), the hello payload's
+//! length as `u16`, the hello payload, and `Na`. The acceptor compares AUTH in constant time.
+//!
 //! MESSAGE carries 1..=`frame_bytes_max` opaque bytes (one raft message, encoded by the host).
 //! PING has an empty payload; the dialler sends it when it has been idle, so the receiver can
 //! tell a silent peer from a vanished one.
+//!
+//! Non-zero flags or reserved bytes, an unknown kind, a length the kind does not allow, a
+//! MESSAGE over `frame_bytes_max`, or a HELLO that is not first or comes twice close the
+//! connection (other connections are unaffected). There is no per-frame checksum: TCP delivers
+//! the bytes or closes the stream, and raft's codec checks what it decodes. [`decode_stream`]
+//! is the decoder as a plain function, for the `net_peer_frame` fuzz target.
 
 use std::fmt;
 use std::io;

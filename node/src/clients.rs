@@ -17,7 +17,7 @@ use log::{debug, info, warn};
 
 use super::values::{self, Declared};
 use super::Node;
-use crate::sql;
+use atoll_net::sql;
 
 /// WELCOME's heartbeat timeout, as dqlite announces it (no client sends heartbeats).
 const HEARTBEAT_TIMEOUT_MS: u64 = 15_000;

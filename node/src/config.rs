@@ -1,13 +1,30 @@
 //! A node's configuration file and data-directory layout.
 //!
 //! ```text
-//! DIR/atoll.conf      this file: `key = value` lines, written once by `atoll init` (atomically,
-//!                     mode 0600)
-//! DIR/cluster.secret  the cluster secret (mode 0600; see `super::secret`)
-//! DIR/raft/           the Raft log (atoll_storage::SegmentLog: LOCK, metadata, segments)
-//! DIR/raft/snapshots/ the snapshots (atoll_storage::SnapshotStore)
-//! DIR/db/             the engine's databases (atoll_core::Engine owns this directory)
+//! DIR/atoll.conf          this file (mode 0600; temp file, fsync, rename, directory fsync)
+//! DIR/cluster.secret      the cluster secret (mode 0600; `secret.rs`)
+//! DIR/cluster.crt, .key   TLS (optional, PEM, 0600): present = the node serves only TLS, to
+//! DIR/cluster-ca.crt      clients and peers; the CA file (optional) is the trust root, else
+//!                         cluster.crt is (`tls.rs`)
+//! DIR/raft/               the Raft log (atoll_storage::SegmentLog: LOCK, metadata, segments)
+//! DIR/raft/snapshots/     the snapshots (atoll_storage::SnapshotStore): engine snapshot streams
+//! DIR/db/                 the engine's databases: NAME, NAME-wal, NAME-atoll (the checkpoint
+//!                         record), idle-marks+atoll (atoll_core::Engine owns this directory)
+//! DIR/members             the last configuration seen, `id address role` lines (`repair.rs`)
+//! DIR/repairing           present while the node is rebuilt from its peers (`repair.rs`)
+//! DIR/quarantine/SECS/    damaged raft/ and db/ moved aside by a repair, never deleted
+//! DIR/restore/            staged restore pieces NAME.ID.part, NAME.done (`restore.rs`)
+//! DIR/timings             written on SIGUSR1 (`timings.rs`)
 //! ```
+//!
+//! `atoll.conf` is `key = value` lines (`#` starts a comment), written by `atoll init` or
+//! `atoll join` and rewritten when `atoll start` is given new settings. Required keys:
+//! `format` (1), `id`, `address` (advertised exactly as written), `cluster_id` (16 hex digits),
+//! `tick_ms`, `heartbeat_ticks`, `election_ticks_min`, `election_ticks_max`, `writer_wait_ms`,
+//! `snapshot_entries`. Optional keys (defaults for files written before them): `busy_wait_ms`,
+//! `roles` (`auto` or `manual`), `voters`, `standbys`, `unreachable_ms`, `max_databases` (0:
+//! sized to the open-file limit), `transaction_timeout_ms` (0: none), `join` (comma-separated
+//! addresses, until the node is a member). Unknown keys and a key given twice are refused.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -37,7 +54,8 @@ pub const HEARTBEAT_MS_DEFAULT: u64 = 30;
 /// Election timeout by default (the lower bound; each follower draws from it up to twice it).
 /// Long enough to ride out the loop stalls a slow or shared disk causes under load (a sync of
 /// 100 ms and more was measured with three nodes on one disk), short enough for failover well
-/// under a second; see ARCHITECTURE.md, "Failover timing and its trade-off".
+/// under a second; see ARCHITECTURE.md, "Membership, roles and failover", and the measurements
+/// in bench/RESULTS.md.
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 300;
 /// Voters the leader keeps by default (automatic roles).
 pub const VOTERS_DEFAULT: u32 = 3;

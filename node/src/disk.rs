@@ -1,8 +1,8 @@
 //! A full disk: the node stays up. Writes are refused (SQLITE_FULL) while the file system
-//! holding the data directory has less than [`DISK_FREE_BYTES_MIN`] available, or while an
-//! append or an apply that failed for want of space waits to be retried; reads go on; a leader
-//! hands leadership to a member with room; everything resumes by itself once space is back.
-//! Each change of state is logged once.
+//! holding the data directory has less than [`DISK_FREE_BYTES_MIN`] or fewer than
+//! [`DISK_FREE_INODES_MIN`] inodes available, or while an append or an apply that failed for
+//! want of space waits to be retried; reads go on; a leader hands leadership to a member with
+//! room; everything resumes by itself once space is back. Each change of state is logged once.
 //!
 //! Why a margin and not only `ENOSPC`: a write refused before it is proposed is a clean error
 //! for its client. A command that is already committed must still be applied, and its apply
@@ -21,6 +21,9 @@ use log::{info, warn};
 /// writes: room for the next log segment (8 MiB, preallocated whole) and the WAL frames and
 /// checkpoints of commands already committed.
 pub(super) const DISK_FREE_BYTES_MIN: u64 = 16 << 20;
+/// Below this many available inodes (on file systems that count them) writes are refused too:
+/// a log segment, a snapshot, a database's WAL each need a file.
+pub(super) const DISK_FREE_INODES_MIN: u64 = 64;
 /// How often the available space is measured (`statvfs`) while writes come in, and how often
 /// a stalled append or apply is retried while the disk is full.
 pub(super) const DISK_RETRY_INTERVAL: Duration = Duration::from_millis(100);
@@ -121,6 +124,24 @@ impl Disk {
                 self.dir.display(),
                 DISK_FREE_BYTES_MIN
             ));
+        }
+        // Bytes without inodes are no room either: the next segment, snapshot or WAL file
+        // could not be created (measured here too, or the state would flap between "full"
+        // from a failed create and "space back" from the byte count).
+        match atoll_storage::available_inodes(&self.dir) {
+            Ok(Some(inodes)) if inodes < DISK_FREE_INODES_MIN => {
+                return self.enter(format!(
+                    "{inodes} files (inodes) can still be created in {}, fewer than the {} \
+                     kept free",
+                    self.dir.display(),
+                    DISK_FREE_INODES_MIN
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!("measuring free inodes in {}: {error}", self.dir.display());
+                return false;
+            }
         }
         if self.full.is_some() && !self.stalled {
             self.full = None;

@@ -5,13 +5,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Where the node reads the time. Only differences between its instants matter: the node
-/// keeps no wall-clock time.
+/// Where the node reads the time. Only differences between its instants matter, except for
+/// names: [`Clock::unix_time`] is read only to name things (a quarantine directory), never to
+/// decide anything.
 pub trait Clock: Send {
     /// The current instant; never earlier than a previous answer.
     fn now(&self) -> Instant;
+
+    /// The wall-clock time since the Unix epoch, for names only (it may go back).
+    fn unix_time(&self) -> Duration;
 }
 
 /// Where the node draws random numbers: election seeds, peer incarnations, snapshot and
@@ -28,6 +32,12 @@ pub struct MonotonicClock;
 impl Clock for MonotonicClock {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn unix_time(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
     }
 }
 
@@ -69,9 +79,18 @@ impl Default for ManualClock {
     }
 }
 
+/// Where a [`ManualClock`]'s wall-clock time starts: 2020-01-01T00:00:00Z, so that a
+/// simulated run names things the same way every time.
+const MANUAL_CLOCK_UNIX_START: Duration = Duration::from_secs(1_577_836_800);
+
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.base + self.elapsed()
+    }
+
+    /// 2020-01-01T00:00:00Z plus the simulated time elapsed.
+    fn unix_time(&self) -> Duration {
+        MANUAL_CLOCK_UNIX_START.saturating_add(self.elapsed())
     }
 }
 
@@ -159,6 +178,10 @@ mod tests {
         shared.advance(Duration::from_millis(250));
         assert_eq!(clock.now() - start, Duration::from_millis(250));
         assert_eq!(clock.elapsed(), Duration::from_millis(250));
+        assert_eq!(
+            clock.unix_time(),
+            MANUAL_CLOCK_UNIX_START + Duration::from_millis(250)
+        );
         clock.advance(Duration::MAX);
         assert!(clock.now() >= start + Duration::from_millis(250));
     }

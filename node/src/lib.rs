@@ -21,7 +21,12 @@
 //! majority); the Raft log is never compacted past `engine.min_checkpoint_index()`, because
 //! crash recovery replays the log after each database's checkpoint; a new leader serves no
 //! request that needs the leader before it has applied the first entry of its term (so every
-//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md, "The node".
+//! write acknowledged by an earlier term is visible first). See ARCHITECTURE.md,
+//! "The flow of a write" and "The flow of a read".
+//!
+//! Command entries carry one of three payloads, told apart by their magic: a transaction's
+//! frames (`ATLC`, [`atoll_core::command`]), a restore piece (`ATRS`, `restore.rs`) and a verify
+//! point (`ATVF`, `verify.rs`). The data directory is laid out in `config.rs`.
 
 #![forbid(unsafe_code)]
 
@@ -39,7 +44,6 @@ pub mod repair;
 mod restore;
 mod roles;
 pub mod secret;
-pub mod sql;
 mod timings;
 pub mod tls;
 mod values;
@@ -76,6 +80,9 @@ const SNAPSHOT_BYTES_PER_TURN: usize = 1 << 20;
 /// A node that applied nothing for this long checkpoints every database (TRUNCATE), so that a
 /// restart replays little and the WAL files give their space back.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
+/// A snapshot from the leader that could not be stored for want of space: chunks are dropped
+/// unread this long before the next try (the leader resends them when it sees no progress).
+const SNAPSHOT_RECEIVE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A snapshot attempt that could not start (a checkpoint was held back by a reader) is retried
 /// after this many more applied entries.
 const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
@@ -118,6 +125,9 @@ pub struct StartOptions {
     pub tls_reload: Arc<AtomicBool>,
     /// Where to serve Prometheus metrics (`--metrics-address`), if anywhere.
     pub metrics_address: Option<String>,
+    /// Damage found this soon after a repair in this process is not repaired again by itself
+    /// (`None`: 10 minutes); `--repair-again-after`.
+    pub repair_again_after: Option<Duration>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -261,6 +271,8 @@ struct SnapshotJob {
     reader: atoll_core::SnapshotReader,
     writer: SnapshotWriter,
     buffer: Vec<u8>,
+    /// Bytes written to `writer` so far.
+    written: u64,
 }
 
 /// A running node. Built by [`Node::open`], run by [`Node::run`].
@@ -286,6 +298,18 @@ pub struct Node {
     weight: u64,
     /// The snapshot being received from a leader, and the bytes written to it so far.
     incoming: Option<(SnapshotWriter, u64)>,
+    /// The snapshot received whole and made durable, for raft's install in the next ready.
+    incoming_finished: Option<atoll_storage::SnapshotMeta>,
+    /// A snapshot from the leader that raft installed (its file is durable, the log restarts
+    /// after it) but the engine could not, for want of space: the databases are behind raft.
+    /// Until it is installed (retried at most every `DISK_RETRY_INTERVAL`) nothing is applied
+    /// or read, no raft message leaves, no entry is appended and raft is not ticked. A crash
+    /// meanwhile is covered: at start the databases behind the snapshot get it installed.
+    install_pending: Option<atoll_storage::SnapshotMeta>,
+    /// A snapshot from the leader could not be stored (a full disk): chunks arriving before
+    /// this instant are dropped unread (the leader resends them), so that a disk still full
+    /// is not tried at the pace of a round trip. Logged once per full state.
+    incoming_refused_until: Option<Instant>,
     /// Snapshots being streamed to followers, open for reads at offsets (chunks are read
     /// from the file when they are sent, never the whole snapshot into memory).
     outgoing: Vec<SnapshotData>,
@@ -320,6 +344,8 @@ pub struct Node {
     verify: verify::Verify,
     /// The applied index at which the next snapshot starts.
     snapshot_next_at: u64,
+    /// Snapshots are postponed for want of disk space (logged once when it began).
+    snapshot_postponed: bool,
     /// Compaction raft asked for and not done yet: the log is compacted one segment file per
     /// turn toward it, so that removing many files (and their syncs) never stalls one turn.
     compact_target: Option<(LogIndex, Term)>,
@@ -330,8 +356,21 @@ pub struct Node {
     metrics: metrics::Metrics,
     /// A repair from peers in progress (`repair.rs`).
     repair: Option<repair::Repair>,
-    /// A REPAIR request stopped the node: `atoll start` quarantines and starts it again.
+    /// Damage found (a REPAIR request, a corrupt database): the loop stops (a leader hands over
+    /// first) and the host restarts the node in place ([`Node::reopen_repaired`]).
     repair_requested: Option<repair::Damage>,
+    /// Set once the answers of the turn that requested the repair were flushed: the loop stops.
+    repair_stop: bool,
+    /// After a repair: the leader's commit index when the node was re-added; the repair is
+    /// finished (logged) once this node applied it.
+    repair_catch_up: Option<u64>,
+    /// What `Node::open` was given, for a restart in place after a repair.
+    start_options: StartOptions,
+    /// When this process last reopened the node for a repair: damage found again soon after
+    /// is not repaired again automatically (it likely came from the leader).
+    repaired_at: Option<Instant>,
+    /// An apply found a closed database damaged: applies wait until this instant, then retry.
+    damaged_apply_retry_at: Option<Instant>,
     /// Restore pieces this leader proposed, waiting for their apply (`restore.rs`).
     restore_waiting: Vec<restore::Waiting>,
     /// The applied index of the last idle checkpoint.
@@ -343,6 +382,10 @@ pub struct Node {
     replay: Option<(u64, u64)>,
     /// A full disk: writes refused, stalled appends and applies retried.
     disk: disk::Disk,
+    /// Raft's term and vote could not be saved (a full disk): until they are, no raft
+    /// message leaves the node (no vote is granted, no append acknowledged), raft is not
+    /// ticked (no election starts) and entries are not appended; the save is retried.
+    hard_state_unsaved: bool,
     stats: Stats,
     /// Set by SIGHUP: reload the TLS files.
     tls_reload: Arc<AtomicBool>,
@@ -365,9 +408,10 @@ impl Node {
         what: String,
         shutdown: Arc<AtomicBool>,
         options: StartOptions,
+        clock: &dyn Clock,
     ) -> Result<Node, NodeError> {
         let damage = repair::Damage { what };
-        repair::quarantine(data_dir, config.id, &damage).map_err(|why| {
+        repair::quarantine(data_dir, config.id, &damage, clock).map_err(|why| {
             NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what))
         })?;
         Node::open(data_dir, shutdown, options)
@@ -393,6 +437,7 @@ impl Node {
         inputs: Inputs,
     ) -> Result<Node, NodeError> {
         let Inputs { clock, mut random } = inputs;
+        let start_options = options.clone();
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
@@ -402,7 +447,7 @@ impl Node {
             ) => {
                 // A damaged log: rebuilt from the leader when there is one to ask.
                 let what = format!("opening the Raft log: {e}");
-                return Node::open_repaired(data_dir, &config, what, shutdown, options);
+                return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
             }
             other => other,
         };
@@ -425,6 +470,7 @@ impl Node {
                     format!("reading the snapshots: {e}"),
                     shutdown,
                     options,
+                    &*clock,
                 );
             }
         };
@@ -443,13 +489,31 @@ impl Node {
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
         // the results), and jitter so that nodes, which apply the same entries, do not
         // checkpoint together. With 64 writers and a 20 ms election timeout this took needless
-        // elections from 11-12 to none in 20 s (ARCHITECTURE, "Failover timing").
+        // elections from 11-12 to none in 20 s (bench/RESULTS.md).
         engine_config.checkpoint_frames = 1024;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = true;
         engine_config.checkpoint_jitter_seed = random.next_u64();
-        let (mut engine, recovery) = Engine::open(engine_config)
-            .map_err(|e| start(format!("opening the databases: {e}")))?;
+        let (mut engine, recovery) = match Engine::open(engine_config) {
+            Err(e @ atoll_core::EngineError::CorruptDatabase { .. }) => {
+                // A database SQLite cannot even open (its header page): rebuilt from the leader
+                // when there is one to ask.
+                drop(log);
+                let what = format!("opening the databases: {e}");
+                return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
+            }
+            other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
+        };
+        let found = engine.corrupt_databases();
+        if !found.is_empty() && repair::repair_source_known(data_dir, config.id) {
+            // quick_check found a damaged page: the node is rebuilt from the leader before it
+            // serves anything from it. Otherwise the first turn decides (`damage_step`): with
+            // no other voter it serves, refusing writes to the database.
+            let what = repair::describe_corrupt(&found);
+            drop(engine);
+            drop(log);
+            return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
+        }
         let raft_snapshot = match &snapshot {
             Some(meta) => {
                 let configuration = Configuration::decode(&meta.configuration).map_err(|e| {
@@ -473,7 +537,9 @@ impl Node {
                             drop(reader);
                             drop(engine);
                             drop(log);
-                            return Node::open_repaired(data_dir, &config, what, shutdown, options);
+                            return Node::open_repaired(
+                                data_dir, &config, what, shutdown, options, &*clock,
+                            );
                         }
                         Err(e) => {
                             return Err(start(format!("installing snapshot {}: {e}", meta.index)))
@@ -581,6 +647,9 @@ impl Node {
             leader_term: None,
             weight: 0,
             incoming: None,
+            incoming_finished: None,
+            incoming_refused_until: None,
+            install_pending: None,
             outgoing: Vec::new(),
             peer_routes: options.peer_routes,
             peer_announced: HashMap::new(),
@@ -599,17 +668,24 @@ impl Node {
             snapshot_job: None,
             verify: verify::Verify::default(),
             snapshot_next_at,
+            snapshot_postponed: false,
             compact_target: None,
             last_apply_at: now,
             last_leader_contact: None,
             metrics: metrics::Metrics::new(hard_state.term.0),
             repair: None,
             repair_requested: None,
+            repair_stop: false,
+            repair_catch_up: None,
+            start_options,
+            repaired_at: None,
+            damaged_apply_retry_at: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
+            hard_state_unsaved: false,
             stats: Stats::default(),
             tls_reload: options.tls_reload,
             timings: timings::Timings::new(),
@@ -703,7 +779,8 @@ impl Node {
     /// as a batch. False once the shutdown flag is set and a leader's handover is done: the host
     /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
     pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
-        if self.shutdown.load(Ordering::SeqCst) && self.handover_done() {
+        let stopping = self.shutdown.load(Ordering::SeqCst) || self.repair_stop;
+        if stopping && self.handover_done() {
             return Ok(false);
         }
         let mut events = std::mem::take(&mut self.events);
@@ -715,9 +792,10 @@ impl Node {
         if self.tls_reload.swap(false, Ordering::SeqCst) {
             self.reload_tls();
         }
-        if self.repair_requested.is_some() {
-            // A REPAIR was answered (the poll flushed it): stop, as on SIGTERM.
-            self.shutdown.store(true, Ordering::SeqCst);
+        if self.repair_requested.is_some() && !self.repair_stop {
+            // Damage found, a REPAIR answered (the poll flushed it): stop as on SIGTERM (a
+            // leader hands over first); the host restarts the node in place.
+            self.repair_stop = true;
         }
         let turn_start = self.clock.now();
         let now = self
@@ -872,8 +950,18 @@ impl Node {
     fn on_tick(&mut self) -> Result<(), NodeError> {
         let now = self.clock.now();
         let (ticks, tick_at) = count_ticks(self.tick_at, now, self.tick, self.ticks_per_turn_max());
-        for _ in 0..ticks {
-            self.raft.tick();
+        if self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        if self.install_pending.is_some() {
+            self.install_again()?;
+        }
+        // A node whose term and vote are not durable must not start an election, nor one whose
+        // databases are behind its log.
+        if !self.hard_state_unsaved && self.install_pending.is_none() {
+            for _ in 0..ticks {
+                self.raft.tick();
+            }
         }
         self.tick_at = tick_at;
         let next = (self.tick_at + self.tick).saturating_duration_since(self.clock.now());
@@ -981,10 +1069,33 @@ impl Node {
     /// Handles one ready; true if some of its entries could not be appended or applied for
     /// want of disk space and went back to raft.
     fn handle_ready(&mut self, mut ready: Ready) -> Result<bool, NodeError> {
-        // 1. Received snapshot bytes, and an install (followers; none arrive without peers).
-        self.store_snapshot_chunks(&ready)?;
+        // 0. The term and vote, durable before anything else (saved again if an earlier save
+        //    failed). While they are not, nothing leaves the node and no entry is appended.
+        if ready.hard_state.take().is_some() || self.hard_state_unsaved {
+            self.save_hard_state()?;
+        }
+        if self.install_pending.is_some() {
+            self.install_again()?;
+        }
+        let unsaved = self.hard_state_unsaved || self.install_pending.is_some();
+        if unsaved {
+            ready.messages.clear();
+            ready.persisted_messages.clear();
+        }
+        // 1. An install (of a snapshot whose bytes an earlier ready handed out), then received
+        //    snapshot bytes (followers; none arrive without peers).
         if let Some(install) = &ready.snapshot {
             self.install_snapshot(install.meta.index)?;
+            if self.install_pending.is_some() {
+                ready.messages.clear();
+                ready.persisted_messages.clear();
+            }
+        }
+        let unsaved = unsaved || self.install_pending.is_some();
+        if let Err(e) = self.store_snapshot_chunks(&ready) {
+            self.snapshot_store_failed(e)?;
+            // The answers acknowledge chunks that are gone.
+            ready.persisted_messages.clear();
         }
         // 2. The log: install, truncate + append, hard state (durable before sends). A
         //    compaction is done later, a segment file per turn (`compact_step`).
@@ -1005,7 +1116,7 @@ impl Node {
         let mut stalled = false;
         if !entries.is_empty() {
             let append_start = self.clock.now();
-            let appended = self.append_entries(&entries)?;
+            let appended = !unsaved && self.append_entries(&entries)?;
             self.timings
                 .append(self.clock.now().saturating_duration_since(append_start));
             if appended {
@@ -1048,6 +1159,18 @@ impl Node {
             let leading = self.raft.role() == StateRole::Leader;
             self.timings.committed(last.index.0, leading, now);
         }
+        if self.install_pending.is_some() {
+            // The databases are behind raft's snapshot: nothing is applied, nothing is read.
+            if let Some(first) = ready.committed_entries.first() {
+                let index = first.index;
+                self.apply_again_from(index, &mut ready)?;
+                stalled = true;
+            }
+            ready.committed_entries.clear();
+            for read in std::mem::take(&mut ready.read_states) {
+                self.read_dropped(read.context);
+            }
+        }
         for entry in &ready.committed_entries {
             let index = entry.index.0;
             match entry.kind {
@@ -1067,8 +1190,28 @@ impl Node {
                     stalled = true;
                     break;
                 }
+                EntryKind::Command if self.damaged_apply_wait(now) => {
+                    // A damaged database held the apply back: retried a second later.
+                    self.apply_again_from(entry.index, &mut ready)?;
+                    stalled = true;
+                    break;
+                }
                 EntryKind::Command if restore::decode(&entry.payload).is_some() => {
-                    self.apply_restore_piece(entry.index, entry.term, &entry.payload)?;
+                    if let Err(e) =
+                        self.apply_restore_piece(entry.index, entry.term, &entry.payload)?
+                    {
+                        // As for any command: applied again once space is back, never skipped.
+                        if self
+                            .disk
+                            .write_failed(&format!("applying entry {index}"), &e, now)
+                        {
+                            self.disk_full_began();
+                        }
+                        self.apply_again_from(entry.index, &mut ready)?;
+                        stalled = true;
+                        break;
+                    }
+                    self.disk.write_succeeded();
                 }
                 EntryKind::Command => match self.timed_apply(index, &entry.payload) {
                     Ok(Applied::Frames { .. }) => {
@@ -1087,6 +1230,14 @@ impl Node {
                         {
                             self.disk_full_began();
                         }
+                        self.apply_again_from(entry.index, &mut ready)?;
+                        stalled = true;
+                        break;
+                    }
+                    Err(atoll_core::EngineError::CorruptDatabase { database, reason }) => {
+                        // Never applied past (nor skipped): held back until the node is
+                        // repaired (`damage_step`, this turn), retried meanwhile.
+                        self.damaged_apply_held(index, &database, &reason, now);
                         self.apply_again_from(entry.index, &mut ready)?;
                         stalled = true;
                         break;
@@ -1113,7 +1264,45 @@ impl Node {
         for context in &ready.dropped_reads {
             self.read_dropped(*context);
         }
-        Ok(stalled)
+        Ok(stalled || unsaved)
+    }
+
+    /// Saves raft's term and vote. For want of space the node goes on with them unsaved
+    /// ([`Node::hard_state_unsaved`]) and retries at most every `DISK_RETRY_INTERVAL`; a
+    /// failed sync, or any other error, stops it.
+    fn save_hard_state(&mut self) -> Result<(), NodeError> {
+        let now = self.clock.now();
+        if self.hard_state_unsaved && !self.disk.may_write(now) {
+            return Ok(());
+        }
+        let hard_state = self.raft.hard_state();
+        match self.raft.log_mut().save_hard_state(hard_state) {
+            Ok(()) => {
+                if std::mem::take(&mut self.hard_state_unsaved) {
+                    self.disk.write_succeeded();
+                    info!(
+                        "term {} and vote saved: taking part in raft again",
+                        hard_state.term
+                    );
+                }
+                Ok(())
+            }
+            Err(e) if disk::is_full(&e) => {
+                if !self.hard_state_unsaved {
+                    warn!(
+                        "cannot save term {} and vote ({e}): sending nothing, granting no vote \
+                         and starting no election until they are saved",
+                        hard_state.term
+                    );
+                }
+                self.hard_state_unsaved = true;
+                if self.disk.write_failed("saving the term and vote", &e, now) {
+                    self.disk_full_began();
+                }
+                Ok(())
+            }
+            Err(e) => Err(fatal("saving the term and vote", e)),
+        }
     }
 
     /// `engine.apply`, timed.
@@ -1139,9 +1328,21 @@ impl Node {
         let log = self.raft.log_mut();
         let first = entries[0].index;
         if first <= log.last_index() {
-            log.truncate_after(first.prev())
-                .map_err(|e| fatal("truncating the log", e))?;
+            // Cutting a segment writes its kept prefix to a new file first: a full disk fails
+            // there, before anything changed.
+            match log.truncate_after(first.prev()) {
+                Ok(()) => {}
+                Err(e) if disk::is_full(&e) => {
+                    let what = format!("truncating the log after {}", first.prev());
+                    if self.disk.write_failed(&what, &e, now) {
+                        self.disk_full_began();
+                    }
+                    return Ok(false);
+                }
+                Err(e) => return Err(fatal("truncating the log", e)),
+            }
         }
+        let log = self.raft.log_mut();
         match log.append(entries) {
             Ok(()) => {
                 self.disk.write_succeeded();
@@ -1187,17 +1388,21 @@ impl Node {
 
     /// Writes received snapshot chunks into the incoming snapshot file, each at its offset:
     /// raft hands them out contiguous from 0, and a chunk at offset 0 starts a new file (a
-    /// restarted stream, or a newer snapshot; the unfinished one is removed).
-    fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), NodeError> {
+    /// restarted stream, or a newer snapshot; the unfinished one is removed). The chunk that
+    /// completes it finishes the file (durable), before raft installs it in the next ready.
+    /// (A snapshot that does not fit is refused before raft sees it: `refuse_message`.) An
+    /// error of the disk comes back to the caller.
+    fn store_snapshot_chunks(&mut self, ready: &Ready) -> Result<(), io::Error> {
         for chunk in &ready.snapshot_chunks {
             if chunk.offset == 0 {
+                self.incoming = None;
+                self.incoming_finished = None;
                 let configuration = chunk.meta.configuration.encode_to_vec();
-                let writer = self
-                    .raft
-                    .log()
-                    .snapshots()
-                    .create(chunk.meta.index, chunk.meta.term, &configuration)
-                    .map_err(|e| fatal("creating a received snapshot", e))?;
+                let writer = self.raft.log().snapshots().create(
+                    chunk.meta.index,
+                    chunk.meta.term,
+                    &configuration,
+                )?;
                 info!(
                     "receiving snapshot {} ({} bytes) from the leader",
                     chunk.meta.index, chunk.meta.size_bytes
@@ -1205,7 +1410,7 @@ impl Node {
                 self.incoming = Some((writer, 0));
             }
             let Some((writer, written)) = self.incoming.as_mut() else {
-                return Err(NodeError::Fatal(format!(
+                return Err(io::Error::other(format!(
                     "snapshot chunk at offset {} without its start",
                     chunk.offset
                 )));
@@ -1215,21 +1420,77 @@ impl Node {
                 "raft hands out snapshot chunks contiguously"
             );
             assert_eq!(chunk.data.len(), chunk.length as usize);
-            writer
-                .write_all(&chunk.data)
-                .map_err(|e| fatal("writing a received snapshot", e))?;
+            writer.write_all(&chunk.data)?;
             *written += chunk.data.len() as u64;
+            if *written == chunk.meta.size_bytes {
+                let (writer, _) = self.incoming.take().expect("matched above");
+                self.incoming_finished = Some(writer.finish()?);
+            }
         }
         Ok(())
     }
 
+    /// Received snapshot chunks could not be stored. For want of space the unfinished file
+    /// goes, raft forgets the receive and asks the leader to start again, and chunks are
+    /// dropped unread for [`SNAPSHOT_RECEIVE_RETRY_INTERVAL`]; the node goes on. Any other
+    /// error stops it.
+    fn snapshot_store_failed(&mut self, error: io::Error) -> Result<(), NodeError> {
+        if !disk::is_full(&error) {
+            return Err(fatal("storing a received snapshot", error));
+        }
+        self.incoming = None;
+        self.incoming_finished = None;
+        self.raft
+            .snapshot_store_failed()
+            .map_err(|e| fatal("dropping a received snapshot", e))?;
+        let now = self.clock.now();
+        if self.incoming_refused_until.is_none() {
+            warn!("disk full: a snapshot from the leader cannot be stored ({error}); retried");
+        } else {
+            debug!("a snapshot from the leader cannot be stored again: {error}");
+        }
+        self.incoming_refused_until = Some(now + SNAPSHOT_RECEIVE_RETRY_INTERVAL);
+        Ok(())
+    }
+
+    /// Whether snapshot chunks from the leader are dropped unread now (a full disk).
+    fn snapshot_receive_refused(&self) -> bool {
+        self.incoming_refused_until
+            .is_some_and(|until| self.clock.now() < until)
+    }
+
+    /// Installs the received snapshot raft just installed (`index`) into the engine. For want
+    /// of space the engine changes nothing and the install waits ([`Node::install_pending`]).
     fn install_snapshot(&mut self, index: LogIndex) -> Result<(), NodeError> {
-        let (writer, _) = self.incoming.take().ok_or_else(|| {
-            NodeError::Fatal(format!("snapshot {index} to install was not received"))
-        })?;
-        let meta = writer
-            .finish()
-            .map_err(|e| fatal("finishing a received snapshot", e))?;
+        let meta = self
+            .incoming_finished
+            .take()
+            .filter(|meta| meta.index == index)
+            .ok_or_else(|| {
+                NodeError::Fatal(format!("snapshot {index} to install was not received"))
+            })?;
+        if self.incoming_refused_until.take().is_some() {
+            info!("disk space back: snapshot {index} from the leader stored");
+        }
+        self.install_into_engine(meta, false)
+    }
+
+    /// Tries a pending install again (at most every `DISK_RETRY_INTERVAL`).
+    fn install_again(&mut self) -> Result<(), NodeError> {
+        if !self.disk.may_write(self.clock.now()) {
+            return Ok(());
+        }
+        let meta = self.install_pending.take().expect("checked by the caller");
+        self.install_into_engine(meta, true)
+    }
+
+    /// Installs a received snapshot into the engine (`again`: a pending one).
+    fn install_into_engine(
+        &mut self,
+        meta: atoll_storage::SnapshotMeta,
+        again: bool,
+    ) -> Result<(), NodeError> {
+        let index = meta.index;
         let mut reader = self
             .raft
             .log()
@@ -1238,9 +1499,26 @@ impl Node {
             .map_err(|e| fatal("opening a received snapshot", e))?;
         // Images being hashed read files the install replaces.
         self.verify.snapshot_installed(index.0);
-        self.engine
-            .install_snapshot(&mut reader)
-            .map_err(|e| fatal("installing a snapshot", e))?;
+        match self.engine.install_snapshot(&mut reader) {
+            Ok(_) => {}
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                let now = self.clock.now();
+                if !again {
+                    warn!(
+                        "disk full: snapshot {index} cannot be installed ({e}); applying, \
+                         reading and taking part in raft wait until it is"
+                    );
+                }
+                self.disk
+                    .write_failed(&format!("installing snapshot {index}"), &e, now);
+                self.install_pending = Some(meta);
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("installing a snapshot", e)),
+        }
+        if again {
+            self.disk.write_succeeded();
+        }
         info!(
             "installed snapshot {index} from the leader ({} bytes)",
             meta.data_bytes
@@ -1312,6 +1590,7 @@ impl Node {
         self.expire_reads();
         self.roles_step();
         self.join_step();
+        self.damage_step();
         self.repair_step();
         self.restore_step();
         self.snapshot_policy()?;
@@ -1340,6 +1619,9 @@ impl Node {
     /// database at the applied index, copied a bounded piece per turn; once written, raft
     /// compacts the log behind it and old snapshots go.
     fn snapshot_policy(&mut self) -> Result<(), NodeError> {
+        if self.install_pending.is_some() {
+            return Ok(()); // The databases are behind raft's snapshot.
+        }
         if let Some(job) = self.snapshot_job.as_mut() {
             let mut copied = 0;
             while copied < SNAPSHOT_BYTES_PER_TURN {
@@ -1350,18 +1632,30 @@ impl Node {
                 if read == 0 {
                     break;
                 }
-                job.writer
-                    .write_all(&job.buffer[..read])
-                    .map_err(|e| fatal("writing the snapshot", e))?;
+                if let Err(e) = job.writer.write_all(&job.buffer[..read]) {
+                    let why = format!(
+                        "writing snapshot {} ({} bytes written)",
+                        job.index, job.written
+                    );
+                    return self.snapshot_failed(&why, e);
+                }
+                job.written += read as u64;
                 copied += read;
             }
             if copied < SNAPSHOT_BYTES_PER_TURN {
                 let job = self.snapshot_job.take().expect("checked above");
-                let meta = job
-                    .writer
-                    .finish()
-                    .map_err(|e| fatal("finishing the snapshot", e))?;
+                let index = job.index;
+                let meta = match job.writer.finish() {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let why = format!("finishing snapshot {index}");
+                        return self.snapshot_failed(&why, e);
+                    }
+                };
                 drop(job.reader);
+                if std::mem::take(&mut self.snapshot_postponed) {
+                    info!("disk space back: snapshots resume");
+                }
                 self.raft
                     .snapshot_taken(job.index, meta.data_bytes)
                     .map_err(|e| fatal("recording the snapshot", e))?;
@@ -1384,10 +1678,13 @@ impl Node {
         }
         // The snapshot's index must not pass the checkpoint index, so that the compaction that
         // follows never drops an entry recovery would need.
-        let checkpoint = self
-            .engine
-            .checkpoint(true)
-            .map_err(|e| fatal("checkpointing", e))?;
+        let checkpoint = match self.engine.checkpoint(true) {
+            Ok(checkpoint) => checkpoint,
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                return self.snapshot_failed("checkpointing before a snapshot", e);
+            }
+            Err(e) => return Err(fatal("checkpointing", e)),
+        };
         if checkpoint.is_some_and(|index| index < applied) {
             debug!("snapshot postponed: a checkpoint waits for a reader");
             return Ok(());
@@ -1399,24 +1696,62 @@ impl Node {
             .log_term(index)
             .ok_or_else(|| NodeError::Fatal(format!("no term for applied index {index}")))?;
         let configuration = self.raft.configuration().encode_to_vec();
-        let writer = self
-            .raft
-            .log()
-            .snapshots()
-            .create(index, term, &configuration)
-            .map_err(|e| fatal("creating the snapshot", e))?;
         let reader = self
             .engine
             .snapshot()
             .map_err(|e| fatal("starting the snapshot", e))?;
         assert_eq!(reader.index(), applied);
+        // A snapshot that would leave less than the margin writes keep is not started: it
+        // would fail part-way, or take the space committed writes need.
+        let needed = reader.len_bytes().saturating_add(disk::DISK_FREE_BYTES_MIN);
+        let snapshots = self.raft.log().snapshots().dir();
+        match atoll_storage::available_bytes(snapshots) {
+            Ok(available) if available < needed => {
+                let why = format!(
+                    "snapshot {index} needs {} bytes and the margin, {available} available",
+                    reader.len_bytes()
+                );
+                return self.snapshot_failed(&why, io::ErrorKind::StorageFull.into());
+            }
+            Ok(_) => {}
+            Err(e) => warn!("free space of {}: {e}", snapshots.display()),
+        }
+        let writer = match self
+            .raft
+            .log()
+            .snapshots()
+            .create(index, term, &configuration)
+        {
+            Ok(writer) => writer,
+            Err(e) => return self.snapshot_failed(&format!("creating snapshot {index}"), e),
+        };
         self.snapshot_job = Some(SnapshotJob {
             index,
             reader,
             writer,
             buffer: vec![0; 64 * 1024],
+            written: 0,
         });
         self.snapshot_next_at = applied + snapshot_interval(&self.config, self.random.as_mut());
+        Ok(())
+    }
+
+    /// Taking a snapshot failed (`why`, `error`). For want of space the snapshot is dropped
+    /// (its unfinished file removed, giving the space back) and tried again after
+    /// [`SNAPSHOT_RETRY_ENTRIES`] more applies, logged once until one is written: the log is
+    /// only compacted later. Any other error stops the node.
+    fn snapshot_failed(&mut self, why: &str, error: io::Error) -> Result<(), NodeError> {
+        if !disk::is_full(&error) {
+            return Err(fatal(why, error));
+        }
+        self.snapshot_job = None;
+        self.snapshot_next_at = self.raft.applied().0 + SNAPSHOT_RETRY_ENTRIES;
+        if !self.snapshot_postponed {
+            self.snapshot_postponed = true;
+            warn!("disk full: snapshots postponed ({why}: {error})");
+        } else {
+            debug!("snapshot postponed again: {why}: {error}");
+        }
         Ok(())
     }
 
@@ -1441,10 +1776,24 @@ impl Node {
         };
         let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
         assert!(index.0 <= floor, "compaction past the checkpoint index");
-        self.raft
-            .log_mut()
-            .compact_through(index, term)
-            .map_err(|e| fatal("compacting the log", e))?;
+        if self.disk.is_full() {
+            return Ok(()); // Tried again once space is back.
+        }
+        match self.raft.log_mut().compact_through(index, term) {
+            Ok(()) => {}
+            // Saving the compaction point failed to write: nothing changed; tried again once
+            // space is back (entries kept longer are still valid log).
+            Err(e) if disk::is_full(&e) => {
+                if self
+                    .disk
+                    .space_short(&format!("compacting the log through {index}: {e}"))
+                {
+                    self.disk_full_began();
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("compacting the log", e)),
+        }
         debug!("log compacted through {index}");
         if index == target {
             self.compact_target = None;

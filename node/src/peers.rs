@@ -89,6 +89,15 @@ impl Node {
         for mut message in messages {
             let to = message.to.0;
             if let Some(chunk) = message.snapshot_chunk_to_fill() {
+                if self.snapshots_refused() {
+                    // Damage must not spread: raft sends the chunk again when no progress
+                    // comes (after the repair a whole leader sends its own snapshot).
+                    debug!(
+                        "snapshot {} for node {to}: not sent, a database here is damaged",
+                        chunk.meta.index
+                    );
+                    continue;
+                }
                 if let Err(e) = self.fill_snapshot_chunk(chunk) {
                     // The leader resends from the acknowledged offset when no progress comes.
                     warn!(
@@ -167,7 +176,17 @@ impl Node {
             );
             return Ok(());
         }
+        if message.kind == atoll_raft::MessageKind::Snapshot && self.snapshot_receive_refused() {
+            // Unread, unanswered: the leader resends from what it knows stored when it sees
+            // no progress (answering each chunk would restart its stream once per chunk).
+            debug!("snapshot chunk from node {from} dropped: the disk was full");
+            return Ok(());
+        }
         if let Some(refusal) = self.refuse_message(&message) {
+            if matches!(refusal, Refusal::SnapshotTooLarge { .. }) {
+                self.incoming_refused_until =
+                    Some(self.clock.now() + super::SNAPSHOT_RECEIVE_RETRY_INTERVAL);
+            }
             let first = self.peer_refusals_logged.len() < PEER_REFUSALS_LOGGED_MAX
                 && self.peer_refusals_logged.insert((from, refusal.kind()));
             if first {

@@ -158,11 +158,23 @@ pub(super) struct Waiting {
 
 impl Node {
     /// RESTORE on the leader: checks the piece and proposes it; the answer waits for its apply.
+    /// On a full disk (below the margin writes keep, or, for a first piece, without room for
+    /// the staged file and the database it becomes) it is refused with SQLITE_FULL and
+    /// nothing is proposed.
     pub(super) fn restore_request(&mut self, conn: ConnId, piece: Piece<'_>) {
         if let Err(why) = check(&piece) {
             return self.refuse(
                 conn,
                 (values::CODE_ERROR, format!("restore refused: {why}")),
+            );
+        }
+        if let Some(why) = self.restore_space_short(&piece) {
+            return self.refuse(
+                conn,
+                (
+                    values::CODE_FULL,
+                    format!("disk full: restore refused, nothing was changed ({why})"),
+                ),
             );
         }
         let payload = encode(&piece);
@@ -175,6 +187,34 @@ impl Node {
             Err(e) => {
                 let refusal = Self::raft_refusal(e);
                 self.refuse(conn, refusal);
+            }
+        }
+    }
+
+    /// Why the disk has no room for `piece`, if it has none: writes are refused, or a first
+    /// piece finds less than twice the file's size and the margin available (the staged file,
+    /// and the copy the switch writes).
+    fn restore_space_short(&mut self, piece: &Piece<'_>) -> Option<String> {
+        self.disk.check(self.clock.now());
+        if self.disk.is_full() {
+            return Some(values::REASON_DISK_FULL.to_owned());
+        }
+        if piece.offset != 0 {
+            return None;
+        }
+        let needed = piece
+            .total
+            .saturating_mul(2)
+            .saturating_add(super::disk::DISK_FREE_BYTES_MIN);
+        match atoll_storage::available_bytes(&self.data_dir) {
+            Ok(available) if available < needed => Some(format!(
+                "restoring {} bytes needs {needed} available, {available} are",
+                piece.total
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                warn!("free space of {}: {e}", self.data_dir.display());
+                None
             }
         }
     }
@@ -206,25 +246,31 @@ impl Node {
         }
     }
 
-    /// Applies a restore piece at `index` (every node). Errors are fatal (a failed write or
-    /// sync: the node stops and replays at restart).
+    /// Applies a restore piece at `index` (every node). A full disk (`ENOSPC`) comes back as
+    /// `Ok(Err(..))`: nothing was switched, and applying the piece again later redoes what it
+    /// wrote (each piece goes to its offset). Other errors are fatal (a failed write or sync:
+    /// the node stops and replays at restart).
     pub(super) fn apply_restore_piece(
         &mut self,
         index: LogIndex,
         term: Term,
         payload: &[u8],
-    ) -> Result<(), NodeError> {
+    ) -> Result<Result<(), io::Error>, NodeError> {
         let piece = match decode(payload) {
             Some(Ok(piece)) => piece,
             Some(Err(why)) => {
                 warn!("entry {index}: malformed restore piece: {why}");
                 self.engine.note_applied(index.0);
                 self.restore_answer(index, term, Err(format!("restore refused: {why}")));
-                return Ok(());
+                return Ok(Ok(()));
             }
             None => unreachable!("the caller checked the magic"),
         };
-        let outcome = self.stage_piece(index, &piece)?;
+        let outcome = match self.stage_piece(index, &piece) {
+            Ok(outcome) => outcome,
+            Err(StageError::Full(e)) => return Ok(Err(e)),
+            Err(StageError::Fatal(e)) => return Err(e),
+        };
         if !matches!(outcome, Staged::Switched) {
             self.engine.note_applied(index.0);
         }
@@ -236,11 +282,17 @@ impl Node {
             }
         };
         self.restore_answer(index, term, result);
-        Ok(())
+        Ok(Ok(()))
     }
 
-    fn stage_piece(&mut self, index: LogIndex, piece: &Piece<'_>) -> Result<Staged, NodeError> {
-        let fatal = |what: &str, e: io::Error| NodeError::Fatal(format!("restore: {what}: {e}"));
+    fn stage_piece(&mut self, index: LogIndex, piece: &Piece<'_>) -> Result<Staged, StageError> {
+        let fatal = |what: &str, e: io::Error| {
+            if super::disk::is_full(&e) {
+                StageError::Full(io::Error::new(e.kind(), format!("restore: {what}: {e}")))
+            } else {
+                StageError::Fatal(NodeError::Fatal(format!("restore: {what}: {e}")))
+            }
+        };
         let dir = staged_dir(&self.data_dir);
         fs::create_dir_all(&dir).map_err(|e| fatal("creating the staging directory", e))?;
         let done = dir.join(format!("{}.done", piece.database));
@@ -259,7 +311,10 @@ impl Node {
                     let _ = fs::remove_file(entry.path());
                 }
             }
-            fs::File::create(&part).map_err(|e| fatal("creating the staged file", e))?;
+            if let Err(e) = fs::File::create(&part) {
+                let _ = fs::remove_file(&part);
+                return Err(fatal("creating the staged file", e));
+            }
         }
         let file = match fs::OpenOptions::new().read(true).write(true).open(&part) {
             Ok(file) => file,
@@ -306,17 +361,40 @@ impl Node {
             .map_err(|e| fatal("reading the staged file", e))?;
         let reader = Box::new(io::BufReader::new(source));
         self.verify.snapshot_installed(index.0);
-        self.engine
+        // On a full disk the engine changed nothing (its temporary files are gone).
+        match self
+            .engine
             .restore_database(piece.database, reader, info.page_bytes, pages, index.0)
-            .map_err(|e| NodeError::Fatal(format!("restore of {:?}: {e}", piece.database)))?;
+        {
+            Ok(()) => {}
+            Err(atoll_core::EngineError::Io(e)) if super::disk::is_full(&e) => {
+                return Err(fatal(&format!("switching {:?}", piece.database), e));
+            }
+            Err(e) => {
+                return Err(StageError::Fatal(NodeError::Fatal(format!(
+                    "restore of {:?}: {e}",
+                    piece.database
+                ))))
+            }
+        }
+        // The switch is done (and durable); the record only spares a resent piece. Without
+        // room for it the staged file stays: a resent last piece switches to the same file.
         let id = piece.restore_id.to_string();
         let temporary = dir.join(format!("{}.done.tmp", piece.database));
-        fs::write(&temporary, id.as_bytes())
+        let recorded = fs::write(&temporary, id.as_bytes())
             .and_then(|()| fs::File::open(&temporary)?.sync_all())
             .and_then(|()| fs::rename(&temporary, &done))
-            .and_then(|()| fs::File::open(&dir)?.sync_all())
-            .map_err(|e| fatal("recording the finished restore", e))?;
-        let _ = fs::remove_file(&part);
+            .and_then(|()| fs::File::open(&dir)?.sync_all());
+        match recorded {
+            Ok(()) => {
+                let _ = fs::remove_file(&part);
+            }
+            Err(e) if super::disk::is_full(&e) => {
+                let _ = fs::remove_file(&temporary);
+                warn!("restore of {:?}: recording it: {e}", piece.database);
+            }
+            Err(e) => return Err(fatal("recording the finished restore", e)),
+        }
         info!(
             "restored database {:?} at index {index}: {pages} pages of {} bytes",
             piece.database, info.page_bytes
@@ -326,7 +404,7 @@ impl Node {
     }
 
     /// A piece whose predecessors this node never saw: at the last piece it rebuilds itself.
-    fn missed(&mut self, piece: &Piece<'_>) -> Result<Staged, NodeError> {
+    fn missed(&mut self, piece: &Piece<'_>) -> Result<Staged, StageError> {
         if piece.is_last() {
             error!(
                 "restore of {:?}: this node missed pieces (caught up by snapshot meanwhile); \
@@ -339,6 +417,14 @@ impl Node {
         }
         Ok(Staged::Missing)
     }
+}
+
+/// Why staging a piece failed.
+enum StageError {
+    /// The disk is full: nothing was switched; the piece is applied again later.
+    Full(io::Error),
+    /// Anything else: the node stops.
+    Fatal(NodeError),
 }
 
 /// What applying a piece did.

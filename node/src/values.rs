@@ -115,6 +115,10 @@ pub fn failure(error: &ExecError) -> (u64, String) {
         ExecError::Discarded(reason) if reason == REASON_BUSY => (CODE_BUSY, reason.clone()),
         ExecError::Discarded(reason) if reason == REASON_DISK_FULL => (CODE_FULL, reason.clone()),
         ExecError::Discarded(_) => (CODE_LEADERSHIP_LOST, "leadership lost".to_owned()),
+        ExecError::Io(error) if crate::disk::is_full(error) => (
+            CODE_FULL,
+            format!("disk full: nothing was changed, try again once space is freed ({error})"),
+        ),
         ExecError::UnknownStatement(_) => {
             (CODE_NOT_FOUND, "no statement with the given id".to_owned())
         }
@@ -196,6 +200,12 @@ mod tests {
         assert_eq!(failure(&lost).0, CODE_LEADERSHIP_LOST);
         let full = ExecError::Discarded(REASON_DISK_FULL.into());
         assert_eq!(failure(&full), (CODE_FULL, REASON_DISK_FULL.to_owned()));
+        let enospc = ExecError::Io(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        let (code, message) = failure(&enospc);
+        assert_eq!(code, CODE_FULL);
+        assert!(message.starts_with("disk full"), "{message}");
+        let eio = ExecError::Io(std::io::Error::other("EIO"));
+        assert_ne!(failure(&eio).0, CODE_FULL);
         let not_leader = ExecError::Discarded(REASON_NOT_LEADER.into());
         assert_eq!(failure(&not_leader), (CODE_NOT_LEADER, "not leader".into()));
         assert_eq!(failure(&ExecError::Timeout { waited: 5000 }).0, CODE_BUSY);

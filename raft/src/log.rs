@@ -375,8 +375,9 @@ impl<L: LogRead> RaftLog<L> {
 
     /// Takes back `entries`, the last ones handed out, which the host could not append (a full
     /// disk): they are unstable again, served from memory and handed out in the next ready.
-    /// False (nothing changes) unless they are exactly the last handed out and the store ends
-    /// right before them.
+    /// False (nothing changes) unless they are exactly the last handed out and the store holds
+    /// every entry before them (it may still hold a suffix they overwrite: the host could not
+    /// cut it either).
     pub fn give_back(&mut self, mut entries: Vec<Entry>) -> bool {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return true;
@@ -384,14 +385,15 @@ impl<L: LogRead> RaftLog<L> {
         let first = first.index;
         if last.index != self.handed_last
             || last.index.next() != self.unstable_offset
-            || self.store.last_index() != first.prev()
+            || self.store.last_index() < first.prev()
         {
             return false;
         }
         entries.append(&mut self.unstable);
         self.unstable = entries;
         self.unstable_offset = first;
-        self.handed_last = first.prev();
+        // The store is as the host left it: it may still end in the suffix they overwrite.
+        self.handed_last = self.store.last_index();
         self.persisted = self.persisted.min(first.prev());
         true
     }

@@ -94,6 +94,18 @@ pub(crate) struct SnapshotReceive {
     pub(crate) meta: SnapshotMeta,
     /// Bytes received so far (contiguous from 0).
     pub(crate) offset: u64,
+    /// The leader that sent the chunk completing it (answered once it is installed).
+    pub(crate) from: NodeId,
+    /// The chunk completing it went out in a ready: the host holds every byte once that
+    /// ready is handled, and the next ready installs the snapshot (unless the host reported
+    /// [`RawNode::snapshot_store_failed`] in between).
+    pub(crate) handed: bool,
+}
+
+impl SnapshotReceive {
+    pub(crate) fn complete(&self) -> bool {
+        self.offset == self.meta.size_bytes
+    }
 }
 
 /// The entry every member of a new cluster starts with: the first configuration at index 1,
@@ -695,6 +707,7 @@ impl<L: LogRead> RawNode<L> {
         self.hard_state() != self.hard_state_handed
             || self.log.has_unstable()
             || self.snapshot_install.is_some()
+            || self.snapshot_receive.as_ref().is_some_and(|r| r.handed)
             || !self.snapshot_chunks.is_empty()
             || self.compact.is_some()
             || !self.messages.is_empty()
@@ -745,6 +758,11 @@ impl<L: LogRead> RawNode<L> {
             ready.hard_state = Some(hard_state);
             self.hard_state_handed = hard_state;
         }
+        // A snapshot whose last bytes the previous ready handed out is installed now: the host
+        // stored them (or said it could not, and the receive is gone).
+        if self.snapshot_receive.as_ref().is_some_and(|r| r.handed) {
+            self.install_received_snapshot();
+        }
         if let Some(install) = self.snapshot_install.take() {
             let (index, term, keep) = self
                 .log
@@ -758,6 +776,16 @@ impl<L: LogRead> RawNode<L> {
             ready.snapshot = Some(install);
         }
         ready.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
+        if let Some(receive) = self.snapshot_receive.as_mut() {
+            let last = ready.snapshot_chunks.last();
+            if receive.complete()
+                && last.is_some_and(|c| {
+                    c.meta == receive.meta && c.offset + u64::from(c.length) == receive.offset
+                })
+            {
+                receive.handed = true;
+            }
+        }
         ready.entries = self.log.take_unstable();
         ready.compact = self.compact.take();
         ready.messages = std::mem::take(&mut self.messages);
@@ -806,6 +834,31 @@ impl<L: LogRead> RawNode<L> {
                 "entries given back are not the last handed out",
             ))
         }
+    }
+
+    /// The host could not store the snapshot chunks of the last ready (a full disk): raft
+    /// forgets the snapshot being received (never installing it) and asks the leader to
+    /// stream it again from the start; chunks of it not handed out yet are dropped. The host
+    /// drops what it wrote of that snapshot, must not send that ready's `persisted_messages`
+    /// (they acknowledge the chunks), and calls this before calling raft again. Refused when
+    /// no snapshot is being received.
+    pub fn snapshot_store_failed(&mut self) -> Result<(), Error> {
+        let Some(receive) = self.snapshot_receive.take() else {
+            return Err(Error::InvalidRequest("no snapshot is being received"));
+        };
+        self.snapshot_chunks
+            .retain(|chunk| chunk.meta != receive.meta);
+        let mut answer = Message::new(
+            MessageKind::SnapshotResponse,
+            self.id,
+            receive.from,
+            self.term,
+        );
+        answer.index = receive.meta.index;
+        answer.context = 0;
+        answer.reject = true;
+        self.send(answer);
+        Ok(())
     }
 
     /// The host could not apply the committed entry at `index` (a full disk): raft hands it

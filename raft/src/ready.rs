@@ -22,7 +22,8 @@ pub struct ReadState {
 /// A received snapshot to install.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotInstall {
-    /// The snapshot; its bytes are the chunks handed out in this and earlier readies.
+    /// The snapshot; its bytes are the chunks handed out in earlier readies (the install
+    /// comes in the ready after the one with its last chunk).
     pub meta: SnapshotMeta,
     /// The log already holds the snapshot's last entry: compact through it and keep the rest.
     /// Otherwise the log is discarded and restarts after `meta.index`.
@@ -31,8 +32,10 @@ pub struct SnapshotInstall {
 
 /// One batch of work for the host, in the order it must be done:
 ///
-/// 1. Write `snapshot_chunks` into the incoming snapshot; install `snapshot` (restore the state
-///    machine from the received bytes, then the log as [`persist_ready`] does).
+/// 1. Install `snapshot` (restore the state machine from the bytes received earlier, then the
+///    log as [`persist_ready`] does); write `snapshot_chunks` into the incoming snapshot, or,
+///    when they cannot be stored (a full disk), drop them and call
+///    [`crate::RawNode::snapshot_store_failed`] before calling raft again.
 /// 2. Append `entries` to the log (truncating any conflicting suffix), compact through
 ///    `compact`, and save `hard_state` durably. [`persist_ready`] does all of 1–2 for the log.
 ///    This must happen before raft is called again (raft reads the entries back from the log);

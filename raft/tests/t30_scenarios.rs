@@ -470,6 +470,56 @@ fn test_snapshot_catches_up_a_follower() {
     assert_eq!(network.nodes[&NodeId(3)].kv.get(9), 99);
 }
 
+/// A follower whose host cannot store the snapshot's chunks (a full disk) reports it: raft
+/// forgets the receive and never installs a snapshot the host does not hold, and the leader
+/// streams it again from the start. Once the host has room the follower installs it and
+/// replicates normally.
+#[test]
+fn test_snapshot_the_follower_cannot_store_is_streamed_again() {
+    let mut network = Network::with_config(&[1, 2, 3], |c| {
+        c.snapshot_chunk_bytes = 16;
+        c.snapshot_trailing_entries = 0;
+    });
+    elect(&mut network, 1);
+    network.isolate(3);
+    for value in 1..=20 {
+        network.put(1, value % 4, value).unwrap();
+    }
+    network.stabilize();
+    network.snapshot(1);
+    network.stabilize();
+    network.heal();
+    network
+        .nodes
+        .get_mut(&NodeId(3))
+        .unwrap()
+        .snapshot_store_full = true;
+    tick_all(&mut network, 10);
+    assert!(
+        network.node(3).snapshot_meta().is_none(),
+        "nothing installed"
+    );
+    assert_eq!(network.node(3).commit_index(), LogIndex(2));
+    assert_eq!(network.node(3).role(), StateRole::Follower);
+    assert!(network.nodes[&NodeId(3)].kv.values.is_empty());
+
+    network
+        .nodes
+        .get_mut(&NodeId(3))
+        .unwrap()
+        .snapshot_store_full = false;
+    tick_all(&mut network, 10);
+    let leader_kv = network.nodes[&NodeId(1)].kv.values.clone();
+    assert_eq!(network.nodes[&NodeId(3)].kv.values, leader_kv);
+    assert_eq!(
+        network.node(3).commit_index(),
+        network.node(1).commit_index()
+    );
+    network.put(1, 9, 99).unwrap();
+    network.stabilize();
+    assert_eq!(network.nodes[&NodeId(3)].kv.get(9), 99);
+}
+
 /// ReadIndex: a leader answers a read after a heartbeat round confirms it still leads; a
 /// follower asks the leader and answers once it has applied that far (dissertation 6.4).
 #[test]

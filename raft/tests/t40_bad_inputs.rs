@@ -430,3 +430,85 @@ fn test_entries_given_back_on_a_full_disk_are_handed_out_again() {
     assert_eq!(ready.read_states[0].context, 7);
     assert_eq!(node.applied(), index);
 }
+
+/// A full disk on a follower whose log has a conflicting suffix (entries of a deposed leader):
+/// the host cannot cut it, so it gives back the entries that overwrite it. Raft takes them
+/// (the store still ends past them) and hands them out again; once the host can cut and
+/// append, the follower holds the leader's log and the deposed leader's entry is gone.
+#[test]
+fn test_entries_overwriting_a_suffix_given_back_on_a_full_disk() {
+    let mut network = Network::new(&[1, 2, 3]);
+    network.node_mut(1).campaign().unwrap();
+    network.stabilize();
+    assert_eq!(network.node(1).role(), StateRole::Leader);
+    network.isolate(1);
+    let lost = network
+        .node_mut(1)
+        .propose(Payload::from(&b"lost"[..]))
+        .unwrap();
+    network.stabilize();
+    // Node 1 is gone for the others: after an election timeout one of them leads.
+    for _ in 0..100 {
+        for id in [2, 3] {
+            network.node_mut(id).tick();
+        }
+        network.stabilize();
+        if network.node(2).role() == StateRole::Leader {
+            break;
+        }
+        if network.node(3).role() == StateRole::Leader {
+            network.node_mut(2).campaign().unwrap();
+            network.stabilize();
+        }
+    }
+    assert_eq!(network.node(2).role(), StateRole::Leader);
+    network.put(2, 1, 1).unwrap();
+    network.stabilize();
+    network.heal();
+    // The new leader's appends reach node 1 (a probe first) until one conflicts with its
+    // suffix; the readies before it are handled as a host with room would.
+    network.put(2, 2, 2).unwrap();
+    let mut conflicting = None;
+    for _ in 0..20 {
+        network.node_mut(2).tick();
+        network.deliver(Some(2));
+        network.process(2);
+        network.deliver(Some(1));
+        let node = network.node_mut(1);
+        if !node.has_ready() {
+            continue;
+        }
+        let ready = node.ready();
+        let stored_last = atoll_storage::LogRead::last_index(node.log());
+        if ready
+            .entries
+            .first()
+            .is_some_and(|e| e.index <= stored_last)
+        {
+            conflicting = Some(ready);
+            break;
+        }
+        atoll_raft::persist_ready(node.log_mut(), &ready).unwrap();
+        atoll_storage::LogStore::sync(node.log_mut()).unwrap();
+        node.advance(&ready);
+        network.pending.extend(ready.messages);
+        network.pending.extend(ready.persisted_messages);
+    }
+    let ready = conflicting.expect("an append conflicting with node 1's suffix");
+    let node = network.node_mut(1);
+    let first = ready.entries[0].index;
+    assert!(first <= lost);
+    node.append_failed(ready.entries.clone()).unwrap();
+    let again = node.ready();
+    assert_eq!(again.entries, ready.entries);
+    node.append_failed(again.entries.clone()).unwrap();
+    network.stabilize();
+    for _ in 0..5 {
+        network.node_mut(2).tick();
+        network.stabilize();
+    }
+    let leader_commit = network.node(2).commit_index();
+    assert_eq!(network.node(1).commit_index(), leader_commit);
+    let term_lost = network.node(1).log_term(lost);
+    assert_eq!(term_lost, network.node(2).log_term(lost));
+}

@@ -5,8 +5,8 @@
 //! atomically in two alternating metadata files, and stores snapshots ([`SnapshotStore`]). Raft
 //! reads the log through [`LogRead`]; the host writes it through [`LogStore`]. [`MemLog`]
 //! implements the same traits in memory, with written and durable state kept apart, for tests
-//! and the simulator. The formats and the durability rules are written out in ARCHITECTURE.md,
-//! "Storage".
+//! and the simulator. Byte layouts: segments in `segment.rs`, metadata in `meta.rs`, snapshot files
+//! in [`snapshot`]; the data directory, durability and recovery rules in [`segment_log`].
 //!
 //! ```text
 //!  host ── append(entries) ──► open segment map (readable now)
@@ -74,7 +74,7 @@ pub mod types;
 pub use error::LogError;
 pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;
-pub use mmap::available_bytes;
+pub use mmap::{available_bytes, available_inodes};
 pub use segment::PAYLOAD_BYTES_MAX;
 pub use segment_log::{read_hard_state, Options, SegmentLog};
 pub use snapshot::{SnapshotData, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter};

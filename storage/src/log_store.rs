@@ -11,7 +11,10 @@
 //! - A failed write or sync is sticky: every later mutating call fails until the log is reopened,
 //!   because after a failed fsync the page cache cannot be trusted.
 //! - An `append` refused before it writes anything (no disk space for a new segment, a payload
-//!   over the size limit) changes nothing and is not sticky: the caller may retry later.
+//!   over the size limit) changes nothing and is not sticky: the caller may retry later. So do a
+//!   `truncate_after` whose new file finds no space, and a `save_hard_state` or
+//!   `compact_through` whose metadata write (not its sync) fails for want of space (`ENOSPC`):
+//!   the old hard state and compaction point stay in force.
 
 use std::io;
 

@@ -195,6 +195,9 @@ pub struct MetadataStore {
     dir: PathBuf,
     /// The newest record saved (counter 0 before the first save).
     current: Metadata,
+    /// Per file: created by a save that failed before the directory was synced, so the next
+    /// save into it syncs the directory (the file exists, but its name may not be durable).
+    dir_sync_owed: [bool; 2],
 }
 
 impl MetadataStore {
@@ -204,6 +207,7 @@ impl MetadataStore {
         MetadataStore {
             dir: dir.to_path_buf(),
             current: current.unwrap_or_default(),
+            dir_sync_owed: [false; 2],
         }
     }
 
@@ -214,13 +218,18 @@ impl MetadataStore {
 
     /// Saves `hard_state` and the compaction point as the next record; durable on return. The
     /// file is created if missing, in which case `dir_file` (the directory) is synced too.
+    ///
+    /// `Err((error, false))` is a clean failure: the file could not be created or written (a
+    /// full disk). The newest record is untouched in the other file, at most this one is torn
+    /// (ignored at open), and a later save writes it again whole. `Err((error, true))` is a
+    /// failed sync: nothing can be trusted of this file any more (never retried).
     pub fn save(
         &mut self,
         hard_state: HardState,
         compacted_index: LogIndex,
         compacted_term: Term,
         dir_file: &File,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), (LogError, bool)> {
         let next = Metadata {
             counter: self
                 .current
@@ -231,24 +240,29 @@ impl MetadataStore {
             compacted_index,
             compacted_term,
         };
-        let path = self
-            .dir
-            .join(METADATA_FILE_NAMES[Metadata::file_slot(next.counter)]);
-        let existed = path.exists();
+        let slot = Metadata::file_slot(next.counter);
+        let path = self.dir.join(METADATA_FILE_NAMES[slot]);
+        if !path.exists() {
+            self.dir_sync_owed[slot] = true;
+        }
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|error| LogError::io("opening metadata file", &path, error))?;
+            .map_err(|error| (LogError::io("opening metadata file", &path, error), false))?;
         file.write_all_at(&next.encode(), 0)
-            .map_err(|error| LogError::io("writing metadata file", &path, error))?;
+            .map_err(|error| (LogError::io("writing metadata file", &path, error), false))?;
         file.sync_data()
-            .map_err(|error| LogError::io("syncing metadata file", &path, error))?;
-        if !existed {
-            dir_file
-                .sync_all()
-                .map_err(|error| LogError::io("syncing data directory", &self.dir, error))?;
+            .map_err(|error| (LogError::io("syncing metadata file", &path, error), true))?;
+        if self.dir_sync_owed[slot] {
+            dir_file.sync_all().map_err(|error| {
+                (
+                    LogError::io("syncing data directory", &self.dir, error),
+                    true,
+                )
+            })?;
+            self.dir_sync_owed[slot] = false;
         }
         self.current = next;
         Ok(())

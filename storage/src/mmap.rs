@@ -191,6 +191,29 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
 /// (`statvfs`: available blocks times the fragment size). Lives here, beside `preallocate`,
 /// because this module is where the storage crate's system calls are.
 pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
+    let stats = statvfs(path)?;
+    // The field types differ between 32- and 64-bit targets (`fsblkcnt_t`, `c_ulong`).
+    #[allow(clippy::useless_conversion)]
+    let blocks = u64::from(stats.f_bavail);
+    #[allow(clippy::useless_conversion)]
+    let fragment = u64::from(stats.f_frsize);
+    Ok(blocks.saturating_mul(fragment))
+}
+
+/// The files (inodes) an unprivileged process can still create on the file system holding
+/// `path`, or `None` when the file system has no fixed inode count (it reports zero inodes in
+/// all, as btrfs does). A disk can have bytes left and no inode: no new segment, snapshot or
+/// WAL file can be created there either.
+pub fn available_inodes(path: &std::path::Path) -> io::Result<Option<u64>> {
+    let stats = statvfs(path)?;
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(stats.f_files);
+    #[allow(clippy::useless_conversion)]
+    let available = u64::from(stats.f_favail);
+    Ok((total > 0).then_some(available))
+}
+
+fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
@@ -202,12 +225,7 @@ pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    // The field types differ between 32- and 64-bit targets (`fsblkcnt_t`, `c_ulong`).
-    #[allow(clippy::useless_conversion)]
-    let blocks = u64::from(stats.f_bavail);
-    #[allow(clippy::useless_conversion)]
-    let fragment = u64::from(stats.f_frsize);
-    Ok(blocks.saturating_mul(fragment))
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -221,6 +239,10 @@ mod tests {
         let free = available_bytes(dir.path()).unwrap();
         assert!(free > 0);
         assert!(available_bytes(&dir.path().join("missing")).is_err());
+        if let Some(inodes) = available_inodes(dir.path()).unwrap() {
+            assert!(inodes > 0);
+        }
+        assert!(available_inodes(&dir.path().join("missing")).is_err());
     }
 
     #[test]

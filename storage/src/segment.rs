@@ -1,17 +1,35 @@
 //! The byte format of a segment file, and the scanner that recovery and reads use to walk one.
 //!
-//! A segment is a file header followed by entry records, each 8-byte aligned. All integers are
-//! little-endian. The tables are in ARCHITECTURE.md, "Storage".
+//! A segment is a 16-byte file header followed by entry records, each 8-byte aligned, then
+//! zeros to the end of the file: every file is preallocated (8 MiB by default) and only ever
+//! appended to, so an all-zero record header (or the exact end of the file) ends the records.
+//! All integers are little-endian.
 //!
-//! ```text
-//! file header (16 bytes): magic "ATOLLSEG" | format version u32 | reserved u32 (0)
-//! record: crc32 u32 | payload length u32 | index u64 | term u64 | kind u8 | reserved [u8; 7]
-//!         | payload | zero padding to a multiple of 8
-//! ```
+//! File header:
 //!
-//! The crc covers bytes 4..32 of the record header and then the payload. Indexes inside a file
-//! are contiguous. After the last record the file holds only zero bytes: every file starts zeroed
-//! (preallocated) and is only ever appended to, so an all-zero header marks the end.
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | magic `ATOLLSEG` |
+//! | 8 | 4 | format version, u32 (1) |
+//! | 12 | 4 | reserved, zero |
+//!
+//! Record (a 32-byte header, the payload, zero padding to a multiple of 8):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | crc32 (crc32fast, IEEE) of header bytes 4..32, then of the payload |
+//! | 4 | 4 | payload length, u32, at most [`PAYLOAD_BYTES_MAX`] (1 GiB) |
+//! | 8 | 8 | index, u64: never 0, contiguous within a file |
+//! | 16 | 8 | term, u64 |
+//! | 24 | 1 | kind: 1 command, 2 no-op, 3 configuration |
+//! | 25 | 7 | reserved, zero |
+//! | 32 | n | payload |
+//! | 32 + n | 0..7 | padding, zero (checked when read back) |
+//!
+//! Each record carries its own index, so a record cannot be taken for another. An entry too
+//! large for an empty segment gets a segment of its own, rounded up to whole pages of the
+//! machine; every other segment has the configured size, whatever the page size. How recovery
+//! tells a torn tail from damage is [`damage_after`].
 
 use byteorder::{ByteOrder, LittleEndian};
 

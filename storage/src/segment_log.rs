@@ -2,11 +2,12 @@
 //!
 //! A data directory holds:
 //! - `LOCK`: locked while a `SegmentLog` has the directory open;
-//! - `metadata1`, `metadata2`: the hard state and the compaction point (see ARCHITECTURE.md);
+//! - `metadata1`, `metadata2`: the hard state and the compaction point (layout in `meta.rs`);
 //! - `open-N`: segments being written, or prepared and still empty (spares). `N` is a counter;
 //! - `FIRST-LAST`: closed segments (full, synced, read-only), e.g.
 //!   `00000000000000000001-00000000000000000512`: they hold exactly the entries `FIRST..=LAST`;
-//! - `open-N.tmp`: segments being prepared, removed on open (no other file is ever removed);
+//! - `open-N.tmp`: segments being prepared, removed on open (as is an all-zero `open-N`, an
+//!   unfinished spare; segments are otherwise removed only when compacted or truncated away);
 //! - `snapshots/`: the [`SnapshotStore`].
 //!
 //! # Durability
@@ -292,7 +293,9 @@ impl SegmentLog {
                 return Err(LogError::MetadataMissing { dir });
             }
             log::info!("creating a new log in {}", dir.display());
-            metadata.save(HardState::default(), LogIndex(0), Term(0), &dir_file)?;
+            metadata
+                .save(HardState::default(), LogIndex(0), Term(0), &dir_file)
+                .map_err(|(error, _)| error)?;
         }
         let Metadata {
             compacted_index, ..
@@ -1016,8 +1019,12 @@ impl SegmentLog {
         let hard_state = self.metadata.current().hard_state;
         let crash = self.file_operation();
         self.sticky(crash)?;
-        let saved = self.metadata.save(hard_state, index, term, &self.dir_file);
-        self.sticky(saved)?;
+        // A save that could not write (a full disk) changes nothing: not sticky.
+        match self.metadata.save(hard_state, index, term, &self.dir_file) {
+            Ok(()) => {}
+            Err((error, true)) => return self.sticky(Err(error)),
+            Err((error, false)) => return Err(error),
+        }
         // The compaction is durable now; removing the files it covers only frees space, and
         // recovery finishes it if a crash interrupts it.
         self.first_index = index.next();
@@ -1073,10 +1080,16 @@ impl SegmentLog {
             "the term never goes backwards"
         );
         let (compacted_index, compacted_term) = self.compacted();
-        let saved = self
+        // A save that could not write (a full disk) changes nothing: not sticky, the host
+        // may try again (and must not act on the unsaved term or vote meanwhile).
+        match self
             .metadata
-            .save(hard_state, compacted_index, compacted_term, &self.dir_file);
-        self.sticky(saved)
+            .save(hard_state, compacted_index, compacted_term, &self.dir_file)
+        {
+            Ok(()) => Ok(()),
+            Err((error, true)) => self.sticky(Err(error)),
+            Err((error, false)) => Err(error),
+        }
     }
 
     /// The map and offset index of closed segment `k`, mapping it if needed.

@@ -10,6 +10,10 @@
 //!   40..44 data crc32 u32       44..48 configuration_len u32  48..64 reserved (zero)
 //! ```
 //!
+//! The configuration is raft's encoding, at most [`CONFIGURATION_BYTES_MAX`] (16 MiB). A reader
+//! checks every header and the file length when listing, and the data crc as it streams: a
+//! mismatch is an error from the read that reaches the end.
+//!
 //! The name of a finished snapshot is `snapshot-<index>-<term>` (20 digits each, so names sort
 //! by index); one being written is `snapshot-<index>-<term>.tmp` and is removed when the store is
 //! opened. The header is written last, once the data's length and crc are known, and the file is

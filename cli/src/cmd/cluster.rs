@@ -14,10 +14,11 @@ use crate::output::{self, Format};
 /// List the nodes of the cluster.
 ///
 /// Asks the leader for the configuration (CLUSTER), then dials every node with a short timeout
-/// and asks it LEADER and DESCRIBE, to show which nodes answer. Columns: id, address, role
-/// (voter, standby or spare), leader (yes/no), reachable (yes/no), applied (the node's applied
-/// Raft index: atoll nodes report it (DESCRIBE format 1, atoll's extension); `-` for dqlite
-/// nodes and nodes that do not answer).
+/// and asks it LEADER and DESCRIBE (atoll nodes: STATUS), to show which nodes answer. Columns:
+/// id, address, role (voter, standby or spare), leader (yes/no), reachable (yes/no), applied
+/// (the node's applied Raft index), corrupt (its databases found corrupt, refusing writes),
+/// repairing (yes while it is rebuilt from the leader after finding its data damaged); the
+/// last three from atoll nodes only, `-` for dqlite nodes and nodes that do not answer.
 ///
 /// When no leader can be found, the configuration is read from any node that answers, the
 /// table is printed with no leader, and the command fails.
@@ -56,12 +57,15 @@ pub struct NodeStatus {
     pub applied_index: Option<u64>,
     /// How many of its databases are corrupt and refuse writes (atoll nodes only).
     pub corrupt_databases: Option<u64>,
+    /// Whether it is being rebuilt from the leader after finding its data damaged (atoll nodes
+    /// only).
+    pub repairing: Option<bool>,
 }
 
 /// Dials `address` and asks LEADER and DESCRIBE. An atoll node (it accepts atoll's version
-/// word) is asked DESCRIBE format 1, which carries its applied index; any other node format 0,
-/// the only one dqlite survives.
-fn probe(address: &str, tls: Option<&TlsContext>) -> Result<Option<NodeMetadata>, String> {
+/// word) is asked STATUS, which carries DESCRIBE format 1 (its applied index) and whether it is
+/// repairing; any other node DESCRIBE format 0, the only one dqlite survives.
+fn probe(address: &str, tls: Option<&TlsContext>) -> Result<Option<(NodeMetadata, bool)>, String> {
     let config = ClientConfig {
         connect_timeout: PROBE_TIMEOUT,
         request_timeout: PROBE_TIMEOUT,
@@ -73,8 +77,8 @@ fn probe(address: &str, tls: Option<&TlsContext>) -> Result<Option<NodeMetadata>
         other => explain(&other),
     };
     if let Some(mut connection) = Connection::connect_atoll(address, &config).map_err(words)? {
-        let metadata = connection.describe_v1().map_err(words)?;
-        return Ok(Some(metadata));
+        let status = connection.status().map_err(words)?;
+        return Ok(Some((status.metadata, status.repairing)));
     }
     let mut connection = Connection::connect(address, &config).map_err(words)?;
     connection.leader().map_err(words)?;
@@ -98,12 +102,14 @@ fn probe_all(
             .zip(probes)
             .map(|(node, probe)| {
                 let probe = probe.join().unwrap_or_else(|_| Err("probe failed".into()));
-                let metadata = probe.as_ref().ok().copied().flatten();
+                let answer = probe.as_ref().ok().copied().flatten();
+                let metadata = answer.map(|(metadata, _)| metadata);
                 NodeStatus {
                     node: node.clone(),
                     leader: Some(node.id) == leader_id,
                     applied_index: metadata.map(|m| m.applied_index),
                     corrupt_databases: metadata.map(|m| m.corrupt_databases),
+                    repairing: answer.map(|(_, repairing)| repairing),
                     reachable: probe.map(|_| ()),
                 }
             })
@@ -151,7 +157,7 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                 .map(|n| {
                     format!(
                         "{{\"id\":{},\"address\":{},\"role\":{},\"leader\":{},\"reachable\":{},\
-                         \"applied_index\":{},\"corrupt_databases\":{}}}",
+                         \"applied_index\":{},\"corrupt_databases\":{},\"repairing\":{}}}",
                         n.node.id,
                         output::json_string(&n.node.address),
                         output::json_string(role_name(n.node.role)),
@@ -160,7 +166,9 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                         n.applied_index
                             .map_or("null".to_owned(), |index| index.to_string()),
                         n.corrupt_databases
-                            .map_or("null".to_owned(), |count| count.to_string())
+                            .map_or("null".to_owned(), |count| count.to_string()),
+                        n.repairing
+                            .map_or("null".to_owned(), |repairing| repairing.to_string())
                     )
                 })
                 .collect();
@@ -175,6 +183,7 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                 "reachable",
                 "applied",
                 "corrupt",
+                "repairing",
             ]
             .iter()
             .map(|c| c.to_string())
@@ -199,6 +208,7 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                             n.corrupt_databases
                                 .map_or("-".to_owned(), |count| count.to_string()),
                         ),
+                        Value::Text(n.repairing.map_or("-", yes_no).into()),
                     ]
                 })
                 .collect();

@@ -9,7 +9,7 @@ use atoll_net::client::ClientError;
 use atoll_net::protocol::File;
 
 use super::{connect, explain, CliError, ClusterArgs};
-use crate::wal;
+use atoll_core::wal;
 use atoll_node::database_header;
 
 /// dqlite's "database does not exist" answer to DUMP (newer servers).

@@ -23,7 +23,7 @@ use rustyline::error::ReadlineError;
 
 use super::{cluster, connect, explain, no_leader_message, CliError, ClusterArgs};
 use crate::output::{self, Format, JsonRows};
-use atoll_node::sql;
+use atoll_net::sql;
 
 /// Run SQL on a database of the cluster: one-shot, or an interactive shell.
 ///

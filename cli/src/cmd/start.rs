@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -28,6 +28,10 @@ use atoll_node::{Node, StartOptions};
 ///
 /// With TLS (DIR/cluster.crt, from `atoll init --tls`), SIGHUP reloads the certificate, key
 /// and trust root: new connections use them, open ones drain (rotation without downtime).
+///
+/// A node that finds its log, a snapshot or a database damaged (at start, or SQLite answering
+/// "malformed" while it serves; a leader hands over first) moves its data to
+/// `DIR/quarantine/<time>/` (never deleted) and is rebuilt from the leader, in this process.
 ///
 /// Logs go to standard error (RUST_LOG=debug for more, or -v).
 ///
@@ -55,6 +59,12 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
 
+    /// A database found damaged again within this many seconds of a repair from peers (in
+    /// this process) is not repaired again by itself: the damage then likely came from the
+    /// leader's copy. Writes to it stay refused until an operator acts. Not kept.
+    #[arg(long, value_name = "SECONDS", default_value_t = REPAIR_AGAIN_AFTER_S_DEFAULT)]
+    pub repair_again_after: u64,
+
     /// Testing only: dial node ID at HOST:PORT instead of its address (tests route a node's
     /// outbound peer connections through fault-injecting proxies). Repeatable; not kept.
     #[arg(long, value_name = "ID=HOST:PORT", hide = true, value_parser = parse_route)]
@@ -67,6 +77,9 @@ fn parse_route(text: &str) -> Result<(u64, String), String> {
         .ok_or_else(|| format!("`{text}` is not ID=HOST:PORT"))?;
     Ok((super::parse_node_id(id)?, super::parse_address(address)?))
 }
+
+/// Default of --repair-again-after: ten minutes.
+const REPAIR_AGAIN_AFTER_S_DEFAULT: u64 = 600;
 
 /// Default of --client-idle-timeout: five minutes (the reactor's default).
 const CLIENT_IDLE_TIMEOUT_S_DEFAULT: u64 = atoll_net::reactor::IDLE_TIMEOUT.as_secs();
@@ -100,17 +113,25 @@ pub fn run(args: Args) -> Result<(), CliError> {
             .then(|| std::time::Duration::from_secs(args.client_idle_timeout)),
         tls_reload: Arc::new(AtomicBool::new(false)),
         metrics_address: args.metrics_address,
+        repair_again_after: Some(std::time::Duration::from_secs(args.repair_again_after)),
     };
     let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut node = Node::open(&args.data_dir, shutdown.clone(), options)
         .map_err(|e| CliError::new(e.to_string()))?;
-    let waker = node
-        .waker()
-        .map_err(|e| CliError::new(format!("creating the wake-up handle: {e}")))?;
-    let timings = node.timings_flag();
+    // The signal thread wakes and flags whichever node runs: a repair restarts the node in
+    // place (a new reactor, a new timings flag), and the handles are swapped for the new ones.
+    let handles = |node: &mut Node| -> Result<_, CliError> {
+        let waker = node
+            .waker()
+            .map_err(|e| CliError::new(format!("creating the wake-up handle: {e}")))?;
+        Ok((waker, node.timings_flag()))
+    };
+    let current = Arc::new(Mutex::new(handles(&mut node)?));
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
         .map_err(|e| CliError::new(format!("installing the signal handlers: {e}")))?;
+    let signal_handles = current.clone();
+    let stop_requested = shutdown.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -119,6 +140,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
             // SIGUSR1 asks for the loop's timings (`DATA_DIR/timings`), SIGHUP for a TLS
             // reload; neither stops the node.
             for signal in signals.forever() {
+                let handles = signal_handles.lock().unwrap_or_else(|e| e.into_inner());
+                let (waker, timings) = &*handles;
                 if signal == SIGUSR1 || signal == SIGHUP {
                     if signal == SIGHUP {
                         log::info!("SIGHUP: reloading the TLS files");
@@ -142,22 +165,20 @@ pub fn run(args: Args) -> Result<(), CliError> {
             }
         })
         .map_err(|e| CliError::new(format!("starting the signal thread: {e}")))?;
-    node.run().map_err(|e| CliError::new(e.to_string()))?;
-    if let Some(damage) = node.take_repair_request() {
-        let id = node.id();
-        drop(node); // Releases the data directory's lock.
-        atoll_node::repair::quarantine(&args.data_dir, id, &damage)
-            .map_err(|why| CliError::new(format!("{}: not repaired: {why}", damage.what)))?;
-        // The same command again, in this process (same pid, same standard streams): the
-        // node starts from the empty log and is rebuilt from the leader.
-        let program = std::env::current_exe()
-            .map_err(|e| CliError::new(format!("finding this program to restart: {e}")))?;
-        let error = std::os::unix::process::CommandExt::exec(
-            std::process::Command::new(program).args(std::env::args_os().skip(1)),
-        );
-        return Err(CliError::new(format!(
-            "restarting after moving the damaged data aside: {error}; start the node again"
-        )));
+    // Until a stop that is not for a repair: damage found while running (a corrupt database,
+    // a REPAIR request) stops the loop, and the node is reopened in this process from an empty
+    // log, its damaged data moved aside, to be rebuilt from the leader.
+    loop {
+        node.run().map_err(|e| CliError::new(e.to_string()))?;
+        if !node.repair_requested() || stop_requested.load(Ordering::SeqCst) {
+            // A signal while stopping for a repair: the operator's stop wins (damage found at
+            // the next start is repaired then).
+            break;
+        }
+        node = node
+            .reopen_repaired()
+            .map_err(|e| CliError::new(e.to_string()))?;
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = handles(&mut node)?;
     }
     Ok(())
 }

@@ -33,6 +33,8 @@
 //!   low open-file limit, a corrupt page.
 //! - `t60_operations`: `atoll backup` from the leader and from a follower; `atoll recover`
 //!   after the loss of a majority.
+//! - `t61_page_repair`: a damaged database page (found at start, a damaged header page, a
+//!   "malformed" answer on the leader) repaired from peers without an operator.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -55,3 +57,4 @@ mod t56_disk_full;
 mod t57_peer_auth;
 mod t58_tls;
 mod t60_operations;
+mod t61_page_repair;

@@ -21,6 +21,15 @@ fn proxied_cluster() -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
 
 /// [`proxied_cluster`] with extra `init`/`join` settings.
 fn proxied_cluster_with(settings: &[&str]) -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
+    proxied_cluster_in(None, settings)
+}
+
+/// [`proxied_cluster_with`], node 1's data directory in `first` (`first/data`, which may be a
+/// mount point the test made) if given.
+pub(crate) fn proxied_cluster_in(
+    first: Option<tempfile::TempDir>,
+    settings: &[&str],
+) -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
     let mut proxies = HashMap::new();
     // A proxy listens on an ephemeral port, which may be one just picked (and released) for a
@@ -55,7 +64,10 @@ fn proxied_cluster_with(settings: &[&str]) -> (AtollCluster, HashMap<(u64, u64),
     };
     let mut first_args = vec!["--id", "1"];
     first_args.extend_from_slice(settings);
-    let mut first = AtollNode::init(&addresses[0], &first_args);
+    let mut first = match first {
+        Some(dir) => AtollNode::init_in(dir, &addresses[0], &first_args),
+        None => AtollNode::init(&addresses[0], &first_args),
+    };
     first.start_args = routes(1);
     first.restart();
     let mut nodes = vec![first];

@@ -320,6 +320,17 @@ impl AtollNode {
     /// cluster's first address (the one its `init` printed) unless `join_args` give one.
     pub fn prepare_join(address: &str, cluster: &str, join_args: &[&str]) -> AtollNode {
         let dir = tempfile::tempdir().expect("temporary directory");
+        AtollNode::prepare_join_in(dir, address, cluster, join_args)
+    }
+
+    /// [`AtollNode::prepare_join`] with its data directory `DIR/data` (which may be a mount
+    /// point the test made).
+    pub fn prepare_join_in(
+        dir: tempfile::TempDir,
+        address: &str,
+        cluster: &str,
+        join_args: &[&str],
+    ) -> AtollNode {
         let data = dir.path().join("data");
         let data = data.to_str().expect("UTF-8 path");
         let token = known_token(cluster);

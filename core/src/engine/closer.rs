@@ -38,6 +38,9 @@ pub(super) struct Closed {
     /// As `Database::snapshot_token`: a snapshot reading the closed database holds a clone,
     /// which moves to the database when it is opened again (its checkpoints then wait).
     pub(super) snapshot_token: Arc<()>,
+    /// Why it could not be opened again (its header page is damaged), once found: reported
+    /// once through `Engine::take_corrupt_found`; it stays closed.
+    pub(super) corrupt: Option<String>,
 }
 
 impl Engine {
@@ -105,6 +108,7 @@ impl Engine {
             last_command_index: db.last_command_index,
             idle_mark: db.idle_mark,
             snapshot_token: Arc::clone(&db.snapshot_token),
+            corrupt: None,
         };
         let path = db.path.clone();
         drop(db);
@@ -119,7 +123,20 @@ impl Engine {
         let Some(closed) = self.closed.get(name).cloned() else {
             return Ok(false);
         };
-        self.attach_database(name, closed.record, 0)?;
+        match self.attach_database(name, closed.record, 0) {
+            Err(EngineError::Sqlite(error)) if super::limits::is_sqlite_corruption(&error) => {
+                // Its header page is damaged: reported once for a repair; it stays closed.
+                let closed = self.closed.get_mut(name).expect("listed above");
+                if closed.corrupt.is_none() {
+                    log::error!("database {name:?} is corrupt ({error}): it cannot be opened");
+                    closed.corrupt = Some(error.to_string());
+                    self.corrupt_found
+                        .push((name.to_string(), error.to_string()));
+                }
+                return Err(EngineError::Sqlite(error));
+            }
+            other => other?,
+        }
         self.closed.remove(name);
         let db = self.databases.get_mut(name).expect("attached");
         db.last_command_index = closed.last_command_index;

@@ -14,6 +14,9 @@
 //!   broken page; an open write transaction on it (and the chain it continues) is rolled back
 //!   at the next `set_time`, and the rest of a chain stops once a member finds it. Reads
 //!   go on (SQLite answers what it can), applies from the leader go on (they carry whole pages).
+//!   Each database found corrupt is reported once through [`Engine::take_corrupt_found`] so
+//!   that the host can repair the node; a header page damaged so badly that the database cannot
+//!   be opened fails [`Engine::open`] with [`crate::EngineError::CorruptDatabase`].
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +38,15 @@ const CHECK_PROGRESS_STEPS: i32 = 1000;
 /// Whether `error` is SQLite saying that the database file is damaged.
 pub(super) fn is_corruption(error: &ExecError) -> bool {
     match error {
-        ExecError::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+        ExecError::Sqlite(error) => is_sqlite_corruption(error),
+        _ => false,
+    }
+}
+
+/// Whether SQLite's `error` says that the database file is damaged.
+pub(super) fn is_sqlite_corruption(error: &rusqlite::Error) -> bool {
+    match error {
+        rusqlite::Error::SqliteFailure(error, _) => matches!(
             error.extended_code & 0xff,
             rusqlite::ffi::SQLITE_CORRUPT | rusqlite::ffi::SQLITE_NOTADB
         ),
@@ -141,7 +152,16 @@ impl Engine {
                  is repaired"
             );
             db.corrupt = Some(reason.to_string());
+            self.corrupt_found
+                .push((database.to_string(), reason.to_string()));
         }
+    }
+
+    /// The databases found corrupt since the last call, with what was found (each once): the
+    /// host repairs the node from its peers (`atoll-node`, `repair.rs`). A database that could
+    /// not even be reopened (its header damaged) is among them, though it stays closed.
+    pub fn take_corrupt_found(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.corrupt_found)
     }
 
     /// `PRAGMA quick_check` of `database`, interrupted at `deadline`. Returns false if it was
@@ -199,11 +219,17 @@ impl Engine {
         }
     }
 
-    /// The databases found corrupt, with what was found (for status reports).
+    /// The databases found corrupt, with what was found (for status reports), the closed ones
+    /// that could not be opened again among them.
     pub fn corrupt_databases(&self) -> Vec<(String, String)> {
-        self.databases
+        let open = self
+            .databases
             .iter()
-            .filter_map(|(name, db)| Some((name.clone(), db.corrupt.clone()?)))
-            .collect()
+            .filter_map(|(name, db)| Some((name.clone(), db.corrupt.clone()?)));
+        let closed = self
+            .closed
+            .iter()
+            .filter_map(|(name, closed)| Some((name.clone(), closed.corrupt.clone()?)));
+        open.chain(closed).collect()
     }
 }

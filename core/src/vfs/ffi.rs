@@ -440,7 +440,7 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_in
         let handle = unsafe { handle(file) };
         match handle.kind {
             Kind::Main { .. } => handle.db.main_sync(),
-            // The WAL is never the durable copy (see ARCHITECTURE.md, "Durability").
+            // The WAL is never the durable copy (ARCHITECTURE.md, "Durability and crash recovery").
             Kind::Wal => ffi::SQLITE_OK,
         }
     })
@@ -727,6 +727,18 @@ pub(crate) fn set_authorizer(connection: &rusqlite::Connection) {
     unsafe { ffi::sqlite3_set_authorizer(connection.handle(), Some(authorize), ptr::null_mut()) };
 }
 
+/// Whether `text` ends a complete SQL statement, as `sqlite3_complete()` answers: the last
+/// token is a `;` outside strings, comments and trigger bodies. Text holding a NUL byte is
+/// never complete (SQLite would read only up to it).
+pub(crate) fn complete(text: &str) -> bool {
+    let Ok(text) = CString::new(text) else {
+        return false;
+    };
+    // SAFETY: `text` is a NUL-terminated string that lives across the call; sqlite3_complete
+    // only reads it.
+    unsafe { ffi::sqlite3_complete(text.as_ptr()) != 0 }
+}
+
 /// What a step produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -844,6 +856,18 @@ impl RawStmt {
     pub(crate) fn readonly(&self) -> bool {
         // SAFETY: the statement is live.
         unsafe { ffi::sqlite3_stmt_readonly(self.raw()) != 0 }
+    }
+
+    /// Switches the statement to EXPLAIN mode (its steps yield its bytecode, one row per
+    /// instruction: addr, opcode, p1, p2, p3, p4, p5, comment) or back. The statement must be
+    /// reset (not mid-run); SQLite may prepare it again.
+    pub(crate) fn set_explain(&mut self, explain: bool) -> Result<(), rusqlite::Error> {
+        // SAFETY: the statement is live; SQLite checks that it is not running.
+        let rc = unsafe { ffi::sqlite3_stmt_explain(self.raw(), c_int::from(explain)) };
+        if rc != ffi::SQLITE_OK {
+            return Err(error_of(self.db, rc));
+        }
+        Ok(())
     }
 
     /// The statement's SQL text.

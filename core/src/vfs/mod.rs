@@ -6,7 +6,7 @@
 //! wal-index regions (SQLite's `-shm`, kept in memory: the node locks its data directory, so no
 //! other process opens these files), the shm and file lock tables, and the capture buffer.
 //!
-//! How a leader's transaction is hidden (see ARCHITECTURE.md, "Core"):
+//! How a leader's transaction is hidden (see ARCHITECTURE.md, "The flow of a write"):
 //! 1. A *capture* connection takes the WAL write lock (`xShmLock`): the wal-index header is saved
 //!    and capture starts. Its WAL writes go to the capture buffer, keyed by frame slot, and its
 //!    WAL reads of those slots are served from it. Nothing reaches the WAL file.
@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::wal::{self, IndexHeader};
-pub(crate) use ffi::{RawStmt, Step};
+pub(crate) use ffi::{complete, RawStmt, Step};
 
 /// Suffix SQLite appends to a database path to name its WAL.
 pub(crate) const WAL_SUFFIX: &str = "-wal";

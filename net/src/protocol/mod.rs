@@ -13,7 +13,36 @@
 //!
 //! Before its first message a client sends one word, the protocol version ([`VERSION_1`] or
 //! [`VERSION_LEGACY`]); the server answers nothing to it. See
-//! `../shared/reference/dqlite-wire-protocol.md` for the whole protocol.
+//! `../shared/reference/dqlite-wire-protocol.md` for the whole protocol; values, parameters and
+//! rows are in [`value`].
+//!
+//! # atoll's extensions
+//!
+//! dqlite clients never see these: they are only sent by atoll's own tools, after the version
+//! word told them the node is atoll's. Words are `u64`, texts and blobs as in [`value`].
+//!
+//! - Version word [`VERSION_ATOLL_1`] (`"ATOLLCL1"` read as a little-endian `u64`): served
+//!   exactly as [`VERSION_1`]; a dqlite node closes the connection, which is how a tool tells
+//!   the two apart.
+//! - OPEN flag `1 << 48` (`client::OPEN_FOLLOWER_READS`): queries on this connection may be
+//!   served by the follower it is connected to (dqlite ignores unknown flags).
+//! - DESCRIBE (18) format 1 → METADATA of 11 words ([`NodeMetadata`]): failure domain, weight,
+//!   node id, a reserved 0 (the cluster id is never told to clients), term, raft state (0
+//!   follower, 1 pre-candidate, 2 candidate, 3 leader), leader id (0: none), commit index,
+//!   applied index, last log index, corrupt databases. Format 0 is dqlite's, byte for byte;
+//!   formats above 1 are FAILURE 15.
+//! - VERIFY (request 128): word index, text database → CHECKSUMS (response 128). Index 0
+//!   (leader only) proposes a verify point for the database (empty: all) and answers its index,
+//!   state pending; otherwise the node's checksums at that point: words index, node id, applied
+//!   index, state (0 done, 1 pending, 2 unavailable), count, then per database text name, words
+//!   pages, checksum.
+//! - STATUS (request 129): one word 0 → STATUS (response 129): the 11 words of DESCRIBE format
+//!   1, then words last contact with the leader in ms (0 on the leader, `u64::MAX` never), bytes
+//!   free for the data directory, databases, resident bytes, repairing (0/1), then text version.
+//! - REPAIR (request 130): text database → EMPTY. The node's copy was found damaged: it stops
+//!   and rebuilds itself from its peers (refused on the only voter).
+//! - RESTORE (request 131): text database, words restore id, offset, total, blob bytes → EMPTY,
+//!   once the piece is applied on the leader.
 
 pub mod codec;
 pub mod request;

@@ -1,6 +1,22 @@
 //! Values (section 4 of the reference): the eight type codes, the parameter tuple of EXEC, QUERY,
 //! EXEC_SQL and QUERY_SQL (schema 0: 8-bit count; schema 1: 32-bit count), and the row tuple of
 //! ROWS (4-bit type codes, two per byte, low nibble first).
+//!
+//! Encodings (little-endian):
+//! - `text`: bytes, NUL, zero padding to a multiple of 8 counted from the string's start. UTF-8,
+//!   except a TEXT value SQLite holds as other bytes, which goes byte for byte
+//!   ([`Value::RawText`]).
+//! - `blob`: `u64` length, bytes, zero padding to a multiple of 8.
+//! - parameters, schema 0: `u8` count (at most 255), `u8` type × count, padding to a word, values.
+//! - parameters, schema 1: `u32` count (at most [`PARAMS_COUNT_MAX`]), `u8` type × count, padding
+//!   to a word, values.
+//! - row: 4-bit type codes (low nibble = even column), padding to a word, values.
+//!
+//! Value types: 1 INTEGER (`i64`), 2 FLOAT (`f64` bits), 3 TEXT, 4 BLOB, 5 NULL (one zero
+//! word), 9 UNIXTIME (`i64`, rows only), 10 ISO8601 (`text`), 11 BOOLEAN (`u64`). The padding
+//! of a parameter tuple is ignored on decode (go-dqlite leaves stale bytes there). A ROWS body
+//! is `u64` column count, the names as `text`, the rows, then the marker word (`0xff…ff` DONE,
+//! `0xee…ee` PART); see `response.rs`.
 
 use super::codec::{
     pad_to_word, put_blob, put_f64, put_i64, put_text, put_text_bytes, put_u32, put_u64, roundup8,

@@ -166,6 +166,8 @@ impl<L: LogRead> RawNode<L> {
             self.snapshot_receive = Some(SnapshotReceive {
                 meta: meta.clone(),
                 offset: 0,
+                from: message.from,
+                handed: false,
             });
         }
         let receive = self.snapshot_receive.as_mut().expect("set above");
@@ -178,36 +180,46 @@ impl<L: LogRead> RawNode<L> {
             return;
         }
         receive.offset += u64::from(chunk.length);
+        receive.from = message.from;
         let offset = receive.offset;
-        let complete = offset == meta.size_bytes;
         self.snapshot_chunks.push(chunk);
         self.send_snapshot_response(message.from, meta.index, offset, false);
-        if complete {
-            self.snapshot_receive = None;
-            let keep = self.log.restore(meta.index, meta.term);
-            let keep_later = keep || self.log.last_index() > meta.index;
-            self.configurations
-                .restore(meta.index, meta.configuration.clone(), keep_later);
-            log::info!(
-                "{}: installing snapshot {}/{} (keep log: {keep})",
-                self.id,
-                meta.term,
-                meta.index
-            );
-            let index = meta.index;
-            self.snapshot_install = Some(SnapshotInstall {
-                meta,
-                keep_log: keep,
-            });
-            let mut answer = Message::new(
-                MessageKind::AppendResponse,
-                self.id,
-                message.from,
-                self.term,
-            );
-            answer.index = index;
-            self.send(answer);
+    }
+
+    /// Installs the snapshot received whole, in raft's view, once the ready that handed out
+    /// its last chunk was handled (the host stored every byte before calling raft again):
+    /// the log restarts after it and the leader is told it holds everything through it. A
+    /// snapshot the log has caught up with meanwhile is dropped.
+    pub(crate) fn install_received_snapshot(&mut self) {
+        let receive = self.snapshot_receive.take().expect("checked by the caller");
+        assert!(receive.handed && receive.complete());
+        let meta = receive.meta;
+        if meta.index <= self.log.committed() {
+            return;
         }
+        let keep = self.log.restore(meta.index, meta.term);
+        let keep_later = keep || self.log.last_index() > meta.index;
+        self.configurations
+            .restore(meta.index, meta.configuration.clone(), keep_later);
+        log::info!(
+            "{}: installing snapshot {}/{} (keep log: {keep})",
+            self.id,
+            meta.term,
+            meta.index
+        );
+        let index = meta.index;
+        self.snapshot_install = Some(SnapshotInstall {
+            meta,
+            keep_log: keep,
+        });
+        let mut answer = Message::new(
+            MessageKind::AppendResponse,
+            self.id,
+            receive.from,
+            self.term,
+        );
+        answer.index = index;
+        self.send(answer);
     }
 
     fn send_snapshot_response(

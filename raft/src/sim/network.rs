@@ -32,6 +32,13 @@ pub struct NetworkNode {
     /// Disk stalled: readies are persisted to the log but not synced and not acknowledged
     /// until [`Network::release_disk`].
     pub disk_stalled: bool,
+    /// Disk full for snapshots: received chunks cannot be stored; the host reports
+    /// [`RawNode::snapshot_store_failed`] and sends none of that ready's acknowledgements.
+    pub snapshot_store_full: bool,
+    /// After a failed store the host drops snapshot chunks unread until the next
+    /// [`Network::stabilize`] (a back-off, as the node's: else leader and follower would
+    /// restart the stream at each other forever).
+    snapshot_refusing: bool,
     held: Vec<HeldWrite>,
 }
 
@@ -94,6 +101,8 @@ impl Network {
                 streamed: BTreeMap::new(),
                 incoming: Vec::new(),
                 disk_stalled: false,
+                snapshot_store_full: false,
+                snapshot_refusing: false,
                 held: Vec::new(),
             },
         );
@@ -228,8 +237,17 @@ impl Network {
         out
     }
 
-    fn handle_ready(&mut self, id: NodeId, ready: Ready) {
+    fn handle_ready(&mut self, id: NodeId, mut ready: Ready) {
         let host = self.nodes.get_mut(&id).expect("node");
+        if host.snapshot_store_full && !ready.snapshot_chunks.is_empty() {
+            host.incoming.clear();
+            ready.snapshot_chunks.clear();
+            ready.persisted_messages.clear();
+            let node = host.node.as_mut().expect("up");
+            node.snapshot_store_failed()
+                .expect("a snapshot is being received");
+            host.snapshot_refusing = true;
+        }
         for chunk in &ready.snapshot_chunks {
             if chunk.offset == 0 {
                 host.incoming.clear();
@@ -330,6 +348,15 @@ impl Network {
                 let _ = writeln!(out, "  dropped: {message}");
                 continue;
             }
+            if message.snapshot.is_some()
+                && self
+                    .nodes
+                    .get(&message.to)
+                    .is_some_and(|h| h.snapshot_refusing)
+            {
+                let _ = writeln!(out, "  dropped (refusing snapshots): {message}");
+                continue;
+            }
             let Some(node) = self
                 .nodes
                 .get_mut(&message.to)
@@ -352,6 +379,9 @@ impl Network {
     /// Processes readies and delivers messages until nothing is left; returns the transcript.
     pub fn stabilize(&mut self) -> String {
         let mut out = String::new();
+        for host in self.nodes.values_mut() {
+            host.snapshot_refusing = false;
+        }
         for _ in 0..1000 {
             let ids: Vec<u64> = self.nodes.keys().map(|id| id.0).collect();
             let mut progressed = false;

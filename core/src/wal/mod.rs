@@ -7,8 +7,45 @@
 //!
 //! The constants and formulas mirror SQLite's `wal.c` (`walFramePage`, `walHash`,
 //! `walChecksumBytes`, `walIndexWriteHdr`); see <https://sqlite.org/walformat.html>.
+//!
+//! | bytes | WAL header (32 bytes, every integer big-endian) |
+//! | --- | --- |
+//! | 0..4 | magic `0x377f0682` (checksums over little-endian words) or `0x377f0683` (big-endian) |
+//! | 4..8 | format version, 3007000 |
+//! | 8..12 | page size (a power of two, 512..=65536) |
+//! | 12..16 | checkpoint sequence number |
+//! | 16..24 | salt-1, salt-2 |
+//! | 24..32 | checksum of bytes 0..24 |
+//!
+//! | bytes | frame header (24 bytes), then one page |
+//! | --- | --- |
+//! | 0..4 | page number (from 1) |
+//! | 4..8 | for a commit frame, the database size in pages after the commit; else 0 |
+//! | 8..16 | salt-1, salt-2: must equal the header's |
+//! | 16..24 | running checksum: from the header's, over each earlier frame, then this one |
+//!
+//! A frame adds its header's bytes 0..8 and then its page to the running checksum.
+//!
+//! The checksum runs over pairs of 32-bit words `(x0, x1)`: `s0 += x0 + s1; s1 += x1 + s0`
+//! (wrapping). A frame is valid when its salts match and its checksum equals the running one;
+//! the log ends at the first invalid or incomplete frame, and frames after the last valid commit
+//! frame belong to a transaction that never committed.
+//!
+//! What atoll writes (`Engine::apply`): always the little-endian magic, so WAL bytes are the same
+//! on every host, and salts derived from the Raft index of the entry that starts the WAL
+//! (`index.to_le_bytes()`), so replicas write identical WAL files too.
+//!
+//! The same format read back without SQLite (the committed frames of any WAL, big- or
+//! little-endian, applied to a main-file image as a checkpoint would; `atoll dump` uses it) is
+//! [`scan`] and [`apply`].
 
-use byteorder::{BigEndian, ByteOrder, LittleEndian, NativeEndian};
+use byteorder::{BigEndian, ByteOrder, NativeEndian};
+
+mod reader;
+pub use reader::{
+    apply, main_page_bytes, scan, Applied, ApplyError, CommittedLog, HeaderProblem, LogEnd,
+    WalHeader,
+};
 
 /// Bytes of the WAL file header.
 pub const WAL_HEADER_BYTES: u64 = 32;
@@ -19,6 +56,12 @@ pub const FRAME_HEADER_BYTES: usize = 24;
 pub const WAL_MAGIC_LITTLE_ENDIAN: u32 = 0x377f_0682;
 /// The WAL format version SQLite writes and expects.
 pub const WAL_FORMAT_VERSION: u32 = 3_007_000;
+/// WAL magic saying the checksums run over big-endian words (SQLite on big-endian hosts).
+pub const WAL_MAGIC_BIG_ENDIAN: u32 = 0x377f_0683;
+/// Smallest page size.
+pub const PAGE_BYTES_MIN: u32 = 512;
+/// Largest page size.
+pub const PAGE_BYTES_MAX: u32 = 65_536;
 
 /// Bytes of one wal-index region, as SQLite maps them through `xShmMap`.
 pub const SHM_REGION_BYTES: usize = 32 * 1024;
@@ -55,20 +98,32 @@ pub const LOCK_READ_FIRST: usize = 3;
 /// Number of lock slots (`SQLITE_SHM_NLOCK`).
 pub const LOCK_SLOTS: usize = 8;
 
+/// Adds `data` (a whole number of 8-byte pairs) to a running WAL checksum.
+pub fn checksum(big_endian: bool, data: &[u8], mut sum: [u32; 2]) -> [u32; 2] {
+    assert!(
+        data.len().is_multiple_of(8),
+        "checksummed data is whole 8-byte pairs"
+    );
+    for pair in data.chunks_exact(8) {
+        let (x0, x1): ([u8; 4], [u8; 4]) = (
+            pair[..4].try_into().expect("4 bytes"),
+            pair[4..].try_into().expect("4 bytes"),
+        );
+        let (x0, x1) = if big_endian {
+            (u32::from_be_bytes(x0), u32::from_be_bytes(x1))
+        } else {
+            (u32::from_le_bytes(x0), u32::from_le_bytes(x1))
+        };
+        sum[0] = sum[0].wrapping_add(x0).wrapping_add(sum[1]);
+        sum[1] = sum[1].wrapping_add(x1).wrapping_add(sum[0]);
+    }
+    sum
+}
+
 /// SQLite's WAL checksum over `bytes` (a multiple of 8 long), continuing from `seed`, reading
 /// words as little-endian (atoll's WAL files always say so in their magic).
 pub fn checksum_little_endian(bytes: &[u8], seed: [u32; 2]) -> [u32; 2] {
-    assert!(bytes.len().is_multiple_of(8));
-    let [mut s1, mut s2] = seed;
-    for pair in bytes.chunks_exact(8) {
-        s1 = s1
-            .wrapping_add(LittleEndian::read_u32(&pair[0..4]))
-            .wrapping_add(s2);
-        s2 = s2
-            .wrapping_add(LittleEndian::read_u32(&pair[4..8]))
-            .wrapping_add(s1);
-    }
-    [s1, s2]
+    checksum(false, bytes, seed)
 }
 
 /// The same checksum over native-order words: the wal-index header's own checksum.

@@ -1,6 +1,13 @@
-//! SQL text as the shell sees it, without SQLite: splitting text into statements on `;` outside
+//! SQL text as a client sees it, without SQLite: splitting text into statements on `;` outside
 //! strings, quoted identifiers, comments and `CREATE TRIGGER … END` bodies, and classifying a
-//! statement by its keywords (does it return rows, does it change rows, is it read-only).
+//! statement by its keywords (does it return rows, does it change rows, is it read-only, does it
+//! open or end a transaction). Keywords are read as tokens, so comments, case and string
+//! literals do not fool it.
+//!
+//! The one lexical SQL classifier of atoll, for the code that has no SQLite: the client (which
+//! must know whether a transaction is open before retrying elsewhere), the shell, and the node's
+//! reading of request text. The engine asks SQLite itself (`atoll_core::sql`); a test in the
+//! node crate checks [`split`] against `sqlite3_complete()`.
 //!
 //! The splitter is the state machine of SQLite's `sqlite3_complete()` (complete.c), written
 //! anew: tokens are whitespace/comments, `;`, a few keywords and "anything else"; a `;` ends a
@@ -254,7 +261,10 @@ pub fn is_read_only(statement: &str) -> bool {
 }
 
 /// How a successful statement changes the transaction state: `Some(true)` opens one (BEGIN,
-/// SAVEPOINT), `Some(false)` ends it (COMMIT, END, ROLLBACK without TO), `None` leaves it.
+/// SAVEPOINT), `Some(false)` ends it (COMMIT, END, ROLLBACK without TO), `None` leaves it or
+/// cannot be told from the text. `RELEASE` is `None`: it ends the transaction only when it
+/// releases the outermost savepoint of one that SAVEPOINT opened, so a caller keeps treating the
+/// transaction as open, the safe side for a client deciding whether it may retry elsewhere.
 pub fn transaction_effect(statement: &str) -> Option<bool> {
     match first_word(statement).as_str() {
         "BEGIN" | "SAVEPOINT" => Some(true),
@@ -262,6 +272,19 @@ pub fn transaction_effect(statement: &str) -> Option<bool> {
         "ROLLBACK" if !has_word(statement, &["TO"]) => Some(false),
         _ => None,
     }
+}
+
+/// How SQL text of one or more statements changes the transaction state: the effect of its
+/// last statement that has one (`BEGIN; …; COMMIT` ends where it started).
+pub fn text_transaction_effect(text: &str) -> Option<bool> {
+    let split = split(text);
+    let rest = (!split.rest.is_empty()).then_some(split.rest);
+    split
+        .statements
+        .into_iter()
+        .chain(rest)
+        .rev()
+        .find_map(transaction_effect)
 }
 
 #[cfg(test)]

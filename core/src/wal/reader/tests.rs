@@ -17,11 +17,11 @@ impl WalBuilder {
     fn new(big_endian: bool, salt: [u32; 2]) -> WalBuilder {
         let mut bytes = Vec::new();
         let magic = if big_endian {
-            MAGIC_BIG_ENDIAN
+            WAL_MAGIC_BIG_ENDIAN
         } else {
-            MAGIC_LITTLE_ENDIAN
+            WAL_MAGIC_LITTLE_ENDIAN
         };
-        for word in [magic, FORMAT_VERSION, PAGE, 1, salt[0], salt[1]] {
+        for word in [magic, WAL_FORMAT_VERSION, PAGE, 1, salt[0], salt[1]] {
             bytes.extend_from_slice(&word.to_be_bytes());
         }
         let running = checksum(big_endian, &bytes, [0, 0]);
@@ -91,7 +91,7 @@ fn fills(image: &[u8]) -> Vec<u8> {
 }
 
 fn frame_offset(frame: usize) -> usize {
-    WAL_HEADER_BYTES + frame * (FRAME_HEADER_BYTES + PAGE as usize)
+    HEADER_BYTES + frame * (FRAME_HEADER_BYTES + PAGE as usize)
 }
 
 #[test]
@@ -321,8 +321,10 @@ fn test_a_wal_written_by_sqlite_applies_to_its_main_file() {
     let applied = apply(&mut main, &wal).unwrap();
     assert_eq!(applied.log.end, LogEnd::Clean);
     assert_eq!(applied.log.commits, 7);
-    let info = atoll_node::database_header::inspect(&main).unwrap();
-    assert_eq!(info.pages, applied.pages);
+    // The database header's page count (bytes 28..32, big-endian) matches the image.
+    let pages = u32::from_be_bytes(main[28..32].try_into().unwrap());
+    assert_eq!(u64::from(pages), applied.pages);
+    assert_eq!(main.len() as u64, u64::from(pages) * 4096);
 
     let copy = dir.path().join("copy");
     std::fs::write(&copy, &main).unwrap();

@@ -2,75 +2,29 @@
 //! apply them to the main database image, as a checkpoint would. `atoll dump` needs this because
 //! dqlite 1.11 answers DUMP with the main file and the WAL as they are on the node.
 //!
-//! The WAL format (every integer big-endian, as SQLite defines it):
+//! The WAL format (header, frames, checksums) is written out once, in the parent module.
 //!
-//! | bytes | WAL header (32 bytes) |
-//! | --- | --- |
-//! | 0..4 | magic `0x377f0682` (checksums over little-endian words) or `0x377f0683` (big-endian) |
-//! | 4..8 | format version, 3007000 |
-//! | 8..12 | page size (a power of two, 512..=65536) |
-//! | 12..16 | checkpoint sequence number |
-//! | 16..24 | salt-1, salt-2 |
-//! | 24..32 | checksum of bytes 0..24 |
-//!
-//! | bytes | frame header (24 bytes), then one page |
-//! | --- | --- |
-//! | 0..4 | page number (from 1) |
-//! | 4..8 | for a commit frame, the database size in pages after the commit; else 0 |
-//! | 8..16 | salt-1, salt-2: must equal the header's |
-//! | 16..24 | cumulative checksum of the header, every earlier frame, bytes 0..8 of this frame |
-//! |        | header and the page |
-//!
-//! The checksum runs over pairs of 32-bit words `(x0, x1)`: `s0 += x0 + s1; s1 += x1 + s0`
-//! (wrapping), starting from the header's checksum. A frame is valid when its salts match and
-//! its checksum equals the running one. As in SQLite's recovery, the log ends at the first
-//! invalid or incomplete frame, and only frames up to the last valid commit frame count: later
-//! ones belong to a transaction that never committed.
+//! As in SQLite's recovery, the log ends at the first invalid or incomplete frame (salts or
+//! running checksum wrong), and only frames up to the last valid commit frame count. The main
+//! file's page size must match the WAL's and the sizes claimed must fit in the two files (a
+//! bound on allocation); each kept page is written at `(page - 1) × page_size` in log order and
+//! the image cut or extended to the last commit's size. Nothing changes on error.
 
 use std::fmt;
 
-/// Bytes of the WAL header.
-pub const WAL_HEADER_BYTES: usize = 32;
-/// Bytes of a frame header.
-pub const FRAME_HEADER_BYTES: usize = 24;
-/// Magic with checksums over little-endian words.
-pub const MAGIC_LITTLE_ENDIAN: u32 = 0x377f_0682;
-/// Magic with checksums over big-endian words.
-pub const MAGIC_BIG_ENDIAN: u32 = 0x377f_0683;
-/// The only WAL format version.
-pub const FORMAT_VERSION: u32 = 3_007_000;
-/// Smallest page size.
-pub const PAGE_BYTES_MIN: u32 = 512;
-/// Largest page size.
-pub const PAGE_BYTES_MAX: u32 = 65_536;
+use super::{
+    checksum, FRAME_HEADER_BYTES, PAGE_BYTES_MAX, PAGE_BYTES_MIN, WAL_FORMAT_VERSION,
+    WAL_HEADER_BYTES, WAL_MAGIC_BIG_ENDIAN, WAL_MAGIC_LITTLE_ENDIAN,
+};
+
+/// Bytes of the WAL header, as an offset into WAL bytes.
+const HEADER_BYTES: usize = WAL_HEADER_BYTES as usize;
 
 fn read_u32_be(bytes: &[u8], offset: usize) -> u32 {
     let word: [u8; 4] = bytes[offset..offset + 4]
         .try_into()
         .expect("a 4-byte slice");
     u32::from_be_bytes(word)
-}
-
-/// Adds `data` (a whole number of 8-byte pairs) to a running WAL checksum.
-pub fn checksum(big_endian: bool, data: &[u8], mut sum: [u32; 2]) -> [u32; 2] {
-    assert!(
-        data.len().is_multiple_of(8),
-        "checksummed data is whole 8-byte pairs"
-    );
-    for pair in data.chunks_exact(8) {
-        let (x0, x1): ([u8; 4], [u8; 4]) = (
-            pair[..4].try_into().expect("4 bytes"),
-            pair[4..].try_into().expect("4 bytes"),
-        );
-        let (x0, x1) = if big_endian {
-            (u32::from_be_bytes(x0), u32::from_be_bytes(x1))
-        } else {
-            (u32::from_le_bytes(x0), u32::from_le_bytes(x1))
-        };
-        sum[0] = sum[0].wrapping_add(x0).wrapping_add(sum[1]);
-        sum[1] = sum[1].wrapping_add(x1).wrapping_add(sum[0]);
-    }
-    sum
 }
 
 /// A valid WAL header.
@@ -116,17 +70,17 @@ impl fmt::Display for HeaderProblem {
 impl WalHeader {
     /// Parses and verifies the header at the start of `wal`.
     pub fn parse(wal: &[u8]) -> Result<WalHeader, HeaderProblem> {
-        if wal.len() < WAL_HEADER_BYTES {
+        if wal.len() < HEADER_BYTES {
             return Err(HeaderProblem::Short);
         }
         let magic = read_u32_be(wal, 0);
         let big_endian = match magic {
-            MAGIC_LITTLE_ENDIAN => false,
-            MAGIC_BIG_ENDIAN => true,
+            WAL_MAGIC_LITTLE_ENDIAN => false,
+            WAL_MAGIC_BIG_ENDIAN => true,
             other => return Err(HeaderProblem::Magic(other)),
         };
         let version = read_u32_be(wal, 4);
-        if version != FORMAT_VERSION {
+        if version != WAL_FORMAT_VERSION {
             return Err(HeaderProblem::Version(version));
         }
         let page_bytes = read_u32_be(wal, 8);
@@ -221,7 +175,7 @@ pub fn scan(wal: &[u8]) -> CommittedLog {
     let frame_bytes = header.frame_bytes();
     let mut running = header.checksum;
     let mut pending = Vec::new();
-    let mut offset = WAL_HEADER_BYTES;
+    let mut offset = HEADER_BYTES;
     // Bounded: each turn consumes one whole frame of the file, or stops.
     for frame in 0u64.. {
         if offset == wal.len() {
