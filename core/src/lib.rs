@@ -84,6 +84,7 @@ pub mod lifecycle;
 mod record;
 mod snapshot;
 pub mod sql;
+mod stmt;
 mod value;
 mod vfs;
 pub mod wal;

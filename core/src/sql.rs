@@ -23,8 +23,8 @@
 //! Clients, which have no SQLite, read SQL text lexically with `atoll_net::sql`; a test in the
 //! node crate checks its statement splitter against [`is_complete`].
 
+use crate::stmt::{self, RawStmt, Step};
 use crate::value::Value;
-use crate::vfs::{self, RawStmt, Step};
 
 /// What SQLite says about one prepared statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,5 +91,5 @@ fn scan_bytecode(statement: &mut RawStmt, class: &mut Class) -> Result<(), rusql
 /// token is a `;` outside strings, comments and trigger bodies. Text holding a NUL byte is never
 /// complete.
 pub fn is_complete(text: &str) -> bool {
-    vfs::complete(text)
+    stmt::complete(text)
 }

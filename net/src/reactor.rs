@@ -171,6 +171,15 @@ pub struct ConnId {
     generation: u32,
 }
 
+impl ConnId {
+    /// A connection id made up by a host that simulates connections (the node's simulated
+    /// network). A reactor names its connections itself: an id made this way never names one
+    /// of a reactor's connections unless the reactor handed it out.
+    pub fn from_parts(slot: u32, generation: u32) -> ConnId {
+        ConnId { slot, generation }
+    }
+}
+
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "conn {}.{}", self.slot, self.generation)
@@ -180,6 +189,14 @@ impl fmt::Display for ConnId {
 /// A timer, as the host names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(u64);
+
+impl TimerId {
+    /// A timer id made up by a host that simulates the reactor's timers (the node's simulated
+    /// network).
+    pub fn from_raw(id: u64) -> TimerId {
+        TimerId(id)
+    }
+}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

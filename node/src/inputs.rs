@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::network::Network;
+
 /// Where the node reads the time. Only differences between its instants matter, except for
 /// names: [`Clock::unix_time`] is read only to name things (a quarantine directory), never to
 /// decide anything.
@@ -141,20 +143,43 @@ impl Random for SeededRandom {
     }
 }
 
-/// The clock and the random source a node runs on.
+/// The clock, the random source and the network a node runs on.
 pub struct Inputs {
     /// Where the node reads the time.
     pub clock: Box<dyn Clock>,
     /// Where the node draws random numbers.
     pub random: Box<dyn Random>,
+    /// The transport; `None` binds the mio reactor on the configured address (production).
+    pub network: Option<Box<dyn Network>>,
+    /// Whether checkpoints sync their database file on a helper thread (production: the loop
+    /// does not stall on the fdatasync). A simulation keeps everything on its one thread, so
+    /// that a seed replays identically.
+    pub checkpoint_sync_in_background: bool,
 }
 
 impl Inputs {
-    /// The operating system's clock and randomness.
+    /// The operating system's clock and randomness, and the reactor.
     pub fn production() -> Inputs {
         Inputs {
             clock: Box::new(MonotonicClock),
             random: Box::new(OsRandom),
+            network: None,
+            checkpoint_sync_in_background: true,
+        }
+    }
+
+    /// A simulated clock and a seeded generator, with production's reactor (real loopback
+    /// sockets) unless `network` is given: everything on the caller's thread.
+    pub fn simulated(
+        clock: Box<dyn Clock>,
+        seed: u64,
+        network: Option<Box<dyn Network>>,
+    ) -> Inputs {
+        Inputs {
+            clock,
+            random: Box::new(SeededRandom::new(seed)),
+            network,
+            checkpoint_sync_in_background: false,
         }
     }
 }

@@ -37,6 +37,7 @@ mod disk;
 pub mod inputs;
 mod join;
 mod metrics;
+pub mod network;
 mod peers;
 mod reads;
 pub mod recover;
@@ -44,6 +45,9 @@ pub mod repair;
 mod restore;
 mod roles;
 pub mod secret;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod sim_network;
 mod timings;
 pub mod tls;
 mod values;
@@ -67,6 +71,7 @@ use atoll_raft::{
 };
 use atoll_storage::{LogRead, LogStore, Options, SegmentLog, SnapshotData, SnapshotWriter};
 use log::{debug, error, info, warn};
+use network::Network;
 
 use clients::{ChangeWaiter, Client};
 use config::NodeConfig;
@@ -128,6 +133,9 @@ pub struct StartOptions {
     /// Damage found this soon after a repair in this process is not repaired again by itself
     /// (`None`: 10 minutes); `--repair-again-after`.
     pub repair_again_after: Option<Duration>,
+    /// Entries kept behind a snapshot when the log compacts (`None`: raft's default, 1024). The
+    /// simulator keeps few, so that its short runs compact and install snapshots.
+    pub snapshot_trailing_entries: Option<u64>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -155,7 +163,26 @@ fn fatal(what: &str, error: impl fmt::Display) -> NodeError {
 /// Creates the data directory of the first node of a new cluster: the configuration file and a
 /// Raft log holding the bootstrap configuration (this node, a voter) at index 1.
 pub fn init(data_dir: &Path, config: &NodeConfig, secret: &ClusterSecret) -> Result<(), NodeError> {
-    create(data_dir, config, secret, true)
+    let mut configuration = Configuration::new();
+    configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
+    create(data_dir, config, secret, Some(&configuration))
+}
+
+/// Creates the data directory of one node of a cluster bootstrapped whole (the simulator's):
+/// every member's log holds the same `configuration` at index 1, as etcd's initial cluster.
+pub fn init_member(
+    data_dir: &Path,
+    config: &NodeConfig,
+    secret: &ClusterSecret,
+    configuration: &Configuration,
+) -> Result<(), NodeError> {
+    if configuration.get(NodeId(config.id)).is_none() {
+        return Err(NodeError::Start(format!(
+            "node {} is not in the bootstrap configuration",
+            config.id
+        )));
+    }
+    create(data_dir, config, secret, Some(configuration))
 }
 
 /// Creates the data directory of a node that will join a cluster (`config.join` names it):
@@ -167,14 +194,14 @@ pub fn prepare_join(
     secret: &ClusterSecret,
 ) -> Result<(), NodeError> {
     assert!(!config.join.is_empty(), "a joining node knows its cluster");
-    create(data_dir, config, secret, false)
+    create(data_dir, config, secret, None)
 }
 
 fn create(
     data_dir: &Path,
     config: &NodeConfig,
     secret: &ClusterSecret,
-    bootstrap: bool,
+    bootstrap: Option<&Configuration>,
 ) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Start)?;
     match std::fs::read_dir(data_dir) {
@@ -203,10 +230,8 @@ fn create(
     let start = |what: &str, e: &dyn fmt::Display| NodeError::Start(format!("{what}: {e}"));
     let mut log = SegmentLog::open(config::raft_dir(data_dir), Options::default())
         .map_err(|e| start("creating the Raft log", &e))?;
-    if bootstrap {
-        let mut configuration = Configuration::new();
-        configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
-        log.append(&[bootstrap_entry(&configuration)])
+    if let Some(configuration) = bootstrap {
+        log.append(&[bootstrap_entry(configuration)])
             .map_err(|e| start("writing the bootstrap entry", &e))?;
         log.sync().map_err(|e| start("syncing the Raft log", &e))?;
     }
@@ -279,7 +304,8 @@ struct SnapshotJob {
 pub struct Node {
     config: NodeConfig,
     data_dir: PathBuf,
-    reactor: Reactor,
+    /// The transport: the mio reactor in production, a simulated network in the simulator.
+    reactor: Box<dyn Network>,
     raft: RawNode<SegmentLog>,
     engine: Engine,
     clients: HashMap<ConnId, Client>,
@@ -397,6 +423,11 @@ pub struct Node {
     clock: Box<dyn Clock>,
     /// Where the node draws random numbers.
     random: Box<dyn Random>,
+    /// The transport came with the `Inputs` (kept by a restart in place) rather than being
+    /// bound here.
+    network_given: bool,
+    /// From the `Inputs` (kept by a restart in place).
+    checkpoint_sync_in_background: bool,
 }
 
 impl Node {
@@ -436,7 +467,12 @@ impl Node {
         options: StartOptions,
         inputs: Inputs,
     ) -> Result<Node, NodeError> {
-        let Inputs { clock, mut random } = inputs;
+        let Inputs {
+            clock,
+            mut random,
+            network,
+            checkpoint_sync_in_background,
+        } = inputs;
         let start_options = options.clone();
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
@@ -492,7 +528,7 @@ impl Node {
         // elections from 11-12 to none in 20 s (bench/RESULTS.md).
         engine_config.checkpoint_frames = 1024;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
-        engine_config.checkpoint_sync_in_background = true;
+        engine_config.checkpoint_sync_in_background = checkpoint_sync_in_background;
         engine_config.checkpoint_jitter_seed = random.next_u64();
         let (mut engine, recovery) = match Engine::open(engine_config) {
             Err(e @ atoll_core::EngineError::CorruptDatabase { .. }) => {
@@ -583,6 +619,9 @@ impl Node {
         raft_config.election_timeout_ticks_min = config.election_ticks_min;
         raft_config.election_timeout_ticks_max = config.election_ticks_max;
         raft_config.seed = random.next_u64();
+        if let Some(entries) = options.snapshot_trailing_entries {
+            raft_config.snapshot_trailing_entries = entries;
+        }
         let raft = RawNode::new(
             raft_config,
             log,
@@ -606,27 +645,34 @@ impl Node {
         if tls.is_some() {
             info!("TLS on for clients and peers ({})", tls::CERT_FILE_NAME);
         }
-        let reactor_config = ReactorConfig {
-            peer: Some(peer),
-            tls,
-            idle_timeout: options.client_idle_timeout,
-            ..ReactorConfig::default()
+        let network_given = network.is_some();
+        let reactor: Box<dyn Network> = match network {
+            Some(network) => network,
+            None => {
+                let reactor_config = ReactorConfig {
+                    peer: Some(peer),
+                    tls,
+                    idle_timeout: options.client_idle_timeout,
+                    ..ReactorConfig::default()
+                };
+                let mut reactor = Reactor::bind(address, reactor_config).map_err(|e| {
+                    start(format!(
+                        "cannot listen on {} ({address}): {e}",
+                        config.address
+                    ))
+                })?;
+                if let Some(metrics_address) = &options.metrics_address {
+                    let resolved = resolve(metrics_address).map_err(NodeError::Start)?;
+                    let bound = reactor.bind_metrics(resolved).map_err(|e| {
+                        start(format!(
+                            "cannot serve metrics on {metrics_address} ({resolved}): {e}"
+                        ))
+                    })?;
+                    info!("serving metrics at http://{bound}/metrics");
+                }
+                Box::new(reactor)
+            }
         };
-        let mut reactor = Reactor::bind(address, reactor_config).map_err(|e| {
-            start(format!(
-                "cannot listen on {} ({address}): {e}",
-                config.address
-            ))
-        })?;
-        if let Some(metrics_address) = &options.metrics_address {
-            let resolved = resolve(metrics_address).map_err(NodeError::Start)?;
-            let bound = reactor.bind_metrics(resolved).map_err(|e| {
-                start(format!(
-                    "cannot serve metrics on {metrics_address} ({resolved}): {e}"
-                ))
-            })?;
-            info!("serving metrics at http://{bound}/metrics");
-        }
         let snapshot_next_at = applied + snapshot_interval(&config, random.as_mut());
         let tick = Duration::from_millis(config.tick_ms);
         let now = clock.now();
@@ -692,6 +738,8 @@ impl Node {
             events: Vec::new(),
             clock,
             random,
+            network_given,
+            checkpoint_sync_in_background,
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)

@@ -336,6 +336,7 @@ impl Node {
         let gone: Vec<u64> = self
             .reactor
             .peers()
+            .into_iter()
             .filter(|id| configuration.get(NodeId(*id)).is_none())
             .filter(|id| !self.peer_announced.contains_key(id))
             .collect();

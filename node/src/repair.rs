@@ -528,15 +528,31 @@ impl Node {
             start_options,
             clock,
             random,
+            reactor,
+            network_given,
+            checkpoint_sync_in_background,
             ..
         } = self;
+        // A transport handed in (a simulated one) stays; the reactor closes (its port is bound
+        // again by the reopen).
+        let network = if network_given {
+            Some(reactor)
+        } else {
+            drop(reactor);
+            None
+        };
         (
             data_dir,
             config.id,
             repair_requested,
             shutdown,
             start_options,
-            super::inputs::Inputs { clock, random },
+            super::inputs::Inputs {
+                clock,
+                random,
+                network,
+                checkpoint_sync_in_background,
+            },
         )
     }
 

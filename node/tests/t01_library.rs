@@ -32,6 +32,8 @@ fn open(data: &Path, config: Option<&NodeConfig>, clock: &ManualClock) -> Node {
     let inputs = Inputs {
         clock: Box::new(clock.clone()),
         random: Box::new(SeededRandom::new(7)),
+
+        ..Inputs::production()
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     Node::open_with(data, shutdown, StartOptions::default(), inputs).unwrap()

@@ -22,6 +22,8 @@ fn open(data: &Path, clock: &ManualClock, seed: u64) -> Node {
     let inputs = Inputs {
         clock: Box::new(clock.clone()),
         random: Box::new(SeededRandom::new(seed)),
+
+        ..Inputs::production()
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     Node::open_with(data, shutdown, StartOptions::default(), inputs).unwrap()

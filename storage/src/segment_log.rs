@@ -478,6 +478,20 @@ impl SegmentLog {
         self.closed.first().map(|segment| segment.last)
     }
 
+    /// The open segment's bytes written but not synced yet, as (file, offset, length): what a
+    /// power loss may take (past them the file holds its preallocated zeros). A simulator
+    /// cutting the power zeroes them after dropping the log.
+    pub fn unsynced_bytes(&self) -> Option<(PathBuf, u64, u64)> {
+        let open = self.open.as_ref()?;
+        (open.end > open.synced_end).then(|| {
+            (
+                self.dir.join(&open.name),
+                open.synced_end as u64,
+                (open.end - open.synced_end) as u64,
+            )
+        })
+    }
+
     /// How many segment files the log has: closed, open (with entries) and spares.
     pub fn segment_files_count(&self) -> usize {
         self.closed.len() + usize::from(self.open.is_some()) + self.spares.len()

@@ -114,6 +114,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         tls_reload: Arc::new(AtomicBool::new(false)),
         metrics_address: args.metrics_address,
         repair_again_after: Some(std::time::Duration::from_secs(args.repair_again_after)),
+        snapshot_trailing_entries: None,
     };
     let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -151,7 +151,7 @@ impl Engine {
         for name in names {
             marks.insert(name.clone(), target);
         }
-        super::durable(
+        super::checkpoint::durable(
             &mut self.sync_failure,
             MARKS_FILE,
             write(&self.config.dir, &marks),

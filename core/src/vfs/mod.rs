@@ -1,7 +1,7 @@
 //! The SQLite boundary: atoll's VFS, its in-memory wal-index, frame capture, hand-written apply,
-//! and raw connections with prepared statements.
+//! and raw connections that keep prepared statements ([`crate::stmt`]).
 //!
-//! All `unsafe` code of the crate lives in [`ffi`]; this module is the safe half. Per database,
+//! The `unsafe` code of this module lives in [`ffi`]; this module is the safe half. Per database,
 //! one [`DbFiles`] holds what every connection to it shares: the main and WAL file handles, the
 //! wal-index regions (SQLite's `-shm`, kept in memory: the node locks its data directory, so no
 //! other process opens these files), the shm and file lock tables, and the capture buffer.
@@ -32,8 +32,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::stmt::RawStmt;
 use crate::wal::{self, IndexHeader};
-pub(crate) use ffi::{complete, RawStmt, Step};
 
 /// Suffix SQLite appends to a database path to name its WAL.
 pub(crate) const WAL_SUFFIX: &str = "-wal";

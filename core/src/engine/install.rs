@@ -1,0 +1,70 @@
+//! What snapshots need of the engine: the parts a snapshot reads (each database's files, and a
+//! token that holds its checkpoints back while the snapshot lives), and detaching every database
+//! before an install replaces them, attaching them again after.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::Engine;
+use crate::error::EngineError;
+use crate::lifecycle::WriteState;
+use crate::vfs::DbFiles;
+
+impl Engine {
+    pub(crate) fn snapshot_parts(&self) -> Vec<SnapshotPart> {
+        self.databases
+            .iter()
+            .map(|(name, db)| SnapshotPart {
+                name: name.clone(),
+                path: db.path.clone(),
+                files: Arc::clone(&db.files),
+                last_command_index: db.last_command_index,
+                token: Arc::clone(&db.snapshot_token),
+            })
+            .collect()
+    }
+
+    /// Drops every connection and session state of all databases and forgets them (before a
+    /// snapshot replaces them). Sessions stay open but must open their databases again.
+    pub(crate) fn detach_all(&mut self, reason: &str) {
+        self.abandon_writes(reason);
+        for session in self.sessions.values_mut() {
+            session.cursor = None;
+            session.statements.clear();
+            session.statement_bytes = 0;
+            session.databases.clear();
+            if !matches!(session.state, WriteState::Idle) {
+                session.state = WriteState::Idle;
+            }
+        }
+        self.closed.clear();
+        let databases = std::mem::take(&mut self.databases);
+        for (_, db) in databases {
+            let path = db.path.clone();
+            drop(db);
+            self.vfs.remove_database(&path);
+        }
+    }
+
+    /// Attaches the databases in the directory again after a snapshot install, at `index`.
+    pub(crate) fn reattach_after_install(&mut self, index: u64) -> Result<(), EngineError> {
+        let recovery = self.recover()?;
+        for database in &recovery.databases {
+            assert_eq!(database.checkpoint_index, index);
+        }
+        self.applied_index = index;
+        Ok(())
+    }
+}
+
+/// One database's part of a snapshot.
+pub(crate) struct SnapshotPart {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) files: Arc<DbFiles>,
+    pub(crate) last_command_index: u64,
+    pub(crate) token: Arc<()>,
+}
+
+/// Suffix of a database file being installed from a snapshot.
+pub(crate) const SNAPSHOT_TEMP_SUFFIX: &str = "-snapshot.tmp";

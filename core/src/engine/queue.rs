@@ -1,0 +1,491 @@
+//! The write queue: per database, requests wait for the write slot, run as a chain on their
+//! sessions' own connections (group commit: one command for up to `group_max` of them), and are
+//! answered once that command is applied or discarded; a leader that steps down fails them.
+
+use super::request::run_target;
+use super::{
+    limits, Completion, Engine, Member, Proposal, Response, SessionId, Slot, Txn, Waiter, Work,
+};
+use crate::command::{Command, CommandHeader};
+use crate::error::ExecError;
+use crate::lifecycle::WriteState;
+use crate::vfs::{Conn, DbFiles};
+
+impl Engine {
+    pub(super) fn enqueue(
+        &mut self,
+        id: SessionId,
+        database: &str,
+        work: Work,
+    ) -> Result<(), ExecError> {
+        let queue_max = self.config.queue_max;
+        let db = self.databases.get_mut(database).expect("checked by caller");
+        if let Some(reason) = &db.corrupt {
+            return Err(ExecError::Corrupt {
+                database: database.to_string(),
+                reason: reason.clone(),
+            });
+        }
+        if db.queue.len() >= queue_max {
+            return Err(ExecError::QueueFull {
+                queued_max: queue_max,
+            });
+        }
+        db.queue.push_back(Waiter {
+            session: id,
+            work,
+            since: self.now,
+        });
+        let session = self.sessions.get_mut(&id).expect("checked by caller");
+        session.state.transition(WriteState::Queued {
+            database: database.to_string(),
+            since: self.now,
+        });
+        Ok(())
+    }
+
+    /// Grants the write slot to queued work while it is free: a run of up to `group_max`
+    /// requests goes as one chain (one command); work that may open a transaction goes alone.
+    pub(super) fn pump(&mut self, database: &str) {
+        // Bounded: every iteration removes at least one waiter from the queue.
+        loop {
+            let group_max = self.config.group_max;
+            let Some(db) = self.databases.get_mut(database) else {
+                return;
+            };
+            if !matches!(db.slot, Slot::Free) || db.queue.is_empty() {
+                return;
+            }
+            let mut waiters = Vec::new();
+            while let Some(front) = db.queue.front() {
+                if !waiters.is_empty() && (front.work.alone || waiters.len() >= group_max) {
+                    break;
+                }
+                let waiter = db.queue.pop_front().expect("front exists");
+                let alone = waiter.work.alone;
+                waiters.push(waiter);
+                if alone {
+                    break;
+                }
+            }
+            self.run_chain(database, waiters);
+        }
+    }
+
+    /// Runs queued requests one after another, each on its session's own connection (so each
+    /// has SQLite's per-connection semantics: TEMP objects, PRAGMAs, `changes()`, statement by
+    /// statement execution), inside one chain ([`DbFiles::begin_chain`]): each sees what the
+    /// ones before it committed, readers see none of it, and all of it goes as one command.
+    /// A request that leaves a transaction open keeps the slot on top of the chain; the
+    /// requests after it go back to the front of the queue.
+    fn run_chain(&mut self, database: &str, waiters: Vec<Waiter>) {
+        let db = self.databases.get_mut(database).expect("pumped");
+        if let Err(error) = db.files.begin_chain() {
+            let message = error.to_string();
+            for waiter in waiters {
+                let error = io_exec(std::io::Error::other(message.clone()));
+                self.complete(waiter.session, Err(error));
+            }
+            return;
+        }
+        let mut members = Vec::new();
+        let mut waiters = waiters.into_iter();
+        while let Some(waiter) = waiters.next() {
+            let id = waiter.session;
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.state.transition(WriteState::Executing {
+                    database: database.to_string(),
+                });
+            }
+            if let Some(reason) = self.databases[database].corrupt.clone() {
+                // An earlier member found the database corrupt: nothing more is written.
+                let database = database.to_string();
+                self.complete(id, Err(ExecError::Corrupt { database, reason }));
+                continue;
+            }
+            let outcome = self.run_member(database, waiter);
+            let error = match &outcome {
+                MemberOutcome::Member(member) => member.result.as_ref().err(),
+                MemberOutcome::Answer(result) | MemberOutcome::Transaction(result) => {
+                    result.as_ref().err()
+                }
+            };
+            if let Some(error) = error.filter(|error| limits::is_corruption(error)) {
+                let reason = error.client_message();
+                self.mark_corrupt(database, &reason);
+            }
+            match outcome {
+                MemberOutcome::Member(member) => members.push(member),
+                MemberOutcome::Answer(result) => self.complete(id, result),
+                MemberOutcome::Transaction(result) => {
+                    let now = self.now;
+                    let db = self.databases.get_mut(database).expect("pumped");
+                    db.slot = Slot::Transaction(id);
+                    db.transaction_since = now;
+                    db.chain_members = members;
+                    // The requests after it (still queued) wait for the transaction.
+                    let rest: Vec<Waiter> = waiters.collect();
+                    for waiter in rest.into_iter().rev() {
+                        db.queue.push_front(waiter);
+                    }
+                    let session = self.sessions.get_mut(&id).expect("ran");
+                    session.state.transition(WriteState::Transaction {
+                        database: database.to_string(),
+                    });
+                    self.completions.push(Completion {
+                        session: id,
+                        result,
+                    });
+                    return;
+                }
+            }
+        }
+        self.end_chain(database, members);
+    }
+
+    /// Runs one request of a chain on its session's connection.
+    fn run_member(&mut self, database: &str, waiter: Waiter) -> MemberOutcome {
+        let bytes_max = self.config.transaction_bytes_max;
+        let now = self.now;
+        let id = waiter.session;
+        let db = self.databases.get_mut(database).expect("pumped");
+        let Some(sdb) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|session| session.databases.get_mut(database))
+        else {
+            return MemberOutcome::Answer(Err(ExecError::DatabaseNotOpen(database.to_string())));
+        };
+        let frames_before = live_max_frame(&db.files);
+        let Work {
+            target,
+            params,
+            query,
+            ..
+        } = waiter.work;
+        let result = run_target(&mut sdb.conn, &target, &params, query, None).map(|(r, _)| r);
+        let result = too_large(&db.files, result, bytes_max);
+        if !sdb.conn.is_autocommit() {
+            if sdb.txn == Txn::None {
+                // The transaction time limit counts from here (`limits.rs`).
+                sdb.txn_since = now;
+            }
+            match keep_transaction(&db.files, &mut sdb.conn) {
+                Ok(()) if !db.files.capture_active() => {
+                    // A transaction that has not written (`BEGIN; SELECT …`, or a write that
+                    // failed): like SQLite's, it blocks no writer until it writes.
+                    sdb.txn = Txn::Read;
+                    return MemberOutcome::Answer(result);
+                }
+                Ok(()) => {
+                    sdb.txn = Txn::Write;
+                    return MemberOutcome::Transaction(result);
+                }
+                Err(error) => {
+                    sdb.txn = Txn::None;
+                    return MemberOutcome::Member(Member {
+                        session: id,
+                        result: Err(error),
+                    });
+                }
+            }
+        }
+        sdb.txn = Txn::None;
+        match result {
+            Err(error) if live_max_frame(&db.files) == frames_before => {
+                MemberOutcome::Answer(Err(error))
+            }
+            result => MemberOutcome::Member(Member {
+                session: id,
+                result,
+            }),
+        }
+    }
+
+    /// Closes the database's chain and proposes what it committed, answering `members` when
+    /// it is applied (at once if nothing was committed).
+    pub(super) fn end_chain(&mut self, database: &str, members: Vec<Member>) {
+        let db = self.databases.get_mut(database).expect("open database");
+        if let Err(error) = db.files.end_chain() {
+            db.files.clear_committed();
+            let message = error.to_string();
+            for member in members {
+                let error = io_exec(std::io::Error::other(message.clone()));
+                self.complete(member.session, Err(error));
+            }
+            return;
+        }
+        self.finish_commit(database, members);
+    }
+
+    /// After a statement ran on a session's connection while its transaction held the write
+    /// slot: keep the slot while the transaction is open; once it ends, propose the chain's
+    /// frames (with the members that ran before the transaction) or release.
+    pub(super) fn after_session_statement(
+        &mut self,
+        id: SessionId,
+        database: &str,
+        result: Result<Response, ExecError>,
+    ) {
+        let bytes_max = self.config.transaction_bytes_max;
+        let session = self.sessions.get_mut(&id).expect("running session");
+        let sdb = session.databases.get_mut(database).expect("open database");
+        let db = self.databases.get_mut(database).expect("open database");
+        let mut result = too_large(&db.files, result, bytes_max);
+        if !sdb.conn.is_autocommit() {
+            match keep_transaction(&db.files, &mut sdb.conn) {
+                Ok(()) => {
+                    session.state.transition(WriteState::Transaction {
+                        database: database.to_string(),
+                    });
+                    self.completions.push(Completion {
+                        session: id,
+                        result,
+                    });
+                    return;
+                }
+                Err(error) => result = Err(error),
+            }
+        }
+        sdb.txn = Txn::None;
+        db.slot = Slot::Free;
+        let mut members = std::mem::take(&mut db.chain_members);
+        members.push(Member {
+            session: id,
+            result,
+        });
+        self.end_chain(database, members);
+        self.pump(database);
+    }
+
+    /// Turns the frames the last transaction left in the capture buffer into a proposal whose
+    /// application answers `members`; without frames, answers them at once.
+    fn finish_commit(&mut self, database: &str, members: Vec<Member>) {
+        let db = self.databases.get_mut(database).expect("open database");
+        assert!(
+            matches!(db.slot, Slot::Free),
+            "a commit while the slot is held"
+        );
+        let proposal = self.next_proposal;
+        let header = CommandHeader {
+            database,
+            page_size: db.files.page_size(),
+            db_size_pages: 0,
+            base_index: db.last_command_index,
+            origin: self.config.node_id,
+            proposal,
+        };
+        let encoded = db.files.take_committed(|frames, committed| {
+            let mut command = Vec::new();
+            let header = CommandHeader {
+                db_size_pages: committed.db_size_pages,
+                ..header
+            };
+            Command::encode(&mut command, header, committed.frame_count, frames);
+            command
+        });
+        match encoded {
+            Err(error) => {
+                let message = error.to_string();
+                for member in members {
+                    self.complete(
+                        member.session,
+                        Err(io_exec(std::io::Error::other(message.clone()))),
+                    );
+                }
+            }
+            Ok(None) => {
+                for member in members {
+                    self.complete(member.session, member.result);
+                }
+            }
+            Ok(Some(command)) => {
+                self.next_proposal += 1;
+                for member in &members {
+                    if let Some(session) = self.sessions.get_mut(&member.session) {
+                        session.state.transition(WriteState::Proposed {
+                            database: database.to_string(),
+                            proposal,
+                        });
+                    }
+                }
+                let writes = members.len();
+                db.slot = Slot::Proposed { proposal, members };
+                self.proposals.push(Proposal {
+                    database: database.to_string(),
+                    id: proposal,
+                    command,
+                    writes,
+                });
+            }
+        }
+    }
+
+    /// Answers a session's request and returns it to `Idle` (sessions that went away are
+    /// skipped). Sessions inside a transaction keep it.
+    pub(super) fn complete(&mut self, id: SessionId, result: Result<Response, ExecError>) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let database = match &session.state {
+            WriteState::Idle => None,
+            WriteState::Queued { database, .. }
+            | WriteState::Executing { database }
+            | WriteState::Transaction { database }
+            | WriteState::Proposed { database, .. } => Some(database.clone()),
+        };
+        match session.state {
+            WriteState::Transaction { .. } => {}
+            _ => session.state.transition(WriteState::Idle),
+        }
+        if let Some(database) = database {
+            self.note_result(&database, result.as_ref().err());
+        }
+        self.completions.push(Completion {
+            session: id,
+            result,
+        });
+    }
+
+    /// Proposals made since the last call, in order. The host proposes each to Raft.
+    pub fn take_proposals(&mut self) -> Vec<Proposal> {
+        std::mem::take(&mut self.proposals)
+    }
+
+    /// Responses produced since the last call (queued, grouped and applied requests).
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    /// The proposal could not be committed (leadership lost, proposal dropped): its sessions
+    /// are answered with an error and the next writers go. The database never saw its frames.
+    /// If the same command is nevertheless committed later, `apply` applies it like any other.
+    pub fn discard(&mut self, proposal: u64, reason: &str) {
+        let Some(name) = self
+            .databases
+            .iter()
+            .find(|(_, db)| matches!(db.slot, Slot::Proposed { proposal: p, .. } if p == proposal))
+            .map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        self.fail_proposed(&name, reason);
+        self.pump(&name);
+    }
+
+    pub(super) fn fail_proposed(&mut self, database: &str, reason: &str) {
+        let db = self.databases.get_mut(database).expect("known database");
+        if let Slot::Proposed { members, .. } = std::mem::replace(&mut db.slot, Slot::Free) {
+            for member in members {
+                self.complete(
+                    member.session,
+                    Err(ExecError::Discarded(reason.to_string())),
+                );
+            }
+        }
+    }
+
+    /// This node stopped being the leader: queued writers fail, open write transactions are
+    /// rolled back (their sessions learn it at their next request), and outstanding proposals
+    /// are answered with an error. Proposed commands that Raft still commits are applied anyway.
+    pub fn abandon_writes(&mut self, reason: &str) {
+        let names: Vec<String> = self.databases.keys().cloned().collect();
+        for name in names {
+            self.abort_local_writes(&name, reason);
+            let db = self.databases.get_mut(&name).expect("listed");
+            let waiters: Vec<Waiter> = db.queue.drain(..).collect();
+            for waiter in waiters {
+                self.complete(
+                    waiter.session,
+                    Err(ExecError::Discarded(reason.to_string())),
+                );
+            }
+        }
+    }
+
+    /// Rolls back a session transaction holding the slot of `database` and fails a proposal
+    /// that is out for it.
+    pub(super) fn abort_local_writes(&mut self, database: &str, reason: &str) {
+        let db = self.databases.get_mut(database).expect("known database");
+        match db.slot {
+            Slot::Transaction(id) => {
+                db.slot = Slot::Free;
+                if let Some(session) = self.sessions.get_mut(&id) {
+                    if let Some(sdb) = session.databases.get_mut(database) {
+                        sdb.conn.rollback();
+                        sdb.txn = Txn::None;
+                        sdb.aborted = Some(reason.to_string());
+                    }
+                    session.state.transition(WriteState::Idle);
+                }
+                if let Err(error) = db.files.end_chain() {
+                    log::error!("{database}: closing an abandoned chain: {error}");
+                }
+                db.files.clear_committed();
+                for member in std::mem::take(&mut db.chain_members) {
+                    self.complete(
+                        member.session,
+                        Err(ExecError::Discarded(reason.to_string())),
+                    );
+                }
+            }
+            Slot::Proposed { .. } => self.fail_proposed(database, reason),
+            Slot::Free => {}
+        }
+    }
+}
+
+fn io_exec(error: std::io::Error) -> ExecError {
+    ExecError::Io(error)
+}
+
+/// What one request of a chain came to.
+enum MemberOutcome {
+    /// It is a member: answered with the chain's command.
+    Member(Member),
+    /// It committed nothing: answered now.
+    Answer(Result<Response, ExecError>),
+    /// It left a transaction open: it holds the slot, on top of the chain.
+    Transaction(Result<Response, ExecError>),
+}
+
+/// `mxFrame` of the live wal-index header (0 before SQLite initialised it).
+fn live_max_frame(files: &DbFiles) -> u32 {
+    files
+        .index_header()
+        .ok()
+        .flatten()
+        .map_or(0, |header| header.max_frame)
+}
+
+/// A failed statement that overflowed the capture limit is reported as too large.
+fn too_large(
+    files: &DbFiles,
+    result: Result<Response, ExecError>,
+    bytes_max: usize,
+) -> Result<Response, ExecError> {
+    let overflow = files.take_overflow();
+    result.map_err(|error| match error {
+        ExecError::Sqlite(_) if overflow => ExecError::TransactionTooLarge { bytes_max },
+        other => other,
+    })
+}
+
+/// A connection was left inside a transaction. If the chain committed nothing so far, the
+/// transaction continues (it holds the slot; readers see nothing until it commits). A
+/// transaction opened after statements of the chain committed (`INSERT …; BEGIN; …` or
+/// `COMMIT; BEGIN` in one request) would have to stay open on top of frames no reader may see
+/// yet; SQLite cannot keep them apart from its own (a write transaction treats every frame
+/// past the published header as its own and may rewrite it in place), so it is rolled back
+/// with an error. What committed before it stays.
+fn keep_transaction(files: &DbFiles, conn: &mut Conn) -> Result<(), ExecError> {
+    if !files.chain_committed() {
+        return Ok(());
+    }
+    conn.rollback();
+    Err(ExecError::Aborted(
+        "a transaction opened after statements that committed in the same request cannot \
+         stay open: send BEGIN in a request of its own"
+            .to_string(),
+    ))
+}
