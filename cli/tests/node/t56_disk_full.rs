@@ -610,34 +610,13 @@ fn test_snapshot_from_the_leader_that_cannot_be_stored() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let first = AtollNode::start_with(&["--snapshot-entries", "1100"]);
-    let cluster_address = first.address().to_owned();
-    let mut client = Client::connect(std::slice::from_ref(&cluster_address), config()).unwrap();
-    client.open("full").unwrap();
-    client
-        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
-        .unwrap();
-    for batch in 0..12i64 {
-        client
-            .exec_sql(
-                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99) \
-                 INSERT INTO t SELECT ? * 100 + i, randomblob(20000) FROM n",
-                &[Value::Integer(batch)],
-            )
-            .unwrap();
-    }
-    let mut acknowledged = 1200i64;
-    // Past the snapshot (after 1100 to 1237 applies), which compacts the log behind it but
-    // for 1024 entries: the joining node needs the snapshot.
-    let mut id = 100_000;
-    while snapshot_files(&first).0 == 0 || id < 101_300 {
-        assert!(id < 110_000, "the leader took no snapshot");
-        client
-            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
-            .unwrap();
-        acknowledged += 1;
-        id += 1;
-    }
+    let Compacted {
+        first,
+        cluster_address,
+        mut client,
+        mut acknowledged,
+        mut id,
+    } = leader_compacted_behind_a_snapshot();
 
     let dir = tempfile::tempdir().unwrap();
     let mount = Tmpfs::mount_with(&dir.path().join("data"), "size=96m,nr_inodes=2000");
@@ -923,32 +902,13 @@ fn test_snapshot_from_the_leader_that_cannot_be_installed() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let first = AtollNode::start_with(&["--snapshot-entries", "1100"]);
-    let cluster_address = first.address().to_owned();
-    let mut client = Client::connect(std::slice::from_ref(&cluster_address), config()).unwrap();
-    client.open("full").unwrap();
-    client
-        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
-        .unwrap();
-    for batch in 0..12i64 {
-        client
-            .exec_sql(
-                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99) \
-                 INSERT INTO t SELECT ? * 100 + i, randomblob(20000) FROM n",
-                &[Value::Integer(batch)],
-            )
-            .unwrap();
-    }
-    let mut acknowledged = 1200i64;
-    let mut id = 100_000;
-    while snapshot_files(&first).0 == 0 || id < 101_300 {
-        assert!(id < 110_000, "the leader took no snapshot");
-        client
-            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
-            .unwrap();
-        acknowledged += 1;
-        id += 1;
-    }
+    let Compacted {
+        first,
+        cluster_address,
+        mut client,
+        mut acknowledged,
+        mut id,
+    } = leader_compacted_behind_a_snapshot();
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("data").join("db");
@@ -1088,4 +1048,55 @@ fn test_truncating_a_conflicting_suffix_on_a_full_disk() {
     assert_eq!(rows.rows[0][0], Value::Integer(0));
     cluster.nodes.iter_mut().for_each(assert_alive);
     drop(mount);
+}
+
+/// A one-node cluster whose leader holds about 24 MB in database `full` (table `t`) and has
+/// compacted its log behind a snapshot, keeping 1024 entries: a node joining it needs the
+/// snapshot.
+struct Compacted {
+    first: AtollNode,
+    cluster_address: String,
+    client: Client,
+    /// Rows acknowledged in `t`.
+    acknowledged: i64,
+    /// The next free id of `t`.
+    id: i64,
+}
+
+fn leader_compacted_behind_a_snapshot() -> Compacted {
+    let first = AtollNode::start_with(&["--snapshot-entries", "1100"]);
+    let cluster_address = first.address().to_owned();
+    let mut client = Client::connect(std::slice::from_ref(&cluster_address), config()).unwrap();
+    client.open("full").unwrap();
+    client
+        .exec_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+        .unwrap();
+    for batch in 0..12i64 {
+        client
+            .exec_sql(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99) \
+                 INSERT INTO t SELECT ? * 100 + i, randomblob(20000) FROM n",
+                &[Value::Integer(batch)],
+            )
+            .unwrap();
+    }
+    let mut acknowledged = 1200i64;
+    // Past the snapshot (after 1100 to 1237 applies), which compacts the log behind it but
+    // for 1024 entries.
+    let mut id = 100_000;
+    while snapshot_files(&first).0 == 0 || id < 101_300 {
+        assert!(id < 110_000, "the leader took no snapshot");
+        client
+            .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
+            .unwrap();
+        acknowledged += 1;
+        id += 1;
+    }
+    Compacted {
+        first,
+        cluster_address,
+        client,
+        acknowledged,
+        id,
+    }
 }
