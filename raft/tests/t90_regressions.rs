@@ -103,39 +103,8 @@ fn t90_seed_8() {
 #[test]
 fn t90_seed_1421() {
     replay(1421, 7);
-    let mut network = Network::with_config(&[1, 2, 3], |config| {
-        config.snapshot_chunk_bytes = 16;
-        config.snapshot_chunks_inflight_max = 1;
-        config.snapshot_trailing_entries = 0;
-    });
-    elect(&mut network, 1);
-    network.isolate(3);
-    for value in 1..=4 {
-        network.put(1, value, value * 10).unwrap();
-    }
-    network.stabilize();
-    network.snapshot(1);
-    network.stabilize();
-    network.heal();
-    // Let the stream advance past the first two chunks.
-    let acked = |network: &Network| {
-        network
-            .node(1)
-            .progress()
-            .find(|(id, _)| *id == NodeId(3))
-            .and_then(|(_, p)| p.snapshot_send().map(|s| s.acked_offset))
-    };
-    for _ in 0..20 {
-        network.tick(1, 1);
-        network.deliver(Some(3));
-        network.process(3);
-        network.deliver(Some(1));
-        network.process(1);
-        if acked(&network).is_some_and(|offset| offset >= 32) {
-            break;
-        }
-    }
-    let before = acked(&network).expect("streaming a snapshot to 3");
+    let mut network = streaming_snapshot_to_3(32);
+    let before = snapshot_acked(&network).expect("streaming a snapshot to 3");
     assert!(before >= 32);
     let index = network.node(1).snapshot_meta().unwrap().index;
     let mut stale = Message::new(
@@ -149,7 +118,7 @@ fn t90_seed_1421() {
     stale.reject = true;
     network.node_mut(1).step(stale).unwrap();
     assert_eq!(
-        acked(&network),
+        snapshot_acked(&network),
         Some(before),
         "a stale rejection rewound the stream"
     );
@@ -177,38 +146,8 @@ fn t90_seed_1421() {
 #[test]
 fn t90_seed_9974() {
     replay(9974, 7);
-    let mut network = Network::with_config(&[1, 2, 3], |config| {
-        config.snapshot_chunk_bytes = 16;
-        config.snapshot_chunks_inflight_max = 1;
-        config.snapshot_trailing_entries = 0;
-    });
-    elect(&mut network, 1);
-    network.isolate(3);
-    for value in 1..=4 {
-        network.put(1, value, value * 10).unwrap();
-    }
-    network.stabilize();
-    network.snapshot(1);
-    network.stabilize();
-    network.heal();
-    let acked = |network: &Network| {
-        network
-            .node(1)
-            .progress()
-            .find(|(id, _)| *id == NodeId(3))
-            .and_then(|(_, p)| p.snapshot_send().map(|s| s.acked_offset))
-    };
-    for _ in 0..20 {
-        network.tick(1, 1);
-        network.deliver(Some(3));
-        network.process(3);
-        network.deliver(Some(1));
-        network.process(1);
-        if acked(&network).is_some_and(|offset| offset >= 16) {
-            break;
-        }
-    }
-    let held = acked(&network).expect("streaming a snapshot to 3");
+    let mut network = streaming_snapshot_to_3(16);
+    let held = snapshot_acked(&network).expect("streaming a snapshot to 3");
     let index = network.node(1).snapshot_meta().unwrap().index;
     // The chunk in flight is lost; a stale acknowledgement claims 16 bytes more than node 3 has.
     network.drop_pending(|m| m.kind == MessageKind::Snapshot);
@@ -221,7 +160,7 @@ fn t90_seed_9974() {
     stale.index = index;
     stale.context = held + 16;
     network.node_mut(1).step(stale).unwrap();
-    assert_eq!(acked(&network), Some(held + 16));
+    assert_eq!(snapshot_acked(&network), Some(held + 16));
     for _ in 0..40 {
         network.tick(1, 1);
         network.stabilize();
@@ -238,4 +177,44 @@ fn t90_seed_9974() {
         "node 3 never caught up"
     );
     assert!(progress.match_index() >= LogIndex(index.0));
+}
+
+/// Three nodes with 16-byte snapshot chunks, one in flight: node 3 was cut off while node 1
+/// logged four writes and compacted behind a snapshot; node 1 now streams it to 3, and has
+/// driven the stream until 3 acknowledged at least `acked` bytes (at most 20 ticks).
+fn streaming_snapshot_to_3(acked: u64) -> Network {
+    let mut network = Network::with_config(&[1, 2, 3], |config| {
+        config.snapshot_chunk_bytes = 16;
+        config.snapshot_chunks_inflight_max = 1;
+        config.snapshot_trailing_entries = 0;
+    });
+    elect(&mut network, 1);
+    network.isolate(3);
+    for value in 1..=4 {
+        network.put(1, value, value * 10).unwrap();
+    }
+    network.stabilize();
+    network.snapshot(1);
+    network.stabilize();
+    network.heal();
+    for _ in 0..20 {
+        network.tick(1, 1);
+        network.deliver(Some(3));
+        network.process(3);
+        network.deliver(Some(1));
+        network.process(1);
+        if snapshot_acked(&network).is_some_and(|offset| offset >= acked) {
+            break;
+        }
+    }
+    network
+}
+
+/// The bytes of its snapshot node 1 saw node 3 acknowledge, while it streams one to 3.
+fn snapshot_acked(network: &Network) -> Option<u64> {
+    network
+        .node(1)
+        .progress()
+        .find(|(id, _)| *id == NodeId(3))
+        .and_then(|(_, p)| p.snapshot_send().map(|s| s.acked_offset))
 }
