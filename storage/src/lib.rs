@@ -74,7 +74,7 @@ pub mod types;
 pub use error::LogError;
 pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;
-pub use mmap::{available_bytes, available_inodes};
+pub use mmap::{available_bytes, available_inodes, release_free_heap};
 pub use segment::PAYLOAD_BYTES_MAX;
 pub use segment_log::{read_hard_state, Options, SegmentLog};
 pub use snapshot::{SnapshotData, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter};

@@ -1,5 +1,5 @@
-//! The only module of this crate with `unsafe` code: memory maps of segment files, and block
-//! preallocation.
+//! The only module of this crate with `unsafe` code: memory maps of segment files, block
+//! preallocation, and the few other system calls the node needs (`statvfs`, `malloc_trim`).
 //!
 //! memmap2 marks file-backed maps `unsafe` because a file changed or truncated under a live map is
 //! undefined behaviour (or `SIGBUS`). Our argument that it cannot happen has four parts:
@@ -104,6 +104,51 @@ impl SegmentMap {
     }
 }
 
+impl SegmentMap {
+    /// Drops this process's resident pages of `range` (whole pages inside it only), which must
+    /// lie within the frozen prefix; returns how many bytes were released. The bytes stay
+    /// readable: the next access maps them again from the kernel's page cache (a minor fault),
+    /// or from disk if the kernel evicted them. Resident segment pages count in the node's RSS;
+    /// those of entries nobody is about to read are worth dropping. A failed `madvise` is only
+    /// a missed hint: logged, nothing changes.
+    pub(crate) fn release(&self, range: Range<usize>) -> usize {
+        assert!(range.start <= range.end);
+        assert!(
+            range.end <= self.frozen(),
+            "releasing unfrozen bytes {range:?} of a segment map"
+        );
+        // The map starts on a page boundary (`mmap` of offset 0), so offsets that are multiples
+        // of the page size are page-aligned addresses.
+        let page = page_bytes();
+        let start = range.start.next_multiple_of(page);
+        let end = range.end - range.end % page;
+        if start >= end {
+            return 0;
+        }
+        // SAFETY: `start..end` lies within the map (below `frozen`, which never exceeds its
+        // length) and covers only whole pages of the frozen prefix, which no map of this crate
+        // ever writes again (module comment, part 4). Every map of this module is a *shared*
+        // file mapping (`map_raw`, `map_raw_read_only`), for which `MADV_DONTNEED` only unmaps
+        // the pages from this process: a later access maps the same file page again, with the
+        // same bytes (madvise(2): "repopulating the memory contents from the up-to-date contents
+        // of the underlying mapped file"; a dirty page stays dirty in the page cache, so an
+        // unsynced byte is neither lost nor changed). The file is never changed under the map
+        // by anyone (parts 1 and 2), so a slice handed out over these bytes reads the same
+        // values before and after: nothing observable changes for safe code.
+        let advised = unsafe {
+            self.raw
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+        match advised {
+            Ok(()) => end - start,
+            Err(error) => {
+                log::debug!("madvise(DONTNEED) of a segment map: {error}");
+                0
+            }
+        }
+    }
+}
+
 impl SegmentWriter {
     /// The map this writer writes.
     pub(crate) fn map(&self) -> &Arc<SegmentMap> {
@@ -185,6 +230,26 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
+}
+
+/// Returns the free memory of the C heap to the kernel (glibc's `malloc_trim(0)`): memory freed
+/// in the middle of the heap (closed sessions' SQLite connections, buffers of a burst) otherwise
+/// stays resident for as long as a live allocation sits above it. True if memory was
+/// returned; always false on C libraries without it. It walks every free chunk, taking each
+/// arena's lock: call it when the process is idle, not per request.
+pub fn release_free_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `malloc_trim` takes no pointer and is thread-safe (it locks each arena); it
+        // only gives free pages of the allocator back to the kernel, never moving or changing a
+        // live allocation.
+        let rc = unsafe { libc::malloc_trim(0) };
+        rc == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
 }
 
 /// The bytes an unprivileged process can still allocate on the file system holding `path`
@@ -272,6 +337,70 @@ mod tests {
         let mut buf = [0u8; 11];
         file.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"hello world");
+    }
+
+    /// The resident KiB of the mapping of this process that starts at `address`, from
+    /// `/proc/self/smaps` (Linux).
+    fn resident_kib_of_mapping(address: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{address:x}-");
+        let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {start}");
+        let rss = lines
+            .find_map(|line| line.strip_prefix("Rss:"))
+            .expect("an Rss line");
+        rss.trim().trim_end_matches("kB").trim().parse().unwrap()
+    }
+
+    #[test]
+    fn test_released_pages_leave_the_process_and_keep_their_bytes() {
+        // Writing 1 MiB through a map makes its pages resident in this process; releasing the
+        // frozen prefix drops them (the RSS of the mapping falls to the unreleased tail), yet
+        // every byte reads back the same, through the same map and through the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("segment"))
+            .unwrap();
+        let len = 1 << 20;
+        preallocate(&file, len as u64).unwrap();
+        let (map, mut writer) = SegmentMap::open_writable(&file, len, 0).unwrap();
+        let bytes: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
+        writer.write(0, &bytes);
+        writer.freeze(len - 100);
+        let address = map.raw.as_ptr() as usize;
+        assert!(resident_kib_of_mapping(address) >= 1000);
+        // Partial pages at either end stay: only whole pages inside the range go.
+        let page = page_bytes();
+        assert_eq!(map.release(1..page), 0);
+        let released = map.release(0..len - 100);
+        assert_eq!(released, len - page);
+        assert!(resident_kib_of_mapping(address) <= (page as u64 / 1024) * 2);
+        assert!(map.slice(0..len - 100) == &bytes[..len - 100]);
+        writer.freeze(len);
+        writer.flush(0..len).unwrap();
+        let mut back = vec![0u8; len];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back == bytes);
+    }
+
+    #[test]
+    #[should_panic(expected = "releasing unfrozen")]
+    fn test_releasing_unfrozen_bytes_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("segment"))
+            .unwrap();
+        preallocate(&file, 8192).unwrap();
+        let (map, _writer) = SegmentMap::open_writable(&file, 8192, 4096).unwrap();
+        map.release(0..8192);
     }
 
     #[test]

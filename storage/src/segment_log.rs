@@ -46,7 +46,11 @@
 //!
 //! Closed segments are mapped only when read, and at most `maps_cached_max` of them, holding at
 //! most `maps_cached_bytes_max` bytes (or just the one read last), stay mapped (least recently
-//! used first out), each with its offset index; the open segment is always mapped. A
+//! used first out), each with its offset index; the open segment is always mapped. Mapped pages
+//! count in the process's RSS, so they are dropped (`MADV_DONTNEED`; the page cache keeps them)
+//! where they are unlikely to be read soon: a segment's when it is closed, the open segment's
+//! durable bytes but the newest [`OPEN_RESIDENT_BYTES`] as it fills, and all of them at
+//! [`SegmentLog::release_memory`]. A
 //! [`Payload`] handed out keeps its map alive, so callers should not hoard payloads from many old
 //! segments. `term()` reads an in-memory list of term runs, one per term change.
 
@@ -77,6 +81,11 @@ pub const MAPS_CACHED_DEFAULT: usize = 4;
 /// How many bytes of closed segments stay mapped by default (64 MiB): only segments of
 /// oversized entries reach it, since `MAPS_CACHED_DEFAULT` default segments are 32 MiB.
 pub const MAPS_CACHED_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// How many of the open segment's newest durable bytes stay mapped in (resident) while it
+/// fills: recent entries are read again soon (sent to followers, applied). Older ones leave the
+/// process's memory once as many again have been synced after them.
+pub const OPEN_RESIDENT_BYTES: usize = 1 << 20;
 
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
@@ -178,6 +187,9 @@ struct OpenSegment {
     end: usize,
     /// Invariant: `synced_end <= end`; bytes below it are durable.
     synced_end: usize,
+    /// Pages below this were dropped from the process's memory (see "Memory" in the module
+    /// documentation). Invariant: `released_end <= synced_end`.
+    released_end: usize,
 }
 
 impl OpenSegment {
@@ -391,6 +403,7 @@ impl SegmentLog {
                     offsets: recovered.offsets,
                     end: recovered.end,
                     synced_end: recovered.end,
+                    released_end: 0,
                 })
             }
         };
@@ -490,6 +503,22 @@ impl SegmentLog {
                 (open.end - open.synced_end) as u64,
             )
         })
+    }
+
+    /// Drops the pages of the log's maps from the process's memory: every mapped closed
+    /// segment and the open segment's durable bytes (the page cache keeps them; a later read
+    /// maps them in again). For a host that has gone idle. Returns the bytes released.
+    pub fn release_memory(&mut self) -> u64 {
+        let mut released = 0;
+        for slot in &self.cache.borrow().slots {
+            released += slot.map.release(0..slot.map.frozen()) as u64;
+        }
+        if let Some(open) = &mut self.open {
+            let end = page_floor(open.synced_end);
+            released += open.writer.map().release(open.released_end..end) as u64;
+            open.released_end = end;
+        }
+        released
     }
 
     /// How many segment files the log has: closed, open (with entries) and spares.
@@ -730,6 +759,9 @@ impl SegmentLog {
         self.rename(&open.name, &name)?;
         self.dir_sync_pending = true;
         let open = self.open.take().expect("checked above");
+        // Durable now, and read again only by a lagging follower or a restart: the pages leave
+        // the process (the page cache keeps them for such a read).
+        open.writer.map().release(0..open.end);
         self.cache.borrow_mut().insert(
             open.first,
             Arc::clone(open.writer.map()),
@@ -788,6 +820,7 @@ impl SegmentLog {
             offsets: Vec::new(),
             end: SEGMENT_HEADER_BYTES,
             synced_end: SEGMENT_HEADER_BYTES,
+            released_end: 0,
         });
         Ok(())
     }
@@ -858,6 +891,13 @@ impl SegmentLog {
         }
         if let Some(open) = &mut self.open {
             open.synced_end = open.end;
+            // Bounded residency: once twice `OPEN_RESIDENT_BYTES` of durable bytes are mapped
+            // in, all but the newest `OPEN_RESIDENT_BYTES` of them leave the process.
+            if open.synced_end - open.released_end >= 2 * OPEN_RESIDENT_BYTES {
+                let end = page_floor(open.synced_end - OPEN_RESIDENT_BYTES);
+                open.writer.map().release(open.released_end..end);
+                open.released_end = end;
+            }
         }
         self.durable_index = self.last_index;
         Ok(())
@@ -1008,6 +1048,7 @@ impl SegmentLog {
                 offsets,
                 end,
                 synced_end: end,
+                released_end: 0,
             });
         }
         self.runs.truncate_after(index);
@@ -1254,6 +1295,7 @@ impl SegmentLog {
         if let Some(open) = &self.open {
             assert!(open.synced_end <= open.end);
             assert!(open.end <= open.capacity);
+            assert!(open.released_end <= open.synced_end);
             if let Some(open_last) = open.last() {
                 if let Some(closed_last) = last {
                     assert_eq!(open.first, closed_last.next(), "open continues closed");
@@ -1749,6 +1791,12 @@ fn segment_capacity(segment_bytes: u64, record_bytes: usize, page_bytes: usize) 
         return segment_bytes;
     }
     needed.next_multiple_of(page_bytes)
+}
+
+/// `offset` rounded down to a page boundary: released ranges end there, so the next one starts
+/// where the last one stopped and no page is left behind in between.
+fn page_floor(offset: usize) -> usize {
+    offset - offset % mmap::page_bytes()
 }
 
 fn zero_range(file: &File, start: usize, end: usize) -> io::Result<()> {
