@@ -24,6 +24,7 @@ mod closer;
 mod idle;
 mod install;
 mod limits;
+mod memory;
 mod queue;
 mod recovery;
 mod request;
@@ -33,6 +34,7 @@ pub(crate) use idle::remove as remove_idle_marks;
 pub(crate) use install::{SnapshotPart, SNAPSHOT_TEMP_SUFFIX};
 pub(crate) use limits::DATABASES_TOTAL_MAX;
 pub use limits::{DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT};
+pub use memory::SQLITE_HEAP_SOFT_LIMIT_BYTES;
 #[cfg(test)]
 pub(crate) use recovery::empty_database_page;
 pub use recovery::{DatabaseRecovery, Recovery};
@@ -115,7 +117,10 @@ pub struct EngineConfig {
     pub page_size: u32,
     /// The most bytes of frames one transaction may produce (default 64 MiB).
     pub transaction_bytes_max: usize,
-    /// Page cache per connection, in KiB (kept small: one connection per client session).
+    /// Page cache of each of the engine's own connections (one per open database, and
+    /// snapshot readers), in KiB. Client sessions' connections keep SQLite's default, which
+    /// the client may change; the soft heap limit bounds all of them together
+    /// (`engine/memory.rs`).
     pub cache_kib: u32,
     /// The most writers queued per database.
     pub queue_max: usize,
@@ -381,6 +386,7 @@ impl Engine {
             std::process::id(),
             VFS_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        memory::configure();
         let vfs = Arc::new(Vfs::register(&name)?);
         let mut engine = Engine {
             config: EngineConfig { dir, ..config },

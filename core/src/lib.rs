@@ -91,7 +91,8 @@ pub mod wal;
 
 pub use engine::{
     Completion, DatabaseRecovery, Engine, EngineConfig, Proposal, Recovery, Reply, Response,
-    SessionId, Target, DATABASES_MAX_DEFAULT, STATEMENT_BYTES_MAX_DEFAULT,
+    SessionId, Target, DATABASES_MAX_DEFAULT, SQLITE_HEAP_SOFT_LIMIT_BYTES,
+    STATEMENT_BYTES_MAX_DEFAULT,
 };
 pub use error::{Applied, EngineError, ExecError};
 pub use snapshot::{DatabaseImage, SnapshotReader};

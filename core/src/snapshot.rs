@@ -351,7 +351,7 @@ impl Engine {
             last_command_index,
             token,
         } = part;
-        let reader = Conn::open(self.vfs(), &path, Role::Plain, self.cache_kib())?;
+        let reader = Conn::open(self.vfs(), &path, Role::Plain, Some(self.cache_kib()))?;
         reader.execute_batch("BEGIN")?;
         reader
             .connection()

@@ -332,6 +332,51 @@ fn test_pragmas_that_break_replication_are_denied() {
 }
 
 #[test]
+fn test_cache_size_is_sqlites_per_connection_and_the_heap_limit_is_not_a_clients() {
+    // A session's connection starts at SQLite's default page cache (-2000: 2000 KiB) and the
+    // client may change it, for its own connection only. The soft heap limit bounds all
+    // connections of the process together: clients may read it, not change it.
+    let mut cluster = Cluster::new(0);
+    let a = session(&mut cluster.leader, "c.db");
+    let b = session(&mut cluster.leader, "c.db");
+    let read = |cluster: &mut Cluster, s, sql| query_all(&mut cluster.leader, s, "c.db", sql);
+    assert_eq!(
+        read(&mut cluster, a, "PRAGMA cache_size").values,
+        vec![Value::Integer(-2000)]
+    );
+    cluster
+        .write(a, "c.db", "PRAGMA cache_size = 100", &[])
+        .unwrap();
+    assert_eq!(
+        read(&mut cluster, a, "PRAGMA cache_size").values,
+        vec![Value::Integer(100)]
+    );
+    assert_eq!(
+        read(&mut cluster, b, "PRAGMA cache_size").values,
+        vec![Value::Integer(-2000)]
+    );
+    assert_eq!(
+        read(&mut cluster, b, "PRAGMA soft_heap_limit").values,
+        vec![Value::Integer(atoll_core::SQLITE_HEAP_SOFT_LIMIT_BYTES)]
+    );
+    for sql in [
+        "PRAGMA soft_heap_limit = 0",
+        "PRAGMA hard_heap_limit = 1000000",
+    ] {
+        let error = cluster.write(b, "c.db", sql, &[]).unwrap_err();
+        assert_eq!(
+            error.code() & 0xff,
+            rusqlite::ffi::SQLITE_AUTH,
+            "{sql}: {error}"
+        );
+    }
+    assert_eq!(
+        read(&mut cluster, b, "PRAGMA soft_heap_limit").values,
+        vec![Value::Integer(atoll_core::SQLITE_HEAP_SOFT_LIMIT_BYTES)]
+    );
+}
+
+#[test]
 fn test_snapshot_install_replaces_databases() {
     // A snapshot taken on the leader while a reader holds an old transaction installs on a
     // fresh node; the node then applies later commands like any follower.

@@ -1,5 +1,5 @@
 //! Memory: the database lives on disk. Writing and reading 64 MiB through the engine grows the
-//! process's resident memory by far less than the data (small page caches, no mmap, a bounded
+//! process's resident memory by far less than the data (page caches under the soft heap limit, no mmap, a bounded
 //! WAL, capture and apply buffers shrunk after large transactions). One test in this file, so
 //! the process measures itself alone.
 

@@ -204,7 +204,7 @@ impl Engine {
             capture_bytes_max: self.config.transaction_bytes_max,
         };
         let files = self.vfs.add_database(&path, options)?;
-        let control = match Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib) {
+        let control = match Conn::open(&self.vfs, &path, Role::Plain, Some(self.config.cache_kib)) {
             Ok(connections) => connections,
             Err(error) => {
                 self.vfs.remove_database(&path);

@@ -139,7 +139,7 @@ impl Engine {
         if session.databases.contains_key(name) {
             return Ok(());
         }
-        let conn = Conn::open(&self.vfs, &path, Role::Capture, self.config.cache_kib)?;
+        let conn = Conn::open(&self.vfs, &path, Role::Capture, None)?;
         session.databases.insert(
             name.to_string(),
             SessionDb {

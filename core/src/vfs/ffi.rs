@@ -1,5 +1,5 @@
-//! The `unsafe` lines of the VFS: the callbacks SQLite calls, the wal-index memory it maps, and
-//! the connection hooks (capture, authorizer). Raw prepared statements are in `crate::stmt`.
+//! The `unsafe` lines of the VFS: the callbacks SQLite calls, the wal-index memory it maps, the
+//! connection hooks (capture, authorizer), and SQLite's process-wide memory settings. Raw prepared statements are in `crate::stmt`.
 //!
 //! Rules kept here: every callback runs its body under `catch_unwind` and turns a panic into an
 //! SQLite error code (a Rust panic must never unwind into C); every pointer SQLite hands over is
@@ -659,6 +659,42 @@ impl Drop for Region {
     }
 }
 
+/// SQLite's process-wide memory settings (`crate::engine::memory`): page caches allocate their
+/// pages one by one instead of preallocating a bulk of them per connection, and the soft heap
+/// limit is `soft_heap_limit_bytes`. The first setting can only be made before SQLite
+/// initializes: it is tried once per process, and if SQLite is already in use (a host that
+/// opened its own connection first), skipped with a log line; the limit is set every time.
+pub(crate) fn configure_memory(soft_heap_limit_bytes: i64) {
+    static PAGE_CACHE: std::sync::Once = std::sync::Once::new();
+    PAGE_CACHE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_PAGECACHE takes (void *buffer, int slot size, int slot count);
+        // a null buffer with no slots gives pcache1 no static pool and, with N = 0, no
+        // per-cache bulk preallocation. sqlite3_config is only unsafe while other threads use
+        // SQLite: before initialization (the only time it succeeds) nothing does; afterwards it
+        // changes nothing and returns SQLITE_MISUSE.
+        let rc = unsafe {
+            ffi::sqlite3_config(
+                ffi::SQLITE_CONFIG_PAGECACHE,
+                ptr::null_mut::<c_void>(),
+                0 as c_int,
+                0 as c_int,
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            log::info!("SQLite in use before the engine: page caches keep their bulk ({rc})");
+        }
+    });
+    // SAFETY: sqlite3_soft_heap_limit64 is thread-safe (it takes SQLite's memory mutex) and
+    // takes no pointer.
+    unsafe { ffi::sqlite3_soft_heap_limit64(soft_heap_limit_bytes) };
+}
+
+/// The bytes SQLite has allocated and not freed, in the whole process.
+pub(crate) fn sqlite_memory_used() -> i64 {
+    // SAFETY: sqlite3_memory_used reads a counter under SQLite's memory mutex; no pointer.
+    unsafe { ffi::sqlite3_memory_used() }
+}
+
 /// Marks a connection's write transactions as captured (see `super::Role`).
 pub(crate) fn set_capture(connection: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
     // SAFETY: the handle is valid while `connection` lives; "main" is NUL-terminated; our
@@ -681,7 +717,8 @@ pub(crate) fn set_capture(connection: &rusqlite::Connection) -> Result<(), rusql
 }
 
 /// PRAGMAs a client must not run: they would change the journal, bypass the checkpoint policy
-/// or map files (atoll's replication depends on all three).
+/// or map files (atoll's replication depends on all three), or change the memory bounds of the
+/// whole process.
 const DENIED_PRAGMAS: &[&str] = &[
     "journal_mode",
     "locking_mode",
@@ -691,6 +728,9 @@ const DENIED_PRAGMAS: &[&str] = &[
     "writable_schema",
     "temp_store_directory",
     "data_store_directory",
+    // Process-wide: one client would lift (or tighten) every connection's memory bound.
+    "soft_heap_limit",
+    "hard_heap_limit",
 ];
 
 unsafe extern "C" fn authorize(

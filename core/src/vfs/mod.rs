@@ -25,6 +25,8 @@
 
 mod ffi;
 
+pub(crate) use ffi::{configure_memory, sqlite_memory_used};
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -843,6 +845,16 @@ impl DbFiles {
         Ok(Some(result))
     }
 
+    /// Frees the capture buffer's retained capacity, unless a transaction is being captured
+    /// (for an idle host: the next transaction allocates it again).
+    pub(crate) fn release_memory(&self) {
+        if let Ok(mut state) = self.lock() {
+            if !state.capture.active && state.capture.buffer.is_empty() {
+                state.capture.buffer = Vec::new();
+            }
+        }
+    }
+
     /// Whether the last captured transaction overflowed the frame limit; clears the flag.
     pub(crate) fn take_overflow(&self) -> bool {
         match self.lock() {
@@ -1356,13 +1368,15 @@ pub(crate) struct Conn {
 const STATEMENT_CACHE_MAX: usize = 8;
 
 impl Conn {
-    /// Opens a connection to the database at `path` through `vfs`, in role `role`, with the
-    /// memory limits of atoll (small page cache, no mmap) and checkpoints under engine control.
+    /// Opens a connection to the database at `path` through `vfs`, in role `role`, without
+    /// mmap, with checkpoints under engine control and a page cache of `cache_kib` KiB (`None`:
+    /// SQLite's default, which a client's `PRAGMA cache_size` reads and changes as in SQLite;
+    /// all caches together are bounded by the soft heap limit, `engine/memory.rs`).
     pub(crate) fn open(
         vfs: &Arc<Vfs>,
         path: &Path,
         role: Role,
-        cache_kib: u32,
+        cache_kib: Option<u32>,
     ) -> Result<Conn, rusqlite::Error> {
         use rusqlite::OpenFlags;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -1375,10 +1389,12 @@ impl Conn {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         )?;
-        connection.execute_batch(&format!(
-            "PRAGMA cache_size = -{cache_kib}; PRAGMA mmap_size = 0; \
-             PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;"
-        ))?;
+        if let Some(cache_kib) = cache_kib {
+            connection.execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
+        }
+        connection.execute_batch(
+            "PRAGMA mmap_size = 0; PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;",
+        )?;
         let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(rusqlite::Error::SqliteFailure(
