@@ -1,7 +1,7 @@
 //! Memory: the database lives on disk. Writing and reading 64 MiB through the engine grows the
-//! process's resident memory by far less than the data (page caches under the soft heap limit, no mmap, a bounded
-//! WAL, capture and apply buffers shrunk after large transactions). One test in this file, so
-//! the process measures itself alone.
+//! process's resident memory by far less than the data (page caches under the soft heap limit,
+//! no mmap, a bounded WAL, capture and apply buffers shrunk after large transactions). One test
+//! in this file, so the process measures itself alone.
 
 mod common;
 

@@ -1095,10 +1095,16 @@ fn test_mapped_pages_leave_memory_and_entries_stay_readable() {
             written.len()
         );
     }
-    assert!(resident_kib_in(dir.path()) >= 512, "the newest bytes stay mapped in");
+    assert!(
+        resident_kib_in(dir.path()) >= 512,
+        "the newest bytes stay mapped in"
+    );
     assert!(log.release_memory() >= 512 * 1024);
     let resident = resident_kib_in(dir.path());
-    assert!(resident <= 8, "{resident} KiB resident after release_memory");
+    assert!(
+        resident <= 8,
+        "{resident} KiB resident after release_memory"
+    );
     assert_eq!(read_all(&log, 1, 385), written);
     // A rollover: the full segment is closed and its pages leave with it.
     log.release_memory();
