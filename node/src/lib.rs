@@ -36,6 +36,7 @@ pub mod database_header;
 mod disk;
 pub mod inputs;
 mod join;
+mod memory;
 mod metrics;
 pub mod network;
 mod peers;
@@ -428,6 +429,8 @@ pub struct Node {
     network_given: bool,
     /// From the `Inputs` (kept by a restart in place).
     checkpoint_sync_in_background: bool,
+    /// When to give memory back (`memory.rs`).
+    idle_release: memory::IdleRelease,
 }
 
 impl Node {
@@ -728,6 +731,7 @@ impl Node {
             damaged_apply_retry_at: None,
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
+            idle_release: memory::IdleRelease::new(now),
             idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(data_dir.to_path_buf()),
@@ -922,6 +926,12 @@ impl Node {
     }
 
     fn on_event(&mut self, event: Event) -> Result<(), NodeError> {
+        if matches!(
+            event,
+            Event::Connected { .. } | Event::Request { .. } | Event::Closed { .. }
+        ) {
+            self.idle_release.note_client_event();
+        }
         match event {
             Event::Connected {
                 conn,
@@ -1643,6 +1653,7 @@ impl Node {
         self.restore_step();
         self.snapshot_policy()?;
         self.checkpoint_policy();
+        self.memory_step();
         if self.disk.is_full() {
             // Leaves the full state once space is back and nothing is stalled.
             self.disk.check(self.clock.now());
@@ -1867,6 +1878,27 @@ impl Node {
             Ok(removed) => debug!("removed {removed} old snapshot(s)"),
             Err(e) => warn!("removing old snapshots: {e}"),
         }
+    }
+
+    /// A node idle for `memory::IDLE_RELEASE_AFTER` gives back what the last burst left
+    /// resident: caches, buffers, mapped log pages, free C heap (`memory.rs`).
+    fn memory_step(&mut self) {
+        let now = self.clock.now();
+        let last = self.raft.last_index().0;
+        let applied = self.raft.applied().0;
+        if !self.idle_release.due(now, last, applied) {
+            return;
+        }
+        let before = metrics::resident_memory_bytes();
+        self.engine.release_memory();
+        let log_bytes = self.raft.log_mut().release_memory();
+        atoll_storage::release_free_heap();
+        debug!(
+            "idle: released memory (log pages {} KiB; resident {:?} -> {:?} KiB)",
+            log_bytes / 1024,
+            before.map(|b| b / 1024),
+            metrics::resident_memory_bytes().map(|b| b / 1024)
+        );
     }
 
     /// A node that has been idle for a while checkpoints every database (TRUNCATE).
