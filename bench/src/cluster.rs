@@ -1087,9 +1087,10 @@ fn kv_cluster(
     }
     // The nodes have settled after their start (one second without requests).
     thread::sleep(Duration::from_secs(1));
+    let idle_at_start = cluster.rss_mib();
     println!(
         "rss per node idle after the start ({server}): {}",
-        mib_list(&cluster.rss_mib())
+        mib_list(&idle_at_start)
     );
     for &workload in &run.workloads {
         for &count in &run.workers {
@@ -1141,17 +1142,38 @@ fn kv_cluster(
             lines.push(line);
         }
     }
+    let after = cluster.rss_mib();
     lines.push(format!(
         "rss per node after the run ({server}): {}",
-        mib_list(&cluster.rss_mib())
+        mib_list(&after)
     ));
     thread::sleep(Duration::from_secs(if run.quick { 1 } else { 5 }));
+    let idle_after = cluster.rss_mib();
     lines.push(format!(
         "rss per node idle after the run ({server}): {}",
-        mib_list(&cluster.rss_mib())
+        mib_list(&idle_after)
+    ));
+    let within = |values: &[f64], max: f64| {
+        let worst = values.iter().copied().fold(0.0, f64::max);
+        format!(
+            "{} (max {worst:.1} MiB)",
+            if worst <= max { "ok" } else { "OVER" }
+        )
+    };
+    let idle: Vec<f64> = idle_at_start.iter().chain(&idle_after).copied().collect();
+    lines.push(format!(
+        "rss check ({server}): after the run <= {RSS_AFTER_MIB_MAX} MiB {}; idle <= \
+         {RSS_IDLE_MIB_MAX} MiB {}",
+        within(&after, RSS_AFTER_MIB_MAX),
+        within(&idle, RSS_IDLE_MIB_MAX)
     ));
     Ok(())
 }
+
+/// The resident memory a node may have right after the `kv` rows (ARCHITECTURE.md, "Limits").
+const RSS_AFTER_MIB_MAX: f64 = 32.0;
+/// The resident memory an idle node may have, after its start and after the rows.
+const RSS_IDLE_MIB_MAX: f64 = 16.0;
 
 fn p99_ms(result: &KvResult) -> f64 {
     result.all().percentile(99.0).as_secs_f64() * 1000.0

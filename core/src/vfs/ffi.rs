@@ -1,5 +1,6 @@
 //! The `unsafe` lines of the VFS: the callbacks SQLite calls, the wal-index memory it maps, the
-//! connection hooks (capture, authorizer), and SQLite's process-wide memory settings. Raw prepared statements are in `crate::stmt`.
+//! connection hooks (capture, authorizer), and SQLite's process-wide memory settings. Raw
+//! prepared statements are in `crate::stmt`.
 //!
 //! Rules kept here: every callback runs its body under `catch_unwind` and turns a panic into an
 //! SQLite error code (a Rust panic must never unwind into C); every pointer SQLite hands over is
