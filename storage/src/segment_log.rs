@@ -496,6 +496,12 @@ impl SegmentLog {
         Ok(log)
     }
 
+    /// How many truncations the log did since it was opened: a host holding acknowledgements
+    /// for a sync in flight learns here that some of their entries may be gone.
+    pub fn truncations(&self) -> u64 {
+        self.truncations
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
