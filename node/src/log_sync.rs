@@ -217,17 +217,7 @@ impl Node {
         must_sync: bool,
         messages: Vec<Message>,
     ) -> Result<(), NodeError> {
-        let truncations = self.raft.log().truncations();
-        if truncations != self.durability.truncations {
-            // Acknowledgements queued before a truncation may promise entries it cut.
-            self.durability.truncations = truncations;
-            if let Some(in_flight) = self.durability.in_flight.as_mut() {
-                in_flight.messages.clear();
-            }
-            if let Some(pending) = self.durability.pending.as_mut() {
-                pending.clear();
-            }
-        }
+        self.durability_note_truncations();
         if must_sync && self.durability.in_flight.is_some() {
             self.durability
                 .pending
@@ -243,6 +233,22 @@ impl Node {
             self.send_messages(messages);
         }
         Ok(())
+    }
+
+    /// Drops the acknowledgements queued before a truncation of the log: they may promise
+    /// entries it cut (raft resends what the leader still needs).
+    fn durability_note_truncations(&mut self) {
+        let truncations = self.raft.log().truncations();
+        if truncations == self.durability.truncations {
+            return;
+        }
+        self.durability.truncations = truncations;
+        if let Some(in_flight) = self.durability.in_flight.as_mut() {
+            in_flight.messages.clear();
+        }
+        if let Some(pending) = self.durability.pending.as_mut() {
+            pending.clear();
+        }
     }
 
     /// Begins a sync of everything appended so far and hands it to the `LogSync`.
@@ -270,6 +276,7 @@ impl Node {
         let Some((request, result)) = self.log_sync.finished(now) else {
             return Ok(false);
         };
+        self.durability_note_truncations();
         let in_flight = self
             .durability
             .in_flight

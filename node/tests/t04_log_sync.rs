@@ -272,3 +272,94 @@ fn test_followers_acknowledge_only_synced_entries_and_keep_receiving() {
         node.stop();
     }
 }
+
+#[test]
+fn test_failed_sync_stops_the_node_unanswered() {
+    // A sync that fails on the sync thread (EIO) is fatal, as a failed sync on the loop was:
+    // the page cache cannot be trusted afterwards. The turn that learns it returns the error,
+    // and the write it covered is never answered as a success.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_addresses(1).remove(0);
+    let config = NodeConfig::new(1, address.clone());
+    atoll_node::init(&data, &config, &ClusterSecret::generate().unwrap()).unwrap();
+    let clock = ManualClock::new();
+    let fail = Arc::new(AtomicBool::new(false));
+    let inputs = Inputs {
+        clock: Box::new(clock.clone()),
+        random: Box::new(SeededRandom::new(9)),
+        log_sync: Some(Box::new(FailingSync {
+            fail: fail.clone(),
+            request: None,
+        })),
+        ..Inputs::production()
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let node = Node::open_with(&data, shutdown, StartOptions::default(), inputs).unwrap();
+    let mut nodes = [node];
+    let schema = {
+        let address = address.clone();
+        thread::spawn(move || {
+            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+            connection.open("x").unwrap();
+            connection.exec_sql("CREATE TABLE t(v)", &[]).unwrap();
+        })
+    };
+    drive(&mut nodes, &clock, |_| schema.is_finished());
+    schema.join().unwrap();
+    let before = nodes[0].state();
+    fail.store(true, Ordering::SeqCst);
+    let writer = thread::spawn(move || {
+        let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+        connection.open("x").unwrap();
+        connection.exec_sql("INSERT INTO t VALUES (1)", &[])
+    });
+    let mut error = None;
+    for _ in 0..10_000 {
+        clock.advance(Duration::from_millis(1));
+        match nodes[0].turn(Some(Duration::from_micros(200))) {
+            Ok(running) => assert!(running),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let error = error.expect("the failed sync stops the node");
+    assert!(error.contains("syncing the log"), "{error}");
+    assert!(error.contains("EIO"), "{error}");
+    assert_eq!(nodes[0].state().commit, before.commit);
+    let [node] = nodes;
+    drop(node);
+    assert!(writer.join().unwrap().is_err(), "the write was not answered as done");
+}
+
+/// A disk whose syncs fail (EIO) once `fail` is set.
+struct FailingSync {
+    fail: Arc<AtomicBool>,
+    request: Option<SyncRequest>,
+}
+
+impl LogSync for FailingSync {
+    fn start(&mut self, request: SyncRequest, _now: Instant) {
+        self.request = Some(request);
+    }
+
+    fn finished(&mut self, _now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
+        let request = self.request.take()?;
+        let result = if self.fail.load(Ordering::SeqCst) {
+            Err(io::Error::other("EIO"))
+        } else {
+            request.run()
+        };
+        Some((request, result))
+    }
+
+    fn due(&self) -> Option<Instant> {
+        None
+    }
+
+    fn reset(&mut self) {
+        self.request = None;
+    }
+}
