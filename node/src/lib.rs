@@ -10,8 +10,9 @@
 //!     for event: Request -> engine call | raft request; Drained -> next ROWS / DUMP piece;
 //!                Closed -> engine.close_session; Timer(tick) -> raft.tick
 //!     propose_batch(every proposal of the turn)      // one call: contiguous entries
-//!     while raft.has_ready():                        // persist, ONE sync, commit, apply
-//!         persist_ready; send; sync; on_persisted; engine.apply(committed) -> responses
+//!     while raft.has_ready():                        // persist, sync off the loop, apply
+//!         persist_ready; send; sync request (log_sync.rs); engine.apply(committed) -> responses
+//!     a sync done: on_persisted; send the acknowledgements that waited for it
 //!     leadership checks, parked requests, membership waiters, snapshot/checkpoint policy
 //! }
 //! ```
@@ -846,9 +847,9 @@ impl Node {
         Ok(())
     }
 
-    /// One turn of the loop: waits for input (at most `wait`; `None`: until some arrives or a
-    /// timer fires), then gathers the inputs, proposes, persists (one sync), applies and answers
-    /// as a batch. False once the shutdown flag is set and a leader's handover is done: the host
+    /// One turn of the loop: waits for input (at most `wait`; `None`: until some arrives, a
+    /// timer fires or a log sync ends), then gathers the inputs, proposes, persists (its sync
+    /// runs off the loop), applies and answers as a batch. False once the shutdown flag is set and a leader's handover is done: the host
     /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
     pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
         let stopping = self.shutdown.load(Ordering::SeqCst) || self.repair_stop;
@@ -1068,8 +1069,8 @@ impl Node {
         }
     }
 
-    /// Proposes the turn's writes as one batch, then works off every ready: persist, one sync,
-    /// commit, apply, answer.
+    /// Proposes the turn's writes as one batch, then works off every ready: persist, hand the
+    /// sync to the sync thread, apply, answer; and takes the syncs that finished.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
         if !self.proposals.is_empty() {
             self.disk.check(self.clock.now());

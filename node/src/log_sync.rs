@@ -205,6 +205,7 @@ pub(crate) struct Durability {
 impl Node {
     /// When the sync in flight finishes, if the `LogSync` knows (a simulated disk): a host
     /// driving turns on simulated time turns the node then.
+    #[cfg(feature = "sim")]
     pub(crate) fn sync_due(&self) -> Option<Instant> {
         self.log_sync.due()
     }
