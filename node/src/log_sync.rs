@@ -278,11 +278,7 @@ impl Node {
             return Ok(false);
         };
         self.durability_note_truncations();
-        let in_flight = self
-            .durability
-            .in_flight
-            .take()
-            .expect("checked above");
+        let in_flight = self.durability.in_flight.take().expect("checked above");
         let durable = self
             .raft
             .log_mut()

@@ -167,7 +167,9 @@ fn test_single_voter_keeps_turning_while_its_sync_is_held() {
                 let mut connection =
                     Connection::connect(&address, &ClientConfig::default()).unwrap();
                 connection.open(database).unwrap();
-                connection.exec_sql("INSERT INTO t VALUES (1)", &[]).unwrap();
+                connection
+                    .exec_sql("INSERT INTO t VALUES (1)", &[])
+                    .unwrap();
             })
         })
         .collect();
@@ -177,14 +179,23 @@ fn test_single_voter_keeps_turning_while_its_sync_is_held() {
     turn_for(&mut nodes, &clock, 50);
     let held = nodes[0].state();
     assert_eq!(held.log_last.0, before.log_last.0 + 2, "{held:?}");
-    assert_eq!(held.commit, before.commit, "nothing commits before it is durable");
+    assert_eq!(
+        held.commit, before.commit,
+        "nothing commits before it is durable"
+    );
     assert_eq!(held.applied, before.applied, "{held:?}");
     assert!(writers.iter().all(|w| !w.is_finished()), "answered early");
     let started = disk.started();
-    assert_eq!(started.len(), syncs_before + 1, "one sync in flight: {started:?}");
+    assert_eq!(
+        started.len(),
+        syncs_before + 1,
+        "one sync in flight: {started:?}"
+    );
 
     disk.hold(false);
-    drive(&mut nodes, &clock, |_| writers.iter().all(|w| w.is_finished()));
+    drive(&mut nodes, &clock, |_| {
+        writers.iter().all(|w| w.is_finished())
+    });
     for writer in writers {
         writer.join().unwrap();
     }
@@ -331,7 +342,10 @@ fn test_failed_sync_stops_the_node_unanswered() {
     assert_eq!(nodes[0].state().commit, before.commit);
     let [node] = nodes;
     drop(node);
-    assert!(writer.join().unwrap().is_err(), "the write was not answered as done");
+    assert!(
+        writer.join().unwrap().is_err(),
+        "the write was not answered as done"
+    );
 }
 
 /// A disk whose syncs fail (EIO) once `fail` is set.

@@ -240,7 +240,10 @@ impl fmt::Debug for SyncRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncRequest")
             .field("last", &self.last)
-            .field("bytes", &self.flush.as_ref().map_or(0, |flush| flush.range.len()))
+            .field(
+                "bytes",
+                &self.flush.as_ref().map_or(0, |flush| flush.range.len()),
+            )
             .field("truncations", &self.truncations)
             .finish()
     }

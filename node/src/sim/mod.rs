@@ -246,8 +246,20 @@ impl Run {
             client.step(&mut ctx);
             next = next.min(client.next_at().max(now + 1));
         }
-        let syncs_due = self.cluster.nodes.iter().flatten().filter_map(Node::sync_due);
-        if let Some(due) = self.cluster.fabric.next_due().into_iter().chain(syncs_due).min() {
+        let syncs_due = self
+            .cluster
+            .nodes
+            .iter()
+            .flatten()
+            .filter_map(Node::sync_due);
+        if let Some(due) = self
+            .cluster
+            .fabric
+            .next_due()
+            .into_iter()
+            .chain(syncs_due)
+            .min()
+        {
             let due = due
                 .saturating_duration_since(self.cluster.clock.now())
                 .as_nanos() as u64;

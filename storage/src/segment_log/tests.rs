@@ -1066,7 +1066,10 @@ fn test_sync_runs_on_another_thread_while_the_log_appends() {
     assert_eq!(log.durable_index(), LogIndex(5));
     let (_, offset, length) = log.unsynced_bytes().expect("entries 6..=8 are unsynced");
     assert_eq!(length, 3 * record_bytes(100) as u64);
-    assert_eq!(offset, (SEGMENT_HEADER_BYTES + 5 * record_bytes(100)) as u64);
+    assert_eq!(
+        offset,
+        (SEGMENT_HEADER_BYTES + 5 * record_bytes(100)) as u64
+    );
     log.sync().unwrap();
     assert_eq!(log.durable_index(), LogIndex(8));
     assert!(log.unsynced_bytes().is_none());
@@ -1110,7 +1113,11 @@ fn test_sync_in_flight_across_rotation_and_compaction() {
     log.append(&entries(1..=4, 1, 1000)).unwrap();
     let request = log.sync_begin().unwrap();
     log.append(&entries(5..=7, 1, 1000)).unwrap();
-    assert_eq!(log.durable_index(), LogIndex(6), "closing a segment syncs it");
+    assert_eq!(
+        log.durable_index(),
+        LogIndex(6),
+        "closing a segment syncs it"
+    );
     log.compact_through(LogIndex(6), Term(1)).unwrap();
     let result = request.run();
     assert!(result.is_ok());
