@@ -849,8 +849,9 @@ impl Node {
 
     /// One turn of the loop: waits for input (at most `wait`; `None`: until some arrives, a
     /// timer fires or a log sync ends), then gathers the inputs, proposes, persists (its sync
-    /// runs off the loop), applies and answers as a batch. False once the shutdown flag is set and a leader's handover is done: the host
-    /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
+    /// runs off the loop), applies and answers as a batch. False once the shutdown flag is set
+    /// and a leader's handover is done: the host then calls [`Node::stop`]. [`Node::run`] is
+    /// `turn(None)` until false.
     pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
         let stopping = self.shutdown.load(Ordering::SeqCst) || self.repair_stop;
         if stopping && self.handover_done() {
