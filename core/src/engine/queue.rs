@@ -615,3 +615,68 @@ fn keep_transaction(files: &DbFiles, conn: &mut Conn) -> Result<(), ExecError> {
             .to_string(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineConfig, Reply, Target};
+    use crate::value::Value;
+
+    /// Runs the proposals out as a host would: each into the log, the engine told where.
+    fn propose(engine: &mut Engine, log: &mut Vec<Vec<u8>>) {
+        engine.run_queued();
+        for proposal in engine.take_proposals() {
+            log.push(proposal.command);
+            engine.proposed(proposal.id, log.len() as u64);
+        }
+    }
+
+    fn insert(engine: &mut Engine, who: i64) -> Reply {
+        let session = engine.open_session().unwrap();
+        engine.open_database(session, "d").unwrap();
+        let sql = "INSERT INTO t VALUES (?, zeroblob(3000))";
+        engine
+            .exec(session, "d", Target::Sql(sql), &[Value::Integer(who)])
+            .unwrap()
+    }
+
+    #[test]
+    fn test_overlay_predicts_the_bytes_apply_writes() {
+        // Commands in flight are laid out as the apply path will write them: applying the first
+        // leaves exactly the wal-index header the overlay predicted for it, so the links behind
+        // it are never laid out again. Only a checkpoint that starts the WAL over (TRUNCATE)
+        // moves the applied state elsewhere: then the next chain lays them out again.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _) = Engine::open(EngineConfig::new(dir.path(), 1)).unwrap();
+        let mut log = Vec::new();
+        let admin = engine.open_session().unwrap();
+        engine.open_database(admin, "d").unwrap();
+        let schema = Target::Sql("CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)");
+        engine.exec(admin, "d", schema, &[]).unwrap();
+        propose(&mut engine, &mut log);
+        engine.apply(1, &log[0]).unwrap();
+        let relayouts = |engine: &Engine| engine.databases["d"].files.overlay_relayouts();
+        for who in 0..4 {
+            insert(&mut engine, who);
+            propose(&mut engine, &mut log);
+        }
+        assert_eq!(log.len(), 5, "four commands in flight");
+        for (index, who) in (2..=3).zip(4..) {
+            engine.apply(index, &log[index as usize - 1].clone()).unwrap();
+            assert_eq!(insert(&mut engine, who), Reply::Queued);
+            propose(&mut engine, &mut log);
+        }
+        assert_eq!(log.len(), 7);
+        assert_eq!(relayouts(&engine), 0, "the apply wrote other bytes than predicted");
+        engine.apply(4, &log[3].clone()).unwrap();
+        engine.checkpoint(true).unwrap();
+        insert(&mut engine, 10);
+        propose(&mut engine, &mut log);
+        assert_eq!(log.len(), 8);
+        assert_eq!(relayouts(&engine), 1);
+        for index in 5..=log.len() as u64 {
+            engine.apply(index, &log[index as usize - 1].clone()).unwrap();
+        }
+        assert!(matches!(engine.databases["d"].slot, Slot::Free));
+    }
+}
