@@ -36,8 +36,7 @@ struct Chained {
 
 impl Chained {
     fn new(chain_max: usize) -> Chained {
-        let dirs: Vec<tempfile::TempDir> =
-            (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
         let open = |dir: &Path, node: u64| {
             let mut config: EngineConfig = config(dir, node);
             config.chain_max = chain_max;
@@ -55,7 +54,10 @@ impl Chained {
             in_flight_max: 0,
         };
         let admin = session(&mut chained.leader, DB);
-        chained.leader.exec(admin, DB, Target::Sql(SCHEMA), &[]).unwrap();
+        chained
+            .leader
+            .exec(admin, DB, Target::Sql(SCHEMA), &[])
+            .unwrap();
         chained.propose();
         chained.apply_all();
         chained
@@ -123,7 +125,11 @@ impl Chained {
     fn collect(&mut self) {
         for completion in self.leader.take_completions() {
             let previous = self.answers.insert(completion.session, completion.result);
-            assert!(previous.is_none(), "{:?} answered twice", completion.session);
+            assert!(
+                previous.is_none(),
+                "{:?} answered twice",
+                completion.session
+            );
         }
     }
 
@@ -237,7 +243,9 @@ fn test_chain_applied_in_order_is_the_writes_one_at_a_time() {
             assert_eq!(chained.propose().len(), 1);
         }
         let s = session(&mut sequential.leader, DB);
-        sequential.write(s, DB, INSERT, &insert_params(who)).unwrap();
+        sequential
+            .write(s, DB, INSERT, &insert_params(who))
+            .unwrap();
     }
     assert_eq!(chained.in_flight_max, 4);
     chained.apply_all();
@@ -248,15 +256,19 @@ fn test_chain_applied_in_order_is_the_writes_one_at_a_time() {
     for (i, (a, b)) in chained.log.iter().zip(&sequential.log).enumerate() {
         assert_eq!(command_frames(a), command_frames(b), "command {}", i + 1);
         let base = Command::decode(a).unwrap().base_index;
-        assert_eq!(base, i as u64, "command {} is based on the entry before it", i + 1);
+        assert_eq!(
+            base,
+            i as u64,
+            "command {} is based on the entry before it",
+            i + 1
+        );
     }
     let expected = sqlite_rows(&whos);
     assert!(Chained::rows(&mut chained.leader) == expected);
     assert!(Chained::rows(&mut chained.follower) == expected);
     let bytes = chained.assert_files_equal();
     sequential.leader.checkpoint(true).unwrap();
-    let sequential_bytes =
-        std::fs::read(sequential.leader.database_path(DB).unwrap()).unwrap();
+    let sequential_bytes = std::fs::read(sequential.leader.database_path(DB).unwrap()).unwrap();
     assert!(bytes == sequential_bytes, "the chain wrote other bytes");
 }
 
@@ -311,16 +323,26 @@ fn test_groups_on_top_of_commands_in_flight_readers_see_only_applied() {
         let _ = applied;
         let seen = Chained::whos(&mut chained.leader);
         let unanswered: Vec<i64> = pending.iter().map(|&(_, who)| who).collect();
-        assert!(seen.iter().all(|who| !unanswered.contains(who)), "a reader saw a write in flight");
+        assert!(
+            seen.iter().all(|who| !unanswered.contains(who)),
+            "a reader saw a write in flight"
+        );
         assert_eq!(seen.len() + unanswered.len(), whos.len());
         assert_eq!(Chained::whos(&mut chained.follower), seen);
         let still = query_all(&mut chained.leader, early, DB, "SELECT count(*) FROM t");
         assert_eq!(still.values, snapshot.values);
     }
-    assert!(chained.in_flight_max >= 3, "chains of {}", chained.in_flight_max);
+    assert!(
+        chained.in_flight_max >= 3,
+        "chains of {}",
+        chained.in_flight_max
+    );
     chained.apply_all();
     chained.collect();
-    chained.leader.exec(early, DB, Target::Sql("COMMIT"), &[]).unwrap();
+    chained
+        .leader
+        .exec(early, DB, Target::Sql("COMMIT"), &[])
+        .unwrap();
     let expected = sqlite_rows(&whos);
     assert!(Chained::rows(&mut chained.leader) == expected);
     assert!(Chained::rows(&mut chained.follower) == expected);
@@ -359,7 +381,10 @@ fn test_refused_link_is_discarded_next_writer_on_what_remains() {
     assert_eq!(proposals.len(), 1);
     let next = session(&mut chained.leader, DB);
     assert_eq!(chained.insert(next, 3), Reply::Queued);
-    assert!(chained.take().is_empty(), "on top of a command not yet in the log");
+    assert!(
+        chained.take().is_empty(),
+        "on top of a command not yet in the log"
+    );
     chained.leader.discard(proposals[0].id, "busy");
     assert!(is_discarded(chained.answer(refused), "busy"));
     assert_eq!(chained.propose(), vec![4]);
@@ -442,7 +467,10 @@ fn test_stale_link_at_apply_fails_it_and_the_rest() {
         assert!(matches!(chained.apply_next(), Applied::Stale { .. }));
     }
     for (s, _, _) in &links {
-        assert!(is_discarded(chained.answer(*s), "computed against command 999"));
+        assert!(is_discarded(
+            chained.answer(*s),
+            "computed against command 999"
+        ));
     }
     let next = session(&mut chained.leader, DB);
     chained.insert(next, 3);
@@ -499,7 +527,10 @@ fn test_chain_is_bounded_and_transactions_wait_for_it() {
     assert_eq!(chained.propose().len(), 1, "the third writer goes on top");
     assert!(chained.answer(transaction).is_none());
     chained.apply_next();
-    assert!(chained.answer(transaction).is_none(), "a transaction on top of a command");
+    assert!(
+        chained.answer(transaction).is_none(),
+        "a transaction on top of a command"
+    );
     chained.apply_next();
     assert!(matches!(chained.answer(transaction), Some(Ok(_))));
     chained

@@ -313,7 +313,8 @@ impl Engine {
             Slot::Free => db.last_command_index,
             Slot::Chain(links) => {
                 let last = links.back().expect("a chain is never empty");
-                last.index.expect("a link is captured on one whose index is known")
+                last.index
+                    .expect("a link is captured on one whose index is known")
             }
             Slot::Transaction(_) => panic!("a commit while a transaction holds the slot"),
         };
@@ -662,12 +663,18 @@ mod tests {
         }
         assert_eq!(log.len(), 5, "four commands in flight");
         for (index, who) in (2..=3).zip(4..) {
-            engine.apply(index, &log[index as usize - 1].clone()).unwrap();
+            engine
+                .apply(index, &log[index as usize - 1].clone())
+                .unwrap();
             assert_eq!(insert(&mut engine, who), Reply::Queued);
             propose(&mut engine, &mut log);
         }
         assert_eq!(log.len(), 7);
-        assert_eq!(relayouts(&engine), 0, "the apply wrote other bytes than predicted");
+        assert_eq!(
+            relayouts(&engine),
+            0,
+            "the apply wrote other bytes than predicted"
+        );
         engine.apply(4, &log[3].clone()).unwrap();
         engine.checkpoint(true).unwrap();
         insert(&mut engine, 10);
@@ -675,7 +682,9 @@ mod tests {
         assert_eq!(log.len(), 8);
         assert_eq!(relayouts(&engine), 1);
         for index in 5..=log.len() as u64 {
-            engine.apply(index, &log[index as usize - 1].clone()).unwrap();
+            engine
+                .apply(index, &log[index as usize - 1].clone())
+                .unwrap();
         }
         assert!(matches!(engine.databases["d"].slot, Slot::Free));
     }

@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::stmt::RawStmt;
-use overlay::Overlay;
 use crate::wal::{self, IndexHeader};
+use overlay::Overlay;
 
 /// Suffix SQLite appends to a database path to name its WAL.
 pub(crate) const WAL_SUFFIX: &str = "-wal";
