@@ -100,6 +100,9 @@ pub struct Proposal {
     pub command: Vec<u8>,
     /// The writes it carries (more than one: group commit).
     pub writes: usize,
+    /// Commands of the same database in flight ahead of it when it ran (it was computed on top
+    /// of them): 0 when it ran on the applied state.
+    pub ahead: usize,
 }
 
 /// The engine's settings. Time values are in whatever unit the host passes to

@@ -94,6 +94,9 @@ const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
 /// Largest transaction a node accepts (captured frame bytes): its command must fit one raft
 /// entry (`atoll_raft::codec::ENTRY_BYTES_MAX`, 32 MiB) with room for the command's headers.
 const TRANSACTION_BYTES_MAX: usize = 30 << 20;
+/// The most commands of one database in flight (proposed, not yet applied): the next group of
+/// writers runs on top of them and is proposed without waiting for their apply.
+const CHAIN_MAX: usize = 4;
 /// Largest peer frame: one raft message, which holds at least one whole entry.
 const PEER_FRAME_BYTES_MAX: u32 = 40 << 20;
 /// Bytes queued per peer: one largest frame and some more. A slow or dead peer costs at most
@@ -521,6 +524,7 @@ impl Node {
             engine_config.databases_max, config.transaction_timeout_ms
         );
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
+        engine_config.chain_max = CHAIN_MAX;
         // Checkpoints stall the loop: small ones (4 MiB of pages: a few milliseconds of copy),
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
         // the results), and jitter so that nodes, which apply the same entries, do not
@@ -1039,9 +1043,43 @@ impl Node {
         }
     }
 
-    /// Proposes the turn's writes as one batch, then works off every ready: persist, one sync,
-    /// commit, apply, answer.
+    /// Proposes the turn's writes, then works off every ready: persist, one sync, commit,
+    /// apply, answer. Each proposed command lets the next group of its database run on top of
+    /// it (`run_queued`), proposed in the same turn: so the turn's proposals go in rounds, one
+    /// command per database and round.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
+        // Bounded: a round with nothing to propose ends it, and each round's new commands are
+        // links of chains of at most `CHAIN_MAX`.
+        for _ in 0..=CHAIN_MAX {
+            if self.leader_ready() {
+                self.engine.run_queued();
+                self.drain_engine();
+            }
+            if self.proposals.is_empty() {
+                break;
+            }
+            self.propose_turn()?;
+        }
+        self.request_read_index();
+        // Bounded: each ready hands out pending work, and raft produces new work only from
+        // what this loop reports back (persistence, applies).
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            if self.handle_ready(ready)? {
+                // Entries went back to raft (a full disk): retried in a later turn.
+                break;
+            }
+        }
+        if let Some(e) = self.raft.storage_error() {
+            return Err(fatal("reading the log", e));
+        }
+        self.follow_configuration();
+        Ok(())
+    }
+
+    /// Proposes the commands taken from the engine as one batch and tells the engine where
+    /// each went; a refused batch is discarded (with the commands computed on top of it).
+    fn propose_turn(&mut self) -> Result<(), NodeError> {
         if !self.proposals.is_empty() {
             self.disk.check(self.clock.now());
         }
@@ -1061,6 +1099,7 @@ impl Node {
             let ids: Vec<u64> = proposals.iter().map(|p| p.id).collect();
             for proposal in &proposals {
                 self.metrics.group_commit.observe(proposal.writes as f64);
+                self.metrics.chain_ahead.observe(proposal.ahead as f64);
             }
             let payloads: Vec<Payload> = proposals
                 .into_iter()
@@ -1068,6 +1107,9 @@ impl Node {
                 .collect();
             match self.raft.propose_batch(payloads) {
                 Ok(first) => {
+                    for (index, &id) in (first.0..).zip(&ids) {
+                        self.engine.proposed(id, index);
+                    }
                     let last = first.0 + ids.len() as u64 - 1;
                     self.timings.proposed(last, self.clock.now());
                     self.stats.entries_proposed += ids.len() as u64;
@@ -1097,20 +1139,6 @@ impl Node {
                 }
             }
         }
-        self.request_read_index();
-        // Bounded: each ready hands out pending work, and raft produces new work only from
-        // what this loop reports back (persistence, applies).
-        while self.raft.has_ready() {
-            let ready = self.raft.ready();
-            if self.handle_ready(ready)? {
-                // Entries went back to raft (a full disk): retried in a later turn.
-                break;
-            }
-        }
-        if let Some(e) = self.raft.storage_error() {
-            return Err(fatal("reading the log", e));
-        }
-        self.follow_configuration();
         Ok(())
     }
 

@@ -367,15 +367,22 @@ impl Engine {
                     members,
                     index: None,
                 };
-                match &mut db.slot {
-                    Slot::Chain(links) => links.push_back(link),
-                    slot => *slot = Slot::Chain(VecDeque::from([link])),
-                }
+                let ahead = match &mut db.slot {
+                    Slot::Chain(links) => {
+                        links.push_back(link);
+                        links.len() - 1
+                    }
+                    slot => {
+                        *slot = Slot::Chain(VecDeque::from([link]));
+                        0
+                    }
+                };
                 self.proposals.push(Proposal {
                     database: database.to_string(),
                     id: proposal,
                     command,
                     writes,
+                    ahead,
                 });
             }
         }
