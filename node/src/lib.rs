@@ -9,7 +9,8 @@
 //!     engine.set_time(now)
 //!     for event: Request -> engine call | raft request; Drained -> next ROWS / DUMP piece;
 //!                Closed -> engine.close_session; Timer(tick) -> raft.tick
-//!     propose_batch(every proposal of the turn)      // one call: contiguous entries
+//!     propose_batch(every proposal of the turn)      // rounds: each proposed command lets
+//!                                                    // its database's next group run on top
 //!     while raft.has_ready():                        // persist, ONE sync, commit, apply
 //!         persist_ready; send; sync; on_persisted; engine.apply(committed) -> responses
 //!     leadership checks, parked requests, membership waiters, snapshot/checkpoint policy
