@@ -254,6 +254,9 @@ fn create(
 #[derive(Debug, Default)]
 struct Stats {
     entries_proposed: u64,
+    commands_chained: u64,
+    chain_longest: u64,
+    commands_abandoned: u64,
     proposal_batches: u64,
     syncs: u64,
     commands_applied: u64,
@@ -290,6 +293,14 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// Commands applied to the engine since it opened.
     pub commands_applied: u64,
+    /// Commands this node proposed on top of others of their database still in flight (chains
+    /// longer than one), since it opened.
+    pub commands_chained: u64,
+    /// The most commands of one database in flight at once, since it opened.
+    pub chain_longest: u64,
+    /// Commands in flight when this node lost leadership (their chains discarded), since it
+    /// opened.
+    pub commands_abandoned: u64,
     /// The voters of the Raft configuration this node follows.
     pub voters: Vec<NodeId>,
 }
@@ -798,6 +809,9 @@ impl Node {
             snapshots_taken: self.stats.snapshots,
             snapshots_installed: self.stats.snapshots_installed,
             commands_applied: self.stats.commands_applied,
+            commands_chained: self.stats.commands_chained,
+            chain_longest: self.stats.chain_longest,
+            commands_abandoned: self.stats.commands_abandoned,
             voters: self.raft.configuration().voters().collect(),
         }
     }
@@ -1101,6 +1115,8 @@ impl Node {
             for proposal in &proposals {
                 self.metrics.group_commit.observe(proposal.writes as f64);
                 self.metrics.chain_ahead.observe(proposal.ahead as f64);
+                self.stats.commands_chained += u64::from(proposal.ahead > 0);
+                self.stats.chain_longest = self.stats.chain_longest.max(proposal.ahead as u64 + 1);
             }
             let payloads: Vec<Payload> = proposals
                 .into_iter()
@@ -1634,6 +1650,7 @@ impl Node {
             }
             (Some(term), _) if !leading || term != self.raft.term() => {
                 warn!("lost leadership of term {term}; now {}", self.raft.role());
+                self.stats.commands_abandoned += self.engine.commands_in_flight() as u64;
                 self.engine.abandon_writes(values::REASON_LEADERSHIP_LOST);
                 self.drain_engine();
                 self.leader_term = leading.then(|| self.raft.term());

@@ -106,12 +106,16 @@ fn test_64_concurrent_writers_all_succeed_in_groups() {
 fn scrape(address: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics port");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: atoll\r\n\r\n")
         .unwrap();
     let mut text = String::new();
-    stream.read_to_string(&mut text).expect("the answer, then close");
+    stream
+        .read_to_string(&mut text)
+        .expect("the answer, then close");
     let (_, body) = text.split_once("\r\n\r\n").expect("a head and a body");
     body.to_owned()
 }
@@ -179,7 +183,9 @@ fn test_chains_of_writers_through_leader_changes() {
     let mut leaders = vec![cluster.leader()];
     for change in 0..4 {
         let target = count() + 300;
-        wait_for("writes", READY_TIMEOUT, || (count() >= target).then_some(()));
+        wait_for("writes", READY_TIMEOUT, || {
+            (count() >= target).then_some(())
+        });
         let old = *leaders.last().unwrap();
         let old_id = old as u64 + 1;
         let cut = change % 2 == 1;
@@ -193,9 +199,7 @@ fn test_chains_of_writers_through_leader_changes() {
             atoll(&["transfer", "--cluster", &cluster.addresses()]).ok();
         }
         let new = wait_for("a new leader", READY_TIMEOUT, || {
-            (0..3).find(|&i| {
-                i != old && cluster.nodes[i].metadata().is_some_and(|m| m.state == 3)
-            })
+            (0..3).find(|&i| i != old && cluster.nodes[i].metadata().is_some_and(|m| m.state == 3))
         });
         if cut {
             wait_for("the cut-off leader to step down", READY_TIMEOUT, || {
@@ -211,7 +215,9 @@ fn test_chains_of_writers_through_leader_changes() {
         leaders.push(new);
     }
     let target = count() + 300;
-    wait_for("writes", READY_TIMEOUT, || (count() >= target).then_some(()));
+    wait_for("writes", READY_TIMEOUT, || {
+        (count() >= target).then_some(())
+    });
     stop.store(true, Ordering::SeqCst);
     let mut errors = Vec::new();
     for writer in writers {
@@ -232,7 +238,10 @@ fn test_chains_of_writers_through_leader_changes() {
     let acknowledged = acknowledged.lock().unwrap().clone();
     cluster.wait_in_sync();
     let images: Vec<Vec<u8>> = (0..3).map(|i| cluster.dump(i, "app")).collect();
-    assert!(images[0] == images[1] && images[1] == images[2], "dumps differ");
+    assert!(
+        images[0] == images[1] && images[1] == images[2],
+        "dumps differ"
+    );
     let mut reader = cluster.client();
     reader.open("app").unwrap();
     let rows = reader.query_sql("SELECT k FROM w", &[]).unwrap();
@@ -244,7 +253,10 @@ fn test_chains_of_writers_through_leader_changes() {
             ref other => panic!("{other:?}"),
         })
         .collect();
-    let lost: Vec<&i64> = acknowledged.iter().filter(|k| !present.contains(k)).collect();
+    let lost: Vec<&i64> = acknowledged
+        .iter()
+        .filter(|k| !present.contains(k))
+        .collect();
     assert!(lost.is_empty(), "acknowledged keys lost: {lost:?}");
     let check = reader.query_sql("PRAGMA integrity_check", &[]).unwrap();
     assert_eq!(check.rows, vec![vec![Value::Text("ok".into())]]);

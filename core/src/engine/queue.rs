@@ -457,6 +457,17 @@ impl Engine {
         links[position].index = Some(index);
     }
 
+    /// Commands in flight (proposed, not yet applied or discarded), all databases.
+    pub fn commands_in_flight(&self) -> usize {
+        self.databases
+            .values()
+            .map(|db| match &db.slot {
+                Slot::Chain(links) => links.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Runs queued writers of every database that has room on top of its commands in flight,
     /// one group each (what arrived while they were out, committed together). The host calls it
     /// once per turn of its loop, before taking the proposals; without it, queued writers run
