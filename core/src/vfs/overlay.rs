@@ -33,8 +33,9 @@ use crate::wal::{self, IndexHeader, INDEX_HEADER_BYTES};
 /// entry instead, unknown here, so such frames are laid out again once applied.
 const NEW_GENERATION_SALT: [u8; 8] = [0; 8];
 
-/// Capacity the frames keep once the chain is empty.
-const TAIL_RETAINED_BYTES: usize = 2 * 1024 * 1024;
+/// Capacity the frames keep once the chain is empty (a few groups' worth: a database that
+/// took one large transaction does not pin its memory, one per database).
+const TAIL_RETAINED_BYTES: usize = 256 * 1024;
 
 /// The in-flight commands of one database.
 ///
