@@ -2009,10 +2009,12 @@ impl Node {
     /// Stops the node after its last turn: logs its counters and checkpoints the databases.
     pub fn stop(&mut self) {
         info!(
-            "stopping: {} entries proposed in {} batches, {} syncs, {} commands applied, {} \
-             snapshots taken, {} installed, {} peer messages refused",
+            "stopping: {} entries proposed in {} batches ({} on top of others in flight), {} \
+             syncs, {} commands applied, {} snapshots taken, {} installed, {} peer messages \
+             refused",
             self.stats.entries_proposed,
             self.stats.proposal_batches,
+            self.stats.commands_chained,
             self.stats.syncs,
             self.stats.commands_applied,
             self.stats.snapshots,

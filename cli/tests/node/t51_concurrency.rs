@@ -269,8 +269,8 @@ fn test_chains_of_writers_through_leader_changes() {
         })
         .sum();
     eprintln!(
-        "{} writes acknowledged, leaders {leaders:?}, {} clean errors ({leadership_lost} leadership lost), \
-         {chained} commands proposed on top of others",
+        "{} writes acknowledged, leaders {leaders:?}, {} clean errors ({leadership_lost} \
+         leadership lost), {chained} commands proposed on top of others",
         acknowledged.len(),
         errors.len()
     );
