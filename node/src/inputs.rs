@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::log_sync::{LogSync, SimulatedSync};
 use crate::network::Network;
 
 /// Where the node reads the time. Only differences between its instants matter, except for
@@ -155,6 +156,9 @@ pub struct Inputs {
     /// does not stall on the fdatasync). A simulation keeps everything on its one thread, so
     /// that a seed replays identically.
     pub checkpoint_sync_in_background: bool,
+    /// Runs the log's syncs off the loop; `None` starts a thread that wakes the transport
+    /// (production; the transport must give a waker).
+    pub log_sync: Option<Box<dyn LogSync>>,
 }
 
 impl Inputs {
@@ -165,11 +169,13 @@ impl Inputs {
             random: Box::new(OsRandom),
             network: None,
             checkpoint_sync_in_background: true,
+            log_sync: None,
         }
     }
 
     /// A simulated clock and a seeded generator, with production's reactor (real loopback
-    /// sockets) unless `network` is given: everything on the caller's thread.
+    /// sockets) unless `network` is given, and log syncs that take a simulated time drawn from
+    /// the seed: everything on the caller's thread.
     pub fn simulated(
         clock: Box<dyn Clock>,
         seed: u64,
@@ -180,6 +186,8 @@ impl Inputs {
             random: Box::new(SeededRandom::new(seed)),
             network,
             checkpoint_sync_in_background: false,
+            // Its own stream: the node's draws do not shift the disk's, nor the reverse.
+            log_sync: Some(Box::new(SimulatedSync::new(!seed))),
         }
     }
 }

@@ -11,8 +11,9 @@
 //!                Closed -> engine.close_session; Timer(tick) -> raft.tick
 //!     propose_batch(every proposal of the turn)      // rounds: each proposed command lets
 //!                                                    // its database's next group run on top
-//!     while raft.has_ready():                        // persist, ONE sync, commit, apply
-//!         persist_ready; send; sync; on_persisted; engine.apply(committed) -> responses
+//!     while raft.has_ready():                        // persist, sync off the loop, apply
+//!         persist_ready; send; sync request (log_sync.rs); engine.apply(committed) -> responses
+//!     a sync done: on_persisted; send the acknowledgements that waited for it
 //!     leadership checks, parked requests, membership waiters, snapshot/checkpoint policy
 //! }
 //! ```
@@ -37,6 +38,7 @@ pub mod database_header;
 mod disk;
 pub mod inputs;
 mod join;
+pub mod log_sync;
 mod metrics;
 pub mod network;
 mod peers;
@@ -443,6 +445,12 @@ pub struct Node {
     network_given: bool,
     /// From the `Inputs` (kept by a restart in place).
     checkpoint_sync_in_background: bool,
+    /// Runs the log's syncs off the loop (`log_sync.rs`): a thread, or the simulated disk.
+    log_sync: Box<dyn log_sync::LogSync>,
+    /// The `LogSync` came with the `Inputs` (kept by a restart in place).
+    log_sync_given: bool,
+    /// The sync in flight and the acknowledgements waiting for syncs.
+    durability: log_sync::Durability,
 }
 
 impl Node {
@@ -487,6 +495,7 @@ impl Node {
             mut random,
             network,
             checkpoint_sync_in_background,
+            log_sync,
         } = inputs;
         let start_options = options.clone();
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
@@ -662,7 +671,7 @@ impl Node {
             info!("TLS on for clients and peers ({})", tls::CERT_FILE_NAME);
         }
         let network_given = network.is_some();
-        let reactor: Box<dyn Network> = match network {
+        let mut reactor: Box<dyn Network> = match network {
             Some(network) => network,
             None => {
                 let reactor_config = ReactorConfig {
@@ -687,6 +696,19 @@ impl Node {
                     info!("serving metrics at http://{bound}/metrics");
                 }
                 Box::new(reactor)
+            }
+        };
+        let log_sync_given = log_sync.is_some();
+        let log_sync: Box<dyn log_sync::LogSync> = match log_sync {
+            Some(given) => given,
+            None => {
+                let waker = reactor
+                    .waker()
+                    .map_err(|e| start(format!("creating the log sync's wake-up handle: {e}")))?;
+                Box::new(
+                    log_sync::SyncThread::start(waker)
+                        .map_err(|e| start(format!("starting the log sync thread: {e}")))?,
+                )
             }
         };
         let snapshot_next_at = applied + snapshot_interval(&config, random.as_mut());
@@ -756,6 +778,9 @@ impl Node {
             random,
             network_given,
             checkpoint_sync_in_background,
+            log_sync,
+            log_sync_given,
+            durability: log_sync::Durability::default(),
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)
@@ -841,10 +866,11 @@ impl Node {
         Ok(())
     }
 
-    /// One turn of the loop: waits for input (at most `wait`; `None`: until some arrives or a
-    /// timer fires), then gathers the inputs, proposes, persists (one sync), applies and answers
-    /// as a batch. False once the shutdown flag is set and a leader's handover is done: the host
-    /// then calls [`Node::stop`]. [`Node::run`] is `turn(None)` until false.
+    /// One turn of the loop: waits for input (at most `wait`; `None`: until some arrives, a
+    /// timer fires or a log sync ends), then gathers the inputs, proposes, persists (its sync
+    /// runs off the loop), applies and answers as a batch. False once the shutdown flag is set
+    /// and a leader's handover is done: the host then calls [`Node::stop`]. [`Node::run`] is
+    /// `turn(None)` until false.
     pub fn turn(&mut self, wait: Option<Duration>) -> Result<bool, NodeError> {
         let stopping = self.shutdown.load(Ordering::SeqCst) || self.repair_stop;
         if stopping && self.handover_done() {
@@ -852,7 +878,12 @@ impl Node {
         }
         let mut events = std::mem::take(&mut self.events);
         let busy = self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
-        let timeout = if busy { Some(Duration::ZERO) } else { wait };
+        let mut timeout = if busy { Some(Duration::ZERO) } else { wait };
+        if let Some(due) = self.log_sync.due() {
+            // A simulated disk wakes nobody: wait no longer than its sync takes.
+            let left = due.saturating_duration_since(self.clock.now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
         self.reactor
             .poll(&mut events, timeout)
             .map_err(|e| fatal("polling", e))?;
@@ -1058,10 +1089,10 @@ impl Node {
         }
     }
 
-    /// Proposes the turn's writes, then works off every ready: persist, one sync, commit,
-    /// apply, answer. Each proposed command lets the next group of its database run on top of
-    /// it (`run_queued`), proposed in the same turn: so the turn's proposals go in rounds, one
-    /// command per database and round.
+    /// Proposes the turn's writes, then works off every ready: persist, hand the sync to the
+    /// sync thread, apply, answer; and takes the syncs that finished. Each proposed command
+    /// lets the next group of its database run on top of it (`run_queued`), proposed in the
+    /// same turn: so the turn's proposals go in rounds, one command per database and round.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
         // Bounded: a round with nothing to propose ends it, and each round's new commands are
         // links of chains of at most `CHAIN_MAX`.
@@ -1076,6 +1107,7 @@ impl Node {
             self.propose_turn()?;
         }
         self.request_read_index();
+        self.sync_poll()?;
         // Bounded: each ready hands out pending work, and raft produces new work only from
         // what this loop reports back (persistence, applies).
         while self.raft.has_ready() {
@@ -1084,6 +1116,8 @@ impl Node {
                 // Entries went back to raft (a full disk): retried in a later turn.
                 break;
             }
+            // A sync that finished meanwhile (a fast disk) lets raft commit in this turn.
+            self.sync_poll()?;
         }
         if let Some(e) = self.raft.storage_error() {
             return Err(fatal("reading the log", e));
@@ -1226,25 +1260,10 @@ impl Node {
         self.turn_persist += self.clock.now().saturating_duration_since(persist_start);
         // 3. Messages that may leave before the entries are durable.
         self.send_messages(std::mem::take(&mut ready.messages));
-        // 4. One sync for the whole batch, then durability goes back to raft.
-        if ready.must_sync() {
-            let sync_start = self.clock.now();
-            self.raft
-                .log_mut()
-                .sync()
-                .map_err(|e| fatal("syncing the log", e))?;
-            self.stats.syncs += 1;
-            let synced = self.clock.now();
-            let took = synced.saturating_duration_since(sync_start);
-            self.metrics.log_sync.observe(took.as_secs_f64());
-            self.turn_sync += took;
-            let durable = ready.persist_point().map(|(index, _)| index.0);
-            self.timings.synced(took, durable, synced);
-        }
-        if let Some((index, term)) = ready.persist_point() {
-            self.raft.on_persisted(index, term);
-        }
-        self.send_messages(std::mem::take(&mut ready.persisted_messages));
+        // 4. The sync runs off the loop (`log_sync.rs`): raft hears what is durable, and the
+        //    acknowledgements leave, when it is done; the loop goes on meanwhile.
+        let persisted_messages = std::mem::take(&mut ready.persisted_messages);
+        self.durability_after_ready(ready.must_sync(), persisted_messages)?;
         // 5. Apply the committed entries, answering the writes they carry.
         let apply_start = self.clock.now();
         let now = self.clock.now();
@@ -2022,6 +2041,11 @@ impl Node {
             self.stats.messages_refused
         );
         self.snapshot_job = None;
+        // What was appended is durable when the node stops (a sync may still be in flight;
+        // its outcome is not waited for).
+        if let Err(e) = self.raft.log_mut().sync() {
+            error!("syncing the log at stop failed: {e}");
+        }
         match self.engine.checkpoint(true) {
             Ok(index) => info!("stopped; databases checkpointed at index {index:?}"),
             Err(e) => error!("final checkpoint failed (the next start replays the log): {e}"),

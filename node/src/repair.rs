@@ -531,10 +531,21 @@ impl Node {
             reactor,
             network_given,
             checkpoint_sync_in_background,
+            mut log_sync,
+            log_sync_given,
             ..
         } = self;
         // A transport handed in (a simulated one) stays; the reactor closes (its port is bound
         // again by the reopen).
+        // A `LogSync` handed in (a simulated disk) stays, its request dropped with the log;
+        // the sync thread ends (the reopen starts another).
+        let log_sync = if log_sync_given {
+            log_sync.reset();
+            Some(log_sync)
+        } else {
+            drop(log_sync);
+            None
+        };
         let network = if network_given {
             Some(reactor)
         } else {
@@ -552,6 +563,7 @@ impl Node {
                 random,
                 network,
                 checkpoint_sync_in_background,
+                log_sync,
             },
         )
     }

@@ -13,7 +13,8 @@
 //!
 //! Phases: `execute` (a write request handled: decoded, executed by SQLite, frames captured),
 //! `batch` (the oldest proposal of a batch waiting in the turn for the batch to be proposed),
-//! `append` (one ready's entries written to the log), `sync` (one log fdatasync), `commit`
+//! `append` (one ready's entries written to the log), `sync` (one log fdatasync, on the sync
+//! thread: from its request to the loop taking its end), `commit`
 //! (leader: a batch proposed until committed), `quorum` (leader: a batch durable in the local
 //! log until committed, that is waiting for followers), `apply` (one command's frames into the
 //! WAL), `answer` (the answers of one applied command queued to their clients), `turn` (one
@@ -57,7 +58,8 @@ impl Histogram {
     }
 }
 
-/// One loop turn, with where its time went.
+/// One loop turn, with where its time went (`sync`: the loop's own part of the log syncs,
+/// beginning and ending them; the flush runs on the sync thread).
 #[derive(Clone, Copy, Debug)]
 pub struct Turn {
     pub total: Duration,

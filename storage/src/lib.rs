@@ -76,6 +76,6 @@ pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;
 pub use mmap::{available_bytes, available_inodes};
 pub use segment::PAYLOAD_BYTES_MAX;
-pub use segment_log::{read_hard_state, Options, SegmentLog};
+pub use segment_log::{read_hard_state, Options, SegmentLog, SyncRequest};
 pub use snapshot::{SnapshotData, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Payload, Term};

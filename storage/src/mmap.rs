@@ -146,18 +146,27 @@ impl SegmentWriter {
         self.map.frozen.store(end, Ordering::Release);
     }
 
+    /// Writes the dirty pages of `range` to disk and waits for them ([`SegmentMap::flush`]).
+    pub(crate) fn flush(&self, range: Range<usize>) -> io::Result<()> {
+        self.map.flush(range)
+    }
+}
+
+impl SegmentMap {
     /// Writes the dirty pages of `range` to disk and waits for them (`msync(MS_SYNC)`; on Linux
     /// this also commits the file system metadata needed to read them back, like
-    /// `fdatasync`). The range is widened to whole pages.
+    /// `fdatasync`). The range is widened to whole pages. Any thread may flush while the writer
+    /// goes on writing above the range: bytes written meanwhile into its last page may or may
+    /// not be flushed too, and stay dirty for a later flush either way.
     pub(crate) fn flush(&self, range: Range<usize>) -> io::Result<()> {
         assert!(range.start <= range.end);
-        assert!(range.end <= self.map.len());
+        assert!(range.end <= self.len());
         if range.is_empty() {
             return Ok(());
         }
         let page = page_bytes();
         let start = range.start - range.start % page;
-        self.map.raw.flush_range(start, range.end - start)
+        self.raw.flush_range(start, range.end - start)
     }
 }
 

@@ -16,6 +16,14 @@
 //!   next `sync` (an `msync(MS_SYNC)` of the dirty pages, which on Linux also commits the
 //!   metadata needed to read them, like `fdatasync`). Closing a full segment during `append`
 //!   syncs it first, so entries in closed segments are always durable.
+//! - A sync may also run off the caller's thread: [`SegmentLog::sync_begin`] takes out a
+//!   [`SyncRequest`] (a shared handle on the open segment's map and the byte range to flush),
+//!   anyone runs it ([`SyncRequest::run`]) while the log goes on appending, truncating and
+//!   compacting, and [`SegmentLog::sync_end`] hands the outcome back. The request keeps its map
+//!   alive, so a segment closed, cut or removed meanwhile is still flushed harmlessly (an
+//!   unlinked file's pages). `sync_end` raises `durable_index` only if no truncation happened
+//!   since `sync_begin`: entries cut and appended again under the same index and term are new
+//!   bytes the request never covered.
 //! - `truncate_after` and `compact_through` are durable on return, and crash-safe at every
 //!   instant: a crash in the middle leaves either the old log, the new one, or (truncation only)
 //!   a prefix of the old log that still holds every entry up to the truncation point.
@@ -145,6 +153,9 @@ pub struct SegmentLog {
     last_index: LogIndex,
     /// Invariant: `durable_index <= last_index`.
     durable_index: LogIndex,
+    /// Truncations done since open: a [`SyncRequest`] begun before one no longer describes the
+    /// log when it ends.
+    truncations: u64,
     cache: RefCell<MapCache>,
     /// Set by a failed write or sync: every later change is refused.
     failed: bool,
@@ -187,6 +198,54 @@ impl OpenSegment {
 
     fn offset_of(&self, index: LogIndex) -> usize {
         self.offsets[(index.0 - self.first.0) as usize] as usize
+    }
+}
+
+/// One sync of a [`SegmentLog`], taken out of it by [`SegmentLog::sync_begin`] so that it can
+/// run on another thread while the log goes on (see "Durability" in the module
+/// documentation). Hand it back to [`SegmentLog::sync_end`] with what [`SyncRequest::run`]
+/// returned.
+pub struct SyncRequest {
+    /// The open segment's unsynced bytes, if any.
+    flush: Option<SyncFlush>,
+    /// The last entry the sync makes durable.
+    last: LogIndex,
+    /// The log's truncation count when the sync began.
+    truncations: u64,
+}
+
+struct SyncFlush {
+    map: Arc<SegmentMap>,
+    range: std::ops::Range<usize>,
+    /// For errors.
+    path: PathBuf,
+}
+
+impl SyncRequest {
+    /// The last entry the sync makes durable (if the log is not truncated before it ends).
+    pub fn last_index(&self) -> LogIndex {
+        self.last
+    }
+
+    /// Flushes the bytes and waits for the disk: blocking, on any thread.
+    pub fn run(&self) -> io::Result<()> {
+        match &self.flush {
+            Some(flush) => flush.map.flush(flush.range.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for SyncRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncRequest")
+            .field("last", &self.last)
+            .field(
+                "bytes",
+                &self.flush.as_ref().map_or(0, |flush| flush.range.len()),
+            )
+            .field("truncations", &self.truncations)
+            .finish()
     }
 }
 
@@ -421,6 +480,7 @@ impl SegmentLog {
             first_index,
             last_index,
             durable_index: last_index,
+            truncations: 0,
             failed: false,
             dir_sync_pending: false,
             snapshots,
@@ -437,6 +497,12 @@ impl SegmentLog {
         );
         log.check_invariants();
         Ok(log)
+    }
+
+    /// How many truncations the log did since it was opened: a host holding acknowledgements
+    /// for a sync in flight learns here that some of their entries may be gone.
+    pub fn truncations(&self) -> u64 {
+        self.truncations
     }
 
     /// The data directory.
@@ -848,19 +914,66 @@ impl SegmentLog {
     }
 
     fn sync_entries(&mut self) -> Result<(), LogError> {
-        self.check_usable()?;
-        if let Some(open) = &self.open {
-            let flushed = open
-                .writer
-                .flush(open.synced_end..open.end)
-                .map_err(|error| LogError::io("syncing segment", self.dir.join(&open.name), error));
-            self.sticky(flushed)?;
-        }
-        if let Some(open) = &mut self.open {
-            open.synced_end = open.end;
-        }
-        self.durable_index = self.last_index;
+        let request = self.sync_begin()?;
+        let result = request.run();
+        self.sync_end(request, result)?;
+        assert_eq!(self.durable_index, self.last_index);
         Ok(())
+    }
+
+    /// Begins a sync of every entry appended so far: the returned request is run by anyone
+    /// ([`SyncRequest::run`], on any thread, while the log goes on changing) and handed back
+    /// to [`SegmentLog::sync_end`]. Refused after a failure, like any change.
+    pub fn sync_begin(&mut self) -> Result<SyncRequest, LogError> {
+        self.check_usable()?;
+        let flush = self
+            .open
+            .as_ref()
+            .filter(|open| open.synced_end < open.end)
+            .map(|open| SyncFlush {
+                map: Arc::clone(open.writer.map()),
+                range: open.synced_end..open.end,
+                path: self.dir.join(&open.name),
+            });
+        Ok(SyncRequest {
+            flush,
+            last: self.last_index,
+            truncations: self.truncations,
+        })
+    }
+
+    /// Ends a sync begun by [`SegmentLog::sync_begin`], with the outcome of its run, and
+    /// returns the durable index. A failed run is sticky (the page cache cannot be trusted
+    /// after a failed flush). The request's entries count as durable only if the log was not
+    /// truncated since it began; those entries that survived a truncation were made durable by
+    /// it anyway.
+    pub fn sync_end(
+        &mut self,
+        request: SyncRequest,
+        result: io::Result<()>,
+    ) -> Result<LogIndex, LogError> {
+        if let Err(error) = result {
+            let path = request
+                .flush
+                .map_or_else(|| self.dir.clone(), |flush| flush.path);
+            return self.sticky(Err(LogError::io("syncing segment", path, error)));
+        }
+        if self.failed {
+            return Err(LogError::Failed);
+        }
+        if request.truncations == self.truncations {
+            assert!(
+                request.last <= self.last_index,
+                "without a truncation the log only grows"
+            );
+            if let (Some(flush), Some(open)) = (&request.flush, self.open.as_mut()) {
+                if Arc::ptr_eq(&flush.map, open.writer.map()) {
+                    open.synced_end = open.synced_end.max(flush.range.end);
+                }
+            }
+            self.durable_index = self.durable_index.max(request.last);
+        }
+        Ok(self.durable_index)
     }
 
     fn truncate_entries(&mut self, index: LogIndex) -> Result<(), LogError> {
@@ -872,6 +985,8 @@ impl SegmentLog {
         if index >= self.last_index {
             return Ok(());
         }
+        // Syncs begun before this no longer describe the log, even if this fails half-way.
+        self.truncations += 1;
         // The segment holding both `index` and `index + 1`, if any, must be cut: build its
         // replacement first, which is the only step that needs new disk space.
         let open_first = self

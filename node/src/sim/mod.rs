@@ -25,9 +25,11 @@
 //!
 //! A crash drops the `Node` without its shutdown handover and reopens it from its directory:
 //! a process crash (the page cache survives), or, half the time, a power cut of the log: the
-//! segment log's bytes written since its last sync are zeroed before the restart. A simulated
-//! disk (latency, power loss of every file, torn writes, ENOSPC, EIO) would sit under the
-//! segment log and the engine's VFS; it is not there yet.
+//! segment log's bytes written since its last sync are zeroed before the restart. Log syncs run
+//! as in production, off the loop (`log_sync.rs`), each completing after a latency drawn from
+//! the seed (`SimulatedSync`): a crash before then loses its bytes. A simulated disk (power
+//! loss of every file, torn writes, ENOSPC, EIO) would sit under the segment log and the
+//! engine's VFS; it is not there yet.
 
 pub mod client;
 
@@ -256,7 +258,20 @@ impl Run {
             client.step(&mut ctx);
             next = next.min(client.next_at().max(now + 1));
         }
-        if let Some(due) = self.cluster.fabric.next_due() {
+        let syncs_due = self
+            .cluster
+            .nodes
+            .iter()
+            .flatten()
+            .filter_map(Node::sync_due);
+        if let Some(due) = self
+            .cluster
+            .fabric
+            .next_due()
+            .into_iter()
+            .chain(syncs_due)
+            .min()
+        {
             let due = due
                 .saturating_duration_since(self.cluster.clock.now())
                 .as_nanos() as u64;

@@ -1046,3 +1046,105 @@ fn test_read_hard_state_reads_the_metadata_without_opening_the_log() {
         Err(LogError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn test_sync_runs_on_another_thread_while_the_log_appends() {
+    // A sync begun at entry 5 and run on another thread covers exactly entries 1..=5: entries
+    // appended while it runs stay unsynced (a power cut may take them) until the next sync.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 64 << 10);
+    log.append(&entries(1..=5, 1, 100)).unwrap();
+    let request = log.sync_begin().unwrap();
+    assert_eq!(request.last_index(), LogIndex(5));
+    let running = std::thread::spawn(move || {
+        let result = request.run();
+        (request, result)
+    });
+    log.append(&entries(6..=8, 1, 100)).unwrap();
+    let (request, result) = running.join().unwrap();
+    assert_eq!(log.sync_end(request, result).unwrap(), LogIndex(5));
+    assert_eq!(log.durable_index(), LogIndex(5));
+    let (_, offset, length) = log.unsynced_bytes().expect("entries 6..=8 are unsynced");
+    assert_eq!(length, 3 * record_bytes(100) as u64);
+    assert_eq!(
+        offset,
+        (SEGMENT_HEADER_BYTES + 5 * record_bytes(100)) as u64
+    );
+    log.sync().unwrap();
+    assert_eq!(log.durable_index(), LogIndex(8));
+    assert!(log.unsynced_bytes().is_none());
+    // Nothing left to flush: a request with nothing to do, and the index stays.
+    let request = log.sync_begin().unwrap();
+    let result = request.run();
+    assert_eq!(log.sync_end(request, result).unwrap(), LogIndex(8));
+}
+
+#[test]
+fn test_sync_begun_before_a_truncation_makes_nothing_durable() {
+    // A sync covering entries 1..=6 (term 1) is in flight when a new leader's entries cut the
+    // log after 3 and the same indexes come back, even under the same term as before: the
+    // request never covered those new bytes, so the log must not call them durable. The
+    // entries the truncation kept are durable (it syncs what it keeps).
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 64 << 10);
+    log.append(&entries(1..=6, 1, 100)).unwrap();
+    let request = log.sync_begin().unwrap();
+    log.truncate_after(LogIndex(3)).unwrap();
+    assert_eq!(log.durable_index(), LogIndex(3));
+    log.append(&entries(4..=6, 1, 100)).unwrap();
+    let result = request.run();
+    assert!(result.is_ok());
+    assert_eq!(log.sync_end(request, result).unwrap(), LogIndex(3));
+    assert_eq!(log.durable_index(), LogIndex(3));
+    assert!(log.unsynced_bytes().is_some(), "the new 4..=6 are unsynced");
+    log.sync().unwrap();
+    assert_eq!(log.durable_index(), LogIndex(6));
+}
+
+#[test]
+fn test_sync_in_flight_across_rotation_and_compaction() {
+    // 1000-byte entries in 4 KiB segments, three per segment. A sync is begun with entry 4
+    // in the open segment; entries appended meanwhile close that segment (closing syncs it)
+    // and open another, which the old request must not mark synced; compaction then removes
+    // the segment the request maps. The request still runs (its map keeps the unlinked file's
+    // pages) and ends cleanly.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=4, 1, 1000)).unwrap();
+    let request = log.sync_begin().unwrap();
+    log.append(&entries(5..=7, 1, 1000)).unwrap();
+    assert_eq!(
+        log.durable_index(),
+        LogIndex(6),
+        "closing a segment syncs it"
+    );
+    log.compact_through(LogIndex(6), Term(1)).unwrap();
+    let result = request.run();
+    assert!(result.is_ok());
+    assert_eq!(log.sync_end(request, result).unwrap(), LogIndex(6));
+    assert!(
+        log.unsynced_bytes().is_some(),
+        "entry 7, in the new segment, is not synced by the old request"
+    );
+    log.sync().unwrap();
+    assert_eq!(log.durable_index(), LogIndex(7));
+    drop(log);
+    let log = open(dir.path(), 4096);
+    assert_eq!(read_all(&log, 7, 8), entries(7..=7, 1, 1000));
+}
+
+#[test]
+fn test_failed_sync_run_is_sticky() {
+    // A flush that failed on the sync thread stops the log, as a failed `sync` does.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 64 << 10);
+    log.append(&entries(1..=2, 1, 100)).unwrap();
+    let request = log.sync_begin().unwrap();
+    let error = log
+        .sync_end(request, Err(io::Error::other("EIO")))
+        .unwrap_err();
+    assert!(error.to_string().contains("syncing segment"), "{error}");
+    assert_eq!(log.durable_index(), LogIndex(0));
+    assert!(log.append(&entries(3..=3, 1, 100)).is_err());
+    assert!(matches!(log.sync_begin(), Err(LogError::Failed)));
+}

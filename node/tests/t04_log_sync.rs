@@ -1,0 +1,379 @@
+//! Log syncs off the loop thread (`node/src/log_sync.rs`), seen from outside: in-process nodes
+//! on a simulated clock whose log syncs a test holds back (a [`LogSync`] that runs a request
+//! only once released), real files, real loopback clients. While a sync is held the loop keeps
+//! turning (it receives, executes, appends and sends), but nothing it covers counts as durable:
+//! a single voter commits nothing, and followers acknowledge nothing, until it is released.
+
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use atoll_net::client::{Client, ClientConfig, Connection};
+use atoll_net::peer::ClusterSecret;
+use atoll_net::protocol::Value;
+use atoll_node::config::NodeConfig;
+use atoll_node::inputs::{Inputs, ManualClock, SeededRandom};
+use atoll_node::log_sync::LogSync;
+use atoll_node::{Node, StartOptions, Status};
+use atoll_raft::{Configuration, LogIndex, MemberRole, NodeId, StateRole};
+use atoll_storage::SyncRequest;
+
+/// A disk the test controls: a started request runs only while `held` is false. Records the
+/// last index of every request started.
+struct HeldSync {
+    held: Arc<AtomicBool>,
+    started: Arc<Mutex<Vec<LogIndex>>>,
+    request: Option<SyncRequest>,
+}
+
+impl LogSync for HeldSync {
+    fn start(&mut self, request: SyncRequest, _now: Instant) {
+        assert!(self.request.is_none(), "one sync in flight at a time");
+        self.started.lock().unwrap().push(request.last_index());
+        self.request = Some(request);
+    }
+
+    fn finished(&mut self, _now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
+        if self.held.load(Ordering::SeqCst) {
+            return None;
+        }
+        let request = self.request.take()?;
+        let result = request.run();
+        Some((request, result))
+    }
+
+    fn due(&self) -> Option<Instant> {
+        None
+    }
+
+    fn reset(&mut self) {
+        self.request = None;
+    }
+}
+
+/// A node's handles on its held disk.
+struct Disk {
+    held: Arc<AtomicBool>,
+    started: Arc<Mutex<Vec<LogIndex>>>,
+}
+
+impl Disk {
+    fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::SeqCst);
+    }
+
+    fn started(&self) -> Vec<LogIndex> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+fn open(data: &Path, clock: &ManualClock, seed: u64) -> (Node, Disk) {
+    let disk = Disk {
+        held: Arc::new(AtomicBool::new(false)),
+        started: Arc::new(Mutex::new(Vec::new())),
+    };
+    let inputs = Inputs {
+        clock: Box::new(clock.clone()),
+        random: Box::new(SeededRandom::new(seed)),
+        log_sync: Some(Box::new(HeldSync {
+            held: disk.held.clone(),
+            started: disk.started.clone(),
+            request: None,
+        })),
+        ..Inputs::production()
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let node = Node::open_with(data, shutdown, StartOptions::default(), inputs).unwrap();
+    (node, disk)
+}
+
+/// Loopback addresses with ports free a moment ago (held together so that none repeats).
+fn free_addresses(count: usize) -> Vec<String> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+/// Turns every node, a millisecond of simulated time per round, until `done` (bounded).
+fn drive(nodes: &mut [Node], clock: &ManualClock, mut done: impl FnMut(&[Node]) -> bool) {
+    for _ in 0..30_000 {
+        if done(nodes) {
+            return;
+        }
+        clock.advance(Duration::from_millis(1));
+        for node in nodes.iter_mut() {
+            assert!(node.turn(Some(Duration::from_micros(200))).unwrap());
+        }
+    }
+    let statuses: Vec<Status> = nodes.iter().map(Node::state).collect();
+    panic!("the nodes never got there: {statuses:#?}");
+}
+
+/// Turns every node `rounds` times (a millisecond each).
+fn turn_for(nodes: &mut [Node], clock: &ManualClock, rounds: usize) {
+    let mut left = rounds;
+    drive(nodes, clock, |_| {
+        left = left.saturating_sub(1);
+        left == 0
+    });
+}
+
+#[test]
+fn test_single_voter_keeps_turning_while_its_sync_is_held() {
+    // One voter: a write commits once the leader's own log holds it durably. With its sync
+    // held, the loop still takes a second write (to another database, so it does not queue
+    // behind the first) and appends it; neither commits nor is answered. One sync is in
+    // flight meanwhile; once released, the next one covers both writes (coalesced) and both
+    // are answered.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_addresses(1).remove(0);
+    let config = NodeConfig::new(1, address.clone());
+    atoll_node::init(&data, &config, &ClusterSecret::generate().unwrap()).unwrap();
+    let clock = ManualClock::new();
+    let (node, disk) = open(&data, &clock, 7);
+    let mut nodes = [node];
+    let schema = {
+        let address = address.clone();
+        thread::spawn(move || {
+            for database in ["a", "b"] {
+                let mut connection =
+                    Connection::connect(&address, &ClientConfig::default()).unwrap();
+                connection.open(database).unwrap();
+                connection.exec_sql("CREATE TABLE t(v)", &[]).unwrap();
+            }
+        })
+    };
+    drive(&mut nodes, &clock, |_| schema.is_finished());
+    schema.join().unwrap();
+    let before = nodes[0].state();
+    assert_eq!(before.commit, before.log_last, "{before:?}");
+
+    disk.hold(true);
+    let syncs_before = disk.started().len();
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|database| {
+            let address = address.clone();
+            thread::spawn(move || {
+                let mut connection =
+                    Connection::connect(&address, &ClientConfig::default()).unwrap();
+                connection.open(database).unwrap();
+                connection
+                    .exec_sql("INSERT INTO t VALUES (1)", &[])
+                    .unwrap();
+            })
+        })
+        .collect();
+    drive(&mut nodes, &clock, |nodes| {
+        nodes[0].state().log_last.0 >= before.log_last.0 + 2
+    });
+    turn_for(&mut nodes, &clock, 50);
+    let held = nodes[0].state();
+    assert_eq!(held.log_last.0, before.log_last.0 + 2, "{held:?}");
+    assert_eq!(
+        held.commit, before.commit,
+        "nothing commits before it is durable"
+    );
+    assert_eq!(held.applied, before.applied, "{held:?}");
+    assert!(writers.iter().all(|w| !w.is_finished()), "answered early");
+    let started = disk.started();
+    assert_eq!(
+        started.len(),
+        syncs_before + 1,
+        "one sync in flight: {started:?}"
+    );
+
+    disk.hold(false);
+    drive(&mut nodes, &clock, |_| {
+        writers.iter().all(|w| w.is_finished())
+    });
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let after = nodes[0].state();
+    assert_eq!(after.commit, held.log_last, "{after:?}");
+    let started = disk.started();
+    assert!(
+        started[syncs_before..].contains(&held.log_last),
+        "a sync covered both writes: {started:?}"
+    );
+    nodes[0].stop();
+}
+
+#[test]
+fn test_followers_acknowledge_only_synced_entries_and_keep_receiving() {
+    // Three voters. With both followers' syncs held, a write is appended everywhere (the
+    // followers keep receiving while they sync) but cannot commit: the leader alone is no
+    // quorum and no follower acknowledges an entry before its sync ends. Releasing one
+    // follower's sync makes the quorum, and the write is answered.
+    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("n{i}"))).collect();
+    let addresses = free_addresses(3);
+    let secret = ClusterSecret::generate().unwrap();
+    let mut configuration = Configuration::new();
+    for (i, address) in addresses.iter().enumerate() {
+        configuration.insert(NodeId(i as u64 + 1), address.clone(), MemberRole::Voter);
+    }
+    let first = NodeConfig::new(1, addresses[0].clone());
+    for (i, address) in addresses.iter().enumerate() {
+        let mut config = NodeConfig::new(i as u64 + 1, address.clone());
+        config.cluster_id = first.cluster_id;
+        atoll_node::init_member(&dirs[i], &config, &secret, &configuration).unwrap();
+    }
+    let clock = ManualClock::new();
+    let (mut nodes, disks): (Vec<Node>, Vec<Disk>) = (0..3)
+        .map(|i| open(&dirs[i], &clock, 40 + i as u64))
+        .unzip();
+    let cluster = addresses.clone();
+    let schema = thread::spawn(move || {
+        let mut client = Client::connect(&cluster, ClientConfig::default()).unwrap();
+        client.open("f").unwrap();
+        client.exec_sql("CREATE TABLE t(v)", &[]).unwrap();
+    });
+    drive(&mut nodes, &clock, |_| schema.is_finished());
+    schema.join().unwrap();
+    drive(&mut nodes, &clock, |nodes| {
+        let states: Vec<Status> = nodes.iter().map(Node::state).collect();
+        states.iter().all(|s| s.applied == states[0].commit)
+    });
+    let leader = nodes
+        .iter()
+        .position(|n| n.state().role == StateRole::Leader)
+        .expect("a leader");
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let before = nodes[leader].state();
+    for &f in &followers {
+        disks[f].hold(true);
+    }
+
+    let cluster = addresses.clone();
+    let writer = thread::spawn(move || {
+        let mut client = Client::connect(&cluster, ClientConfig::default()).unwrap();
+        client.open("f").unwrap();
+        client
+            .exec_sql("INSERT INTO t VALUES (?)", &[Value::Integer(1)])
+            .unwrap();
+    });
+    let target = LogIndex(before.log_last.0 + 1);
+    drive(&mut nodes, &clock, |nodes| {
+        nodes.iter().all(|n| n.state().log_last >= target)
+    });
+    turn_for(&mut nodes, &clock, 50);
+    let states: Vec<Status> = nodes.iter().map(Node::state).collect();
+    assert!(states[leader].commit < target, "{states:#?}");
+    assert!(!writer.is_finished(), "answered before a quorum synced it");
+    assert_eq!(states[leader].role, StateRole::Leader, "{states:#?}");
+
+    disks[followers[0]].hold(false);
+    drive(&mut nodes, &clock, |_| writer.is_finished());
+    writer.join().unwrap();
+    let state = nodes[leader].state();
+    assert!(state.commit >= target, "{state:?}");
+    disks[followers[1]].hold(false);
+    for node in &mut nodes {
+        node.stop();
+    }
+}
+
+#[test]
+fn test_failed_sync_stops_the_node_unanswered() {
+    // A sync that fails on the sync thread (EIO) is fatal, as a failed sync on the loop was:
+    // the page cache cannot be trusted afterwards. The turn that learns it returns the error,
+    // and the write it covered is never answered as a success.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_addresses(1).remove(0);
+    let config = NodeConfig::new(1, address.clone());
+    atoll_node::init(&data, &config, &ClusterSecret::generate().unwrap()).unwrap();
+    let clock = ManualClock::new();
+    let fail = Arc::new(AtomicBool::new(false));
+    let inputs = Inputs {
+        clock: Box::new(clock.clone()),
+        random: Box::new(SeededRandom::new(9)),
+        log_sync: Some(Box::new(FailingSync {
+            fail: fail.clone(),
+            request: None,
+        })),
+        ..Inputs::production()
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let node = Node::open_with(&data, shutdown, StartOptions::default(), inputs).unwrap();
+    let mut nodes = [node];
+    let schema = {
+        let address = address.clone();
+        thread::spawn(move || {
+            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+            connection.open("x").unwrap();
+            connection.exec_sql("CREATE TABLE t(v)", &[]).unwrap();
+        })
+    };
+    drive(&mut nodes, &clock, |_| schema.is_finished());
+    schema.join().unwrap();
+    let before = nodes[0].state();
+    fail.store(true, Ordering::SeqCst);
+    let writer = thread::spawn(move || {
+        let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+        connection.open("x").unwrap();
+        connection.exec_sql("INSERT INTO t VALUES (1)", &[])
+    });
+    let mut error = None;
+    for _ in 0..10_000 {
+        clock.advance(Duration::from_millis(1));
+        match nodes[0].turn(Some(Duration::from_micros(200))) {
+            Ok(running) => assert!(running),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let error = error.expect("the failed sync stops the node");
+    assert!(error.contains("syncing the log"), "{error}");
+    assert!(error.contains("EIO"), "{error}");
+    assert_eq!(nodes[0].state().commit, before.commit);
+    let [node] = nodes;
+    drop(node);
+    assert!(
+        writer.join().unwrap().is_err(),
+        "the write was not answered as done"
+    );
+}
+
+/// A disk whose syncs fail (EIO) once `fail` is set.
+struct FailingSync {
+    fail: Arc<AtomicBool>,
+    request: Option<SyncRequest>,
+}
+
+impl LogSync for FailingSync {
+    fn start(&mut self, request: SyncRequest, _now: Instant) {
+        self.request = Some(request);
+    }
+
+    fn finished(&mut self, _now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
+        let request = self.request.take()?;
+        let result = if self.fail.load(Ordering::SeqCst) {
+            Err(io::Error::other("EIO"))
+        } else {
+            request.run()
+        };
+        Some((request, result))
+    }
+
+    fn due(&self) -> Option<Instant> {
+        None
+    }
+
+    fn reset(&mut self) {
+        self.request = None;
+    }
+}
