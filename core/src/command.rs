@@ -11,8 +11,8 @@
 //! | 8        | 4               | page size, a power of two in 512..=65536                |
 //! | 12       | 4               | frame count F, >= 1                                     |
 //! | 16       | 4               | database size in pages after commit (the commit marker) |
-//! | 20       | 8               | base index: last command applied to the database when   |
-//! |          |                 | the leader ran the transaction                          |
+//! | 20       | 8               | base index: the command the transaction ran on top of:  |
+//! |          |                 | the one before it in flight, else the last one applied  |
 //! | 28       | 8               | origin node id                                          |
 //! | 36       | 8               | proposal id (unique per origin engine)                  |
 //! | 44       | N               | database name, `[A-Za-z0-9_.-]`, no reserved suffix     |
@@ -124,8 +124,9 @@ pub struct Command<'a> {
     pub page_size: u32,
     /// The database size in pages after this transaction.
     pub db_size_pages: u32,
-    /// The index of the last command applied to the database when the leader executed the
-    /// transaction; apply refuses a command whose base is not the database's current one.
+    /// The index of the command the leader executed the transaction on top of: the previous
+    /// command of its chain still in flight, else the last one applied to the database. Apply
+    /// refuses a command whose base is not the database's last applied command.
     pub base_index: u64,
     /// The node whose engine produced the command.
     pub origin: u64,

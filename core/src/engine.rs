@@ -102,6 +102,9 @@ pub struct Proposal {
     pub command: Vec<u8>,
     /// The writes it carries (more than one: group commit).
     pub writes: usize,
+    /// Commands of the same database in flight ahead of it when it ran (it was computed on top
+    /// of them): 0 when it ran on the applied state.
+    pub ahead: usize,
 }
 
 /// The engine's settings. Time values are in whatever unit the host passes to
@@ -132,6 +135,11 @@ pub struct EngineConfig {
     pub transaction_wait_max: u64,
     /// The most queued autocommit writes committed together in one command.
     pub group_max: usize,
+    /// The most commands of one database in flight (proposed, not yet applied): each next
+    /// group of autocommit writers runs on top of the ones before it, and is proposed without
+    /// waiting for their apply, once the host reported where the last one went in the log
+    /// ([`Engine::proposed`]). 1: a group waits for the apply of the one before it.
+    pub chain_max: usize,
     /// Checkpoint a database once its WAL holds this many frames.
     pub checkpoint_frames: u32,
     /// Up to this many frames more, drawn anew for every checkpoint (0: none). Nodes of a
@@ -184,6 +192,7 @@ impl EngineConfig {
             queue_wait_max: 10_000,
             transaction_wait_max: 500,
             group_max: 64,
+            chain_max: 4,
             checkpoint_frames: 4096,
             checkpoint_jitter_frames: 0,
             checkpoint_jitter_seed: node_id,
@@ -212,9 +221,13 @@ impl EngineConfig {
         if self.databases_max == 0 {
             return Err(EngineError::Config("databases_max >= 1"));
         }
-        if self.group_max == 0 || self.queue_max == 0 || self.checkpoint_frames == 0 {
+        if self.group_max == 0
+            || self.queue_max == 0
+            || self.checkpoint_frames == 0
+            || self.chain_max == 0
+        {
             return Err(EngineError::Config(
-                "group_max, queue_max and checkpoint_frames >= 1",
+                "group_max, queue_max, chain_max and checkpoint_frames >= 1",
             ));
         }
         Ok(())
@@ -231,8 +244,20 @@ enum Slot {
     Free,
     /// A session's explicit transaction, between its requests.
     Transaction(SessionId),
-    /// A command is out; its members are answered when it is applied or discarded.
-    Proposed { proposal: u64, members: Vec<Member> },
+    /// Commands are out, oldest first (never empty, at most `chain_max`): each next one was
+    /// computed on top of the one before it, and its members are answered when it is applied
+    /// or discarded. A discarded link takes every link after it along.
+    Chain(VecDeque<Link>),
+}
+
+/// A command in flight and the sessions it answers.
+#[derive(Debug)]
+struct Link {
+    proposal: u64,
+    members: Vec<Member>,
+    /// Where the host put it in the log ([`Engine::proposed`]): the base index of the next
+    /// link. A link is captured on top of another only once this is known.
+    index: Option<u64>,
 }
 
 /// A session whose request ran in a chain: answered when the chain's command is applied (or

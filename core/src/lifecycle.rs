@@ -22,9 +22,12 @@
 //!                          next statement of the transaction: Transaction → Executing
 //! ```
 //!
-//! A database's write slot mirrors it: `Free`, held by one session's open `Transaction`, or
-//! `Proposed` (a command is out; later writers queue until it is applied or discarded, because
-//! their pages would be computed against a state that does not exist yet).
+//! A database's write slot mirrors it: `Free`, held by one session's open `Transaction`, or a
+//! `Chain` of up to `chain_max` commands out. Later autocommit writers run as a group on top of
+//! the commands out (their frames shown to the group's connections only) once the host reported
+//! where the last one went in the log, and are proposed at once; a session that may open a
+//! transaction waits until no command is out. A discarded command takes every later command
+//! of its chain along (their pages were computed on top of it).
 
 use std::fmt;
 

@@ -1,6 +1,7 @@
 //! The whole-stack deterministic simulator (see `atoll_node::sim`): runs seeds, prints each
 //! failing seed with a one-line reproducer, and last
-//! `sim: <n> seeds, <v> violations, <c> commits, <e> elections`; exits 1 on any violation.
+//! `sim: <n> seeds, <v> violations, <c> commits, <e> elections, <k> commands chained (longest
+//! chain <l>), <a> in flight at a leader change`; exits 1 on any violation.
 //!
 //! ```text
 //! cargo run --release -p atoll-node --example sim -- --seeds 0..100 [--nodes 3] [--fault-ms 10000]
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
     }
     let started = MonotonicClock.now();
     let (mut count, mut violations, mut commits, mut elections) = (0u64, 0u64, 0u64, 0u64);
+    let (mut chained, mut chain_longest, mut abandoned) = (0u64, 0u64, 0u64);
     for seed in seeds {
         let config = SimConfig {
             seed,
@@ -83,16 +85,23 @@ fn main() -> ExitCode {
         count += 1;
         commits += report.commits;
         elections += report.elections;
+        chained += report.chained;
+        chain_longest = chain_longest.max(report.chain_longest);
+        abandoned += report.abandoned;
         if verbose {
             println!(
                 "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} snapshots \
-                 installed, {} logs compacted, {:?} simulated, fingerprint {:016x}",
+                 installed, {} logs compacted, {} commands chained (longest {}), {} abandoned, \
+                 {:?} simulated, fingerprint {:016x}",
                 report.commits,
                 report.elections,
                 report.crashes,
                 report.transfers,
                 report.snapshots_installed,
                 report.compacted,
+                report.chained,
+                report.chain_longest,
+                report.abandoned,
                 report.simulated,
                 report.fingerprint
             );
@@ -120,7 +129,9 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "sim: {count} seeds, {violations} violations, {commits} commits, {elections} elections"
+        "sim: {count} seeds, {violations} violations, {commits} commits, {elections} elections, \
+         {chained} commands chained (longest chain {chain_longest}), {abandoned} in flight at a \
+         leader change"
     );
     if violations > 0 {
         ExitCode::FAILURE

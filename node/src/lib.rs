@@ -9,7 +9,8 @@
 //!     engine.set_time(now)
 //!     for event: Request -> engine call | raft request; Drained -> next ROWS / DUMP piece;
 //!                Closed -> engine.close_session; Timer(tick) -> raft.tick
-//!     propose_batch(every proposal of the turn)      // one call: contiguous entries
+//!     propose_batch(every proposal of the turn)      // rounds: each proposed command lets
+//!                                                    // its database's next group run on top
 //!     while raft.has_ready():                        // persist, sync off the loop, apply
 //!         persist_ready; send; sync request (log_sync.rs); engine.apply(committed) -> responses
 //!     a sync done: on_persisted; send the acknowledgements that waited for it
@@ -97,6 +98,9 @@ const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
 /// Largest transaction a node accepts (captured frame bytes): its command must fit one raft
 /// entry (`atoll_raft::codec::ENTRY_BYTES_MAX`, 32 MiB) with room for the command's headers.
 const TRANSACTION_BYTES_MAX: usize = 30 << 20;
+/// The most commands of one database in flight (proposed, not yet applied): the next group of
+/// writers runs on top of them and is proposed without waiting for their apply.
+const CHAIN_MAX: usize = 4;
 /// Largest peer frame: one raft message, which holds at least one whole entry.
 const PEER_FRAME_BYTES_MAX: u32 = 40 << 20;
 /// Bytes queued per peer: one largest frame and some more. A slow or dead peer costs at most
@@ -253,6 +257,9 @@ fn create(
 #[derive(Debug, Default)]
 struct Stats {
     entries_proposed: u64,
+    commands_chained: u64,
+    chain_longest: u64,
+    commands_abandoned: u64,
     proposal_batches: u64,
     syncs: u64,
     commands_applied: u64,
@@ -289,6 +296,14 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// Commands applied to the engine since it opened.
     pub commands_applied: u64,
+    /// Commands this node proposed on top of others of their database still in flight (chains
+    /// longer than one), since it opened.
+    pub commands_chained: u64,
+    /// The most commands of one database in flight at once, since it opened.
+    pub chain_longest: u64,
+    /// Commands in flight when this node lost leadership (their chains discarded), since it
+    /// opened.
+    pub commands_abandoned: u64,
     /// The voters of the Raft configuration this node follows.
     pub voters: Vec<NodeId>,
 }
@@ -533,6 +548,7 @@ impl Node {
             engine_config.databases_max, config.transaction_timeout_ms
         );
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
+        engine_config.chain_max = CHAIN_MAX;
         // Checkpoints stall the loop: small ones (4 MiB of pages: a few milliseconds of copy),
         // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
         // the results), and jitter so that nodes, which apply the same entries, do not
@@ -822,6 +838,9 @@ impl Node {
             snapshots_taken: self.stats.snapshots,
             snapshots_installed: self.stats.snapshots_installed,
             commands_applied: self.stats.commands_applied,
+            commands_chained: self.stats.commands_chained,
+            chain_longest: self.stats.chain_longest,
+            commands_abandoned: self.stats.commands_abandoned,
             voters: self.raft.configuration().voters().collect(),
         }
     }
@@ -1080,9 +1099,46 @@ impl Node {
         }
     }
 
-    /// Proposes the turn's writes as one batch, then works off every ready: persist, hand the
-    /// sync to the sync thread, apply, answer; and takes the syncs that finished.
+    /// Proposes the turn's writes, then works off every ready: persist, hand the sync to the
+    /// sync thread, apply, answer; and takes the syncs that finished. Each proposed command
+    /// lets the next group of its database run on top of it (`run_queued`), proposed in the
+    /// same turn: so the turn's proposals go in rounds, one command per database and round.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
+        // Bounded: a round with nothing to propose ends it, and each round's new commands are
+        // links of chains of at most `CHAIN_MAX`.
+        for _ in 0..=CHAIN_MAX {
+            if self.leader_ready() {
+                self.engine.run_queued();
+                self.drain_engine();
+            }
+            if self.proposals.is_empty() {
+                break;
+            }
+            self.propose_turn()?;
+        }
+        self.request_read_index();
+        self.sync_poll()?;
+        // Bounded: each ready hands out pending work, and raft produces new work only from
+        // what this loop reports back (persistence, applies).
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            if self.handle_ready(ready)? {
+                // Entries went back to raft (a full disk): retried in a later turn.
+                break;
+            }
+            // A sync that finished meanwhile (a fast disk) lets raft commit in this turn.
+            self.sync_poll()?;
+        }
+        if let Some(e) = self.raft.storage_error() {
+            return Err(fatal("reading the log", e));
+        }
+        self.follow_configuration();
+        Ok(())
+    }
+
+    /// Proposes the commands taken from the engine as one batch and tells the engine where
+    /// each went; a refused batch is discarded (with the commands computed on top of it).
+    fn propose_turn(&mut self) -> Result<(), NodeError> {
         if !self.proposals.is_empty() {
             self.disk.check(self.clock.now());
         }
@@ -1102,6 +1158,9 @@ impl Node {
             let ids: Vec<u64> = proposals.iter().map(|p| p.id).collect();
             for proposal in &proposals {
                 self.metrics.group_commit.observe(proposal.writes as f64);
+                self.metrics.chain_ahead.observe(proposal.ahead as f64);
+                self.stats.commands_chained += u64::from(proposal.ahead > 0);
+                self.stats.chain_longest = self.stats.chain_longest.max(proposal.ahead as u64 + 1);
             }
             let payloads: Vec<Payload> = proposals
                 .into_iter()
@@ -1109,6 +1168,9 @@ impl Node {
                 .collect();
             match self.raft.propose_batch(payloads) {
                 Ok(first) => {
+                    for (index, &id) in (first.0..).zip(&ids) {
+                        self.engine.proposed(id, index);
+                    }
                     let last = first.0 + ids.len() as u64 - 1;
                     self.timings.proposed(last, self.clock.now());
                     self.stats.entries_proposed += ids.len() as u64;
@@ -1138,23 +1200,6 @@ impl Node {
                 }
             }
         }
-        self.request_read_index();
-        self.sync_poll()?;
-        // Bounded: each ready hands out pending work, and raft produces new work only from
-        // what this loop reports back (persistence, applies).
-        while self.raft.has_ready() {
-            let ready = self.raft.ready();
-            if self.handle_ready(ready)? {
-                // Entries went back to raft (a full disk): retried in a later turn.
-                break;
-            }
-            // A sync that finished meanwhile (a fast disk) lets raft commit in this turn.
-            self.sync_poll()?;
-        }
-        if let Some(e) = self.raft.storage_error() {
-            return Err(fatal("reading the log", e));
-        }
-        self.follow_configuration();
         Ok(())
     }
 
@@ -1634,6 +1679,7 @@ impl Node {
             }
             (Some(term), _) if !leading || term != self.raft.term() => {
                 warn!("lost leadership of term {term}; now {}", self.raft.role());
+                self.stats.commands_abandoned += self.engine.commands_in_flight() as u64;
                 self.engine.abandon_writes(values::REASON_LEADERSHIP_LOST);
                 self.drain_engine();
                 self.leader_term = leading.then(|| self.raft.term());
@@ -2014,10 +2060,12 @@ impl Node {
     /// Stops the node after its last turn: logs its counters and checkpoints the databases.
     pub fn stop(&mut self) {
         info!(
-            "stopping: {} entries proposed in {} batches, {} syncs, {} commands applied, {} \
-             snapshots taken, {} installed, {} peer messages refused",
+            "stopping: {} entries proposed in {} batches ({} on top of others in flight), {} \
+             syncs, {} commands applied, {} snapshots taken, {} installed, {} peer messages \
+             refused",
             self.stats.entries_proposed,
             self.stats.proposal_batches,
+            self.stats.commands_chained,
             self.stats.syncs,
             self.stats.commands_applied,
             self.stats.snapshots,

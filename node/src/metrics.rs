@@ -20,6 +20,8 @@ const SECONDS_BOUNDS: [f64; 14] = [
 ];
 /// Bucket bounds of the group commit histogram (writes per command).
 const WRITES_BOUNDS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+/// Bucket bounds of the chain histogram (commands in flight ahead of a proposed one).
+const AHEAD_BOUNDS: [f64; 5] = [0.0, 1.0, 2.0, 3.0, 7.0];
 
 /// A histogram with fixed buckets: memory does not grow with observations.
 #[derive(Debug, Clone)]
@@ -77,6 +79,8 @@ pub struct Metrics {
     pub write_latency: Histogram,
     /// Writes per proposed command (group commit).
     pub group_commit: Histogram,
+    /// Commands of the same database in flight ahead of each proposed one (chains).
+    pub chain_ahead: Histogram,
     /// Duration of each Raft log sync (fdatasync/msync).
     pub log_sync: Histogram,
 }
@@ -88,6 +92,7 @@ impl Default for Metrics {
             term_seen: 0,
             write_latency: Histogram::new(&SECONDS_BOUNDS),
             group_commit: Histogram::new(&WRITES_BOUNDS),
+            chain_ahead: Histogram::new(&AHEAD_BOUNDS),
             log_sync: Histogram::new(&SECONDS_BOUNDS),
         }
     }
@@ -209,6 +214,12 @@ impl Metrics {
             &mut out,
             "atoll_group_commit_writes",
             "Writes carried by each proposed command (group commit).",
+        );
+        self.chain_ahead.render(
+            &mut out,
+            "atoll_chain_ahead_commands",
+            "Commands of the same database in flight (proposed, not applied) ahead of each \
+             proposed command: it was computed on top of them.",
         );
         self.log_sync.render(
             &mut out,

@@ -30,6 +30,15 @@ pub(crate) fn proxied_cluster_in(
     first: Option<tempfile::TempDir>,
     settings: &[&str],
 ) -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
+    proxied_cluster_started(first, settings, |_| Vec::new())
+}
+
+/// [`proxied_cluster_in`], node `id` started with `start(id)` too (`atoll start` arguments).
+pub(crate) fn proxied_cluster_started(
+    first: Option<tempfile::TempDir>,
+    settings: &[&str],
+    start: impl Fn(u64) -> Vec<String>,
+) -> (AtollCluster, HashMap<(u64, u64), FaultProxy>) {
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
     let mut proxies = HashMap::new();
     // A proxy listens on an ephemeral port, which may be one just picked (and released) for a
@@ -54,13 +63,15 @@ pub(crate) fn proxied_cluster_in(
     }
     drop(collided);
     let routes = |i: u64| -> Vec<String> {
-        (1..=3u64)
+        let mut args: Vec<String> = (1..=3u64)
             .filter(|j| *j != i)
             .flat_map(|j| {
                 let proxy = proxies[&(i, j)].addr();
                 ["--peer-route".to_owned(), format!("{j}={proxy}")]
             })
-            .collect()
+            .collect();
+        args.extend(start(i));
+        args
     };
     let mut first_args = vec!["--id", "1"];
     first_args.extend_from_slice(settings);

@@ -61,8 +61,18 @@ impl Engine {
             self.applied_index = index;
             return Ok(Applied::Skipped);
         }
-        let ours = matches!(db.slot, Slot::Proposed { proposal, .. }
-            if proposal == decoded.proposal && decoded.origin == self.config.node_id);
+        // This node's command: the first of the database's chain (Raft hands them out in the
+        // order they were proposed).
+        let ours = decoded.origin == self.config.node_id
+            && matches!(&db.slot, Slot::Chain(links)
+                if links.front().expect("a chain is never empty").proposal == decoded.proposal);
+        if let (true, Slot::Chain(links)) = (ours, &db.slot) {
+            let proposed_at = links.front().expect("a chain is never empty").index;
+            assert!(
+                proposed_at.is_none_or(|at| at == index),
+                "command proposed at {proposed_at:?} applied at {index}"
+            );
+        }
         let stale = if decoded.page_size != db.files.page_size() {
             Some(format!(
                 "page size {} differs from the database's {}",
@@ -80,7 +90,8 @@ impl Engine {
         if let Some(reason) = stale {
             log::warn!("entry {index}: stale command for {name:?} rejected: {reason}");
             if ours {
-                self.fail_proposed(name, &reason);
+                // The links after it were computed on top of it: none of them can apply.
+                self.fail_chain(name, &reason);
                 self.pump(name);
             }
             self.applied_index = index;
@@ -103,10 +114,16 @@ impl Engine {
         db.last_command_index = index;
         self.applied_index = index;
         if ours {
-            if let Slot::Proposed { members, .. } = std::mem::replace(&mut db.slot, Slot::Free) {
-                for member in members {
-                    self.complete(member.session, member.result);
-                }
+            let Slot::Chain(links) = &mut db.slot else {
+                unreachable!("ours is the first link of the chain")
+            };
+            let link = links.pop_front().expect("a chain is never empty");
+            if links.is_empty() {
+                db.slot = Slot::Free;
+            }
+            db.files.applied_link(link.proposal)?;
+            for member in link.members {
+                self.complete(member.session, member.result);
             }
         }
         let frame_count = decoded.frame_count();

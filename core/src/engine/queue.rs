@@ -1,10 +1,15 @@
 //! The write queue: per database, requests wait for the write slot, run as a chain on their
 //! sessions' own connections (group commit: one command for up to `group_max` of them), and are
 //! answered once that command is applied or discarded; a leader that steps down fails them.
+//! Up to `chain_max` commands of a database are in flight at once, each computed on top of the
+//! ones before it (the VFS overlay shows their frames to the chain's writers only).
+
+use std::collections::VecDeque;
 
 use super::request::run_target;
 use super::{
-    limits, Completion, Engine, Member, Proposal, Response, SessionId, Slot, Txn, Waiter, Work,
+    limits, Completion, Engine, Link, Member, Proposal, Response, SessionId, Slot, Txn, Waiter,
+    Work,
 };
 use crate::command::{Command, CommandHeader};
 use crate::error::ExecError;
@@ -46,14 +51,29 @@ impl Engine {
 
     /// Grants the write slot to queued work while it is free: a run of up to `group_max`
     /// requests goes as one chain (one command); work that may open a transaction goes alone.
+    /// With commands in flight, autocommit work runs on top of them while the chain has room
+    /// and the host reported where its last command went ([`Engine::proposed`]); work that
+    /// may open a transaction waits until none is in flight.
     pub(super) fn pump(&mut self, database: &str) {
         // Bounded: every iteration removes at least one waiter from the queue.
         loop {
             let group_max = self.config.group_max;
+            let chain_max = self.config.chain_max;
             let Some(db) = self.databases.get_mut(database) else {
                 return;
             };
-            if !matches!(db.slot, Slot::Free) || db.queue.is_empty() {
+            let Some(front) = db.queue.front() else {
+                return;
+            };
+            let runs = match &db.slot {
+                Slot::Free => true,
+                Slot::Transaction(_) => false,
+                Slot::Chain(links) => {
+                    let last = links.back().expect("a chain is never empty");
+                    links.len() < chain_max && last.index.is_some() && !front.work.alone
+                }
+            };
+            if !runs {
                 return;
             }
             let mut waiters = Vec::new();
@@ -104,6 +124,20 @@ impl Engine {
                 continue;
             }
             let outcome = self.run_member(database, waiter);
+            let on_top = matches!(self.databases[database].slot, Slot::Chain(_));
+            let outcome = match outcome {
+                MemberOutcome::Transaction(result) if on_top => {
+                    // Only work that may open a transaction runs alone, and never on top of
+                    // commands in flight; should SQLite leave one open anyway, it cannot stay
+                    // (the overlay is shown to this chain only).
+                    self.roll_back_member(database, id);
+                    let error = ExecError::Aborted(
+                        "a transaction cannot stay open on top of writes in flight".to_string(),
+                    );
+                    MemberOutcome::Answer(result.and(Err(error)))
+                }
+                outcome => outcome,
+            };
             let error = match &outcome {
                 MemberOutcome::Member(member) => member.result.as_ref().err(),
                 MemberOutcome::Answer(result) | MemberOutcome::Transaction(result) => {
@@ -141,6 +175,18 @@ impl Engine {
             }
         }
         self.end_chain(database, members);
+    }
+
+    /// Rolls back a session's transaction on `database` (it may not stay open).
+    fn roll_back_member(&mut self, database: &str, id: SessionId) {
+        if let Some(sdb) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|session| session.databases.get_mut(database))
+        {
+            sdb.conn.rollback();
+            sdb.txn = Txn::None;
+        }
     }
 
     /// Runs one request of a chain on its session's connection.
@@ -262,20 +308,26 @@ impl Engine {
     /// application answers `members`; without frames, answers them at once.
     fn finish_commit(&mut self, database: &str, members: Vec<Member>) {
         let db = self.databases.get_mut(database).expect("open database");
-        assert!(
-            matches!(db.slot, Slot::Free),
-            "a commit while the slot is held"
-        );
+        // The base: the command before it in the chain, or the last one applied.
+        let base_index = match &db.slot {
+            Slot::Free => db.last_command_index,
+            Slot::Chain(links) => {
+                let last = links.back().expect("a chain is never empty");
+                last.index
+                    .expect("a link is captured on one whose index is known")
+            }
+            Slot::Transaction(_) => panic!("a commit while a transaction holds the slot"),
+        };
         let proposal = self.next_proposal;
         let header = CommandHeader {
             database,
             page_size: db.files.page_size(),
             db_size_pages: 0,
-            base_index: db.last_command_index,
+            base_index,
             origin: self.config.node_id,
             proposal,
         };
-        let encoded = db.files.take_committed(|frames, committed| {
+        let encoded = db.files.take_committed(proposal, |frames, committed| {
             let mut command = Vec::new();
             let header = CommandHeader {
                 db_size_pages: committed.db_size_pages,
@@ -310,12 +362,27 @@ impl Engine {
                     }
                 }
                 let writes = members.len();
-                db.slot = Slot::Proposed { proposal, members };
+                let link = Link {
+                    proposal,
+                    members,
+                    index: None,
+                };
+                let ahead = match &mut db.slot {
+                    Slot::Chain(links) => {
+                        links.push_back(link);
+                        links.len() - 1
+                    }
+                    slot => {
+                        *slot = Slot::Chain(VecDeque::from([link]));
+                        0
+                    }
+                };
                 self.proposals.push(Proposal {
                     database: database.to_string(),
                     id: proposal,
                     command,
                     writes,
+                    ahead,
                 });
             }
         }
@@ -357,26 +424,104 @@ impl Engine {
         std::mem::take(&mut self.completions)
     }
 
-    /// The proposal could not be committed (leadership lost, proposal dropped): its sessions
-    /// are answered with an error and the next writers go. The database never saw its frames.
-    /// If the same command is nevertheless committed later, `apply` applies it like any other.
-    pub fn discard(&mut self, proposal: u64, reason: &str) {
-        let Some(name) = self
-            .databases
+    /// The database whose chain holds `proposal`.
+    fn database_of(&self, proposal: u64) -> Option<String> {
+        self.databases
             .iter()
-            .find(|(_, db)| matches!(db.slot, Slot::Proposed { proposal: p, .. } if p == proposal))
+            .find(|(_, db)| match &db.slot {
+                Slot::Chain(links) => links.iter().any(|link| link.proposal == proposal),
+                _ => false,
+            })
             .map(|(name, _)| name.clone())
-        else {
+    }
+
+    /// The host proposed `proposal` and Raft put it at `index`: the next group of writers may
+    /// run on top of it (its command's base index is `index`). Call it in log order, right
+    /// after proposing, then [`Engine::run_queued`].
+    pub fn proposed(&mut self, proposal: u64, index: u64) {
+        let Some(name) = self.database_of(proposal) else {
             return;
         };
-        self.fail_proposed(&name, reason);
+        let db = self.databases.get_mut(&name).expect("found");
+        let Slot::Chain(links) = &mut db.slot else {
+            unreachable!("found in a chain")
+        };
+        let position = links
+            .iter()
+            .position(|link| link.proposal == proposal)
+            .expect("found");
+        if let Some(before) = position.checked_sub(1) {
+            let earlier = links[before].index.expect("links are proposed in order");
+            assert!(earlier < index, "link at {index} after one at {earlier}");
+        }
+        links[position].index = Some(index);
+    }
+
+    /// Commands in flight (proposed, not yet applied or discarded), all databases.
+    pub fn commands_in_flight(&self) -> usize {
+        self.databases
+            .values()
+            .map(|db| match &db.slot {
+                Slot::Chain(links) => links.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Runs queued writers of every database that has room on top of its commands in flight,
+    /// one group each (what arrived while they were out, committed together). The host calls it
+    /// once per turn of its loop, before taking the proposals; without it, queued writers run
+    /// when the commands ahead of them are applied.
+    pub fn run_queued(&mut self) {
+        let names: Vec<String> = self
+            .databases
+            .iter()
+            .filter(|(_, db)| !db.queue.is_empty() && matches!(db.slot, Slot::Chain(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            self.pump(&name);
+        }
+    }
+
+    /// The proposal could not be committed (leadership lost, proposal dropped): its sessions,
+    /// and those of every command after it in its chain (computed on top of it), are answered
+    /// with an error, and the next writers go on top of the commands before it. The database
+    /// never saw their frames. If the same command is nevertheless committed later, `apply`
+    /// applies it like any other.
+    pub fn discard(&mut self, proposal: u64, reason: &str) {
+        let Some(name) = self.database_of(proposal) else {
+            return;
+        };
+        let db = self.databases.get_mut(&name).expect("found");
+        let Slot::Chain(links) = &mut db.slot else {
+            unreachable!("found in a chain")
+        };
+        let position = links
+            .iter()
+            .position(|link| link.proposal == proposal)
+            .expect("found");
+        let dropped: Vec<Link> = links.drain(position..).collect();
+        if links.is_empty() {
+            db.slot = Slot::Free;
+        }
+        db.files.discard_links_from(proposal);
+        self.fail_links(dropped, reason);
         self.pump(&name);
     }
 
-    pub(super) fn fail_proposed(&mut self, database: &str, reason: &str) {
+    /// Fails every command in flight for `database` (none of them will be applied).
+    pub(super) fn fail_chain(&mut self, database: &str, reason: &str) {
         let db = self.databases.get_mut(database).expect("known database");
-        if let Slot::Proposed { members, .. } = std::mem::replace(&mut db.slot, Slot::Free) {
-            for member in members {
+        if let Slot::Chain(links) = std::mem::replace(&mut db.slot, Slot::Free) {
+            db.files.discard_links();
+            self.fail_links(links.into(), reason);
+        }
+    }
+
+    fn fail_links(&mut self, links: Vec<Link>, reason: &str) {
+        for link in links {
+            for member in link.members {
                 self.complete(
                     member.session,
                     Err(ExecError::Discarded(reason.to_string())),
@@ -403,8 +548,8 @@ impl Engine {
         }
     }
 
-    /// Rolls back a session transaction holding the slot of `database` and fails a proposal
-    /// that is out for it.
+    /// Rolls back a session transaction holding the slot of `database` and fails the commands
+    /// in flight for it.
     pub(super) fn abort_local_writes(&mut self, database: &str, reason: &str) {
         let db = self.databases.get_mut(database).expect("known database");
         match db.slot {
@@ -429,7 +574,7 @@ impl Engine {
                     );
                 }
             }
-            Slot::Proposed { .. } => self.fail_proposed(database, reason),
+            Slot::Chain(_) => self.fail_chain(database, reason),
             Slot::Free => {}
         }
     }
@@ -488,4 +633,77 @@ fn keep_transaction(files: &DbFiles, conn: &mut Conn) -> Result<(), ExecError> {
          stay open: send BEGIN in a request of its own"
             .to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineConfig, Reply, Target};
+    use crate::value::Value;
+
+    /// Runs the proposals out as a host would: each into the log, the engine told where.
+    fn propose(engine: &mut Engine, log: &mut Vec<Vec<u8>>) {
+        engine.run_queued();
+        for proposal in engine.take_proposals() {
+            log.push(proposal.command);
+            engine.proposed(proposal.id, log.len() as u64);
+        }
+    }
+
+    fn insert(engine: &mut Engine, who: i64) -> Reply {
+        let session = engine.open_session().unwrap();
+        engine.open_database(session, "d").unwrap();
+        let sql = "INSERT INTO t VALUES (?, zeroblob(3000))";
+        engine
+            .exec(session, "d", Target::Sql(sql), &[Value::Integer(who)])
+            .unwrap()
+    }
+
+    #[test]
+    fn test_overlay_predicts_the_bytes_apply_writes() {
+        // Commands in flight are laid out as the apply path will write them: applying the first
+        // leaves exactly the wal-index header the overlay predicted for it, so the links behind
+        // it are never laid out again. Only a checkpoint that starts the WAL over (TRUNCATE)
+        // moves the applied state elsewhere: then the next chain lays them out again.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _) = Engine::open(EngineConfig::new(dir.path(), 1)).unwrap();
+        let mut log = Vec::new();
+        let admin = engine.open_session().unwrap();
+        engine.open_database(admin, "d").unwrap();
+        let schema = Target::Sql("CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)");
+        engine.exec(admin, "d", schema, &[]).unwrap();
+        propose(&mut engine, &mut log);
+        engine.apply(1, &log[0]).unwrap();
+        let relayouts = |engine: &Engine| engine.databases["d"].files.overlay_relayouts();
+        for who in 0..4 {
+            insert(&mut engine, who);
+            propose(&mut engine, &mut log);
+        }
+        assert_eq!(log.len(), 5, "four commands in flight");
+        for (index, who) in (2..=3).zip(4..) {
+            engine
+                .apply(index, &log[index as usize - 1].clone())
+                .unwrap();
+            assert_eq!(insert(&mut engine, who), Reply::Queued);
+            propose(&mut engine, &mut log);
+        }
+        assert_eq!(log.len(), 7);
+        assert_eq!(
+            relayouts(&engine),
+            0,
+            "the apply wrote other bytes than predicted"
+        );
+        engine.apply(4, &log[3].clone()).unwrap();
+        engine.checkpoint(true).unwrap();
+        insert(&mut engine, 10);
+        propose(&mut engine, &mut log);
+        assert_eq!(log.len(), 8);
+        assert_eq!(relayouts(&engine), 1);
+        for index in 5..=log.len() as u64 {
+            engine
+                .apply(index, &log[index as usize - 1].clone())
+                .unwrap();
+        }
+        assert!(matches!(engine.databases["d"].slot, Slot::Free));
+    }
 }

@@ -3,7 +3,7 @@
 //! to the write queue (`queue.rs`).
 
 use super::{
-    Cursor, Engine, OwnedTarget, Reply, Response, Session, SessionId, Target, Txn, Work,
+    Cursor, Engine, OwnedTarget, Reply, Response, Session, SessionId, Slot, Target, Txn, Work,
     AD_HOC_STATEMENT,
 };
 use crate::error::ExecError;
@@ -221,7 +221,11 @@ impl Engine {
                 || !single,
         };
         self.enqueue(id, database, work)?;
-        self.pump(database);
+        if matches!(self.databases[database].slot, Slot::Free) {
+            // With commands in flight it waits for `run_queued`, with whatever else arrives
+            // meanwhile: one group, one command.
+            self.pump(database);
+        }
         self.take_reply(id)
     }
 

@@ -19,11 +19,16 @@
 //! of the chain: the next capture connection's transaction starts on the frames the ones before
 //! it committed (indexed, served from the buffer), and the command carries each page once.
 //!
+//! Once proposed, a chain's command stays in the *overlay* (`overlay.rs`) until it is applied or
+//! discarded; the next chain may start on top of it: the overlay is installed in the wal-index
+//! for the duration of that chain, and taken out by its hide step.
+//!
 //! Readers never see the frames; the writer's own connection sees the header change at its next
 //! read transaction and drops its page cache. [`DbFiles::append_frames`] later writes committed
 //! frames into the WAL and publishes them under the WAL write lock.
 
 mod ffi;
+mod overlay;
 
 pub(crate) use ffi::{configure_memory, sqlite_memory_used};
 
@@ -36,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::stmt::RawStmt;
 use crate::wal::{self, IndexHeader};
+use overlay::Overlay;
 
 /// Suffix SQLite appends to a database path to name its WAL.
 pub(crate) const WAL_SUFFIX: &str = "-wal";
@@ -101,6 +107,7 @@ impl Vfs {
                 shm_holders: Vec::new(),
                 file_locks: FileLocks::default(),
                 capture: Capture::default(),
+                overlay: Overlay::new(options.page_size),
                 next_conn: 1,
                 failed: false,
             }),
@@ -175,6 +182,9 @@ struct DbState {
     shm_holders: Vec<ShmHolder>,
     file_locks: FileLocks,
     capture: Capture,
+    /// Frames of the commands in flight (`overlay.rs`), installed in the wal-index while a
+    /// chain runs (`capture.overlay_installed`).
+    overlay: Overlay,
     next_conn: ConnId,
     /// A write to the WAL or the wal-index failed halfway: the database may be inconsistent in
     /// memory, and every further access fails until the engine is reopened (sticky, like a failed
@@ -232,6 +242,11 @@ struct Capture {
     /// The chain's first transaction took the write lock: `saved_header` and `base_frame` are
     /// the chain's, and captured slots are read from `buffer` between its transactions.
     started: bool,
+    /// The overlay of commands in flight is installed for the open chain: the wal-index shows
+    /// it, `saved_header` is the header after it, and the hide step restores `applied_header`.
+    overlay_installed: bool,
+    /// The applied wal-index header the overlay was installed on.
+    applied_header: [u8; wal::INDEX_HEADER_BYTES],
 }
 
 impl Default for Capture {
@@ -249,6 +264,8 @@ impl Default for Capture {
             error: false,
             chain: false,
             started: false,
+            overlay_installed: false,
+            applied_header: [0; wal::INDEX_HEADER_BYTES],
         }
     }
 }
@@ -494,6 +511,11 @@ impl DbFiles {
             Err(code) => return code,
         };
         let capture = &state.capture;
+        if capture.overlay_installed {
+            if let Some(code) = self.read_overlay(&state, buffer, offset) {
+                return code;
+            }
+        }
         if capture.active || capture.started {
             let start = wal::frame_offset(capture.base_frame + 1, self.options.page_size);
             if offset >= start {
@@ -521,6 +543,33 @@ impl DbFiles {
             }
         }
         read_full(&state.wal, buffer, offset)
+    }
+
+    /// A WAL read of the installed overlay's frames (or of the header of a WAL generation it
+    /// starts); `None` for any other offset.
+    fn read_overlay(&self, state: &DbState, buffer: &mut [u8], offset: u64) -> Option<Code> {
+        let applied_max = wal::raw_header_max_frame(&state.capture.applied_header);
+        let start = wal::frame_offset(applied_max + 1, self.options.page_size);
+        let end = start + state.overlay.tail_bytes() as u64;
+        if (start..end).contains(&offset) {
+            // Below `end`, itself the length of a buffer in memory: fits a `usize`.
+            let from = (offset - start) as usize;
+            let copied = state.overlay.read(from, buffer);
+            buffer[copied..].fill(0);
+            // SQLite reads a frame header or a page at a time, never across frames.
+            return Some(if copied == buffer.len() {
+                OK
+            } else {
+                rusqlite::ffi::SQLITE_IOERR_SHORT_READ
+            });
+        }
+        let header = state.overlay.wal_header().filter(|_| applied_max == 0)?;
+        let to = offset.checked_add(buffer.len() as u64)?;
+        if to > wal::WAL_HEADER_BYTES {
+            return None;
+        }
+        buffer.copy_from_slice(&header[offset as usize..to as usize]);
+        Some(OK)
     }
 
     fn wal_write(&self, buffer: &[u8], offset: u64) -> Code {
@@ -597,12 +646,19 @@ impl DbFiles {
             .map(|m| m.len())
             .map_err(|e| io_code(&e, rusqlite::ffi::SQLITE_IOERR_FSTAT))?;
         let capture = &state.capture;
+        let mut size = real;
+        if capture.overlay_installed {
+            let applied_max = wal::raw_header_max_frame(&capture.applied_header);
+            let end = wal::frame_offset(applied_max + 1, self.options.page_size)
+                + state.overlay.tail_bytes() as u64;
+            size = size.max(end);
+        }
         if (capture.active || capture.started) && capture.slots > 0 {
             let end = wal::frame_offset(capture.base_frame + 1, self.options.page_size)
                 + capture.buffer.len() as u64;
-            return Ok(real.max(end));
+            size = size.max(end);
         }
-        Ok(real)
+        Ok(size)
     }
 
     /// Empties the WAL file (recovery drops it: the WAL is never the durable copy).
@@ -712,17 +768,61 @@ impl DbFiles {
 
     /// Opens a chain: the transactions captured from now until [`DbFiles::end_chain`], by any
     /// capture connections one after another, form one committed run of frames. The engine
-    /// runs them within one call, so no reader starts while their frames are visible.
+    /// runs them within one call, so no reader starts while their frames are visible. With
+    /// commands in flight, the chain starts on top of them: the overlay is installed.
     pub(crate) fn begin_chain(&self) -> io::Result<()> {
         let mut state = self.lock_io()?;
-        let capture = &mut state.capture;
+        let capture = &state.capture;
         assert!(
             !capture.active && !capture.chain,
             "a chain inside a transaction"
         );
-        capture.chain = true;
-        capture.started = false;
+        assert!(!capture.overlay_installed);
+        if !state.overlay.is_empty() {
+            self.install_overlay(&mut state)?;
+        }
+        state.capture.chain = true;
+        state.capture.started = false;
         Ok(())
+    }
+
+    /// Publishes the overlay's frames in the wal-index (hash entries, then the header after
+    /// them: copy 1, then copy 0), as if its commands were applied. Only capture connections
+    /// run until the hide step takes them out again (the engine runs the chain within one
+    /// call), and readers that started earlier never look past their own `mxFrame`.
+    fn install_overlay(&self, state: &mut DbState) -> io::Result<()> {
+        if state.regions.is_empty() {
+            return Err(io::Error::other("wal-index header is not initialised"));
+        }
+        let mut applied = [0u8; wal::INDEX_HEADER_BYTES];
+        state.shm_read(0, 0, &mut applied);
+        let pending = state.overlay.lay_out(&applied).map_err(io::Error::other)?;
+        let applied_max = wal::raw_header_max_frame(&applied);
+        for i in 0..state.overlay.frame_count() {
+            let page_number = state.overlay.page_number(i);
+            if let Err(error) = state.index_append(applied_max + 1 + i, page_number) {
+                state.clean_hash_after(applied_max, applied_max + i);
+                return Err(io::Error::other(error));
+            }
+        }
+        state.shm_write(0, wal::INDEX_HEADER_BYTES, &pending);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        state.shm_write(0, 0, &pending);
+        state.capture.applied_header = applied;
+        state.capture.overlay_installed = true;
+        Ok(())
+    }
+
+    /// Takes the installed overlay out of the wal-index: the applied header back (copy 1, then
+    /// copy 0) and the hash entries of frames past it, up to `touched_frame`, removed.
+    fn uninstall_overlay(&self, state: &mut DbState, touched_frame: u32) {
+        assert!(state.capture.overlay_installed);
+        let applied = state.capture.applied_header;
+        state.shm_write(0, wal::INDEX_HEADER_BYTES, &applied);
+        state.shm_write(0, 0, &applied);
+        let applied_max = wal::raw_header_max_frame(&applied);
+        state.clean_hash_after(applied_max, touched_frame.max(applied_max));
+        state.capture.overlay_installed = false;
     }
 
     /// Whether a capture connection holds the WAL write lock now.
@@ -752,6 +852,11 @@ impl DbFiles {
         state.capture.started = false;
         if started {
             self.hide_captured(&mut state);
+        } else if state.capture.overlay_installed {
+            // No transaction of the chain wrote: only the overlay to take out.
+            let applied_max = wal::raw_header_max_frame(&state.capture.applied_header);
+            let touched = applied_max + state.overlay.frame_count();
+            self.uninstall_overlay(&mut state, touched);
         }
         Ok(())
     }
@@ -787,21 +892,29 @@ impl DbFiles {
                 });
             }
         }
-        // Restore the header as walIndexWriteHdr writes one: copy 1 first, then copy 0.
-        let saved = state.capture.saved_header;
-        state.shm_write(0, wal::INDEX_HEADER_BYTES, &saved);
-        state.shm_write(0, 0, &saved);
         let touched = base + capture_slots.max(live_max.saturating_sub(base));
-        state.clean_hash_after(base, touched);
+        if state.capture.overlay_installed {
+            // The header before the commands in flight, and theirs out of the index too.
+            self.uninstall_overlay(state, touched);
+        } else {
+            // Restore the header as walIndexWriteHdr writes one: copy 1 first, then copy 0.
+            let saved = state.capture.saved_header;
+            state.shm_write(0, wal::INDEX_HEADER_BYTES, &saved);
+            state.shm_write(0, 0, &saved);
+            state.clean_hash_after(base, touched);
+        }
         state.capture.active = false;
         state.capture.wal_header = None;
     }
 
     /// Takes the committed transaction left by the hide step, if any: calls `encode` with its
-    /// frames (page number and page, in slot order) and its database size, then empties the
-    /// capture buffer. Returns `Ok(None)` when the last transaction committed nothing.
+    /// frames (page number and page, in slot order) and its database size, adds them to the
+    /// overlay as command `link` (in flight until [`DbFiles::applied_link`] or a discard), then
+    /// empties the capture buffer. Returns `Ok(None)` when the last transaction committed
+    /// nothing.
     pub(crate) fn take_committed<R>(
         &self,
+        link: u64,
         encode: impl FnOnce(&mut dyn Iterator<Item = FrameRef<'_>>, Committed) -> R,
     ) -> io::Result<Option<R>> {
         let mut state = self.lock_io()?;
@@ -809,7 +922,9 @@ impl DbFiles {
             !state.capture.active,
             "take_committed while a writer holds the lock"
         );
-        let capture = &mut state.capture;
+        let DbState {
+            capture, overlay, ..
+        } = &mut *state;
         if capture.error {
             capture.error = false;
             return Err(io::Error::other("captured commit was inconsistent"));
@@ -831,14 +946,19 @@ impl DbFiles {
             .filter(|&slot| last_slot.get(&page_of(slot)) == Some(&slot))
             .collect();
         committed.frame_count = kept.len() as u32;
-        let mut frames = kept.iter().map(|&slot| {
+        let frame_at = |slot: usize| {
             let frame = &buffer[slot * frame_bytes..(slot + 1) * frame_bytes];
             FrameRef {
                 page_number: byteorder::BigEndian::read_u32_at(frame, 0),
                 page: &frame[wal::FRAME_HEADER_BYTES..],
             }
-        });
-        let result = encode(&mut frames, committed);
+        };
+        let result = encode(&mut kept.iter().map(|&slot| frame_at(slot)), committed);
+        overlay.push(
+            link,
+            &mut kept.iter().map(|&slot| frame_at(slot)),
+            committed.db_size_pages,
+        );
         capture.buffer.clear();
         // A large transaction must not pin its memory for the life of the engine.
         capture.buffer.shrink_to(CAPTURE_RETAINED_BYTES);
@@ -853,6 +973,40 @@ impl DbFiles {
                 state.capture.buffer = Vec::new();
             }
         }
+    }
+
+    /// Command `link`, the first in flight, was applied ([`DbFiles::append_frames`]): its frames
+    /// leave the overlay.
+    pub(crate) fn applied_link(&self, link: u64) -> io::Result<()> {
+        let mut state = self.lock_io()?;
+        assert!(!state.capture.overlay_installed);
+        let mut applied = [0u8; wal::INDEX_HEADER_BYTES];
+        state.shm_read(0, 0, &mut applied);
+        state.overlay.applied_first(link, &applied);
+        Ok(())
+    }
+
+    /// Command `link` and every one after it will not be applied: their frames leave the
+    /// overlay, and the next chain starts on the commands before them.
+    pub(crate) fn discard_links_from(&self, link: u64) {
+        if let Ok(mut state) = self.lock() {
+            assert!(!state.capture.overlay_installed);
+            state.overlay.discard_from(link);
+        }
+    }
+
+    /// No command in flight will be applied: the next chain starts on the applied state.
+    pub(crate) fn discard_links(&self) {
+        if let Ok(mut state) = self.lock() {
+            assert!(!state.capture.overlay_installed);
+            state.overlay.clear();
+        }
+    }
+
+    /// How many times the overlay was laid out again on an applied state it did not predict.
+    #[cfg(test)]
+    pub(crate) fn overlay_relayouts(&self) -> u64 {
+        self.lock().map_or(0, |state| state.overlay.relayouts())
     }
 
     /// Whether the last captured transaction overflowed the frame limit; clears the flag.
@@ -917,6 +1071,10 @@ impl DbFiles {
         assert!(db_size_pages >= 1);
         let page_size = self.options.page_size;
         let mut state = self.lock_io()?;
+        assert!(
+            !state.capture.overlay_installed,
+            "an apply inside a chain: its readers would see the overlay"
+        );
         if state.shm_acquire_exclusive(APPLY_CONN, wal::LOCK_WRITE, 1) != OK {
             return Err(io::Error::other(
                 "the WAL write lock is held by a connection",
@@ -964,26 +1122,15 @@ impl DbFiles {
         }
         let first_frame = header.max_frame + 1;
         let frame_bytes = self.frame_bytes();
-        let mut running = header.frame_checksum;
         scratch.clear();
         let mut write_offset = wal::frame_offset(first_frame, page_size);
-        if header.max_frame == 0 {
-            // A new WAL generation: a header with deterministic salts, and the checksum chain
-            // starting from it.
-            let checkpoint_sequence = 0;
-            let wal_header = wal::encode_wal_header(page_size, checkpoint_sequence, new_wal_salt);
+        // A new WAL generation starts with a header with deterministic salts, and the checksum
+        // chain starts from it.
+        let (mut running, wal_header) = wal::begin_frames(&mut header, page_size, new_wal_salt)
+            .map_err(|e| AppendFailure::Published(io::Error::other(e)))?;
+        if let Some(wal_header) = wal_header {
             scratch.extend_from_slice(&wal_header);
-            header.salt = new_wal_salt;
-            running = [
-                byteorder::BigEndian::read_u32_at(&wal_header, 24),
-                byteorder::BigEndian::read_u32_at(&wal_header, 28),
-            ];
-            header.big_endian_checksum = 0;
             write_offset = 0;
-        } else if header.big_endian_checksum != 0 {
-            return Err(AppendFailure::Published(io::Error::other(
-                "WAL uses big-endian checksums; atoll writes none",
-            )));
         }
         scratch.reserve(frames.len() * frame_bytes);
         for (i, frame) in frames.iter().enumerate() {
@@ -1017,13 +1164,13 @@ impl DbFiles {
                 .index_append(first_frame + i as u32, frame.page_number)
                 .map_err(|e| AppendFailure::Published(io::Error::other(e)))?;
         }
-        header.max_frame = first_frame - 1 + frames.len() as u32;
-        header.db_size_pages = db_size_pages;
-        header.change = header.change.wrapping_add(1);
-        header.frame_checksum = running;
-        header.is_init = 1;
-        header.version = wal::WAL_FORMAT_VERSION;
-        header.page_size_code = IndexHeader::page_size_code_of(page_size);
+        wal::end_frames(
+            &mut header,
+            frames.len() as u32,
+            db_size_pages,
+            running,
+            page_size,
+        );
         let encoded = header.encode();
         state.shm_write(0, wal::INDEX_HEADER_BYTES, &encoded);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);

@@ -218,6 +218,50 @@ pub fn encode_frame_header(
     sum
 }
 
+/// Starts a run of frames appended after `header` (the apply path, and the frames of commands
+/// in flight, `vfs/overlay.rs`, which must predict the same bytes): returns the running checksum
+/// the first frame continues from, and the WAL header to write when the run starts a new WAL
+/// generation (`header.max_frame` 0; its salts become `new_salt`).
+pub fn begin_frames(
+    header: &mut IndexHeader,
+    page_size: u32,
+    new_salt: [u8; 8],
+) -> Result<([u32; 2], Option<[u8; 32]>), &'static str> {
+    if header.max_frame > 0 {
+        if header.big_endian_checksum != 0 {
+            return Err("WAL uses big-endian checksums; atoll writes none");
+        }
+        return Ok((header.frame_checksum, None));
+    }
+    let checkpoint_sequence = 0;
+    let wal_header = encode_wal_header(page_size, checkpoint_sequence, new_salt);
+    header.salt = new_salt;
+    header.big_endian_checksum = 0;
+    let running = [
+        BigEndian::read_u32(&wal_header[24..28]),
+        BigEndian::read_u32(&wal_header[28..32]),
+    ];
+    Ok((running, Some(wal_header)))
+}
+
+/// Ends a run begun with [`begin_frames`]: `header` as `walIndexWriteHdr` leaves it once
+/// `frame_count` frames, the last a commit of a database of `db_size_pages`, are published.
+pub fn end_frames(
+    header: &mut IndexHeader,
+    frame_count: u32,
+    db_size_pages: u32,
+    running: [u32; 2],
+    page_size: u32,
+) {
+    header.max_frame += frame_count;
+    header.db_size_pages = db_size_pages;
+    header.change = header.change.wrapping_add(1);
+    header.frame_checksum = running;
+    header.is_init = 1;
+    header.version = WAL_FORMAT_VERSION;
+    header.page_size_code = IndexHeader::page_size_code_of(page_size);
+}
+
 /// The wal-index header (`WalIndexHdr`), decoded from native-order shared memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexHeader {

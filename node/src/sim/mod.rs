@@ -86,6 +86,12 @@ pub struct SeedReport {
     pub snapshots_installed: u64,
     /// Nodes whose log was compacted (its first index past 1) when they stopped or crashed.
     pub compacted: u64,
+    /// Commands proposed on top of others of their database still in flight, all nodes.
+    pub chained: u64,
+    /// The most commands of one database in flight at once, on any node.
+    pub chain_longest: u64,
+    /// Commands in flight when their leader lost leadership (chains discarded), all nodes.
+    pub abandoned: u64,
     /// Simulated time.
     pub simulated: Duration,
     /// A digest of everything observed: equal for two runs of one seed.
@@ -124,6 +130,9 @@ struct Cluster {
     snapshot_trailing_entries: u64,
     snapshots_installed: u64,
     compacted: u64,
+    chained: u64,
+    chain_longest: u64,
+    abandoned: u64,
 }
 
 impl Cluster {
@@ -173,6 +182,9 @@ impl Cluster {
         let state = node.state();
         self.snapshots_installed += state.snapshots_installed;
         self.compacted += u64::from(state.log_first.0 > 1);
+        self.chained += state.commands_chained;
+        self.chain_longest = self.chain_longest.max(state.chain_longest);
+        self.abandoned += state.commands_abandoned;
     }
 
     fn up(&self) -> Vec<u64> {
@@ -596,8 +608,13 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         snapshot_trailing_entries: [0, 4, 64][(random.next_u64() % 3) as usize],
         snapshots_installed: 0,
         compacted: 0,
+        chained: 0,
+        chain_longest: 0,
+        abandoned: 0,
     };
-    let clients_count = 2 + (random.next_u64() % 3) as usize;
+    // Up to five writers on the one database: groups arrive while commands are in flight, so
+    // chains of several commands form (and meet leader changes).
+    let clients_count = 2 + (random.next_u64() % 5) as usize;
     let clients = (0..clients_count)
         .map(|i| {
             SimClient::new(
@@ -644,6 +661,9 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     run.report.transfers = run.shared.transfers;
     run.report.snapshots_installed = run.cluster.snapshots_installed;
     run.report.compacted = run.cluster.compacted;
+    run.report.chained = run.cluster.chained;
+    run.report.chain_longest = run.cluster.chain_longest;
+    run.report.abandoned = run.cluster.abandoned;
     run.report.simulated = run.cluster.clock.elapsed();
     run.digest.add(run.report.commits);
     for (key, history) in &run.shared.history {
