@@ -231,6 +231,46 @@ impl dyn Disk + '_ {
     }
 }
 
+/// A file read or written from a position that moves with each call, as a file descriptor's
+/// offset does, through positioned reads and writes (wrap it in a `BufReader` or `BufWriter`).
+#[derive(Debug)]
+pub struct FileCursor {
+    file: Arc<dyn DiskFile>,
+    offset: u64,
+}
+
+impl FileCursor {
+    /// A cursor on `file` at `offset`.
+    pub fn new(file: Arc<dyn DiskFile>, offset: u64) -> FileCursor {
+        FileCursor { file, offset }
+    }
+
+    /// The file.
+    pub fn file(&self) -> &Arc<dyn DiskFile> {
+        &self.file
+    }
+}
+
+impl io::Read for FileCursor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.file.read_at(buf, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
+impl io::Write for FileCursor {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.file.write_all_at(bytes, self.offset)?;
+        self.offset += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Creates `dir` (and its missing parents) if needed, and syncs the parent of each directory it
 /// creates, so that the new directory itself survives a crash.
 pub fn create_dir_durably(disk: &dyn Disk, dir: &Path) -> io::Result<()> {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian};
 
-use crate::disk::{Disk, DiskFile, OpenMode};
+use crate::disk::{Disk, DiskFile, FileCursor, OpenMode};
 use crate::error::LogError;
 use crate::types::{LogIndex, Term};
 
@@ -229,7 +229,7 @@ impl SnapshotStore {
             .map_err(|error| LogError::io("creating snapshot", &temp_path, error))?;
         let mut writer = SnapshotWriter {
             disk: Arc::clone(&self.disk),
-            file: BufWriter::with_capacity(WRITE_BUFFER_BYTES, PositionedFile { file, offset: 0 }),
+            file: BufWriter::with_capacity(WRITE_BUFFER_BYTES, FileCursor::new(file, 0)),
             temp_path,
             final_path: self.dir.join(&name),
             dir: self.dir.clone(),
@@ -333,10 +333,7 @@ impl SnapshotStore {
 
     /// Reads and checks the header and configuration of the snapshot at `path`, and its length;
     /// returns the metadata and the file positioned at the start of the data.
-    fn read_meta(
-        &self,
-        path: &Path,
-    ) -> Result<(SnapshotMeta, BufReader<PositionedFile>), LogError> {
+    fn read_meta(&self, path: &Path) -> Result<(SnapshotMeta, BufReader<FileCursor>), LogError> {
         let file = self
             .disk
             .open(path, OpenMode::Read)
@@ -365,45 +362,15 @@ impl SnapshotStore {
             .map_err(|error| LogError::io("reading snapshot", path, error))?;
         let meta =
             decode_snapshot_meta(&bytes).map_err(|reason| LogError::corrupt(path, 0, reason))?;
-        let reader = BufReader::new(PositionedFile {
-            file,
-            offset: meta_bytes,
-        });
+        let reader = BufReader::new(FileCursor::new(file, meta_bytes));
         Ok((meta, reader))
-    }
-}
-
-/// A file read or written from a position that moves with each call, like a file descriptor's
-/// offset, through positioned reads and writes.
-struct PositionedFile {
-    file: Arc<dyn DiskFile>,
-    offset: u64,
-}
-
-impl Read for PositionedFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let read = self.file.read_at(buf, self.offset)?;
-        self.offset += read as u64;
-        Ok(read)
-    }
-}
-
-impl Write for PositionedFile {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.file.write_all_at(bytes, self.offset)?;
-        self.offset += bytes.len() as u64;
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
 /// A snapshot being written; see [`SnapshotStore::create`].
 pub struct SnapshotWriter {
     disk: Arc<dyn Disk>,
-    file: BufWriter<PositionedFile>,
+    file: BufWriter<FileCursor>,
     temp_path: PathBuf,
     final_path: PathBuf,
     dir: PathBuf,
@@ -432,7 +399,7 @@ impl SnapshotWriter {
         self.meta.data_crc = self.hasher.clone().finalize();
         let header = self.meta.encode_header();
         self.file.flush()?;
-        let file = &self.file.get_ref().file;
+        let file = self.file.get_ref().file();
         file.write_all_at(&header, 0)
             .map_err(|error| LogError::io("writing snapshot header", &self.temp_path, error))?;
         file.sync_all()
@@ -493,7 +460,7 @@ impl SnapshotData {
 
 /// The data of a snapshot, streamed from its file; see [`SnapshotStore::open_reader`].
 pub struct SnapshotReader {
-    file: BufReader<PositionedFile>,
+    file: BufReader<FileCursor>,
     path: PathBuf,
     /// Data bytes not yet read. Invariant: the file holds at least this many more bytes.
     remaining: u64,

@@ -26,11 +26,11 @@
 mod ffi;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use atoll_storage::{Disk, DiskFile, OpenMode};
 
 use crate::stmt::RawStmt;
 use crate::wal::{self, IndexHeader};
@@ -56,13 +56,16 @@ pub(crate) struct Vfs {
 /// What the VFS callbacks reach through `pAppData`.
 pub(crate) struct VfsShared {
     databases: Mutex<HashMap<PathBuf, Arc<DbFiles>>>,
+    /// Where the databases' files are (the engine's [`atoll_storage::Disk`]).
+    disk: Arc<dyn Disk>,
 }
 
 impl Vfs {
-    /// Registers a VFS named `name` (unique in the process).
-    pub(crate) fn register(name: &str) -> io::Result<Vfs> {
+    /// Registers a VFS named `name` (unique in the process) whose files are on `disk`.
+    pub(crate) fn register(name: &str, disk: Arc<dyn Disk>) -> io::Result<Vfs> {
         let shared = Arc::new(VfsShared {
             databases: Mutex::new(HashMap::new()),
+            disk,
         });
         let registration = ffi::Registration::new(name, Arc::clone(&shared))?;
         Ok(Vfs {
@@ -80,14 +83,9 @@ impl Vfs {
     /// The main file must exist (the engine writes its first page); the WAL is created if absent.
     pub(crate) fn add_database(&self, path: &Path, options: DbOptions) -> io::Result<Arc<DbFiles>> {
         assert!(path.is_absolute());
-        let main = OpenOptions::new().read(true).write(true).open(path)?;
-        let wal_path = wal_path_of(path);
-        let wal = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&wal_path)?;
+        let disk = &self.shared.disk;
+        let main = disk.open(path, OpenMode::Write)?;
+        let wal = disk.open(&wal_path_of(path), OpenMode::Create)?;
         let files = Arc::new(DbFiles {
             path: path.to_path_buf(),
             options,
@@ -121,6 +119,11 @@ impl Vfs {
 }
 
 impl VfsShared {
+    /// Where the databases' files are.
+    pub(crate) fn disk(&self) -> &dyn Disk {
+        &*self.disk
+    }
+
     fn database(&self, path: &Path) -> Option<Arc<DbFiles>> {
         lock_or_recover(&self.databases).get(path).cloned()
     }
@@ -166,8 +169,8 @@ pub(crate) struct DbFiles {
 /// Invariant: at most one connection (or the apply path) holds the WAL write lock, and capture
 /// is active exactly while a capture connection holds it.
 struct DbState {
-    main: File,
-    wal: File,
+    main: Arc<dyn DiskFile>,
+    wal: Arc<dyn DiskFile>,
     regions: Vec<ffi::Region>,
     shm_slots: [ShmSlot; wal::LOCK_SLOTS],
     shm_holders: Vec<ShmHolder>,
@@ -328,7 +331,7 @@ impl DbFiles {
             Ok(state) => state,
             Err(code) => return code,
         };
-        read_full(&state.main, buffer, offset)
+        read_full(&*state.main, buffer, offset)
     }
 
     fn main_write(&self, buffer: &[u8], offset: u64) -> Code {
@@ -358,7 +361,7 @@ impl DbFiles {
             Ok(state) => state,
             Err(code) => return code,
         };
-        match state.main.sync_data() {
+        match state.main.sync() {
             Ok(()) => OK,
             Err(error) => {
                 log::error!("fsync of {} failed: {error}", self.path.display());
@@ -371,8 +374,7 @@ impl DbFiles {
         let state = self.lock()?;
         state
             .main
-            .metadata()
-            .map(|m| m.len())
+            .size()
             .map_err(|e| io_code(&e, rusqlite::ffi::SQLITE_IOERR_FSTAT))
     }
 
@@ -380,13 +382,13 @@ impl DbFiles {
     /// covers the file size too, which is all a checkpoint changes besides the data.
     pub(crate) fn sync_main(&self) -> io::Result<()> {
         let state = self.lock_io()?;
-        state.main.sync_data()
+        state.main.sync()
     }
 
     /// Another handle on the main file, for a thread that syncs it (the checkpointer).
-    pub(crate) fn main_file_clone(&self) -> io::Result<File> {
+    pub(crate) fn main_file_clone(&self) -> io::Result<Arc<dyn DiskFile>> {
         let state = self.lock_io()?;
-        state.main.try_clone()
+        Ok(Arc::clone(&state.main))
     }
 
     /// Reads page `page_number` of the main file into `out` (zeros past its end).
@@ -395,13 +397,13 @@ impl DbFiles {
         assert_eq!(out.len(), self.options.page_size as usize);
         let state = self.lock_io()?;
         let offset = u64::from(page_number - 1) * u64::from(self.options.page_size);
-        read_zero_filled(&state.main, out, offset)
+        read_zero_filled(&*state.main, out, offset)
     }
 
     /// The main file's size in bytes.
     pub(crate) fn main_len(&self) -> io::Result<u64> {
         let state = self.lock_io()?;
-        Ok(state.main.metadata()?.len())
+        state.main.size()
     }
 
     fn file_lock(&self, conn: ConnId, level: &mut i32, wanted: i32) -> Code {
@@ -518,7 +520,7 @@ impl DbFiles {
                 }
             }
         }
-        read_full(&state.wal, buffer, offset)
+        read_full(&*state.wal, buffer, offset)
     }
 
     fn wal_write(&self, buffer: &[u8], offset: u64) -> Code {
@@ -591,8 +593,7 @@ impl DbFiles {
         let state = self.lock()?;
         let real = state
             .wal
-            .metadata()
-            .map(|m| m.len())
+            .size()
             .map_err(|e| io_code(&e, rusqlite::ffi::SQLITE_IOERR_FSTAT))?;
         let capture = &state.capture;
         if (capture.active || capture.started) && capture.slots > 0 {
@@ -1298,7 +1299,7 @@ impl DbState {
     }
 }
 
-fn read_full(file: &File, buffer: &mut [u8], offset: u64) -> Code {
+fn read_full(file: &dyn DiskFile, buffer: &mut [u8], offset: u64) -> Code {
     let mut done = 0;
     while done < buffer.len() {
         match file.read_at(&mut buffer[done..], offset + done as u64) {
@@ -1314,7 +1315,7 @@ fn read_full(file: &File, buffer: &mut [u8], offset: u64) -> Code {
     OK
 }
 
-fn read_zero_filled(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+fn read_zero_filled(file: &dyn DiskFile, buffer: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
     while done < buffer.len() {
         match file.read_at(&mut buffer[done..], offset + done as u64) {
