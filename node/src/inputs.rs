@@ -1,11 +1,15 @@
-//! The node's inputs that are not messages: time and randomness, behind small traits. The
-//! node never reads the clock or draws a random number itself: it asks its [`Clock`] and its
+//! The node's inputs that are not messages: time, randomness and the disk, behind small traits.
+//! The node never reads the clock or draws a random number itself: it asks its [`Clock`] and its
 //! [`Random`], so that a host can run it on simulated time with a seeded generator and replay a
-//! run identically. Production uses [`MonotonicClock`] and [`OsRandom`] ([`Inputs::production`]).
+//! run identically; the files of its log and its databases go through its
+//! [`atoll_storage::Disk`]. Production uses [`MonotonicClock`], [`OsRandom`] and
+//! [`atoll_storage::StdDisk`] ([`Inputs::production`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use atoll_storage::{Disk, StdDisk};
 
 use crate::network::Network;
 
@@ -155,6 +159,10 @@ pub struct Inputs {
     /// does not stall on the fdatasync). A simulation keeps everything on its one thread, so
     /// that a seed replays identically.
     pub checkpoint_sync_in_background: bool,
+    /// Where the Raft log (`DIR/raft`) and the databases (`DIR/db`) are, and the free space is
+    /// measured. The node's configuration files (`atoll.conf`, the secret, TLS files, the
+    /// members hint, the repair marker) stay on the operating system's file system.
+    pub disk: Arc<dyn Disk>,
 }
 
 impl Inputs {
@@ -165,11 +173,13 @@ impl Inputs {
             random: Box::new(OsRandom),
             network: None,
             checkpoint_sync_in_background: true,
+            disk: StdDisk::shared(),
         }
     }
 
     /// A simulated clock and a seeded generator, with production's reactor (real loopback
-    /// sockets) unless `network` is given: everything on the caller's thread.
+    /// sockets) unless `network` is given: everything on the caller's thread. The disk is the
+    /// operating system's until the caller sets another.
     pub fn simulated(
         clock: Box<dyn Clock>,
         seed: u64,
@@ -180,6 +190,7 @@ impl Inputs {
             random: Box::new(SeededRandom::new(seed)),
             network,
             checkpoint_sync_in_background: false,
+            disk: StdDisk::shared(),
         }
     }
 }
