@@ -417,11 +417,14 @@ impl Run {
                 self.shared.transfer_wanted = Some(target);
             }
             85..=90 => {
-                // A full disk on one node: a budget up to 24 MiB above what it holds (below
-                // the node's 16 MiB margin half the time), for 0.2 to 3 s.
+                // A full disk on one node, for 0.2 to 3 s: a budget at most 24 MiB above what
+                // it holds, below the node's 16 MiB margin most of the time, and often below
+                // what its next writes need (a WAL that grows, a new segment), so that writes
+                // fail with ENOSPC before the node measures its free space.
                 let index = self.below(n) as usize;
+                let room_max: u64 = [1, 64 << 10, 1 << 20, 24 << 20][self.below(4) as usize];
+                let room = self.below(room_max);
                 let disk = &self.cluster.disks[index];
-                let room = self.random.next_u64() % (24 << 20);
                 disk.set_budget(Some(disk.used_bytes() + room));
                 self.report.disk_full += 1;
                 let after = 200_000_000 + self.below(2_800_000_000);
