@@ -452,12 +452,12 @@ impl Run {
     }
 
     /// How a crash leaves the disk: half the time a process crash (`None`: the page cache
-    /// survives), else a power cut that loses every unsynced write, or keeps a prefix of them
-    /// with the next one torn.
+    /// survives), else a power cut that loses every unsynced write (a third of them), or keeps
+    /// a prefix of them with the next one torn.
     fn draw_crash(&mut self) -> Option<PowerLoss> {
-        match self.below(4) {
-            0 | 1 => None,
-            2 => Some(PowerLoss::DropUnsynced),
+        match self.below(6) {
+            0..=2 => None,
+            3 => Some(PowerLoss::DropUnsynced),
             _ => Some(PowerLoss::TornPrefix),
         }
     }
