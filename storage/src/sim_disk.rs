@@ -10,7 +10,8 @@
 //! - a power cut ([`SimDisk::power_loss`]) makes every file its synced image and every directory
 //!   its durable entries. [`PowerLoss::DropUnsynced`] loses every unsynced write;
 //!   [`PowerLoss::TornPrefix`] keeps a random prefix of them, in order, the next one torn (a
-//!   random prefix of its bytes), as a disk that writes back in order and loses power mid-write;
+//!   prefix of its bytes ending on a [`SECTOR_BYTES`] boundary: a disk writes a sector whole),
+//!   as a disk that writes back in order and loses power mid-write;
 //! - the kernel writes back on its own: past [`UNSYNCED_BYTES_MAX`] or [`UNSYNCED_WRITES_MAX`],
 //!   the oldest unsynced writes become durable without a sync (the WAL is never synced);
 //! - `ENOSPC` once the files would exceed a byte budget ([`SimDisk::set_budget`]); the operation
@@ -35,6 +36,8 @@ use crate::disk::{Disk, DiskFile, FileMetadata, OpenMode};
 
 /// The page of the simulated files' memory.
 const PAGE_BYTES: usize = 4096;
+/// What a disk writes atomically: a torn write keeps whole sectors.
+pub const SECTOR_BYTES: u64 = 512;
 /// Unsynced bytes kept before the oldest are written back by themselves.
 pub const UNSYNCED_BYTES_MAX: usize = 16 << 20;
 /// Unsynced writes kept before the oldest are written back by themselves.
@@ -90,8 +93,8 @@ pub struct SimFaults {
 pub enum PowerLoss {
     /// Nothing: every file is its synced image.
     DropUnsynced,
-    /// A random prefix of the unsynced writes, in order, and a random prefix of the bytes of
-    /// the next one (the write the power cut tore).
+    /// A random prefix of the unsynced writes, in order, and a prefix of the bytes of the next
+    /// one (the write the power cut tore) ending on a sector boundary.
     TornPrefix,
 }
 
@@ -549,8 +552,22 @@ impl SimDisk {
             } else if k == kept && mode == PowerLoss::TornPrefix {
                 match unsynced.change {
                     Change::Write { offset, mut bytes } => {
-                        let torn = state.draw((0, bytes.len() as u64)) as usize;
-                        bytes.truncate(torn);
+                        // A disk writes a sector whole or not at all: the tear falls on a
+                        // sector boundary inside the write (or before it).
+                        let end = offset + bytes.len() as u64;
+                        let first = offset.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+                        let boundaries = if first < end {
+                            (end - 1 - first) / SECTOR_BYTES + 1
+                        } else {
+                            0
+                        };
+                        let pick = state.draw((0, boundaries));
+                        let cut = if pick == 0 {
+                            offset
+                        } else {
+                            first + (pick - 1) * SECTOR_BYTES
+                        };
+                        bytes.truncate((cut - offset) as usize);
                         state.stats.writes_torn += 1;
                         Change::Write { offset, bytes }
                     }

@@ -79,9 +79,9 @@ fn test_names_are_durable_only_after_a_directory_sync() {
 #[test]
 fn test_a_torn_power_loss_keeps_a_prefix_of_the_writes_in_order() {
     // Twelve unsynced writes of distinct bytes, each at its own offset, over two files. A torn
-    // power cut keeps writes 1..k whole, a prefix of write k + 1, and nothing after: for many
-    // seeds, every outcome has that shape, and the outcomes cover "nothing", "everything" and
-    // a tear inside a write.
+    // power cut keeps writes 1..k whole, a prefix of write k + 1 that ends on a sector
+    // boundary, and nothing after: for many seeds, every outcome has that shape, and the
+    // outcomes cover "nothing", "everything" and a tear inside a write.
     let mut kept_counts = std::collections::BTreeSet::new();
     let mut tears_inside = 0;
     for seed in 0..200 {
@@ -96,7 +96,7 @@ fn test_a_torn_power_loss_keeps_a_prefix_of_the_writes_in_order() {
         }
         shared.sync_dir(Path::new("/")).unwrap();
         let writes: Vec<(usize, u64, Vec<u8>)> = (0..12u8)
-            .map(|k| (usize::from(k % 2), u64::from(k / 2) * 10, vec![k + 1; 10]))
+            .map(|k| (usize::from(k % 2), u64::from(k / 2) * 1500, vec![k + 1; 1500]))
             .collect();
         for (file, offset, bytes) in &writes {
             files[*file].write_all_at(bytes, *offset).unwrap();
@@ -113,12 +113,14 @@ fn test_a_torn_power_loss_keeps_a_prefix_of_the_writes_in_order() {
             let count = got.iter().zip(bytes).take_while(|(a, b)| a == b).count();
             survived.push(count);
         }
-        let whole = survived.iter().take_while(|&&count| count == 10).count();
+        let whole = survived.iter().take_while(|&&count| count == 1500).count();
         assert!(
             survived.iter().skip(whole + 1).all(|&count| count == 0),
             "seed {seed}: {survived:?}"
         );
         if whole < 12 && survived[whole] > 0 {
+            let (_, offset, _) = &writes[whole];
+            assert_eq!((offset + survived[whole] as u64) % SECTOR_BYTES, 0, "seed {seed}");
             tears_inside += 1;
         }
         kept_counts.insert(whole);
