@@ -167,7 +167,13 @@ fn fatal(what: &str, error: impl fmt::Display) -> NodeError {
 pub fn init(data_dir: &Path, config: &NodeConfig, secret: &ClusterSecret) -> Result<(), NodeError> {
     let mut configuration = Configuration::new();
     configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
-    create(StdDisk::shared(), data_dir, config, secret, Some(&configuration))
+    create(
+        StdDisk::shared(),
+        data_dir,
+        config,
+        secret,
+        Some(&configuration),
+    )
 }
 
 /// Creates the data directory of one node of a cluster bootstrapped whole (the simulator's):
@@ -243,8 +249,12 @@ fn create(
         }
     }
     let start = |what: &str, e: &dyn fmt::Display| NodeError::Start(format!("{what}: {e}"));
-    let mut log = SegmentLog::open_on(Arc::clone(&disk), config::raft_dir(data_dir), Options::default())
-        .map_err(|e| start("creating the Raft log", &e))?;
+    let mut log = SegmentLog::open_on(
+        Arc::clone(&disk),
+        config::raft_dir(data_dir),
+        Options::default(),
+    )
+    .map_err(|e| start("creating the Raft log", &e))?;
     if let Some(configuration) = bootstrap {
         log.append(&[bootstrap_entry(configuration)])
             .map_err(|e| start("writing the bootstrap entry", &e))?;
@@ -459,10 +469,9 @@ impl Node {
         inputs: Inputs,
     ) -> Result<Node, NodeError> {
         let damage = repair::Damage { what };
-        repair::quarantine(&inputs.disk, data_dir, config.id, &damage, &*inputs.clock)
-            .map_err(|why| {
-                NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what))
-            })?;
+        repair::quarantine(&inputs.disk, data_dir, config.id, &damage, &*inputs.clock).map_err(
+            |why| NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what)),
+        )?;
         Node::open_with(data_dir, shutdown, options, inputs)
     }
 
@@ -518,7 +527,14 @@ impl Node {
             ) => {
                 // A damaged log: rebuilt from the leader when there is one to ask.
                 let what = format!("opening the Raft log: {e}");
-                return Node::open_repaired(data_dir, &config, what, shutdown, options, inputs_again!());
+                return Node::open_repaired(
+                    data_dir,
+                    &config,
+                    what,
+                    shutdown,
+                    options,
+                    inputs_again!(),
+                );
             }
             other => other,
         };
@@ -572,7 +588,14 @@ impl Node {
                 // when there is one to ask.
                 drop(log);
                 let what = format!("opening the databases: {e}");
-                return Node::open_repaired(data_dir, &config, what, shutdown, options, inputs_again!());
+                return Node::open_repaired(
+                    data_dir,
+                    &config,
+                    what,
+                    shutdown,
+                    options,
+                    inputs_again!(),
+                );
             }
             other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
         };
@@ -584,7 +607,14 @@ impl Node {
             let what = repair::describe_corrupt(&found);
             drop(engine);
             drop(log);
-            return Node::open_repaired(data_dir, &config, what, shutdown, options, inputs_again!());
+            return Node::open_repaired(
+                data_dir,
+                &config,
+                what,
+                shutdown,
+                options,
+                inputs_again!(),
+            );
         }
         let raft_snapshot = match &snapshot {
             Some(meta) => {
@@ -610,7 +640,12 @@ impl Node {
                             drop(engine);
                             drop(log);
                             return Node::open_repaired(
-                                data_dir, &config, what, shutdown, options, inputs_again!(),
+                                data_dir,
+                                &config,
+                                what,
+                                shutdown,
+                                options,
+                                inputs_again!(),
                             );
                         }
                         Err(e) => {

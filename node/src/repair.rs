@@ -596,7 +596,14 @@ mod tests {
         let seconds = clock.unix_time().as_secs();
         for name in [seconds.to_string(), format!("{seconds}-1")] {
             drop(SegmentLog::open(config::raft_dir(data_dir), Options::default()).unwrap());
-            let target = quarantine(&atoll_storage::StdDisk::shared(), data_dir, 1, &damage, &clock).unwrap();
+            let target = quarantine(
+                &atoll_storage::StdDisk::shared(),
+                data_dir,
+                1,
+                &damage,
+                &clock,
+            )
+            .unwrap();
             assert_eq!(target, data_dir.join(QUARANTINE_DIR).join(name));
             assert!(target.join("raft").is_dir());
         }

@@ -37,7 +37,10 @@ fn test_simulated_seeds_run_clean() {
     // The disk faults are reached: a power loss, a node stopped by an I/O error, a write
     // refused for want of space.
     assert!(power_losses > 0, "no power loss in 24 seeds");
-    assert!(io_error_stops > 0, "no node stopped by an I/O error in 24 seeds");
+    assert!(
+        io_error_stops > 0,
+        "no node stopped by an I/O error in 24 seeds"
+    );
     assert!(enospc > 0, "no write refused with ENOSPC in 24 seeds");
     assert!(
         commits > 24 * 20,

@@ -230,6 +230,59 @@ struct Unsynced {
     change: Change,
 }
 
+/// The unsynced changes of every file, oldest first. A file's sync takes its own changes out
+/// (leaving holes) without walking the others: the WAL's, never synced, pile up to the limits.
+#[derive(Default)]
+struct Journal {
+    /// `None`: a change synced (or dropped) since. Invariant: the front is `Some` or empty.
+    entries: VecDeque<Option<Unsynced>>,
+    /// The sequence number of the front entry.
+    base: u64,
+    /// The `Some` entries, and their bytes.
+    count: usize,
+    bytes: usize,
+}
+
+impl Journal {
+    /// Appends a change; its sequence number.
+    fn push(&mut self, unsynced: Unsynced) -> u64 {
+        let sequence = self.base + self.entries.len() as u64;
+        self.count += 1;
+        self.bytes += unsynced.change.bytes();
+        self.entries.push_back(Some(unsynced));
+        sequence
+    }
+
+    /// Takes the change `sequence` out (it was synced, or its file is gone).
+    fn take(&mut self, sequence: u64) -> Option<Unsynced> {
+        let slot = self
+            .entries
+            .get_mut(usize::try_from(sequence - self.base).ok()?)?;
+        let unsynced = slot.take()?;
+        self.count -= 1;
+        self.bytes -= unsynced.change.bytes();
+        while self.entries.front().is_some_and(Option::is_none) {
+            self.entries.pop_front();
+            self.base += 1;
+        }
+        Some(unsynced)
+    }
+
+    /// The oldest change and its sequence number.
+    fn oldest(&self) -> Option<u64> {
+        (!self.entries.is_empty()).then_some(self.base)
+    }
+
+    /// Every change, oldest first, leaving the journal empty.
+    fn drain(&mut self) -> Vec<Unsynced> {
+        self.base += self.entries.len() as u64;
+        let all = self.entries.drain(..).flatten().collect();
+        self.count = 0;
+        self.bytes = 0;
+        all
+    }
+}
+
 enum Inode {
     File(FileNode),
     Dir(DirNode),
@@ -239,6 +292,8 @@ struct FileNode {
     /// Invariant: `synced` with this file's unsynced changes applied in order is `live`.
     live: Content,
     synced: Content,
+    /// The sequence numbers of this file's unsynced changes, oldest first.
+    pending: VecDeque<u64>,
     handles: u32,
     /// The open (handle id) holding the lock.
     locked_by: Option<u64>,
@@ -256,8 +311,7 @@ struct State {
     next_open: u64,
     /// Bumped by every power cut: handles from before it fail.
     generation: u64,
-    unsynced: VecDeque<Unsynced>,
-    unsynced_bytes: usize,
+    unsynced: Journal,
     /// The live lengths of every file, summed.
     used_bytes: u64,
     budget: Option<u64>,
@@ -422,37 +476,34 @@ impl State {
     /// Records a change of `inode` (already applied to its live content) as unsynced, writing
     /// the oldest back by themselves past the limits.
     fn push_unsynced(&mut self, inode: u64, change: Change) {
-        self.unsynced_bytes += change.bytes();
-        self.unsynced.push_back(Unsynced { inode, change });
-        while self.unsynced.len() > UNSYNCED_WRITES_MAX || self.unsynced_bytes > UNSYNCED_BYTES_MAX
+        let sequence = self.unsynced.push(Unsynced { inode, change });
+        if let Some(Inode::File(file)) = self.inodes.get_mut(&inode) {
+            file.pending.push_back(sequence);
+        }
+        while self.unsynced.count > UNSYNCED_WRITES_MAX || self.unsynced.bytes > UNSYNCED_BYTES_MAX
         {
-            let oldest = self.unsynced.pop_front().expect("over the limits");
-            self.unsynced_bytes -= oldest.change.bytes();
-            if let Some(Inode::File(file)) = self.inodes.get_mut(&oldest.inode) {
-                file.synced.apply(&oldest.change);
+            let oldest = self.unsynced.oldest().expect("over the limits");
+            let unsynced = self.unsynced.take(oldest).expect("the front is a change");
+            if let Some(Inode::File(file)) = self.inodes.get_mut(&unsynced.inode) {
+                assert_eq!(file.pending.pop_front(), Some(oldest));
+                file.synced.apply(&unsynced.change);
             }
         }
     }
 
     /// Makes every unsynced change of `inode` durable.
     fn sync_file(&mut self, inode: u64) {
-        let Some(Inode::File(mut file)) = self.inodes.remove(&inode) else {
+        let Some(Inode::File(file)) = self.inodes.get_mut(&inode) else {
             return;
         };
-        let mut bytes = self.unsynced_bytes;
-        let mut kept = VecDeque::with_capacity(self.unsynced.len());
-        for unsynced in self.unsynced.drain(..) {
-            if unsynced.inode == inode {
-                file.synced.apply(&unsynced.change);
-                bytes -= unsynced.change.bytes();
-            } else {
-                kept.push_back(unsynced);
-            }
+        for sequence in std::mem::take(&mut file.pending) {
+            let unsynced = self
+                .unsynced
+                .take(sequence)
+                .expect("pending in the journal");
+            file.synced.apply(&unsynced.change);
         }
         debug_assert_eq!(file.synced.len, file.live.len);
-        self.inodes.insert(inode, Inode::File(file));
-        self.unsynced = kept;
-        self.unsynced_bytes = bytes;
     }
 
     /// Drops every inode that no name (live or durable) and no handle reaches.
@@ -481,18 +532,11 @@ impl State {
         for id in &gone {
             if let Some(Inode::File(file)) = self.inodes.remove(id) {
                 self.used_bytes -= file.live.len;
+                for sequence in file.pending {
+                    self.unsynced.take(sequence);
+                }
             }
         }
-        let inodes = &self.inodes;
-        let mut bytes = 0;
-        self.unsynced.retain(|unsynced| {
-            let keep = inodes.contains_key(&unsynced.inode);
-            if keep {
-                bytes += unsynced.change.bytes();
-            }
-            keep
-        });
-        self.unsynced_bytes = bytes;
     }
 }
 
@@ -507,8 +551,7 @@ impl SimDisk {
                 next_inode: ROOT + 1,
                 next_open: 1,
                 generation: 0,
-                unsynced: VecDeque::new(),
-                unsynced_bytes: 0,
+                unsynced: Journal::default(),
                 used_bytes: 0,
                 budget: None,
                 faults: SimFaults::default(),
@@ -538,13 +581,12 @@ impl SimDisk {
     pub fn power_loss(&self, mode: PowerLoss) {
         let mut state = self.lock();
         state.stats.power_losses += 1;
-        let pending = state.unsynced.len();
+        let pending = state.unsynced.count;
         let kept = match mode {
             PowerLoss::DropUnsynced => 0,
             PowerLoss::TornPrefix => state.draw((0, pending as u64)) as usize,
         };
-        let unsynced: Vec<Unsynced> = state.unsynced.drain(..).collect();
-        state.unsynced_bytes = 0;
+        let unsynced = state.unsynced.drain();
         state.stats.writes_lost += (pending - kept) as u64;
         for (k, unsynced) in unsynced.into_iter().enumerate() {
             let change = if k < kept {
@@ -586,6 +628,7 @@ impl SimDisk {
             match inode {
                 Inode::File(file) => {
                     file.live = file.synced.clone();
+                    file.pending.clear();
                     file.handles = 0;
                     file.locked_by = None;
                     used += file.live.len;
@@ -635,7 +678,7 @@ impl SimDisk {
 
     /// How many writes (and length changes) are not synced yet, all files together.
     pub fn unsynced_writes(&self) -> usize {
-        self.lock().unsynced.len()
+        self.lock().unsynced.count
     }
 
     /// The synced image of the file at `path`: what a power cut would leave of it, if its
@@ -657,7 +700,7 @@ impl fmt::Debug for SimDisk {
         f.debug_struct("SimDisk")
             .field("inodes", &state.inodes.len())
             .field("used_bytes", &state.used_bytes)
-            .field("unsynced", &state.unsynced.len())
+            .field("unsynced", &state.unsynced.count)
             .field("budget", &state.budget)
             .finish()
     }
@@ -685,6 +728,7 @@ impl Disk for SimDisk {
                 let inode = state.new_inode(Inode::File(FileNode {
                     live: Content::default(),
                     synced: Content::default(),
+                    pending: VecDeque::new(),
                     handles: 0,
                     locked_by: None,
                 }));

@@ -96,7 +96,13 @@ fn test_a_torn_power_loss_keeps_a_prefix_of_the_writes_in_order() {
         }
         shared.sync_dir(Path::new("/")).unwrap();
         let writes: Vec<(usize, u64, Vec<u8>)> = (0..12u8)
-            .map(|k| (usize::from(k % 2), u64::from(k / 2) * 1500, vec![k + 1; 1500]))
+            .map(|k| {
+                (
+                    usize::from(k % 2),
+                    u64::from(k / 2) * 1500,
+                    vec![k + 1; 1500],
+                )
+            })
             .collect();
         for (file, offset, bytes) in &writes {
             files[*file].write_all_at(bytes, *offset).unwrap();
@@ -120,7 +126,11 @@ fn test_a_torn_power_loss_keeps_a_prefix_of_the_writes_in_order() {
         );
         if whole < 12 && survived[whole] > 0 {
             let (_, offset, _) = &writes[whole];
-            assert_eq!((offset + survived[whole] as u64) % SECTOR_BYTES, 0, "seed {seed}");
+            assert_eq!(
+                (offset + survived[whole] as u64) % SECTOR_BYTES,
+                0,
+                "seed {seed}"
+            );
             tears_inside += 1;
         }
         kept_counts.insert(whole);
