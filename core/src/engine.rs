@@ -461,6 +461,7 @@ impl Engine {
             .databases
             .get(database)
             .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        db.control.configure()?;
         let connection = db.control.connection();
         let mut statement = connection.prepare("PRAGMA integrity_check")?;
         let rows = statement.query_map([], |row| row.get::<_, String>(0))?;

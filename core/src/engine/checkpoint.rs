@@ -141,6 +141,8 @@ impl Engine {
             "PRAGMA wal_checkpoint(PASSIVE)"
         };
         let started_copy = std::time::Instant::now();
+        // A database recovered from a checkpoint cut short opened without its schema.
+        db.control.configure()?;
         let (busy, log, copied): (i64, i64, i64) =
             db.control
                 .connection()

@@ -202,8 +202,16 @@ impl Engine {
             page_size: record.page_size,
             capture_bytes_max: self.config.transaction_bytes_max,
         };
+        if recovering_until > 0 {
+            cover_header_size(&*self.config.disk, &path, record.page_size)?;
+        }
         let files = self.vfs.add_database(&path, options)?;
-        let control = match Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib) {
+        let opened = if recovering_until > 0 {
+            Conn::open_recovering(&self.vfs, &path, self.config.cache_kib)
+        } else {
+            Conn::open(&self.vfs, &path, Role::Plain, self.config.cache_kib)
+        };
+        let control = match opened {
             Ok(connections) => connections,
             Err(error) => {
                 self.vfs.remove_database(&path);
@@ -310,6 +318,35 @@ fn is_sqlite_file(disk: &dyn Disk, path: &Path) -> bool {
         .and_then(|file| file.read_exact_at(&mut magic, 0))
         .is_ok()
         && &magic == b"SQLite format 3\0"
+}
+
+/// Extends the main file of a database being recovered to the size its header page claims,
+/// if it is shorter. A checkpoint cut short by a power loss can leave the new header page
+/// without the extension of the file (or the pages) it counted on; SQLite refuses to read a
+/// file shorter than its header says. The pages missing read as zeros until the replay of the
+/// log puts their every version since the record's checkpoint index into the WAL (each page
+/// such a checkpoint wrote changed after that index).
+fn cover_header_size(disk: &dyn Disk, path: &Path, page_size: u32) -> std::io::Result<()> {
+    let file = disk.open(path, OpenMode::Write)?;
+    let mut header = [0u8; 100];
+    if file.read_full_at(&mut header, 0)? < header.len() {
+        return Ok(());
+    }
+    // The header's size is valid only when its change counter matches version-valid-for.
+    if header[24..28] != header[92..96] {
+        return Ok(());
+    }
+    let pages = u64::from(BigEndian::read_u32(&header[28..32]));
+    let claimed = pages * u64::from(page_size);
+    let len = file.size()?;
+    if claimed > len {
+        log::info!(
+            "{}: {len} bytes, its header claims {claimed}: extended until the log is replayed",
+            path.display()
+        );
+        file.set_len(claimed)?;
+    }
+    Ok(())
 }
 
 /// Whether an I/O error means the disk (or the user's quota) is full.

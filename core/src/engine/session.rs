@@ -135,6 +135,14 @@ impl Engine {
         let now = self.now;
         self.databases.get_mut(name).expect("open").used_at = now;
         let path = self.databases[name].path.clone();
+        let recovering_until = self.databases[name].recovering_until;
+        if recovering_until > self.applied_index {
+            // Its main file may hold a mix of states until the log is replayed: a connection
+            // would read a schema that does not hold together yet.
+            return Err(ExecError::Recovering {
+                index: recovering_until,
+            });
+        }
         let session = self.sessions.get_mut(&session).expect("checked");
         if session.databases.contains_key(name) {
             return Ok(());

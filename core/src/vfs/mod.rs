@@ -1347,6 +1347,9 @@ fn io_code(error: &io::Error, code: Code) -> Code {
 pub(crate) struct Conn {
     statements: HashMap<u32, RawStmt>,
     cache: Vec<(String, RawStmt)>,
+    /// The page cache size (KiB) while [`Conn::configure`] has not run yet.
+    unconfigured: std::cell::Cell<Option<u32>>,
+    path: PathBuf,
     connection: rusqlite::Connection,
     /// Keeps the VFS registered while this connection uses it.
     _vfs: Arc<Vfs>,
@@ -1365,6 +1368,33 @@ impl Conn {
         role: Role,
         cache_kib: u32,
     ) -> Result<Conn, rusqlite::Error> {
+        let conn = Conn::open_unconfigured(vfs, path, role, cache_kib)?;
+        conn.configure()?;
+        Ok(conn)
+    }
+
+    /// Opens the control connection of a database whose main file may hold a mix of states
+    /// (a checkpoint cut short by a crash): SQLite's schema is not read, because the pages it
+    /// needs may not agree until the log is replayed into the WAL. Only the wal-index is set
+    /// up (a read of the header's data version), which the apply path needs; the settings that
+    /// read the schema wait for [`Conn::configure`], once the database is whole again.
+    pub(crate) fn open_recovering(
+        vfs: &Arc<Vfs>,
+        path: &Path,
+        cache_kib: u32,
+    ) -> Result<Conn, rusqlite::Error> {
+        let conn = Conn::open_unconfigured(vfs, path, Role::Plain, cache_kib)?;
+        conn.connection
+            .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))?;
+        Ok(conn)
+    }
+
+    fn open_unconfigured(
+        vfs: &Arc<Vfs>,
+        path: &Path,
+        role: Role,
+        cache_kib: u32,
+    ) -> Result<Conn, rusqlite::Error> {
         use rusqlite::OpenFlags;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = rusqlite::Connection::open_with_flags_and_vfs(path, flags, vfs.name())?;
@@ -1376,17 +1406,8 @@ impl Conn {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         )?;
-        connection.execute_batch(&format!(
-            "PRAGMA cache_size = -{cache_kib}; PRAGMA mmap_size = 0; \
-             PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;"
-        ))?;
-        let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                Some(format!("{} is not in WAL mode ({mode})", path.display())),
-            ));
-        }
+        // Neither reads the schema.
+        connection.execute_batch("PRAGMA mmap_size = 0; PRAGMA wal_autocheckpoint = 0;")?;
         if role == Role::Capture {
             ffi::set_capture(&connection)?;
             ffi::set_authorizer(&connection);
@@ -1394,9 +1415,36 @@ impl Conn {
         Ok(Conn {
             statements: HashMap::new(),
             cache: Vec::new(),
+            unconfigured: std::cell::Cell::new(Some(cache_kib)),
+            path: path.to_path_buf(),
             connection,
             _vfs: Arc::clone(vfs),
         })
+    }
+
+    /// The settings that read the schema (page cache, `synchronous`, and the check that the
+    /// database is in WAL mode); done once, a no-op afterwards.
+    pub(crate) fn configure(&self) -> Result<(), rusqlite::Error> {
+        let Some(cache_kib) = self.unconfigured.get() else {
+            return Ok(());
+        };
+        self.connection.execute_batch(&format!(
+            "PRAGMA cache_size = -{cache_kib}; PRAGMA synchronous = OFF;"
+        ))?;
+        let mode: String = self
+            .connection
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!(
+                    "{} is not in WAL mode ({mode})",
+                    self.path.display()
+                )),
+            ));
+        }
+        self.unconfigured.set(None);
+        Ok(())
     }
 
     /// The rusqlite connection, for internal statements.
