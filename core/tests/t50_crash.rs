@@ -254,6 +254,7 @@ fn test_power_loss_during_a_checkpoint_on_a_simulated_disk() {
             .unwrap();
         let disk = SimDisk::new(seed);
         let dir = std::path::Path::new("/node/db");
+        atoll_storage::disk::create_dir_durably(&*disk.shared(), dir).unwrap();
         let open = || {
             let mut config = config(dir, 2);
             config.disk = disk.shared();
