@@ -1368,7 +1368,7 @@ impl Conn {
         role: Role,
         cache_kib: u32,
     ) -> Result<Conn, rusqlite::Error> {
-        let conn = Conn::open_unconfigured(vfs, path, role, cache_kib)?;
+        let conn = Conn::open_deferred(vfs, path, role, cache_kib)?;
         conn.configure()?;
         Ok(conn)
     }
@@ -1383,13 +1383,15 @@ impl Conn {
         path: &Path,
         cache_kib: u32,
     ) -> Result<Conn, rusqlite::Error> {
-        let conn = Conn::open_unconfigured(vfs, path, Role::Plain, cache_kib)?;
+        let conn = Conn::open_deferred(vfs, path, Role::Plain, cache_kib)?;
         conn.connection
             .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))?;
         Ok(conn)
     }
 
-    fn open_unconfigured(
+    /// Opens a connection without the settings that read the schema: [`Conn::configure`] must
+    /// run before any statement of a client does.
+    pub(crate) fn open_deferred(
         vfs: &Arc<Vfs>,
         path: &Path,
         role: Role,
