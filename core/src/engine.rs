@@ -7,10 +7,11 @@
 //! See the crate documentation for the flow of a write.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use atoll_storage::Disk;
 
 use crate::error::{EngineError, ExecError};
 use crate::lifecycle::WriteState;
@@ -177,6 +178,9 @@ pub struct EngineConfig {
     /// Wall-clock budget for `PRAGMA quick_check` of the databases at [`Engine::open`]; a
     /// database whose check does not finish in what is left is not checked (logged).
     pub open_check_budget: std::time::Duration,
+    /// Where the databases' files are: every file the engine and SQLite (through its VFS)
+    /// touch goes through it. Default: the operating system's ([`atoll_storage::StdDisk`]).
+    pub disk: Arc<dyn Disk>,
 }
 
 impl EngineConfig {
@@ -204,6 +208,7 @@ impl EngineConfig {
             databases_max: limits::DATABASES_MAX_DEFAULT,
             transaction_time_max: 0,
             open_check_budget: limits::OPEN_CHECK_BUDGET_DEFAULT,
+            disk: atoll_storage::StdDisk::shared(),
         }
     }
 
@@ -404,15 +409,15 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<(Engine, Recovery), EngineError> {
         config.validate()?;
         let config_seed = config.checkpoint_jitter_seed;
-        fs::create_dir_all(&config.dir)?;
-        let dir = fs::canonicalize(&config.dir)?;
+        config.disk.create_dir_all(&config.dir)?;
+        let dir = config.disk.canonicalize(&config.dir)?;
         let name = format!(
             "atoll-{}-{}",
             std::process::id(),
             VFS_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         memory::configure();
-        let vfs = Arc::new(Vfs::register(&name)?);
+        let vfs = Arc::new(Vfs::register(&name, Arc::clone(&config.disk))?);
         let mut engine = Engine {
             config: EngineConfig { dir, ..config },
             sessions: HashMap::new(),
@@ -487,6 +492,7 @@ impl Engine {
             .databases
             .get(database)
             .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        db.control.configure()?;
         let connection = db.control.connection();
         let mut statement = connection.prepare("PRAGMA integrity_check")?;
         let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
@@ -511,5 +517,10 @@ impl Engine {
 
     pub(crate) fn dir(&self) -> &Path {
         &self.config.dir
+    }
+
+    /// Where the databases' files are.
+    pub(crate) fn disk(&self) -> &Arc<dyn Disk> {
+        &self.config.disk
     }
 }

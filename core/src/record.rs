@@ -24,10 +24,10 @@
 //! rename, directory fsync) before the database file exists, so a database file without a
 //! record holds no data.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
+
+use atoll_storage::{Disk, OpenMode};
 
 use byteorder::{ByteOrder, LittleEndian};
 
@@ -113,11 +113,19 @@ pub fn record_path(db_path: &Path) -> PathBuf {
 }
 
 /// Reads the record of the database at `db_path`; `None` if it does not exist.
-pub fn read(db_path: &Path) -> Result<Option<Record>, EngineError> {
+pub fn read(disk: &dyn Disk, db_path: &Path) -> Result<Option<Record>, EngineError> {
     let path = record_path(db_path);
-    let bytes = match fs::read(&path) {
+    // One byte more than a record would be: a longer file is invalid, whatever follows.
+    let bytes = match disk.read(&path, 2 * SLOT_BYTES as u64 + 1) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+            return Err(EngineError::CorruptRecord(format!(
+                "{}: longer than {} bytes",
+                path.display(),
+                2 * SLOT_BYTES
+            )))
+        }
         Err(error) => return Err(EngineError::Io(error)),
     };
     if bytes.len() != 2 * SLOT_BYTES {
@@ -145,7 +153,7 @@ pub fn read(db_path: &Path) -> Result<Option<Record>, EngineError> {
 
 /// Durably writes `record` as the next version of the database's record and returns it with
 /// its new sequence number. A record never written (sequence 0) creates the file.
-pub fn write(db_path: &Path, record: &Record) -> io::Result<Record> {
+pub fn write(disk: &dyn Disk, db_path: &Path, record: &Record) -> io::Result<Record> {
     assert!(record.last_command_index <= record.checkpoint_index);
     let path = record_path(db_path);
     let next = Record {
@@ -160,47 +168,45 @@ pub fn write(db_path: &Path, record: &Record) -> io::Result<Record> {
         let mut temp = path.as_os_str().to_owned();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
-        let created = File::create(&temp)
-            .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()));
+        let created = disk
+            .open(&temp, OpenMode::Truncate)
+            .and_then(|file| file.write_all_at(&bytes, 0).and_then(|()| file.sync_all()));
         if let Err(error) = created {
             // A full disk: leave nothing behind (open would remove it, but it holds space).
-            let _ = fs::remove_file(&temp);
+            let _ = disk.remove_file(&temp);
             return Err(error);
         }
-        fs::rename(&temp, &path)?;
-        sync_dir(path.parent().expect("records live in a directory"))?;
+        disk.rename(&temp, &path)?;
+        disk.sync_dir(path.parent().expect("records live in a directory"))?;
         return Ok(next);
     }
-    let file = OpenOptions::new().write(true).open(&path)?;
+    let file = disk.open(&path, OpenMode::Write)?;
     file.write_all_at(&next.encode(), (slot * SLOT_BYTES) as u64)?;
-    file.sync_data()?;
+    file.sync()?;
     Ok(next)
 }
 
 /// Removes the record of the database at `db_path`, durably.
-pub fn remove(db_path: &Path) -> io::Result<()> {
-    match fs::remove_file(record_path(db_path)) {
+pub fn remove(disk: &dyn Disk, db_path: &Path) -> io::Result<()> {
+    match disk.remove_file(&record_path(db_path)) {
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
     }
-    sync_dir(db_path.parent().expect("databases live in a directory"))
-}
-
-/// Fsyncs a directory, so that renames and creations in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    disk.sync_dir(db_path.parent().expect("databases live in a directory"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use atoll_storage::{PowerLoss, SimDisk, StdDisk};
+    use std::fs;
 
     #[test]
     fn test_record_slots_alternate_and_survive_a_torn_slot() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("a.db");
-        assert_eq!(read(&db).unwrap(), None);
+        assert_eq!(read(&StdDisk, &db).unwrap(), None);
         let first = Record {
             page_size: 4096,
             checkpoint_index: 10,
@@ -208,10 +214,11 @@ mod tests {
             intent_index: 0,
             sequence: 0,
         };
-        let first = write(&db, &first).unwrap();
+        let first = write(&StdDisk, &db, &first).unwrap();
         assert_eq!(first.sequence, 1);
-        assert_eq!(read(&db).unwrap(), Some(first));
+        assert_eq!(read(&StdDisk, &db).unwrap(), Some(first));
         let second = write(
+            &StdDisk,
             &db,
             &Record {
                 checkpoint_index: 20,
@@ -219,17 +226,66 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(read(&db).unwrap(), Some(second));
+        assert_eq!(read(&StdDisk, &db).unwrap(), Some(second));
         // Tear the newest slot: the previous version is still there.
         let mut bytes = fs::read(record_path(&db)).unwrap();
         let slot = (second.sequence % 2) as usize * SLOT_BYTES;
         bytes[slot + 20] ^= 1;
         fs::write(record_path(&db), &bytes).unwrap();
-        assert_eq!(read(&db).unwrap(), Some(first));
+        assert_eq!(read(&StdDisk, &db).unwrap(), Some(first));
         // Both torn: a clear error.
         let other = (first.sequence % 2) as usize * SLOT_BYTES;
         bytes[other + 20] ^= 1;
         fs::write(record_path(&db), &bytes).unwrap();
-        assert!(matches!(read(&db), Err(EngineError::CorruptRecord(_))));
+        assert!(matches!(
+            read(&StdDisk, &db),
+            Err(EngineError::CorruptRecord(_))
+        ));
+    }
+
+    #[test]
+    fn test_a_power_loss_during_an_update_leaves_the_old_or_the_new_record() {
+        // Updates of the record cut by a power loss at a random point of their one write (or
+        // before its sync): the record read back is the last one synced or the one being
+        // written, never an error and never older. Creation is whole or absent.
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..100 {
+            let disk = SimDisk::new(seed);
+            let shared = disk.shared();
+            shared.create_dir(Path::new("/db")).unwrap();
+            shared.sync_dir(Path::new("/")).unwrap();
+            let db = Path::new("/db/a");
+            let mut record = Record {
+                page_size: 4096,
+                checkpoint_index: 1,
+                last_command_index: 1,
+                intent_index: 0,
+                sequence: 0,
+            };
+            for _ in 0..seed % 4 {
+                record.checkpoint_index += 1;
+                record = write(&*shared, db, &record).unwrap();
+            }
+            let durable = read(&*shared, db).unwrap();
+            // The next update: written, not synced (its sync fails and changes nothing).
+            disk.fail_after(atoll_storage::SimOp::Sync, 0);
+            let next = Record {
+                checkpoint_index: record.checkpoint_index + 1,
+                ..record
+            };
+            let _ = write(&*shared, db, &next);
+            disk.power_loss(PowerLoss::TornPrefix);
+            let found = read(&*shared, db).unwrap();
+            let new = found.is_some_and(|f| f.checkpoint_index == next.checkpoint_index);
+            assert!(
+                found == durable || new,
+                "seed {seed}: {found:?}, {durable:?}"
+            );
+            outcomes.insert((durable.is_some(), found == durable));
+        }
+        // Both outcomes of an update happen; a creation whose sync failed leaves no record.
+        assert!(outcomes.contains(&(true, true)), "{outcomes:?}");
+        assert!(outcomes.contains(&(true, false)), "{outcomes:?}");
+        assert!(outcomes.contains(&(false, true)), "{outcomes:?}");
     }
 }

@@ -25,9 +25,10 @@
 //! [`Engine::install_snapshot`] writes each database to a temporary file, checks the crc, and
 //! only then replaces the node's databases (rename, WAL dropped, record written).
 
-use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::sync::Arc;
+
+use atoll_storage::{Disk, DiskFile, FileCursor, OpenMode};
 
 use byteorder::{ByteOrder, LittleEndian};
 
@@ -64,8 +65,9 @@ enum Source {
     /// the part's token lives, so pages come from the main file, opened only while the stream
     /// is in this part (a node may hold more databases than it may keep open).
     Closed {
+        disk: Arc<dyn Disk>,
         path: std::path::PathBuf,
-        file: Option<fs::File>,
+        file: Option<Arc<dyn DiskFile>>,
     },
     /// A restore's file (`Engine::restore_database`): its pages, in order.
     Restore(Box<dyn Read + Send>),
@@ -81,18 +83,15 @@ impl Part {
                 Some(frame) => files.read_wal_page(frame, out),
                 None => files.read_main_page(page, out),
             },
-            Source::Closed { path, file } => {
+            Source::Closed { disk, path, file } => {
                 let file = match file {
                     Some(file) => file,
-                    None => file.insert(fs::File::open(&*path)?),
+                    None => file.insert(disk.open(path, OpenMode::Read)?),
                 };
-                std::os::unix::fs::FileExt::read_exact_at(
-                    file,
-                    out,
-                    u64::from(page - 1) * page_size,
-                )?;
+                file.read_exact_at(out, u64::from(page - 1) * page_size)?;
                 if page == self.page_count {
                     self.source = Source::Closed {
+                        disk: Arc::clone(disk),
                         path: std::mem::take(path),
                         file: None,
                     };
@@ -315,7 +314,7 @@ impl Engine {
             parts.push(self.open_part(part)?);
         }
         for part in self.closed_snapshot_parts() {
-            let bytes = fs::metadata(&part.path)?.len();
+            let bytes = self.disk().metadata(&part.path)?.len;
             let page_count = u32::try_from(bytes / u64::from(part.page_size)).map_err(|_| {
                 EngineError::CorruptRecord(format!("{}: too large", part.path.display()))
             })?;
@@ -326,6 +325,7 @@ impl Engine {
                 page_count,
                 _token: part.token,
                 source: Source::Closed {
+                    disk: Arc::clone(&self.disk()),
                     path: part.path,
                     file: None,
                 },
@@ -465,12 +465,13 @@ impl Engine {
         stream: &mut dyn Read,
     ) -> Result<(u64, Vec<Incoming>), EngineError> {
         let dir = self.dir().to_path_buf();
+        let disk = Arc::clone(&self.disk());
         let mut incoming: Vec<Incoming> = Vec::new();
-        match receive(stream, &dir, &mut incoming) {
+        match receive(&*disk, stream, &dir, &mut incoming) {
             Ok(index) => Ok((index, incoming)),
             Err(error) => {
                 for database in &incoming {
-                    let _ = fs::remove_file(temp_path(&dir, &database.name));
+                    let _ = disk.remove_file(&temp_path(&dir, &database.name));
                 }
                 Err(error)
             }
@@ -485,32 +486,34 @@ impl Engine {
         reason: &str,
     ) -> Result<u64, EngineError> {
         let dir = self.dir().to_path_buf();
+        let disk = Arc::clone(&self.disk());
         self.detach_all(reason);
         // Every record is rewritten at the snapshot's index, above any mark.
-        crate::engine::remove_idle_marks(&dir)?;
-        for name in fs_database_names(&dir)? {
+        crate::engine::remove_idle_marks(&*disk, &dir)?;
+        for name in fs_database_names(&*disk, &dir)? {
             if !incoming.iter().any(|d| d.name == name) {
                 let path = dir.join(&name);
-                record::remove(&path)?;
-                let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
-                fs::remove_file(&path)?;
+                record::remove(&*disk, &path)?;
+                let _ = disk.remove_file(&crate::vfs::wal_path_of(&path));
+                disk.remove_file(&path)?;
             }
         }
         for database in &incoming {
             let path = dir.join(&database.name);
-            let mut record = match record::read(&path)? {
+            let mut record = match record::read(&*disk, &path)? {
                 Some(old) => {
                     // Mark the swap: until the new record lands the file may be either state.
                     let intent = Record {
                         intent_index: index.max(old.checkpoint_index),
                         ..old
                     };
-                    record::write(&path, &intent)?
+                    record::write(&*disk, &path, &intent)?
                 }
                 // A new database: its record comes first, saying it is not there yet (index 0,
                 // intent the snapshot's), so a crash before the end makes the host install the
                 // snapshot again instead of losing this database.
                 None => record::write(
+                    &*disk,
                     &path,
                     &Record {
                         page_size: database.page_size,
@@ -521,8 +524,8 @@ impl Engine {
                     },
                 )?,
             };
-            fs::rename(temp_path(&dir, &database.name), &path)?;
-            let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+            disk.rename(&temp_path(&dir, &database.name), &path)?;
+            let _ = disk.remove_file(&crate::vfs::wal_path_of(&path));
             record = Record {
                 page_size: database.page_size,
                 checkpoint_index: index,
@@ -530,9 +533,9 @@ impl Engine {
                 intent_index: 0,
                 ..record
             };
-            record::write(&path, &record)?;
+            record::write(&*disk, &path, &record)?;
         }
-        record::sync_dir(&dir)?;
+        disk.sync_dir(&dir)?;
         self.reattach_after_install(index)?;
         log::info!(
             "installed databases at index {index} ({} databases)",
@@ -547,23 +550,23 @@ fn temp_path(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 }
 
 /// Names of databases with a record in `dir`.
-fn fs_database_names(dir: &std::path::Path) -> io::Result<Vec<String>> {
+fn fs_database_names(disk: &dyn Disk, dir: &std::path::Path) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in disk.read_dir(dir)? {
         if let Some(name) = entry
-            .file_name()
             .to_str()
             .and_then(|n| n.strip_suffix(record::RECORD_SUFFIX))
         {
             names.push(name.to_string());
         }
     }
+    names.sort();
     Ok(names)
 }
 
 /// Reads a snapshot stream into temporary files; returns its index once the crc matched.
 fn receive(
+    disk: &dyn Disk,
     stream: &mut dyn Read,
     dir: &std::path::Path,
     incoming: &mut Vec<Incoming>,
@@ -614,15 +617,15 @@ fn receive(
             page_size,
             last_command_index,
         });
-        let file = fs::File::create(temp_path(dir, &name))?;
-        let mut writer = BufWriter::with_capacity(256 * 1024, file);
+        let file = disk.open(&temp_path(dir, &name), OpenMode::Truncate)?;
+        let mut writer = BufWriter::with_capacity(256 * 1024, FileCursor::new(file, 0));
         page.resize(page_size as usize, 0);
         for _ in 0..page_count {
             reader.exact(&mut page)?;
             writer.write_all(&page)?;
         }
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        let cursor = writer.into_inner().map_err(|e| e.into_error())?;
+        cursor.file().sync_all()?;
     }
     let computed = std::mem::take(&mut reader.crc).finalize();
     let mut trailer = [0u8; 4];

@@ -90,12 +90,18 @@ fn main() -> ExitCode {
         abandoned += report.abandoned;
         if verbose {
             println!(
-                "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} snapshots \
-                 installed, {} logs compacted, {} commands chained (longest {}), {} abandoned, \
-                 {:?} simulated, fingerprint {:016x}",
+                "seed {seed}: {} commits, {} elections, {} crashes ({} power losses, {} torn \
+                 writes), {} I/O error stops, {} full disks ({} ENOSPC), {} transfers, {} \
+                 snapshots installed, {} logs compacted, {} commands chained (longest {}), {} \
+                 abandoned, {:?} simulated, fingerprint {:016x}",
                 report.commits,
                 report.elections,
                 report.crashes,
+                report.power_losses,
+                report.torn_writes,
+                report.io_error_stops,
+                report.disk_full,
+                report.enospc,
                 report.transfers,
                 report.snapshots_installed,
                 report.compacted,

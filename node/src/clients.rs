@@ -397,7 +397,7 @@ impl Node {
         NodeStatus {
             metadata: self.metadata(),
             last_contact_ms,
-            disk_free_bytes: atoll_storage::available_bytes(&self.data_dir).unwrap_or(0),
+            disk_free_bytes: self.files.available_bytes(&self.data_dir).unwrap_or(0),
             databases: self.engine.database_names().len() as u64,
             rss_bytes: super::metrics::resident_memory_bytes().unwrap_or(0),
             repairing: self.repairing(),

@@ -13,6 +13,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -38,6 +39,8 @@ pub(super) fn is_full(error: &io::Error) -> bool {
 
 /// The disk-full state of one node.
 pub(super) struct Disk {
+    /// Where the data directory's files are (the node's `Inputs::disk`).
+    files: Arc<dyn atoll_storage::Disk>,
     /// The data directory (the file system measured).
     dir: PathBuf,
     /// Writes are refused; `why` was logged when it began.
@@ -51,8 +54,9 @@ pub(super) struct Disk {
 }
 
 impl Disk {
-    pub(super) fn new(dir: PathBuf) -> Disk {
+    pub(super) fn new(files: Arc<dyn atoll_storage::Disk>, dir: PathBuf) -> Disk {
         Disk {
+            files,
             dir,
             full: None,
             stalled: false,
@@ -111,7 +115,7 @@ impl Disk {
             return false;
         }
         self.measured_at = Some(now);
-        let available = match atoll_storage::available_bytes(&self.dir) {
+        let available = match self.files.available_bytes(&self.dir) {
             Ok(bytes) => bytes,
             Err(error) => {
                 warn!("measuring free space in {}: {error}", self.dir.display());
@@ -128,7 +132,7 @@ impl Disk {
         // Bytes without inodes are no room either: the next segment, snapshot or WAL file
         // could not be created (measured here too, or the state would flap between "full"
         // from a failed create and "space back" from the byte count).
-        match atoll_storage::available_inodes(&self.dir) {
+        match self.files.available_inodes(&self.dir) {
             Ok(Some(inodes)) if inodes < DISK_FREE_INODES_MIN => {
                 return self.enter(format!(
                     "{inodes} files (inodes) can still be created in {}, fewer than the {} \

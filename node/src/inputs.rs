@@ -1,13 +1,17 @@
-//! The node's inputs that are not messages: time and randomness, behind small traits. The
-//! node never reads the clock or draws a random number itself: it asks its [`Clock`] and its
+//! The node's inputs that are not messages: time, randomness and the disk, behind small traits.
+//! The node never reads the clock or draws a random number itself: it asks its [`Clock`] and its
 //! [`Random`], so that a host can run it on simulated time with a seeded generator and replay a
-//! run identically. Production uses [`MonotonicClock`] and [`OsRandom`] ([`Inputs::production`]).
+//! run identically; the files of its log and its databases go through its
+//! [`atoll_storage::Disk`]. Production uses [`MonotonicClock`], [`OsRandom`] and
+//! [`atoll_storage::StdDisk`] ([`Inputs::production`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::log_sync::{LogSync, SimulatedSync};
+use atoll_storage::{Disk, StdDisk};
+
 use crate::network::Network;
 
 /// Where the node reads the time. Only differences between its instants matter, except for
@@ -159,6 +163,10 @@ pub struct Inputs {
     /// Runs the log's syncs off the loop; `None` starts a thread that wakes the transport
     /// (production; the transport must give a waker).
     pub log_sync: Option<Box<dyn LogSync>>,
+    /// Where the Raft log (`DIR/raft`) and the databases (`DIR/db`) are, and the free space is
+    /// measured. The node's configuration files (`atoll.conf`, the secret, TLS files, the
+    /// members hint, the repair marker) stay on the operating system's file system.
+    pub disk: Arc<dyn Disk>,
 }
 
 impl Inputs {
@@ -170,12 +178,14 @@ impl Inputs {
             network: None,
             checkpoint_sync_in_background: true,
             log_sync: None,
+            disk: StdDisk::shared(),
         }
     }
 
     /// A simulated clock and a seeded generator, with production's reactor (real loopback
     /// sockets) unless `network` is given, and log syncs that take a simulated time drawn from
-    /// the seed: everything on the caller's thread.
+    /// the seed: everything on the caller's thread. The disk is the operating system's until
+    /// the caller sets another.
     pub fn simulated(
         clock: Box<dyn Clock>,
         seed: u64,
@@ -188,6 +198,7 @@ impl Inputs {
             checkpoint_sync_in_background: false,
             // Its own stream: the node's draws do not shift the disk's, nor the reverse.
             log_sync: Some(Box::new(SimulatedSync::new(!seed))),
+            disk: StdDisk::shared(),
         }
     }
 }

@@ -73,7 +73,9 @@ use atoll_raft::{
     bootstrap_entry, persist_ready, Config as RaftConfig, Configuration, EntryKind, LogIndex,
     MemberRole, NodeId, Payload, RawNode, Ready, SnapshotMeta, StateRole, Term,
 };
-use atoll_storage::{LogRead, LogStore, Options, SegmentLog, SnapshotData, SnapshotWriter};
+use atoll_storage::{
+    Disk, LogRead, LogStore, Options, SegmentLog, SnapshotData, SnapshotWriter, StdDisk,
+};
 use log::{debug, error, info, warn};
 use network::Network;
 
@@ -172,12 +174,20 @@ fn fatal(what: &str, error: impl fmt::Display) -> NodeError {
 pub fn init(data_dir: &Path, config: &NodeConfig, secret: &ClusterSecret) -> Result<(), NodeError> {
     let mut configuration = Configuration::new();
     configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
-    create(data_dir, config, secret, Some(&configuration))
+    create(
+        StdDisk::shared(),
+        data_dir,
+        config,
+        secret,
+        Some(&configuration),
+    )
 }
 
 /// Creates the data directory of one node of a cluster bootstrapped whole (the simulator's):
 /// every member's log holds the same `configuration` at index 1, as etcd's initial cluster.
+/// The log and the database directory go on `disk` (the node's `Inputs::disk`).
 pub fn init_member(
+    disk: Arc<dyn Disk>,
     data_dir: &Path,
     config: &NodeConfig,
     secret: &ClusterSecret,
@@ -189,7 +199,7 @@ pub fn init_member(
             config.id
         )));
     }
-    create(data_dir, config, secret, Some(configuration))
+    create(disk, data_dir, config, secret, Some(configuration))
 }
 
 /// Creates the data directory of a node that will join a cluster (`config.join` names it):
@@ -200,11 +210,22 @@ pub fn prepare_join(
     config: &NodeConfig,
     secret: &ClusterSecret,
 ) -> Result<(), NodeError> {
+    prepare_join_on(StdDisk::shared(), data_dir, config, secret)
+}
+
+/// [`prepare_join`] with the log and the database directory on `disk`.
+pub fn prepare_join_on(
+    disk: Arc<dyn Disk>,
+    data_dir: &Path,
+    config: &NodeConfig,
+    secret: &ClusterSecret,
+) -> Result<(), NodeError> {
     assert!(!config.join.is_empty(), "a joining node knows its cluster");
-    create(data_dir, config, secret, None)
+    create(disk, data_dir, config, secret, None)
 }
 
 fn create(
+    disk: Arc<dyn Disk>,
     data_dir: &Path,
     config: &NodeConfig,
     secret: &ClusterSecret,
@@ -235,15 +256,19 @@ fn create(
         }
     }
     let start = |what: &str, e: &dyn fmt::Display| NodeError::Start(format!("{what}: {e}"));
-    let mut log = SegmentLog::open(config::raft_dir(data_dir), Options::default())
-        .map_err(|e| start("creating the Raft log", &e))?;
+    let mut log = SegmentLog::open_on(
+        Arc::clone(&disk),
+        config::raft_dir(data_dir),
+        Options::default(),
+    )
+    .map_err(|e| start("creating the Raft log", &e))?;
     if let Some(configuration) = bootstrap {
         log.append(&[bootstrap_entry(configuration)])
             .map_err(|e| start("writing the bootstrap entry", &e))?;
         log.sync().map_err(|e| start("syncing the Raft log", &e))?;
     }
     drop(log);
-    std::fs::create_dir_all(config::db_dir(data_dir))
+    atoll_storage::disk::create_dir_durably(&*disk, &config::db_dir(data_dir))
         .map_err(|e| start("creating the database directory", &e))?;
     secret::write_secret(data_dir, secret).map_err(|e| start("writing the cluster secret", &e))?;
     // The configuration file last: a directory without it is an unfinished init.
@@ -444,6 +469,8 @@ pub struct Node {
     /// The transport came with the `Inputs` (kept by a restart in place) rather than being
     /// bound here.
     network_given: bool,
+    /// Where the log's and the databases' files are (from the `Inputs`).
+    files: Arc<dyn Disk>,
     /// From the `Inputs` (kept by a restart in place).
     checkpoint_sync_in_background: bool,
     /// Runs the log's syncs off the loop (`log_sync.rs`): a thread, or the simulated disk.
@@ -465,13 +492,13 @@ impl Node {
         what: String,
         shutdown: Arc<AtomicBool>,
         options: StartOptions,
-        clock: &dyn Clock,
+        inputs: Inputs,
     ) -> Result<Node, NodeError> {
         let damage = repair::Damage { what };
-        repair::quarantine(data_dir, config.id, &damage, clock).map_err(|why| {
-            NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what))
-        })?;
-        Node::open(data_dir, shutdown, options)
+        repair::quarantine(&inputs.disk, data_dir, config.id, &damage, &*inputs.clock).map_err(
+            |why| NodeError::Start(format!("{} (not repaired from peers: {why})", damage.what)),
+        )?;
+        Node::open_with(data_dir, shutdown, options, inputs)
     }
 
     /// Opens a node's data directory and binds its address: recovers the log, the snapshot
@@ -499,18 +526,43 @@ impl Node {
             network,
             checkpoint_sync_in_background,
             log_sync,
+            disk: files,
         } = inputs;
+        // What a reopen after damage found here is given back.
+        macro_rules! inputs_again {
+            () => {
+                Inputs {
+                    clock,
+                    random,
+                    network,
+                    checkpoint_sync_in_background,
+                    log_sync,
+                    disk: files,
+                }
+            };
+        }
         let start_options = options.clone();
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
-        let log = match SegmentLog::open(config::raft_dir(data_dir), Options::default()) {
+        let log = match SegmentLog::open_on(
+            Arc::clone(&files),
+            config::raft_dir(data_dir),
+            Options::default(),
+        ) {
             Err(
                 e @ (atoll_storage::LogError::Corrupt { .. } | atoll_storage::LogError::Gap { .. }),
             ) => {
                 // A damaged log: rebuilt from the leader when there is one to ask.
                 let what = format!("opening the Raft log: {e}");
-                return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
+                return Node::open_repaired(
+                    data_dir,
+                    &config,
+                    what,
+                    shutdown,
+                    options,
+                    inputs_again!(),
+                );
             }
             other => other,
         };
@@ -533,11 +585,12 @@ impl Node {
                     format!("reading the snapshots: {e}"),
                     shutdown,
                     options,
-                    &*clock,
+                    inputs_again!(),
                 );
             }
         };
         let mut engine_config = EngineConfig::new(config::db_dir(data_dir), config.id);
+        engine_config.disk = Arc::clone(&files);
         engine_config.queue_wait_max = config.writer_wait_ms;
         engine_config.transaction_wait_max = config.busy_wait_ms;
         engine_config.transaction_time_max = config.transaction_timeout_ms;
@@ -564,7 +617,14 @@ impl Node {
                 // when there is one to ask.
                 drop(log);
                 let what = format!("opening the databases: {e}");
-                return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
+                return Node::open_repaired(
+                    data_dir,
+                    &config,
+                    what,
+                    shutdown,
+                    options,
+                    inputs_again!(),
+                );
             }
             other => other.map_err(|e| start(format!("opening the databases: {e}")))?,
         };
@@ -576,7 +636,14 @@ impl Node {
             let what = repair::describe_corrupt(&found);
             drop(engine);
             drop(log);
-            return Node::open_repaired(data_dir, &config, what, shutdown, options, &*clock);
+            return Node::open_repaired(
+                data_dir,
+                &config,
+                what,
+                shutdown,
+                options,
+                inputs_again!(),
+            );
         }
         let raft_snapshot = match &snapshot {
             Some(meta) => {
@@ -602,7 +669,12 @@ impl Node {
                             drop(engine);
                             drop(log);
                             return Node::open_repaired(
-                                data_dir, &config, what, shutdown, options, &*clock,
+                                data_dir,
+                                &config,
+                                what,
+                                shutdown,
+                                options,
+                                inputs_again!(),
                             );
                         }
                         Err(e) => {
@@ -772,7 +844,7 @@ impl Node {
             idle_release: memory::IdleRelease::new(now),
             idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
-            disk: disk::Disk::new(data_dir.to_path_buf()),
+            disk: disk::Disk::new(Arc::clone(&files), data_dir.to_path_buf()),
             hard_state_unsaved: false,
             stats: Stats::default(),
             tls_reload: options.tls_reload,
@@ -785,6 +857,7 @@ impl Node {
             log_sync,
             log_sync_given,
             durability: log_sync::Durability::default(),
+            files,
         };
         node.reactor
             .timer_after(node.tick, TICK_TOKEN)
@@ -1829,7 +1902,7 @@ impl Node {
         // would fail part-way, or take the space committed writes need.
         let needed = reader.len_bytes().saturating_add(disk::DISK_FREE_BYTES_MIN);
         let snapshots = self.raft.log().snapshots().dir();
-        match atoll_storage::available_bytes(snapshots) {
+        match self.files.available_bytes(snapshots) {
             Ok(available) if available < needed => {
                 let why = format!(
                     "snapshot {index} needs {} bytes and the margin, {available} available",

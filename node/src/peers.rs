@@ -241,7 +241,7 @@ impl Node {
             .size_bytes
             .saturating_mul(2)
             .saturating_add(SNAPSHOT_DISK_MARGIN_BYTES);
-        match atoll_storage::available_bytes(&snapshots) {
+        match self.files.available_bytes(&snapshots) {
             Ok(available) if available >= needed => None,
             Ok(available) => Some(Refusal::SnapshotTooLarge {
                 size: chunk.meta.size_bytes,

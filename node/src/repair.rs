@@ -145,6 +145,7 @@ pub fn is_repairing(data_dir: &Path) -> bool {
 /// there is no other voter to repair from or the term and vote are unreadable.
 /// The directory is named after `clock`'s wall-clock seconds (the node's time input).
 pub fn quarantine(
+    disk: &Arc<dyn atoll_storage::Disk>,
     data_dir: &Path,
     my_id: u64,
     damage: &Damage,
@@ -159,13 +160,13 @@ pub fn quarantine(
         return Err("no other voter is known to repair from".into());
     }
     let raft_dir = config::raft_dir(data_dir);
-    let hard_state = atoll_storage::read_hard_state(&raft_dir)
+    let hard_state = atoll_storage::read_hard_state_on(&**disk, &raft_dir)
         .map_err(|e| format!("the term and vote cannot be read ({e})"))?
         .unwrap_or_default();
     let seconds = clock.unix_time().as_secs();
     let mut target = data_dir.join(QUARANTINE_DIR).join(seconds.to_string());
     let mut suffix = 1;
-    while target.exists() {
+    while target.exists() || disk.exists(&target) {
         target = data_dir
             .join(QUARANTINE_DIR)
             .join(format!("{seconds}-{suffix}"));
@@ -173,24 +174,34 @@ pub fn quarantine(
     }
     let failed = |what: &str, e: io::Error| format!("{what}: {e}");
     fs::create_dir_all(&target).map_err(|e| failed("creating the quarantine directory", e))?;
+    // The log and the databases are on the node's disk (the operating system's in production,
+    // where this is the same directory).
+    disk.create_dir_all(&target)
+        .map_err(|e| failed("creating the quarantine directory", e))?;
     // The marker first: a crash from here on finds it and completes the repair.
     let marker = format!("{}\nquarantined in {}\n", damage.what, target.display());
     write_atomically(data_dir, REPAIRING_FILE, marker.as_bytes())
         .map_err(|e| failed("writing the repair marker", e))?;
-    fs::rename(&raft_dir, target.join("raft")).map_err(|e| failed("moving the log aside", e))?;
+    disk.rename(&raft_dir, &target.join("raft"))
+        .map_err(|e| failed("moving the log aside", e))?;
     let db_dir = config::db_dir(data_dir);
-    if db_dir.exists() {
-        fs::rename(&db_dir, target.join("db"))
+    if disk.exists(&db_dir) {
+        disk.rename(&db_dir, &target.join("db"))
             .map_err(|e| failed("moving the databases aside", e))?;
     }
-    fs::create_dir_all(&db_dir).map_err(|e| failed("creating the database directory", e))?;
-    let mut log = SegmentLog::open(&raft_dir, Options::default())
+    disk.create_dir_all(&db_dir)
+        .map_err(|e| failed("creating the database directory", e))?;
+    // The moves are durable before the new log is.
+    for dir in [&target, target.parent().unwrap_or(data_dir)] {
+        disk.sync_dir(dir)
+            .map_err(|e| failed("syncing the quarantine directory", e))?;
+    }
+    let mut log = SegmentLog::open_on(Arc::clone(disk), &raft_dir, Options::default())
         .map_err(|e| format!("creating an empty log: {e}"))?;
     log.save_hard_state(hard_state)
         .map_err(|e| failed("keeping the term and vote", e))?;
     drop(log);
-    fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
+    disk.sync_dir(data_dir)
         .map_err(|e| failed("syncing the data directory", e))?;
     warn!(
         "{}: moved the log and the databases to {}; this node will be rebuilt from the leader \
@@ -496,7 +507,7 @@ impl Node {
     pub fn reopen_repaired(self) -> Result<Node, NodeError> {
         let (data_dir, id, damage, shutdown, options, inputs) = self.into_repair_parts();
         let damage = damage.expect("the loop stopped for a repair");
-        match quarantine(&data_dir, id, &damage, inputs.clock.as_ref()) {
+        match quarantine(&inputs.disk, &data_dir, id, &damage, inputs.clock.as_ref()) {
             Ok(_) => info!("repair: reopening node {id} from the empty log"),
             Err(why) => error!(
                 "{}: not repaired from peers: {why}; reopening node {id} as it was",
@@ -533,6 +544,7 @@ impl Node {
             checkpoint_sync_in_background,
             mut log_sync,
             log_sync_given,
+            files,
             ..
         } = self;
         // A transport handed in (a simulated one) stays; the reactor closes (its port is bound
@@ -564,6 +576,7 @@ impl Node {
                 network,
                 checkpoint_sync_in_background,
                 log_sync,
+                disk: files,
             },
         )
     }
@@ -595,7 +608,14 @@ mod tests {
         let seconds = clock.unix_time().as_secs();
         for name in [seconds.to_string(), format!("{seconds}-1")] {
             drop(SegmentLog::open(config::raft_dir(data_dir), Options::default()).unwrap());
-            let target = quarantine(data_dir, 1, &damage, &clock).unwrap();
+            let target = quarantine(
+                &atoll_storage::StdDisk::shared(),
+                data_dir,
+                1,
+                &damage,
+                &clock,
+            )
+            .unwrap();
             assert_eq!(target, data_dir.join(QUARANTINE_DIR).join(name));
             assert!(target.join("raft").is_dir());
         }

@@ -1,7 +1,8 @@
 //! The whole-stack simulator (`atoll_node::sim`) on a few dozen seeds: three full nodes on one
-//! thread and one simulated clock, clients writing, reading and committing transactions under
-//! network faults, crashes, restarts and leadership transfers, several writers at once (chains
-//! of commands in flight form, and meet leader changes). Every seed must run clean
+//! thread and one simulated clock, each on its own simulated disk, clients writing, reading and
+//! committing transactions under network faults, disk faults (latency, full disks, I/O errors),
+//! crashes (power losses among them), restarts and leadership transfers, several writers at
+//! once (chains of commands in flight form, and meet leader changes). Every seed must run clean
 //! (linearizable per key, no acknowledged write lost, no uncommitted value visible, replicas
 //! byte-identical, live after healing), and a seed must replay identically, or a reproducer
 //! would not reproduce. Longer runs: `cargo run --release -p atoll-node --example sim`.
@@ -19,19 +20,38 @@ fn config(seed: u64) -> SimConfig {
 #[test]
 fn test_simulated_seeds_run_clean() {
     let (mut commits, mut chained, mut abandoned) = (0, 0, 0);
-    for seed in 0..24 {
-        let report = run_seed(&config(seed));
+    let (mut power_losses, mut io_error_stops, mut enospc) = (0, 0, 0);
+    // 24 short seeds, and one at the example's default length (10 s of faults), long enough
+    // for a full disk to refuse writes.
+    let seeds = (0..24).map(config).chain([SimConfig {
+        fault_ms: 10_000,
+        ..config(1)
+    }]);
+    for config in seeds {
+        let (seed, fault_ms) = (config.seed, config.fault_ms);
+        let report = run_seed(&config);
         assert!(
             report.violations.is_empty(),
             "seed {seed}: {:?}\nreproduce with: cargo run --release -p atoll-node --example sim \
-             -- --seeds {seed}..{} --fault-ms 2000",
+             -- --seeds {seed}..{} --fault-ms {fault_ms}",
             report.violations,
             seed + 1
         );
         commits += report.commits;
         chained += report.chained;
         abandoned += report.abandoned;
+        power_losses += report.power_losses;
+        io_error_stops += report.io_error_stops;
+        enospc += report.enospc;
     }
+    // The disk faults are reached: a power loss, a node stopped by an I/O error, a write
+    // refused for want of space.
+    assert!(power_losses > 0, "no power loss in 25 seeds");
+    assert!(
+        io_error_stops > 0,
+        "no node stopped by an I/O error in 25 seeds"
+    );
+    assert!(enospc > 0, "no write refused with ENOSPC in 25 seeds");
     assert!(
         commits > 24 * 20,
         "the clients got {commits} writes through"

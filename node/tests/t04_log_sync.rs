@@ -227,7 +227,14 @@ fn test_followers_acknowledge_only_synced_entries_and_keep_receiving() {
     for (i, address) in addresses.iter().enumerate() {
         let mut config = NodeConfig::new(i as u64 + 1, address.clone());
         config.cluster_id = first.cluster_id;
-        atoll_node::init_member(&dirs[i], &config, &secret, &configuration).unwrap();
+        atoll_node::init_member(
+            atoll_storage::StdDisk::shared(),
+            &dirs[i],
+            &config,
+            &secret,
+            &configuration,
+        )
+        .unwrap();
     }
     let clock = ManualClock::new();
     let (mut nodes, disks): (Vec<Node>, Vec<Disk>) = (0..3)

@@ -8,6 +8,10 @@
 //! and the simulator. Byte layouts: segments in `segment.rs`, metadata in `meta.rs`, snapshot files
 //! in [`snapshot`]; the data directory, durability and recovery rules in [`segment_log`].
 //!
+//! Every file goes through the file seam, [`Disk`] ([`disk`]): [`StdDisk`] in production (the
+//! log maps its segments), [`SimDisk`] in the simulator (files in memory that a power cut, a
+//! full disk or an I/O error can hit). The engine (`atoll-core`) uses the same seam.
+//!
 //! ```text
 //!  host ── append(entries) ──► open segment map (readable now)
 //!       ── sync() ───────────► msync of the dirty pages (durable now; one flush per batch)
@@ -58,6 +62,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod disk;
 pub mod error;
 pub mod fuzz;
 pub mod log_store;
@@ -66,16 +71,19 @@ mod meta;
 mod mmap;
 mod segment;
 pub mod segment_log;
+pub mod sim_disk;
 pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod types;
 
+pub use disk::{Disk, DiskFile, FileCursor, FileMetadata, OpenMode, StdDisk};
 pub use error::LogError;
 pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;
 pub use mmap::{available_bytes, available_inodes, release_free_heap};
 pub use segment::PAYLOAD_BYTES_MAX;
-pub use segment_log::{read_hard_state, Options, SegmentLog, SyncRequest};
+pub use segment_log::{read_hard_state, read_hard_state_on, Options, SegmentLog, SyncRequest};
+pub use sim_disk::{PowerLoss, SimDisk, SimFaults, SimOp};
 pub use snapshot::{SnapshotData, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Payload, Term};

@@ -14,13 +14,13 @@
 //!   40..48 compacted index u64    48..56 compacted term u64     56..64 reserved (zero)
 //! ```
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian};
 
+use crate::disk::{Disk, OpenMode};
 use crate::error::LogError;
 use crate::types::{HardState, LogIndex, NodeId, Term};
 
@@ -124,18 +124,18 @@ pub enum MetadataFile {
 }
 
 /// Reads one metadata file.
-pub fn read_metadata_file(path: &Path) -> Result<MetadataFile, LogError> {
-    let mut file = match File::open(path) {
+pub fn read_metadata_file(disk: &dyn Disk, path: &Path) -> Result<MetadataFile, LogError> {
+    let file = match disk.open(path, OpenMode::Read) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(MetadataFile::Absent),
         Err(error) => return Err(LogError::io("opening metadata file", path, error)),
     };
-    let mut bytes = Vec::with_capacity(METADATA_BYTES);
     // Read at most one byte more than a record: a longer file is invalid, whatever follows.
-    (&mut file)
-        .take(METADATA_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
+    let mut bytes = vec![0u8; METADATA_BYTES + 1];
+    let read = file
+        .read_full_at(&mut bytes, 0)
         .map_err(|error| LogError::io("reading metadata file", path, error))?;
+    bytes.truncate(read);
     if bytes.is_empty() {
         return Ok(MetadataFile::Absent);
     }
@@ -192,6 +192,7 @@ pub fn choose_metadata(dir: &Path, files: [MetadataFile; 2]) -> Result<Option<Me
 /// The pair of metadata files of a data directory.
 #[derive(Debug)]
 pub struct MetadataStore {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     /// The newest record saved (counter 0 before the first save).
     current: Metadata,
@@ -203,8 +204,9 @@ pub struct MetadataStore {
 impl MetadataStore {
     /// Opens the store of `dir`: `current` is what [`choose_metadata`] picked, or `None` for a
     /// new directory (the caller then saves the first record).
-    pub fn new(dir: &Path, current: Option<Metadata>) -> MetadataStore {
+    pub fn new(disk: Arc<dyn Disk>, dir: &Path, current: Option<Metadata>) -> MetadataStore {
         MetadataStore {
+            disk,
             dir: dir.to_path_buf(),
             current: current.unwrap_or_default(),
             dir_sync_owed: [false; 2],
@@ -217,7 +219,7 @@ impl MetadataStore {
     }
 
     /// Saves `hard_state` and the compaction point as the next record; durable on return. The
-    /// file is created if missing, in which case `dir_file` (the directory) is synced too.
+    /// file is created if missing, in which case the directory is synced too.
     ///
     /// `Err((error, false))` is a clean failure: the file could not be created or written (a
     /// full disk). The newest record is untouched in the other file, at most this one is torn
@@ -228,7 +230,6 @@ impl MetadataStore {
         hard_state: HardState,
         compacted_index: LogIndex,
         compacted_term: Term,
-        dir_file: &File,
     ) -> Result<(), (LogError, bool)> {
         let next = Metadata {
             counter: self
@@ -242,21 +243,19 @@ impl MetadataStore {
         };
         let slot = Metadata::file_slot(next.counter);
         let path = self.dir.join(METADATA_FILE_NAMES[slot]);
-        if !path.exists() {
+        if !self.disk.exists(&path) {
             self.dir_sync_owed[slot] = true;
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let file = self
+            .disk
+            .open(&path, OpenMode::Create)
             .map_err(|error| (LogError::io("opening metadata file", &path, error), false))?;
         file.write_all_at(&next.encode(), 0)
             .map_err(|error| (LogError::io("writing metadata file", &path, error), false))?;
-        file.sync_data()
+        file.sync()
             .map_err(|error| (LogError::io("syncing metadata file", &path, error), true))?;
         if self.dir_sync_owed[slot] {
-            dir_file.sync_all().map_err(|error| {
+            self.disk.sync_dir(&self.dir).map_err(|error| {
                 (
                     LogError::io("syncing data directory", &self.dir, error),
                     true,
@@ -350,18 +349,16 @@ mod tests {
     #[test]
     fn test_save_alternates_files() {
         let dir = tempfile::tempdir().unwrap();
-        let dir_file = File::open(dir.path()).unwrap();
-        let mut store = MetadataStore::new(dir.path(), None);
+        let disk = crate::StdDisk::shared();
+        let mut store = MetadataStore::new(Arc::clone(&disk), dir.path(), None);
         for term in 1..=3 {
             let hard_state = HardState {
                 term: Term(term),
                 vote: None,
             };
-            store
-                .save(hard_state, LogIndex(0), Term(0), &dir_file)
-                .unwrap();
+            store.save(hard_state, LogIndex(0), Term(0)).unwrap();
         }
-        let read = |name: &str| read_metadata_file(&dir.path().join(name)).unwrap();
+        let read = |name: &str| read_metadata_file(&*disk, &dir.path().join(name)).unwrap();
         let MetadataFile::Valid(first) = read("metadata1") else {
             panic!("metadata1 is valid")
         };

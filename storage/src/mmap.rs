@@ -1,6 +1,13 @@
 //! The only module of this crate with `unsafe` code: memory maps of segment files, block
 //! preallocation, and the few other system calls the node needs (`statvfs`, `malloc_trim`).
 //!
+//! A segment map has one of two backings. In production it maps the segment file itself
+//! (the file's [`DiskFile::as_std`]). A file without an operating system file (the simulated
+//! disk's) is copied into an anonymous map instead, and its writer writes every byte through
+//! to the file as well ([`DiskFile::write_all_at`]) and syncs with [`DiskFile::sync`]: the same
+//! frozen-prefix rules hold for both, and the arguments below hold for the anonymous map
+//! trivially (nobody else can reach it).
+//!
 //! memmap2 marks file-backed maps `unsafe` because a file changed or truncated under a live map is
 //! undefined behaviour (or `SIGBUS`). Our argument that it cannot happen has four parts:
 //! 1. the data directory is locked (`LOCK` file), so no other atoll process opens these files;
@@ -27,12 +34,23 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::disk::DiskFile;
+
+/// Bytes copied at a time from a file into an anonymous map.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
 /// A shared map of a segment file, of which the prefix `0..frozen` is readable and immutable.
 pub(crate) struct SegmentMap {
     raw: memmap2::MmapRaw,
     /// Invariant: only increases, and never exceeds `raw.len()`. Bytes below it are never
     /// written again through any map of this crate.
     frozen: AtomicUsize,
+    /// Whether `raw` is an anonymous copy of the file rather than a map of it (a file without
+    /// an operating system file): its pages are never released, they are the only copy.
+    anonymous: bool,
+    /// The file of a writable anonymous map: the writer writes every byte through to it, and a
+    /// flush syncs it. `None` for a map of the file itself and for read-only maps.
+    through: Option<Arc<dyn DiskFile>>,
 }
 
 /// The one writer of a [`SegmentMap`] mapped read-write. Not `Clone`: uniqueness is what makes
@@ -43,12 +61,21 @@ pub(crate) struct SegmentWriter {
 
 impl SegmentMap {
     /// Maps all of `file` read-only; every byte is frozen at once.
-    pub(crate) fn open_read_only(file: &File) -> io::Result<Arc<SegmentMap>> {
-        let raw = memmap2::MmapOptions::new().map_raw_read_only(file)?;
+    pub(crate) fn open_read_only(file: &dyn DiskFile) -> io::Result<Arc<SegmentMap>> {
+        let (raw, anonymous) = match file.as_std() {
+            Some(file) => (memmap2::MmapOptions::new().map_raw_read_only(file)?, false),
+            None => {
+                let len = usize::try_from(file.size()?)
+                    .map_err(|_| io::Error::other("segment larger than the address space"))?;
+                (copy_into_anonymous(file, len)?, true)
+            }
+        };
         let len = raw.len();
         Ok(Arc::new(SegmentMap {
             raw,
             frozen: AtomicUsize::new(len),
+            anonymous,
+            through: None,
         }))
     }
 
@@ -56,18 +83,26 @@ impl SegmentMap {
     /// frozen (the entries recovered from disk), and returns the map with its unique writer.
     /// The file must be at least `len` bytes long and its blocks preallocated.
     pub(crate) fn open_writable(
-        file: &File,
+        file: &Arc<dyn DiskFile>,
         len: usize,
         frozen: usize,
     ) -> io::Result<(Arc<SegmentMap>, SegmentWriter)> {
         assert!(frozen <= len);
-        let file_len = file.metadata()?.len();
+        let file_len = file.size()?;
         assert!(len as u64 <= file_len, "mapping past the end of the file");
-        let raw = memmap2::MmapOptions::new().len(len).map_raw(file)?;
+        let (raw, through) = match file.as_std() {
+            Some(std_file) => (
+                memmap2::MmapOptions::new().len(len).map_raw(std_file)?,
+                None,
+            ),
+            None => (copy_into_anonymous(&**file, len)?, Some(Arc::clone(file))),
+        };
         assert_eq!(raw.len(), len);
         let map = Arc::new(SegmentMap {
             raw,
             frozen: AtomicUsize::new(frozen),
+            anonymous: through.is_some(),
+            through,
         });
         let writer = SegmentWriter {
             map: Arc::clone(&map),
@@ -119,6 +154,10 @@ impl SegmentMap {
         );
         // The map starts on a page boundary (`mmap` of offset 0), so offsets that are multiples
         // of the page size are page-aligned addresses.
+        if self.anonymous {
+            // Dropped pages of an anonymous map would read back as zeros.
+            return 0;
+        }
         let page = page_bytes();
         let start = range.start.next_multiple_of(page);
         let end = range.end - range.end % page;
@@ -127,7 +166,7 @@ impl SegmentMap {
         }
         // SAFETY: `start..end` lies within the map (below `frozen`, which never exceeds its
         // length) and covers only whole pages of the frozen prefix, which no map of this crate
-        // ever writes again (module comment, part 4). Every map of this module is a *shared*
+        // ever writes again (module comment, part 4). Every map but the anonymous ones (returned above) is a *shared*
         // file mapping (`map_raw`, `map_raw_read_only`), for which `MADV_DONTNEED` only unmaps
         // the pages from this process: a later access maps the same file page again, with the
         // same bytes (madvise(2): "repopulating the memory contents from the up-to-date contents
@@ -156,8 +195,10 @@ impl SegmentWriter {
     }
 
     /// Copies `bytes` into the map at `offset`, which must be at or above the frozen mark and
-    /// end within the map (panics otherwise). The bytes are not readable until frozen.
-    pub(crate) fn write(&mut self, offset: usize, bytes: &[u8]) {
+    /// end within the map (panics otherwise). The bytes are not readable until frozen. Only a
+    /// write through to the file of an anonymous map can fail: the bytes are in the map then,
+    /// and the file may hold any part of them (the caller treats it as a failed write).
+    pub(crate) fn write(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
         assert!(
             offset >= self.map.frozen(),
             "writing over frozen bytes at offset {offset}"
@@ -165,7 +206,7 @@ impl SegmentWriter {
         let end = offset.checked_add(bytes.len()).expect("offset overflow");
         assert!(end <= self.map.len(), "writing past the end of the map");
         if bytes.is_empty() {
-            return;
+            return Ok(());
         }
         // SAFETY: the destination `offset..end` lies within the map (checked above) of a file
         // whose blocks were preallocated (so no SIGBUS on a full disk) and that is never shrunk
@@ -178,6 +219,10 @@ impl SegmentWriter {
                 self.map.raw.as_mut_ptr().add(offset),
                 bytes.len(),
             );
+        }
+        match &self.map.through {
+            Some(file) => file.write_all_at(bytes, offset as u64),
+            None => Ok(()),
         }
     }
 
@@ -209,10 +254,33 @@ impl SegmentMap {
         if range.is_empty() {
             return Ok(());
         }
+        if let Some(file) = &self.through {
+            // Every byte already went through to the file: syncing it is the flush.
+            return file.sync();
+        }
         let page = page_bytes();
         let start = range.start - range.start % page;
         self.raw.flush_range(start, range.end - start)
     }
+}
+
+/// An anonymous map of `len` bytes holding the first `len` bytes of `file` (zeros past its end,
+/// and past [`DiskFile::zeros_from`] without reading them).
+fn copy_into_anonymous(file: &dyn DiskFile, len: usize) -> io::Result<memmap2::MmapRaw> {
+    let mut anonymous = memmap2::MmapOptions::new().len(len).map_anon()?;
+    let end = usize::try_from(file.zeros_from()?)
+        .unwrap_or(usize::MAX)
+        .min(len);
+    let mut offset = 0;
+    while offset < end {
+        let chunk = COPY_CHUNK_BYTES.min(end - offset);
+        let read = file.read_full_at(&mut anonymous[offset..offset + chunk], offset as u64)?;
+        if read < chunk {
+            break;
+        }
+        offset += chunk;
+    }
+    Ok(memmap2::MmapRaw::from(anonymous))
 }
 
 /// The size of a memory page; a power of two.
@@ -305,7 +373,24 @@ fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::{Disk, OpenMode, StdFile};
+    use crate::sim_disk::SimDisk;
     use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    fn std_file(file: File) -> Arc<dyn DiskFile> {
+        Arc::new(StdFile::new(file))
+    }
+
+    fn new_file(path: &Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap()
+    }
 
     #[test]
     fn test_available_bytes_follow_the_file_system() {
@@ -325,26 +410,21 @@ mod tests {
         // of the same file sees them too (one page cache).
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segment");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let file = new_file(&path);
         preallocate(&file, 8192).unwrap();
         assert_eq!(file.metadata().unwrap().len(), 8192);
+        let file = std_file(file);
         let (map, mut writer) = SegmentMap::open_writable(&file, 8192, 0).unwrap();
-        writer.write(0, b"hello");
+        writer.write(0, b"hello").unwrap();
         writer.freeze(5);
         assert_eq!(map.slice(0..5), b"hello");
-        writer.write(5, b" world");
+        writer.write(5, b" world").unwrap();
         writer.freeze(11);
         writer.flush(0..11).unwrap();
-        let reader = SegmentMap::open_read_only(&File::open(&path).unwrap()).unwrap();
+        let reader = SegmentMap::open_read_only(&StdFile::new(File::open(&path).unwrap())).unwrap();
         assert_eq!(reader.slice(0..11), b"hello world");
         let mut buf = [0u8; 11];
-        file.read_exact_at(&mut buf, 0).unwrap();
+        file.as_std().unwrap().read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"hello world");
     }
 
@@ -376,9 +456,10 @@ mod tests {
             .unwrap();
         let len = 1 << 20;
         preallocate(&file, len as u64).unwrap();
+        let file = std_file(file);
         let (map, mut writer) = SegmentMap::open_writable(&file, len, 0).unwrap();
         let bytes: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
-        writer.write(0, &bytes);
+        writer.write(0, &bytes).unwrap();
         writer.freeze(len - 100);
         let address = map.raw.as_ptr() as usize;
         assert!(resident_kib_of_mapping(address) >= 1000);
@@ -392,7 +473,7 @@ mod tests {
         writer.freeze(len);
         writer.flush(0..len).unwrap();
         let mut back = vec![0u8; len];
-        file.read_exact_at(&mut back, 0).unwrap();
+        file.as_std().unwrap().read_exact_at(&mut back, 0).unwrap();
         assert!(back == bytes);
     }
 
@@ -408,24 +489,52 @@ mod tests {
             .open(dir.path().join("segment"))
             .unwrap();
         preallocate(&file, 8192).unwrap();
-        let (map, _writer) = SegmentMap::open_writable(&file, 8192, 4096).unwrap();
+        let (map, _writer) = SegmentMap::open_writable(&std_file(file), 8192, 4096).unwrap();
         map.release(0..8192);
+    }
+
+    #[test]
+    fn test_a_file_without_an_os_file_is_copied_and_written_through() {
+        // A simulated file: its map is an anonymous copy; writes reach the file at once (a
+        // process crash keeps them), and only `flush` makes them survive a power cut.
+        let disk = SimDisk::new(1);
+        let path = Path::new("/segment");
+        let file = disk.open(path, OpenMode::Create).unwrap();
+        file.allocate(8192).unwrap();
+        file.write_all_at(b"head", 0).unwrap();
+        file.sync().unwrap();
+        let (map, mut writer) = SegmentMap::open_writable(&file, 8192, 4).unwrap();
+        assert_eq!(map.slice(0..4), b"head");
+        writer.write(4, b"-tail").unwrap();
+        writer.freeze(9);
+        assert_eq!(map.slice(0..9), b"head-tail");
+        let mut buf = [0u8; 9];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"head-tail");
+        assert_eq!(&disk.synced_bytes(path).unwrap()[..9], b"head\0\0\0\0\0");
+        writer.flush(4..9).unwrap();
+        assert_eq!(&disk.synced_bytes(path).unwrap()[..9], b"head-tail");
+        let reader =
+            SegmentMap::open_read_only(&*disk.open(path, OpenMode::Read).unwrap()).unwrap();
+        assert_eq!(reader.len(), 8192);
+        assert_eq!(reader.slice(0..9), b"head-tail");
+        assert!(reader.slice(9..8192).iter().all(|&b| b == 0));
+        // An anonymous copy is the only copy of its bytes: releasing its pages would zero
+        // them, so nothing is released.
+        assert_eq!(reader.release(0..8192), 0);
+        assert_eq!(map.release(0..9), 0);
+        assert_eq!(reader.slice(0..9), b"head-tail");
+        assert_eq!(map.slice(0..9), b"head-tail");
     }
 
     #[test]
     #[should_panic(expected = "unfrozen")]
     fn test_reading_unfrozen_bytes_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("segment"))
-            .unwrap();
+        let file = new_file(&dir.path().join("segment"));
         preallocate(&file, 4096).unwrap();
-        let (map, mut writer) = SegmentMap::open_writable(&file, 4096, 0).unwrap();
-        writer.write(0, b"abc");
+        let (map, mut writer) = SegmentMap::open_writable(&std_file(file), 4096, 0).unwrap();
+        writer.write(0, b"abc").unwrap();
         let _ = map.slice(0..3);
     }
 
@@ -433,15 +542,9 @@ mod tests {
     #[should_panic(expected = "over frozen")]
     fn test_writing_frozen_bytes_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("segment"))
-            .unwrap();
+        let file = new_file(&dir.path().join("segment"));
         preallocate(&file, 4096).unwrap();
-        let (_map, mut writer) = SegmentMap::open_writable(&file, 4096, 16).unwrap();
-        writer.write(8, b"abc");
+        let (_map, mut writer) = SegmentMap::open_writable(&std_file(file), 4096, 16).unwrap();
+        let _ = writer.write(8, b"abc");
     }
 }

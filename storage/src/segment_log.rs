@@ -64,12 +64,11 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::disk::{Disk, DiskFile, OpenMode};
 use crate::error::LogError;
 use crate::log_store::{LogRead, LogStore};
 use crate::meta::{self, Metadata, MetadataStore, METADATA_FILE_NAMES};
@@ -139,11 +138,11 @@ impl Default for Options {
 
 /// The durable Raft log of one node; see the module documentation.
 pub struct SegmentLog {
+    /// Where every file of the log is.
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
-    /// The data directory, open so it can be fsynced after creating, renaming or removing files.
-    dir_file: File,
     /// Held for the lock; released when the log is dropped.
-    _lock_file: File,
+    _lock_file: Arc<dyn DiskFile>,
     options: Options,
     metadata: MetadataStore,
     /// Invariant: sorted, contiguous (`closed[k + 1].first == closed[k].last + 1`), and the last
@@ -186,7 +185,7 @@ struct ClosedSegment {
 struct OpenSegment {
     counter: u64,
     name: String,
-    file: File,
+    file: Arc<dyn DiskFile>,
     writer: SegmentWriter,
     /// The file's (and the map's) length.
     capacity: usize,
@@ -269,14 +268,14 @@ struct Replacement {
     offsets: Vec<u32>,
     /// The kept records, as copied into the file after its header.
     body_bytes: usize,
-    file: File,
+    file: Arc<dyn DiskFile>,
     capacity: usize,
 }
 
 struct Spare {
     counter: u64,
     name: String,
-    file: File,
+    file: Arc<dyn DiskFile>,
     capacity: usize,
 }
 
@@ -305,6 +304,15 @@ impl SegmentLog {
     /// If `options.segment_bytes` is outside `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX` or
     /// `options.maps_cached_max` is 0: those are programmer errors, not operating conditions.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<SegmentLog, LogError> {
+        SegmentLog::open_on(crate::StdDisk::shared(), dir, options)
+    }
+
+    /// [`SegmentLog::open`] on `disk`: every file of the log goes through it.
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<SegmentLog, LogError> {
         assert!(
             (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&options.segment_bytes),
             "segment_bytes out of range"
@@ -314,11 +322,9 @@ impl SegmentLog {
             "maps_cached_max is at least 1"
         );
         let dir = dir.as_ref().to_path_buf();
-        create_dir_durably(&dir)?;
-        let lock_file = lock_dir(&dir)?;
-        let dir_file = File::open(&dir)
-            .map_err(|error| LogError::io("opening data directory", &dir, error))?;
-        let names = list_dir(&dir)?;
+        create_dir_durably(&*disk, &dir)?;
+        let lock_file = lock_dir(&*disk, &dir)?;
+        let names = list_dir(&*disk, &dir)?;
 
         let mut closed_names = Vec::new();
         let mut open_names = Vec::new();
@@ -331,7 +337,7 @@ impl SegmentLog {
             if ours_temp {
                 let path = dir.join(&name);
                 log::warn!("removing unfinished file {}", path.display());
-                fs::remove_file(&path)
+                disk.remove_file(&path)
                     .map_err(|error| LogError::io("removing unfinished file", &path, error))?;
                 removed_any = true;
             } else if let Some((first, last)) = parse_closed_name(&name) {
@@ -354,18 +360,18 @@ impl SegmentLog {
         }
 
         let metadata_files = [
-            meta::read_metadata_file(&dir.join(METADATA_FILE_NAMES[0]))?,
-            meta::read_metadata_file(&dir.join(METADATA_FILE_NAMES[1]))?,
+            meta::read_metadata_file(&*disk, &dir.join(METADATA_FILE_NAMES[0]))?,
+            meta::read_metadata_file(&*disk, &dir.join(METADATA_FILE_NAMES[1]))?,
         ];
         let chosen = meta::choose_metadata(&dir, metadata_files)?;
-        let mut metadata = MetadataStore::new(&dir, chosen);
+        let mut metadata = MetadataStore::new(Arc::clone(&disk), &dir, chosen);
         if chosen.is_none() {
             if !closed_names.is_empty() || !open_names.is_empty() {
                 return Err(LogError::MetadataMissing { dir });
             }
             log::info!("creating a new log in {}", dir.display());
             metadata
-                .save(HardState::default(), LogIndex(0), Term(0), &dir_file)
+                .save(HardState::default(), LogIndex(0), Term(0))
                 .map_err(|(error, _)| error)?;
         }
         let Metadata {
@@ -382,12 +388,12 @@ impl SegmentLog {
             let path = dir.join(&name);
             if last <= compacted_index {
                 log::info!("removing {} (compacted away)", path.display());
-                remove_file(&path)?;
+                remove_file(&*disk, &path)?;
                 removed_any = true;
                 continue;
             }
             check_continues(&path, expected, first, compacted_index)?;
-            let found = recover_closed(&path, first, last, compacted_index)?;
+            let found = recover_closed(&*disk, &path, first, last, compacted_index)?;
             runs.extend(&found);
             expected = Some(last.next());
             closed.push(ClosedSegment { first, last, name });
@@ -400,12 +406,13 @@ impl SegmentLog {
         let mut current: Option<RecoveredOpen> = None;
         for (counter, name) in open_names {
             let path = dir.join(&name);
-            let Some(recovered) = recover_open(&path, counter, name, compacted_index)? else {
+            let Some(recovered) = recover_open(&*disk, &path, counter, name, compacted_index)?
+            else {
                 log::warn!(
                     "removing {}: empty or all zeros (a spare whose preparation a crash cut short)",
                     path.display()
                 );
-                remove_file(&path)?;
+                remove_file(&*disk, &path)?;
                 removed_any = true;
                 continue;
             };
@@ -419,7 +426,7 @@ impl SegmentLog {
                 Some(last) if last <= compacted_index => {
                     log::info!("removing {} (compacted away)", path.display());
                     drop(recovered);
-                    remove_file(&path)?;
+                    remove_file(&*disk, &path)?;
                     removed_any = true;
                 }
                 Some(_) => {
@@ -435,7 +442,7 @@ impl SegmentLog {
             }
         }
         if removed_any {
-            sync_dir_file(&dir_file, &dir)?;
+            sync_dir_file(&*disk, &dir)?;
         }
         let open = match current {
             None => None,
@@ -447,7 +454,7 @@ impl SegmentLog {
                 // so that `durable_index() == last_index()` right after open is true.
                 recovered
                     .file
-                    .sync_data()
+                    .sync()
                     .map_err(|error| LogError::io("syncing open segment", &path, error))?;
                 let (_, writer) =
                     SegmentMap::open_writable(&recovered.file, recovered.capacity, recovered.end)
@@ -474,10 +481,10 @@ impl SegmentLog {
             (None, None) => compacted_index,
         };
         runs.compact(first_index);
-        let snapshots = SnapshotStore::open(&dir.join(SNAPSHOT_DIR_NAME))?;
+        let snapshots = SnapshotStore::open_on(Arc::clone(&disk), &dir.join(SNAPSHOT_DIR_NAME))?;
         let log = SegmentLog {
+            disk,
             dir,
-            dir_file,
             _lock_file: lock_file,
             cache: RefCell::new(MapCache::new(
                 options.maps_cached_max,
@@ -666,7 +673,7 @@ impl SegmentLog {
         result
     }
 
-    fn preallocate(&mut self, file: &File, len: u64) -> io::Result<()> {
+    fn preallocate(&mut self, file: &dyn DiskFile, len: u64) -> io::Result<()> {
         #[cfg(any(test, feature = "testing"))]
         match self.faults.preallocations_left {
             Some(0) => {
@@ -676,7 +683,7 @@ impl SegmentLog {
             Some(left) => self.faults.preallocations_left = Some(left - 1),
             None => {}
         }
-        mmap::preallocate(file, len)
+        file.allocate(len)
     }
 
     /// The capacity of a new segment that must hold a record of `record_bytes`: the configured
@@ -697,20 +704,18 @@ impl SegmentLog {
         capacity: usize,
         body: &[u8],
         durable: bool,
-    ) -> Result<File, (LogError, bool)> {
+    ) -> Result<Arc<dyn DiskFile>, (LogError, bool)> {
         assert!(SEGMENT_HEADER_BYTES + body.len() <= capacity);
         assert!(capacity as u64 <= SEGMENT_BYTES_MAX);
         let temp_path = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
         self.file_operation().map_err(|error| (error, true))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)
+        let file = self
+            .disk
+            .open(&temp_path, OpenMode::CreateNew)
             .map_err(|error| (LogError::io("creating segment", &temp_path, error), false))?;
-        if let Err(error) = self.preallocate(&file, capacity as u64) {
+        if let Err(error) = self.preallocate(&*file, capacity as u64) {
             drop(file);
-            let _ = fs::remove_file(&temp_path);
+            let _ = self.disk.remove_file(&temp_path);
             return Err((
                 LogError::io("preallocating segment", &temp_path, error),
                 false,
@@ -757,13 +762,14 @@ impl SegmentLog {
 
     fn rename_and_sync(&self, from: &str, to: &str) -> Result<(), LogError> {
         self.rename(from, to)?;
-        sync_dir_file(&self.dir_file, &self.dir)
+        sync_dir_file(&*self.disk, &self.dir)
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<(), LogError> {
         self.file_operation()?;
         let to_path = self.dir.join(to);
-        fs::rename(self.dir.join(from), &to_path)
+        self.disk
+            .rename(&self.dir.join(from), &to_path)
             .map_err(|error| LogError::io("renaming segment", &to_path, error))
     }
 
@@ -860,7 +866,7 @@ impl SegmentLog {
         // One directory sync makes both the closed segment's new name and the spare's name
         // durable, before any entry goes into the spare.
         if self.dir_sync_pending {
-            sync_dir_file(&self.dir_file, &self.dir)?;
+            sync_dir_file(&*self.disk, &self.dir)?;
             self.dir_sync_pending = false;
             if let Some(last) = self.closed.last() {
                 self.durable_index = self.durable_index.max(last.last);
@@ -891,17 +897,23 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Copies one entry into the open segment, which has room for it.
-    fn write_entry(&mut self, entry: &Entry) {
+    /// Copies one entry into the open segment, which has room for it. Fails only when the
+    /// segment is written through to a file (a simulated disk) and that write fails: the entry
+    /// is not in the log then, and the caller makes the failure sticky.
+    fn write_entry(&mut self, entry: &Entry) -> Result<(), LogError> {
         let open = self.open.as_mut().expect("an open segment with room");
         let record = segment::record_bytes(entry.payload.len());
         assert!(open.end + record <= open.capacity);
         let header =
             segment::encode_record_header(entry.index, entry.term, entry.kind, &entry.payload);
         let offset = open.end;
-        open.writer.write(offset, &header);
         open.writer
-            .write(offset + RECORD_HEADER_BYTES, &entry.payload);
+            .write(offset, &header)
+            .and_then(|()| {
+                open.writer
+                    .write(offset + RECORD_HEADER_BYTES, &entry.payload)
+            })
+            .map_err(|error| LogError::io("writing entry", self.dir.join(&open.name), error))?;
         // The padding is already zero: nothing was ever written past `end`.
         open.writer.freeze(offset + record);
         if open.offsets.is_empty() {
@@ -912,6 +924,7 @@ impl SegmentLog {
         open.end = offset + record;
         self.runs.push(entry.index, entry.term);
         self.last_index = entry.index;
+        Ok(())
     }
 
     fn append_entries(&mut self, entries: &[Entry]) -> Result<(), LogError> {
@@ -941,7 +954,8 @@ impl SegmentLog {
                 let rolled = self.roll_over(record);
                 self.sticky(rolled)?;
             }
-            self.write_entry(entry);
+            let written = self.write_entry(entry);
+            self.sticky(written)?;
         }
         Ok(())
     }
@@ -1115,8 +1129,8 @@ impl SegmentLog {
                     });
                 } else {
                     self.file_operation()?;
-                    remove_file(&self.dir.join(&open.name))?;
-                    sync_dir_file(&self.dir_file, &self.dir)?;
+                    remove_file(&*self.disk, &self.dir.join(&open.name))?;
+                    sync_dir_file(&*self.disk, &self.dir)?;
                 }
             }
         }
@@ -1129,8 +1143,8 @@ impl SegmentLog {
             self.file_operation()?;
             let segment = self.closed.pop().expect("checked above");
             self.cache.borrow_mut().remove(segment.first);
-            remove_file(&self.dir.join(&segment.name))?;
-            sync_dir_file(&self.dir_file, &self.dir)?;
+            remove_file(&*self.disk, &self.dir.join(&segment.name))?;
+            sync_dir_file(&*self.disk, &self.dir)?;
         }
         // 3. The cut segment is replaced by its kept prefix. A closed one first becomes an open
         //    one under the replacement's name, so no two files ever claim the same entries.
@@ -1192,7 +1206,7 @@ impl SegmentLog {
         let crash = self.file_operation();
         self.sticky(crash)?;
         // A save that could not write (a full disk) changes nothing: not sticky.
-        match self.metadata.save(hard_state, index, term, &self.dir_file) {
+        match self.metadata.save(hard_state, index, term) {
             Ok(()) => {}
             Err((error, true)) => return self.sticky(Err(error)),
             Err((error, false)) => return Err(error),
@@ -1230,7 +1244,7 @@ impl SegmentLog {
             let crash = self.file_operation();
             self.sticky(crash)?;
             let path = self.dir.join(name);
-            if let Err(error) = remove_file(&path) {
+            if let Err(error) = remove_file(&*self.disk, &path) {
                 log::warn!(
                     "compaction left {} behind, to remove at next open: {error}",
                     path.display()
@@ -1238,7 +1252,7 @@ impl SegmentLog {
             }
         }
         if !removed.is_empty() {
-            let synced = sync_dir_file(&self.dir_file, &self.dir);
+            let synced = sync_dir_file(&*self.disk, &self.dir);
             self.sticky(synced)?;
         }
         self.check_invariants();
@@ -1256,7 +1270,7 @@ impl SegmentLog {
         // may try again (and must not act on the unsaved term or vote meanwhile).
         match self
             .metadata
-            .save(hard_state, compacted_index, compacted_term, &self.dir_file)
+            .save(hard_state, compacted_index, compacted_term)
         {
             Ok(()) => Ok(()),
             Err((error, true)) => self.sticky(Err(error)),
@@ -1271,9 +1285,11 @@ impl SegmentLog {
             return Ok(found);
         }
         let path = self.dir.join(&segment.name);
-        let file =
-            File::open(&path).map_err(|error| LogError::io("opening segment", &path, error))?;
-        let map = SegmentMap::open_read_only(&file)
+        let file = self
+            .disk
+            .open(&path, OpenMode::Read)
+            .map_err(|error| LogError::io("opening segment", &path, error))?;
+        let map = SegmentMap::open_read_only(&*file)
             .map_err(|error| LogError::io("mapping segment", &path, error))?;
         let bytes = map.slice(0..map.len());
         segment::check_segment_header(bytes)
@@ -1705,7 +1721,7 @@ impl MapCache {
 struct RecoveredOpen {
     counter: u64,
     name: String,
-    file: File,
+    file: Arc<dyn DiskFile>,
     capacity: usize,
     first: LogIndex,
     offsets: Vec<u32>,
@@ -1744,16 +1760,18 @@ fn check_continues(
 /// Checks every record of the closed segment at `path`, which must hold exactly `first..=last`
 /// and nothing after; returns the term runs of its entries after `compacted_index`.
 fn recover_closed(
+    disk: &dyn Disk,
     path: &Path,
     first: LogIndex,
     last: LogIndex,
     compacted_index: LogIndex,
 ) -> Result<TermRuns, LogError> {
-    let file = File::open(path).map_err(|error| LogError::io("opening segment", path, error))?;
+    let file = disk
+        .open(path, OpenMode::Read)
+        .map_err(|error| LogError::io("opening segment", path, error))?;
     let len = file
-        .metadata()
-        .map_err(|error| LogError::io("reading segment size", path, error))?
-        .len();
+        .size()
+        .map_err(|error| LogError::io("reading segment size", path, error))?;
     if len < SEGMENT_HEADER_BYTES as u64 {
         return Err(LogError::corrupt(path, 0, "shorter than a segment header"));
     }
@@ -1761,7 +1779,7 @@ fn recover_closed(
         // Never mapped whole: no segment is that large, and a 32-bit process could not map it.
         return Err(LogError::corrupt(path, 0, "larger than any segment"));
     }
-    let map = SegmentMap::open_read_only(&file)
+    let map = SegmentMap::open_read_only(&*file)
         .map_err(|error| LogError::io("mapping segment", path, error))?;
     let bytes = map.slice(0..map.len());
     segment::check_segment_header(bytes).map_err(|reason| LogError::corrupt(path, 0, reason))?;
@@ -1808,20 +1826,18 @@ fn recover_closed(
 /// a torn tail (with a warning) so that nothing stale can ever follow a later append. `None`
 /// for a file of zeros (or empty): a spare whose preparation was cut short.
 fn recover_open(
+    disk: &dyn Disk,
     path: &Path,
     counter: u64,
     name: String,
     compacted_index: LogIndex,
 ) -> Result<Option<RecoveredOpen>, LogError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
+    let file = disk
+        .open(path, OpenMode::Write)
         .map_err(|error| LogError::io("opening segment", path, error))?;
     let len = file
-        .metadata()
-        .map_err(|error| LogError::io("reading segment size", path, error))?
-        .len();
+        .size()
+        .map_err(|error| LogError::io("reading segment size", path, error))?;
     if len > SEGMENT_BYTES_MAX {
         return Err(LogError::corrupt(path, 0, "larger than any segment"));
     }
@@ -1831,7 +1847,7 @@ fn recover_open(
         // length (memmap2 maps one byte instead, which qemu-user refuses with 64 KiB pages).
         return Ok(None);
     }
-    let map = SegmentMap::open_read_only(&file)
+    let map = SegmentMap::open_read_only(&*file)
         .map_err(|error| LogError::io("mapping segment", path, error))?;
     let bytes = map.slice(0..map.len());
     if let Err(reason) = segment::check_segment_header(bytes) {
@@ -1879,8 +1895,8 @@ fn recover_open(
             scan.last
                 .map_or("none".to_string(), |index| index.to_string())
         );
-        zero_range(&file, scan.end, torn_end)
-            .and_then(|()| file.sync_data())
+        zero_range(&*file, scan.end, torn_end)
+            .and_then(|()| file.sync())
             .map_err(|error| LogError::io("zeroing torn tail", path, error))?;
     }
     Ok(Some(RecoveredOpen {
@@ -1916,7 +1932,7 @@ fn page_floor(offset: usize) -> usize {
     offset - offset % mmap::page_bytes()
 }
 
-fn zero_range(file: &File, start: usize, end: usize) -> io::Result<()> {
+fn zero_range(file: &dyn DiskFile, start: usize, end: usize) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(end - start)];
     let mut offset = start;
     while offset < end {
@@ -1931,29 +1947,25 @@ fn zero_range(file: &File, start: usize, end: usize) -> io::Result<()> {
 /// `flock` locks belong to the open file, so a second `SegmentLog` in the same process is
 /// refused too. A child process shares the lock between its `fork` and its `exec` (our files
 /// are close-on-exec), so an open racing a spawn in another thread may see it briefly held.
-fn lock_dir(dir: &Path) -> Result<File, LogError> {
+fn lock_dir(disk: &dyn Disk, dir: &Path) -> Result<Arc<dyn DiskFile>, LogError> {
     let path = dir.join(LOCK_FILE_NAME);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
+    let file = disk
+        .open(&path, OpenMode::Create)
         .map_err(|error| LogError::io("opening lock file", &path, error))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(LogError::Locked { path }),
-        Err(fs::TryLockError::Error(error)) => Err(LogError::io("locking", &path, error)),
+        Ok(true) => Ok(file),
+        Ok(false) => Err(LogError::Locked { path }),
+        Err(error) => Err(LogError::io("locking", &path, error)),
     }
 }
 
-fn remove_file(path: &Path) -> Result<(), LogError> {
-    fs::remove_file(path).map_err(|error| LogError::io("removing segment", path, error))
+fn remove_file(disk: &dyn Disk, path: &Path) -> Result<(), LogError> {
+    disk.remove_file(path)
+        .map_err(|error| LogError::io("removing segment", path, error))
 }
 
-fn sync_dir_file(dir_file: &File, dir: &Path) -> Result<(), LogError> {
-    dir_file
-        .sync_all()
+fn sync_dir_file(disk: &dyn Disk, dir: &Path) -> Result<(), LogError> {
+    disk.sync_dir(dir)
         .map_err(|error| LogError::io("syncing data directory", dir, error))
 }
 
@@ -1961,9 +1973,14 @@ fn sync_dir_file(dir_file: &File, dir: &Path) -> Result<(), LogError> {
 /// the log (its segments may be damaged, and no lock is taken: the caller holds the node's).
 /// `Ok(None)` when none was ever saved; an error when neither file holds a valid record.
 pub fn read_hard_state(dir: &Path) -> Result<Option<HardState>, LogError> {
+    read_hard_state_on(&crate::StdDisk, dir)
+}
+
+/// [`read_hard_state`] on `disk`.
+pub fn read_hard_state_on(disk: &dyn Disk, dir: &Path) -> Result<Option<HardState>, LogError> {
     let files = [
-        meta::read_metadata_file(&dir.join(METADATA_FILE_NAMES[0]))?,
-        meta::read_metadata_file(&dir.join(METADATA_FILE_NAMES[1]))?,
+        meta::read_metadata_file(disk, &dir.join(METADATA_FILE_NAMES[0]))?,
+        meta::read_metadata_file(disk, &dir.join(METADATA_FILE_NAMES[1]))?,
     ];
     Ok(meta::choose_metadata(dir, files)?.map(|metadata| metadata.hard_state))
 }

@@ -19,13 +19,13 @@
 //! opened. The header is written last, once the data's length and crc are known, and the file is
 //! then synced, renamed, and the directory synced: a snapshot that is listed is complete.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian};
 
+use crate::disk::{Disk, DiskFile, FileCursor, OpenMode};
 use crate::error::LogError;
 use crate::types::{LogIndex, Term};
 
@@ -40,6 +40,8 @@ pub const CONFIGURATION_BYTES_MAX: u32 = 16 << 20;
 
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const TEMP_SUFFIX: &str = ".tmp";
+/// The write buffer of a snapshot being written.
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
 
 /// What a snapshot is: the log position it covers and the cluster configuration at that point.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +163,7 @@ pub fn decode_snapshot_meta(bytes: &[u8]) -> Result<SnapshotMeta, &'static str> 
 /// ([`crate::SegmentLog`] does, and hands out its store with [`crate::SegmentLog::snapshots`]).
 #[derive(Debug)]
 pub struct SnapshotStore {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
 }
 
@@ -168,9 +171,14 @@ impl SnapshotStore {
     /// Opens (creating it if needed) the store in `dir`, and removes the temporary files of
     /// snapshots whose writing never finished.
     pub fn open(dir: &Path) -> Result<SnapshotStore, LogError> {
-        create_dir_durably(dir)?;
+        SnapshotStore::open_on(crate::StdDisk::shared(), dir)
+    }
+
+    /// [`SnapshotStore::open`] on `disk`.
+    pub fn open_on(disk: Arc<dyn Disk>, dir: &Path) -> Result<SnapshotStore, LogError> {
+        create_dir_durably(&*disk, dir)?;
         let mut removed = false;
-        for name in list_dir(dir)? {
+        for name in list_dir(&*disk, dir)? {
             // Only our own temporary names: never delete a file we did not make.
             let ours_temp = name
                 .strip_suffix(TEMP_SUFFIX)
@@ -178,15 +186,16 @@ impl SnapshotStore {
             if ours_temp {
                 let path = dir.join(&name);
                 log::warn!("removing unfinished snapshot {}", path.display());
-                fs::remove_file(&path)
+                disk.remove_file(&path)
                     .map_err(|error| LogError::io("removing unfinished snapshot", &path, error))?;
                 removed = true;
             }
         }
         if removed {
-            sync_dir(dir)?;
+            sync_dir(&*disk, dir)?;
         }
         Ok(SnapshotStore {
+            disk,
             dir: dir.to_path_buf(),
         })
     }
@@ -214,15 +223,13 @@ impl SnapshotStore {
         }
         let name = snapshot_file_name(index, term);
         let temp_path = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp_path)
+        let file = self
+            .disk
+            .open(&temp_path, OpenMode::Truncate)
             .map_err(|error| LogError::io("creating snapshot", &temp_path, error))?;
         let mut writer = SnapshotWriter {
-            file: BufWriter::new(file),
+            disk: Arc::clone(&self.disk),
+            file: BufWriter::with_capacity(WRITE_BUFFER_BYTES, FileCursor::new(file, 0)),
             temp_path,
             final_path: self.dir.join(&name),
             dir: self.dir.clone(),
@@ -247,7 +254,7 @@ impl SnapshotStore {
     /// naming the file: it is never skipped silently.
     pub fn list(&self) -> io::Result<Vec<SnapshotMeta>> {
         let mut found = Vec::new();
-        for name in list_dir(&self.dir)? {
+        for name in list_dir(&*self.disk, &self.dir)? {
             if let Some((index, term)) = parse_snapshot_file_name(&name) {
                 let (meta, _) = self.read_meta(&self.dir.join(&name))?;
                 if (meta.index, meta.term) != (index, term) {
@@ -296,8 +303,10 @@ impl SnapshotStore {
     pub fn open_data(&self, index: LogIndex, term: Term) -> io::Result<SnapshotData> {
         let path = self.dir.join(snapshot_file_name(index, term));
         let (meta, _) = self.read_meta(&path)?;
-        let file =
-            File::open(&path).map_err(|error| LogError::io("opening snapshot", &path, error))?;
+        let file = self
+            .disk
+            .open(&path, OpenMode::Read)
+            .map_err(|error| LogError::io("opening snapshot", &path, error))?;
         Ok(SnapshotData {
             file,
             data_start: SNAPSHOT_HEADER_BYTES as u64 + meta.configuration.len() as u64,
@@ -312,24 +321,26 @@ impl SnapshotStore {
         let excess = snapshots.len().saturating_sub(keep);
         for meta in &snapshots[..excess] {
             let path = self.dir.join(meta.file_name());
-            fs::remove_file(&path)
+            self.disk
+                .remove_file(&path)
                 .map_err(|error| LogError::io("removing old snapshot", &path, error))?;
         }
         if excess > 0 {
-            sync_dir(&self.dir)?;
+            sync_dir(&*self.disk, &self.dir)?;
         }
         Ok(excess)
     }
 
     /// Reads and checks the header and configuration of the snapshot at `path`, and its length;
     /// returns the metadata and the file positioned at the start of the data.
-    fn read_meta(&self, path: &Path) -> Result<(SnapshotMeta, BufReader<File>), LogError> {
-        let file =
-            File::open(path).map_err(|error| LogError::io("opening snapshot", path, error))?;
+    fn read_meta(&self, path: &Path) -> Result<(SnapshotMeta, BufReader<FileCursor>), LogError> {
+        let file = self
+            .disk
+            .open(path, OpenMode::Read)
+            .map_err(|error| LogError::io("opening snapshot", path, error))?;
         let file_len = file
-            .metadata()
-            .map_err(|error| LogError::io("reading snapshot size", path, error))?
-            .len();
+            .size()
+            .map_err(|error| LogError::io("reading snapshot size", path, error))?;
         let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
         file.read_exact_at(&mut header, 0)
             .map_err(|_| LogError::corrupt(path, 0, "shorter than a snapshot header"))?;
@@ -351,17 +362,15 @@ impl SnapshotStore {
             .map_err(|error| LogError::io("reading snapshot", path, error))?;
         let meta =
             decode_snapshot_meta(&bytes).map_err(|reason| LogError::corrupt(path, 0, reason))?;
-        let mut reader = BufReader::new(file);
-        reader
-            .seek(SeekFrom::Start(meta_bytes))
-            .map_err(|error| LogError::io("reading snapshot", path, error))?;
+        let reader = BufReader::new(FileCursor::new(file, meta_bytes));
         Ok((meta, reader))
     }
 }
 
 /// A snapshot being written; see [`SnapshotStore::create`].
 pub struct SnapshotWriter {
-    file: BufWriter<File>,
+    disk: Arc<dyn Disk>,
+    file: BufWriter<FileCursor>,
     temp_path: PathBuf,
     final_path: PathBuf,
     dir: PathBuf,
@@ -390,15 +399,16 @@ impl SnapshotWriter {
         self.meta.data_crc = self.hasher.clone().finalize();
         let header = self.meta.encode_header();
         self.file.flush()?;
-        let file = self.file.get_ref();
+        let file = self.file.get_ref().file();
         file.write_all_at(&header, 0)
             .map_err(|error| LogError::io("writing snapshot header", &self.temp_path, error))?;
         file.sync_all()
             .map_err(|error| LogError::io("syncing snapshot", &self.temp_path, error))?;
-        fs::rename(&self.temp_path, &self.final_path)
+        self.disk
+            .rename(&self.temp_path, &self.final_path)
             .map_err(|error| LogError::io("renaming snapshot", &self.final_path, error))?;
         self.finished = true;
-        sync_dir(&self.dir)?;
+        sync_dir(&*self.disk, &self.dir)?;
         Ok(self.meta.clone())
     }
 }
@@ -407,7 +417,7 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if !self.finished {
             // Best effort: a leftover temporary file is removed at the next open anyway.
-            let _ = fs::remove_file(&self.temp_path);
+            let _ = self.disk.remove_file(&self.temp_path);
         }
     }
 }
@@ -415,7 +425,7 @@ impl Drop for SnapshotWriter {
 /// The data of a finished snapshot, read at offsets; see [`SnapshotStore::open_data`].
 #[derive(Debug)]
 pub struct SnapshotData {
-    file: File,
+    file: Arc<dyn DiskFile>,
     path: PathBuf,
     /// Where the data starts in the file (after the header and the configuration).
     data_start: u64,
@@ -450,7 +460,7 @@ impl SnapshotData {
 
 /// The data of a snapshot, streamed from its file; see [`SnapshotStore::open_reader`].
 pub struct SnapshotReader {
-    file: BufReader<File>,
+    file: BufReader<FileCursor>,
     path: PathBuf,
     /// Data bytes not yet read. Invariant: the file holds at least this many more bytes.
     remaining: u64,
@@ -480,13 +490,13 @@ impl Read for SnapshotReader {
 }
 
 /// The UTF-8 names in `dir`, sorted; other names are skipped with a warning.
-pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, LogError> {
+pub(crate) fn list_dir(disk: &dyn Disk, dir: &Path) -> Result<Vec<String>, LogError> {
     let mut names = Vec::new();
-    let entries =
-        fs::read_dir(dir).map_err(|error| LogError::io("listing directory", dir, error))?;
+    let entries = disk
+        .read_dir(dir)
+        .map_err(|error| LogError::io("listing directory", dir, error))?;
     for entry in entries {
-        let entry = entry.map_err(|error| LogError::io("listing directory", dir, error))?;
-        match entry.file_name().into_string() {
+        match entry.into_string() {
             Ok(name) => names.push(name),
             Err(name) => log::warn!(
                 "ignoring file with a non-UTF-8 name {:?} in {}",
@@ -501,35 +511,22 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, LogError> {
 
 /// Creates `dir` (and its missing parents) if needed, and syncs the parent of each directory it
 /// creates, so that the new directory itself survives a crash.
-pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        create_dir_durably(parent)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        // Created meanwhile by someone else: fine, as long as it is a directory now.
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-        Err(error) => return Err(LogError::io("creating directory", dir, error)),
-    }
-    match dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        Some(parent) => sync_dir(parent),
-        None => sync_dir(Path::new(".")),
-    }
+pub(crate) fn create_dir_durably(disk: &dyn Disk, dir: &Path) -> Result<(), LogError> {
+    crate::disk::create_dir_durably(disk, dir)
+        .map_err(|error| LogError::io("creating directory", dir, error))
 }
 
 /// fsyncs a directory, so that file creations, renames and removals in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|file| file.sync_all())
+pub(crate) fn sync_dir(disk: &dyn Disk, dir: &Path) -> Result<(), LogError> {
+    disk.sync_dir(dir)
         .map_err(|error| LogError::io("syncing directory", dir, error))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn test_snapshot_write_list_stream_prune() {
@@ -621,10 +618,10 @@ mod tests {
         writer.write_all(b"partial").unwrap();
         writer.flush().unwrap();
         std::mem::forget(writer);
-        assert_eq!(list_dir(dir.path()).unwrap().len(), 1);
+        assert_eq!(list_dir(&crate::StdDisk, dir.path()).unwrap().len(), 1);
         let store = SnapshotStore::open(dir.path()).unwrap();
         assert!(store.list().unwrap().is_empty());
-        assert!(list_dir(dir.path()).unwrap().is_empty());
+        assert!(list_dir(&crate::StdDisk, dir.path()).unwrap().is_empty());
     }
 
     #[test]

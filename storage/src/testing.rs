@@ -418,6 +418,7 @@ impl Harness for MemLogHarness {
 /// Runs the suite on [`SegmentLog`], each log in a new directory under `base`.
 #[derive(Debug)]
 pub struct SegmentLogHarness {
+    disk: std::sync::Arc<dyn crate::Disk>,
     base: PathBuf,
     options: Options,
     created: u64,
@@ -427,7 +428,18 @@ impl SegmentLogHarness {
     /// Logs go in fresh subdirectories of `base` (which the caller cleans up), opened with
     /// `options`; small segments make the suite cross many segment boundaries.
     pub fn new(base: impl Into<PathBuf>, options: Options) -> SegmentLogHarness {
+        SegmentLogHarness::on(crate::StdDisk::shared(), base, options)
+    }
+
+    /// [`SegmentLogHarness::new`] on `disk` (a [`crate::SimDisk`]: the log reads and writes its
+    /// segments through the file seam instead of maps of the files).
+    pub fn on(
+        disk: std::sync::Arc<dyn crate::Disk>,
+        base: impl Into<PathBuf>,
+        options: Options,
+    ) -> SegmentLogHarness {
         SegmentLogHarness {
+            disk,
             base: base.into(),
             options,
             created: 0,
@@ -441,13 +453,15 @@ impl Harness for SegmentLogHarness {
     fn create(&mut self) -> SegmentLog {
         self.created += 1;
         let dir = self.base.join(format!("log-{}", self.created));
-        SegmentLog::open(dir, self.options.clone()).expect("opening a new log")
+        SegmentLog::open_on(self.disk.clone(), dir, self.options.clone())
+            .expect("opening a new log")
     }
 
     fn reopen(&mut self, log: SegmentLog) -> SegmentLog {
         let dir = log.dir().to_path_buf();
         drop(log);
-        SegmentLog::open(dir, self.options.clone()).expect("reopening the log")
+        SegmentLog::open_on(self.disk.clone(), dir, self.options.clone())
+            .expect("reopening the log")
     }
 
     fn fail_after(&mut self, log: &mut SegmentLog, count: u64) {

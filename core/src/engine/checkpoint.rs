@@ -2,10 +2,11 @@
 //! intent record, `wal_checkpoint`, the fdatasync and the new record), and the checkpointer
 //! thread that can do the sync and record in the background.
 
-use std::fs;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+
+use atoll_storage::{Disk, DiskFile};
 
 use super::{Engine, Slot};
 use crate::error::EngineError;
@@ -77,7 +78,7 @@ impl Engine {
                 db.record = durable(
                     &mut self.sync_failure,
                     name,
-                    record::write(&db.path, &record),
+                    record::write(&*self.config.disk, &db.path, &record),
                 )?;
             }
             _ => self.advance_idle(&idle)?,
@@ -127,7 +128,7 @@ impl Engine {
             db.record = durable(
                 &mut self.sync_failure,
                 name,
-                record::write(&db.path, &intent),
+                record::write(&*self.config.disk, &db.path, &intent),
             )?;
         }
         // PASSIVE copies the frames no reader needs; once all are copied, the next apply starts
@@ -140,6 +141,8 @@ impl Engine {
             "PRAGMA wal_checkpoint(PASSIVE)"
         };
         let started_copy = std::time::Instant::now();
+        // A database recovered from a checkpoint cut short opened without its schema.
+        db.control.configure()?;
         let (busy, log, copied): (i64, i64, i64) =
             db.control
                 .connection()
@@ -160,6 +163,7 @@ impl Engine {
         if let (false, Some(checkpointer)) = (force, &self.checkpointer) {
             let job = SyncJob {
                 database: name.to_string(),
+                disk: Arc::clone(&self.config.disk),
                 main: db.files.main_file_clone()?,
                 path: db.path.clone(),
                 record,
@@ -181,7 +185,11 @@ impl Engine {
         let failure = &mut self.sync_failure;
         durable(failure, name, db.files.sync_main())?;
         let synced = std::time::Instant::now();
-        db.record = durable(failure, name, record::write(&db.path, &record))?;
+        db.record = durable(
+            failure,
+            name,
+            record::write(&*self.config.disk, &db.path, &record),
+        )?;
         log::debug!(
             "checkpointed {name:?} at index {target}: intent {:?}, copy {:?}, sync {:?}, \
              record {:?}",
@@ -261,7 +269,8 @@ impl Drop for Engine {
 /// The durable half of one checkpoint, for the checkpointer thread.
 struct SyncJob {
     database: String,
-    main: fs::File,
+    disk: Arc<dyn Disk>,
+    main: Arc<dyn DiskFile>,
     path: PathBuf,
     record: Record,
 }
@@ -291,8 +300,8 @@ impl Checkpointer {
                     // durable in the main file.
                     let result = job
                         .main
-                        .sync_data()
-                        .and_then(|()| record::write(&job.path, &job.record));
+                        .sync()
+                        .and_then(|()| record::write(&*job.disk, &job.path, &job.record));
                     let answer = SyncDone {
                         database: job.database,
                         result,

@@ -24,16 +24,17 @@
 //! | 4 | crc32 of everything before |
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
+
+use atoll_storage::Disk;
 
 use byteorder::{ByteOrder, LittleEndian};
 
 use super::Engine;
 use crate::command::validate_database_name;
 use crate::error::EngineError;
-use crate::record::{self, Record};
+use crate::record::Record;
 
 /// The file's name in the databases' directory.
 pub(crate) const MARKS_FILE: &str = "idle-marks+atoll";
@@ -42,9 +43,11 @@ const MAGIC: &[u8; 4] = b"ATIM";
 const VERSION: u32 = 1;
 /// The most entries a marks file may hold (more than any node's database limit).
 const MARKS_MAX: usize = 1 << 20;
+/// The largest marks file: `MARKS_MAX` entries of the longest names.
+const MARKS_FILE_BYTES_MAX: u64 = 16 + MARKS_MAX as u64 * (2 + 64 + 8);
 
 /// Writes `marks` as the marks file of `dir`, durably.
-fn write(dir: &Path, marks: &BTreeMap<String, u64>) -> io::Result<()> {
+fn write(disk: &dyn Disk, dir: &Path, marks: &BTreeMap<String, u64>) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(16 + marks.len() * 32);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -59,12 +62,12 @@ fn write(dir: &Path, marks: &BTreeMap<String, u64>) -> io::Result<()> {
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     let temp = dir.join(MARKS_TEMP_FILE);
-    let mut file = File::create(&temp)?;
-    file.write_all(&bytes)?;
+    let file = disk.open(&temp, atoll_storage::OpenMode::Truncate)?;
+    file.write_all_at(&bytes, 0)?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&temp, dir.join(MARKS_FILE))?;
-    record::sync_dir(dir)
+    disk.rename(&temp, &dir.join(MARKS_FILE))?;
+    disk.sync_dir(dir)
 }
 
 /// Decodes a marks file; `None` if it is not a valid one.
@@ -94,11 +97,13 @@ fn decode(bytes: &[u8]) -> Option<BTreeMap<String, u64>> {
 }
 
 /// The marks of `dir` (empty without a file, or with an invalid one, logged).
-pub(super) fn read(dir: &Path) -> io::Result<BTreeMap<String, u64>> {
-    let _ = fs::remove_file(dir.join(MARKS_TEMP_FILE));
-    let bytes = match fs::read(dir.join(MARKS_FILE)) {
+pub(super) fn read(disk: &dyn Disk, dir: &Path) -> io::Result<BTreeMap<String, u64>> {
+    let _ = disk.remove_file(&dir.join(MARKS_TEMP_FILE));
+    let bytes = match disk.read(&dir.join(MARKS_FILE), MARKS_FILE_BYTES_MAX) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        // Too long to be a marks file: as invalid as a bad checksum.
+        Err(error) if error.kind() == io::ErrorKind::InvalidData => Vec::new(),
         Err(error) => return Err(error),
     };
     Ok(decode(&bytes).unwrap_or_else(|| {
@@ -111,8 +116,8 @@ pub(super) fn read(dir: &Path) -> io::Result<BTreeMap<String, u64>> {
 }
 
 /// Removes the marks file of `dir` (before a snapshot install rewrites every record).
-pub(crate) fn remove(dir: &Path) -> io::Result<()> {
-    match fs::remove_file(dir.join(MARKS_FILE)) {
+pub(crate) fn remove(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
+    match disk.remove_file(&dir.join(MARKS_FILE)) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
     }
@@ -154,7 +159,7 @@ impl Engine {
         super::checkpoint::durable(
             &mut self.sync_failure,
             MARKS_FILE,
-            write(&self.config.dir, &marks),
+            write(&*self.config.disk, &self.config.dir, &marks),
         )?;
         for name in names {
             let (mark, record) = match self.databases.get_mut(name) {
@@ -178,14 +183,16 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use atoll_storage::StdDisk;
+    use std::fs;
 
     #[test]
     fn test_marks_round_trip_and_damage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read(dir.path()).unwrap().is_empty());
+        assert!(read(&StdDisk, dir.path()).unwrap().is_empty());
         let marks: BTreeMap<String, u64> = [("a".to_string(), 7), ("b.db".to_string(), 9)].into();
-        write(dir.path(), &marks).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), marks);
+        write(&StdDisk, dir.path(), &marks).unwrap();
+        assert_eq!(read(&StdDisk, dir.path()).unwrap(), marks);
         let path = dir.path().join(MARKS_FILE);
         let bytes = fs::read(&path).unwrap();
         for cut in 0..bytes.len() {
@@ -195,8 +202,8 @@ mod tests {
         flipped[14] ^= 1;
         assert_eq!(decode(&flipped), None);
         fs::write(&path, &flipped).unwrap();
-        assert!(read(dir.path()).unwrap().is_empty());
-        remove(dir.path()).unwrap();
-        remove(dir.path()).unwrap();
+        assert!(read(&StdDisk, dir.path()).unwrap().is_empty());
+        remove(&StdDisk, dir.path()).unwrap();
+        remove(&StdDisk, dir.path()).unwrap();
     }
 }

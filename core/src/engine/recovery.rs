@@ -3,9 +3,10 @@
 //! with the canonical empty page 1.
 
 use std::collections::VecDeque;
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
+
+use atoll_storage::{Disk, OpenMode};
 
 use byteorder::{BigEndian, ByteOrder};
 
@@ -45,18 +46,19 @@ impl Recovery {
 
 impl Engine {
     pub(super) fn recover(&mut self) -> Result<Recovery, EngineError> {
+        let disk = Arc::clone(&self.config.disk);
         let mut names = Vec::new();
         let mut others = Vec::new();
-        for entry in fs::read_dir(&self.config.dir)? {
-            let entry = entry?;
-            let file_name = entry.file_name();
+        let mut found = disk.read_dir(&self.config.dir)?;
+        found.sort();
+        for file_name in found {
             let Some(file_name) = file_name.to_str() else {
                 continue;
             };
             if file_name.ends_with(record::RECORD_TEMP_SUFFIX)
                 || file_name.ends_with(SNAPSHOT_TEMP_SUFFIX)
             {
-                fs::remove_file(entry.path())?;
+                disk.remove_file(&self.config.dir.join(file_name))?;
             } else if let Some(name) = file_name.strip_suffix(record::RECORD_SUFFIX) {
                 names.push(name.to_string());
             } else if !file_name.ends_with(crate::vfs::WAL_SUFFIX) {
@@ -68,27 +70,24 @@ impl Engine {
             let path = self.config.dir.join(&other);
             if validate_database_name(&other).is_ok()
                 && !names.contains(&other)
-                && is_sqlite_file(&path)
+                && is_sqlite_file(&*disk, &path)
             {
                 // Created without its record: the creation never became durable, and no
                 // checkpoint can have passed the command that created it.
                 log::warn!("removing database {other:?}: it has no checkpoint record");
-                fs::remove_file(&path)?;
-                let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
+                disk.remove_file(&path)?;
+                let _ = disk.remove_file(&crate::vfs::wal_path_of(&path));
             }
         }
-        let marks = idle::read(&self.config.dir)?;
+        let marks = idle::read(&*disk, &self.config.dir)?;
         let mut recovery = Recovery::default();
         let check_deadline = std::time::Instant::now() + self.config.open_check_budget;
         let mut unchecked = 0usize;
         for name in names {
             let path = self.config.dir.join(&name);
-            let record = record::read(&path)?.expect("listed above");
+            let record = record::read(&*disk, &path)?.expect("listed above");
             // Drop the WAL: committed frames come back from the Raft log.
-            match fs::OpenOptions::new()
-                .write(true)
-                .open(crate::vfs::wal_path_of(&path))
-            {
+            match disk.open(&crate::vfs::wal_path_of(&path), OpenMode::Write) {
                 Ok(file) => {
                     file.set_len(0)?;
                     file.sync_all()?;
@@ -96,7 +95,7 @@ impl Engine {
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => return Err(error.into()),
             }
-            let main_len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let main_len = disk.metadata(&path).map(|m| m.len).unwrap_or(0);
             if main_len < u64::from(record.page_size) {
                 // Only a database that never held a command may lack its file: created (record
                 // first) or being installed from a snapshot (record checkpoint index 0).
@@ -108,16 +107,16 @@ impl Engine {
                         path.display()
                     )));
                 }
-                match write_empty_database(&path, record.page_size) {
+                match write_empty_database(&*disk, &path, record.page_size) {
                     Ok(()) => {}
                     Err(error) if record.intent_index == 0 && is_disk_full(&error) => {
                         // A creation that never finished, on a full disk: undone as a failed
                         // creation is (the node still starts). No command reached it, and no
                         // database was checkpointed past the one that created it: replay
                         // creates it again, as a session's OPEN does, once space is back.
-                        let _ = fs::remove_file(&path);
-                        let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
-                        record::remove(&path)?;
+                        let _ = disk.remove_file(&path);
+                        let _ = disk.remove_file(&crate::vfs::wal_path_of(&path));
+                        record::remove(&*disk, &path)?;
                         log::warn!(
                             "database {name:?}: no room for its empty file ({error}); not \
                              created (created again when used)"
@@ -125,7 +124,7 @@ impl Engine {
                         continue;
                     }
                     Err(error) => {
-                        let _ = fs::remove_file(&path);
+                        let _ = disk.remove_file(&path);
                         return Err(error.into());
                     }
                 }
@@ -203,8 +202,17 @@ impl Engine {
             page_size: record.page_size,
             capture_bytes_max: self.config.transaction_bytes_max,
         };
+        if recovering_until > 0 {
+            cover_header_size(&*self.config.disk, &path, record.page_size)?;
+        }
         let files = self.vfs.add_database(&path, options)?;
-        let control = match Conn::open(&self.vfs, &path, Role::Plain, Some(self.config.cache_kib)) {
+        let cache_kib = Some(self.config.cache_kib);
+        let opened = if recovering_until > 0 {
+            Conn::open_recovering(&self.vfs, &path, cache_kib)
+        } else {
+            Conn::open(&self.vfs, &path, Role::Plain, cache_kib)
+        };
+        let control = match opened {
             Ok(connections) => connections,
             Err(error) => {
                 self.vfs.remove_database(&path);
@@ -253,16 +261,17 @@ impl Engine {
             intent_index: 0,
             sequence: 0,
         };
-        let record = record::write(&path, &record)?;
-        let _ = fs::remove_file(crate::vfs::wal_path_of(&path));
-        let written = write_empty_database(&path, record.page_size)
-            .and_then(|()| record::sync_dir(&self.config.dir));
+        let disk = Arc::clone(&self.config.disk);
+        let record = record::write(&*disk, &path, &record)?;
+        let _ = disk.remove_file(&crate::vfs::wal_path_of(&path));
+        let written = write_empty_database(&*disk, &path, record.page_size)
+            .and_then(|()| disk.sync_dir(&self.config.dir));
         if let Err(error) = written {
             // A full disk, typically: nothing half-made stays (the main file first: a crash in
             // between leaves a record alone, which open turns into the same empty database),
             // and the same name can be created once space is freed.
-            let _ = fs::remove_file(&path);
-            let _ = record::remove(&path);
+            let _ = disk.remove_file(&path);
+            let _ = record::remove(&*disk, &path);
             return Err(error.into());
         }
         log::info!("created database {name:?} at index {created_at}");
@@ -304,13 +313,41 @@ pub(crate) fn empty_database_page(page_size: u32) -> Vec<u8> {
 }
 
 /// Whether `path` starts like an SQLite database (other files in the directory are left alone).
-fn is_sqlite_file(path: &Path) -> bool {
-    use std::io::Read;
+fn is_sqlite_file(disk: &dyn Disk, path: &Path) -> bool {
     let mut magic = [0u8; 16];
-    fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut magic))
+    disk.open(path, OpenMode::Read)
+        .and_then(|file| file.read_exact_at(&mut magic, 0))
         .is_ok()
         && &magic == b"SQLite format 3\0"
+}
+
+/// Extends the main file of a database being recovered to the size its header page claims,
+/// if it is shorter. A checkpoint cut short by a power loss can leave the new header page
+/// without the extension of the file (or the pages) it counted on; SQLite refuses to read a
+/// file shorter than its header says. The pages missing read as zeros until the replay of the
+/// log puts their every version since the record's checkpoint index into the WAL (each page
+/// such a checkpoint wrote changed after that index).
+fn cover_header_size(disk: &dyn Disk, path: &Path, page_size: u32) -> std::io::Result<()> {
+    let file = disk.open(path, OpenMode::Write)?;
+    let mut header = [0u8; 100];
+    if file.read_full_at(&mut header, 0)? < header.len() {
+        return Ok(());
+    }
+    // The header's size is valid only when its change counter matches version-valid-for.
+    if header[24..28] != header[92..96] {
+        return Ok(());
+    }
+    let pages = u64::from(BigEndian::read_u32(&header[28..32]));
+    let claimed = pages * u64::from(page_size);
+    let len = file.size()?;
+    if claimed > len {
+        log::info!(
+            "{}: {len} bytes, its header claims {claimed}: extended until the log is replayed",
+            path.display()
+        );
+        file.set_len(claimed)?;
+    }
+    Ok(())
 }
 
 /// Whether an I/O error means the disk (or the user's quota) is full.
@@ -322,9 +359,8 @@ fn is_disk_full(error: &std::io::Error) -> bool {
 }
 
 /// Writes a fresh database file with the canonical empty page 1, durably.
-fn write_empty_database(path: &Path, page_size: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = fs::File::create(path)?;
-    file.write_all(&empty_database_page(page_size))?;
+fn write_empty_database(disk: &dyn Disk, path: &Path, page_size: u32) -> std::io::Result<()> {
+    let file = disk.open(path, OpenMode::Truncate)?;
+    file.write_all_at(&empty_database_page(page_size), 0)?;
     file.sync_all()
 }

@@ -130,6 +130,8 @@ impl Engine {
         if let Some(reason) = sdb.aborted.take() {
             return Err(ExecError::Aborted(reason));
         }
+        // Opened while the database was being recovered: its settings read the schema now.
+        sdb.conn.configure()?;
         let owned = match target {
             Target::Sql(sql) => OwnedTarget::Sql(sql.to_string()),
             Target::Statement(statement) => {

@@ -135,11 +135,18 @@ impl Engine {
         let now = self.now;
         self.databases.get_mut(name).expect("open").used_at = now;
         let path = self.databases[name].path.clone();
+        let recovering = self.databases[name].recovering_until > self.applied_index;
         let session = self.sessions.get_mut(&session).expect("checked");
         if session.databases.contains_key(name) {
             return Ok(());
         }
-        let conn = Conn::open(&self.vfs, &path, Role::Capture, None)?;
+        let conn = if recovering {
+            // Its main file may hold a mix of states until the log is replayed: the schema is
+            // read once it holds together (`Conn::configure`, before the first statement).
+            Conn::open_deferred(&self.vfs, &path, Role::Capture, None)?
+        } else {
+            Conn::open(&self.vfs, &path, Role::Capture, None)?
+        };
         session.databases.insert(
             name.to_string(),
             SessionDb {
@@ -173,6 +180,16 @@ impl Engine {
             .databases
             .get_mut(database)
             .ok_or_else(|| ExecError::DatabaseNotOpen(database.to_string()))?;
+        let recovering_until = self
+            .databases
+            .get(database)
+            .map_or(0, |db| db.recovering_until);
+        if recovering_until > self.applied_index {
+            return Err(ExecError::Recovering {
+                index: recovering_until,
+            });
+        }
+        sdb.conn.configure()?;
         let (statement, used) = sdb.conn.prepare_one(sql)?;
         let statement = statement.ok_or_else(|| misuse("no SQL statement to prepare"))?;
         let bytes = used.min(sql.len());

@@ -262,7 +262,7 @@ unsafe extern "C" fn x_delete(
                 Err(_) => ffi::SQLITE_IOERR_DELETE,
             };
         }
-        match std::fs::remove_file(&path) {
+        match app.shared.disk().remove_file(&path) {
             Ok(()) => ffi::SQLITE_OK,
             Err(error) if error.kind() == io::ErrorKind::NotFound => ffi::SQLITE_IOERR_DELETE_NOENT,
             Err(_) => ffi::SQLITE_IOERR_DELETE,
@@ -271,14 +271,16 @@ unsafe extern "C" fn x_delete(
 }
 
 unsafe extern "C" fn x_access(
-    _vfs: *mut ffi::sqlite3_vfs,
+    vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
     _flags: c_int,
     out: *mut c_int,
 ) -> c_int {
     guard(ffi::SQLITE_IOERR_ACCESS, || {
+        // SAFETY: SQLite passes our own vfs.
+        let app = unsafe { app_data(vfs) };
         // SAFETY: SQLite passes a NUL-terminated path.
-        let exists = unsafe { path_arg(name) }.is_some_and(|p| p.exists());
+        let exists = unsafe { path_arg(name) }.is_some_and(|p| app.shared.disk().exists(&p));
         if out.is_null() {
             return ffi::SQLITE_IOERR_ACCESS;
         }

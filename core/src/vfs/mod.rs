@@ -33,11 +33,11 @@ mod overlay;
 pub(crate) use ffi::{configure_memory, sqlite_memory_used};
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use atoll_storage::{Disk, DiskFile, OpenMode};
 
 use crate::stmt::RawStmt;
 use crate::wal::{self, IndexHeader};
@@ -64,13 +64,16 @@ pub(crate) struct Vfs {
 /// What the VFS callbacks reach through `pAppData`.
 pub(crate) struct VfsShared {
     databases: Mutex<HashMap<PathBuf, Arc<DbFiles>>>,
+    /// Where the databases' files are (the engine's [`atoll_storage::Disk`]).
+    disk: Arc<dyn Disk>,
 }
 
 impl Vfs {
-    /// Registers a VFS named `name` (unique in the process).
-    pub(crate) fn register(name: &str) -> io::Result<Vfs> {
+    /// Registers a VFS named `name` (unique in the process) whose files are on `disk`.
+    pub(crate) fn register(name: &str, disk: Arc<dyn Disk>) -> io::Result<Vfs> {
         let shared = Arc::new(VfsShared {
             databases: Mutex::new(HashMap::new()),
+            disk,
         });
         let registration = ffi::Registration::new(name, Arc::clone(&shared))?;
         Ok(Vfs {
@@ -88,14 +91,9 @@ impl Vfs {
     /// The main file must exist (the engine writes its first page); the WAL is created if absent.
     pub(crate) fn add_database(&self, path: &Path, options: DbOptions) -> io::Result<Arc<DbFiles>> {
         assert!(path.is_absolute());
-        let main = OpenOptions::new().read(true).write(true).open(path)?;
-        let wal_path = wal_path_of(path);
-        let wal = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&wal_path)?;
+        let disk = &self.shared.disk;
+        let main = disk.open(path, OpenMode::Write)?;
+        let wal = disk.open(&wal_path_of(path), OpenMode::Create)?;
         let files = Arc::new(DbFiles {
             path: path.to_path_buf(),
             options,
@@ -130,6 +128,11 @@ impl Vfs {
 }
 
 impl VfsShared {
+    /// Where the databases' files are.
+    pub(crate) fn disk(&self) -> &dyn Disk {
+        &*self.disk
+    }
+
     fn database(&self, path: &Path) -> Option<Arc<DbFiles>> {
         lock_or_recover(&self.databases).get(path).cloned()
     }
@@ -175,8 +178,8 @@ pub(crate) struct DbFiles {
 /// Invariant: at most one connection (or the apply path) holds the WAL write lock, and capture
 /// is active exactly while a capture connection holds it.
 struct DbState {
-    main: File,
-    wal: File,
+    main: Arc<dyn DiskFile>,
+    wal: Arc<dyn DiskFile>,
     regions: Vec<ffi::Region>,
     shm_slots: [ShmSlot; wal::LOCK_SLOTS],
     shm_holders: Vec<ShmHolder>,
@@ -347,7 +350,7 @@ impl DbFiles {
             Ok(state) => state,
             Err(code) => return code,
         };
-        read_full(&state.main, buffer, offset)
+        read_full(&*state.main, buffer, offset)
     }
 
     fn main_write(&self, buffer: &[u8], offset: u64) -> Code {
@@ -377,7 +380,7 @@ impl DbFiles {
             Ok(state) => state,
             Err(code) => return code,
         };
-        match state.main.sync_data() {
+        match state.main.sync() {
             Ok(()) => OK,
             Err(error) => {
                 log::error!("fsync of {} failed: {error}", self.path.display());
@@ -390,8 +393,7 @@ impl DbFiles {
         let state = self.lock()?;
         state
             .main
-            .metadata()
-            .map(|m| m.len())
+            .size()
             .map_err(|e| io_code(&e, rusqlite::ffi::SQLITE_IOERR_FSTAT))
     }
 
@@ -399,13 +401,13 @@ impl DbFiles {
     /// covers the file size too, which is all a checkpoint changes besides the data.
     pub(crate) fn sync_main(&self) -> io::Result<()> {
         let state = self.lock_io()?;
-        state.main.sync_data()
+        state.main.sync()
     }
 
     /// Another handle on the main file, for a thread that syncs it (the checkpointer).
-    pub(crate) fn main_file_clone(&self) -> io::Result<File> {
+    pub(crate) fn main_file_clone(&self) -> io::Result<Arc<dyn DiskFile>> {
         let state = self.lock_io()?;
-        state.main.try_clone()
+        Ok(Arc::clone(&state.main))
     }
 
     /// Reads page `page_number` of the main file into `out` (zeros past its end).
@@ -414,13 +416,13 @@ impl DbFiles {
         assert_eq!(out.len(), self.options.page_size as usize);
         let state = self.lock_io()?;
         let offset = u64::from(page_number - 1) * u64::from(self.options.page_size);
-        read_zero_filled(&state.main, out, offset)
+        read_zero_filled(&*state.main, out, offset)
     }
 
     /// The main file's size in bytes.
     pub(crate) fn main_len(&self) -> io::Result<u64> {
         let state = self.lock_io()?;
-        Ok(state.main.metadata()?.len())
+        state.main.size()
     }
 
     fn file_lock(&self, conn: ConnId, level: &mut i32, wanted: i32) -> Code {
@@ -542,7 +544,7 @@ impl DbFiles {
                 }
             }
         }
-        read_full(&state.wal, buffer, offset)
+        read_full(&*state.wal, buffer, offset)
     }
 
     /// A WAL read of the installed overlay's frames (or of the header of a WAL generation it
@@ -642,8 +644,7 @@ impl DbFiles {
         let state = self.lock()?;
         let real = state
             .wal
-            .metadata()
-            .map(|m| m.len())
+            .size()
             .map_err(|e| io_code(&e, rusqlite::ffi::SQLITE_IOERR_FSTAT))?;
         let capture = &state.capture;
         let mut size = real;
@@ -1457,7 +1458,7 @@ impl DbState {
     }
 }
 
-fn read_full(file: &File, buffer: &mut [u8], offset: u64) -> Code {
+fn read_full(file: &dyn DiskFile, buffer: &mut [u8], offset: u64) -> Code {
     let mut done = 0;
     while done < buffer.len() {
         match file.read_at(&mut buffer[done..], offset + done as u64) {
@@ -1473,7 +1474,7 @@ fn read_full(file: &File, buffer: &mut [u8], offset: u64) -> Code {
     OK
 }
 
-fn read_zero_filled(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+fn read_zero_filled(file: &dyn DiskFile, buffer: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
     while done < buffer.len() {
         match file.read_at(&mut buffer[done..], offset + done as u64) {
@@ -1505,6 +1506,11 @@ fn io_code(error: &io::Error, code: Code) -> Code {
 pub(crate) struct Conn {
     statements: HashMap<u32, RawStmt>,
     cache: Vec<(String, RawStmt)>,
+    /// The page cache size (KiB; `None`: SQLite's default) this connection is configured with.
+    cache_kib: Option<u32>,
+    /// Whether [`Conn::configure`] has run.
+    configured: std::cell::Cell<bool>,
+    path: PathBuf,
     connection: rusqlite::Connection,
     /// Keeps the VFS registered while this connection uses it.
     _vfs: Arc<Vfs>,
@@ -1525,6 +1531,35 @@ impl Conn {
         role: Role,
         cache_kib: Option<u32>,
     ) -> Result<Conn, rusqlite::Error> {
+        let conn = Conn::open_deferred(vfs, path, role, cache_kib)?;
+        conn.configure()?;
+        Ok(conn)
+    }
+
+    /// Opens the control connection of a database whose main file may hold a mix of states
+    /// (a checkpoint cut short by a crash): SQLite's schema is not read, because the pages it
+    /// needs may not agree until the log is replayed into the WAL. Only the wal-index is set
+    /// up (a read of the header's data version), which the apply path needs; the settings that
+    /// read the schema wait for [`Conn::configure`], once the database is whole again.
+    pub(crate) fn open_recovering(
+        vfs: &Arc<Vfs>,
+        path: &Path,
+        cache_kib: Option<u32>,
+    ) -> Result<Conn, rusqlite::Error> {
+        let conn = Conn::open_deferred(vfs, path, Role::Plain, cache_kib)?;
+        conn.connection
+            .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))?;
+        Ok(conn)
+    }
+
+    /// Opens a connection without the settings that read the schema: [`Conn::configure`] must
+    /// run before any statement of a client does.
+    pub(crate) fn open_deferred(
+        vfs: &Arc<Vfs>,
+        path: &Path,
+        role: Role,
+        cache_kib: Option<u32>,
+    ) -> Result<Conn, rusqlite::Error> {
         use rusqlite::OpenFlags;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = rusqlite::Connection::open_with_flags_and_vfs(path, flags, vfs.name())?;
@@ -1536,19 +1571,8 @@ impl Conn {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         )?;
-        if let Some(cache_kib) = cache_kib {
-            connection.execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
-        }
-        connection.execute_batch(
-            "PRAGMA mmap_size = 0; PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;",
-        )?;
-        let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                Some(format!("{} is not in WAL mode ({mode})", path.display())),
-            ));
-        }
+        // Neither reads the schema.
+        connection.execute_batch("PRAGMA mmap_size = 0; PRAGMA wal_autocheckpoint = 0;")?;
         if role == Role::Capture {
             ffi::set_capture(&connection)?;
             ffi::set_authorizer(&connection);
@@ -1556,9 +1580,39 @@ impl Conn {
         Ok(Conn {
             statements: HashMap::new(),
             cache: Vec::new(),
+            cache_kib,
+            configured: std::cell::Cell::new(false),
+            path: path.to_path_buf(),
             connection,
             _vfs: Arc::clone(vfs),
         })
+    }
+
+    /// The settings that read the schema (page cache, `synchronous`, and the check that the
+    /// database is in WAL mode); done once, a no-op afterwards.
+    pub(crate) fn configure(&self) -> Result<(), rusqlite::Error> {
+        if self.configured.get() {
+            return Ok(());
+        }
+        if let Some(cache_kib) = self.cache_kib {
+            self.connection
+                .execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
+        }
+        self.connection.execute_batch("PRAGMA synchronous = OFF;")?;
+        let mode: String = self
+            .connection
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!(
+                    "{} is not in WAL mode ({mode})",
+                    self.path.display()
+                )),
+            ));
+        }
+        self.configured.set(true);
+        Ok(())
     }
 
     /// The rusqlite connection, for internal statements.

@@ -10,7 +10,7 @@ fn database(dir: &Path) -> (Vfs, Arc<DbFiles>) {
         "atoll-vfs-test-{}",
         COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let vfs = Vfs::register(&name).unwrap();
+    let vfs = Vfs::register(&name, atoll_storage::StdDisk::shared()).unwrap();
     let path = dir.join("x");
     std::fs::write(&path, crate::engine::empty_database_page(512)).unwrap();
     let files = vfs

@@ -1,6 +1,7 @@
 //! The whole-stack deterministic simulator: N full nodes (Raft, segment log, engine on real
-//! SQLite, real files in a temporary directory) in one thread on simulated time, over the
-//! simulated network (`sim_network.rs`), with clients issuing SQL, network faults, crashes and
+//! SQLite) in one thread on simulated time, over the simulated network (`sim_network.rs`) and
+//! each on its own simulated disk ([`atoll_storage::SimDisk`]: the log's and the databases'
+//! files in memory), with clients issuing SQL, network faults, disk faults, crashes and
 //! restarts, and leadership transfers, all drawn from one seed. The `sim` example runs seeds;
 //! a seed replays identically (one thread, one clock, seeded generators, and the node's sends
 //! ordered before any draw).
@@ -24,12 +25,24 @@
 //!   commit index within `LIVENESS_TIMEOUT`.
 //!
 //! A crash drops the `Node` without its shutdown handover and reopens it from its directory:
-//! a process crash (the page cache survives), or, half the time, a power cut of the log: the
-//! segment log's bytes written since its last sync are zeroed before the restart. Log syncs run
-//! as in production, off the loop (`log_sync.rs`), each completing after a latency drawn from
-//! the seed (`SimulatedSync`): a crash before then loses its bytes. A simulated disk (power
-//! loss of every file, torn writes, ENOSPC, EIO) would sit under the segment log and the
-//! engine's VFS; it is not there yet.
+//! half the time a process crash (the page cache survives: the disk keeps every write), else a
+//! power cut of its disk, which loses every write of every file (log segments, metadata,
+//! snapshots, databases, WALs, records) and every name not synced yet, or keeps a prefix of
+//! them in order with the next one torn. Log syncs run as in production, off the loop
+//! (`log_sync.rs`), each completing after a latency drawn from the seed (`SimulatedSync`): a
+//! power cut before then loses its bytes. The disk faults, drawn from the seed too:
+//! - latency: each node's disk has a profile (none, fast, slow, slow with stalls of up to
+//!   1.5 s on some syncs); a node whose turn spent disk time holds its answers and messages
+//!   back and does not turn again until that time has passed;
+//! - a full disk: a node's disk gets a byte budget a little above what it holds, for a while:
+//!   the node must refuse writes and resume once space is back;
+//! - an I/O error (`EIO`) armed on a node's next syncs or writes: a failed write or sync is
+//!   fatal by design, the node stops, and the simulator restarts it as after a crash; no
+//!   acknowledged write may be lost.
+//!
+//! The node's own configuration files (`atoll.conf`, the secret, the members hint) are written
+//! once by `init_member` in a real temporary directory; everything the node changes while it
+//! runs is on its simulated disk.
 
 pub mod client;
 
@@ -42,6 +55,8 @@ use std::time::Duration;
 use atoll_net::peer::ClusterSecret;
 use atoll_raft::sim::linearizability::check_register;
 use atoll_raft::{Configuration, MemberRole, NodeId, StateRole};
+
+use atoll_storage::{PowerLoss, SimDisk, SimFaults, SimOp};
 
 use crate::config::{self, NodeConfig};
 use crate::inputs::{Clock, Inputs, ManualClock, Random, SeededRandom};
@@ -92,6 +107,16 @@ pub struct SeedReport {
     pub chain_longest: u64,
     /// Commands in flight when their leader lost leadership (chains discarded), all nodes.
     pub abandoned: u64,
+    /// Crashes that cut the power of the node's disk (a subset of `crashes`).
+    pub power_losses: u64,
+    /// Writes a power cut tore, all disks.
+    pub torn_writes: u64,
+    /// Nodes stopped by an injected I/O error (and restarted).
+    pub io_error_stops: u64,
+    /// Times a node's disk was made full.
+    pub disk_full: u64,
+    /// Writes refused with `ENOSPC`, all disks.
+    pub enospc: u64,
     /// Simulated time.
     pub simulated: Duration,
     /// A digest of everything observed: equal for two runs of one seed.
@@ -117,13 +142,23 @@ impl Digest {
     }
 }
 
-/// The nodes, their directories and their network.
+/// The nodes, their directories, their disks and their network.
 struct Cluster {
     clock: ManualClock,
     fabric: Fabric,
     dirs: Vec<PathBuf>,
     addresses: Vec<String>,
     nodes: Vec<Option<Node>>,
+    /// Each node's disk; it outlives the node's crashes.
+    disks: Vec<SimDisk>,
+    /// The latency profile of each disk (kept through healing, without stalls).
+    disk_faults: Vec<SimFaults>,
+    /// A node whose last turn spent disk time holds its output and does not turn before this
+    /// instant (nanoseconds of simulated time).
+    busy_until: Vec<u64>,
+    /// The disk's injected-error count when an `EIO` was armed on it: once the count moves,
+    /// the node's failure is the injected one.
+    eio_armed: Vec<Option<u64>>,
     incarnations: Vec<u64>,
     seed: u64,
     /// Entries raft keeps behind a snapshot (few: compaction and snapshot installs happen).
@@ -140,42 +175,58 @@ impl Cluster {
         index as u64 + 1
     }
 
-    fn open(&mut self, index: usize) -> Result<(), String> {
+    /// Opens node `index` on its disk; `Ok(false)` when the I/O error armed on its disk
+    /// stopped it again during its recovery.
+    fn open(&mut self, index: usize) -> Result<bool, String> {
         let id = Cluster::id(index);
         self.incarnations[index] += 1;
         let network = self.fabric.endpoint(id, &self.addresses[index]);
         let seed = mix(self.seed, 1000 * id + self.incarnations[index]);
-        let inputs = Inputs::simulated(Box::new(self.clock.clone()), seed, Some(network));
+        let mut inputs = Inputs::simulated(Box::new(self.clock.clone()), seed, Some(network));
+        inputs.disk = self.disks[index].shared();
         let shutdown = Arc::new(AtomicBool::new(false));
         let options = StartOptions {
             snapshot_trailing_entries: Some(self.snapshot_trailing_entries),
             ..StartOptions::default()
         };
-        let node = Node::open_with(&self.dirs[index], shutdown, options, inputs)
-            .map_err(|e| format!("node {id} did not open: {e}"))?;
-        self.nodes[index] = Some(node);
-        Ok(())
+        self.busy_until[index] = 0;
+        match Node::open_with(&self.dirs[index], shutdown, options, inputs) {
+            Ok(node) => {
+                self.nodes[index] = Some(node);
+                Ok(true)
+            }
+            // The injected error hit the recovery: the node stops again, as it would.
+            Err(_) if self.eio_fired(index) => {
+                self.disarm(index);
+                Ok(false)
+            }
+            Err(e) => Err(format!("node {id} did not open: {e}")),
+        }
     }
 
     /// Drops the node without its shutdown: no handover, no final checkpoint. With
-    /// `power_loss`, the log's bytes not synced yet are lost too (zeroed), as a power cut may
-    /// lose them; the other files keep what was written (a legal outcome of a power cut too).
-    fn crash(&mut self, index: usize, power_loss: bool) -> Result<(), String> {
+    /// `power_loss`, its disk loses what was not synced (or keeps a prefix of it, torn).
+    fn crash(&mut self, index: usize, power_loss: Option<PowerLoss>) {
         self.fabric.crash(Cluster::id(index));
         let node = self.nodes[index].take();
         if let Some(node) = &node {
             self.note_stopping(node);
         }
-        let unsynced = node.as_ref().and_then(|n| n.raft.log().unsynced_bytes());
         drop(node);
-        if let (true, Some((path, offset, length))) = (power_loss, unsynced) {
-            let zero = || -> std::io::Result<()> {
-                let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-                std::os::unix::fs::FileExt::write_all_at(&file, &vec![0; length as usize], offset)
-            };
-            zero().map_err(|e| format!("cutting the power of {}: {e}", path.display()))?;
+        self.busy_until[index] = 0;
+        if let Some(mode) = power_loss {
+            self.disks[index].power_loss(mode);
         }
-        Ok(())
+    }
+
+    /// Whether the `EIO` armed on node `index`'s disk has fired.
+    fn eio_fired(&self, index: usize) -> bool {
+        self.eio_armed[index].is_some_and(|at| self.disks[index].stats().eio > at)
+    }
+
+    fn disarm(&mut self, index: usize) {
+        self.eio_armed[index] = None;
+        self.disks[index].clear_countdowns();
     }
 
     fn note_stopping(&mut self, node: &Node) {
@@ -194,15 +245,45 @@ impl Cluster {
             .collect()
     }
 
-    fn turn(&mut self) -> Result<(), String> {
+    /// Turns every running node that is not busy with its disk. Returns the nodes an injected
+    /// I/O error stopped (they are down now; the caller restarts them); any other failure is
+    /// a violation.
+    fn turn(&mut self, now: u64) -> Result<Vec<usize>, String> {
+        let mut stopped = Vec::new();
         for index in 0..self.nodes.len() {
-            if let Some(node) = self.nodes[index].as_mut() {
-                node.turn(Some(Duration::ZERO))
-                    .map_err(|e| format!("node {} failed: {e}", Cluster::id(index)))?;
+            if self.busy_until[index] > now {
+                continue;
+            }
+            let Some(node) = self.nodes[index].as_mut() else {
+                continue;
+            };
+            let turned = node.turn(Some(Duration::ZERO));
+            let latency = self.disks[index].take_latency().as_nanos() as u64;
+            match turned {
+                Ok(_) => {}
+                Err(_) if self.eio_fired(index) => {
+                    self.disarm(index);
+                    stopped.push(index);
+                    continue;
+                }
+                Err(e) => return Err(format!("node {} failed: {e}", Cluster::id(index))),
+            }
+            if latency > 0 {
+                // The turn took that long: what it sent leaves at its next poll, then.
+                self.busy_until[index] = now + latency;
+            } else {
                 self.fabric.flush(Cluster::id(index));
             }
         }
-        Ok(())
+        Ok(stopped)
+    }
+
+    /// The earliest instant a busy node turns again.
+    fn next_free(&self, now: u64) -> Option<u64> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some() && self.busy_until[i] > now)
+            .map(|i| self.busy_until[i])
+            .min()
     }
 
     /// Every running node applied the highest commit index any of them knows, and one leads.
@@ -228,6 +309,8 @@ struct Run {
     leaders: BTreeMap<u64, u64>,
     /// Crashed nodes and when they restart (nanoseconds).
     restarts: BTreeMap<usize, u64>,
+    /// Full disks and when their space comes back (nanoseconds).
+    space_back: BTreeMap<usize, u64>,
     fault_next_at: u64,
 }
 
@@ -243,11 +326,23 @@ impl Run {
     /// One step: nodes turn, observations are checked, clients act, time moves to the next
     /// thing due (at most `STEP_MAX` on).
     fn step(&mut self) -> Result<(), String> {
-        self.cluster.turn()?;
+        let now = self.now();
+        for index in self.cluster.turn(now)? {
+            // A failed sync or write stopped the node, by design: restarted as after a crash
+            // (its disk may have lost what it could not sync).
+            self.report.io_error_stops += 1;
+            let mode = self.draw_crash();
+            self.cluster.crash(index, mode);
+            self.report.power_losses += u64::from(mode.is_some());
+            let after = 10_000_000 + self.below(500_000_000);
+            self.restarts.insert(index, now + after);
+        }
         self.observe()?;
         let up = self.cluster.up();
-        let now = self.now();
         let mut next = now + STEP_MAX.as_nanos() as u64;
+        if let Some(free) = self.cluster.next_free(now) {
+            next = next.min(free);
+        }
         for client in &mut self.clients {
             let mut ctx = Context {
                 fabric: &self.cluster.fabric,
@@ -336,16 +431,44 @@ impl Run {
                 if up.len() > 1 {
                     let id = up[self.below(up.len() as u64) as usize];
                     let index = id as usize - 1;
-                    let power_loss = self.below(2) == 0;
-                    self.cluster.crash(index, power_loss)?;
+                    let mode = self.draw_crash();
+                    self.cluster.crash(index, mode);
                     self.report.crashes += 1;
+                    self.report.power_losses += u64::from(mode.is_some());
                     let after = 50_000_000 + self.below(2_000_000_000);
                     self.restarts.insert(index, now + after);
                 }
             }
-            77..=88 => {
+            77..=84 => {
                 let target = 1 + self.below(n);
                 self.shared.transfer_wanted = Some(target);
+            }
+            85..=90 => {
+                // A full disk on one node, for 0.2 to 3 s: a budget at most 24 MiB above what
+                // it holds, below the node's 16 MiB margin most of the time, and often below
+                // what its next writes need (a WAL that grows, a new segment), so that writes
+                // fail with ENOSPC before the node measures its free space.
+                let index = self.below(n) as usize;
+                let room_max: u64 = [1, 64 << 10, 1 << 20, 24 << 20][self.below(4) as usize];
+                let room = self.below(room_max);
+                let disk = &self.cluster.disks[index];
+                disk.set_budget(Some(disk.used_bytes() + room));
+                self.report.disk_full += 1;
+                let after = 200_000_000 + self.below(2_800_000_000);
+                self.space_back.insert(index, now + after);
+            }
+            91..=95 => {
+                // An I/O error on one of the next syncs or writes of a running node's disk.
+                let up = self.cluster.up();
+                let id = up.get(self.below(up.len() as u64) as usize).copied();
+                let index = id.map_or(0, |id| id as usize - 1);
+                if id.is_some() && self.cluster.eio_armed[index].is_none() {
+                    let op = [SimOp::Sync, SimOp::Write, SimOp::SyncDir][self.below(3) as usize];
+                    let count = self.below(40);
+                    let disk = &self.cluster.disks[index];
+                    self.cluster.eio_armed[index] = Some(disk.stats().eio);
+                    disk.fail_after(op, count);
+                }
             }
             _ => {
                 let faults = self.draw_faults();
@@ -353,6 +476,32 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// How a crash leaves the disk: half the time a process crash (`None`: the page cache
+    /// survives), else a power cut that loses every unsynced write (a third of them), or keeps
+    /// a prefix of them with the next one torn.
+    fn draw_crash(&mut self) -> Option<PowerLoss> {
+        match self.below(6) {
+            0..=2 => None,
+            3 => Some(PowerLoss::DropUnsynced),
+            _ => Some(PowerLoss::TornPrefix),
+        }
+    }
+
+    /// The space of full disks whose time is up comes back (all of them with `all`).
+    fn space_back_due(&mut self, all: bool) {
+        let now = self.now();
+        let due: Vec<usize> = self
+            .space_back
+            .iter()
+            .filter(|(_, &at)| all || at <= now)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in due {
+            self.space_back.remove(&index);
+            self.cluster.disks[index].set_budget(None);
+        }
     }
 
     fn draw_faults(&mut self) -> LinkFaults {
@@ -376,7 +525,12 @@ impl Run {
             .collect();
         for index in due {
             self.restarts.remove(&index);
-            self.cluster.open(index)?;
+            if !self.cluster.open(index)? {
+                // Stopped again by the injected error: another try a little later.
+                self.report.io_error_stops += 1;
+                let after = 10_000_000 + self.below(200_000_000);
+                self.restarts.insert(index, now + after);
+            }
         }
         Ok(())
     }
@@ -401,11 +555,22 @@ impl Run {
                 self.fault_next_at = self.now() + 100_000_000 + self.below(1_400_000_000);
             }
             self.restart_due(false)?;
+            self.space_back_due(false);
             self.step()?;
         }
-        // Heal: the cluster must acknowledge a write and converge.
+        // Heal: the cluster must acknowledge a write and converge. Disks keep their latency,
+        // not their stalls, full budgets or armed errors.
         self.cluster.fabric.heal();
         self.cluster.fabric.set_faults(LinkFaults::default());
+        self.space_back_due(true);
+        for index in 0..self.cluster.nodes.len() {
+            self.cluster.disarm(index);
+            let calm = SimFaults {
+                stall_ppm: 0,
+                ..self.cluster.disk_faults[index].clone()
+            };
+            self.cluster.disks[index].set_faults(calm);
+        }
         self.restart_due(true)?;
         let healed_at = self.now();
         let acknowledged = self.shared.acknowledged.len();
@@ -483,11 +648,14 @@ impl Run {
                     .push(format!("linearizability of key {key}: {e}"));
             }
         }
-        let images: Vec<Vec<u8>> = self
-            .cluster
-            .dirs
-            .iter()
-            .map(|dir| std::fs::read(config::db_dir(dir).join(DATABASE)).unwrap_or_default())
+        let images: Vec<Vec<u8>> = (0..self.cluster.dirs.len())
+            .map(|index| {
+                let path = config::db_dir(&self.cluster.dirs[index]).join(DATABASE);
+                self.cluster.disks[index]
+                    .shared()
+                    .read(&path, u64::MAX)
+                    .unwrap_or_default()
+            })
             .collect();
         for (index, image) in images.iter().enumerate().skip(1) {
             if *image != images[0] {
@@ -500,7 +668,24 @@ impl Run {
             }
         }
         for (index, dir) in self.cluster.dirs.iter().enumerate() {
-            match read_writes(&config::db_dir(dir).join(DATABASE)) {
+            // The database, as its disk holds it, copied to a real file for rusqlite to read.
+            let copy = dir.with_extension("check.db");
+            let copied = std::fs::write(&copy, &images[index]);
+            let wal = config::db_dir(dir).join(format!("{DATABASE}-wal"));
+            let wal_bytes = self.cluster.disks[index]
+                .shared()
+                .metadata(&wal)
+                .map_or(0, |m| m.len);
+            if wal_bytes > 0 {
+                self.report.violations.push(format!(
+                    "node {}: {wal_bytes} bytes left in the WAL after a clean stop",
+                    index + 1
+                ));
+            }
+            let written = copied
+                .map_err(|e| e.to_string())
+                .and_then(|()| read_writes(&copy).map_err(|e| e.to_string()));
+            match written {
                 Ok(written) => {
                     let lost: Vec<u64> = shared
                         .acknowledged
@@ -587,12 +772,40 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         configuration.insert(NodeId(i as u64 + 1), address.clone(), MemberRole::Voter);
     }
     let secret = ClusterSecret::from_bytes([7; 32]);
+    // Each node's disk, and its latency profile: none, fast, slow, or slow with stalls.
+    let mut disk_random = SeededRandom::new(mix(seed, 4));
+    let profile = disk_random.next_u64() % 4;
+    let disk_faults: Vec<SimFaults> = (0..n)
+        .map(|_| match profile {
+            0 => SimFaults::default(),
+            1 => SimFaults {
+                sync_latency_us: (20, 200),
+                op_latency_us: (0, 2),
+                ..SimFaults::default()
+            },
+            _ => SimFaults {
+                sync_latency_us: (200, 4_000),
+                op_latency_us: (1, 20),
+                stall_ppm: if profile == 3 { 1_000 } else { 0 },
+                stall_ms: (100, 1_500),
+                ..SimFaults::default()
+            },
+        })
+        .collect();
+    let disks: Vec<SimDisk> = (0..n)
+        .map(|i| {
+            let disk = SimDisk::new(mix(seed, 600 + i as u64));
+            disk.set_faults(disk_faults[i].clone());
+            disk
+        })
+        .collect();
     let snapshot_entries = [8, 32, 256][(random.next_u64() % 3) as usize];
     for (i, dir) in dirs.iter().enumerate() {
         let mut node_config = NodeConfig::new(i as u64 + 1, addresses[i].clone());
         node_config.cluster_id = mix(seed, 3);
         node_config.snapshot_entries = snapshot_entries;
-        if let Err(e) = crate::init_member(dir, &node_config, &secret, &configuration) {
+        let disk = disks[i].shared();
+        if let Err(e) = crate::init_member(disk, dir, &node_config, &secret, &configuration) {
             report.violations.push(format!("init: {e}"));
             return report;
         }
@@ -603,6 +816,10 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         dirs,
         addresses,
         nodes: (0..n).map(|_| None).collect(),
+        disks,
+        disk_faults,
+        busy_until: vec![0; n],
+        eio_armed: vec![None; n],
         incarnations: vec![0; n],
         seed,
         snapshot_trailing_entries: [0, 4, 64][(random.next_u64() % 3) as usize],
@@ -634,9 +851,10 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         digest: Digest(0xcbf2_9ce4_8422_2325),
         leaders: BTreeMap::new(),
         restarts: BTreeMap::new(),
+        space_back: BTreeMap::new(),
         fault_next_at: 0,
     };
-    let mut outcome = (0..n).try_for_each(|i| run.cluster.open(i));
+    let mut outcome = (0..n).try_for_each(|i| run.cluster.open(i).map(|_| ()));
     if outcome.is_ok() {
         outcome = run.run();
     }
@@ -664,6 +882,11 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     run.report.chained = run.cluster.chained;
     run.report.chain_longest = run.cluster.chain_longest;
     run.report.abandoned = run.cluster.abandoned;
+    for disk in &run.cluster.disks {
+        let stats = disk.stats();
+        run.report.torn_writes += stats.writes_torn;
+        run.report.enospc += stats.enospc;
+    }
     run.report.simulated = run.cluster.clock.elapsed();
     run.digest.add(run.report.commits);
     for (key, history) in &run.shared.history {
