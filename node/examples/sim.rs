@@ -86,7 +86,8 @@ fn main() -> ExitCode {
         if verbose {
             println!(
                 "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} snapshots \
-                 installed, {} logs compacted, {:?} simulated, fingerprint {:016x}",
+                 installed, {} logs compacted, {:?} simulated, {} steps, {} turns, fingerprint \
+                 {:016x}",
                 report.commits,
                 report.elections,
                 report.crashes,
@@ -94,6 +95,8 @@ fn main() -> ExitCode {
                 report.snapshots_installed,
                 report.compacted,
                 report.simulated,
+                report.steps,
+                report.turns,
                 report.fingerprint
             );
         }

@@ -136,6 +136,9 @@ pub struct StartOptions {
     /// Entries kept behind a snapshot when the log compacts (`None`: raft's default, 1024). The
     /// simulator keeps few, so that its short runs compact and install snapshots.
     pub snapshot_trailing_entries: Option<u64>,
+    /// Size of new Raft log segment files (`None`: the storage default, 8 MiB). The simulator
+    /// uses small ones: its nodes open often, and each open reads the open segment whole.
+    pub log_segment_bytes: Option<u64>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -165,16 +168,18 @@ fn fatal(what: &str, error: impl fmt::Display) -> NodeError {
 pub fn init(data_dir: &Path, config: &NodeConfig, secret: &ClusterSecret) -> Result<(), NodeError> {
     let mut configuration = Configuration::new();
     configuration.insert(NodeId(config.id), config.address.clone(), MemberRole::Voter);
-    create(data_dir, config, secret, Some(&configuration))
+    create(data_dir, config, secret, Some(&configuration), Options::default())
 }
 
 /// Creates the data directory of one node of a cluster bootstrapped whole (the simulator's):
 /// every member's log holds the same `configuration` at index 1, as etcd's initial cluster.
+/// `log_segment_bytes` as in [`StartOptions`].
 pub fn init_member(
     data_dir: &Path,
     config: &NodeConfig,
     secret: &ClusterSecret,
     configuration: &Configuration,
+    log_segment_bytes: Option<u64>,
 ) -> Result<(), NodeError> {
     if configuration.get(NodeId(config.id)).is_none() {
         return Err(NodeError::Start(format!(
@@ -182,7 +187,22 @@ pub fn init_member(
             config.id
         )));
     }
-    create(data_dir, config, secret, Some(configuration))
+    create(
+        data_dir,
+        config,
+        secret,
+        Some(configuration),
+        log_options(log_segment_bytes),
+    )
+}
+
+/// The segment log's options for a segment size (`None`: the default).
+fn log_options(segment_bytes: Option<u64>) -> Options {
+    let mut options = Options::default();
+    if let Some(bytes) = segment_bytes {
+        options.segment_bytes = bytes;
+    }
+    options
 }
 
 /// Creates the data directory of a node that will join a cluster (`config.join` names it):
@@ -194,7 +214,7 @@ pub fn prepare_join(
     secret: &ClusterSecret,
 ) -> Result<(), NodeError> {
     assert!(!config.join.is_empty(), "a joining node knows its cluster");
-    create(data_dir, config, secret, None)
+    create(data_dir, config, secret, None, Options::default())
 }
 
 fn create(
@@ -202,6 +222,7 @@ fn create(
     config: &NodeConfig,
     secret: &ClusterSecret,
     bootstrap: Option<&Configuration>,
+    log_options: Options,
 ) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Start)?;
     match std::fs::read_dir(data_dir) {
@@ -228,7 +249,7 @@ fn create(
         }
     }
     let start = |what: &str, e: &dyn fmt::Display| NodeError::Start(format!("{what}: {e}"));
-    let mut log = SegmentLog::open(config::raft_dir(data_dir), Options::default())
+    let mut log = SegmentLog::open(config::raft_dir(data_dir), log_options)
         .map_err(|e| start("creating the Raft log", &e))?;
     if let Some(configuration) = bootstrap {
         log.append(&[bootstrap_entry(configuration)])
@@ -477,7 +498,8 @@ impl Node {
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
-        let log = match SegmentLog::open(config::raft_dir(data_dir), Options::default()) {
+        let log_options = log_options(options.log_segment_bytes);
+        let log = match SegmentLog::open(config::raft_dir(data_dir), log_options) {
             Err(
                 e @ (atoll_storage::LogError::Corrupt { .. } | atoll_storage::LogError::Gap { .. }),
             ) => {
@@ -797,6 +819,13 @@ impl Node {
         }
     }
 
+    /// Whether the node has work of its own left (a snapshot being written, proposals, verify
+    /// checksums): its next turn must not wait for input. Otherwise nothing changes in it until
+    /// an input arrives or one of its timers fires, so a host (the simulator) need not turn it.
+    pub fn busy(&self) -> bool {
+        self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy()
+    }
+
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
     pub fn waker(&mut self) -> io::Result<Waker> {
         self.reactor.waker()
@@ -832,8 +861,7 @@ impl Node {
             return Ok(false);
         }
         let mut events = std::mem::take(&mut self.events);
-        let busy = self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
-        let timeout = if busy { Some(Duration::ZERO) } else { wait };
+        let timeout = if self.busy() { Some(Duration::ZERO) } else { wait };
         self.reactor
             .poll(&mut events, timeout)
             .map_err(|e| fatal("polling", e))?;

@@ -452,6 +452,19 @@ impl Fabric {
         self.lock().next_due()
     }
 
+    /// Whether node `id` is up and has an event due by now (a delivery or a timer): what
+    /// would make its poll return.
+    pub fn due(&self, id: u64) -> bool {
+        let state = self.lock();
+        let now = state.now();
+        state.nodes.get(&id).is_some_and(|node| {
+            let first = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+            node.up
+                && (first(node.inbox.keys().next().map(|(at, _)| *at))
+                    || first(node.timers.keys().next().map(|(at, _)| *at)))
+        })
+    }
+
     /// The counters.
     pub fn stats(&self) -> FabricStats {
         self.lock().stats.clone()

@@ -49,10 +49,14 @@ use client::{Context, Shared, SimClient, DATABASE};
 
 /// Time after healing within which the cluster must acknowledge a write and converge.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
-/// The longest simulated step: every node turns at least this often.
-const STEP_MAX: Duration = Duration::from_millis(1);
-/// The shortest simulated step (deliveries due within it are taken together, in order).
+/// The longest simulated step (a bound only: the nodes' tick timers are due more often).
+const STEP_MAX: Duration = Duration::from_millis(10);
+/// The shortest simulated step (deliveries due within it are taken together, in order): about
+/// what a turn of a real node takes.
 const STEP_MIN: Duration = Duration::from_micros(10);
+/// Sizes of the nodes' log segment files, one drawn per seed: small, so that segments fill,
+/// roll over and are compacted away within a run (and an open reads little).
+const LOG_SEGMENT_BYTES: [u64; 3] = [64 << 10, 256 << 10, 1 << 20];
 /// Simulated time the quiescing clients get to finish and read every key.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,6 +90,10 @@ pub struct SeedReport {
     pub compacted: u64,
     /// Simulated time.
     pub simulated: Duration,
+    /// Simulator steps (clock advances) and node turns.
+    pub steps: u64,
+    /// Node turns, all nodes.
+    pub turns: u64,
     /// A digest of everything observed: equal for two runs of one seed.
     pub fingerprint: u64,
 }
@@ -122,6 +130,11 @@ struct Cluster {
     snapshot_trailing_entries: u64,
     snapshots_installed: u64,
     compacted: u64,
+    /// Size of the nodes' log segment files.
+    log_segment_bytes: u64,
+    /// Nodes to turn at the next step whatever is due (just opened).
+    wake: Vec<bool>,
+    turns: u64,
 }
 
 impl Cluster {
@@ -138,11 +151,13 @@ impl Cluster {
         let shutdown = Arc::new(AtomicBool::new(false));
         let options = StartOptions {
             snapshot_trailing_entries: Some(self.snapshot_trailing_entries),
+            log_segment_bytes: Some(self.log_segment_bytes),
             ..StartOptions::default()
         };
         let node = Node::open_with(&self.dirs[index], shutdown, options, inputs)
             .map_err(|e| format!("node {id} did not open: {e}"))?;
         self.nodes[index] = Some(node);
+        self.wake[index] = true;
         Ok(())
     }
 
@@ -180,15 +195,28 @@ impl Cluster {
             .collect()
     }
 
+    /// Turns every node that has an input due or work of its own (as production's loop, whose
+    /// poll returns only then); a node with neither would do nothing.
     fn turn(&mut self) -> Result<(), String> {
         for index in 0..self.nodes.len() {
+            let id = Cluster::id(index);
             if let Some(node) = self.nodes[index].as_mut() {
+                if !std::mem::take(&mut self.wake[index]) && !node.busy() && !self.fabric.due(id)
+                {
+                    continue;
+                }
                 node.turn(Some(Duration::ZERO))
-                    .map_err(|e| format!("node {} failed: {e}", Cluster::id(index)))?;
-                self.fabric.flush(Cluster::id(index));
+                    .map_err(|e| format!("node {id} failed: {e}"))?;
+                self.fabric.flush(id);
+                self.turns += 1;
             }
         }
         Ok(())
+    }
+
+    /// Whether a node has work of its own left for its next turn.
+    fn busy(&self) -> bool {
+        self.nodes.iter().flatten().any(Node::busy)
     }
 
     /// Every running node applied the highest commit index any of them knows, and one leads.
@@ -227,13 +255,22 @@ impl Run {
     }
 
     /// One step: nodes turn, observations are checked, clients act, time moves to the next
-    /// thing due (at most `STEP_MAX` on).
+    /// thing due (a delivery, a timer, a client, a fault, a restart; at least `STEP_MIN` and at
+    /// most `STEP_MAX` on).
     fn step(&mut self) -> Result<(), String> {
         self.cluster.turn()?;
+        self.report.steps += 1;
         self.observe()?;
         let up = self.cluster.up();
         let now = self.now();
         let mut next = now + STEP_MAX.as_nanos() as u64;
+        if self.cluster.busy() {
+            next = now;
+        }
+        let faults = self.restarts.values().chain([&self.fault_next_at]);
+        if let Some(&due) = faults.filter(|&&at| at > now).min() {
+            next = next.min(due);
+        }
         for client in &mut self.clients {
             let mut ctx = Context {
                 fabric: &self.cluster.fabric,
@@ -248,7 +285,7 @@ impl Run {
             let due = due
                 .saturating_duration_since(self.cluster.clock.now())
                 .as_nanos() as u64;
-            next = next.min(now + due.max(1));
+            next = next.min(now + due);
         }
         let step = Duration::from_nanos(next.saturating_sub(now)).max(STEP_MIN);
         self.cluster.clock.advance(step);
@@ -561,11 +598,18 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     }
     let secret = ClusterSecret::from_bytes([7; 32]);
     let snapshot_entries = [8, 32, 256][(random.next_u64() % 3) as usize];
+    let log_segment_bytes = LOG_SEGMENT_BYTES[(random.next_u64() % 3) as usize];
     for (i, dir) in dirs.iter().enumerate() {
         let mut node_config = NodeConfig::new(i as u64 + 1, addresses[i].clone());
         node_config.cluster_id = mix(seed, 3);
         node_config.snapshot_entries = snapshot_entries;
-        if let Err(e) = crate::init_member(dir, &node_config, &secret, &configuration) {
+        if let Err(e) = crate::init_member(
+            dir,
+            &node_config,
+            &secret,
+            &configuration,
+            Some(log_segment_bytes),
+        ) {
             report.violations.push(format!("init: {e}"));
             return report;
         }
@@ -581,6 +625,9 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         snapshot_trailing_entries: [0, 4, 64][(random.next_u64() % 3) as usize],
         snapshots_installed: 0,
         compacted: 0,
+        log_segment_bytes,
+        wake: vec![false; n],
+        turns: 0,
     };
     let clients_count = 2 + (random.next_u64() % 3) as usize;
     let clients = (0..clients_count)
@@ -630,6 +677,7 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     run.report.snapshots_installed = run.cluster.snapshots_installed;
     run.report.compacted = run.cluster.compacted;
     run.report.simulated = run.cluster.clock.elapsed();
+    run.report.turns = run.cluster.turns;
     run.digest.add(run.report.commits);
     for (key, history) in &run.shared.history {
         run.digest.add(*key);
