@@ -673,7 +673,7 @@ impl Node {
             None => {
                 let reactor_config = ReactorConfig {
                     peer: Some(peer),
-                    tls,
+                    tls: tls.clone(),
                     idle_timeout: options.client_idle_timeout,
                     ..ReactorConfig::default()
                 };
@@ -692,7 +692,7 @@ impl Node {
                     })?;
                     info!("serving metrics at http://{bound}/metrics");
                 }
-                Box::new(reactor)
+                Box::new(network::ReactorNetwork::new(reactor, tls))
             }
         };
         let snapshot_next_at = applied + snapshot_interval(&config, random.as_mut());
@@ -902,6 +902,11 @@ impl Node {
             // After the turn's messages: what arrived during a stall counts before the
             // time the stall took (a heartbeat that waited in the socket is still heard).
             self.on_tick()?;
+        }
+        let mut answers = Vec::new();
+        self.reactor.outbound_answers(&mut answers);
+        for answer in answers {
+            self.on_outbound_answer(answer);
         }
         let events_done = self.clock.now();
         self.drive_raft()?;
