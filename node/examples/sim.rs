@@ -85,13 +85,17 @@ fn main() -> ExitCode {
         elections += report.elections;
         if verbose {
             println!(
-                "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} snapshots \
-                 installed, {} logs compacted, {:?} simulated, {} steps, {} turns, fingerprint \
-                 {:016x}",
+                "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} joins, \
+                 {}/{} membership changes done, {} retired, {} snapshots installed, {} logs \
+                 compacted, {:?} simulated, {} steps, {} turns, fingerprint {:016x}",
                 report.commits,
                 report.elections,
                 report.crashes,
                 report.transfers,
+                report.joins,
+                report.membership_done,
+                report.membership_asked,
+                report.retired,
                 report.snapshots_installed,
                 report.compacted,
                 report.simulated,

@@ -1,15 +1,24 @@
 //! The whole-stack deterministic simulator: N full nodes (Raft, segment log, engine on real
 //! SQLite, real files in a temporary directory) in one thread on simulated time, over the
 //! simulated network (`sim_network.rs`), with clients issuing SQL, network faults, crashes and
-//! restarts, and leadership transfers, all drawn from one seed. The `sim` example runs seeds;
+//! restarts, leadership transfers and membership changes, all drawn from one seed. The `sim`
+//! example runs seeds;
 //! a seed replays identically (one thread, one clock, seeded generators, and the node's sends
 //! ordered before any draw).
 //!
-//! A run: the cluster boots (every node holds the same bootstrap configuration), a client
-//! creates the schema, then for `fault_ms` of simulated time clients write, read and commit
-//! transactions while faults come and go. Then everything heals (links restored, crashed nodes
-//! restarted, a perfect network), and the cluster must make progress again (liveness); clients
-//! stop, read every key a last time, the replicas converge, and the nodes stop.
+//! A run: the cluster boots (every node holds the same bootstrap configuration: `nodes`
+//! voters and, drawn, a standby or a spare), a client creates the schema, then for `fault_ms`
+//! of simulated time clients write, read and commit transactions while faults come and go.
+//! Then everything heals (links restored, crashed nodes restarted, a perfect network), and the
+//! cluster must make progress again (liveness); clients stop, read every key a last time, the
+//! replicas converge, and the nodes stop.
+//!
+//! Membership: fresh nodes join (prepared as `atoll join` does, asking the leader through the
+//! node's own join path), an operator's client asks REMOVE or ASSIGN (voter, standby, spare),
+//! removed nodes go on running until some are retired (stopped for good), and automatic roles
+//! (on in most seeds, with a short unreachable threshold) promote joiners and replace
+//! unreachable voters. The replicas checked at the end are the final configuration's voters
+//! and standbys.
 //!
 //! Checkers (each failure is a violation of the seed):
 //! - election safety: one leader per term, over every observation;
@@ -20,8 +29,10 @@
 //!   table at the end, and no replica holds a value of an aborted transaction;
 //! - replicas byte-identical at equal applied indexes (the database files after the final
 //!   checkpoint);
-//! - liveness: after healing, a write is acknowledged and every node applies the leader's
-//!   commit index within `LIVENESS_TIMEOUT`.
+//! - liveness: after healing, a write is acknowledged and every voter and standby applies the
+//!   leader's commit index within `LIVENESS_TIMEOUT`;
+//! - configuration safety (`membership.rs`): at most one configuration change pending; a
+//!   removed node, a standby or a spare never counted in a commit or an election.
 //!
 //! A crash drops the `Node` without its shutdown handover and reopens it from its directory:
 //! a process crash (the page cache survives), or, half the time, a power cut of the log: the
@@ -30,6 +41,7 @@
 //! segment log and the engine's VFS; it is not there yet.
 
 pub mod client;
+mod membership;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -38,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_net::peer::ClusterSecret;
+use atoll_net::protocol::{Request, Role};
 use atoll_raft::sim::linearizability::check_register;
 use atoll_raft::{Configuration, MemberRole, NodeId, StateRole};
 
@@ -46,6 +59,7 @@ use crate::inputs::{Clock, Inputs, ManualClock, Random, SeededRandom};
 use crate::sim_network::{Fabric, LinkFaults};
 use crate::{Node, StartOptions};
 use client::{Context, Shared, SimClient, DATABASE};
+use membership::{ConfigurationChecker, Held, Seen};
 
 /// Time after healing within which the cluster must acknowledge a write and converge.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,6 +68,8 @@ const STEP_MAX: Duration = Duration::from_millis(10);
 /// The shortest simulated step (deliveries due within it are taken together, in order): about
 /// what a turn of a real node takes.
 const STEP_MIN: Duration = Duration::from_micros(10);
+/// Fresh nodes that may join during a seed.
+const JOINS_MAX: usize = 2;
 /// Sizes of the nodes' log segment files, one drawn per seed: small, so that segments fill,
 /// roll over and are compacted away within a run (and an open reads little).
 const LOG_SEGMENT_BYTES: [u64; 3] = [64 << 10, 256 << 10, 1 << 20];
@@ -84,6 +100,14 @@ pub struct SeedReport {
     pub crashes: u64,
     /// Leadership transfers asked.
     pub transfers: u64,
+    /// Fresh nodes that joined (were started to join).
+    pub joins: u64,
+    /// REMOVE and ASSIGN requests asked, and answered done.
+    pub membership_asked: u64,
+    /// REMOVE and ASSIGN requests answered done.
+    pub membership_done: u64,
+    /// Removed nodes stopped for good.
+    pub retired: u64,
     /// Snapshots installed from a leader, all nodes.
     pub snapshots_installed: u64,
     /// Nodes whose log was compacted (its first index past 1) when they stopped or crashed.
@@ -96,6 +120,11 @@ pub struct SeedReport {
     pub turns: u64,
     /// A digest of everything observed: equal for two runs of one seed.
     pub fingerprint: u64,
+}
+
+/// The address of node `id` on the simulated network.
+fn address(id: u64) -> String {
+    format!("127.0.0.1:{}", 20_000 + id)
 }
 
 /// Mixes a seed and a stream number into an independent seed (splitmix64's finalizer).
@@ -135,6 +164,16 @@ struct Cluster {
     /// Nodes to turn at the next step whatever is due (just opened).
     wake: Vec<bool>,
     turns: u64,
+    /// Nodes removed from the cluster and stopped for good.
+    retired: Vec<bool>,
+    /// What each node that is down held when it went down (the configuration checks).
+    held: Vec<Option<Held>>,
+    /// The configuration checkers.
+    configurations: ConfigurationChecker,
+    /// Where node directories go, the secret, and the configuration every node starts from.
+    root: PathBuf,
+    secret: ClusterSecret,
+    template: NodeConfig,
 }
 
 impl Cluster {
@@ -158,7 +197,90 @@ impl Cluster {
             .map_err(|e| format!("node {id} did not open: {e}"))?;
         self.nodes[index] = Some(node);
         self.wake[index] = true;
+        self.held[index] = None;
         Ok(())
+    }
+
+    /// A fresh node, prepared as `atoll join` does (asking the nodes at `join`), started.
+    fn join(&mut self, join: Vec<String>) -> Result<(), String> {
+        let index = self.nodes.len();
+        let id = Cluster::id(index);
+        let dir = self.root.join(format!("n{id}"));
+        let address = address(id);
+        let mut config = self.template.clone();
+        config.id = id;
+        config.address = address.clone();
+        config.join = join;
+        crate::prepare_join(&dir, &config, &self.secret)
+            .map_err(|e| format!("preparing node {id} to join: {e}"))?;
+        self.dirs.push(dir);
+        self.addresses.push(address);
+        self.nodes.push(None);
+        self.incarnations.push(0);
+        self.wake.push(false);
+        self.retired.push(false);
+        self.held.push(None);
+        self.open(index)
+    }
+
+    /// Node `id` as the configuration checks see it.
+    fn seen(&self, id: u64) -> Seen<'_> {
+        let index = (id as usize).wrapping_sub(1);
+        match (self.nodes.get(index), self.held.get(index)) {
+            (Some(Some(node)), _) => Seen::Up(node),
+            (_, Some(Some(held))) => Seen::Down(held),
+            _ => Seen::Gone,
+        }
+    }
+
+    /// The configuration of the leader of the highest term, if one is up.
+    fn leader_configuration(&self) -> Option<Configuration> {
+        let leader = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|n| n.raft.role() == StateRole::Leader)
+            .max_by_key(|n| n.raft.term())?;
+        Some(leader.raft.configuration().clone())
+    }
+
+    /// The voters and standbys of the leader's configuration (`None`: no leader up).
+    fn replicas(&self) -> Option<Vec<u64>> {
+        let configuration = self.leader_configuration()?;
+        Some(
+            configuration
+                .members()
+                .filter(|(_, m)| m.role.replicates())
+                .map(|(id, _)| id.0)
+                .collect(),
+        )
+    }
+
+    /// Nodes not in the configuration committed on the leader (removed for good).
+    fn removed(&self) -> Vec<u64> {
+        let Some(leader) = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|n| n.raft.role() == StateRole::Leader)
+            .max_by_key(|n| n.raft.term())
+        else {
+            return Vec::new();
+        };
+        let commit = leader.raft.commit_index();
+        let Some(committed) = leader
+            .raft
+            .configurations()
+            .filter(|(index, _)| *index <= commit)
+            .map(|(_, c)| c)
+            .last()
+        else {
+            return Vec::new();
+        };
+        (0..self.nodes.len())
+            .map(Cluster::id)
+            .filter(|&id| !self.retired[id as usize - 1] && committed.get(NodeId(id)).is_none())
+            .collect()
     }
 
     /// Drops the node without its shutdown: no handover, no final checkpoint. With
@@ -169,6 +291,7 @@ impl Cluster {
         let node = self.nodes[index].take();
         if let Some(node) = &node {
             self.note_stopping(node);
+            self.held[index] = Some(Held::of(node, self.configurations.commit_seen()));
         }
         let unsynced = node.as_ref().and_then(|n| n.raft.log().unsynced_bytes());
         drop(node);
@@ -219,13 +342,17 @@ impl Cluster {
         self.nodes.iter().flatten().any(Node::busy)
     }
 
-    /// Every running node applied the highest commit index any of them knows, and one leads.
+    /// One node leads, and every voter and standby of its configuration is up and applied the
+    /// highest commit index any node knows.
     fn converged(&self) -> bool {
-        let states: Vec<_> = self.nodes.iter().flatten().map(Node::state).collect();
-        let commit = states.iter().map(|s| s.commit).max();
-        states.iter().any(|s| s.role == StateRole::Leader)
-            && states.len() == self.nodes.len()
-            && states.iter().all(|s| Some(s.applied) == commit)
+        let Some(replicas) = self.replicas() else {
+            return false;
+        };
+        let commit = self.nodes.iter().flatten().map(|n| n.raft.commit_index()).max();
+        replicas.iter().all(|&id| {
+            let node = self.nodes.get(id as usize - 1).and_then(Option::as_ref);
+            node.is_some_and(|n| Some(n.raft.applied()) == commit)
+        })
     }
 }
 
@@ -243,6 +370,10 @@ struct Run {
     /// Crashed nodes and when they restart (nanoseconds).
     restarts: BTreeMap<usize, u64>,
     fault_next_at: u64,
+    /// The most nodes the seed may have (the bootstrapped ones and `JOINS_MAX` joiners).
+    nodes_max: usize,
+    /// The voters and standbys of the final configuration (the replicas checked).
+    final_replicas: Vec<u64>,
 }
 
 impl Run {
@@ -310,15 +441,20 @@ impl Run {
                 }
             }
         }
-        Ok(())
+        let mut checker = std::mem::take(&mut self.cluster.configurations);
+        let cluster = &self.cluster;
+        let outcome = checker.observe(cluster.nodes.iter().flatten(), |id| cluster.seen(id));
+        self.cluster.configurations = checker;
+        outcome
     }
 
     /// A fault, drawn: links cut (one way, a node isolated, a split), healed, a crash, a
-    /// restart, a leadership transfer, or new link faults.
+    /// restart, a leadership transfer, new link faults, or a membership change (a fresh node
+    /// joins, an operator removes a node or assigns it a role, a removed node is retired).
     fn fault(&mut self) -> Result<(), String> {
-        let n = self.config.nodes as u64;
+        let n = self.cluster.nodes.len() as u64;
         let now = self.now();
-        match self.below(100) {
+        match self.below(120) {
             0..=24 => self.cluster.fabric.heal(),
             25..=39 => {
                 let from = 1 + self.below(n);
@@ -357,9 +493,52 @@ impl Run {
                 let target = 1 + self.below(n);
                 self.shared.transfer_wanted = Some(target);
             }
-            _ => {
+            89..=99 => {
                 let faults = self.draw_faults();
                 self.cluster.fabric.set_faults(faults);
+            }
+            100..=104 => {
+                if self.cluster.nodes.len() < self.nodes_max {
+                    // The join addresses: the nodes not retired, from a drawn one on.
+                    let known: Vec<String> = (0..self.cluster.nodes.len())
+                        .filter(|&i| !self.cluster.retired[i])
+                        .map(|i| self.cluster.addresses[i].clone())
+                        .collect();
+                    let from = self.below(known.len() as u64) as usize;
+                    let join = known[from..].iter().chain(&known[..from]).cloned().collect();
+                    self.cluster.join(join)?;
+                    self.report.joins += 1;
+                }
+            }
+            105..=117 => {
+                // One change, or two racing.
+                for _ in 0..1 + self.below(2) {
+                    let id = 1 + self.below(n);
+                    let request = match self.below(3) {
+                        0 => Request::Remove { id },
+                        _ => {
+                            let roles = [Role::Voter, Role::Standby, Role::Spare];
+                            let role = roles[self.below(3) as usize];
+                            Request::Assign {
+                                id,
+                                role: Some(role),
+                            }
+                        }
+                    };
+                    self.shared.membership_wanted.push_back(request);
+                }
+            }
+            _ => {
+                let removed = self.cluster.removed();
+                if !removed.is_empty() {
+                    let id = removed[self.below(removed.len() as u64) as usize];
+                    let index = id as usize - 1;
+                    self.cluster.crash(index, false)?;
+                    self.cluster.retired[index] = true;
+                    self.cluster.held[index] = None;
+                    self.restarts.remove(&index);
+                    self.report.retired += 1;
+                }
             }
         }
         Ok(())
@@ -467,6 +646,7 @@ impl Run {
             }
             self.step()?;
         }
+        self.final_replicas = self.cluster.replicas().unwrap_or_default();
         Ok(())
     }
 
@@ -493,23 +673,32 @@ impl Run {
                     .push(format!("linearizability of key {key}: {e}"));
             }
         }
-        let images: Vec<Vec<u8>> = self
-            .cluster
-            .dirs
+        // The final configuration's voters and standbys (spares and removed nodes hold no
+        // current copy).
+        let replicas: Vec<(u64, PathBuf)> = self
+            .final_replicas
             .iter()
-            .map(|dir| std::fs::read(config::db_dir(dir).join(DATABASE)).unwrap_or_default())
+            .map(|&id| (id, self.cluster.dirs[id as usize - 1].clone()))
             .collect();
-        for (index, image) in images.iter().enumerate().skip(1) {
-            if *image != images[0] {
+        let images: Vec<(u64, Vec<u8>)> = replicas
+            .iter()
+            .map(|(id, dir)| {
+                let path = config::db_dir(dir).join(DATABASE);
+                (*id, std::fs::read(path).unwrap_or_default())
+            })
+            .collect();
+        for (id, image) in images.iter().skip(1) {
+            if *image != images[0].1 {
                 self.report.violations.push(format!(
-                    "replicas differ: node {}'s database ({} bytes) is not node 1's ({} bytes)",
-                    index + 1,
+                    "replicas differ: node {id}'s database ({} bytes) is not node {}'s ({} bytes)",
                     image.len(),
-                    images[0].len()
+                    images[0].0,
+                    images[0].1.len()
                 ));
             }
         }
-        for (index, dir) in self.cluster.dirs.iter().enumerate() {
+        for (id, dir) in &replicas {
+            let index = *id as usize - 1;
             match read_writes(&config::db_dir(dir).join(DATABASE)) {
                 Ok(written) => {
                     let lost: Vec<u64> = shared
@@ -587,22 +776,35 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     let clock = ManualClock::new();
     let fabric = Fabric::new(clock.clone(), mix(seed, 1));
     let mut random = SeededRandom::new(mix(seed, 2));
-    let n = config.nodes.max(1);
+    let voters = config.nodes.max(1);
+    // A standby or a spare in the bootstrap configuration, drawn.
+    let extra_role = [None, Some(MemberRole::Standby), Some(MemberRole::Spare)]
+        [(random.next_u64() % 3) as usize];
+    let n = voters + usize::from(extra_role.is_some());
     let dirs: Vec<PathBuf> = (1..=n).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let addresses: Vec<String> = (1..=n)
-        .map(|i| format!("127.0.0.1:{}", 20_000 + i))
-        .collect();
+    let addresses: Vec<String> = (1..=n as u64).map(address).collect();
     let mut configuration = Configuration::new();
     for (i, address) in addresses.iter().enumerate() {
-        configuration.insert(NodeId(i as u64 + 1), address.clone(), MemberRole::Voter);
+        let role = if i < voters {
+            MemberRole::Voter
+        } else {
+            extra_role.unwrap_or(MemberRole::Voter)
+        };
+        configuration.insert(NodeId(i as u64 + 1), address.clone(), role);
     }
     let secret = ClusterSecret::from_bytes([7; 32]);
-    let snapshot_entries = [8, 32, 256][(random.next_u64() % 3) as usize];
+    let mut template = NodeConfig::new(1, address(1));
+    template.cluster_id = mix(seed, 3);
+    template.snapshot_entries = [8, 32, 256][(random.next_u64() % 3) as usize];
+    // Automatic roles in three seeds of four, replacing a voter unreachable for 1 or 3 s.
+    template.auto_roles = random.next_u64() % 4 != 0;
+    template.unreachable_ms = [1_000, 3_000][(random.next_u64() % 2) as usize];
+    template.standbys = (random.next_u64() % 3) as u32;
     let log_segment_bytes = LOG_SEGMENT_BYTES[(random.next_u64() % 3) as usize];
     for (i, dir) in dirs.iter().enumerate() {
-        let mut node_config = NodeConfig::new(i as u64 + 1, addresses[i].clone());
-        node_config.cluster_id = mix(seed, 3);
-        node_config.snapshot_entries = snapshot_entries;
+        let mut node_config = template.clone();
+        node_config.id = i as u64 + 1;
+        node_config.address = addresses[i].clone();
         if let Err(e) = crate::init_member(
             dir,
             &node_config,
@@ -628,6 +830,12 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         log_segment_bytes,
         wake: vec![false; n],
         turns: 0,
+        retired: vec![false; n],
+        held: vec![None; n],
+        configurations: ConfigurationChecker::default(),
+        root: dir.path().to_path_buf(),
+        secret,
+        template,
     };
     let clients_count = 2 + (random.next_u64() % 3) as usize;
     let clients = (0..clients_count)
@@ -650,6 +858,8 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         leaders: BTreeMap::new(),
         restarts: BTreeMap::new(),
         fault_next_at: 0,
+        nodes_max: n + JOINS_MAX,
+        final_replicas: Vec::new(),
     };
     let mut outcome = (0..n).try_for_each(|i| run.cluster.open(i));
     if outcome.is_ok() {
@@ -658,6 +868,7 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     if let Err(e) = outcome {
         run.report.violations.push(e);
     }
+    let n = run.cluster.nodes.len();
     for index in 0..n {
         if let Some(mut node) = run.cluster.nodes[index].take() {
             run.cluster.note_stopping(&node);
@@ -674,6 +885,8 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     run.report.commits = run.shared.acknowledged.len() as u64;
     run.report.elections = run.leaders.len() as u64;
     run.report.transfers = run.shared.transfers;
+    run.report.membership_asked = run.shared.membership_asked;
+    run.report.membership_done = run.shared.membership_done;
     run.report.snapshots_installed = run.cluster.snapshots_installed;
     run.report.compacted = run.cluster.compacted;
     run.report.simulated = run.cluster.clock.elapsed();
