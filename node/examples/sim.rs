@@ -87,7 +87,8 @@ fn main() -> ExitCode {
             println!(
                 "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} joins, \
                  {}/{} membership changes done, {} retired, {} snapshots installed, {} logs \
-                 compacted, {:?} simulated, {} steps, {} turns, fingerprint {:016x}",
+                 compacted, {}/{} images compared, {:?} simulated, {} steps, {} turns, \
+                 fingerprint {:016x}",
                 report.commits,
                 report.elections,
                 report.crashes,
@@ -98,6 +99,8 @@ fn main() -> ExitCode {
                 report.retired,
                 report.snapshots_installed,
                 report.compacted,
+                report.images_compared,
+                report.images_hashed,
                 report.simulated,
                 report.steps,
                 report.turns,

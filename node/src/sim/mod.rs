@@ -27,8 +27,12 @@
 //!   anywhere fails it too (no uncommitted data visible);
 //! - no acknowledged write lost: every acknowledged value is in every replica's `writes`
 //!   table at the end, and no replica holds a value of an aborted transaction;
-//! - replicas byte-identical at equal applied indexes (the database files after the final
-//!   checkpoint);
+//! - replicas byte-identical at equal applied indexes: while the run goes on, each node's
+//!   database image (its pages as of its applied index, `Engine::database_image`) is hashed
+//!   whenever its applied index moved to one another node hashed (and, to have those, every
+//!   `IMAGE_INTERVAL` at most), and every
+//!   hash of one index must be equal, whichever node and time it came from (snapshot installs
+//!   included); at the end, the database files after the final checkpoint;
 //! - liveness: after healing, a write is acknowledged and every voter and standby applies the
 //!   leader's commit index within `LIVENESS_TIMEOUT`;
 //! - configuration safety (`membership.rs`): at most one configuration change pending; a
@@ -68,6 +72,9 @@ const STEP_MAX: Duration = Duration::from_millis(10);
 /// The shortest simulated step (deliveries due within it are taken together, in order): about
 /// what a turn of a real node takes.
 const STEP_MIN: Duration = Duration::from_micros(10);
+/// Shortest simulated time between two image hashes of one node at indexes no other node
+/// hashed (an index another node hashed is hashed at once: it is compared).
+const IMAGE_INTERVAL: Duration = Duration::from_millis(20);
 /// Fresh nodes that may join during a seed.
 const JOINS_MAX: usize = 2;
 /// Sizes of the nodes' log segment files, one drawn per seed: small, so that segments fill,
@@ -108,6 +115,11 @@ pub struct SeedReport {
     pub membership_done: u64,
     /// Removed nodes stopped for good.
     pub retired: u64,
+    /// Database images hashed during the run, and those compared with another node's hash at
+    /// the same applied index.
+    pub images_hashed: u64,
+    /// Images compared with another node's at the same applied index.
+    pub images_compared: u64,
     /// Snapshots installed from a leader, all nodes.
     pub snapshots_installed: u64,
     /// Nodes whose log was compacted (its first index past 1) when they stopped or crashed.
@@ -367,6 +379,10 @@ struct Run {
     digest: Digest,
     /// The leader of each term seen.
     leaders: BTreeMap<u64, u64>,
+    /// Database image hashes by applied index: (hash, the node that hashed it first).
+    images: BTreeMap<u64, (u64, u64)>,
+    /// Per node: the applied index last hashed, and when the next hash may be taken.
+    imaged: BTreeMap<u64, (u64, u64)>,
     /// Crashed nodes and when they restart (nanoseconds).
     restarts: BTreeMap<usize, u64>,
     fault_next_at: u64,
@@ -445,7 +461,41 @@ impl Run {
         let cluster = &self.cluster;
         let outcome = checker.observe(cluster.nodes.iter().flatten(), |id| cluster.seen(id));
         self.cluster.configurations = checker;
-        outcome
+        outcome?;
+        self.hash_images()
+    }
+
+    /// Hashes the database image of every node whose applied index moved to one another node
+    /// hashed, or (at most every `IMAGE_INTERVAL`) to another, and checks it against the hash
+    /// any node had at that index.
+    fn hash_images(&mut self) -> Result<(), String> {
+        let now = self.now();
+        for node in self.cluster.nodes.iter_mut().flatten() {
+            let id = node.id();
+            let applied = node.engine.applied_index();
+            let (last, next_at) = self.imaged.get(&id).copied().unwrap_or((0, 0));
+            let comparable = self.images.get(&applied).is_some_and(|&(_, by)| by != id);
+            if applied == last || (now < next_at && !comparable) {
+                continue;
+            }
+            self.imaged
+                .insert(id, (applied, now + IMAGE_INTERVAL.as_nanos() as u64));
+            let Some(hash) = image_hash(&mut node.engine)
+                .map_err(|e| format!("node {id}: hashing its database at {applied}: {e}"))?
+            else {
+                continue; // No database yet.
+            };
+            self.report.images_hashed += 1;
+            let (known, by) = *self.images.entry(applied).or_insert((hash, id));
+            self.report.images_compared += u64::from(by != id);
+            if known != hash {
+                return Err(format!(
+                    "replicas differ: node {id}'s database at applied index {applied} is not \
+                     node {by}'s at that index"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A fault, drawn: links cut (one way, a node isolated, a split), healed, a crash, a
@@ -734,6 +784,31 @@ impl Run {
     }
 }
 
+/// A hash of the image of the simulator's database as of the engine's applied index (its page
+/// count and the CRC-32 of its pages), `None` if there is no such database yet.
+fn image_hash(engine: &mut atoll_core::Engine) -> Result<Option<u64>, String> {
+    if !engine.database_names().iter().any(|name| name == DATABASE) {
+        return Ok(None);
+    }
+    let Some(mut image) = engine
+        .database_image(DATABASE)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let pages = u64::from(image.page_count());
+    let mut crc = crc32fast::Hasher::new();
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = std::io::Read::read(&mut image, &mut buffer).map_err(|e| e.to_string())?;
+        if read == 0 {
+            break;
+        }
+        crc.update(&buffer[..read]);
+    }
+    Ok(Some(pages << 32 | u64::from(crc.finalize())))
+}
+
 /// The values in a replica's `writes` table.
 fn read_writes(path: &Path) -> rusqlite::Result<BTreeSet<u64>> {
     let connection =
@@ -856,6 +931,8 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         report,
         digest: Digest(0xcbf2_9ce4_8422_2325),
         leaders: BTreeMap::new(),
+        images: BTreeMap::new(),
+        imaged: BTreeMap::new(),
         restarts: BTreeMap::new(),
         fault_next_at: 0,
         nodes_max: n + JOINS_MAX,
