@@ -329,6 +329,22 @@ impl JsonRows {
     }
 }
 
+/// Writes `values` under `columns` as a table or as CSV (`format` is not JSON: each command
+/// writes its own JSON objects).
+pub fn write_table_or_csv(
+    out: &mut impl Write,
+    columns: &[String],
+    values: &[Vec<Value>],
+    format: Format,
+) -> io::Result<()> {
+    if format == Format::Table {
+        write_table(out, columns, values)
+    } else {
+        write_csv_header(out, columns)?;
+        values.iter().try_for_each(|row| write_csv_row(out, row))
+    }
+}
+
 /// Writes the CSV header line.
 pub fn write_csv_header(out: &mut impl Write, columns: &[String]) -> io::Result<()> {
     let fields: Vec<String> = columns.iter().map(|c| csv_quote(c)).collect();

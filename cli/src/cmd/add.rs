@@ -1,6 +1,8 @@
 //! `atoll add`: the raw ADD request, for operators.
 
-use super::{change_membership, connect, explain, parse_node_id, CliError, ClusterArgs};
+use super::{
+    change_membership, configuration, connect, explain, parse_node_id, CliError, ClusterArgs,
+};
 
 /// Add a node to the cluster's configuration as a spare (raw ADD, for operators).
 ///
@@ -28,12 +30,7 @@ pub struct Args {
 /// Runs `atoll add`.
 pub fn run(args: Args) -> Result<(), CliError> {
     let mut client = connect(&args.cluster)?;
-    let nodes = client.cluster().map_err(|e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    })?;
+    let nodes = configuration(&mut client)?;
     if let Some(node) = nodes.iter().find(|n| n.id == args.id) {
         return Err(CliError::new(format!(
             "node id {} is already in the cluster, at {}; pick another id",

@@ -3,7 +3,8 @@
 use atoll_net::protocol::Role;
 
 use super::{
-    change_membership, connect, explain, find_node, parse_node_id, role_name, CliError, ClusterArgs,
+    change_membership, configuration, connect, explain, find_node, parse_node_id, role_name,
+    CliError, ClusterArgs,
 };
 
 /// A role a node can be given.
@@ -53,12 +54,7 @@ pub struct Args {
 /// Runs `atoll assign`.
 pub fn run(args: Args) -> Result<(), CliError> {
     let mut client = connect(&args.cluster)?;
-    let nodes = client.cluster().map_err(|e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    })?;
+    let nodes = configuration(&mut client)?;
     let node = find_node(&nodes, args.id, &args.cluster)?;
     let role = Role::from(args.role);
     if node.role == Some(role) {

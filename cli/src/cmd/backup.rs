@@ -8,7 +8,7 @@ use atoll_net::client::{ClientError, Connection};
 use atoll_net::protocol::{File as ProtocolFile, Role};
 
 use super::dump::{check_target, dump_error, with_suffix, write_files};
-use super::{connect, explain, CliError, ClusterArgs};
+use super::{configuration, connect, explain, CliError, ClusterArgs};
 use atoll_node::database_header;
 
 /// Back up a database of the cluster to a SQLite file.
@@ -47,12 +47,7 @@ pub struct Args {
 /// answers atoll's version word. Returns the connection, its id and its applied index.
 fn connect_follower(args: &Args) -> Result<(Connection, u64, u64), CliError> {
     let mut client = connect(&args.cluster)?;
-    let nodes = client.cluster().map_err(|e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    })?;
+    let nodes = configuration(&mut client)?;
     let leader = client
         .leader()
         .map_err(|e| CliError::new(format!("asking for the leader: {}", explain(&e))))?

@@ -4,11 +4,14 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
+use atoll_net::client::{Client, ClientError, Connection};
 use atoll_net::protocol::{NodeInfo, NodeMetadata, Value};
 use atoll_net::tls::TlsContext;
 
-use super::{connect, explain, io_words, role_name, CliError, ClusterArgs};
+use super::{
+    configuration_error, connect, node_words, probe_config, probe_each, role_name, CliError,
+    ClusterArgs,
+};
 use crate::output::{self, Format};
 
 /// List the nodes of the cluster.
@@ -66,23 +69,14 @@ pub struct NodeStatus {
 /// word) is asked STATUS, which carries DESCRIBE format 1 (its applied index) and whether it is
 /// repairing; any other node DESCRIBE format 0, the only one dqlite survives.
 fn probe(address: &str, tls: Option<&TlsContext>) -> Result<Option<(NodeMetadata, bool)>, String> {
-    let config = ClientConfig {
-        connect_timeout: PROBE_TIMEOUT,
-        request_timeout: PROBE_TIMEOUT,
-        tls: tls.cloned(),
-        ..ClientConfig::default()
-    };
-    let words = |e: ClientError| match e {
-        ClientError::Io(io) => io_words(&io),
-        other => explain(&other),
-    };
-    if let Some(mut connection) = Connection::connect_atoll(address, &config).map_err(words)? {
-        let status = connection.status().map_err(words)?;
+    let config = probe_config(PROBE_TIMEOUT, PROBE_TIMEOUT, tls);
+    if let Some(mut connection) = Connection::connect_atoll(address, &config).map_err(node_words)? {
+        let status = connection.status().map_err(node_words)?;
         return Ok(Some((status.metadata, status.repairing)));
     }
-    let mut connection = Connection::connect(address, &config).map_err(words)?;
-    connection.leader().map_err(words)?;
-    connection.describe().map_err(words)?;
+    let mut connection = Connection::connect(address, &config).map_err(node_words)?;
+    connection.leader().map_err(node_words)?;
+    connection.describe().map_err(node_words)?;
     Ok(None)
 }
 
@@ -92,29 +86,23 @@ fn probe_all(
     leader_id: Option<u64>,
     tls: Option<&TlsContext>,
 ) -> Vec<NodeStatus> {
-    std::thread::scope(|scope| {
-        let probes: Vec<_> = nodes
-            .iter()
-            .map(|node| scope.spawn(move || probe(&node.address, tls)))
-            .collect();
-        nodes
-            .iter()
-            .zip(probes)
-            .map(|(node, probe)| {
-                let probe = probe.join().unwrap_or_else(|_| Err("probe failed".into()));
-                let answer = probe.as_ref().ok().copied().flatten();
-                let metadata = answer.map(|(metadata, _)| metadata);
-                NodeStatus {
-                    node: node.clone(),
-                    leader: Some(node.id) == leader_id,
-                    applied_index: metadata.map(|m| m.applied_index),
-                    corrupt_databases: metadata.map(|m| m.corrupt_databases),
-                    repairing: answer.map(|(_, repairing)| repairing),
-                    reachable: probe.map(|_| ()),
-                }
-            })
-            .collect()
-    })
+    let answers = probe_each(nodes, |node| probe(&node.address, tls));
+    nodes
+        .iter()
+        .zip(answers)
+        .map(|(node, probe)| {
+            let answer = probe.as_ref().ok().copied().flatten();
+            let metadata = answer.map(|(metadata, _)| metadata);
+            NodeStatus {
+                node: node.clone(),
+                leader: Some(node.id) == leader_id,
+                applied_index: metadata.map(|m| m.applied_index),
+                corrupt_databases: metadata.map(|m| m.corrupt_databases),
+                repairing: answer.map(|(_, repairing)| repairing),
+                reachable: probe.map(|_| ()),
+            }
+        })
+        .collect()
 }
 
 /// The configuration as the leader knows it, with every node probed.
@@ -126,12 +114,7 @@ pub fn collect(client: &mut Client) -> Result<Vec<NodeStatus>, ClientError> {
 
 /// The configuration from the first node that answers CLUSTER, when there is no leader.
 fn collect_without_leader(args: &ClusterArgs) -> Option<Vec<NodeStatus>> {
-    let config = ClientConfig {
-        connect_timeout: PROBE_TIMEOUT,
-        request_timeout: PROBE_TIMEOUT,
-        tls: args.tls_context.clone(),
-        ..ClientConfig::default()
-    };
+    let config = probe_config(PROBE_TIMEOUT, PROBE_TIMEOUT, args.tls_context.as_ref());
     args.cluster.iter().find_map(|address| {
         let nodes = Connection::connect(address, &config)
             .and_then(|mut c| c.cluster())
@@ -212,13 +195,7 @@ pub fn write(out: &mut impl Write, nodes: &[NodeStatus], format: Format) -> io::
                     ]
                 })
                 .collect();
-            if format == Format::Table {
-                output::write_table(out, &columns, &rows)
-            } else {
-                output::write_csv_header(out, &columns)?;
-                rows.iter()
-                    .try_for_each(|row| output::write_csv_row(out, row))
-            }
+            output::write_table_or_csv(out, &columns, &rows, format)
         }
     }
 }
@@ -237,12 +214,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             return Err(no_leader);
         }
     };
-    let nodes = collect(&mut client).map_err(|e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    })?;
+    let nodes = collect(&mut client).map_err(|e| configuration_error(&e))?;
     write(&mut stdout, &nodes, args.format)?;
     stdout.flush()?;
     Ok(())

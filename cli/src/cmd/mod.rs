@@ -430,6 +430,58 @@ pub fn explain(e: &ClientError) -> String {
     }
 }
 
+/// The cluster's configuration as the leader `client` reaches knows it.
+pub fn configuration(client: &mut Client) -> Result<Vec<NodeInfo>, CliError> {
+    client.cluster().map_err(|e| configuration_error(&e))
+}
+
+/// A failure to read the configuration, in words.
+pub fn configuration_error(e: &ClientError) -> CliError {
+    CliError::new(format!("reading the cluster configuration: {}", explain(e)))
+}
+
+/// A client error met while questioning one node, in words: an I/O error as [`io_words`]
+/// (no "connection to the leader" wording), anything else as [`explain`].
+pub fn node_words(e: ClientError) -> String {
+    match e {
+        ClientError::Io(io) => io_words(&io),
+        other => explain(&other),
+    }
+}
+
+/// The client settings for questioning one node: its own timeouts, the cluster's TLS.
+pub fn probe_config(
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    tls: Option<&atoll_net::tls::TlsContext>,
+) -> ClientConfig {
+    ClientConfig {
+        connect_timeout,
+        request_timeout,
+        tls: tls.cloned(),
+        ..ClientConfig::default()
+    }
+}
+
+/// Runs `probe` on every node at once (a thread each), so unreachable nodes cost one timeout in
+/// all; the answers in the order of `nodes`.
+pub fn probe_each<T: Send>(
+    nodes: &[NodeInfo],
+    probe: impl Fn(&NodeInfo) -> Result<T, String> + Sync,
+) -> Vec<Result<T, String>> {
+    let probe = &probe;
+    std::thread::scope(|scope| {
+        let probes: Vec<_> = nodes
+            .iter()
+            .map(|node| scope.spawn(move || probe(node)))
+            .collect();
+        probes
+            .into_iter()
+            .map(|p| p.join().unwrap_or_else(|_| Err("probe failed".into())))
+            .collect()
+    })
+}
+
 /// SQLITE_BUSY: dqlite's answer when another configuration change is still being committed.
 const CODE_BUSY: u64 = 5;
 

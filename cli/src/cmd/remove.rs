@@ -1,6 +1,9 @@
 //! `atoll remove`: takes a node out of the cluster's configuration.
 
-use super::{change_membership, connect, explain, find_node, parse_node_id, CliError, ClusterArgs};
+use super::{
+    change_membership, configuration, connect, explain, find_node, parse_node_id, CliError,
+    ClusterArgs,
+};
 
 /// Remove a node from the cluster.
 ///
@@ -24,12 +27,7 @@ pub struct Args {
 /// Runs `atoll remove`.
 pub fn run(args: Args) -> Result<(), CliError> {
     let mut client = connect(&args.cluster)?;
-    let nodes = client.cluster().map_err(|e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    })?;
+    let nodes = configuration(&mut client)?;
     let node = find_node(&nodes, args.id, &args.cluster)?;
     if nodes.len() == 1 {
         return Err(CliError::new(format!(

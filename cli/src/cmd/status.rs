@@ -3,11 +3,13 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use atoll_net::client::{ClientConfig, ClientError, Connection};
+use atoll_net::client::Connection;
 use atoll_net::protocol::{NodeInfo, NodeStatus, Value};
 use atoll_net::tls::TlsContext;
 
-use super::{connect, explain, io_words, role_name, CliError, ClusterArgs};
+use super::{
+    configuration, connect, node_words, probe_config, probe_each, role_name, CliError, ClusterArgs,
+};
 use crate::output::{self, Format};
 
 /// Time to dial and question one node.
@@ -43,18 +45,9 @@ pub struct Args {
 }
 
 fn probe(address: &str, tls: Option<&TlsContext>) -> Result<NodeStatus, String> {
-    let config = ClientConfig {
-        connect_timeout: PROBE_TIMEOUT,
-        request_timeout: PROBE_TIMEOUT,
-        tls: tls.cloned(),
-        ..ClientConfig::default()
-    };
-    let words = |e: ClientError| match e {
-        ClientError::Io(io) => io_words(&io),
-        other => explain(&other),
-    };
-    match Connection::connect_atoll(address, &config).map_err(words)? {
-        Some(mut connection) => connection.status().map_err(words),
+    let config = probe_config(PROBE_TIMEOUT, PROBE_TIMEOUT, tls);
+    match Connection::connect_atoll(address, &config).map_err(node_words)? {
+        Some(mut connection) => connection.status().map_err(node_words),
         None => Err("not an atoll node".to_owned()),
     }
 }
@@ -80,20 +73,8 @@ fn collect(
     nodes: &[NodeInfo],
     tls: Option<&TlsContext>,
 ) -> Vec<(NodeInfo, Result<NodeStatus, String>)> {
-    std::thread::scope(|scope| {
-        let probes: Vec<_> = nodes
-            .iter()
-            .map(|node| scope.spawn(move || probe(&node.address, tls)))
-            .collect();
-        nodes
-            .iter()
-            .zip(probes)
-            .map(|(node, probe)| {
-                let answer = probe.join().unwrap_or_else(|_| Err("probe failed".into()));
-                (node.clone(), answer)
-            })
-            .collect()
-    })
+    let answers = probe_each(nodes, |node| probe(&node.address, tls));
+    nodes.iter().cloned().zip(answers).collect()
 }
 
 fn write(
@@ -205,14 +186,7 @@ fn write(
                     head.into_iter().chain(tail).collect()
                 })
                 .collect();
-            if format == Format::Table {
-                output::write_table(out, &columns, &values)
-            } else {
-                output::write_csv_header(out, &columns)?;
-                values
-                    .iter()
-                    .try_for_each(|row| output::write_csv_row(out, row))
-            }
+            output::write_table_or_csv(out, &columns, &values, format)
         }
     }
 }
@@ -220,12 +194,7 @@ fn write(
 /// Runs `atoll status`.
 pub fn run(args: Args) -> Result<(), CliError> {
     let mut client = connect(&args.cluster)?;
-    let nodes = client.cluster().map_err(|e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    })?;
+    let nodes = configuration(&mut client)?;
     let rows = collect(&nodes, args.cluster.tls_context.as_ref());
     let mut stdout = io::stdout().lock();
     write(&mut stdout, &rows, args.format)?;

@@ -1,9 +1,11 @@
 //! `atoll transfer`: hands leadership to another voter.
 
+use atoll_net::client::ClientError;
 use atoll_net::protocol::Role;
 
 use super::{
-    change_membership, connect, explain, find_node, parse_node_id, role_name, CliError, ClusterArgs,
+    change_membership, configuration, configuration_error, connect, explain, find_node,
+    parse_node_id, role_name, CliError, ClusterArgs,
 };
 
 /// Hand leadership to another voter.
@@ -35,13 +37,8 @@ fn parse_target(text: &str) -> Result<u64, String> {
 /// Runs `atoll transfer`.
 pub fn run(args: Args) -> Result<(), CliError> {
     let mut client = connect(&args.cluster)?;
-    let configuration_error = |e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    };
-    let nodes = client.cluster().map_err(configuration_error)?;
+    let configuration_error = |e: ClientError| configuration_error(&e);
+    let nodes = configuration(&mut client)?;
     let (old_id, old_address) = client
         .leader()
         .map_err(configuration_error)?

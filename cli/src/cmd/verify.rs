@@ -5,11 +5,11 @@ use std::io::{self, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use atoll_net::client::{ClientConfig, Connection};
+use atoll_net::client::Connection;
 use atoll_net::protocol::{Role, Value, VerifyState};
 use atoll_net::tls::TlsContext;
 
-use super::{connect, explain, io_words, CliError, ClusterArgs};
+use super::{configuration, connect, explain, node_words, probe_config, CliError, ClusterArgs};
 use crate::output::{self, Format};
 
 /// How often a node that has not finished is asked again.
@@ -65,16 +65,8 @@ fn ask(
     database: &str,
     deadline: Instant,
 ) -> Answer {
-    let config = ClientConfig {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-        tls: tls.cloned(),
-        ..ClientConfig::default()
-    };
-    let mut connection = Connection::connect(address, &config).map_err(|e| match e {
-        atoll_net::client::ClientError::Io(io) => io_words(&io),
-        other => explain(&other),
-    })?;
+    let config = probe_config(Duration::from_secs(2), Duration::from_secs(5), tls);
+    let mut connection = Connection::connect(address, &config).map_err(node_words)?;
     loop {
         let answer = connection
             .verify(index, database)
@@ -228,14 +220,7 @@ fn write(out: &mut impl Write, index: u64, rows: &[Row], format: Format) -> io::
                     ]
                 })
                 .collect();
-            if format == Format::Table {
-                output::write_table(out, &columns, &values)
-            } else {
-                output::write_csv_header(out, &columns)?;
-                values
-                    .iter()
-                    .try_for_each(|row| output::write_csv_row(out, row))
-            }
+            output::write_table_or_csv(out, &columns, &values, format)
         }
     }
 }
@@ -244,12 +229,7 @@ fn write(out: &mut impl Write, index: u64, rows: &[Row], format: Format) -> io::
 pub fn run(args: Args) -> Result<(), CliError> {
     let database = args.database.clone().unwrap_or_default();
     let mut client = connect(&args.cluster)?;
-    let nodes = client.cluster().map_err(|e| {
-        CliError::new(format!(
-            "reading the cluster configuration: {}",
-            explain(&e)
-        ))
-    })?;
+    let nodes = configuration(&mut client)?;
     let index = client
         .verify_point(&database)
         .map_err(|e| CliError::new(format!("placing a verify point: {}", explain(&e))))?;
