@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         if verbose {
             println!(
                 "seed {seed}: {} commits, {} elections, {} crashes, {} transfers, {} joins, \
-                 {}/{} membership changes done, {} retired, {} snapshots installed, {} logs \
+                 {}/{} membership changes done, {} retired, {} replays, {} snapshots installed, {} logs \
                  compacted, {}/{} images compared, {:?} simulated, {} steps, {} turns, \
                  fingerprint {:016x}",
                 report.commits,
@@ -97,6 +97,7 @@ fn main() -> ExitCode {
                 report.membership_done,
                 report.membership_asked,
                 report.retired,
+                report.replays,
                 report.snapshots_installed,
                 report.compacted,
                 report.images_compared,

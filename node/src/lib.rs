@@ -274,6 +274,9 @@ struct Stats {
     proposal_batches: u64,
     syncs: u64,
     commands_applied: u64,
+    commands_stale: u64,
+    /// The index of the last command rejected as stale.
+    stale_last: Option<u64>,
     snapshots: u64,
     snapshots_installed: u64,
     messages_refused: u64,
@@ -307,6 +310,12 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// Commands applied to the engine since it opened.
     pub commands_applied: u64,
+    /// Commands rejected as computed against another state than the one they follow in the
+    /// log (`Applied::Stale`) since it opened: a leader computed one against a state behind
+    /// its log (nothing should, the check is a last defence).
+    pub commands_stale: u64,
+    /// The index of the last command rejected as stale.
+    pub stale_last: Option<LogIndex>,
     /// The voters of the Raft configuration this node follows.
     pub voters: Vec<NodeId>,
 }
@@ -815,6 +824,8 @@ impl Node {
             snapshots_taken: self.stats.snapshots,
             snapshots_installed: self.stats.snapshots_installed,
             commands_applied: self.stats.commands_applied,
+            commands_stale: self.stats.commands_stale,
+            stale_last: self.stats.stale_last.map(LogIndex),
             voters: self.raft.configuration().voters().collect(),
         }
     }
@@ -1301,7 +1312,11 @@ impl Node {
                     }
                     Ok(Applied::Skipped) => {}
                     // The engine logged why; every replica rejects it the same way.
-                    Ok(Applied::Malformed(_) | Applied::Stale { .. }) => {}
+                    Ok(Applied::Malformed(_)) => {}
+                    Ok(Applied::Stale { .. }) => {
+                        self.stats.commands_stale += 1;
+                        self.stats.stale_last = Some(index);
+                    }
                     Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
                         // Nothing was written: the entry (and those after it) are applied
                         // again once space is back, never skipped.

@@ -10,7 +10,9 @@
 //! or over a cut link, is lost, and its sender is told the link went down
 //! (`PeerDisconnected`), as the reactor tells it when a connection drops.
 //!
-//! Client connections are reliable and ordered (TCP to one node) with a drawn delay; they end
+//! Client connections are reliable and ordered (TCP to one node) with a delay drawn from their
+//! own range (clients may be near a node whose peers are far: a new leader then hears from
+//! clients before its first entry commits); they end
 //! when either side closes them or the node crashes. The node answers through the same
 //! [`Network::send`]/[`Network::send_encoded_dyn`] calls as in production: its bytes are
 //! decoded here with the client's decoder.
@@ -56,6 +58,10 @@ pub struct LinkFaults {
     pub duplicate_ppm: u32,
     /// A frame skips its link's FIFO (may overtake or be overtaken).
     pub reorder_ppm: u32,
+    /// Shortest delay of a client connection's bytes (ordered and reliable, as TCP).
+    pub client_delay_min: Duration,
+    /// Longest delay of a client connection's bytes.
+    pub client_delay_max: Duration,
 }
 
 impl Default for LinkFaults {
@@ -67,6 +73,8 @@ impl Default for LinkFaults {
             drop_ppm: 0,
             duplicate_ppm: 0,
             reorder_ppm: 0,
+            client_delay_min: Duration::from_micros(100),
+            client_delay_max: Duration::from_micros(500),
         }
     }
 }
@@ -199,6 +207,15 @@ impl State {
 
     fn delay(&mut self) -> Duration {
         let (min, max) = (self.faults.delay_min, self.faults.delay_max);
+        self.delay_between(min, max)
+    }
+
+    fn client_delay(&mut self) -> Duration {
+        let (min, max) = (self.faults.client_delay_min, self.faults.client_delay_max);
+        self.delay_between(min, max)
+    }
+
+    fn delay_between(&mut self, min: Duration, max: Duration) -> Duration {
         let span = max.saturating_sub(min).as_nanos() as u64;
         let extra = if span == 0 {
             0
@@ -317,7 +334,7 @@ impl State {
     }
 
     fn flush_bytes(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        let delay = self.delay();
+        let delay = self.client_delay();
         let sequence = self.next_sequence();
         let now = self.now();
         let Some(state) = self.conns.get_mut(&conn) else {
@@ -329,7 +346,7 @@ impl State {
     }
 
     fn flush_close(&mut self, conn: ConnId) {
-        let delay = self.delay();
+        let delay = self.client_delay();
         let now = self.now();
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
@@ -528,7 +545,7 @@ impl State {
         self.conn_next += 1;
         let conn = ConnId::from_parts(u32::try_from(id).ok()?, self.conn_next);
         let now = self.now();
-        let at = now + self.delay();
+        let at = now + self.client_delay();
         self.conns.insert(
             conn,
             ConnState {
@@ -559,7 +576,7 @@ impl State {
 
     fn client_send(&mut self, conn: ConnId, request: Request) -> bool {
         let now = self.now();
-        let delay = self.delay();
+        let delay = self.client_delay();
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
@@ -578,7 +595,7 @@ impl State {
 
     fn client_close(&mut self, conn: ConnId) {
         let now = self.now();
-        let delay = self.delay();
+        let delay = self.client_delay();
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -687,7 +704,7 @@ impl State {
                 );
             }
             None => {
-                let at = now + self.delay();
+                let at = now + self.client_delay();
                 let sequence = self.next_sequence();
                 let answer = OutboundAnswer {
                     id,

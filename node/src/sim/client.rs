@@ -292,7 +292,7 @@ impl SimClient {
         }
         self.stage = Stage::Down;
         self.rows.clear();
-        self.pause(ctx.now, 5, 50);
+        self.pause(ctx.now, 1, 50);
     }
 
     fn connect(&mut self, ctx: &mut Context<'_>) {

@@ -25,6 +25,8 @@
 //! - per-key linearizability of every read and write the clients saw (the raft crate's
 //!   checker); a value never written, or written by a transaction that never committed, read
 //!   anywhere fails it too (no uncommitted data visible);
+//! - no stale command: no replica ever rejects a command as computed against another state
+//!   than the one it follows in the log (a leader that computed one served too early);
 //! - no acknowledged write lost: every acknowledged value is in every replica's `writes`
 //!   table at the end, and no replica holds a value of an aborted transaction;
 //! - replicas byte-identical at equal applied indexes: while the run goes on, each node's
@@ -56,7 +58,8 @@ use std::time::Duration;
 use atoll_net::peer::ClusterSecret;
 use atoll_net::protocol::{Request, Role};
 use atoll_raft::sim::linearizability::check_register;
-use atoll_raft::{Configuration, MemberRole, NodeId, StateRole};
+use atoll_raft::{Configuration, EntryKind, LogIndex, MemberRole, NodeId, Payload, StateRole};
+use atoll_storage::LogRead;
 
 use crate::config::{self, NodeConfig};
 use crate::inputs::{Clock, Inputs, ManualClock, Random, SeededRandom};
@@ -115,6 +118,8 @@ pub struct SeedReport {
     pub membership_done: u64,
     /// Removed nodes stopped for good.
     pub retired: u64,
+    /// Old commands proposed again (expected rejected as stale).
+    pub replays: u64,
     /// Database images hashed during the run, and those compared with another node's hash at
     /// the same applied index.
     pub images_hashed: u64,
@@ -379,6 +384,11 @@ struct Run {
     digest: Digest,
     /// The leader of each term seen.
     leaders: BTreeMap<u64, u64>,
+    /// Per node, the stale commands it rejected so far.
+    stale: BTreeMap<u64, u64>,
+    /// Indexes where old commands were proposed again (`replay`): rejected as stale by every
+    /// replica.
+    replays: BTreeSet<u64>,
     /// Database image hashes by applied index: (hash, the node that hashed it first).
     images: BTreeMap<u64, (u64, u64)>,
     /// Per node: the applied index last hashed, and when the next hash may be taken.
@@ -447,6 +457,15 @@ impl Run {
             self.digest.add(state.term.0);
             self.digest.add(state.commit.0);
             self.digest.add(state.applied.0);
+            let stale_seen = self.stale.insert(state.id.0, state.commands_stale);
+            let replayed = state.stale_last.is_some_and(|i| self.replays.contains(&i.0));
+            if state.commands_stale > stale_seen.unwrap_or(0) && !replayed {
+                return Err(format!(
+                    "stale command: node {} rejected the command at {:?}, computed against \
+                     another state than the one it follows in the log",
+                    state.id, state.stale_last
+                ));
+            }
             if state.role == StateRole::Leader {
                 let leader = *self.leaders.entry(state.term.0).or_insert(state.id.0);
                 if leader != state.id.0 {
@@ -504,7 +523,7 @@ impl Run {
     fn fault(&mut self) -> Result<(), String> {
         let n = self.cluster.nodes.len() as u64;
         let now = self.now();
-        match self.below(120) {
+        match self.below(128) {
             0..=24 => self.cluster.fabric.heal(),
             25..=39 => {
                 let from = 1 + self.below(n);
@@ -578,6 +597,7 @@ impl Run {
                     self.shared.membership_wanted.push_back(request);
                 }
             }
+            118..=121 => self.replay()?,
             _ => {
                 let removed = self.cluster.removed();
                 if !removed.is_empty() {
@@ -594,6 +614,45 @@ impl Run {
         Ok(())
     }
 
+    /// Proposes again, on a ready leader, an old command of its log: a duplicate proposal (a
+    /// retried COMMIT's frames, a host proposing twice) computed against a state long gone.
+    /// Every replica must reject it as stale (its index is expected stale) and nothing else
+    /// may change: applied, it would put old pages back over later writes.
+    fn replay(&mut self) -> Result<(), String> {
+        let leader = self.cluster.nodes.iter().position(|n| {
+            n.as_ref()
+                .is_some_and(|n| n.raft.role() == StateRole::Leader && n.leader_ready())
+        });
+        let Some(index) = leader else {
+            return Ok(());
+        };
+        let node = self.cluster.nodes[index].as_ref().expect("found up");
+        let (first, applied) = (node.raft.log().first_index().0, node.raft.applied().0);
+        if applied < first {
+            return Ok(());
+        }
+        let old = LogIndex(first + self.below(applied - first + 1));
+        let node = self.cluster.nodes[index].as_mut().expect("found up");
+        let mut entries = Vec::new();
+        node.raft
+            .log()
+            .entries(old, old.next(), u64::MAX, &mut entries)
+            .map_err(|e| format!("reading entry {old}: {e}"))?;
+        let Some(entry) = entries.pop() else {
+            return Ok(());
+        };
+        if entry.kind != EntryKind::Command || atoll_core::command::Command::decode(&entry.payload).is_err() {
+            return Ok(());
+        }
+        let payload = Payload::from_vec(entry.payload.to_vec());
+        if let Ok(at) = node.raft.propose_batch(vec![payload]) {
+            self.replays.insert(at.0);
+            self.cluster.wake[index] = true;
+            self.report.replays += 1;
+        }
+        Ok(())
+    }
+
     fn draw_faults(&mut self) -> LinkFaults {
         let delay_max_us = [500, 2_000, 10_000, 40_000][self.below(4) as usize];
         LinkFaults {
@@ -602,6 +661,12 @@ impl Run {
             drop_ppm: [0, 1_000, 20_000, 100_000][self.below(4) as usize],
             duplicate_ppm: [0, 1_000, 20_000][self.below(3) as usize],
             reorder_ppm: [0, 1_000, 50_000][self.below(3) as usize],
+            // Clients as far as the peers, or near while the peers are far.
+            client_delay_min: Duration::from_micros(50),
+            client_delay_max: match self.below(2) {
+                0 => Duration::from_micros(delay_max_us),
+                _ => Duration::from_micros(500),
+            },
         }
     }
 
@@ -931,6 +996,8 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         report,
         digest: Digest(0xcbf2_9ce4_8422_2325),
         leaders: BTreeMap::new(),
+        stale: BTreeMap::new(),
+        replays: BTreeSet::new(),
         images: BTreeMap::new(),
         imaged: BTreeMap::new(),
         restarts: BTreeMap::new(),
