@@ -91,9 +91,10 @@ fn main() -> ExitCode {
         if verbose {
             println!(
                 "seed {seed}: {} commits, {} elections, {} crashes ({} power losses, {} torn \
-                 writes), {} I/O error stops, {} full disks ({} ENOSPC), {} transfers, {} \
-                 snapshots installed, {} logs compacted, {} commands chained (longest {}), {} \
-                 abandoned, {:?} simulated, fingerprint {:016x}",
+                 writes), {} I/O error stops, {} full disks ({} ENOSPC), {} transfers, {} joins, \
+                 {}/{} membership changes done, {} retired, {} replays, {} snapshots installed, \
+                 {} logs compacted, {} commands chained (longest {}), {} abandoned, {}/{} images \
+                 compared, {:?} simulated, {} steps, {} turns, fingerprint {:016x}",
                 report.commits,
                 report.elections,
                 report.crashes,
@@ -103,12 +104,21 @@ fn main() -> ExitCode {
                 report.disk_full,
                 report.enospc,
                 report.transfers,
+                report.joins,
+                report.membership_done,
+                report.membership_asked,
+                report.retired,
+                report.replays,
                 report.snapshots_installed,
                 report.compacted,
                 report.chained,
                 report.chain_longest,
                 report.abandoned,
+                report.images_compared,
+                report.images_hashed,
                 report.simulated,
+                report.steps,
+                report.turns,
                 report.fingerprint
             );
         }

@@ -145,6 +145,9 @@ pub struct StartOptions {
     /// Entries kept behind a snapshot when the log compacts (`None`: raft's default, 1024). The
     /// simulator keeps few, so that its short runs compact and install snapshots.
     pub snapshot_trailing_entries: Option<u64>,
+    /// Size of new Raft log segment files (`None`: the storage default, 8 MiB). The simulator
+    /// uses small ones: its nodes open often, and each open reads the open segment whole.
+    pub log_segment_bytes: Option<u64>,
 }
 
 /// Why the node stopped with an error. Any of them is fatal: the operator restarts the node,
@@ -180,18 +183,21 @@ pub fn init(data_dir: &Path, config: &NodeConfig, secret: &ClusterSecret) -> Res
         config,
         secret,
         Some(&configuration),
+        Options::default(),
     )
 }
 
 /// Creates the data directory of one node of a cluster bootstrapped whole (the simulator's):
 /// every member's log holds the same `configuration` at index 1, as etcd's initial cluster.
-/// The log and the database directory go on `disk` (the node's `Inputs::disk`).
+/// The log and the database directory go on `disk` (the node's `Inputs::disk`);
+/// `log_segment_bytes` as in [`StartOptions`].
 pub fn init_member(
     disk: Arc<dyn Disk>,
     data_dir: &Path,
     config: &NodeConfig,
     secret: &ClusterSecret,
     configuration: &Configuration,
+    log_segment_bytes: Option<u64>,
 ) -> Result<(), NodeError> {
     if configuration.get(NodeId(config.id)).is_none() {
         return Err(NodeError::Start(format!(
@@ -199,7 +205,23 @@ pub fn init_member(
             config.id
         )));
     }
-    create(disk, data_dir, config, secret, Some(configuration))
+    create(
+        disk,
+        data_dir,
+        config,
+        secret,
+        Some(configuration),
+        log_options(log_segment_bytes),
+    )
+}
+
+/// The segment log's options for a segment size (`None`: the default).
+fn log_options(segment_bytes: Option<u64>) -> Options {
+    let mut options = Options::default();
+    if let Some(bytes) = segment_bytes {
+        options.segment_bytes = bytes;
+    }
+    options
 }
 
 /// Creates the data directory of a node that will join a cluster (`config.join` names it):
@@ -221,7 +243,7 @@ pub fn prepare_join_on(
     secret: &ClusterSecret,
 ) -> Result<(), NodeError> {
     assert!(!config.join.is_empty(), "a joining node knows its cluster");
-    create(disk, data_dir, config, secret, None)
+    create(disk, data_dir, config, secret, None, Options::default())
 }
 
 fn create(
@@ -230,6 +252,7 @@ fn create(
     config: &NodeConfig,
     secret: &ClusterSecret,
     bootstrap: Option<&Configuration>,
+    log_options: Options,
 ) -> Result<(), NodeError> {
     config.validate().map_err(NodeError::Start)?;
     match std::fs::read_dir(data_dir) {
@@ -256,12 +279,8 @@ fn create(
         }
     }
     let start = |what: &str, e: &dyn fmt::Display| NodeError::Start(format!("{what}: {e}"));
-    let mut log = SegmentLog::open_on(
-        Arc::clone(&disk),
-        config::raft_dir(data_dir),
-        Options::default(),
-    )
-    .map_err(|e| start("creating the Raft log", &e))?;
+    let mut log = SegmentLog::open_on(Arc::clone(&disk), config::raft_dir(data_dir), log_options)
+        .map_err(|e| start("creating the Raft log", &e))?;
     if let Some(configuration) = bootstrap {
         log.append(&[bootstrap_entry(configuration)])
             .map_err(|e| start("writing the bootstrap entry", &e))?;
@@ -288,6 +307,9 @@ struct Stats {
     proposal_batches: u64,
     syncs: u64,
     commands_applied: u64,
+    commands_stale: u64,
+    /// The index of the last command rejected as stale.
+    stale_last: Option<u64>,
     snapshots: u64,
     snapshots_installed: u64,
     messages_refused: u64,
@@ -329,6 +351,12 @@ pub struct Status {
     /// Commands in flight when this node lost leadership (their chains discarded), since it
     /// opened.
     pub commands_abandoned: u64,
+    /// Commands rejected as computed against another state than the one they follow in the
+    /// log (`Applied::Stale`) since it opened: a leader computed one against a state behind
+    /// its log (nothing should, the check is a last defence).
+    pub commands_stale: u64,
+    /// The index of the last command rejected as stale.
+    pub stale_last: Option<LogIndex>,
     /// The voters of the Raft configuration this node follows.
     pub voters: Vec<NodeId>,
 }
@@ -545,10 +573,11 @@ impl Node {
         let config = NodeConfig::read(data_dir).map_err(NodeError::Start)?;
         let cluster_secret = secret::read_secret(data_dir).map_err(NodeError::Start)?;
         let start = |what: String| NodeError::Start(what);
+        let log_options = log_options(options.log_segment_bytes);
         let log = match SegmentLog::open_on(
             Arc::clone(&files),
             config::raft_dir(data_dir),
-            Options::default(),
+            log_options,
         ) {
             Err(
                 e @ (atoll_storage::LogError::Corrupt { .. } | atoll_storage::LogError::Gap { .. }),
@@ -751,7 +780,7 @@ impl Node {
             None => {
                 let reactor_config = ReactorConfig {
                     peer: Some(peer),
-                    tls,
+                    tls: tls.clone(),
                     idle_timeout: options.client_idle_timeout,
                     ..ReactorConfig::default()
                 };
@@ -770,7 +799,7 @@ impl Node {
                     })?;
                     info!("serving metrics at http://{bound}/metrics");
                 }
-                Box::new(reactor)
+                Box::new(network::ReactorNetwork::new(reactor, tls))
             }
         };
         let log_sync_given = log_sync.is_some();
@@ -914,8 +943,17 @@ impl Node {
             commands_chained: self.stats.commands_chained,
             chain_longest: self.stats.chain_longest,
             commands_abandoned: self.stats.commands_abandoned,
+            commands_stale: self.stats.commands_stale,
+            stale_last: self.stats.stale_last.map(LogIndex),
             voters: self.raft.configuration().voters().collect(),
         }
+    }
+
+    /// Whether the node has work of its own left (a snapshot being written, proposals, verify
+    /// checksums): its next turn must not wait for input. Otherwise nothing changes in it until
+    /// an input arrives or one of its timers fires, so a host (the simulator) need not turn it.
+    pub fn busy(&self) -> bool {
+        self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy()
     }
 
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
@@ -954,8 +992,11 @@ impl Node {
             return Ok(false);
         }
         let mut events = std::mem::take(&mut self.events);
-        let busy = self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy();
-        let mut timeout = if busy { Some(Duration::ZERO) } else { wait };
+        let mut timeout = if self.busy() {
+            Some(Duration::ZERO)
+        } else {
+            wait
+        };
         if let Some(due) = self.log_sync.due() {
             // A simulated disk wakes nobody: wait no longer than its sync takes.
             let left = due.saturating_duration_since(self.clock.now());
@@ -1001,6 +1042,11 @@ impl Node {
             // After the turn's messages: what arrived during a stall counts before the
             // time the stall took (a heartbeat that waited in the socket is still heard).
             self.on_tick()?;
+        }
+        let mut answers = Vec::new();
+        self.reactor.outbound_answers(&mut answers);
+        for answer in answers {
+            self.on_outbound_answer(answer);
         }
         let events_done = self.clock.now();
         self.drive_raft()?;
@@ -1415,7 +1461,11 @@ impl Node {
                     }
                     Ok(Applied::Skipped) => {}
                     // The engine logged why; every replica rejects it the same way.
-                    Ok(Applied::Malformed(_) | Applied::Stale { .. }) => {}
+                    Ok(Applied::Malformed(_)) => {}
+                    Ok(Applied::Stale { .. }) => {
+                        self.stats.commands_stale += 1;
+                        self.stats.stale_last = Some(index);
+                    }
                     Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
                         // Nothing was written: the entry (and those after it) are applied
                         // again once space is back, never skipped.

@@ -14,16 +14,40 @@
 //! - Frames to one peer arrive in the order they were sent, or not at all (a refused frame is
 //!   dropped and raft retransmits). Nothing is promised across peers.
 //! - A closed connection's id is dead: sends to it fail with [`SendError::Closed`].
+//! - A request the node makes itself ([`Network::outbound_request`]: a joining node asks the
+//!   leader to add it) gets exactly one [`OutboundAnswer`], the response or why there is none,
+//!   taken after a later poll ([`Network::outbound_answers`]); a poll returns when one arrives.
+//!
+//! Production runs [`ReactorNetwork`]: the reactor, plus a helper thread per outbound request
+//! (the blocking client: connect, send, receive, at most its timeout), which touches no node
+//! state and wakes the loop with its answer. The simulator answers them on its fabric, on the
+//! one thread.
 
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atoll_net::protocol::Response;
+use atoll_net::client::{ClientConfig, ClientError, Connection};
+use atoll_net::protocol::{Request, Response};
 use atoll_net::reactor::{
     Completion, ConnId, Event, MetricsRequestId, PeerSendError, Reactor, SendError, TimerId,
     TimersFull, Waker,
 };
 use atoll_net::tls::TlsContext;
+
+/// Names a request the node made itself ([`Network::outbound_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OutboundId(pub u64);
+
+/// How a request the node made itself ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundAnswer {
+    /// The request.
+    pub id: OutboundId,
+    /// Its final response (a FAILURE too), or why none came (connect failed, connection
+    /// closed, timed out, undecodable answer).
+    pub result: Result<Response, String>,
+}
 
 /// What the node loop asks of its transport. See the module documentation for the contract.
 pub trait Network: Send {
@@ -86,6 +110,19 @@ pub trait Network: Send {
 
     /// Whether the transport speaks TLS.
     fn is_tls(&self) -> bool;
+
+    /// Sends `request` (one with a single final response) to the client port of the node at
+    /// `address`, on a connection of this node's own, dialled for it and closed after the
+    /// answer. Its [`OutboundAnswer`] comes within about `timeout`.
+    fn outbound_request(
+        &mut self,
+        address: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> OutboundId;
+
+    /// Moves the answers to outbound requests that arrived by the last poll into `answers`.
+    fn outbound_answers(&mut self, answers: &mut Vec<OutboundAnswer>);
 }
 
 impl dyn Network + '_ {
@@ -117,13 +154,59 @@ impl dyn Network + '_ {
     }
 }
 
-impl Network for Reactor {
+/// Production's network: the mio [`Reactor`], and the node's own requests each on a helper
+/// thread with the blocking client.
+pub struct ReactorNetwork {
+    reactor: Reactor,
+    /// TLS for the node's own client connections (the cluster's, as for its peers).
+    tls: Option<TlsContext>,
+    /// Answers the helper threads delivered, taken by `outbound_answers`.
+    answers: Arc<Mutex<Vec<OutboundAnswer>>>,
+    /// Wakes the loop when a helper has answered (made at the first request).
+    waker: Option<Waker>,
+    next_id: u64,
+}
+
+impl ReactorNetwork {
+    /// `reactor`, with `tls` for the node's own requests.
+    pub fn new(reactor: Reactor, tls: Option<TlsContext>) -> ReactorNetwork {
+        ReactorNetwork {
+            reactor,
+            tls,
+            answers: Arc::new(Mutex::new(Vec::new())),
+            waker: None,
+            next_id: 0,
+        }
+    }
+
+    /// The reactor.
+    pub fn reactor_mut(&mut self) -> &mut Reactor {
+        &mut self.reactor
+    }
+}
+
+/// Connects to `address`, sends `request`, receives its final response (a FAILURE as one).
+fn outbound_call(
+    address: &str,
+    request: &Request,
+    config: &ClientConfig,
+) -> Result<Response, String> {
+    let mut connection = Connection::connect(address, config).map_err(|e| e.to_string())?;
+    connection.send(request).map_err(|e| e.to_string())?;
+    match connection.receive() {
+        Ok(response) => Ok(response),
+        Err(ClientError::Failure { code, message }) => Ok(Response::Failure { code, message }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Network for ReactorNetwork {
     fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
-        Reactor::poll(self, events, timeout)
+        self.reactor.poll(events, timeout)
     }
 
     fn send(&mut self, conn: ConnId, response: &Response) -> Result<(), SendError> {
-        Reactor::send(self, conn, response)
+        self.reactor.send(conn, response)
     }
 
     fn send_encoded_dyn(
@@ -131,19 +214,19 @@ impl Network for Reactor {
         conn: ConnId,
         encode: &mut dyn FnMut(&mut Vec<u8>) -> Completion,
     ) -> Result<(), SendError> {
-        Reactor::send_encoded(self, conn, encode)
+        self.reactor.send_encoded(conn, encode)
     }
 
     fn close(&mut self, conn: ConnId) {
-        Reactor::close(self, conn)
+        self.reactor.close(conn)
     }
 
     fn close_after_flush(&mut self, conn: ConnId) {
-        Reactor::close_after_flush(self, conn)
+        self.reactor.close_after_flush(conn)
     }
 
     fn timer_after(&mut self, delay: Duration, token: u64) -> Result<TimerId, TimersFull> {
-        Reactor::timer_after(self, delay, token)
+        self.reactor.timer_after(delay, token)
     }
 
     fn peer_send_dyn(
@@ -152,19 +235,19 @@ impl Network for Reactor {
         address: &str,
         encode: &mut dyn FnMut(&mut Vec<u8>),
     ) -> Result<(), PeerSendError> {
-        Reactor::peer_send_with(self, to, address, encode)
+        self.reactor.peer_send_with(to, address, encode)
     }
 
     fn peer_set_address(&mut self, to: u64, address: &str) -> Result<(), PeerSendError> {
-        Reactor::peer_set_address(self, to, address)
+        self.reactor.peer_set_address(to, address)
     }
 
     fn peer_forget(&mut self, to: u64) -> bool {
-        Reactor::peer_forget(self, to)
+        self.reactor.peer_forget(to)
     }
 
     fn peers(&self) -> Vec<u64> {
-        let mut peers: Vec<u64> = Reactor::peers(self).collect();
+        let mut peers: Vec<u64> = self.reactor.peers().collect();
         peers.sort_unstable();
         peers
     }
@@ -175,18 +258,69 @@ impl Network for Reactor {
         content_type: &str,
         body: &[u8],
     ) -> bool {
-        Reactor::metrics_respond(self, request, content_type, body)
+        self.reactor.metrics_respond(request, content_type, body)
     }
 
     fn waker(&mut self) -> io::Result<Waker> {
-        Reactor::waker(self)
+        self.reactor.waker()
     }
 
     fn set_tls(&mut self, tls: TlsContext) -> bool {
-        Reactor::set_tls(self, tls)
+        if self.tls.is_some() {
+            self.tls = Some(tls.clone());
+        }
+        self.reactor.set_tls(tls)
     }
 
     fn is_tls(&self) -> bool {
-        Reactor::is_tls(self)
+        self.reactor.is_tls()
+    }
+
+    fn outbound_request(
+        &mut self,
+        address: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> OutboundId {
+        self.next_id += 1;
+        let id = OutboundId(self.next_id);
+        let answers = self.answers.clone();
+        let answer = move |result: Result<Response, String>| {
+            let mut answers = answers.lock().unwrap_or_else(|e| e.into_inner());
+            answers.push(OutboundAnswer { id, result });
+        };
+        let waker = match &self.waker {
+            Some(waker) => waker.clone(),
+            None => match self.reactor.waker() {
+                Ok(waker) => self.waker.insert(waker).clone(),
+                Err(e) => {
+                    answer(Err(format!("creating the wake-up handle: {e}")));
+                    return id;
+                }
+            },
+        };
+        let config = ClientConfig {
+            connect_timeout: timeout,
+            request_timeout: timeout,
+            tls: self.tls.clone(),
+            ..ClientConfig::default()
+        };
+        let address = address.to_owned();
+        let spawned = std::thread::Builder::new().name("outbound".into()).spawn({
+            let answer = answer.clone();
+            move || {
+                answer(outbound_call(&address, &request, &config));
+                let _ = waker.wake();
+            }
+        });
+        if let Err(e) = spawned {
+            answer(Err(format!("starting a request thread: {e}")));
+        }
+        id
+    }
+
+    fn outbound_answers(&mut self, answers: &mut Vec<OutboundAnswer>) {
+        let mut arrived = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.append(&mut arrived);
     }
 }

@@ -218,15 +218,28 @@ impl Node {
     }
 
     /// Why an authenticated peer's message must not reach raft, if it must not: a member
-    /// takes messages only from members (a joining node, not yet in its own configuration,
-    /// takes them from whoever holds the secret: its leader is not in its log yet); a snapshot
-    /// chunk only from the leader of the current term, and a new snapshot only if it fits on
-    /// the disk.
+    /// takes messages only from members of the configuration committed in its log or of a
+    /// later one (a configuration not committed yet may be truncated: the leader that replaces
+    /// it may be a node it removes, and must be heard; a node whose removal is committed is
+    /// not). A joining node, not yet in its own configuration, takes them from whoever holds
+    /// the secret: its leader is not in its log yet. A snapshot chunk is taken only from the
+    /// leader of the current term, and a new snapshot only if it fits on the disk.
     fn refuse_message(&self, message: &Message) -> Option<Refusal> {
-        let configuration = self.raft.configuration();
         let me = NodeId(self.config.id);
-        if configuration.get(me).is_some() && configuration.get(message.from).is_none() {
-            return Some(Refusal::NotMember(message.from.0));
+        if self.raft.configuration().get(me).is_some() {
+            let commit = self.raft.commit_index();
+            let configurations: Vec<(atoll_raft::LogIndex, &atoll_raft::Configuration)> =
+                self.raft.configurations().collect();
+            let committed = configurations
+                .iter()
+                .rposition(|(index, _)| *index <= commit)
+                .unwrap_or(0);
+            let member = configurations[committed..]
+                .iter()
+                .any(|(_, configuration)| configuration.get(message.from).is_some());
+            if !member {
+                return Some(Refusal::NotMember(message.from.0));
+            }
         }
         let chunk = message.snapshot.as_ref()?;
         if message.term != self.raft.term() || self.raft.leader_id() != Some(message.from) {

@@ -10,7 +10,9 @@
 //! or over a cut link, is lost, and its sender is told the link went down
 //! (`PeerDisconnected`), as the reactor tells it when a connection drops.
 //!
-//! Client connections are reliable and ordered (TCP to one node) with a drawn delay; they end
+//! Client connections are reliable and ordered (TCP to one node) with a delay drawn from their
+//! own range (clients may be near a node whose peers are far: a new leader then hears from
+//! clients before its first entry commits); they end
 //! when either side closes them or the node crashes. The node answers through the same
 //! [`Network::send`]/[`Network::send_encoded_dyn`] calls as in production: its bytes are
 //! decoded here with the client's decoder.
@@ -35,7 +37,7 @@ use atoll_net::reactor::{
 use atoll_net::tls::TlsContext;
 
 use crate::inputs::{Clock, ManualClock, Random, SeededRandom};
-use crate::network::Network;
+use crate::network::{Network, OutboundAnswer, OutboundId};
 
 /// Timers one endpoint may have armed (the reactor's default bound).
 const TIMERS_MAX: usize = atoll_net::reactor::TIMERS_MAX;
@@ -56,6 +58,10 @@ pub struct LinkFaults {
     pub duplicate_ppm: u32,
     /// A frame skips its link's FIFO (may overtake or be overtaken).
     pub reorder_ppm: u32,
+    /// Shortest delay of a client connection's bytes (ordered and reliable, as TCP).
+    pub client_delay_min: Duration,
+    /// Longest delay of a client connection's bytes.
+    pub client_delay_max: Duration,
 }
 
 impl Default for LinkFaults {
@@ -67,6 +73,8 @@ impl Default for LinkFaults {
             drop_ppm: 0,
             duplicate_ppm: 0,
             reorder_ppm: 0,
+            client_delay_min: Duration::from_micros(100),
+            client_delay_max: Duration::from_micros(500),
         }
     }
 }
@@ -146,6 +154,18 @@ struct ConnState {
     to_node_last: Instant,
     /// Received bytes not yet a whole message.
     buffer: Vec<u8>,
+    /// How to decode its responses (the format of its last CLUSTER request).
+    context: ResponseContext,
+}
+
+/// A request a node made itself, on the client connection it is keyed by.
+#[derive(Debug)]
+struct Outbound {
+    from: u64,
+    incarnation: u64,
+    id: OutboundId,
+    /// Given up unanswered at this instant.
+    deadline: Instant,
 }
 
 #[derive(Debug)]
@@ -162,6 +182,12 @@ struct State {
     sequence: u64,
     conn_next: u32,
     stats: FabricStats,
+    /// Nodes' own requests, by their connection.
+    outbound: BTreeMap<ConnId, Outbound>,
+    /// Nodes' own requests that could not connect: (due, sequence) -> (node, incarnation,
+    /// answer).
+    refused: BTreeMap<(Instant, u64), (u64, u64, OutboundAnswer)>,
+    outbound_next: u64,
 }
 
 impl State {
@@ -181,6 +207,15 @@ impl State {
 
     fn delay(&mut self) -> Duration {
         let (min, max) = (self.faults.delay_min, self.faults.delay_max);
+        self.delay_between(min, max)
+    }
+
+    fn client_delay(&mut self) -> Duration {
+        let (min, max) = (self.faults.client_delay_min, self.faults.client_delay_max);
+        self.delay_between(min, max)
+    }
+
+    fn delay_between(&mut self, min: Duration, max: Duration) -> Duration {
         let span = max.saturating_sub(min).as_nanos() as u64;
         let extra = if span == 0 {
             0
@@ -299,7 +334,7 @@ impl State {
     }
 
     fn flush_bytes(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        let delay = self.delay();
+        let delay = self.client_delay();
         let sequence = self.next_sequence();
         let now = self.now();
         let Some(state) = self.conns.get_mut(&conn) else {
@@ -311,7 +346,7 @@ impl State {
     }
 
     fn flush_close(&mut self, conn: ConnId) {
-        let delay = self.delay();
+        let delay = self.client_delay();
         let now = self.now();
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
@@ -342,7 +377,9 @@ impl State {
             let bytes = c.to_client.keys().next().map(|(at, _)| *at);
             bytes.into_iter().chain(c.closed_at)
         });
-        nodes.chain(conns).min()
+        let outbound = self.outbound.values().map(|o| o.deadline);
+        let refused = self.refused.keys().next().map(|(at, _)| *at);
+        nodes.chain(conns).chain(outbound).chain(refused).min()
     }
 }
 
@@ -367,6 +404,9 @@ impl Fabric {
                 sequence: 0,
                 conn_next: 0,
                 stats: FabricStats::default(),
+                outbound: BTreeMap::new(),
+                refused: BTreeMap::new(),
+                outbound_next: 0,
             })),
         }
     }
@@ -392,6 +432,7 @@ impl Fabric {
             id,
             incarnation,
             fabric: self.clone(),
+            answers: Vec::new(),
         })
     }
 
@@ -416,6 +457,8 @@ impl Fabric {
         for other in others {
             state.link_down(other, id);
         }
+        state.outbound_drop(id, None);
+        state.refused.retain(|_, (node, _, _)| *node != id);
     }
 
     /// Sets what happens to peer frames from now on.
@@ -428,6 +471,7 @@ impl Fabric {
         let mut state = self.lock();
         if state.cut.insert((from, to)) {
             state.link_down(from, to);
+            state.outbound_drop(from, Some(to));
         }
     }
 
@@ -452,6 +496,20 @@ impl Fabric {
         self.lock().next_due()
     }
 
+    /// Whether node `id` is up and has an event due by now (a delivery or a timer): what
+    /// would make its poll return.
+    pub fn due(&self, id: u64) -> bool {
+        let state = self.lock();
+        let now = state.now();
+        state.nodes.get(&id).is_some_and(|node| {
+            let first = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+            node.up
+                && (first(node.inbox.keys().next().map(|(at, _)| *at))
+                    || first(node.timers.keys().next().map(|(at, _)| *at))
+                    || state.outbound_due(id, now))
+        })
+    }
+
     /// The counters.
     pub fn stats(&self) -> FabricStats {
         self.lock().stats.clone()
@@ -460,13 +518,35 @@ impl Fabric {
     /// A client connects to node `id` (speaking protocol version 1); `None` if the node is
     /// down. The node hears `Connected` after a delay.
     pub fn client_connect(&self, id: u64) -> Option<ConnId> {
-        let mut state = self.lock();
-        let incarnation = state.nodes.get(&id).filter(|n| n.up)?.incarnation;
-        state.conn_next += 1;
-        let conn = ConnId::from_parts(u32::try_from(id).ok()?, state.conn_next);
-        let now = state.now();
-        let at = now + state.delay();
-        state.conns.insert(
+        self.lock().client_connect(id)
+    }
+
+    /// The client sends `request` on `conn` (it must wait for the final response to the
+    /// previous one first). False if the connection is closed.
+    pub fn client_send(&self, conn: ConnId, request: Request) -> bool {
+        self.lock().client_send(conn, request)
+    }
+
+    /// The client closes `conn`: the node hears `Closed` after a delay; nothing more arrives.
+    pub fn client_close(&self, conn: ConnId) {
+        self.lock().client_close(conn)
+    }
+
+    /// What arrived on `conn` by now: whole responses, decoded; a connection that ended is
+    /// forgotten once reported.
+    pub fn client_receive(&self, conn: ConnId) -> ClientReceived {
+        self.lock().client_receive(conn)
+    }
+}
+
+impl State {
+    fn client_connect(&mut self, id: u64) -> Option<ConnId> {
+        let incarnation = self.nodes.get(&id).filter(|n| n.up)?.incarnation;
+        self.conn_next += 1;
+        let conn = ConnId::from_parts(u32::try_from(id).ok()?, self.conn_next);
+        let now = self.now();
+        let at = now + self.client_delay();
+        self.conns.insert(
             conn,
             ConnState {
                 node: id,
@@ -478,10 +558,11 @@ impl Fabric {
                 last_at: now,
                 to_node_last: at,
                 buffer: Vec::new(),
+                context: ResponseContext::default(),
             },
         );
         let client: SocketAddr = ([10, 0, 0, 1], 40_000).into();
-        state.deliver(
+        self.deliver(
             id,
             at,
             Event::Connected {
@@ -493,35 +574,33 @@ impl Fabric {
         Some(conn)
     }
 
-    /// The client sends `request` on `conn` (it must wait for the final response to the
-    /// previous one first). False if the connection is closed.
-    pub fn client_send(&self, conn: ConnId, request: Request) -> bool {
-        let mut state = self.lock();
-        let now = state.now();
-        let delay = state.delay();
-        let Some(c) = state.conns.get_mut(&conn) else {
+    fn client_send(&mut self, conn: ConnId, request: Request) -> bool {
+        let now = self.now();
+        let delay = self.client_delay();
+        let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
         if c.closed_at.is_some() || !c.node_open {
             return false;
         }
+        if let Request::Cluster { format } = request {
+            c.context.cluster_format = format;
+        }
         let at = (now + delay).max(c.to_node_last + DELAY_MIN);
         c.to_node_last = at;
         let node = c.node;
-        state.deliver(node, at, Event::Request { conn, request });
+        self.deliver(node, at, Event::Request { conn, request });
         true
     }
 
-    /// The client closes `conn`: the node hears `Closed` after a delay; nothing more arrives.
-    pub fn client_close(&self, conn: ConnId) {
-        let mut state = self.lock();
-        let now = state.now();
-        let delay = state.delay();
-        let Some(c) = state.conns.remove(&conn) else {
+    fn client_close(&mut self, conn: ConnId) {
+        let now = self.now();
+        let delay = self.client_delay();
+        let Some(c) = self.conns.remove(&conn) else {
             return;
         };
         if c.node_open {
-            state.deliver(
+            self.deliver(
                 c.node,
                 (now + delay).max(c.to_node_last + DELAY_MIN),
                 Event::Closed {
@@ -532,13 +611,10 @@ impl Fabric {
         }
     }
 
-    /// What arrived on `conn` by now: whole responses, decoded; a connection that ended is
-    /// forgotten once reported.
-    pub fn client_receive(&self, conn: ConnId) -> ClientReceived {
-        let mut state = self.lock();
-        let now = state.now();
+    fn client_receive(&mut self, conn: ConnId) -> ClientReceived {
+        let now = self.now();
         let mut received = ClientReceived::default();
-        let Some(c) = state.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             received.closed = true;
             return received;
         };
@@ -548,7 +624,6 @@ impl Fabric {
             }
             c.buffer.extend_from_slice(&entry.remove());
         }
-        let context = ResponseContext::default();
         let mut offset = 0;
         while let Some(header) = c.buffer.get(offset..offset + HEADER_BYTES) {
             let header = Header::decode(header.try_into().expect("sliced to HEADER_BYTES"));
@@ -563,7 +638,7 @@ impl Fabric {
             let Some(body) = c.buffer.get(start..start + body_bytes) else {
                 break;
             };
-            match Response::decode(header, body, &context) {
+            match Response::decode(header, body, &c.context) {
                 Ok(response) => received.responses.push(response),
                 Err(e) => {
                     received.garbage = Some(e);
@@ -576,10 +651,10 @@ impl Fabric {
         let ended = c.closed_at.is_some_and(|at| at <= now) && c.to_client.is_empty();
         if ended || received.garbage.is_some() {
             received.closed = true;
-            let c = state.conns.remove(&conn).expect("looked up above");
+            let c = self.conns.remove(&conn).expect("looked up above");
             if c.node_open && received.garbage.is_some() {
                 let at = now + DELAY_MIN;
-                state.deliver(
+                self.deliver(
                     c.node,
                     at,
                     Event::Closed {
@@ -591,6 +666,151 @@ impl Fabric {
         }
         received
     }
+
+    /// Node `from` (incarnation `incarnation`) asks the node at `address`: a client connection
+    /// of its own, unless the node is down, unknown or the link between them cut (then the
+    /// answer is a refusal, after a delay).
+    fn outbound_request(
+        &mut self,
+        from: u64,
+        incarnation: u64,
+        address: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> OutboundId {
+        self.outbound_next += 1;
+        let id = OutboundId(self.outbound_next);
+        let now = self.now();
+        let to = self
+            .nodes
+            .iter()
+            .find(|(_, n)| n.up && n.address == address)
+            .map(|(&to, _)| to);
+        let linked = |to| !self.cut.contains(&(from, to)) && !self.cut.contains(&(to, from));
+        let conn = to
+            .filter(|&to| to != from && linked(to))
+            .and_then(|to| self.client_connect(to));
+        match conn {
+            Some(conn) => {
+                self.client_send(conn, request);
+                self.outbound.insert(
+                    conn,
+                    Outbound {
+                        from,
+                        incarnation,
+                        id,
+                        deadline: now + timeout,
+                    },
+                );
+            }
+            None => {
+                let at = now + self.client_delay();
+                let sequence = self.next_sequence();
+                let answer = OutboundAnswer {
+                    id,
+                    result: Err(format!("connecting to {address}: connection refused")),
+                };
+                self.refused
+                    .insert((at, sequence), (from, incarnation, answer));
+            }
+        }
+        id
+    }
+
+    /// The outbound requests of node `from` that ended by now: their answers, their
+    /// connections closed.
+    fn outbound_ended(&mut self, from: u64, incarnation: u64) -> Vec<OutboundAnswer> {
+        let now = self.now();
+        let mut answers = Vec::new();
+        let refused: Vec<(Instant, u64)> = self
+            .refused
+            .iter()
+            .filter(|((at, _), (node, _, _))| *at <= now && *node == from)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in refused {
+            let (_, of, answer) = self.refused.remove(&key).expect("listed above");
+            if of == incarnation {
+                answers.push(answer);
+            }
+        }
+        let conns: Vec<ConnId> = self
+            .outbound
+            .iter()
+            .filter(|(_, o)| o.from == from)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in conns {
+            let outbound = &self.outbound[&conn];
+            let (id, deadline) = (outbound.id, outbound.deadline);
+            let received = self.client_receive(conn);
+            let result = if let Some(response) = received.responses.into_iter().next() {
+                Ok(response)
+            } else if let Some(e) = received.garbage {
+                Err(format!("an undecodable answer: {e}"))
+            } else if received.closed {
+                Err("the connection closed without an answer".to_owned())
+            } else if now >= deadline {
+                Err("no answer in time".to_owned())
+            } else {
+                continue;
+            };
+            self.client_close(conn);
+            let outbound = self.outbound.remove(&conn).expect("listed above");
+            if outbound.incarnation == incarnation {
+                answers.push(OutboundAnswer { id, result });
+            }
+        }
+        answers
+    }
+
+    /// Whether an outbound request of node `from` ends by now.
+    fn outbound_due(&self, from: u64, now: Instant) -> bool {
+        let refused = self
+            .refused
+            .iter()
+            .any(|((at, _), (node, _, _))| *at <= now && *node == from);
+        refused
+            || self.outbound.iter().any(|(conn, o)| {
+                o.from == from
+                    && (o.deadline <= now
+                        || self.conns.get(conn).is_none_or(|c| {
+                            c.to_client.keys().next().is_some_and(|(at, _)| *at <= now)
+                                || c.closed_at.is_some_and(|at| at <= now)
+                        }))
+            })
+    }
+
+    /// Ends the outbound requests of node `node`, or to it (it crashed, or a link between the
+    /// two was cut: a connection through a partition is given up).
+    fn outbound_drop(&mut self, node: u64, peer: Option<u64>) {
+        let conns: Vec<ConnId> = self
+            .outbound
+            .iter()
+            .filter(|(conn, o)| {
+                let to = self.conns.get(conn).map(|c| c.node);
+                match peer {
+                    None => o.from == node,
+                    Some(peer) => {
+                        (o.from == node && to == Some(peer)) || (o.from == peer && to == Some(node))
+                    }
+                }
+            })
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in conns {
+            let now = self.now();
+            self.client_close(conn);
+            if peer.is_some() {
+                // The requester sees it closed: its answer is an error, at its next poll.
+                if let Some(o) = self.outbound.get_mut(&conn) {
+                    o.deadline = now;
+                }
+            } else {
+                self.outbound.remove(&conn);
+            }
+        }
+    }
 }
 
 /// One node's view of the fabric: its [`Network`].
@@ -599,6 +819,8 @@ pub struct Endpoint {
     id: u64,
     incarnation: u64,
     fabric: Fabric,
+    /// Answers to the node's own requests, taken at its polls.
+    answers: Vec<OutboundAnswer>,
 }
 
 impl Endpoint {
@@ -616,7 +838,7 @@ impl Endpoint {
 impl Network for Endpoint {
     fn poll(&mut self, events: &mut Vec<Event>, _timeout: Option<Duration>) -> io::Result<()> {
         let incarnation = self.incarnation;
-        self.with_node(|state, id| {
+        let answers = self.with_node(|state, id| {
             state.flush(id);
             let now = state.now();
             let mut due = Vec::new();
@@ -657,7 +879,9 @@ impl Network for Endpoint {
                 }
                 events.push(event);
             }
+            state.outbound_ended(id, incarnation)
         });
+        self.answers.extend(answers.into_iter().flatten());
         Ok(())
     }
 
@@ -820,6 +1044,24 @@ impl Network for Endpoint {
     fn is_tls(&self) -> bool {
         false
     }
+
+    fn outbound_request(
+        &mut self,
+        address: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> OutboundId {
+        let incarnation = self.incarnation;
+        let address = address.to_owned();
+        self.with_node(|state, id| {
+            state.outbound_request(id, incarnation, &address, request, timeout)
+        })
+        .unwrap_or(OutboundId(0)) // A crashed incarnation: nothing is ever answered.
+    }
+
+    fn outbound_answers(&mut self, answers: &mut Vec<OutboundAnswer>) {
+        answers.append(&mut self.answers);
+    }
 }
 
 /// Connections still open, for tests of the fabric itself.
@@ -915,5 +1157,48 @@ mod tests {
             fabric.client_connect(1).is_none(),
             "a crashed node takes no connections"
         );
+    }
+
+    #[test]
+    fn test_a_node_request_of_its_own_is_answered_once_or_refused() {
+        let (clock, fabric, mut a, mut b) = fabric();
+        let asked = b.outbound_request("127.0.0.1:1", Request::Leader, Duration::from_secs(1));
+        clock.advance(Duration::from_millis(1));
+        assert!(fabric.due(1));
+        let events = poll(&mut a);
+        let Event::Request { conn, .. } = events[1] else {
+            panic!("{events:?}");
+        };
+        let answer = Response::Server {
+            id: 1,
+            address: "127.0.0.1:1".into(),
+        };
+        a.send(conn, &answer).unwrap();
+        poll(&mut a);
+        clock.advance(Duration::from_millis(1));
+        assert!(fabric.due(2), "the answer wakes the node that asked");
+        poll(&mut b);
+        let mut answers = Vec::new();
+        b.outbound_answers(&mut answers);
+        assert_eq!(
+            answers,
+            vec![OutboundAnswer {
+                id: asked,
+                result: Ok(answer)
+            }]
+        );
+        assert_eq!(fabric.open_conns(), 0, "closed after its answer");
+        // Unknown address, and a cut link: refused.
+        let unknown = b.outbound_request("127.0.0.1:9", Request::Leader, Duration::from_secs(1));
+        fabric.cut(2, 1);
+        let cut = b.outbound_request("127.0.0.1:1", Request::Leader, Duration::from_secs(1));
+        clock.advance(Duration::from_millis(1));
+        poll(&mut b);
+        answers.clear();
+        b.outbound_answers(&mut answers);
+        let mut ids: Vec<OutboundId> = answers.iter().map(|a| a.id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![unknown, cut]);
+        assert!(answers.iter().all(|a| a.result.is_err()));
     }
 }

@@ -233,6 +233,7 @@ fn test_followers_acknowledge_only_synced_entries_and_keep_receiving() {
             &config,
             &secret,
             &configuration,
+            None,
         )
         .unwrap();
     }

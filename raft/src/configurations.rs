@@ -24,6 +24,13 @@ impl ConfigurationHistory {
         &self.entries.last().expect("history is never empty").1
     }
 
+    /// Every configuration held, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (LogIndex, &Configuration)> + '_ {
+        self.entries
+            .iter()
+            .map(|(index, configuration)| (*index, configuration))
+    }
+
     /// The index of the entry carrying the current configuration.
     pub(crate) fn current_index(&self) -> LogIndex {
         self.entries.last().expect("history is never empty").0

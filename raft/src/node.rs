@@ -355,6 +355,13 @@ impl<L: LogRead> RawNode<L> {
         self.configurations.current_index()
     }
 
+    /// Every configuration raft knows by the index of the entry (or snapshot) carrying it,
+    /// oldest first; the last is the one in force. Those after the commit index may still be
+    /// truncated. Older ones are forgotten as the log is compacted.
+    pub fn configurations(&self) -> impl Iterator<Item = (LogIndex, &Configuration)> + '_ {
+        self.configurations.iter()
+    }
+
     /// The host's latest snapshot, as raft knows it.
     pub fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
         self.snapshot.as_ref()

@@ -280,8 +280,17 @@ pub fn scan(bytes: &[u8], mut visit: impl FnMut(&Record)) -> Scan {
         last: previous,
         end: offset,
         stop,
-        tail_zero: bytes[offset..].iter().all(|&b| b == 0),
+        tail_zero: all_zero(&bytes[offset..]),
     }
+}
+
+/// Whether every byte is zero: a block at a time, each reduced without a branch per byte (the
+/// compiler vectorizes it), so that recovery checks a preallocated segment's zeros at memory
+/// speed rather than a byte per step.
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Tells a torn tail from damage where the records of an open segment stop (at `end`) short of

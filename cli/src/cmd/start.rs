@@ -115,6 +115,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         metrics_address: args.metrics_address,
         repair_again_after: Some(std::time::Duration::from_secs(args.repair_again_after)),
         snapshot_trailing_entries: None,
+        log_segment_bytes: None,
     };
     let tls_reload = options.tls_reload.clone();
     let shutdown = Arc::new(AtomicBool::new(false));

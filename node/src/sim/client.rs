@@ -1,6 +1,7 @@
 //! The simulator's clients: each one a state machine speaking the dqlite protocol through the
-//! fabric (LEADER, OPEN, EXEC_SQL, QUERY_SQL, TRANSFER), one request at a time, recording every
-//! operation on the keyed rows in the history the checkers read.
+//! fabric (LEADER, OPEN, EXEC_SQL, QUERY_SQL, and an operator's TRANSFER, REMOVE and ASSIGN),
+//! one request at a time, recording every operation on the keyed rows in the history the
+//! checkers read.
 //!
 //! Rows: `kv(k, v)` holds one register per key; every write sets a value never written before,
 //! so a read names the one write it saw. A trigger copies every committed write into
@@ -57,6 +58,13 @@ pub struct Shared {
     pub transfer_wanted: Option<u64>,
     /// Leadership transfers asked.
     pub transfers: u64,
+    /// Membership changes (REMOVE, ASSIGN) wanted, each taken by the next client on a leader
+    /// (two at once race each other: raft must take one change at a time).
+    pub membership_wanted: VecDeque<Request>,
+    /// Membership changes asked, and those answered done.
+    pub membership_asked: u64,
+    /// Membership changes answered done.
+    pub membership_done: u64,
     /// The setup (schema) is done.
     pub schema_ready: bool,
     /// Protocol violations seen by clients (garbage on the wire, unexpected answers).
@@ -108,6 +116,10 @@ enum Op {
     },
     Transfer {
         to: u64,
+    },
+    /// REMOVE or ASSIGN.
+    Membership {
+        request: Request,
     },
 }
 
@@ -280,7 +292,7 @@ impl SimClient {
         }
         self.stage = Stage::Down;
         self.rows.clear();
-        self.pause(ctx.now, 5, 50);
+        self.pause(ctx.now, 1, 50);
     }
 
     fn connect(&mut self, ctx: &mut Context<'_>) {
@@ -335,6 +347,13 @@ impl SimClient {
             ctx.shared.transfer_wanted = None;
             ctx.shared.transfers += 1;
             Op::Transfer { to }
+        } else if let (false, Some(request)) = (
+            self.follower_reads,
+            ctx.shared.membership_wanted.front().cloned(),
+        ) {
+            ctx.shared.membership_wanted.pop_front();
+            ctx.shared.membership_asked += 1;
+            Op::Membership { request }
         } else {
             let keys = ctx.shared.keys();
             let key = keys[self.below(KEYS) as usize];
@@ -368,6 +387,7 @@ impl SimClient {
             },
             Op::Transaction { .. } => exec("BEGIN", vec![]),
             Op::Transfer { to } => Request::Transfer { id: *to },
+            Op::Membership { request } => request.clone(),
         };
         self.op = Some((op, now));
         self.send(ctx, Stage::Busy, request);
@@ -459,6 +479,7 @@ impl SimClient {
         let shared = &mut *ctx.shared;
         match op {
             Op::Schema { .. } | Op::Transfer { .. } => {}
+            Op::Membership { .. } => shared.membership_done += u64::from(answer.is_some()),
             Op::Write { key, value } => {
                 let response = answer.map(|_| now);
                 if response.is_some() {

@@ -2,27 +2,44 @@
 //! SQLite) in one thread on simulated time, over the simulated network (`sim_network.rs`) and
 //! each on its own simulated disk ([`atoll_storage::SimDisk`]: the log's and the databases'
 //! files in memory), with clients issuing SQL, network faults, disk faults, crashes and
-//! restarts, and leadership transfers, all drawn from one seed. The `sim` example runs seeds;
+//! restarts, leadership transfers and membership changes, all drawn from one seed. The `sim`
+//! example runs seeds;
 //! a seed replays identically (one thread, one clock, seeded generators, and the node's sends
 //! ordered before any draw).
 //!
-//! A run: the cluster boots (every node holds the same bootstrap configuration), a client
-//! creates the schema, then for `fault_ms` of simulated time clients write, read and commit
-//! transactions while faults come and go. Then everything heals (links restored, crashed nodes
-//! restarted, a perfect network), and the cluster must make progress again (liveness); clients
-//! stop, read every key a last time, the replicas converge, and the nodes stop.
+//! A run: the cluster boots (every node holds the same bootstrap configuration: `nodes`
+//! voters and, drawn, a standby or a spare), a client creates the schema, then for `fault_ms`
+//! of simulated time clients write, read and commit transactions while faults come and go.
+//! Then everything heals (links restored, crashed nodes restarted, a perfect network), and the
+//! cluster must make progress again (liveness); clients stop, read every key a last time, the
+//! replicas converge, and the nodes stop.
+//!
+//! Membership: fresh nodes join (prepared as `atoll join` does, asking the leader through the
+//! node's own join path), an operator's client asks REMOVE or ASSIGN (voter, standby, spare),
+//! removed nodes go on running until some are retired (stopped for good), and automatic roles
+//! (on in most seeds, with a short unreachable threshold) promote joiners and replace
+//! unreachable voters. The replicas checked at the end are the final configuration's voters
+//! and standbys.
 //!
 //! Checkers (each failure is a violation of the seed):
 //! - election safety: one leader per term, over every observation;
 //! - per-key linearizability of every read and write the clients saw (the raft crate's
 //!   checker); a value never written, or written by a transaction that never committed, read
 //!   anywhere fails it too (no uncommitted data visible);
+//! - no stale command: no replica ever rejects a command as computed against another state
+//!   than the one it follows in the log (a leader that computed one served too early);
 //! - no acknowledged write lost: every acknowledged value is in every replica's `writes`
 //!   table at the end, and no replica holds a value of an aborted transaction;
-//! - replicas byte-identical at equal applied indexes (the database files after the final
-//!   checkpoint);
-//! - liveness: after healing, a write is acknowledged and every node applies the leader's
-//!   commit index within `LIVENESS_TIMEOUT`.
+//! - replicas byte-identical at equal applied indexes: while the run goes on, each node's
+//!   database image (its pages as of its applied index, `Engine::database_image`) is hashed
+//!   whenever its applied index moved to one another node hashed (and, to have those, every
+//!   `IMAGE_INTERVAL` at most), and every
+//!   hash of one index must be equal, whichever node and time it came from (snapshot installs
+//!   included); at the end, the database files after the final checkpoint;
+//! - liveness: after healing, a write is acknowledged and every voter and standby applies the
+//!   leader's commit index within `LIVENESS_TIMEOUT`;
+//! - configuration safety (`membership.rs`): at most one configuration change pending; a
+//!   removed node, a standby or a spare never counted in a commit or an election.
 //!
 //! A crash drops the `Node` without its shutdown handover and reopens it from its directory:
 //! half the time a process crash (the page cache survives: the disk keeps every write), else a
@@ -45,6 +62,7 @@
 //! runs is on its simulated disk.
 
 pub mod client;
+mod membership;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -53,8 +71,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_net::peer::ClusterSecret;
+use atoll_net::protocol::{Request, Role};
 use atoll_raft::sim::linearizability::check_register;
-use atoll_raft::{Configuration, MemberRole, NodeId, StateRole};
+use atoll_raft::{Configuration, EntryKind, LogIndex, MemberRole, NodeId, Payload, StateRole};
+use atoll_storage::LogRead;
 
 use atoll_storage::{PowerLoss, SimDisk, SimFaults, SimOp};
 
@@ -63,13 +83,23 @@ use crate::inputs::{Clock, Inputs, ManualClock, Random, SeededRandom};
 use crate::sim_network::{Fabric, LinkFaults};
 use crate::{Node, StartOptions};
 use client::{Context, Shared, SimClient, DATABASE};
+use membership::{ConfigurationChecker, Held, Seen};
 
 /// Time after healing within which the cluster must acknowledge a write and converge.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(20);
-/// The longest simulated step: every node turns at least this often.
-const STEP_MAX: Duration = Duration::from_millis(1);
-/// The shortest simulated step (deliveries due within it are taken together, in order).
+/// The longest simulated step (a bound only: the nodes' tick timers are due more often).
+const STEP_MAX: Duration = Duration::from_millis(10);
+/// The shortest simulated step (deliveries due within it are taken together, in order): about
+/// what a turn of a real node takes.
 const STEP_MIN: Duration = Duration::from_micros(10);
+/// Shortest simulated time between two image hashes of one node at indexes no other node
+/// hashed (an index another node hashed is hashed at once: it is compared).
+const IMAGE_INTERVAL: Duration = Duration::from_millis(20);
+/// Fresh nodes that may join during a seed.
+const JOINS_MAX: usize = 2;
+/// Sizes of the nodes' log segment files, one drawn per seed: small, so that segments fill,
+/// roll over and are compacted away within a run (and an open reads little).
+const LOG_SEGMENT_BYTES: [u64; 3] = [64 << 10, 256 << 10, 1 << 20];
 /// Simulated time the quiescing clients get to finish and read every key.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,6 +127,21 @@ pub struct SeedReport {
     pub crashes: u64,
     /// Leadership transfers asked.
     pub transfers: u64,
+    /// Fresh nodes that joined (were started to join).
+    pub joins: u64,
+    /// REMOVE and ASSIGN requests asked, and answered done.
+    pub membership_asked: u64,
+    /// REMOVE and ASSIGN requests answered done.
+    pub membership_done: u64,
+    /// Removed nodes stopped for good.
+    pub retired: u64,
+    /// Old commands proposed again (expected rejected as stale).
+    pub replays: u64,
+    /// Database images hashed during the run, and those compared with another node's hash at
+    /// the same applied index.
+    pub images_hashed: u64,
+    /// Images compared with another node's at the same applied index.
+    pub images_compared: u64,
     /// Snapshots installed from a leader, all nodes.
     pub snapshots_installed: u64,
     /// Nodes whose log was compacted (its first index past 1) when they stopped or crashed.
@@ -119,8 +164,17 @@ pub struct SeedReport {
     pub enospc: u64,
     /// Simulated time.
     pub simulated: Duration,
+    /// Simulator steps (clock advances) and node turns.
+    pub steps: u64,
+    /// Node turns, all nodes.
+    pub turns: u64,
     /// A digest of everything observed: equal for two runs of one seed.
     pub fingerprint: u64,
+}
+
+/// The address of node `id` on the simulated network.
+fn address(id: u64) -> String {
+    format!("127.0.0.1:{}", 20_000 + id)
 }
 
 /// Mixes a seed and a stream number into an independent seed (splitmix64's finalizer).
@@ -168,6 +222,21 @@ struct Cluster {
     chained: u64,
     chain_longest: u64,
     abandoned: u64,
+    /// Size of the nodes' log segment files.
+    log_segment_bytes: u64,
+    /// Nodes to turn at the next step whatever is due (just opened).
+    wake: Vec<bool>,
+    turns: u64,
+    /// Nodes removed from the cluster and stopped for good.
+    retired: Vec<bool>,
+    /// What each node that is down held when it went down (the configuration checks).
+    held: Vec<Option<Held>>,
+    /// The configuration checkers.
+    configurations: ConfigurationChecker,
+    /// Where node directories go, the secret, and the configuration every node starts from.
+    root: PathBuf,
+    secret: ClusterSecret,
+    template: NodeConfig,
 }
 
 impl Cluster {
@@ -187,12 +256,15 @@ impl Cluster {
         let shutdown = Arc::new(AtomicBool::new(false));
         let options = StartOptions {
             snapshot_trailing_entries: Some(self.snapshot_trailing_entries),
+            log_segment_bytes: Some(self.log_segment_bytes),
             ..StartOptions::default()
         };
         self.busy_until[index] = 0;
         match Node::open_with(&self.dirs[index], shutdown, options, inputs) {
             Ok(node) => {
                 self.nodes[index] = Some(node);
+                self.wake[index] = true;
+                self.held[index] = None;
                 Ok(true)
             }
             // The injected error hit the recovery: the node stops again, as it would.
@@ -204,6 +276,97 @@ impl Cluster {
         }
     }
 
+    /// A fresh node, prepared as `atoll join` does (asking the nodes at `join`), started.
+    fn join(&mut self, join: Vec<String>) -> Result<(), String> {
+        let index = self.nodes.len();
+        let id = Cluster::id(index);
+        let dir = self.root.join(format!("n{id}"));
+        let address = address(id);
+        let mut config = self.template.clone();
+        config.id = id;
+        config.address = address.clone();
+        config.join = join;
+        // Its own disk, with the cluster's latency profile.
+        let disk = SimDisk::new(mix(self.seed, 600 + index as u64));
+        let faults = self.disk_faults[0].clone();
+        disk.set_faults(faults.clone());
+        crate::prepare_join_on(disk.shared(), &dir, &config, &self.secret)
+            .map_err(|e| format!("preparing node {id} to join: {e}"))?;
+        self.dirs.push(dir);
+        self.addresses.push(address);
+        self.nodes.push(None);
+        self.disks.push(disk);
+        self.disk_faults.push(faults);
+        self.busy_until.push(0);
+        self.eio_armed.push(None);
+        self.incarnations.push(0);
+        self.wake.push(false);
+        self.retired.push(false);
+        self.held.push(None);
+        // No error is armed on a fresh disk: it opens.
+        self.open(index).map(|_| ())
+    }
+
+    /// Node `id` as the configuration checks see it.
+    fn seen(&self, id: u64) -> Seen<'_> {
+        let index = (id as usize).wrapping_sub(1);
+        match (self.nodes.get(index), self.held.get(index)) {
+            (Some(Some(node)), _) => Seen::Up(node),
+            (_, Some(Some(held))) => Seen::Down(held),
+            _ => Seen::Gone,
+        }
+    }
+
+    /// The configuration of the leader of the highest term, if one is up.
+    fn leader_configuration(&self) -> Option<Configuration> {
+        let leader = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|n| n.raft.role() == StateRole::Leader)
+            .max_by_key(|n| n.raft.term())?;
+        Some(leader.raft.configuration().clone())
+    }
+
+    /// The voters and standbys of the leader's configuration (`None`: no leader up).
+    fn replicas(&self) -> Option<Vec<u64>> {
+        let configuration = self.leader_configuration()?;
+        Some(
+            configuration
+                .members()
+                .filter(|(_, m)| m.role.replicates())
+                .map(|(id, _)| id.0)
+                .collect(),
+        )
+    }
+
+    /// Nodes not in the configuration committed on the leader (removed for good).
+    fn removed(&self) -> Vec<u64> {
+        let Some(leader) = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|n| n.raft.role() == StateRole::Leader)
+            .max_by_key(|n| n.raft.term())
+        else {
+            return Vec::new();
+        };
+        let commit = leader.raft.commit_index();
+        let Some(committed) = leader
+            .raft
+            .configurations()
+            .filter(|(index, _)| *index <= commit)
+            .map(|(_, c)| c)
+            .last()
+        else {
+            return Vec::new();
+        };
+        (0..self.nodes.len())
+            .map(Cluster::id)
+            .filter(|&id| !self.retired[id as usize - 1] && committed.get(NodeId(id)).is_none())
+            .collect()
+    }
+
     /// Drops the node without its shutdown: no handover, no final checkpoint. With
     /// `power_loss`, its disk loses what was not synced (or keeps a prefix of it, torn).
     fn crash(&mut self, index: usize, power_loss: Option<PowerLoss>) {
@@ -211,6 +374,7 @@ impl Cluster {
         let node = self.nodes[index].take();
         if let Some(node) = &node {
             self.note_stopping(node);
+            self.held[index] = Some(Held::of(node, self.configurations.commit_seen()));
         }
         drop(node);
         self.busy_until[index] = 0;
@@ -245,19 +409,31 @@ impl Cluster {
             .collect()
     }
 
-    /// Turns every running node that is not busy with its disk. Returns the nodes an injected
+    /// Turns every running node that is not busy with its disk and has an input due, a sync
+    /// ended, output held back or work of its own (as production's loop, whose poll returns
+    /// only then); a node with none of these would do nothing. Returns the nodes an injected
     /// I/O error stopped (they are down now; the caller restarts them); any other failure is
     /// a violation.
     fn turn(&mut self, now: u64) -> Result<Vec<usize>, String> {
         let mut stopped = Vec::new();
+        let clock_now = self.clock.now();
         for index in 0..self.nodes.len() {
+            let id = Cluster::id(index);
             if self.busy_until[index] > now {
                 continue;
             }
             let Some(node) = self.nodes[index].as_mut() else {
                 continue;
             };
+            // A node whose disk time just passed sends what it held back.
+            let held_back = std::mem::take(&mut self.busy_until[index]) > 0;
+            let synced = node.sync_due().is_some_and(|due| due <= clock_now);
+            let woken = std::mem::take(&mut self.wake[index]);
+            if !woken && !held_back && !synced && !node.busy() && !self.fabric.due(id) {
+                continue;
+            }
             let turned = node.turn(Some(Duration::ZERO));
+            self.turns += 1;
             let latency = self.disks[index].take_latency().as_nanos() as u64;
             match turned {
                 Ok(_) => {}
@@ -266,13 +442,13 @@ impl Cluster {
                     stopped.push(index);
                     continue;
                 }
-                Err(e) => return Err(format!("node {} failed: {e}", Cluster::id(index))),
+                Err(e) => return Err(format!("node {id} failed: {e}")),
             }
             if latency > 0 {
                 // The turn took that long: what it sent leaves at its next poll, then.
                 self.busy_until[index] = now + latency;
             } else {
-                self.fabric.flush(Cluster::id(index));
+                self.fabric.flush(id);
             }
         }
         Ok(stopped)
@@ -286,13 +462,28 @@ impl Cluster {
             .min()
     }
 
-    /// Every running node applied the highest commit index any of them knows, and one leads.
+    /// Whether a node not held up by its disk has work of its own left for its next turn.
+    fn busy(&self, now: u64) -> bool {
+        (0..self.nodes.len())
+            .any(|i| self.busy_until[i] <= now && self.nodes[i].as_ref().is_some_and(Node::busy))
+    }
+
+    /// One node leads, and every voter and standby of its configuration is up and applied the
+    /// highest commit index any node knows.
     fn converged(&self) -> bool {
-        let states: Vec<_> = self.nodes.iter().flatten().map(Node::state).collect();
-        let commit = states.iter().map(|s| s.commit).max();
-        states.iter().any(|s| s.role == StateRole::Leader)
-            && states.len() == self.nodes.len()
-            && states.iter().all(|s| Some(s.applied) == commit)
+        let Some(replicas) = self.replicas() else {
+            return false;
+        };
+        let commit = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.raft.commit_index())
+            .max();
+        replicas.iter().all(|&id| {
+            let node = self.nodes.get(id as usize - 1).and_then(Option::as_ref);
+            node.is_some_and(|n| Some(n.raft.applied()) == commit)
+        })
     }
 }
 
@@ -307,11 +498,24 @@ struct Run {
     digest: Digest,
     /// The leader of each term seen.
     leaders: BTreeMap<u64, u64>,
+    /// Per node, the stale commands it rejected so far.
+    stale: BTreeMap<u64, u64>,
+    /// Indexes where old commands were proposed again (`replay`): rejected as stale by every
+    /// replica.
+    replays: BTreeSet<u64>,
+    /// Database image hashes by applied index: (hash, the node that hashed it first).
+    images: BTreeMap<u64, (u64, u64)>,
+    /// Per node: the applied index last hashed, and when the next hash may be taken.
+    imaged: BTreeMap<u64, (u64, u64)>,
     /// Crashed nodes and when they restart (nanoseconds).
     restarts: BTreeMap<usize, u64>,
     /// Full disks and when their space comes back (nanoseconds).
     space_back: BTreeMap<usize, u64>,
     fault_next_at: u64,
+    /// The most nodes the seed may have (the bootstrapped ones and `JOINS_MAX` joiners).
+    nodes_max: usize,
+    /// The voters and standbys of the final configuration (the replicas checked).
+    final_replicas: Vec<u64>,
 }
 
 impl Run {
@@ -324,7 +528,8 @@ impl Run {
     }
 
     /// One step: nodes turn, observations are checked, clients act, time moves to the next
-    /// thing due (at most `STEP_MAX` on).
+    /// thing due (a delivery, a timer, a client, a fault, a restart; at least `STEP_MIN` and at
+    /// most `STEP_MAX` on).
     fn step(&mut self) -> Result<(), String> {
         let now = self.now();
         for index in self.cluster.turn(now)? {
@@ -337,11 +542,23 @@ impl Run {
             let after = 10_000_000 + self.below(500_000_000);
             self.restarts.insert(index, now + after);
         }
+        self.report.steps += 1;
         self.observe()?;
         let up = self.cluster.up();
         let mut next = now + STEP_MAX.as_nanos() as u64;
         if let Some(free) = self.cluster.next_free(now) {
             next = next.min(free);
+        }
+        if self.cluster.busy(now) {
+            next = now;
+        }
+        let faults = self
+            .restarts
+            .values()
+            .chain(self.space_back.values())
+            .chain([&self.fault_next_at]);
+        if let Some(&due) = faults.filter(|&&at| at > now).min() {
+            next = next.min(due);
         }
         for client in &mut self.clients {
             let mut ctx = Context {
@@ -359,18 +576,22 @@ impl Run {
             .iter()
             .flatten()
             .filter_map(Node::sync_due);
+        // Deliveries and syncs already due wait for a node held up by its disk (the others
+        // took theirs this step): `next_free` covers them.
+        let clock_now = self.cluster.clock.now();
         if let Some(due) = self
             .cluster
             .fabric
             .next_due()
             .into_iter()
             .chain(syncs_due)
+            .filter(|&due| due > clock_now)
             .min()
         {
             let due = due
                 .saturating_duration_since(self.cluster.clock.now())
                 .as_nanos() as u64;
-            next = next.min(now + due.max(1));
+            next = next.min(now + due);
         }
         let step = Duration::from_nanos(next.saturating_sub(now)).max(STEP_MIN);
         self.cluster.clock.advance(step);
@@ -385,6 +606,17 @@ impl Run {
             self.digest.add(state.term.0);
             self.digest.add(state.commit.0);
             self.digest.add(state.applied.0);
+            let stale_seen = self.stale.insert(state.id.0, state.commands_stale);
+            let replayed = state
+                .stale_last
+                .is_some_and(|i| self.replays.contains(&i.0));
+            if state.commands_stale > stale_seen.unwrap_or(0) && !replayed {
+                return Err(format!(
+                    "stale command: node {} rejected the command at {:?}, computed against \
+                     another state than the one it follows in the log",
+                    state.id, state.stale_last
+                ));
+            }
             if state.role == StateRole::Leader {
                 let leader = *self.leaders.entry(state.term.0).or_insert(state.id.0);
                 if leader != state.id.0 {
@@ -395,15 +627,54 @@ impl Run {
                 }
             }
         }
+        let mut checker = std::mem::take(&mut self.cluster.configurations);
+        let cluster = &self.cluster;
+        let outcome = checker.observe(cluster.nodes.iter().flatten(), |id| cluster.seen(id));
+        self.cluster.configurations = checker;
+        outcome?;
+        self.hash_images()
+    }
+
+    /// Hashes the database image of every node whose applied index moved to one another node
+    /// hashed, or (at most every `IMAGE_INTERVAL`) to another, and checks it against the hash
+    /// any node had at that index.
+    fn hash_images(&mut self) -> Result<(), String> {
+        let now = self.now();
+        for node in self.cluster.nodes.iter_mut().flatten() {
+            let id = node.id();
+            let applied = node.engine.applied_index();
+            let (last, next_at) = self.imaged.get(&id).copied().unwrap_or((0, 0));
+            let comparable = self.images.get(&applied).is_some_and(|&(_, by)| by != id);
+            if applied == last || (now < next_at && !comparable) {
+                continue;
+            }
+            self.imaged
+                .insert(id, (applied, now + IMAGE_INTERVAL.as_nanos() as u64));
+            let Some(hash) = image_hash(&mut node.engine)
+                .map_err(|e| format!("node {id}: hashing its database at {applied}: {e}"))?
+            else {
+                continue; // No database yet.
+            };
+            self.report.images_hashed += 1;
+            let (known, by) = *self.images.entry(applied).or_insert((hash, id));
+            self.report.images_compared += u64::from(by != id);
+            if known != hash {
+                return Err(format!(
+                    "replicas differ: node {id}'s database at applied index {applied} is not \
+                     node {by}'s at that index"
+                ));
+            }
+        }
         Ok(())
     }
 
     /// A fault, drawn: links cut (one way, a node isolated, a split), healed, a crash, a
-    /// restart, a leadership transfer, or new link faults.
+    /// restart, a leadership transfer, new link faults, or a membership change (a fresh node
+    /// joins, an operator removes a node or assigns it a role, a removed node is retired).
     fn fault(&mut self) -> Result<(), String> {
-        let n = self.config.nodes as u64;
+        let n = self.cluster.nodes.len() as u64;
         let now = self.now();
-        match self.below(100) {
+        match self.below(140) {
             0..=24 => self.cluster.fabric.heal(),
             25..=39 => {
                 let from = 1 + self.below(n);
@@ -470,10 +741,99 @@ impl Run {
                     disk.fail_after(op, count);
                 }
             }
-            _ => {
+            96..=111 => {
                 let faults = self.draw_faults();
                 self.cluster.fabric.set_faults(faults);
             }
+            112..=116 => {
+                if self.cluster.nodes.len() < self.nodes_max {
+                    // The join addresses: the nodes not retired, from a drawn one on.
+                    let known: Vec<String> = (0..self.cluster.nodes.len())
+                        .filter(|&i| !self.cluster.retired[i])
+                        .map(|i| self.cluster.addresses[i].clone())
+                        .collect();
+                    let from = self.below(known.len() as u64) as usize;
+                    let join = known[from..]
+                        .iter()
+                        .chain(&known[..from])
+                        .cloned()
+                        .collect();
+                    self.cluster.join(join)?;
+                    self.report.joins += 1;
+                }
+            }
+            117..=129 => {
+                // One change, or two racing.
+                for _ in 0..1 + self.below(2) {
+                    let id = 1 + self.below(n);
+                    let request = match self.below(3) {
+                        0 => Request::Remove { id },
+                        _ => {
+                            let roles = [Role::Voter, Role::Standby, Role::Spare];
+                            let role = roles[self.below(3) as usize];
+                            Request::Assign {
+                                id,
+                                role: Some(role),
+                            }
+                        }
+                    };
+                    self.shared.membership_wanted.push_back(request);
+                }
+            }
+            130..=133 => self.replay()?,
+            _ => {
+                let removed = self.cluster.removed();
+                if !removed.is_empty() {
+                    let id = removed[self.below(removed.len() as u64) as usize];
+                    let index = id as usize - 1;
+                    self.cluster.crash(index, None);
+                    self.cluster.retired[index] = true;
+                    self.cluster.held[index] = None;
+                    self.restarts.remove(&index);
+                    self.report.retired += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes again, on a ready leader, an old command of its log: a duplicate proposal (a
+    /// retried COMMIT's frames, a host proposing twice) computed against a state long gone.
+    /// Every replica must reject it as stale (its index is expected stale) and nothing else
+    /// may change: applied, it would put old pages back over later writes.
+    fn replay(&mut self) -> Result<(), String> {
+        let leader = self.cluster.nodes.iter().position(|n| {
+            n.as_ref()
+                .is_some_and(|n| n.raft.role() == StateRole::Leader && n.leader_ready())
+        });
+        let Some(index) = leader else {
+            return Ok(());
+        };
+        let node = self.cluster.nodes[index].as_ref().expect("found up");
+        let (first, applied) = (node.raft.log().first_index().0, node.raft.applied().0);
+        if applied < first {
+            return Ok(());
+        }
+        let old = LogIndex(first + self.below(applied - first + 1));
+        let node = self.cluster.nodes[index].as_mut().expect("found up");
+        let mut entries = Vec::new();
+        node.raft
+            .log()
+            .entries(old, old.next(), u64::MAX, &mut entries)
+            .map_err(|e| format!("reading entry {old}: {e}"))?;
+        let Some(entry) = entries.pop() else {
+            return Ok(());
+        };
+        if entry.kind != EntryKind::Command
+            || atoll_core::command::Command::decode(&entry.payload).is_err()
+        {
+            return Ok(());
+        }
+        let payload = Payload::from_vec(entry.payload.to_vec());
+        if let Ok(at) = node.raft.propose_batch(vec![payload]) {
+            self.replays.insert(at.0);
+            self.cluster.wake[index] = true;
+            self.report.replays += 1;
         }
         Ok(())
     }
@@ -512,6 +872,12 @@ impl Run {
             drop_ppm: [0, 1_000, 20_000, 100_000][self.below(4) as usize],
             duplicate_ppm: [0, 1_000, 20_000][self.below(3) as usize],
             reorder_ppm: [0, 1_000, 50_000][self.below(3) as usize],
+            // Clients as far as the peers, or near while the peers are far.
+            client_delay_min: Duration::from_micros(50),
+            client_delay_max: match self.below(2) {
+                0 => Duration::from_micros(delay_max_us),
+                _ => Duration::from_micros(500),
+            },
         }
     }
 
@@ -622,6 +988,7 @@ impl Run {
             }
             self.step()?;
         }
+        self.final_replicas = self.cluster.replicas().unwrap_or_default();
         Ok(())
     }
 
@@ -648,29 +1015,37 @@ impl Run {
                     .push(format!("linearizability of key {key}: {e}"));
             }
         }
-        let images: Vec<Vec<u8>> = (0..self.cluster.dirs.len())
-            .map(|index| {
-                let path = config::db_dir(&self.cluster.dirs[index]).join(DATABASE);
-                self.cluster.disks[index]
-                    .shared()
-                    .read(&path, u64::MAX)
-                    .unwrap_or_default()
+        // The final configuration's voters and standbys (spares and removed nodes hold no
+        // current copy).
+        let replicas: Vec<(u64, PathBuf)> = self
+            .final_replicas
+            .iter()
+            .map(|&id| (id, self.cluster.dirs[id as usize - 1].clone()))
+            .collect();
+        // Each database as its disk holds it.
+        let images: Vec<(u64, Vec<u8>)> = replicas
+            .iter()
+            .map(|(id, dir)| {
+                let path = config::db_dir(dir).join(DATABASE);
+                let disk = self.cluster.disks[*id as usize - 1].shared();
+                (*id, disk.read(&path, u64::MAX).unwrap_or_default())
             })
             .collect();
-        for (index, image) in images.iter().enumerate().skip(1) {
-            if *image != images[0] {
+        for (id, image) in images.iter().skip(1) {
+            if *image != images[0].1 {
                 self.report.violations.push(format!(
-                    "replicas differ: node {}'s database ({} bytes) is not node 1's ({} bytes)",
-                    index + 1,
+                    "replicas differ: node {id}'s database ({} bytes) is not node {}'s ({} bytes)",
                     image.len(),
-                    images[0].len()
+                    images[0].0,
+                    images[0].1.len()
                 ));
             }
         }
-        for (index, dir) in self.cluster.dirs.iter().enumerate() {
+        for (position, (id, dir)) in replicas.iter().enumerate() {
+            let index = *id as usize - 1;
             // The database, as its disk holds it, copied to a real file for rusqlite to read.
             let copy = dir.with_extension("check.db");
-            let copied = std::fs::write(&copy, &images[index]);
+            let copied = std::fs::write(&copy, &images[position].1);
             let wal = config::db_dir(dir).join(format!("{DATABASE}-wal"));
             let wal_bytes = self.cluster.disks[index]
                 .shared()
@@ -678,8 +1053,7 @@ impl Run {
                 .map_or(0, |m| m.len);
             if wal_bytes > 0 {
                 self.report.violations.push(format!(
-                    "node {}: {wal_bytes} bytes left in the WAL after a clean stop",
-                    index + 1
+                    "node {id}: {wal_bytes} bytes left in the WAL after a clean stop"
                 ));
             }
             let written = copied
@@ -718,6 +1092,28 @@ impl Run {
             }
         }
     }
+}
+
+/// A hash of the image of the simulator's database as of the engine's applied index (its page
+/// count and the CRC-32 of its pages), `None` if there is no such database yet.
+fn image_hash(engine: &mut atoll_core::Engine) -> Result<Option<u64>, String> {
+    if !engine.database_names().iter().any(|name| name == DATABASE) {
+        return Ok(None);
+    }
+    let Some(mut image) = engine.database_image(DATABASE).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let pages = u64::from(image.page_count());
+    let mut crc = crc32fast::Hasher::new();
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = std::io::Read::read(&mut image, &mut buffer).map_err(|e| e.to_string())?;
+        if read == 0 {
+            break;
+        }
+        crc.update(&buffer[..read]);
+    }
+    Ok(Some(pages << 32 | u64::from(crc.finalize())))
 }
 
 /// The values in a replica's `writes` table.
@@ -762,14 +1158,21 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     let clock = ManualClock::new();
     let fabric = Fabric::new(clock.clone(), mix(seed, 1));
     let mut random = SeededRandom::new(mix(seed, 2));
-    let n = config.nodes.max(1);
+    let voters = config.nodes.max(1);
+    // A standby or a spare in the bootstrap configuration, drawn.
+    let extra_role = [None, Some(MemberRole::Standby), Some(MemberRole::Spare)]
+        [(random.next_u64() % 3) as usize];
+    let n = voters + usize::from(extra_role.is_some());
     let dirs: Vec<PathBuf> = (1..=n).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let addresses: Vec<String> = (1..=n)
-        .map(|i| format!("127.0.0.1:{}", 20_000 + i))
-        .collect();
+    let addresses: Vec<String> = (1..=n as u64).map(address).collect();
     let mut configuration = Configuration::new();
     for (i, address) in addresses.iter().enumerate() {
-        configuration.insert(NodeId(i as u64 + 1), address.clone(), MemberRole::Voter);
+        let role = if i < voters {
+            MemberRole::Voter
+        } else {
+            extra_role.unwrap_or(MemberRole::Voter)
+        };
+        configuration.insert(NodeId(i as u64 + 1), address.clone(), role);
     }
     let secret = ClusterSecret::from_bytes([7; 32]);
     // Each node's disk, and its latency profile: none, fast, slow, or slow with stalls.
@@ -799,13 +1202,26 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
             disk
         })
         .collect();
-    let snapshot_entries = [8, 32, 256][(random.next_u64() % 3) as usize];
+    let mut template = NodeConfig::new(1, address(1));
+    template.cluster_id = mix(seed, 3);
+    template.snapshot_entries = [8, 32, 256][(random.next_u64() % 3) as usize];
+    // Automatic roles in three seeds of four, replacing a voter unreachable for 1 or 3 s.
+    template.auto_roles = random.next_u64() % 4 != 0;
+    template.unreachable_ms = [1_000, 3_000][(random.next_u64() % 2) as usize];
+    template.standbys = (random.next_u64() % 3) as u32;
+    let log_segment_bytes = LOG_SEGMENT_BYTES[(random.next_u64() % 3) as usize];
     for (i, dir) in dirs.iter().enumerate() {
-        let mut node_config = NodeConfig::new(i as u64 + 1, addresses[i].clone());
-        node_config.cluster_id = mix(seed, 3);
-        node_config.snapshot_entries = snapshot_entries;
-        let disk = disks[i].shared();
-        if let Err(e) = crate::init_member(disk, dir, &node_config, &secret, &configuration) {
+        let mut node_config = template.clone();
+        node_config.id = i as u64 + 1;
+        node_config.address = addresses[i].clone();
+        if let Err(e) = crate::init_member(
+            disks[i].shared(),
+            dir,
+            &node_config,
+            &secret,
+            &configuration,
+            Some(log_segment_bytes),
+        ) {
             report.violations.push(format!("init: {e}"));
             return report;
         }
@@ -828,6 +1244,15 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         chained: 0,
         chain_longest: 0,
         abandoned: 0,
+        log_segment_bytes,
+        wake: vec![false; n],
+        turns: 0,
+        retired: vec![false; n],
+        held: vec![None; n],
+        configurations: ConfigurationChecker::default(),
+        root: dir.path().to_path_buf(),
+        secret,
+        template,
     };
     // Up to five writers on the one database: groups arrive while commands are in flight, so
     // chains of several commands form (and meet leader changes).
@@ -850,9 +1275,15 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         report,
         digest: Digest(0xcbf2_9ce4_8422_2325),
         leaders: BTreeMap::new(),
+        stale: BTreeMap::new(),
+        replays: BTreeSet::new(),
+        images: BTreeMap::new(),
+        imaged: BTreeMap::new(),
         restarts: BTreeMap::new(),
         space_back: BTreeMap::new(),
         fault_next_at: 0,
+        nodes_max: n + JOINS_MAX,
+        final_replicas: Vec::new(),
     };
     let mut outcome = (0..n).try_for_each(|i| run.cluster.open(i).map(|_| ()));
     if outcome.is_ok() {
@@ -861,6 +1292,7 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     if let Err(e) = outcome {
         run.report.violations.push(e);
     }
+    let n = run.cluster.nodes.len();
     for index in 0..n {
         if let Some(mut node) = run.cluster.nodes[index].take() {
             run.cluster.note_stopping(&node);
@@ -877,6 +1309,8 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     run.report.commits = run.shared.acknowledged.len() as u64;
     run.report.elections = run.leaders.len() as u64;
     run.report.transfers = run.shared.transfers;
+    run.report.membership_asked = run.shared.membership_asked;
+    run.report.membership_done = run.shared.membership_done;
     run.report.snapshots_installed = run.cluster.snapshots_installed;
     run.report.compacted = run.cluster.compacted;
     run.report.chained = run.cluster.chained;
@@ -888,6 +1322,7 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         run.report.enospc += stats.enospc;
     }
     run.report.simulated = run.cluster.clock.elapsed();
+    run.report.turns = run.cluster.turns;
     run.digest.add(run.report.commits);
     for (key, history) in &run.shared.history {
         run.digest.add(*key);
