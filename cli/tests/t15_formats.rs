@@ -342,6 +342,30 @@ fn check(dir: &Path, own_commands: &[Vec<u8>], reference: &Rows) {
     );
     assert_eq!(recovered.integrity_check(DATABASE).unwrap(), ["ok"]);
 
+    // The database with its WAL as written (the recovery above rewrote the copy's WAL), read by
+    // SQLite itself on this host: the WAL's header and frame checksums (always over
+    // little-endian words, whatever the writing host) must verify here, or SQLite ignores the
+    // frames from the first bad one on and the rows of those transactions are missing.
+    let plain = scratch.path().join("plain");
+    fs::create_dir_all(&plain).unwrap();
+    for suffix in ["", "-wal"] {
+        let name = format!("{DATABASE}{suffix}");
+        fs::copy(dir.join("engine").join(&name), plain.join(&name)).unwrap();
+    }
+    assert!(
+        fs::metadata(plain.join(format!("{DATABASE}-wal")))
+            .unwrap()
+            .len()
+            > 32,
+        "the database has frames in its WAL"
+    );
+    let (columns, values) = sqlite_rows(&plain.join(DATABASE));
+    assert_eq!(columns, reference.columns);
+    assert_eq!(
+        values, reference.values,
+        "SQLite's read of the database and its WAL"
+    );
+
     // The log: every entry, the terms and the hard state of its metadata file.
     let expected = log_entries(own_commands);
     let log = SegmentLog::open(
@@ -402,6 +426,42 @@ fn check(dir: &Path, own_commands: &[Vec<u8>], reference: &Rows) {
     let decoded = decode_message_slice(&bytes).unwrap();
     assert_eq!(decoded, message(&expected));
     assert_eq!(encode_message_to_vec(&decoded), bytes);
+}
+
+/// The column names and values of [`SELECT`], read by plain SQLite (not atoll's VFS) from the
+/// database at `path` and its WAL, after SQLite's integrity check.
+fn sqlite_rows(path: &Path) -> (Vec<String>, Vec<Value>) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    let journal: String = db
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut statement = db.prepare(SELECT).unwrap();
+    let columns: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut values = Vec::new();
+    let mut rows = statement.query([]).unwrap();
+    while let Some(row) = rows.next().unwrap() {
+        for k in 0..columns.len() {
+            values.push(match row.get_ref(k).unwrap() {
+                rusqlite::types::ValueRef::Null => Value::Null,
+                rusqlite::types::ValueRef::Integer(i) => Value::Integer(i),
+                rusqlite::types::ValueRef::Real(r) => Value::Float(r),
+                rusqlite::types::ValueRef::Text(t) => {
+                    Value::Text(String::from_utf8(t.to_vec()).unwrap())
+                }
+                rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            });
+        }
+    }
+    (columns, values)
 }
 
 fn log_configuration(entry: &Entry) -> Configuration {

@@ -15,6 +15,8 @@
 //! - `t21_membership`: joins, promotions, removals (also the dqlite shell's `.remove`) and a
 //!   transfer while a client writes; automatic roles; SIGTERM handover; follower reads; the
 //!   Python client pointed at a follower.
+//! - `t22_mixed_arch`: one native node and two of another architecture's build (under qemu,
+//!   `ATOLL_PEER_BINARY`; ignored otherwise): entries and snapshots both ways, identical DUMPs.
 //! - `t50_durability`: kill -9 and restart; a crash loop under concurrent writers.
 //! - `t51_concurrency`: 64 concurrent writers, no "database is locked", group commit.
 //! - `t55_cluster_faults`: an isolated leader (fault-injecting proxies between the nodes);
@@ -49,6 +51,7 @@ mod t14_protocol;
 mod t15_session;
 mod t20_cluster;
 mod t21_membership;
+mod t22_mixed_arch;
 mod t50_durability;
 mod t51_concurrency;
 mod t52_bad_input;

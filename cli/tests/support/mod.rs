@@ -273,6 +273,9 @@ pub struct AtollNode {
     /// A command the node runs under, with its arguments (`prlimit --nofile=128 --`): it must
     /// exec the node, so that the child's pid is the node's.
     pub wrapper: Vec<String>,
+    /// The `atoll` that `atoll start` runs, when not this build's (another architecture's,
+    /// run through binfmt_misc and qemu-user).
+    pub binary: Option<std::path::PathBuf>,
 }
 
 impl AtollNode {
@@ -313,6 +316,7 @@ impl AtollNode {
             dir,
             start_args: Vec::new(),
             wrapper: Vec::new(),
+            binary: None,
         }
     }
 
@@ -355,6 +359,7 @@ impl AtollNode {
             dir,
             start_args: Vec::new(),
             wrapper: Vec::new(),
+            binary: None,
         }
     }
 
@@ -406,13 +411,17 @@ impl AtollNode {
             .open(self.dir.path().join("node.log"))
             .expect("node log");
         let data = self.data_dir();
+        let binary = self
+            .binary
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_atoll").into());
         let mut command = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(env!("CARGO_BIN_EXE_atoll"));
+                command.args(args).arg(&binary);
                 command
             }
-            None => Command::new(env!("CARGO_BIN_EXE_atoll")),
+            None => Command::new(&binary),
         };
         command
             .args(["start", "--data-dir"])
