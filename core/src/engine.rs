@@ -151,6 +151,12 @@ pub struct EngineConfig {
     /// its own, so one seed replays the same checkpoints (the host draws it; default: the node
     /// id, which already keeps the replicas of a cluster apart).
     pub checkpoint_jitter_seed: u64,
+    /// The id of this engine's first proposal; later ones count up from it. A command carries
+    /// its origin node and proposal id, and the engine knows its own commands by them, so an
+    /// id must not repeat while a command of an earlier run of the same node may still be
+    /// applied (proposed before a crash, committed after the restart): the host draws it at
+    /// random for every open. Default 1.
+    pub first_proposal: u64,
     /// Whether a checkpoint's durable half (fdatasync of the main file, then its record) runs
     /// on a helper thread instead of inside `apply`: the host's loop then stalls only for the
     /// copy, and takes the new checkpoint index from [`Engine::poll_checkpoints`]. Forced
@@ -200,6 +206,7 @@ impl EngineConfig {
             checkpoint_frames: 4096,
             checkpoint_jitter_frames: 0,
             checkpoint_jitter_seed: node_id,
+            first_proposal: 1,
             checkpoint_sync_in_background: false,
             batch_bytes: 64 * 1024,
             sessions_max: 16 * 1024,
@@ -409,6 +416,7 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<(Engine, Recovery), EngineError> {
         config.validate()?;
         let config_seed = config.checkpoint_jitter_seed;
+        let first_proposal = config.first_proposal;
         config.disk.create_dir_all(&config.dir)?;
         let dir = config.disk.canonicalize(&config.dir)?;
         let name = format!(
@@ -423,7 +431,7 @@ impl Engine {
             sessions: HashMap::new(),
             databases: BTreeMap::new(),
             next_session: 1,
-            next_proposal: 1,
+            next_proposal: first_proposal,
             applied_index: 0,
             now: 0,
             proposals: Vec::new(),

@@ -21,6 +21,8 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Off unless RUST_LOG asks (e.g. `RUST_LOG=info` to read what a failing seed did).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let mut seeds = 0..10u64;
     let mut nodes = 3usize;
     let mut fault_ms = 10_000u64;

@@ -640,6 +640,8 @@ impl Node {
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = checkpoint_sync_in_background;
         engine_config.checkpoint_jitter_seed = random.next_u64();
+        // Unique across restarts: a command proposed by the previous run may still apply.
+        engine_config.first_proposal = random.next_u64();
         let (mut engine, recovery) = match Engine::open(engine_config) {
             Err(e @ atoll_core::EngineError::CorruptDatabase { .. }) => {
                 // A database SQLite cannot even open (its header page): rebuilt from the leader

@@ -218,10 +218,10 @@ impl Node {
     }
 
     /// Why an authenticated peer's message must not reach raft, if it must not: a member
-    /// takes messages only from members of the configuration committed in its log or of a
-    /// later one (a configuration not committed yet may be truncated: the leader that replaces
-    /// it may be a node it removes, and must be heard; a node whose removal is committed is
-    /// not). A joining node, not yet in its own configuration, takes them from whoever holds
+    /// refuses messages from nodes its log shows removed, that is, in one of its
+    /// configurations but in neither the committed one nor a later one (a configuration not
+    /// committed yet may be truncated: the leader that replaces it may be a node it removes,
+    /// and must be heard; a node whose removal is committed is not). A joining node, not yet in its own configuration, takes them from whoever holds
     /// the secret: its leader is not in its log yet. A snapshot chunk is taken only from the
     /// leader of the current term, and a new snapshot only if it fits on the disk.
     fn refuse_message(&self, message: &Message) -> Option<Refusal> {
@@ -237,7 +237,15 @@ impl Node {
             let member = configurations[committed..]
                 .iter()
                 .any(|(_, configuration)| configuration.get(message.from).is_some());
-            if !member {
+            // A node in none of the configurations this log holds may be a member of a later
+            // one this node has not received yet (it lags behind a change that added it): it
+            // must be heard, or a lagging voter never learns of a leader it does not know, nor
+            // votes for it (seed 710). Raft's own checks (terms, pre-vote, the log up-to-date
+            // check) keep such a sender from disrupting anything.
+            let known = configurations
+                .iter()
+                .any(|(_, configuration)| configuration.get(message.from).is_some());
+            if known && !member {
                 return Some(Refusal::NotMember(message.from.0));
             }
         }
@@ -279,11 +287,13 @@ impl Node {
         match direction {
             PeerDirection::Inbound => {
                 debug!("node {node} ({address}) connected");
-                // Only a node that is not a member yet (joining) needs announced addresses: its
-                // leader is not in its log yet. Bounded, and forgotten once it is a member.
+                // A node not in this node's configuration may be a member this node has not
+                // heard of yet (this node is joining, or it lags behind the change that added
+                // the other one): answers to it go to the address it announced, or a lagging
+                // voter could never vote for a new member (seed 710). Bounded, and forgotten
+                // once the configuration names it.
                 let configuration = self.raft.configuration();
-                if configuration.get(NodeId(self.config.id)).is_none()
-                    && configuration.get(NodeId(node)).is_none()
+                if configuration.get(NodeId(node)).is_none()
                     && (self.peer_announced.len() < PEERS_ANNOUNCED_MAX
                         || self.peer_announced.contains_key(&node))
                 {
@@ -326,10 +336,6 @@ impl Node {
         self.peers_configuration_index = index;
         let me = self.config.id;
         let configuration = self.raft.configuration();
-        if configuration.get(NodeId(me)).is_some() {
-            // A member sends only to members: what joining needed is forgotten.
-            self.peer_announced.clear();
-        }
         if !configuration.is_empty() {
             // Where the cluster is, should this node's log be damaged later (`repair.rs`).
             if let Err(e) = super::repair::write_members(&self.data_dir, configuration) {

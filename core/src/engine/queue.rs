@@ -352,7 +352,7 @@ impl Engine {
                 }
             }
             Ok(Some(command)) => {
-                self.next_proposal += 1;
+                self.next_proposal = self.next_proposal.wrapping_add(1);
                 for member in &members {
                     if let Some(session) = self.sessions.get_mut(&member.session) {
                         session.state.transition(WriteState::Proposed {
