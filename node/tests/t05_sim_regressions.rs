@@ -11,6 +11,12 @@ const SEEDS: &[(u64, &str)] = &[
          address for a node outside its configuration): no leader could be elected",
     ),
     (
+        3572,
+        "a voter that an uncommitted configuration removed, holding that entry, would not \
+         campaign, and the remaining voter lacked the entry so could not win: no leader (the \
+         dissertation's section 4.2.2: such a node still campaigns)",
+    ),
+    (
         1772,
         "proposal ids restarted at 1 with every open: a command of the node's previous run, \
          committed after the restart, was taken for the new run's own (the engine asserted)",

@@ -429,9 +429,19 @@ impl<L: LogRead> RawNode<L> {
         self.votes_withheld
     }
 
-    /// Whether this node may start an election: a voter whose vote is not withheld.
+    /// Whether this node may start an election: a voter whose vote is not withheld. A node its
+    /// latest configuration removes (or demotes) still campaigns while that configuration is
+    /// not committed, if it is a voter of the committed one (dissertation, section 4.2.2): it
+    /// may hold the entry the others lack, and be needed to commit it. Its own vote does not
+    /// count then; it needs a majority of the latest configuration's voters.
     pub(crate) fn may_campaign(&self) -> bool {
-        self.is_promotable() && !self.votes_withheld
+        if self.votes_withheld {
+            return false;
+        }
+        let commit = self.commit_index();
+        self.is_promotable()
+            || (self.configurations.current_index() > commit
+                && self.configurations.at(commit).is_voter(self.id))
     }
 
     pub(crate) fn is_voter(&self, id: NodeId) -> bool {

@@ -160,7 +160,7 @@ impl Violation {
     /// The command that replays this run.
     pub fn reproduce(&self) -> String {
         format!(
-            "cargo run --release -p atoll-raft --example sim -- --seeds {}..{} --nodes {}",
+            "cargo run --release -p atoll-raft --example raft_sim -- --seeds {}..{} --nodes {}",
             self.seed,
             self.seed + 1,
             self.nodes

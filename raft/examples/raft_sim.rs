@@ -1,6 +1,7 @@
 //! Runs the deterministic simulator over a range of seeds.
 //!
-//! `cargo run --release -p atoll-raft --example sim -- --seeds START..END [--nodes N]`
+//! `cargo run --release -p atoll-raft --example raft_sim -- --seeds START..END
+//! [--nodes N]`
 //!
 //! Prints, last, `sim: <n> seeds, <v> violations, <c> commits, <e> elections`. A violation
 //! prints its seed and the command that replays it, and the run exits non-zero.
@@ -11,7 +12,7 @@ use std::time::Instant;
 use atoll_raft::sim::{run, SimOptions, SimReport};
 
 fn usage() -> &'static str {
-    "usage: sim --seeds START..END [--nodes 3|5|7] [--fault-ticks N] [--verbose]\n\
+    "usage: raft_sim --seeds START..END [--nodes 3|5|7] [--fault-ticks N] [--verbose]\n\
      Runs one simulated cluster per seed, checking Raft's invariants after every step.\n\
      Without --nodes, each seed uses 3, 5 or 7 nodes in turn (seed % 3)."
 }
