@@ -209,6 +209,16 @@ pub enum EngineError {
     },
     /// The configuration is invalid.
     Config(&'static str),
+    /// A database's files do not hold its state as of the applied index yet: a checkpoint
+    /// interrupted by a crash left its main file a mix of states, or it was checkpointed past
+    /// the applied index (replay after a restart has not reached its last command). Its image
+    /// is consistent once the log is applied up to `index`.
+    NotSettled {
+        /// The database's name.
+        database: String,
+        /// The applied index from which its image is consistent again.
+        index: u64,
+    },
 }
 
 impl fmt::Display for EngineError {
@@ -222,6 +232,11 @@ impl fmt::Display for EngineError {
                 write!(f, "database {database:?} is corrupt: {reason}")
             }
             EngineError::Config(what) => write!(f, "bad configuration: {what}"),
+            EngineError::NotSettled { database, index } => write!(
+                f,
+                "database {database:?} is recovering: its image is consistent once the log is \
+                 applied up to {index}"
+            ),
         }
     }
 }

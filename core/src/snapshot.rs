@@ -325,7 +325,7 @@ impl Engine {
                 page_count,
                 _token: part.token,
                 source: Source::Closed {
-                    disk: Arc::clone(&self.disk()),
+                    disk: Arc::clone(self.disk()),
                     path: part.path,
                     file: None,
                 },
@@ -379,8 +379,19 @@ impl Engine {
     /// checkpoint would leave it (every committed frame applied), streamed page by page without
     /// holding it in memory. `None` if the node has no such database. Like a snapshot, the image
     /// holds a read transaction: checkpoints of the database wait until it is dropped.
+    ///
+    /// [`EngineError::NotSettled`] while the database's files are not its state as of the
+    /// applied index: after a restart its main file may be ahead of the applied index (a
+    /// checkpoint copied pages of later commands, whether or not it finished), and stays so
+    /// until replay has applied the log up to the last index it may reflect.
     pub fn database_image(&mut self, name: &str) -> Result<Option<DatabaseImage>, EngineError> {
         self.reopen(name)?;
+        if let Some(index) = self.settled_at(name).filter(|&i| i > self.applied_index()) {
+            return Err(EngineError::NotSettled {
+                database: name.to_string(),
+                index,
+            });
+        }
         let Some(part) = self.snapshot_parts().into_iter().find(|p| p.name == name) else {
             return Ok(None);
         };
@@ -465,7 +476,7 @@ impl Engine {
         stream: &mut dyn Read,
     ) -> Result<(u64, Vec<Incoming>), EngineError> {
         let dir = self.dir().to_path_buf();
-        let disk = Arc::clone(&self.disk());
+        let disk = Arc::clone(self.disk());
         let mut incoming: Vec<Incoming> = Vec::new();
         match receive(&*disk, stream, &dir, &mut incoming) {
             Ok(index) => Ok((index, incoming)),
@@ -486,7 +497,7 @@ impl Engine {
         reason: &str,
     ) -> Result<u64, EngineError> {
         let dir = self.dir().to_path_buf();
-        let disk = Arc::clone(&self.disk());
+        let disk = Arc::clone(self.disk());
         self.detach_all(reason);
         // Every record is rewritten at the snapshot's index, above any mark.
         crate::engine::remove_idle_marks(&*disk, &dir)?;

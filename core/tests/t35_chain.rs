@@ -482,6 +482,55 @@ fn test_stale_link_at_apply_fails_it_and_the_rest() {
 }
 
 #[test]
+fn test_duplicate_of_an_earlier_runs_command_is_not_the_first_link() {
+    // Proposal ids start over when an engine is reopened. An old command this node proposed in
+    // its earlier run, proposed again (a duplicate of old bytes, as a retried commit would be),
+    // carries this node's origin and the id of the new run's first link, but sits at another
+    // index than the host said that link is at: it is not the link. It is rejected as stale on
+    // both engines (it once tripped the leader's assertion that a link applies where it was
+    // proposed), and the link applies after it and answers its writer.
+    let mut chained = Chained::new(4);
+    let first = session(&mut chained.leader, DB);
+    chained.insert(first, 1);
+    chained.propose();
+    chained.apply_all();
+    assert!(matches!(chained.answer(first), Some(Ok(_))));
+    // The leader restarts: its next proposal is id 1 again, the id of the schema's command.
+    let dir = chained._dirs[0].path().to_path_buf();
+    let spare = tempfile::tempdir().unwrap();
+    let placeholder = Engine::open(config(spare.path(), 9)).unwrap().0;
+    drop(std::mem::replace(&mut chained.leader, placeholder));
+    let (mut leader, recovery) = Engine::open(config(&dir, 1)).unwrap();
+    let from = recovery.replay_from().unwrap_or(0);
+    for (position, command) in chained.log.iter().enumerate() {
+        if position as u64 + 1 > from {
+            leader.apply(position as u64 + 1, command).unwrap();
+        }
+    }
+    chained.leader = leader;
+    // Session ids start over too: the earlier run's answers are not this run's.
+    chained.answers.clear();
+    let schema = Command::decode(&chained.log[0]).unwrap();
+    assert_eq!((schema.origin, schema.proposal), (1, 1));
+    let duplicate = chained.log[0].clone();
+    chained.log.push(duplicate);
+    let writer = session(&mut chained.leader, DB);
+    assert!(matches!(chained.insert(writer, 2), Reply::Proposed { .. }));
+    let proposals = chained.take();
+    assert_eq!(proposals.len(), 1);
+    assert_eq!(proposals[0].id, 1, "ids start over in a new run");
+    let at = chained.accept(&proposals[0]);
+    assert_eq!(at, chained.log.len() as u64);
+    assert!(matches!(chained.apply_next(), Applied::Stale { .. }));
+    let early = chained.answer(writer);
+    assert!(early.is_none(), "answered by another command: {early:?}");
+    assert!(matches!(chained.apply_next(), Applied::Frames { .. }));
+    assert!(matches!(chained.answer(writer), Some(Ok(_))));
+    assert!(Chained::rows(&mut chained.leader) == sqlite_rows(&[1, 2]));
+    chained.assert_files_equal();
+}
+
+#[test]
 fn test_checkpoint_while_commands_in_flight() {
     // A forced checkpoint (TRUNCATE: the WAL starts over) runs while two commands are out; a
     // third goes on top of them afterwards. The frames in flight are laid out again on the new

@@ -5,7 +5,7 @@
 
 mod common;
 
-use atoll_core::{Engine, ExecError, Target, Value};
+use atoll_core::{Engine, EngineError, ExecError, Target, Value};
 use common::*;
 
 const QUERY: &str = "SELECT id, k, v, length(b), hex(substr(b, -4)) FROM t ORDER BY id";
@@ -288,4 +288,89 @@ fn test_power_loss_during_a_checkpoint_on_a_simulated_disk() {
         );
         assert_eq!(follower.integrity_check("c.db").unwrap(), vec!["ok"]);
     }
+}
+
+/// The image `Engine::database_image` streams of `name`, whole.
+fn image_of(engine: &mut Engine, name: &str) -> Result<Vec<u8>, EngineError> {
+    let mut image = engine.database_image(name)?.expect("the database exists");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut image, &mut bytes).unwrap();
+    Ok(bytes)
+}
+
+#[test]
+fn test_no_image_of_a_database_ahead_of_the_applied_index() {
+    // A checkpoint towards index N copied its pages into the main file, and the crash came
+    // before the record said so: the node restarts at the old checkpoint index with a main
+    // file holding a mix of states up to N. An image "as of the applied index" (what DUMP,
+    // verify points and the simulator's replica checker read) does not exist until replay has
+    // passed N: before, it is refused (it once returned the mix, which no replica had at that
+    // index); after, it is the leader's image at the same index, byte for byte.
+    let mut rng = Prng::new(seed(11));
+    let mut cluster = Cluster::new(0);
+    let s = session(&mut cluster.leader, "c.db");
+    cluster
+        .write(
+            s,
+            "c.db",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, k, v, b)",
+            &[],
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut follower = reopen(dir.path(), &cluster.log);
+    let mut write_some = |cluster: &mut Cluster, follower: &mut Engine, count: usize| {
+        for _ in 0..count {
+            let (sql, params) = workload(&mut rng);
+            cluster.write(s, "c.db", &sql, &params).unwrap();
+            catch_up(follower, &cluster.log);
+        }
+    };
+    write_some(&mut cluster, &mut follower, 10);
+    follower.checkpoint(true).unwrap();
+    let path = follower.database_path("c.db").unwrap().to_path_buf();
+    let record_path = format!("{}-atoll", path.display());
+    let old_record = std::fs::read(&record_path).unwrap();
+    let old_index = follower.checkpoint_index("c.db").unwrap();
+    let old_image = image_of(&mut follower, "c.db").unwrap();
+    write_some(&mut cluster, &mut follower, 20);
+    follower.checkpoint(true).unwrap();
+    let checkpointed = follower.checkpoint_index("c.db").unwrap();
+    assert!(checkpointed > old_index + 1);
+    std::mem::forget(follower);
+    std::fs::write(&record_path, with_intent(&old_record, checkpointed)).unwrap();
+
+    let (mut follower, recovery) = Engine::open(config(dir.path(), 2)).unwrap();
+    assert_eq!(recovery.replay_from(), Some(old_index));
+    assert_eq!(follower.applied_index(), old_index);
+    // The main file is not the state at `old_index`: an image of it would differ from the
+    // one taken at that index before the crash.
+    match image_of(&mut follower, "c.db") {
+        Err(EngineError::NotSettled { database, index }) => {
+            assert_eq!((database.as_str(), index), ("c.db", checkpointed));
+        }
+        Ok(image) => panic!(
+            "an image at {old_index} from a mixed main file (same as before the crash: {})",
+            image == old_image
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    for index in old_index + 1..=cluster.log.len() as u64 {
+        follower
+            .apply(index, &cluster.log[index as usize - 1])
+            .unwrap();
+        let image = image_of(&mut follower, "c.db");
+        if index < checkpointed {
+            assert!(
+                matches!(image, Err(EngineError::NotSettled { .. })),
+                "an image at {index}, before replay passed {checkpointed}"
+            );
+        } else {
+            assert!(image.is_ok(), "no image at {index}");
+        }
+    }
+    assert_eq!(
+        image_of(&mut follower, "c.db").unwrap(),
+        image_of(&mut cluster.leader, "c.db").unwrap()
+    );
 }

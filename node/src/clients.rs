@@ -779,6 +779,11 @@ impl Node {
                     ),
                 )
             }
+            // Replay after a restart has not reached the state its main file holds: no image
+            // of the applied index exists yet; the client may try again.
+            Err(e @ atoll_core::EngineError::NotSettled { .. }) => {
+                return self.refuse(conn, (values::CODE_BUSY, e.to_string()));
+            }
             Err(e) => {
                 warn!("DUMP of {name:?}: {e}");
                 return self.refuse(conn, (values::CODE_ERROR, format!("dump failed: {e}")));

@@ -81,7 +81,16 @@ fn test_a_seed_replays_identically() {
 fn test_seeds_that_found_bugs_run_clean() {
     // 144, 179: a node holding an uncommitted configuration that removed node 2 refused every
     // message from node 2, the next leader, forever (peers.rs, refuse_message).
-    for seed in [144, 179] {
+    // 106, 1100, 1194, 1401, 1573: "replicas differ" at an applied index. A node stopped (an
+    // I/O error in a checkpoint's sync; 106: a crash) after a checkpoint copied pages into its
+    // main file and before the record said so restarted at the old checkpoint index, and
+    // `Engine::database_image` handed out that main file, a mix of states up to the
+    // checkpoint's target, as the image at that index (1100: the same node hashed two images
+    // at one index, before and after).
+    // 1772: a leader restarted, so its proposal ids started over; an old command of its
+    // earlier run, proposed again, carried the id of its new chain's first link and tripped
+    // the assertion that a link applies where it was proposed (core, apply.rs).
+    for seed in [144, 179, 106, 1100, 1194, 1401, 1573, 1772] {
         let report = run_seed(&SimConfig {
             seed,
             nodes: 3,

@@ -62,17 +62,15 @@ impl Engine {
             return Ok(Applied::Skipped);
         }
         // This node's command: the first of the database's chain (Raft hands them out in the
-        // order they were proposed).
+        // order they were proposed), at the index it was proposed at once the host said. Origin
+        // and proposal id alone do not identify it: proposal ids start over when the engine is
+        // reopened, so an entry an earlier run of this node proposed (a duplicate proposal of an
+        // old command) may carry the id of the chain's first link; it is someone else's command.
         let ours = decoded.origin == self.config.node_id
-            && matches!(&db.slot, Slot::Chain(links)
-                if links.front().expect("a chain is never empty").proposal == decoded.proposal);
-        if let (true, Slot::Chain(links)) = (ours, &db.slot) {
-            let proposed_at = links.front().expect("a chain is never empty").index;
-            assert!(
-                proposed_at.is_none_or(|at| at == index),
-                "command proposed at {proposed_at:?} applied at {index}"
-            );
-        }
+            && matches!(&db.slot, Slot::Chain(links) if {
+                let first = links.front().expect("a chain is never empty");
+                first.proposal == decoded.proposal && first.index.is_none_or(|at| at == index)
+            });
         let stale = if decoded.page_size != db.files.page_size() {
             Some(format!(
                 "page size {} differs from the database's {}",

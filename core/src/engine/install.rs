@@ -24,6 +24,14 @@ impl Engine {
             .collect()
     }
 
+    /// The applied index from which database `name`'s files hold its state as of the applied
+    /// index: past the last command they may reflect (an interrupted checkpoint's target, or the
+    /// last command a checkpoint covered). `None` if it is not open.
+    pub(crate) fn settled_at(&self, name: &str) -> Option<u64> {
+        let db = self.databases.get(name)?;
+        Some(db.recovering_until.max(db.last_command_index))
+    }
+
     /// Drops every connection and session state of all databases and forgets them (before a
     /// snapshot replaces them). Sessions stay open but must open their databases again.
     pub(crate) fn detach_all(&mut self, reason: &str) {
