@@ -61,7 +61,6 @@ fn main() -> ExitCode {
             return usage();
         }
     }
-    let _ = env_logger::try_init();
     let started = MonotonicClock.now();
     let (mut count, mut violations, mut commits, mut elections) = (0u64, 0u64, 0u64, 0u64);
     let (mut chained, mut chain_longest, mut abandoned) = (0u64, 0u64, 0u64);
