@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `--stop` ends at the first failing seed; `--verbose` prints every seed's counters. A panic
-//! in a seed (a node's assertion) is one of its violations.
+//! in a seed (a node's assertion) is one of its violations. `RUST_LOG=info` (or `debug`)
+//! prints the nodes' logs, all nodes interleaved; best with one seed.
 
 use std::process::ExitCode;
 
@@ -21,6 +22,9 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Nodes' logs only when asked (`RUST_LOG=info`): injected faults make them noisy.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
+        .try_init();
     let mut seeds = 0..10u64;
     let mut nodes = 3usize;
     let mut fault_ms = 10_000u64;
