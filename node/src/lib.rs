@@ -733,23 +733,11 @@ impl Node {
         let applied = engine.applied_index();
         let (first, last) = (log.first_index(), log.last_index());
         if applied > last.0 {
-            // The log lost entries the databases reflect (it is not theirs, or a disk broke
-            // its syncs): rebuilt from the leader as a damaged log is, when there is one.
-            let what = format!(
+            return Err(start(format!(
                 "the databases reflect index {applied} but the Raft log ends at {last}: the \
                  log in {} does not belong to these databases",
                 config::raft_dir(data_dir).display()
-            );
-            drop(engine);
-            drop(log);
-            return Node::open_repaired(
-                data_dir,
-                &config,
-                what,
-                shutdown,
-                options,
-                inputs_again!(),
-            );
+            )));
         }
         info!(
             "recovered node {} ({}): log {}..={}, term {}, vote {}, snapshot {}, {} database(s) \
