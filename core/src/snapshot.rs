@@ -325,7 +325,7 @@ impl Engine {
                 page_count,
                 _token: part.token,
                 source: Source::Closed {
-                    disk: Arc::clone(&self.disk()),
+                    disk: Arc::clone(self.disk()),
                     path: part.path,
                     file: None,
                 },
@@ -465,7 +465,7 @@ impl Engine {
         stream: &mut dyn Read,
     ) -> Result<(u64, Vec<Incoming>), EngineError> {
         let dir = self.dir().to_path_buf();
-        let disk = Arc::clone(&self.disk());
+        let disk = Arc::clone(self.disk());
         let mut incoming: Vec<Incoming> = Vec::new();
         match receive(&*disk, stream, &dir, &mut incoming) {
             Ok(index) => Ok((index, incoming)),
@@ -486,7 +486,7 @@ impl Engine {
         reason: &str,
     ) -> Result<u64, EngineError> {
         let dir = self.dir().to_path_buf();
-        let disk = Arc::clone(&self.disk());
+        let disk = Arc::clone(self.disk());
         self.detach_all(reason);
         // Every record is rewritten at the snapshot's index, above any mark.
         crate::engine::remove_idle_marks(&*disk, &dir)?;

@@ -1216,7 +1216,7 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     template.cluster_id = mix(seed, 3);
     template.snapshot_entries = [8, 32, 256][(random.next_u64() % 3) as usize];
     // Automatic roles in three seeds of four, replacing a voter unreachable for 1 or 3 s.
-    template.auto_roles = random.next_u64() % 4 != 0;
+    template.auto_roles = !random.next_u64().is_multiple_of(4);
     template.unreachable_ms = [1_000, 3_000][(random.next_u64() % 2) as usize];
     template.standbys = (random.next_u64() % 3) as u32;
     let log_segment_bytes = LOG_SEGMENT_BYTES[(random.next_u64() % 3) as usize];
