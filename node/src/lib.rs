@@ -684,8 +684,8 @@ impl Node {
                     start(format!("cutting the log at snapshot {}: {e}", meta.index))
                 })?;
                 // A cut log means the crash fell between storing the snapshot and its install
-                // (seed 804: the databases' records then claimed its index without its
-                // contents): the databases are installed from it again, whatever they say.
+                // into the log, perhaps during the databases' swap: they are installed from it
+                // again, whatever their records say (cheap, rare, and the snapshot is the truth).
                 if cut {
                     info!(
                         "the log now continues after snapshot {} (received whole before a \
