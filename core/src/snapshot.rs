@@ -509,9 +509,10 @@ impl Engine {
                 disk.remove_file(&path)?;
             }
         }
+        let mut records = Vec::with_capacity(incoming.len());
         for database in &incoming {
             let path = dir.join(&database.name);
-            let mut record = match record::read(&*disk, &path)? {
+            let record = match record::read(&*disk, &path)? {
                 Some(old) => {
                     // Mark the swap: until the new record lands the file may be either state.
                     let intent = Record {
@@ -537,7 +538,15 @@ impl Engine {
             };
             disk.rename(&temp_path(&dir, &database.name), &path)?;
             let _ = disk.remove_file(&crate::vfs::wal_path_of(&path));
-            record = Record {
+            records.push((path, record));
+        }
+        // The renames are durable before any record names the snapshot's index: a record
+        // (synced in place) must never outlive, through a power loss, the file it describes
+        // (seed 804: a failed directory sync, a power cut, and the old file under a record
+        // claiming the snapshot's index).
+        disk.sync_dir(&dir)?;
+        for (database, (path, record)) in incoming.iter().zip(records) {
+            let record = Record {
                 page_size: database.page_size,
                 checkpoint_index: index,
                 last_command_index: database.last_command_index,

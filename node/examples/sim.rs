@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `--stop` ends at the first failing seed; `--verbose` prints every seed's counters. A panic
-//! in a seed (a node's assertion) is one of its violations.
+//! in a seed (a node's assertion) is one of its violations. `RUST_LOG=info` (or `debug`)
+//! prints the nodes' logs, all nodes interleaved; best with one seed.
 
 use std::process::ExitCode;
 

@@ -595,7 +595,7 @@ impl Node {
             }
             other => other,
         };
-        let log = log.map_err(|e| match e {
+        let mut log = log.map_err(|e| match e {
             atoll_storage::LogError::Locked { .. } => start(format!(
                 "{} is in use by another atoll process ({e})",
                 data_dir.display()
@@ -681,9 +681,24 @@ impl Node {
                 let configuration = Configuration::decode(&meta.configuration).map_err(|e| {
                     start(format!("snapshot {}: bad configuration: {e}", meta.index))
                 })?;
-                if recovery
-                    .replay_from()
-                    .is_none_or(|from| from < meta.index.0)
+                // First the log, so that the databases never reflect an index past its end.
+                let cut = log_through_snapshot(&mut log, meta.index, meta.term).map_err(|e| {
+                    start(format!("cutting the log at snapshot {}: {e}", meta.index))
+                })?;
+                // A cut log means the crash fell between storing the snapshot and its install
+                // into the log, perhaps during the databases' swap: they are installed from it
+                // again, whatever their records say (cheap, rare, and the snapshot is the truth).
+                if cut {
+                    info!(
+                        "the log now continues after snapshot {} (received whole before a \
+                         crash, not yet installed)",
+                        meta.index
+                    );
+                }
+                if cut
+                    || recovery
+                        .replay_from()
+                        .is_none_or(|from| from < meta.index.0)
                 {
                     // The databases are older than the snapshot (an install from a leader was
                     // interrupted): install it again, then replay the log after it.
@@ -1401,6 +1416,15 @@ impl Node {
         if let Some(last) = ready.committed_entries.last() {
             let leading = self.raft.role() == StateRole::Leader;
             self.timings.committed(last.index.0, leading, now);
+            // No database reflects an index the local log does not hold durably (a checkpoint
+            // would make it durable, and a power loss then leave the log behind it): raft hands
+            // out only entries at or below what the log reported durable.
+            let durable = self.raft.log().durable_index();
+            assert!(
+                last.index <= durable,
+                "applying {} past the log's durable index {durable}",
+                last.index
+            );
         }
         if self.install_pending.is_some() {
             // The databases are behind raft's snapshot: nothing is applied, nothing is read.
@@ -1993,6 +2017,10 @@ impl Node {
         if !disk::is_full(&error) {
             return Err(fatal(why, error));
         }
+        // Writes are refused until space is measured back (`Disk::check`).
+        if self.disk.space_short(&format!("{why}: {error}")) {
+            self.disk_full_began();
+        }
         self.snapshot_job = None;
         self.snapshot_next_at = self.raft.applied().0 + SNAPSHOT_RETRY_ENTRIES;
         if !self.snapshot_postponed {
@@ -2116,6 +2144,11 @@ impl Node {
                 self.checkpointed_at = applied;
                 info!("idle: checkpointed every database (index {index:?})");
             }
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                // Tried again after another idle period: space may be back by then.
+                warn!("idle checkpoint cut short by a full disk: {e}");
+                self.idle_checkpoint_retry_at = self.clock.now() + IDLE_CHECKPOINT_AFTER;
+            }
             Err(e) => {
                 self.checkpointed_at = applied;
                 error!("idle checkpoint failed: {e}");
@@ -2210,6 +2243,29 @@ impl Node {
     }
 }
 
+/// Makes the log agree with the snapshot found at start (`index`, `term`). A snapshot received
+/// from the leader is durable before raft installs it in the log (`persist_ready`: truncate,
+/// then compact through it), so a crash in between leaves a snapshot past a log that ends
+/// before it, or that holds another entry at its index. Everything the snapshot covers is
+/// committed, and a log without its entry at `index` holds no committed entry after it (log
+/// matching), so the log is cut as that install would have cut it. Returns whether it changed.
+fn log_through_snapshot<S: LogStore>(
+    store: &mut S,
+    index: LogIndex,
+    term: Term,
+) -> io::Result<bool> {
+    let compacted = store.first_index().prev();
+    if index <= compacted || store.term(index)? == Some(term) {
+        return Ok(false);
+    }
+    let keep_through = index.prev().max(compacted);
+    if keep_through < store.last_index() {
+        store.truncate_after(keep_through)?;
+    }
+    store.compact_through(index, term)?;
+    Ok(true)
+}
+
 /// Applied entries until the next snapshot: `snapshot_entries` and up to an eighth more, drawn
 /// per snapshot, so that the nodes of a cluster (which apply the same entries at about the
 /// same time) do not all snapshot, checkpoint and compact in the same instant: a pause of every
@@ -2231,6 +2287,53 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64) -> Vec<atoll_raft::Entry> {
+        indexes
+            .map(|index| atoll_raft::Entry {
+                index: LogIndex(index),
+                term: Term(term),
+                kind: EntryKind::Command,
+                payload: Payload::from_vec(index.to_le_bytes().to_vec()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_log_through_snapshot_cuts_a_log_behind_or_off_the_snapshot() -> io::Result<()> {
+        // Seeds 199 and 1205: a snapshot at 17 received whole, a crash before raft installed it
+        // in a log ending at 14; without the cut the node installed the databases at 17 and
+        // refused to start ("the databases reflect index 17 but the Raft log ends at 14").
+        let mut log = atoll_storage::MemLog::new();
+        log.append(&entries(1..=14, 1))?;
+        assert!(log_through_snapshot(&mut log, LogIndex(17), Term(2))?);
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(18), LogIndex(17))
+        );
+        assert_eq!(log.term(LogIndex(17))?, Some(Term(2)));
+        // Done already: nothing changes.
+        assert!(!log_through_snapshot(&mut log, LogIndex(17), Term(2))?);
+        // A log holding another entry at the snapshot's index: that entry and what follows
+        // are not the leader's, cut too.
+        let mut log = atoll_storage::MemLog::new();
+        log.append(&entries(1..=20, 1))?;
+        assert!(log_through_snapshot(&mut log, LogIndex(17), Term(2))?);
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(18), LogIndex(17))
+        );
+        // A log holding the snapshot's entry (a snapshot of its own, or one raft kept the log
+        // for) is left as it is: compaction comes later.
+        let mut log = atoll_storage::MemLog::new();
+        log.append(&entries(1..=20, 1))?;
+        assert!(!log_through_snapshot(&mut log, LogIndex(17), Term(1))?);
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(1), LogIndex(20))
+        );
+        Ok(())
+    }
 
     #[test]
     fn test_count_ticks_follows_the_clock_up_to_the_cap() {

@@ -143,10 +143,11 @@ impl Engine {
         let started_copy = std::time::Instant::now();
         // A database recovered from a checkpoint cut short opened without its schema.
         db.control.configure()?;
-        let (busy, log, copied): (i64, i64, i64) =
-            db.control
-                .connection()
-                .query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        let (busy, log, copied): (i64, i64, i64) = db
+            .control
+            .connection()
+            .query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(disk_full_as_io)?;
         if busy != 0 || (!force && log != copied) {
             log::debug!("checkpoint of {name:?} is busy; retrying later");
             let step = (self.config.checkpoint_frames / 4).max(1);
@@ -319,6 +320,20 @@ impl Checkpointer {
     }
 }
 
+/// SQLite's "database or disk is full" (our VFS answers SQLITE_FULL to an ENOSPC) as the
+/// `io::Error` it was, so that the host treats a checkpoint cut short by a full disk as it
+/// treats any full disk: retried once space is back, never fatal. The WAL keeps every frame
+/// and SQLite copies them again on the next try; the record keeps its intent meanwhile.
+pub(super) fn disk_full_as_io(error: rusqlite::Error) -> EngineError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => EngineError::Io(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            error.to_string(),
+        )),
+        _ => EngineError::Sqlite(error),
+    }
+}
+
 /// Passes `result` on, recording the first failure of a checkpoint's sync in `failure`.
 pub(super) fn durable<T>(
     failure: &mut Option<String>,
@@ -330,4 +345,26 @@ pub(super) fn durable<T>(
         failure.get_or_insert_with(|| format!("syncing {database:?} in a checkpoint: {error}"));
         EngineError::Io(error)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: std::os::raw::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn test_sqlite_full_is_a_full_disk() {
+        // Seed 1286: SQLITE_FULL from a checkpoint's copy stopped the node as a fatal error.
+        match disk_full_as_io(sqlite_error(rusqlite::ffi::SQLITE_FULL)) {
+            EngineError::Io(error) => assert_eq!(error.kind(), std::io::ErrorKind::StorageFull),
+            other => panic!("not a full disk: {other}"),
+        }
+        assert!(matches!(
+            disk_full_as_io(sqlite_error(rusqlite::ffi::SQLITE_IOERR)),
+            EngineError::Sqlite(_)
+        ));
+    }
 }

@@ -374,6 +374,16 @@ impl Cluster {
         self.fabric.crash(Cluster::id(index));
         let node = self.nodes[index].take();
         if let Some(node) = &node {
+            let state = node.state();
+            log::debug!(
+                "sim: node {} crashes (power loss: {}): log {}..={}, commit {}, applied {}",
+                state.id,
+                power_loss.is_some(),
+                state.log_first,
+                state.log_last,
+                state.commit,
+                state.applied
+            );
             self.note_stopping(node);
             self.held[index] = Some(Held::of(node, self.configurations.commit_seen()));
         }
