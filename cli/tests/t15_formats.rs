@@ -441,11 +441,7 @@ fn sqlite_rows(path: &Path) -> (Vec<String>, Vec<Value>) {
         .unwrap();
     assert_eq!(check, "ok");
     let mut statement = db.prepare(SELECT).unwrap();
-    let columns: Vec<String> = statement
-        .column_names()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let columns: Vec<String> = statement.column_names().map(str::to_owned).collect();
     let mut values = Vec::new();
     let mut rows = statement.query([]).unwrap();
     while let Some(row) = rows.next().unwrap() {

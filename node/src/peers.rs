@@ -221,8 +221,9 @@ impl Node {
     /// refuses messages from nodes its log shows removed, that is, in one of its
     /// configurations but in neither the committed one nor a later one (a configuration not
     /// committed yet may be truncated: the leader that replaces it may be a node it removes,
-    /// and must be heard; a node whose removal is committed is not). A joining node, not yet in its own configuration, takes them from whoever holds
-    /// the secret: its leader is not in its log yet. A snapshot chunk is taken only from the
+    /// and must be heard; a node whose removal is committed is not). A joining node, not yet
+    /// in its own configuration, takes them from whoever holds the secret: its leader is not
+    /// in its log yet. A snapshot chunk is taken only from the
     /// leader of the current term, and a new snapshot only if it fits on the disk.
     fn refuse_message(&self, message: &Message) -> Option<Refusal> {
         let me = NodeId(self.config.id);

@@ -14,7 +14,7 @@
 //!   ([`Disk::sync_dir`]).
 //! - An operation that fails with `ENOSPC` (`io::ErrorKind::StorageFull`) changed nothing. Any
 //!   other failed write or sync may have changed anything: callers treat it as fatal (a failed
-//!   fsync is never retried, see ARCHITECTURE.md, "Failed syncs are fatal").
+//!   fsync is never retried, see ARCHITECTURE.md, "Durability and crash recovery").
 //!
 //! The segment log keeps its memory maps in production: [`DiskFile::as_std`] hands it the
 //! `std::fs::File` to map. A file without one (the simulator's) is read into memory and written

@@ -166,8 +166,9 @@ impl SegmentMap {
         }
         // SAFETY: `start..end` lies within the map (below `frozen`, which never exceeds its
         // length) and covers only whole pages of the frozen prefix, which no map of this crate
-        // ever writes again (module comment, part 4). Every map but the anonymous ones (returned above) is a *shared*
-        // file mapping (`map_raw`, `map_raw_read_only`), for which `MADV_DONTNEED` only unmaps
+        // ever writes again (module comment, part 4). Every map but the anonymous ones
+        // (returned above) is a *shared* file mapping (`map_raw`, `map_raw_read_only`), for
+        // which `MADV_DONTNEED` only unmaps
         // the pages from this process: a later access maps the same file page again, with the
         // same bytes (madvise(2): "repopulating the memory contents from the up-to-date contents
         // of the underlying mapped file"; a dirty page stays dirty in the page cache, so an
