@@ -2017,10 +2017,8 @@ impl Node {
         if !disk::is_full(&error) {
             return Err(fatal(why, error));
         }
-        // Writes are refused until space is measured back (`Disk::check`).
-        if self.disk.space_short(&format!("{why}: {error}")) {
-            self.disk_full_began();
-        }
+        // Writes go on while the disk holds more than the margin: a snapshot is the largest
+        // file the node writes, and a failed one gives its space back.
         self.snapshot_job = None;
         self.snapshot_next_at = self.raft.applied().0 + SNAPSHOT_RETRY_ENTRIES;
         if !self.snapshot_postponed {

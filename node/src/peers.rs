@@ -218,13 +218,13 @@ impl Node {
     }
 
     /// Why an authenticated peer's message must not reach raft, if it must not: a member
-    /// refuses messages from nodes its log shows removed, that is, in one of its
-    /// configurations but in neither the committed one nor a later one (a configuration not
-    /// committed yet may be truncated: the leader that replaces it may be a node it removes,
-    /// and must be heard; a node whose removal is committed is not). A joining node, not yet
+    /// takes messages only from members of the configuration committed in its log or of a
+    /// later one (a configuration not committed yet may be truncated: the leader that replaces
+    /// it may be a node it removes, and must be heard; a node whose removal is committed is
+    /// not; an unknown node, even holding the secret, changes nothing). A joining node, not yet
     /// in its own configuration, takes them from whoever holds the secret: its leader is not
-    /// in its log yet. A snapshot chunk is taken only from the
-    /// leader of the current term, and a new snapshot only if it fits on the disk.
+    /// in its log yet. A snapshot chunk is taken only from the leader of the current term, and
+    /// a new snapshot only if it fits on the disk.
     fn refuse_message(&self, message: &Message) -> Option<Refusal> {
         let me = NodeId(self.config.id);
         if self.raft.configuration().get(me).is_some() {
@@ -238,15 +238,7 @@ impl Node {
             let member = configurations[committed..]
                 .iter()
                 .any(|(_, configuration)| configuration.get(message.from).is_some());
-            // A node in none of the configurations this log holds may be a member of a later
-            // one this node has not received yet (it lags behind a change that added it): it
-            // must be heard, or a lagging voter never learns of a leader it does not know, nor
-            // votes for it (seed 710). Raft's own checks (terms, pre-vote, the log up-to-date
-            // check) keep such a sender from disrupting anything.
-            let known = configurations
-                .iter()
-                .any(|(_, configuration)| configuration.get(message.from).is_some());
-            if known && !member {
+            if !member {
                 return Some(Refusal::NotMember(message.from.0));
             }
         }
