@@ -416,8 +416,9 @@ pub struct Node {
     peer_announced: HashMap<u64, String>,
     /// (sender, reason) of refused peer messages already logged at warn level (bounded).
     peer_refusals_logged: std::collections::HashSet<(u64, u8)>,
-    /// The configuration the reactor's peer addresses follow (its index).
-    peers_configuration_index: LogIndex,
+    /// The configurations the reactor's peer addresses follow (the latest one's index, the
+    /// committed one's).
+    peers_configuration_index: (LogIndex, LogIndex),
     /// Peers whose send failures were logged already (log once, then debug).
     peer_send_failures: HashMap<u64, u64>,
     /// The instant of the last counted raft tick.
@@ -859,7 +860,7 @@ impl Node {
             peer_routes: options.peer_routes,
             peer_announced: HashMap::new(),
             peer_refusals_logged: std::collections::HashSet::new(),
-            peers_configuration_index: LogIndex(0),
+            peers_configuration_index: (LogIndex(0), LogIndex(0)),
             peer_send_failures: HashMap::new(),
             tick_at: now,
             reads: reads::Reads::default(),

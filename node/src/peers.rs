@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use atoll_net::reactor::{CloseReason, PeerDirection, PeerSendError};
-use atoll_raft::{codec, Message, NodeId, RawNode};
+use atoll_raft::{codec, LogIndex, Message, NodeId, RawNode};
 use atoll_storage::SegmentLog;
 use log::{debug, info, warn};
 
@@ -77,6 +77,20 @@ fn peer_address<'a>(
     }
     if let Some(member) = raft.configuration().get(NodeId(id)) {
         return Some(&member.address);
+    }
+    // Rarely (a node the latest configuration does not name): the earlier ones back to the
+    // committed one, since a node an uncommitted configuration removes may be the next leader
+    // (seed 1116). A node whose removal committed gets nothing: its messages are refused.
+    let commit = raft.commit_index();
+    let mut committed_seen = false;
+    for (index, configuration) in raft.configurations().collect::<Vec<_>>().into_iter().rev() {
+        if committed_seen {
+            break;
+        }
+        committed_seen = index <= commit;
+        if let Some(member) = configuration.get(NodeId(id)) {
+            return Some(&member.address);
+        }
     }
     announced.get(&id).map(String::as_str)
 }
@@ -319,14 +333,31 @@ impl Node {
         }
     }
 
-    /// Makes the reactor's peer addresses follow the configuration: a member's address (or
-    /// its route) is set, and a node that left is forgotten (its connections closed).
+    /// Makes the reactor's peer addresses follow the configurations: the address (or route) of
+    /// every member of the committed configuration and of the later ones is set, the latest
+    /// one's first, and a node in none of them is forgotten (its connections closed). A node
+    /// an uncommitted configuration removes stays reachable until the removal commits: that
+    /// configuration may be truncated, and the node may be the next leader (seed 1116).
     pub(super) fn follow_configuration(&mut self) {
-        let index = self.raft.configuration_index();
-        if index == self.peers_configuration_index {
+        let commit = self.raft.commit_index();
+        let committed_index = self
+            .raft
+            .configurations()
+            .map(|(index, _)| index)
+            .filter(|index| *index <= commit)
+            .last()
+            .unwrap_or(LogIndex(0));
+        let key = (self.raft.configuration_index(), committed_index);
+        if key == self.peers_configuration_index {
             return;
         }
-        self.peers_configuration_index = index;
+        self.peers_configuration_index = key;
+        let configurations: Vec<(LogIndex, &atoll_raft::Configuration)> =
+            self.raft.configurations().collect();
+        let committed = configurations
+            .iter()
+            .rposition(|(index, _)| *index <= commit)
+            .unwrap_or(0);
         let me = self.config.id;
         let configuration = self.raft.configuration();
         if !configuration.is_empty() {
@@ -335,13 +366,25 @@ impl Node {
                 warn!("recording the configuration: {e}");
             }
         }
-        for (id, member) in configuration.members() {
-            if id.0 == me {
-                continue;
+        let mut addresses: HashMap<u64, String> = HashMap::new();
+        for (_, configuration) in configurations
+            .get(committed..)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+        {
+            for (id, member) in configuration.members() {
+                if id.0 != me {
+                    addresses
+                        .entry(id.0)
+                        .or_insert_with(|| member.address.clone());
+                }
             }
-            self.peer_announced.remove(&id.0);
-            let address = self.peer_routes.get(&id.0).unwrap_or(&member.address);
-            if let Err(e) = self.reactor.peer_set_address(id.0, address) {
+        }
+        for (&id, address) in &addresses {
+            self.peer_announced.remove(&id);
+            let address = self.peer_routes.get(&id).unwrap_or(address);
+            if let Err(e) = self.reactor.peer_set_address(id, address) {
                 warn!("node {id} at {address}: {e}");
             }
         }
@@ -349,7 +392,7 @@ impl Node {
             .reactor
             .peers()
             .into_iter()
-            .filter(|id| configuration.get(NodeId(*id)).is_none())
+            .filter(|id| !addresses.contains_key(id))
             .filter(|id| !self.peer_announced.contains_key(id))
             .collect();
         for id in gone {
