@@ -419,6 +419,9 @@ pub struct Node {
     /// The configurations the reactor's peer addresses follow (the latest one's index, the
     /// committed one's).
     peers_configuration_index: (LogIndex, LogIndex),
+    /// When this node last knew a leader (itself included): a member without one for long may
+    /// lag behind a configuration it has not received (`peers.rs`, `refuse_message`).
+    leader_seen_at: Instant,
     /// Peers whose send failures were logged already (log once, then debug).
     peer_send_failures: HashMap<u64, u64>,
     /// The instant of the last counted raft tick.
@@ -861,6 +864,7 @@ impl Node {
             peer_announced: HashMap::new(),
             peer_refusals_logged: std::collections::HashSet::new(),
             peers_configuration_index: (LogIndex(0), LogIndex(0)),
+            leader_seen_at: now,
             peer_send_failures: HashMap::new(),
             tick_at: now,
             reads: reads::Reads::default(),

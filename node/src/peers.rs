@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use atoll_net::reactor::{CloseReason, PeerDirection, PeerSendError};
 use atoll_raft::{codec, LogIndex, Message, NodeId, RawNode};
@@ -252,7 +253,7 @@ impl Node {
             let member = configurations[committed..]
                 .iter()
                 .any(|(_, configuration)| configuration.get(message.from).is_some());
-            if !member {
+            if !member && !self.lagging_behind(message, &configurations) {
                 return Some(Refusal::NotMember(message.from.0));
             }
         }
@@ -283,6 +284,39 @@ impl Node {
                 })
             }
         }
+    }
+
+    /// Whether a message from a non-member may still be heard because this member lags
+    /// behind the configuration that added its sender: the sender is in none of this log's
+    /// configurations (not a removed node), it acts as a leader (appends, heartbeats,
+    /// snapshots) at this node's term or later, and this node has known no leader for three
+    /// election timeouts, or follows that sender already. A healthy member hears nobody
+    /// unknown, so a holder of the secret with a made-up id changes nothing; a lagging one
+    /// would otherwise never hear from a leader that joined after its log ends (seed 2077).
+    fn lagging_behind(
+        &self,
+        message: &Message,
+        configurations: &[(atoll_raft::LogIndex, &atoll_raft::Configuration)],
+    ) -> bool {
+        use atoll_raft::MessageKind::{Append, Heartbeat, Snapshot};
+        let known = configurations
+            .iter()
+            .any(|(_, configuration)| configuration.get(message.from).is_some());
+        if known
+            || !matches!(message.kind, Append | Heartbeat | Snapshot)
+            || message.term < self.raft.term()
+        {
+            return false;
+        }
+        if self.raft.leader_id() == Some(message.from) {
+            return true;
+        }
+        let leaderless = self
+            .clock
+            .now()
+            .saturating_duration_since(self.leader_seen_at);
+        self.raft.leader_id().is_none()
+            && leaderless >= 3 * Duration::from_millis(self.config.election_timeout_ms())
     }
 
     pub(super) fn on_peer_connected(
@@ -339,6 +373,9 @@ impl Node {
     /// an uncommitted configuration removes stays reachable until the removal commits: that
     /// configuration may be truncated, and the node may be the next leader (seed 1116).
     pub(super) fn follow_configuration(&mut self) {
+        if self.raft.leader_id().is_some() {
+            self.leader_seen_at = self.clock.now();
+        }
         let commit = self.raft.commit_index();
         let committed_index = self
             .raft

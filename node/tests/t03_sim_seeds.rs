@@ -122,3 +122,44 @@ fn test_seeds_that_found_bugs_run_clean() {
         );
     }
 }
+
+/// Runs `seeds` at the example's default settings (10 s of faults); every one must be clean.
+fn run_clean(seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let report = run_seed(&SimConfig {
+            seed,
+            nodes: 3,
+            fault_ms: 10_000,
+        });
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}\nreproduce with: cargo run --release -p atoll-node --example sim \
+             -- --seeds {seed}..{}",
+            report.violations,
+            seed + 1
+        );
+    }
+}
+
+// Two hundred full-length seeds beyond the short ones above, in four tests that run side by
+// side (about 40 s each in a debug build). Longer runs: the `sim` example, in release.
+
+#[test]
+fn test_full_length_seeds_2000_to_2050() {
+    run_clean(2_000..2_050);
+}
+
+#[test]
+fn test_full_length_seeds_2050_to_2100() {
+    run_clean(2_050..2_100);
+}
+
+#[test]
+fn test_full_length_seeds_2100_to_2150() {
+    run_clean(2_100..2_150);
+}
+
+#[test]
+fn test_full_length_seeds_2150_to_2200() {
+    run_clean(2_150..2_200);
+}
