@@ -1322,3 +1322,36 @@ fn test_a_failed_write_or_sync_on_a_simulated_disk_is_sticky() {
         assert_eq!(log.last_index(), LogIndex(3), "{op:?}");
     }
 }
+
+#[test]
+fn test_names_a_crash_kept_are_made_durable_at_open() {
+    // Seed 50,096: a rollover's directory sync fails (EIO) and the process stops; its page
+    // cache kept the closed segment's new name. Reopened, the log must make that name durable
+    // before it goes on: else a power cut after later segments brings the old name back, and
+    // two open segments hold entries (taken for damage).
+    let disk = crate::SimDisk::new(5);
+    let shared = disk.shared();
+    let dir = Path::new("/log");
+    let mut log = SegmentLog::open_on(shared.clone(), dir, options(4096)).unwrap();
+    log.append(&entries(1..=2, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    disk.fail_after(crate::SimOp::SyncDir, 0);
+    let failed = log
+        .append(&entries(3..=8, 1, 1000))
+        .and_then(|()| log.sync());
+    assert!(failed.is_err(), "a directory sync failed");
+    drop(log);
+    disk.clear_countdowns();
+    // A process crash: the disk keeps every write and every name.
+    let mut log = SegmentLog::open_on(shared.clone(), dir, options(4096)).unwrap();
+    // A small entry, in the open segment: no rollover (whose directory sync would make every
+    // name durable) before the power cut.
+    let first_new = log.last_index().0 + 1;
+    log.append(&entries(first_new..=first_new, 1, 10)).unwrap();
+    log.sync().unwrap();
+    let synced = log.last_index();
+    drop(log);
+    disk.power_loss(crate::PowerLoss::DropUnsynced);
+    let log = SegmentLog::open_on(shared, dir, options(4096)).unwrap();
+    assert_eq!(log.last_index(), synced);
+}
