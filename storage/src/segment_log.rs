@@ -362,6 +362,20 @@ impl SegmentLog {
             meta::read_metadata_file(&*disk, &dir.join(METADATA_FILE_NAMES[1]))?,
         ];
         let chosen = meta::choose_metadata(&dir, metadata_files)?;
+        // What a crash left in the page cache of the metadata files (a save whose sync failed)
+        // is made durable before the log acts on it (removing the segments its compaction
+        // point covers): else a later power cut takes the point back while those segments
+        // stay gone, a gap (seed 347).
+        for name in METADATA_FILE_NAMES {
+            let path = dir.join(name);
+            let file = match disk.open(&path, OpenMode::Write) {
+                Ok(file) => file,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(LogError::io("opening metadata file", &path, error)),
+            };
+            file.sync()
+                .map_err(|error| LogError::io("syncing metadata file", &path, error))?;
+        }
         let mut metadata = MetadataStore::new(Arc::clone(&disk), &dir, chosen);
         if chosen.is_none() {
             if !closed_names.is_empty() || !open_names.is_empty() {

@@ -1355,3 +1355,31 @@ fn test_names_a_crash_kept_are_made_durable_at_open() {
     let log = SegmentLog::open_on(shared, dir, options(4096)).unwrap();
     assert_eq!(log.last_index(), synced);
 }
+
+#[test]
+fn test_a_compaction_point_a_crash_kept_is_made_durable_at_open() {
+    // Seed 347: the sync of a compaction's metadata save fails (EIO) and the process stops;
+    // its page cache kept the new point. Reopened, the log removes the segments the point
+    // covers, so it must make the point durable first: else a power cut takes the point back
+    // while the segments stay gone, and the log has a gap.
+    let disk = crate::SimDisk::new(7);
+    let shared = disk.shared();
+    let dir = Path::new("/log");
+    let mut log = SegmentLog::open_on(shared.clone(), dir, options(4096)).unwrap();
+    log.append(&entries(1..=9, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    disk.fail_after(crate::SimOp::Sync, 0);
+    assert!(log.compact_through(LogIndex(6), Term(1)).is_err());
+    drop(log);
+    disk.clear_countdowns();
+    // A process crash: the disk keeps every write.
+    let mut log = SegmentLog::open_on(shared.clone(), dir, options(4096)).unwrap();
+    let next = log.last_index().0 + 1;
+    log.append(&entries(next..=next, 1, 10)).unwrap();
+    log.sync().unwrap();
+    let (first, last) = (log.first_index(), log.last_index());
+    drop(log);
+    disk.power_loss(crate::PowerLoss::DropUnsynced);
+    let log = SegmentLog::open_on(shared, dir, options(4096)).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (first, last));
+}
