@@ -379,6 +379,7 @@ impl Node {
             is_leader: leader,
             peer_lags,
             snapshots: self.stats.snapshots + self.stats.snapshots_installed,
+            snapshots_refused: self.stats.snapshots_refused,
             databases: self.engine.database_names().len() as u64,
             client_connections: self.clients.len() as u64,
             resident_memory_bytes: super::metrics::resident_memory_bytes(),

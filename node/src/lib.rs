@@ -312,6 +312,8 @@ struct Stats {
     stale_last: Option<u64>,
     snapshots: u64,
     snapshots_installed: u64,
+    /// Snapshot streams from the leader refused: too large for the disk, or a full disk.
+    snapshots_refused: u64,
     messages_refused: u64,
 }
 
@@ -1726,6 +1728,7 @@ impl Node {
             debug!("a snapshot from the leader cannot be stored again: {error}");
         }
         self.incoming_refused_until = Some(now + SNAPSHOT_RECEIVE_RETRY_INTERVAL);
+        self.stats.snapshots_refused += 1;
         Ok(())
     }
 

@@ -109,6 +109,8 @@ pub struct Sample {
     pub peer_lags: Vec<(u64, u64)>,
     /// Snapshots taken and installed.
     pub snapshots: u64,
+    /// Snapshot streams from the leader this node could not store (too large, disk full).
+    pub snapshots_refused: u64,
     pub databases: u64,
     pub client_connections: u64,
     pub resident_memory_bytes: Option<u64>,
@@ -175,6 +177,12 @@ impl Metrics {
             "counter",
             "Snapshots taken or installed since the node started.",
             sample.snapshots,
+        );
+        single(
+            "atoll_snapshots_refused_total",
+            "counter",
+            "Snapshots from the leader refused for want of disk space since the node started.",
+            sample.snapshots_refused,
         );
         single(
             "atoll_databases",

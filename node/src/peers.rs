@@ -201,6 +201,7 @@ impl Node {
             if matches!(refusal, Refusal::SnapshotTooLarge { .. }) {
                 self.incoming_refused_until =
                     Some(self.clock.now() + super::SNAPSHOT_RECEIVE_RETRY_INTERVAL);
+                self.stats.snapshots_refused += 1;
             }
             let first = self.peer_refusals_logged.len() < PEER_REFUSALS_LOGGED_MAX
                 && self.peer_refusals_logged.insert((from, refusal.kind()));

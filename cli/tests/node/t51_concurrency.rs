@@ -12,7 +12,9 @@ use atoll_net::protocol::Value;
 
 use atoll_net::testing::Direction;
 
-use crate::support::{atoll, free_address, wait_for, AtollNode, Node, READY_TIMEOUT};
+use crate::support::{
+    atoll, free_address, metric_sample, scrape_metrics, wait_for, AtollNode, Node, READY_TIMEOUT,
+};
 use crate::t55_cluster_faults::proxied_cluster_started;
 
 #[test]
@@ -100,31 +102,6 @@ fn test_64_concurrent_writers_all_succeed_in_groups() {
         entries * 4 <= writes as u64,
         "group commit: {entries} entries for {writes} writes"
     );
-}
-
-/// `GET /metrics` of `address`: the body.
-fn scrape(address: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: atoll\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .expect("the answer, then close");
-    let (_, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    body.to_owned()
-}
-
-/// The value of the sample `name` (with its labels) in a scrape, 0 if absent.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |value| value.parse().unwrap())
 }
 
 /// 32 writers insert unique keys through three nodes while leadership moves: twice by
@@ -263,9 +240,9 @@ fn test_chains_of_writers_through_leader_changes() {
     let chained: f64 = metrics
         .iter()
         .map(|address| {
-            let text = scrape(address);
-            sample(&text, "atoll_chain_ahead_commands_count")
-                - sample(&text, "atoll_chain_ahead_commands_bucket{le=\"0\"}")
+            let text = scrape_metrics(address);
+            metric_sample(&text, "atoll_chain_ahead_commands_count")
+                - metric_sample(&text, "atoll_chain_ahead_commands_bucket{le=\"0\"}")
         })
         .sum();
     eprintln!(

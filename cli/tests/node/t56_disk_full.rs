@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use atoll_net::client::{Client, ClientConfig, ClientError, Connection};
 use atoll_net::protocol::Value;
 
-use crate::support::{atoll, free_address, wait_for, AtollCluster, AtollNode, Node};
+use crate::support::{
+    atoll, free_address, metric_sample, scrape_metrics, wait_for, AtollCluster, AtollNode, Node,
+};
 
 /// SQLITE_FULL.
 const CODE_FULL: u64 = 13;
@@ -599,11 +601,11 @@ fn snapshot_files(node: &AtollNode) -> (usize, bool) {
 
 /// A node joins a cluster whose leader compacted its log behind a snapshot of about 24 MB.
 /// First its data directory has 20 MiB left: the snapshot does not fit and is refused before
-/// a byte is written. Then the bytes are back but every inode is taken: the snapshot file
+/// a byte is written. Then every inode is taken and the bytes are back: the snapshot file
 /// cannot be created (ENOSPC, as when a write fails mid-stream). Either way the node stays
-/// up, keeps no partial file and installs nothing, while the cluster goes on writing. Once
-/// the disk is freed the leader streams the snapshot again; the node stores and installs it,
-/// catches up, and its database equals the leader's.
+/// up, keeps no partial file and installs nothing, while the cluster goes on writing; its
+/// metrics count each refusal. Once the disk is freed the leader streams the snapshot again;
+/// the node stores and installs it, catches up, and its database equals the leader's.
 #[test]
 fn test_snapshot_from_the_leader_that_cannot_be_stored() {
     if !is_root() {
@@ -621,6 +623,8 @@ fn test_snapshot_from_the_leader_that_cannot_be_stored() {
     let dir = tempfile::tempdir().unwrap();
     let mount = Tmpfs::mount_with(&dir.path().join("data"), "size=96m,nr_inodes=2000");
     let mut joining = AtollNode::prepare_join_in(dir, &free_address(), &cluster_address, &[]);
+    let metrics = free_address();
+    joining.start_args = vec!["--metrics-address".into(), metrics.clone()];
     let filler = mount.fill_leaving(20 << 20);
     joining.spawn();
     let address = joining.address().to_owned();
@@ -632,23 +636,24 @@ fn test_snapshot_from_the_leader_that_cannot_be_stored() {
             nodes.iter().any(|n| n.address == address).then_some(())
         },
     );
-    // The leader streams the snapshot; the node refuses it for want of bytes (unread), and
-    // saves its term.
-    let raft = joining.data_dir().join("raft");
-    wait_for("the joining node's term", Duration::from_secs(60), || {
-        let saved = std::fs::metadata(raft.join("metadata2")).is_ok_and(|m| m.len() > 0);
-        saved.then_some(())
-    });
+    let refused = || metric_sample(&scrape_metrics(&metrics), "atoll_snapshots_refused_total");
+    // The leader streams the snapshot; the node refuses it for want of bytes (unread).
+    wait_for(
+        "the joining node to refuse the snapshot",
+        Duration::from_secs(60),
+        || (refused() >= 1.0).then_some(()),
+    );
     assert_eq!(snapshot_files(&joining), (0, false), "nothing stored");
-    // Bytes back, no inode left: the snapshot file cannot be created. The leader tries again
-    // (a few times, until it gives up catching the node up for a while).
+    // No inode left, then the bytes back: the snapshot file cannot be created. The leader
+    // tries again (a few times, until it gives up catching the node up for a while).
+    let inodes = mount.fill_inodes();
+    let before = refused();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&filler)
         .unwrap()
         .set_len(0)
         .unwrap();
-    let inodes = mount.fill_inodes();
     for _ in 0..40 {
         client
             .exec_sql("INSERT INTO t VALUES (?, x'00')", &[Value::Integer(id)])
@@ -659,6 +664,12 @@ fn test_snapshot_from_the_leader_that_cannot_be_stored() {
         assert_alive(&mut joining);
         assert_eq!(snapshot_files(&joining), (0, false), "nothing stored");
     }
+    wait_for(
+        "the joining node to refuse the snapshot again",
+        Duration::from_secs(60),
+        || (refused() > before).then_some(()),
+    );
+    assert_eq!(snapshot_files(&joining), (0, false), "nothing stored");
     assert!(
         mount.available_bytes() > 80 << 20,
         "no partial file holds space"

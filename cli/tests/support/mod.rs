@@ -152,6 +152,30 @@ impl Cluster {
     }
 }
 
+/// `GET /metrics` of a node's metrics address (`--metrics-address`): the body.
+pub fn scrape_metrics(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: atoll\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .expect("the answer, then close");
+    let (_, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    body.to_owned()
+}
+
+/// The value of the sample `name` (with its labels) in a scrape, 0 if absent.
+pub fn metric_sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
 /// Whether `program` is on the PATH.
 pub fn installed(program: &str) -> bool {
     std::env::var_os("PATH")
