@@ -341,7 +341,11 @@ impl Cluster {
         )
     }
 
-    /// Nodes not in the configuration committed on the leader (removed for good).
+    /// Nodes not in the configuration committed on the leader (removed for good). A leader
+    /// that has committed no configuration yet (restarted, its commit index still below the
+    /// first entry) knows of none removed: raft's history starts with an empty configuration
+    /// at index 0, a placeholder, in which every node would look removed (seed 86,071 retired
+    /// a voter that way).
     fn removed(&self) -> Vec<u64> {
         let Some(leader) = self
             .nodes
@@ -356,7 +360,7 @@ impl Cluster {
         let Some(committed) = leader
             .raft
             .configurations()
-            .filter(|(index, _)| *index <= commit)
+            .filter(|(index, _)| index.0 > 0 && *index <= commit)
             .map(|(_, c)| c)
             .last()
         else {
