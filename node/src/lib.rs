@@ -1889,7 +1889,10 @@ impl Node {
                         self.disk_full_began();
                     }
                 } else {
-                    warn!("preparing the next log segment: {e}");
+                    // Any other failure left the log refusing changes until it is reopened:
+                    // the node stops now, as after a failed append, rather than run on with
+                    // a log that can take nothing (seed 94,434).
+                    return Err(fatal("preparing the next log segment", e));
                 }
             }
         }
