@@ -16,7 +16,8 @@ use atoll_net::protocol::Value;
 use atoll_net::tls::{generate_cluster_certificate, TlsContext};
 
 use crate::support::{
-    atoll, free_address, require, run_command, wait_for, AtollNode, Node, Output, READY_TIMEOUT,
+    atoll, free_address, require, run_command, scrape_metrics, wait_for, AtollNode, Node, Output,
+    READY_TIMEOUT,
 };
 
 /// The cluster files of a TLS node's data directory.
@@ -497,15 +498,6 @@ fn test_tls_operations_commands_and_metrics() {
         assert!(refused.failed().contains("--tls-cert"), "{refused:?}");
     }
 
-    let mut stream = TcpStream::connect(&metrics).expect("the metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: atoll\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("atoll_"), "{answer}");
+    let body = scrape_metrics(&metrics);
+    assert!(body.contains("atoll_raft_term"), "{body}");
 }

@@ -152,7 +152,7 @@ impl Cluster {
     }
 }
 
-/// `GET /metrics` of a node's metrics address (`--metrics-address`): the body.
+/// `GET /metrics` of a node's metrics address (`--metrics-address`): the body of its 200.
 pub fn scrape_metrics(address: &str) -> String {
     let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics port");
     stream
@@ -165,7 +165,8 @@ pub fn scrape_metrics(address: &str) -> String {
     stream
         .read_to_string(&mut text)
         .expect("the answer, then close");
-    let (_, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
     body.to_owned()
 }
 
