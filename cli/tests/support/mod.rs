@@ -749,20 +749,63 @@ fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     })
 }
 
-/// Waits for `child` with a deadline; kills it and panics past the deadline.
+/// Waits for `child` with a deadline; kills it and panics past the deadline, saying where each
+/// of its threads was waiting.
 fn wait_bounded(child: &mut Child, command: &str) -> ExitStatus {
+    match wait_or_kill(child) {
+        Ok(status) => status,
+        Err(threads) => panic!("`{command}` did not finish within {RUN_TIMEOUT:?}; {threads}"),
+    }
+}
+
+/// Waits for `child` for at most [`RUN_TIMEOUT`]. Past it, notes what each of its threads was
+/// doing (state, kernel wait channel, system call: a diagnosis for a hang that does not
+/// reproduce), kills it and returns the note.
+fn wait_or_kill(child: &mut Child) -> Result<ExitStatus, String> {
     let deadline = Instant::now() + RUN_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().expect("wait for the child") {
-            return status;
+            return Ok(status);
         }
         if Instant::now() >= deadline {
+            let threads = describe_threads(child.id());
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`{command}` did not finish within {RUN_TIMEOUT:?}");
+            return Err(threads);
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One line per thread of process `pid`: `tid state wchan syscall` from /proc (what the
+/// kernel lets us read; fields it does not are `?`).
+fn describe_threads(pid: u32) -> String {
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(path).map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned())
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid}: its threads cannot be listed");
+    };
+    let mut lines = vec![format!(
+        "threads of process {pid} (tid state wchan syscall):"
+    )];
+    for task in tasks.flatten() {
+        let path = task.path();
+        let stat = read(path.join("stat"));
+        // The state follows the parenthesised command name, which may hold spaces.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_owned();
+        lines.push(format!(
+            "  {} {state} {} {}",
+            task.file_name().to_string_lossy(),
+            read(path.join("wchan")),
+            read(path.join("syscall"))
+        ));
+    }
+    lines.join("\n")
 }
 
 /// The `atoll` binary with `args`, history off, quiet logs.
@@ -793,12 +836,20 @@ pub fn run_command(mut command: Command, stdin: Option<&str>) -> Output {
         // The child may exit early (--bail): a closed pipe is fine.
         let _ = pipe.write_all(input.as_bytes());
     }
-    let status = wait_bounded(&mut child, &description);
-    Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-        command: description,
+    let status = wait_or_kill(&mut child);
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    match status {
+        Ok(status) => Output {
+            status,
+            stdout,
+            stderr,
+            command: description,
+        },
+        Err(threads) => panic!(
+            "`{description}` did not finish within {RUN_TIMEOUT:?}; {threads}\nits stdout \
+             so far:\n{stdout}\nits stderr so far:\n{stderr}"
+        ),
     }
 }
 
