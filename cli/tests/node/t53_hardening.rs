@@ -39,6 +39,13 @@ fn status_kib(pid: u32, key: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Whether this is a 32-bit process emulated by qemu-user on a 64-bit host: its
+/// `/proc/self/status` is then the host process's, whose address space (the guest's 4 GiB,
+/// reserved, plus qemu's own) is larger than any 32-bit process can have.
+fn emulated_32_bit_guest() -> bool {
+    cfg!(target_pointer_width = "32") && status_kib(std::process::id(), "VmSize") > 4 << 20
+}
+
 /// A client holds a read transaction open and goes idle while others write. Before, every
 /// forced checkpoint (snapshots, here every 50 entries) waited in SQLite's 5 s busy handler on
 /// the loop thread: LEADER took seconds to answer. Now the loop never waits, the transaction is
@@ -118,12 +125,21 @@ fn test_an_idle_reader_does_not_stall_the_node() {
 /// Connections that send a request header declaring a 64 MiB body, then nothing. Before, each
 /// header reserved the whole frame: 30 of them took 2 GB of address space, and a node limited
 /// to 1 GiB (an armv7 board) aborted. Now buffers grow with the bytes that arrive.
+///
+/// Under qemu-user with a 32-bit guest (the armv7 cross run) neither the limit nor the
+/// measure can see the guest: qemu reserves the guest's whole 4 GiB up front (so it cannot
+/// start under a 1 GiB limit) and the guest's allocations land inside that reservation (so the
+/// host's VmSize does not move). There the node runs unlimited and only its service is checked;
+/// a real armv7 board runs the whole test.
 #[test]
 fn test_request_headers_alone_reserve_no_memory() {
+    let emulated = emulated_32_bit_guest();
     let mut node = AtollNode::init(&free_address(), &[]);
-    node.wrapper = ["prlimit", "--as=1073741824", "--"]
-        .map(String::from)
-        .to_vec();
+    if !emulated {
+        node.wrapper = ["prlimit", "--as=1073741824", "--"]
+            .map(String::from)
+            .to_vec();
+    }
     node.restart();
     let address = node.address().to_owned();
     let mut client = connect(&address, "db");
@@ -148,10 +164,14 @@ fn test_request_headers_alone_reserve_no_memory() {
     }
     let after = status_kib(node.pid(), "VmSize");
     eprintln!("VmSize {before} KiB before, {after} KiB with 30 header-only connections");
-    assert!(
-        after < before + 64 * 1024,
-        "VmSize grew from {before} to {after} KiB"
-    );
+    if emulated {
+        eprintln!("a 32-bit guest under qemu-user: the host's VmSize says nothing of the guest's");
+    } else {
+        assert!(
+            after < before + 64 * 1024,
+            "VmSize grew from {before} to {after} KiB"
+        );
+    }
     assert!(node.metadata().is_some());
     drop(idle);
 }
