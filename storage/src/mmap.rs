@@ -372,7 +372,7 @@ fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::disk::{Disk, OpenMode, StdFile};
     use crate::sim_disk::SimDisk;
@@ -429,23 +429,24 @@ mod tests {
         assert_eq!(&buf, b"hello world");
     }
 
-    /// The resident KiB of this process's mappings of the file at `path`, from
-    /// `/proc/self/smaps` (Linux). Found by the file's path, not the map's address: under
-    /// qemu-user with a 32-bit guest `smaps` is the host's, whose addresses are not the guest's.
-    fn resident_kib_of_file(path: &Path) -> u64 {
+    /// The resident KiB of this process's mappings of files at or below `path` (a file or a
+    /// directory), from `/proc/self/smaps` (Linux); panics if there is none. Found by path, not
+    /// by address: under qemu-user with a 32-bit guest `smaps` is the host's, whose addresses
+    /// are not the guest's.
+    pub(crate) fn resident_kib_under(path: &Path) -> u64 {
         let path = path.canonicalize().unwrap();
-        let path = path.to_str().unwrap();
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut mappings = 0;
         let mut kib = 0;
         let mut ours = false;
         for line in smaps.lines() {
-            // A mapping's header: `start-end perms offset dev inode path`; its fields follow.
-            let header = line.split_whitespace().next().is_some_and(|range| {
-                range.contains('-') && range.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
-            });
-            if header {
-                ours = line.ends_with(path);
+            // A mapping's header: `start-end perms offset dev inode [path]`; its fields follow,
+            // each `Name: value`.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.first().is_some_and(|first| !first.ends_with(':')) {
+                ours = fields
+                    .get(5)
+                    .is_some_and(|file| Path::new(file).starts_with(&path));
                 mappings += usize::from(ours);
             } else if let Some(rss) = line.strip_prefix("Rss:").filter(|_| ours) {
                 kib += rss
@@ -456,7 +457,7 @@ mod tests {
                     .unwrap();
             }
         }
-        assert!(mappings > 0, "no mapping of {path}");
+        assert!(mappings > 0, "no mapping of {}", path.display());
         kib
     }
 
@@ -481,13 +482,13 @@ mod tests {
         let bytes: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
         writer.write(0, &bytes).unwrap();
         writer.freeze(len - 100);
-        assert!(resident_kib_of_file(&path) >= 1000);
+        assert!(resident_kib_under(&path) >= 1000);
         // Partial pages at either end stay: only whole pages inside the range go.
         let page = page_bytes();
         assert_eq!(map.release(1..page), 0);
         let released = map.release(0..len - 100);
         assert_eq!(released, len - page);
-        assert!(resident_kib_of_file(&path) <= (page as u64 / 1024) * 2);
+        assert!(resident_kib_under(&path) <= (page as u64 / 1024) * 2);
         assert!(map.slice(0..len - 100) == &bytes[..len - 100]);
         writer.freeze(len);
         writer.flush(0..len).unwrap();

@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::*;
+use crate::mmap::tests::resident_kib_under;
 use crate::segment::record_bytes;
 use crate::testing::{self, assert_prefix, entry, read_all};
 use crate::types::NodeId;
@@ -1049,31 +1050,6 @@ fn test_read_hard_state_reads_the_metadata_without_opening_the_log() {
     ));
 }
 
-/// The resident KiB of this process's maps of files in `dir` (from `/proc/self/smaps`).
-fn resident_kib_in(dir: &Path) -> u64 {
-    let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
-    let dir_text = dir.to_string_lossy().to_string();
-    let mut total = 0;
-    let mut inside = false;
-    for line in smaps.lines() {
-        let is_header = line
-            .split_whitespace()
-            .next()
-            .is_some_and(|range| range.contains('-') && !range.ends_with(':'));
-        if is_header {
-            inside = line.contains(&dir_text);
-        } else if let Some(rss) = line.strip_prefix("Rss:").filter(|_| inside) {
-            total += rss
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap();
-        }
-    }
-    total
-}
-
 #[test]
 fn test_mapped_pages_leave_memory_and_entries_stay_readable() {
     // Appending 6 MiB to an 8 MiB segment in synced batches writes every page through the map,
@@ -1093,7 +1069,7 @@ fn test_mapped_pages_leave_memory_and_entries_stay_readable() {
         log.append(&batch_entries).unwrap();
         log.sync().unwrap();
         written.extend(batch_entries);
-        let resident = resident_kib_in(dir.path());
+        let resident = resident_kib_under(dir.path());
         assert!(
             resident <= (2 * OPEN_RESIDENT_BYTES + batch * (payload + 64)) as u64 / 1024 + slack,
             "{resident} KiB resident after {} entries",
@@ -1101,11 +1077,11 @@ fn test_mapped_pages_leave_memory_and_entries_stay_readable() {
         );
     }
     assert!(
-        resident_kib_in(dir.path()) >= 512,
+        resident_kib_under(dir.path()) >= 512,
         "the newest bytes stay mapped in"
     );
     assert!(log.release_memory() >= 512 * 1024);
-    let resident = resident_kib_in(dir.path());
+    let resident = resident_kib_under(dir.path());
     assert!(
         resident <= slack,
         "{resident} KiB resident after release_memory"
@@ -1119,9 +1095,9 @@ fn test_mapped_pages_leave_memory_and_entries_stay_readable() {
     written.extend(more);
     assert!(!log.closed.is_empty(), "a segment was closed");
     assert!(
-        resident_kib_in(dir.path()) <= (2 * OPEN_RESIDENT_BYTES) as u64 / 1024 + slack,
+        resident_kib_under(dir.path()) <= (2 * OPEN_RESIDENT_BYTES) as u64 / 1024 + slack,
         "{} KiB resident after a rollover",
-        resident_kib_in(dir.path())
+        resident_kib_under(dir.path())
     );
     assert_eq!(read_all(&log, 1, 641), written);
     assert!(log.release_memory() > 0);
