@@ -47,7 +47,7 @@ impl Phase {
 
 /// A loop turn among the longest: total, events handled, persist, sync, apply (µs; events a
 /// count).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Turn {
     /// The whole turn.
     pub total_us: u64,
@@ -59,6 +59,12 @@ pub struct Turn {
     pub sync_us: u64,
     /// Applying committed entries.
     pub apply_us: u64,
+    /// Handling the events.
+    pub handle_us: u64,
+    /// The work after raft's readies (compaction, snapshots, checkpoints, segments...).
+    pub after_us: u64,
+    /// The longest step of that work (`-` if none took time) and its time.
+    pub after_step: (String, u64),
 }
 
 /// One node's timings since the previous ask.
@@ -78,23 +84,49 @@ impl Breakdown {
             .lines()
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
         {
-            let mut words = line.split(' ');
-            let name = words.next().unwrap_or_default();
+            let mut words: Vec<&str> = line.split(' ').collect();
+            let name = words.remove(0);
+            // A longest turn names its longest step in the second to last word.
+            let step = if name == "turn_longest" && words.len() == 9 {
+                Some(words.remove(7).to_owned())
+            } else {
+                None
+            };
             let numbers: Vec<u64> = words
+                .iter()
                 .map(|w| w.parse::<u64>())
                 .collect::<Result<_, _>>()
                 .map_err(|_| format!("timings: not a number in {line:?}"))?;
             if name == "turn_longest" {
-                let [total_us, events, persist_us, sync_us, apply_us] = numbers[..] else {
-                    return Err(format!("timings: {line:?} wants 5 numbers"));
+                let turn = match (&numbers[..], step) {
+                    (&[total_us, events, persist_us, sync_us, apply_us], None) => Turn {
+                        total_us,
+                        events,
+                        persist_us,
+                        sync_us,
+                        apply_us,
+                        ..Turn::default()
+                    },
+                    (
+                        &[total_us, events, persist_us, sync_us, apply_us, handle_us, after_us, step_us],
+                        Some(step),
+                    ) => Turn {
+                        total_us,
+                        events,
+                        persist_us,
+                        sync_us,
+                        apply_us,
+                        handle_us,
+                        after_us,
+                        after_step: (step, step_us),
+                    },
+                    _ => {
+                        return Err(format!(
+                            "timings: {line:?} wants 5 numbers, or 8 and a name"
+                        ))
+                    }
                 };
-                breakdown.longest.push(Turn {
-                    total_us,
-                    events,
-                    persist_us,
-                    sync_us,
-                    apply_us,
-                });
+                breakdown.longest.push(turn);
                 continue;
             }
             if numbers.len() != 3 + BUCKETS {
@@ -142,13 +174,21 @@ impl Breakdown {
             .iter()
             .take(TURNS_SHOWN)
             .map(|t| {
+                let ms = |us: u64| us as f64 / 1000.0;
+                let step = match &t.after_step {
+                    (name, us) if *us > 0 => format!(", longest {name} {:.1}", ms(*us)),
+                    _ => String::new(),
+                };
                 format!(
-                    "{:.1} ms ({} events, persist {:.1}, sync {:.1}, apply {:.1})",
-                    t.total_us as f64 / 1000.0,
+                    "{:.1} ms ({} events: handle {:.1}; persist {:.1}, sync {:.1}, apply {:.1}; \
+                     after {:.1}{step})",
+                    ms(t.total_us),
                     t.events,
-                    t.persist_us as f64 / 1000.0,
-                    t.sync_us as f64 / 1000.0,
-                    t.apply_us as f64 / 1000.0
+                    ms(t.handle_us),
+                    ms(t.persist_us),
+                    ms(t.sync_us),
+                    ms(t.apply_us),
+                    ms(t.after_us),
                 )
             })
             .collect();
@@ -201,6 +241,7 @@ mod tests {
         text += &line("commit", 4, 4000, 1500, 11);
         text += &line("sync", 4, 1200, 400, 9);
         text += "turn_longest 12000 3 100 11000 500\n";
+        text += "turn_longest 9000 2 0 0 0 300 8600 snapshot 8500\n";
         let breakdown = Breakdown::parse(&text).unwrap();
         assert_eq!(breakdown.phase("execute").mean_us(), 20.0);
         // 1000 µs sits below 2^11 = 2048; the bound never passes the maximum.
@@ -214,7 +255,12 @@ mod tests {
             "{summary}"
         );
         assert!(
-            summary.contains("12.0 ms (3 events, persist 0.1, sync 11.0"),
+            summary.contains("12.0 ms (3 events: handle 0.0; persist 0.1, sync 11.0"),
+            "{summary}"
+        );
+        assert_eq!(breakdown.longest[1].after_step, ("snapshot".into(), 8500));
+        assert!(
+            summary.contains("9.0 ms (2 events: handle 0.3; persist 0.0, sync 0.0, apply 0.0; after 8.6, longest snapshot 8.5)"),
             "{summary}"
         );
         let path = breakdown.leader_path(1500.0);
@@ -230,6 +276,8 @@ mod tests {
         assert!(Breakdown::parse("execute 1 2 x\n").is_err());
         assert!(Breakdown::parse("execute 1 2 3\n").is_err());
         assert!(Breakdown::parse("turn_longest 1 2\n").is_err());
+        assert!(Breakdown::parse("turn_longest 1 2 3 4 5 6 7 x y\n").is_err());
+        assert!(Breakdown::parse("turn_longest 1 2 3 4 5 6 7 8 9 10\n").is_err());
         assert_eq!(Breakdown::parse("").unwrap(), Breakdown::default());
     }
 }

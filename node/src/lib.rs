@@ -441,6 +441,8 @@ pub struct Node {
     /// Time spent this turn persisting, syncing and applying (reported for slow turns).
     turn_persist: Duration,
     turn_sync: Duration,
+    /// The longest step of this turn's `after_turn`, and its time.
+    turn_after_step: (&'static str, Duration),
     turn_apply: Duration,
     snapshot_job: Option<SnapshotJob>,
     /// Verify points and the checksums being computed for them.
@@ -876,6 +878,7 @@ impl Node {
             linger_until: None,
             turn_persist: Duration::ZERO,
             turn_sync: Duration::ZERO,
+            turn_after_step: ("-", Duration::ZERO),
             turn_apply: Duration::ZERO,
             snapshot_job: None,
             verify: verify::Verify::default(),
@@ -1092,25 +1095,31 @@ impl Node {
         raft_done: Instant,
         event_count: usize,
     ) {
-        let took = self.clock.now().saturating_duration_since(start);
+        let now = self.clock.now();
+        let took = now.saturating_duration_since(start);
+        let after = now.saturating_duration_since(raft_done);
+        let (step, step_took) = std::mem::replace(&mut self.turn_after_step, ("-", Duration::ZERO));
         self.timings.turn(timings::Turn {
             total: took,
             events: event_count,
             persist: self.turn_persist,
             sync: self.turn_sync,
             apply: self.turn_apply,
+            handle: events_done.saturating_duration_since(start),
+            after,
+            after_step: (step, step_took),
         });
         let budget = self.tick * self.config.election_ticks_min / 2;
         if took >= budget {
             warn!(
                 "slow loop turn: {took:?} ({event_count} events {:?}; raft {:?}: persist {:?}, \
-                 sync {:?}, apply {:?}; after {:?}); half the election timeout is {budget:?}",
+                 sync {:?}, apply {:?}; after {after:?}, longest {step} {step_took:?}); half \
+                 the election timeout is {budget:?}",
                 events_done - start,
                 raft_done - events_done,
                 self.turn_persist,
                 self.turn_sync,
                 self.turn_apply,
-                self.clock.now().saturating_duration_since(raft_done)
             );
         }
         self.turn_persist = Duration::ZERO;
@@ -1866,16 +1875,22 @@ impl Node {
             }
         }
         self.check_changes();
+        let step = self.clock.now();
         self.compact_step()?;
+        let step = self.after_step("compact", step);
         self.expire_reads();
         self.roles_step();
         self.join_step();
         self.damage_step();
         self.repair_step();
         self.restore_step();
+        let step = self.after_step("roles+repair", step);
         self.snapshot_policy()?;
+        let step = self.after_step("snapshot", step);
         self.checkpoint_policy();
+        let step = self.after_step("idle-checkpoint", step);
         self.memory_step();
+        let step = self.after_step("memory", step);
         if self.disk.is_full() {
             // Leaves the full state once space is back and nothing is stalled.
             self.disk.check(self.clock.now());
@@ -1896,7 +1911,19 @@ impl Node {
                 }
             }
         }
+        self.after_step("next-segment", step);
         Ok(())
+    }
+
+    /// Ends a step of [`Node::after_turn`] begun at `began`: the turn remembers its longest
+    /// step (shown with the longest turns). Returns when the next step begins.
+    fn after_step(&mut self, name: &'static str, began: Instant) -> Instant {
+        let now = self.clock.now();
+        let took = now.saturating_duration_since(began);
+        if took > self.turn_after_step.1 {
+            self.turn_after_step = (name, took);
+        }
+        now
     }
 
     /// Every `snapshot_entries` applied entries: a forced checkpoint, then a snapshot of every

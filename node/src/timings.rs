@@ -8,8 +8,15 @@
 //! ```text
 //! # comment lines start with '#'
 //! PHASE COUNT SUM MAX B0 B1 .. B31     per phase; Bi counts the samples below 2^i µs
-//! turn_longest TOTAL EVENTS PERSIST SYNC APPLY     up to TURNS_LONGEST lines, longest first
+//! turn_longest TOTAL EVENTS PERSIST SYNC APPLY HANDLE AFTER STEP STEP_US
+//!                                   up to TURNS_LONGEST lines, longest first
 //! ```
+//!
+//! A longest turn: its total, the events it handled (a count), the time writing the log
+//! (persist), beginning and ending syncs (sync), applying (apply), handling the events
+//! (handle: decoding, executing, stepping raft), the work after raft's readies (after:
+//! leadership, compaction, snapshots, checkpoints, the next segment...), and the longest step
+//! of that work with its name (`-` and 0 if none took time).
 //!
 //! Phases: `execute` (a write request handled: decoded, executed by SQLite, frames captured),
 //! `batch` (the oldest proposal of a batch waiting in the turn for the batch to be proposed),
@@ -67,6 +74,12 @@ pub struct Turn {
     pub persist: Duration,
     pub sync: Duration,
     pub apply: Duration,
+    /// Handling the events (before raft's readies).
+    pub handle: Duration,
+    /// The work after raft's readies.
+    pub after: Duration,
+    /// The longest step of that work: its name and time.
+    pub after_step: (&'static str, Duration),
 }
 
 /// A batch the leader proposed: its last index, when it was proposed, when it was durable
@@ -222,7 +235,8 @@ impl Timings {
     fn render(&self) -> String {
         let mut text = String::from(
             "# atoll loop timings since the previous dump (µs): PHASE COUNT SUM MAX B0..B31 \
-             (Bi: samples below 2^i µs); turn_longest TOTAL EVENTS PERSIST SYNC APPLY\n",
+             (Bi: samples below 2^i µs); turn_longest TOTAL EVENTS PERSIST SYNC APPLY HANDLE AFTER \
+             STEP STEP_US\n",
         );
         let phases = [
             ("execute", &self.execute),
@@ -250,12 +264,16 @@ impl Timings {
         for turn in &self.longest {
             let _ = writeln!(
                 text,
-                "turn_longest {} {} {} {} {}",
+                "turn_longest {} {} {} {} {} {} {} {} {}",
                 us(turn.total),
                 turn.events,
                 us(turn.persist),
                 us(turn.sync),
-                us(turn.apply)
+                us(turn.apply),
+                us(turn.handle),
+                us(turn.after),
+                turn.after_step.0,
+                us(turn.after_step.1)
             );
         }
         text
@@ -293,6 +311,9 @@ mod tests {
                 persist: Duration::ZERO,
                 sync: Duration::ZERO,
                 apply: Duration::ZERO,
+                handle: Duration::ZERO,
+                after: Duration::from_micros(ms * 500),
+                after_step: ("snapshot", Duration::from_micros(ms * 250)),
             });
         }
         let longest: Vec<u128> = timings
@@ -319,7 +340,7 @@ mod tests {
                 .count(),
             8
         );
-        assert!(text.contains("\nturn_longest 10000 1 0 0 0\n"));
+        assert!(text.contains("\nturn_longest 10000 1 0 0 0 0 5000 snapshot 2500\n"));
         // Reset, but the batch in flight is still measured when it commits.
         assert_eq!(timings.turn.count, 0);
         timings.committed(9, true, t0 + Duration::from_micros(1200));
