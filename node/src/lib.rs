@@ -116,6 +116,16 @@ const _: () = assert!(PEER_FRAME_BYTES_MAX as usize + 64 < PEER_QUEUE_BYTES_MAX)
 /// The ticks to count when the tick timer fires at `now`, the last counted tick boundary being
 /// `tick_at`: every whole tick since (at least one, at most `max`), and the new boundary. A
 /// stall longer than `max` ticks is forgotten beyond them: the boundary moves to `now`.
+/// What became of a ready's entries (`Node::append_entries`).
+enum Append {
+    /// In the log (durable once a sync covers them).
+    Done,
+    /// Not appended: the disk is full, or the term and vote are unsaved.
+    Refused,
+    /// Not appended: the open segment is full and being closed off the loop.
+    Closing,
+}
+
 fn count_ticks(tick_at: Instant, now: Instant, tick: Duration, max: u32) -> (u32, Instant) {
     let elapsed = now.saturating_duration_since(tick_at);
     let ticks = (elapsed.as_nanos() / tick.as_nanos()).max(1);
@@ -491,6 +501,10 @@ pub struct Node {
     /// message leaves the node (no vote is granted, no append acknowledged), raft is not
     /// ticked (no election starts) and entries are not appended; the save is retried.
     hard_state_unsaved: bool,
+    /// Acknowledgements of entries handed back to raft while the log closed a full segment,
+    /// with the log's truncation count then: they go with the next ready that appends (and
+    /// leave once that is durable), unless the log was truncated meanwhile.
+    held_acks: Option<(u64, Vec<atoll_raft::Message>)>,
     stats: Stats,
     /// Set by SIGHUP: reload the TLS files.
     tls_reload: Arc<AtomicBool>,
@@ -776,6 +790,9 @@ impl Node {
         if let Some(entries) = options.snapshot_trailing_entries {
             raft_config.snapshot_trailing_entries = entries;
         }
+        // A full segment is closed by the log sync (flush, rename, directory sync off the
+        // loop); its entries wait in raft meanwhile (`log_sync.rs`).
+        log.set_background_close(true);
         let raft = RawNode::new(
             raft_config,
             log,
@@ -863,6 +880,7 @@ impl Node {
             incoming_finished: None,
             incoming_refused_until: None,
             install_pending: None,
+            held_acks: None,
             outgoing: Vec::new(),
             peer_routes: options.peer_routes,
             peer_announced: HashMap::new(),
@@ -1399,24 +1417,59 @@ impl Node {
             }
         }
         let persist_start = self.clock.now();
+        if ready.snapshot.is_some() {
+            // Installing cuts the log: the close of a full segment ends first (rare).
+            self.log_close_wait()?;
+        }
         // The entries apart: on a full disk they go back to raft, and the rest goes on.
         let entries = std::mem::take(&mut ready.entries);
         persist_ready(self.raft.log_mut(), &ready).map_err(|e| fatal("writing the log", e))?;
         let mut stalled = false;
         if !entries.is_empty() {
             let append_start = self.clock.now();
-            let appended = !unsaved && self.append_entries(&entries)?;
+            let appended = if unsaved {
+                Append::Refused
+            } else {
+                self.append_entries(&entries)?
+            };
             self.timings
                 .append(self.clock.now().saturating_duration_since(append_start));
-            if appended {
-                ready.entries = entries;
-            } else {
-                // Unappended entries are not acknowledged: drop the answers that would.
-                ready.persisted_messages.clear();
-                self.raft
-                    .append_failed(entries)
-                    .map_err(|e| fatal("giving entries back to raft", e))?;
-                stalled = true;
+            match appended {
+                Append::Done => {
+                    ready.entries = entries;
+                    if let Some((truncations, acks)) = self.held_acks.take() {
+                        // They acknowledge entries now appended: they wait for this sync.
+                        if truncations == self.raft.log().truncations() {
+                            ready.persisted_messages.splice(0..0, acks);
+                        }
+                    }
+                }
+                Append::Closing => {
+                    // Appended once the close ends, and acknowledged then: the answers to
+                    // appends wait (those to snapshot chunks wait only for the next sync).
+                    let (acks, chunk_acks): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut ready.persisted_messages)
+                            .into_iter()
+                            .partition(|m| m.kind == atoll_raft::MessageKind::AppendResponse);
+                    ready.persisted_messages = chunk_acks;
+                    let truncations = self.raft.log().truncations();
+                    match &mut self.held_acks {
+                        Some((held, waiting)) if *held == truncations => waiting.extend(acks),
+                        held => *held = Some((truncations, acks)),
+                    }
+                    self.raft
+                        .append_failed(entries)
+                        .map_err(|e| fatal("giving entries back to raft", e))?;
+                    stalled = true;
+                }
+                Append::Refused => {
+                    // Unappended entries are not acknowledged: drop the answers that would.
+                    ready.persisted_messages.clear();
+                    self.raft
+                        .append_failed(entries)
+                        .map_err(|e| fatal("giving entries back to raft", e))?;
+                    stalled = true;
+                }
             }
         }
         self.turn_persist += self.clock.now().saturating_duration_since(persist_start);
@@ -1425,7 +1478,9 @@ impl Node {
         // 4. The sync runs off the loop (`log_sync.rs`): raft hears what is durable, and the
         //    acknowledgements leave, when it is done; the loop goes on meanwhile.
         let persisted_messages = std::mem::take(&mut ready.persisted_messages);
-        self.durability_after_ready(ready.must_sync(), persisted_messages)?;
+        // A full segment waiting for its close: the next sync request closes it.
+        let must_sync = ready.must_sync() || self.raft.log().close_pending();
+        self.durability_after_ready(must_sync, persisted_messages)?;
         // 5. Apply the committed entries, answering the writes they carry.
         let apply_start = self.clock.now();
         let now = self.clock.now();
@@ -1605,12 +1660,14 @@ impl Node {
         applied
     }
 
-    /// Appends a ready's entries (truncating a conflicting suffix first). False if the disk is
-    /// full (nothing appended; retried at most every `DISK_RETRY_INTERVAL`).
-    fn append_entries(&mut self, entries: &[atoll_raft::Entry]) -> Result<bool, NodeError> {
+    /// Appends a ready's entries (truncating a conflicting suffix first). `Refused` if the disk
+    /// is full (nothing appended; retried at most every `DISK_RETRY_INTERVAL`); `Closing` if
+    /// the open segment is full and a sync request closes it (nothing appended; retried once it
+    /// has ended).
+    fn append_entries(&mut self, entries: &[atoll_raft::Entry]) -> Result<Append, NodeError> {
         let now = self.clock.now();
         if !self.disk.may_write(now) {
-            return Ok(false);
+            return Ok(Append::Refused);
         }
         let log = self.raft.log_mut();
         let first = entries[0].index;
@@ -1619,12 +1676,13 @@ impl Node {
             // there, before anything changed.
             match log.truncate_after(first.prev()) {
                 Ok(()) => {}
+                Err(e) if atoll_storage::is_closing(&e) => return Ok(Append::Closing),
                 Err(e) if disk::is_full(&e) => {
                     let what = format!("truncating the log after {}", first.prev());
                     if self.disk.write_failed(&what, &e, now) {
                         self.disk_full_began();
                     }
-                    return Ok(false);
+                    return Ok(Append::Refused);
                 }
                 Err(e) => return Err(fatal("truncating the log", e)),
             }
@@ -1633,8 +1691,9 @@ impl Node {
         match log.append(entries) {
             Ok(()) => {
                 self.disk.write_succeeded();
-                Ok(true)
+                Ok(Append::Done)
             }
+            Err(e) if atoll_storage::is_closing(&e) => Ok(Append::Closing),
             Err(e) if disk::is_full(&e) => {
                 let what = format!(
                     "appending entries {first}..={}",
@@ -1643,7 +1702,7 @@ impl Node {
                 if self.disk.write_failed(&what, &e, now) {
                     self.disk_full_began();
                 }
-                Ok(false)
+                Ok(Append::Refused)
             }
             Err(e) => Err(fatal("writing the log", e)),
         }
@@ -2094,6 +2153,8 @@ impl Node {
         }
         match self.raft.log_mut().compact_through(index, term) {
             Ok(()) => {}
+            // A full segment is being closed: tried again next turn.
+            Err(e) if atoll_storage::is_closing(&e) => return Ok(()),
             // Saving the compaction point failed to write: nothing changed; tried again once
             // space is back (entries kept longer are still valid log).
             Err(e) if disk::is_full(&e) => {
@@ -2268,7 +2329,11 @@ impl Node {
         );
         self.snapshot_job = None;
         // What was appended is durable when the node stops (a sync may still be in flight;
-        // its outcome is not waited for).
+        // its outcome is not waited for, but a segment's close is: the log's files must not
+        // change under the next open).
+        if let Err(e) = self.log_close_wait() {
+            error!("closing the full log segment at stop failed: {e}");
+        }
         if let Err(e) = self.raft.log_mut().sync() {
             error!("syncing the log at stop failed: {e}");
         }

@@ -23,6 +23,14 @@
 //! sync stops the node, as before. The term and vote are still saved synchronously before any
 //! message leaves.
 //!
+//! A full log segment is closed the same way (`SegmentLog::set_background_close`): the append
+//! that does not fit is refused, its entries go back to raft (and the acknowledgements of that
+//! ready are held, `Node::held_acks`), and the next sync request flushes, renames and syncs
+//! the directory off the loop; once it ends the entries are appended to the next segment and
+//! the held acknowledgements leave with that append's sync. The loop waits for such a request
+//! only before installing a snapshot and at stop, which must not change the log's files under
+//! it.
+//!
 //! Production runs [`SyncThread`]; the simulator runs [`SimulatedSync`], which completes a
 //! request after a delay drawn from the seed, on the simulator's one thread, so that a seed
 //! replays identically. Both sit behind [`LogSync`]: "sync the log up to X, tell me when done",
@@ -50,6 +58,11 @@ pub trait LogSync: Send {
     /// The started request with the outcome of its run, once it is done (`now`: the loop's
     /// clock); `None` while it runs or when none was started.
     fn finished(&mut self, now: Instant) -> Option<(SyncRequest, io::Result<()>)>;
+
+    /// Waits for the started request to be done and returns it, as `finished` would (a
+    /// simulated disk completes it at once). `None` when none was started. For the rare waits
+    /// that must not overlap a segment's close (a snapshot install, the stop).
+    fn wait(&mut self, now: Instant) -> Option<(SyncRequest, io::Result<()>)>;
 
     /// When the started request will be done, for implementations that know (a simulated
     /// disk): the loop waits no longer than that. `None` for a thread, which wakes the loop.
@@ -108,6 +121,10 @@ impl LogSync for SyncThread {
                 panic!("the log sync thread ended while the node runs")
             }
         }
+    }
+
+    fn wait(&mut self, _now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
+        self.done.recv().ok()
     }
 
     fn due(&self) -> Option<Instant> {
@@ -172,6 +189,12 @@ impl LogSync for SimulatedSync {
             return None;
         }
         let (request, _) = self.started.take().expect("checked above");
+        let result = request.run();
+        Some((request, result))
+    }
+
+    fn wait(&mut self, _now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
+        let (request, _) = self.started.take()?;
         let result = request.run();
         Some((request, result))
     }
@@ -277,6 +300,31 @@ impl Node {
         let Some((request, result)) = self.log_sync.finished(now) else {
             return Ok(false);
         };
+        self.sync_finished(request, result, now)?;
+        Ok(true)
+    }
+
+    /// Waits for a sync request that closes a full segment, if one is out (a snapshot install
+    /// and the stop must not change the log's files under it).
+    pub(crate) fn log_close_wait(&mut self) -> Result<(), NodeError> {
+        while self.raft.log().closing() && self.durability.in_flight.is_some() {
+            let now = self.clock.now();
+            let Some((request, result)) = self.log_sync.wait(now) else {
+                break;
+            };
+            self.sync_finished(request, result, now)?;
+        }
+        Ok(())
+    }
+
+    /// A sync request ended: raft learns what is durable, the acknowledgements that waited
+    /// leave, and the pending sync starts.
+    fn sync_finished(
+        &mut self,
+        request: SyncRequest,
+        result: io::Result<()>,
+        now: Instant,
+    ) -> Result<(), NodeError> {
         self.durability_note_truncations();
         let in_flight = self.durability.in_flight.take().expect("checked above");
         let durable = self
@@ -289,7 +337,7 @@ impl Node {
         if let Some(messages) = self.durability.pending.take() {
             self.sync_start(messages)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     fn sync_done(

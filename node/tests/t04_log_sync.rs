@@ -26,7 +26,10 @@ use atoll_storage::SyncRequest;
 /// last index of every request started.
 struct HeldSync {
     held: Arc<AtomicBool>,
+    /// Holds only the requests that close a full segment.
+    hold_closes: Arc<AtomicBool>,
     started: Arc<Mutex<Vec<LogIndex>>>,
+    closes: Arc<Mutex<Vec<LogIndex>>>,
     request: Option<SyncRequest>,
 }
 
@@ -34,13 +37,25 @@ impl LogSync for HeldSync {
     fn start(&mut self, request: SyncRequest, _now: Instant) {
         assert!(self.request.is_none(), "one sync in flight at a time");
         self.started.lock().unwrap().push(request.last_index());
+        if request.closes_segment() {
+            self.closes.lock().unwrap().push(request.last_index());
+        }
         self.request = Some(request);
     }
 
     fn finished(&mut self, _now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
-        if self.held.load(Ordering::SeqCst) {
+        let closes = self.request.as_ref()?.closes_segment();
+        if self.held.load(Ordering::SeqCst) || closes && self.hold_closes.load(Ordering::SeqCst) {
             return None;
         }
+        let request = self.request.take()?;
+        let result = request.run();
+        Some((request, result))
+    }
+
+    /// A wait the loop must make (a segment's close before an install or the stop) is not
+    /// held: the request runs.
+    fn wait(&mut self, _now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
         let request = self.request.take()?;
         let result = request.run();
         Some((request, result))
@@ -58,7 +73,9 @@ impl LogSync for HeldSync {
 /// A node's handles on its held disk.
 struct Disk {
     held: Arc<AtomicBool>,
+    hold_closes: Arc<AtomicBool>,
     started: Arc<Mutex<Vec<LogIndex>>>,
+    closes: Arc<Mutex<Vec<LogIndex>>>,
 }
 
 impl Disk {
@@ -72,22 +89,30 @@ impl Disk {
 }
 
 fn open(data: &Path, clock: &ManualClock, seed: u64) -> (Node, Disk) {
+    open_with(data, clock, seed, StartOptions::default())
+}
+
+fn open_with(data: &Path, clock: &ManualClock, seed: u64, options: StartOptions) -> (Node, Disk) {
     let disk = Disk {
         held: Arc::new(AtomicBool::new(false)),
+        hold_closes: Arc::new(AtomicBool::new(false)),
         started: Arc::new(Mutex::new(Vec::new())),
+        closes: Arc::new(Mutex::new(Vec::new())),
     };
     let inputs = Inputs {
         clock: Box::new(clock.clone()),
         random: Box::new(SeededRandom::new(seed)),
         log_sync: Some(Box::new(HeldSync {
             held: disk.held.clone(),
+            hold_closes: disk.hold_closes.clone(),
             started: disk.started.clone(),
+            closes: disk.closes.clone(),
             request: None,
         })),
         ..Inputs::production()
     };
     let shutdown = Arc::new(AtomicBool::new(false));
-    let node = Node::open_with(data, shutdown, StartOptions::default(), inputs).unwrap();
+    let node = Node::open_with(data, shutdown, options, inputs).unwrap();
     (node, disk)
 }
 
@@ -377,6 +402,10 @@ impl LogSync for FailingSync {
         Some((request, result))
     }
 
+    fn wait(&mut self, now: Instant) -> Option<(SyncRequest, io::Result<()>)> {
+        self.finished(now)
+    }
+
     fn due(&self) -> Option<Instant> {
         None
     }
@@ -384,4 +413,121 @@ impl LogSync for FailingSync {
     fn reset(&mut self) {
         self.request = None;
     }
+}
+
+#[test]
+fn test_a_full_segment_closes_off_the_loop_and_the_writes_wait_for_it() {
+    // One voter, 64 KiB log segments, 8 KiB rows: a segment fills every few writes. The first
+    // write that does not fit is handed back to raft and the next sync request closes the
+    // segment (flush, rename, directory sync). With that request held the loop keeps turning,
+    // the write waits uncommitted and the log does not grow; released, the write lands in the
+    // next segment and is answered. Every write is answered, every segment but
+    // the open one is closed under its `FIRST-LAST` name, and a reopen finds every row.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_addresses(1).remove(0);
+    let config = NodeConfig::new(1, address.clone());
+    let mut configuration = Configuration::new();
+    configuration.insert(NodeId(1), address.clone(), MemberRole::Voter);
+    atoll_node::init_member(
+        atoll_storage::StdDisk::shared(),
+        &data,
+        &config,
+        &ClusterSecret::generate().unwrap(),
+        &configuration,
+        Some(64 << 10),
+    )
+    .unwrap();
+    let clock = ManualClock::new();
+    let options = StartOptions {
+        log_segment_bytes: Some(64 << 10),
+        ..StartOptions::default()
+    };
+    let (node, disk) = open_with(&data, &clock, 11, options);
+    let mut nodes = [node];
+    let write = |rows: std::ops::Range<i64>| {
+        let address = address.clone();
+        thread::spawn(move || {
+            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+            connection.open("big").unwrap();
+            connection
+                .exec_sql(
+                    "CREATE TABLE IF NOT EXISTS t(k INTEGER PRIMARY KEY, v)",
+                    &[],
+                )
+                .unwrap();
+            for row in rows {
+                connection
+                    .exec_sql(
+                        "INSERT INTO t VALUES (?, randomblob(8192))",
+                        &[Value::Integer(row)],
+                    )
+                    .unwrap();
+            }
+        })
+    };
+    let first = write(0..20);
+    drive(&mut nodes, &clock, |_| first.is_finished());
+    first.join().unwrap();
+    let closes = disk.closes.lock().unwrap().clone();
+    assert!(
+        closes.len() >= 2,
+        "segments closed by sync requests: {closes:?}"
+    );
+
+    // Hold the next close, with a writer waiting behind it.
+    disk.hold_closes.store(true, Ordering::SeqCst);
+    let closes_before = closes.len();
+    let second = write(20..40);
+    drive(&mut nodes, &clock, |_| {
+        disk.closes.lock().unwrap().len() > closes_before
+    });
+    let held = nodes[0].state();
+    turn_for(&mut nodes, &clock, 200);
+    let still = nodes[0].state();
+    assert_eq!(
+        still.log_last, held.log_last,
+        "nothing appended while the close is out"
+    );
+    assert!(
+        !second.is_finished(),
+        "a write was answered before its entry was durable"
+    );
+    disk.hold_closes.store(false, Ordering::SeqCst);
+    drive(&mut nodes, &clock, |_| second.is_finished());
+    second.join().unwrap();
+    let done = nodes[0].state();
+    assert!(done.log_last > held.log_last, "{done:?}");
+    let segments: Vec<String> = std::fs::read_dir(data.join("raft"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains('-') && !n.ends_with(".tmp"))
+        .collect();
+    let closed = segments.iter().filter(|n| !n.starts_with("open-")).count();
+    assert!(closed > closes_before, "{segments:?}");
+
+    // Reopened, every row is there.
+    let [node] = nodes;
+    drop(node);
+    let (node, _disk) = open_with(
+        &data,
+        &clock,
+        12,
+        StartOptions {
+            log_segment_bytes: Some(64 << 10),
+            ..StartOptions::default()
+        },
+    );
+    let mut nodes = [node];
+    let count = {
+        let address = address.clone();
+        thread::spawn(move || {
+            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+            connection.open("big").unwrap();
+            connection.query_sql("SELECT count(*) FROM t", &[]).unwrap()
+        })
+    };
+    drive(&mut nodes, &clock, |_| count.is_finished());
+    let rows = count.join().unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Integer(40)]]);
 }

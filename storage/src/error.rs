@@ -65,6 +65,19 @@ pub enum LogError {
     /// An earlier write or sync failed; the log refuses every change until it is reopened,
     /// because after a failed fsync the page cache can no longer be trusted.
     Failed,
+    /// The open segment is full and is being closed by a sync request (see
+    /// `SegmentLog::set_background_close`): nothing changed; try again once that request has
+    /// ended. Not sticky.
+    Closing,
+}
+
+/// Whether `error` is [`LogError::Closing`] (travelling inside an `io::Error`): the caller
+/// retries once the sync request closing the full segment has ended.
+pub fn is_closing(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<LogError>())
+        .is_some_and(|inner| matches!(inner, LogError::Closing))
 }
 
 impl LogError {
@@ -100,6 +113,7 @@ impl LogError {
             }
             LogError::PayloadTooLarge { .. } => io::ErrorKind::InvalidInput,
             LogError::Failed => io::ErrorKind::Other,
+            LogError::Closing => io::ErrorKind::ResourceBusy,
         }
     }
 }
@@ -149,6 +163,10 @@ impl fmt::Display for LogError {
             LogError::Failed => write!(
                 f,
                 "an earlier write or sync of the log failed; reopen the log (restart the node)"
+            ),
+            LogError::Closing => write!(
+                f,
+                "the full log segment is being closed; try again once its sync has ended"
             ),
         }
     }

@@ -78,7 +78,7 @@ pub mod testing;
 pub mod types;
 
 pub use disk::{Disk, DiskFile, FileCursor, FileMetadata, OpenMode, StdDisk};
-pub use error::LogError;
+pub use error::{is_closing, LogError};
 pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;
 pub use mmap::{available_bytes, available_inodes, release_free_heap};

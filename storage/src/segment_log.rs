@@ -29,6 +29,21 @@
 //!   a prefix of the old log that still holds every entry up to the truncation point.
 //! - `save_hard_state` is durable on return (one `fdatasync` of one metadata file).
 //!
+//! # Closing in the background
+//!
+//! Closing a full segment in `append` (flush its tail, rename it, sync the directory) blocks
+//! the caller for a few milliseconds of disk work. With
+//! [`SegmentLog::set_background_close`] (the node's loop turns it on) an `append` that does
+//! not fit in the open segment is refused instead, writing nothing ([`LogError::Closing`]; a
+//! spare is made ready first), and the next [`SegmentLog::sync_begin`] returns a request that
+//! also closes the segment: [`SyncRequest::run`] flushes the tail, renames the segment
+//! `FIRST-LAST` and syncs the directory, off the caller's thread. Until its
+//! [`SegmentLog::sync_end`], every change to the log's files is refused with `Closing`
+//! (appends, truncations, compactions, the plain `sync`) or put off (new spares), so the files
+//! change in exactly the order a synchronous close follows, and a crash at any instant leaves
+//! what it would have left. `sync_end` moves the segment to the closed ones (its entries
+//! durable) and opens the spare. A batch larger than a whole segment still rolls over in place.
+//!
 //! # Crash safety, step by step
 //!
 //! - A segment is prepared under a temporary name (preallocated, header written), then renamed
@@ -170,6 +185,15 @@ pub struct SegmentLog {
     /// A segment was renamed (a spare prepared, a full segment closed) and the directory not
     /// yet synced; done before the next spare takes entries.
     dir_sync_pending: bool,
+    /// Full segments are closed by the next sync request, off the caller's thread (see
+    /// "Closing in the background"); off by default.
+    background_close: bool,
+    /// The open segment is full: appends are refused until the sync request that closes it
+    /// (the next one begun) has ended. Holds the bytes the refused batch needs in a new segment.
+    close_wanted: Option<usize>,
+    /// A sync request closing the open segment is out: appends, truncations, compactions and
+    /// new spares wait for its end, so that no file of the log changes meanwhile.
+    closing: Option<usize>,
     snapshots: SnapshotStore,
     #[cfg(any(test, feature = "testing"))]
     faults: Faults,
@@ -219,6 +243,8 @@ impl OpenSegment {
 pub struct SyncRequest {
     /// The open segment's unsynced bytes, if any.
     flush: Option<SyncFlush>,
+    /// After the flush: the open segment's closing rename and the directory sync.
+    close: Option<SegmentClose>,
     /// The last entry the sync makes durable.
     last: LogIndex,
     /// The log's truncation count when the sync began.
@@ -232,6 +258,17 @@ struct SyncFlush {
     path: PathBuf,
 }
 
+/// A full segment's close, run by a sync request: renamed `FIRST-LAST`, then the directory
+/// synced (which also makes the spares' names durable).
+struct SegmentClose {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    from: String,
+    to: String,
+    first: LogIndex,
+    last: LogIndex,
+}
+
 impl SyncRequest {
     /// The last entry the sync makes durable (if the log is not truncated before it ends).
     pub fn last_index(&self) -> LogIndex {
@@ -240,10 +277,22 @@ impl SyncRequest {
 
     /// Flushes the bytes and waits for the disk: blocking, on any thread.
     pub fn run(&self) -> io::Result<()> {
-        match &self.flush {
-            Some(flush) => flush.map.flush(flush.range.clone()),
-            None => Ok(()),
+        if let Some(flush) = &self.flush {
+            flush.map.flush(flush.range.clone())?;
         }
+        if let Some(close) = &self.close {
+            close
+                .disk
+                .rename(&close.dir.join(&close.from), &close.dir.join(&close.to))?;
+            close.disk.sync_dir(&close.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the request closes the open segment (its entries count as durable, and the
+    /// log takes appends again, once it ends).
+    pub fn closes_segment(&self) -> bool {
+        self.close.is_some()
     }
 }
 
@@ -256,6 +305,7 @@ impl fmt::Debug for SyncRequest {
                 &self.flush.as_ref().map_or(0, |flush| flush.range.len()),
             )
             .field("truncations", &self.truncations)
+            .field("closes", &self.close.as_ref().map(|close| &close.to))
             .finish()
     }
 }
@@ -514,6 +564,9 @@ impl SegmentLog {
             truncations: 0,
             failed: false,
             dir_sync_pending: false,
+            background_close: false,
+            close_wanted: None,
+            closing: None,
             snapshots,
             #[cfg(any(test, feature = "testing"))]
             faults: Faults::default(),
@@ -615,6 +668,9 @@ impl SegmentLog {
     /// create and preallocate the next one. A full disk fails here cleanly (not sticky), early.
     pub fn prepare_next_segment(&mut self) -> io::Result<()> {
         self.check_usable()?;
+        if self.closing.is_some() {
+            return Ok(()); // No file changes while a close is out: the next call prepares it.
+        }
         let default = self.capacity_for(0);
         if self.spares.iter().any(|spare| spare.capacity >= default) {
             return Ok(());
@@ -940,6 +996,9 @@ impl SegmentLog {
 
     fn append_entries(&mut self, entries: &[Entry]) -> Result<(), LogError> {
         self.check_usable()?;
+        if self.close_pending() {
+            return Err(LogError::Closing);
+        }
         let mut expected = self.last_index.next();
         for entry in entries {
             assert_eq!(
@@ -953,6 +1012,23 @@ impl SegmentLog {
                 });
             }
             expected = expected.next();
+        }
+        let batch: usize = entries
+            .iter()
+            .map(|entry| segment::record_bytes(entry.payload.len()))
+            .sum();
+        let need = SEGMENT_HEADER_BYTES + batch;
+        let full = self
+            .open
+            .as_ref()
+            .is_some_and(|open| !open.offsets.is_empty() && open.end + batch > open.capacity);
+        if self.background_close && full && need <= self.capacity_for(0) {
+            // The spare first: the close's directory sync makes its name durable.
+            if !self.spares.iter().any(|spare| spare.capacity >= need) {
+                self.prepare_spare(self.capacity_for(0))?;
+            }
+            self.close_wanted = Some(need);
+            return Err(LogError::Closing);
         }
         self.prepare_for(entries)?;
         for entry in entries {
@@ -984,6 +1060,29 @@ impl SegmentLog {
     /// to [`SegmentLog::sync_end`]. Refused after a failure, like any change.
     pub fn sync_begin(&mut self) -> Result<SyncRequest, LogError> {
         self.check_usable()?;
+        if self.closing.is_some() {
+            return Err(LogError::Closing);
+        }
+        let close = match (self.close_wanted, self.open.as_ref()) {
+            (Some(need), Some(open)) => {
+                let last = open.last().expect("only a segment with entries is closed");
+                self.file_operation()?;
+                self.closing = Some(need);
+                self.close_wanted = None;
+                Some(SegmentClose {
+                    disk: Arc::clone(&self.disk),
+                    dir: self.dir.clone(),
+                    from: open.name.clone(),
+                    to: closed_name(open.first, last),
+                    first: open.first,
+                    last,
+                })
+            }
+            _ => {
+                self.close_wanted = None;
+                None
+            }
+        };
         let flush = self
             .open
             .as_ref()
@@ -995,6 +1094,7 @@ impl SegmentLog {
             });
         Ok(SyncRequest {
             flush,
+            close,
             last: self.last_index,
             truncations: self.truncations,
         })
@@ -1018,6 +1118,9 @@ impl SegmentLog {
         }
         if self.failed {
             return Err(LogError::Failed);
+        }
+        if let Some(close) = &request.close {
+            self.close_end(close);
         }
         if request.truncations == self.truncations {
             assert!(
@@ -1043,15 +1146,88 @@ impl SegmentLog {
         Ok(self.durable_index)
     }
 
+    /// Ends the close a sync request ran: the open segment joins the closed ones under its new
+    /// name, durable whole, and a spare the directory sync covered becomes the open segment.
+    fn close_end(&mut self, close: &SegmentClose) {
+        let need = self.closing.take().expect("a close was out");
+        let open = self
+            .open
+            .take()
+            .expect("the closing segment stays open until its end");
+        assert_eq!((open.first, open.last()), (close.first, Some(close.last)));
+        open.writer.map().release(0..open.end);
+        self.cache.borrow_mut().insert(
+            open.first,
+            Arc::clone(open.writer.map()),
+            open.offsets.into(),
+        );
+        self.closed.push(ClosedSegment {
+            first: close.first,
+            last: close.last,
+            name: close.to.clone(),
+        });
+        // Nothing was renamed while the close was out: its directory sync covered every spare.
+        self.dir_sync_pending = false;
+        self.durable_index = self.durable_index.max(close.last);
+        if let Some(position) = self.spares.iter().position(|spare| spare.capacity >= need) {
+            let spare = self.spares.remove(position);
+            match SegmentMap::open_writable(&spare.file, spare.capacity, 0) {
+                Ok((_, writer)) => {
+                    self.open = Some(OpenSegment {
+                        counter: spare.counter,
+                        name: spare.name,
+                        file: spare.file,
+                        writer,
+                        capacity: spare.capacity,
+                        first: self.last_index.next(),
+                        offsets: Vec::new(),
+                        end: SEGMENT_HEADER_BYTES,
+                        synced_end: SEGMENT_HEADER_BYTES,
+                        released_end: 0,
+                    });
+                }
+                // Mapped again by the next append, which reports the failure.
+                Err(error) => {
+                    log::warn!("mapping the next segment: {error}");
+                    self.spares.insert(position, spare);
+                }
+            }
+        }
+    }
+
+    /// Closes full segments in the background: an append that does not fit in the open
+    /// segment is refused ([`LogError::Closing`]) and the next [`SegmentLog::sync_begin`]
+    /// returns a request that also renames the full segment and syncs the directory; appends
+    /// are taken again once that request has ended (see "Closing in the background").
+    pub fn set_background_close(&mut self, on: bool) {
+        self.background_close = on;
+    }
+
+    /// A full segment waits to be closed by the next sync request, or is being closed by the
+    /// one out: appends are refused meanwhile.
+    pub fn close_pending(&self) -> bool {
+        self.close_wanted.is_some() || self.closing.is_some()
+    }
+
+    /// A sync request that closes the open segment is out.
+    pub fn closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
     fn truncate_entries(&mut self, index: LogIndex) -> Result<(), LogError> {
         assert!(
             index.0 + 1 >= self.first_index.0,
             "truncating compacted entries"
         );
         self.check_usable()?;
+        if self.closing.is_some() {
+            return Err(LogError::Closing);
+        }
         if index >= self.last_index {
             return Ok(());
         }
+        // The open segment changes: a close it wanted is decided again by the next append.
+        self.close_wanted = None;
         // Syncs begun before this no longer describe the log, even if this fails half-way.
         self.truncations += 1;
         // The segment holding both `index` and `index + 1`, if any, must be cut: build its
@@ -1202,6 +1378,9 @@ impl SegmentLog {
     }
 
     fn compact_entries(&mut self, index: LogIndex, term: Term) -> Result<(), LogError> {
+        if self.closing.is_some() {
+            return Err(LogError::Closing);
+        }
         self.check_usable()?;
         if index < self.first_index {
             return Ok(());

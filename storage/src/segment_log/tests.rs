@@ -1359,3 +1359,130 @@ fn test_a_compaction_point_a_crash_kept_is_made_durable_at_open() {
     let log = SegmentLog::open_on(shared, dir, options(4096)).unwrap();
     assert_eq!((log.first_index(), log.last_index()), (first, last));
 }
+
+#[test]
+fn test_background_close_refuses_appends_until_its_sync_request_ends() {
+    // 1000-byte entries in 4 KiB segments, three per segment. With background closes the
+    // fourth append is refused, changing nothing; the next sync request flushes the full
+    // segment, renames it and syncs the directory (on another thread here), and meanwhile the
+    // log refuses appends, truncations and compactions. Once it ends the entries it closed are
+    // durable, a spare is open, and the refused batch goes in.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.set_background_close(true);
+    log.append(&entries(1..=3, 1, 1000)).unwrap();
+    let refused = log.append(&entries(4..=4, 1, 1000)).unwrap_err();
+    assert!(crate::is_closing(&refused), "{refused}");
+    assert_eq!(log.last_index(), LogIndex(3));
+    assert!(log.close_pending() && !log.closing());
+    assert_eq!(
+        segment_names(dir.path())
+            .iter()
+            .filter(|n| n.starts_with("open-"))
+            .count(),
+        2
+    );
+    let request = log.sync_begin().unwrap();
+    assert!(request.closes_segment());
+    assert_eq!(request.last_index(), LogIndex(3));
+    assert!(log.closing());
+    let running = std::thread::spawn(move || {
+        let result = request.run();
+        (request, result)
+    });
+    for refused in [
+        log.append(&entries(4..=4, 1, 1000)).unwrap_err(),
+        log.truncate_after(LogIndex(2)).unwrap_err(),
+        log.compact_through(LogIndex(1), Term(1)).unwrap_err(),
+        log.sync().unwrap_err(),
+    ] {
+        assert!(crate::is_closing(&refused), "{refused}");
+    }
+    assert!(matches!(log.sync_begin(), Err(LogError::Closing)));
+    log.prepare_next_segment().unwrap(); // Quietly nothing while the close is out.
+    assert_eq!(log.durable_index(), LogIndex(0));
+    let (request, result) = running.join().unwrap();
+    assert_eq!(log.sync_end(request, result).unwrap(), LogIndex(3));
+    assert!(!log.close_pending());
+    let names = segment_names(dir.path());
+    assert!(
+        names.contains(&closed_name(LogIndex(1), LogIndex(3))),
+        "{names:?}"
+    );
+    log.append(&entries(4..=5, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.durable_index(), LogIndex(5));
+    assert_eq!(log.closed.len(), 1);
+    let written = read_all(&log, 1, 6);
+    drop(log);
+    let log = SegmentLog::open(dir.path(), options(4096)).unwrap();
+    assert_eq!(read_all(&log, 1, 6), written);
+}
+
+#[test]
+fn test_background_close_by_a_plain_sync_and_after_a_truncation() {
+    // `sync` (the stop's) runs a wanted close itself; a truncation drops a wanted close (the
+    // open segment it cut may have room again); a batch larger than a segment still rolls over
+    // in place.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.set_background_close(true);
+    log.append(&entries(1..=3, 1, 1000)).unwrap();
+    assert!(crate::is_closing(
+        &log.append(&entries(4..=4, 1, 1000)).unwrap_err()
+    ));
+    log.sync().unwrap();
+    assert_eq!(log.durable_index(), LogIndex(3));
+    assert!(!log.close_pending());
+    log.append(&entries(4..=6, 1, 1000)).unwrap();
+    assert!(crate::is_closing(
+        &log.append(&entries(7..=7, 1, 1000)).unwrap_err()
+    ));
+    log.truncate_after(LogIndex(5)).unwrap();
+    assert!(!log.close_pending());
+    log.append(&entries(6..=6, 2, 1000)).unwrap();
+    // Five entries at once need more than a fresh segment: rolled over in place.
+    log.append(&entries(7..=11, 2, 1000)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.durable_index(), LogIndex(11));
+    let written = read_all(&log, 1, 12);
+    drop(log);
+    let log = SegmentLog::open(dir.path(), options(4096)).unwrap();
+    assert_eq!(read_all(&log, 1, 12), written);
+}
+
+#[test]
+fn test_background_close_cut_by_a_crash_recovers_every_synced_entry() {
+    // The close request is begun but never run (the process dies): the full segment keeps its
+    // `open-N` name and nothing was written to the spare; recovery finds every entry synced
+    // before, and the log goes on.
+    let disk = crate::SimDisk::new(7);
+    let dir = Path::new("/log");
+    let mut log = SegmentLog::open_on(disk.shared(), dir, options(4096)).unwrap();
+    log.set_background_close(true);
+    log.append(&entries(1..=3, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    assert!(crate::is_closing(
+        &log.append(&entries(4..=4, 1, 1000)).unwrap_err()
+    ));
+    let request = log.sync_begin().unwrap();
+    assert!(request.closes_segment());
+    drop(request);
+    drop(log);
+    disk.power_loss(crate::PowerLoss::DropUnsynced);
+    let mut log = SegmentLog::open_on(disk.shared(), dir, options(4096)).unwrap();
+    assert_eq!(log.last_index(), LogIndex(3));
+    log.set_background_close(true);
+    assert!(crate::is_closing(
+        &log.append(&entries(4..=4, 1, 1000)).unwrap_err()
+    ));
+    let request = log.sync_begin().unwrap();
+    let result = request.run();
+    assert_eq!(log.sync_end(request, result).unwrap(), LogIndex(3));
+    log.append(&entries(4..=4, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    disk.power_loss(crate::PowerLoss::DropUnsynced);
+    let log = SegmentLog::open_on(disk.shared(), dir, options(4096)).unwrap();
+    assert_eq!(log.last_index(), LogIndex(4));
+}
