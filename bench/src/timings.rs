@@ -108,7 +108,7 @@ impl Breakdown {
                         ..Turn::default()
                     },
                     (
-                        &[total_us, events, persist_us, sync_us, apply_us, handle_us, after_us, step_us],
+                        &[total_us, events, persist_us, sync_us, apply_us, handle, after, step_us],
                         Some(step),
                     ) => Turn {
                         total_us,
@@ -116,8 +116,8 @@ impl Breakdown {
                         persist_us,
                         sync_us,
                         apply_us,
-                        handle_us,
-                        after_us,
+                        handle_us: handle,
+                        after_us: after,
                         after_step: (step, step_us),
                     },
                     _ => {
@@ -259,10 +259,9 @@ mod tests {
             "{summary}"
         );
         assert_eq!(breakdown.longest[1].after_step, ("snapshot".into(), 8500));
-        assert!(
-            summary.contains("9.0 ms (2 events: handle 0.3; persist 0.0, sync 0.0, apply 0.0; after 8.6, longest snapshot 8.5)"),
-            "{summary}"
-        );
+        let expected = "9.0 ms (2 events: handle 0.3; persist 0.0, sync 0.0, apply 0.0; \
+                        after 8.6, longest snapshot 8.5)";
+        assert!(summary.contains(expected), "{summary}");
         let path = breakdown.leader_path(1500.0);
         assert!(
             path.contains("execute 20 + batch wait 0 + commit 1000"),
