@@ -897,9 +897,18 @@ impl SegmentLog {
         let name = closed_name(open.first, last);
         self.rename(&open.name, &name)?;
         self.dir_sync_pending = true;
-        let open = self.open.take().expect("checked above");
-        // Durable now, and read again only by a lagging follower or a restart: the pages leave
-        // the process (the page cache keeps them for such a read).
+        self.retire_open(name);
+        Ok(())
+    }
+
+    /// Moves the open segment, durable whole and renamed `name`, to the closed ones. It is read
+    /// again only by a lagging follower or a restart: its pages leave the process (the page
+    /// cache keeps them for such a read), its map and offset index go to the cache.
+    fn retire_open(&mut self, name: String) {
+        let open = self.open.take().expect("an open segment to retire");
+        let last = open
+            .last()
+            .expect("only segments holding entries are closed");
         open.writer.map().release(0..open.end);
         self.cache.borrow_mut().insert(
             open.first,
@@ -910,6 +919,30 @@ impl SegmentLog {
             first: open.first,
             last,
             name,
+        });
+    }
+
+    /// Makes the spare at `position` the open segment, mapped; on failure it stays a spare.
+    fn open_spare(&mut self, position: usize) -> io::Result<()> {
+        let spare = self.spares.remove(position);
+        let writer = match SegmentMap::open_writable(&spare.file, spare.capacity, 0) {
+            Ok((_, writer)) => writer,
+            Err(error) => {
+                self.spares.insert(position, spare);
+                return Err(error);
+            }
+        };
+        self.open = Some(OpenSegment {
+            counter: spare.counter,
+            name: spare.name,
+            file: spare.file,
+            writer,
+            capacity: spare.capacity,
+            first: self.last_index.next(),
+            offsets: Vec::new(),
+            end: SEGMENT_HEADER_BYTES,
+            synced_end: SEGMENT_HEADER_BYTES,
+            released_end: 0,
         });
         Ok(())
     }
@@ -945,23 +978,9 @@ impl SegmentLog {
             .iter()
             .position(|spare| spare.capacity >= need)
             .expect("prepare_for made a spare for every new segment");
-        let spare = self.spares.remove(position);
-        let path = self.dir.join(&spare.name);
-        let (_, writer) = SegmentMap::open_writable(&spare.file, spare.capacity, 0)
-            .map_err(|error| LogError::io("mapping segment", &path, error))?;
-        self.open = Some(OpenSegment {
-            counter: spare.counter,
-            name: spare.name,
-            file: spare.file,
-            writer,
-            capacity: spare.capacity,
-            first: self.last_index.next(),
-            offsets: Vec::new(),
-            end: SEGMENT_HEADER_BYTES,
-            synced_end: SEGMENT_HEADER_BYTES,
-            released_end: 0,
-        });
-        Ok(())
+        let path = self.dir.join(&self.spares[position].name);
+        self.open_spare(position)
+            .map_err(|error| LogError::io("mapping segment", &path, error))
     }
 
     /// Copies one entry into the open segment, which has room for it. Fails only when the
@@ -1152,45 +1171,17 @@ impl SegmentLog {
         let need = self.closing.take().expect("a close was out");
         let open = self
             .open
-            .take()
+            .as_ref()
             .expect("the closing segment stays open until its end");
         assert_eq!((open.first, open.last()), (close.first, Some(close.last)));
-        open.writer.map().release(0..open.end);
-        self.cache.borrow_mut().insert(
-            open.first,
-            Arc::clone(open.writer.map()),
-            open.offsets.into(),
-        );
-        self.closed.push(ClosedSegment {
-            first: close.first,
-            last: close.last,
-            name: close.to.clone(),
-        });
+        self.retire_open(close.to.clone());
         // Nothing was renamed while the close was out: its directory sync covered every spare.
         self.dir_sync_pending = false;
         self.durable_index = self.durable_index.max(close.last);
         if let Some(position) = self.spares.iter().position(|spare| spare.capacity >= need) {
-            let spare = self.spares.remove(position);
-            match SegmentMap::open_writable(&spare.file, spare.capacity, 0) {
-                Ok((_, writer)) => {
-                    self.open = Some(OpenSegment {
-                        counter: spare.counter,
-                        name: spare.name,
-                        file: spare.file,
-                        writer,
-                        capacity: spare.capacity,
-                        first: self.last_index.next(),
-                        offsets: Vec::new(),
-                        end: SEGMENT_HEADER_BYTES,
-                        synced_end: SEGMENT_HEADER_BYTES,
-                        released_end: 0,
-                    });
-                }
-                // Mapped again by the next append, which reports the failure.
-                Err(error) => {
-                    log::warn!("mapping the next segment: {error}");
-                    self.spares.insert(position, spare);
-                }
+            // On failure the next append maps it again and reports the failure.
+            if let Err(error) = self.open_spare(position) {
+                log::warn!("mapping the next segment: {error}");
             }
         }
     }
