@@ -113,9 +113,6 @@ const _: () = assert!((TRANSACTION_BYTES_MAX as u64) < atoll_raft::codec::ENTRY_
 const _: () = assert!(atoll_raft::codec::ENTRY_BYTES_MAX + (1 << 20) < PEER_FRAME_BYTES_MAX as u64);
 const _: () = assert!(PEER_FRAME_BYTES_MAX as usize + 64 < PEER_QUEUE_BYTES_MAX);
 
-/// The ticks to count when the tick timer fires at `now`, the last counted tick boundary being
-/// `tick_at`: every whole tick since (at least one, at most `max`), and the new boundary. A
-/// stall longer than `max` ticks is forgotten beyond them: the boundary moves to `now`.
 /// What became of a ready's entries (`Node::append_entries`).
 enum Append {
     /// In the log (durable once a sync covers them).
@@ -126,6 +123,9 @@ enum Append {
     Closing,
 }
 
+/// The ticks to count when the tick timer fires at `now`, the last counted tick boundary being
+/// `tick_at`: every whole tick since (at least one, at most `max`), and the new boundary. A
+/// stall longer than `max` ticks is forgotten beyond them: the boundary moves to `now`.
 fn count_ticks(tick_at: Instant, now: Instant, tick: Duration, max: u32) -> (u32, Instant) {
     let elapsed = now.saturating_duration_since(tick_at);
     let ticks = (elapsed.as_nanos() / tick.as_nanos()).max(1);
@@ -1444,27 +1444,24 @@ impl Node {
                         }
                     }
                 }
-                Append::Closing => {
-                    // Appended once the close ends, and acknowledged then: the answers to
-                    // appends wait (those to snapshot chunks wait only for the next sync).
-                    let (acks, chunk_acks): (Vec<_>, Vec<_>) =
-                        std::mem::take(&mut ready.persisted_messages)
-                            .into_iter()
-                            .partition(|m| m.kind == atoll_raft::MessageKind::AppendResponse);
-                    ready.persisted_messages = chunk_acks;
-                    let truncations = self.raft.log().truncations();
-                    match &mut self.held_acks {
-                        Some((held, waiting)) if *held == truncations => waiting.extend(acks),
-                        held => *held = Some((truncations, acks)),
+                not_appended => {
+                    if matches!(not_appended, Append::Closing) {
+                        // Appended once the close ends, and acknowledged then: the answers to
+                        // appends wait (those to snapshot chunks only for the next sync).
+                        let (acks, chunk_acks): (Vec<_>, Vec<_>) =
+                            std::mem::take(&mut ready.persisted_messages)
+                                .into_iter()
+                                .partition(|m| m.kind == atoll_raft::MessageKind::AppendResponse);
+                        ready.persisted_messages = chunk_acks;
+                        let truncations = self.raft.log().truncations();
+                        match &mut self.held_acks {
+                            Some((held, waiting)) if *held == truncations => waiting.extend(acks),
+                            held => *held = Some((truncations, acks)),
+                        }
+                    } else {
+                        // Unappended entries are not acknowledged: drop the answers that would.
+                        ready.persisted_messages.clear();
                     }
-                    self.raft
-                        .append_failed(entries)
-                        .map_err(|e| fatal("giving entries back to raft", e))?;
-                    stalled = true;
-                }
-                Append::Refused => {
-                    // Unappended entries are not acknowledged: drop the answers that would.
-                    ready.persisted_messages.clear();
                     self.raft
                         .append_failed(entries)
                         .map_err(|e| fatal("giving entries back to raft", e))?;
