@@ -306,9 +306,22 @@ struct Incoming {
 }
 
 impl Engine {
-    /// Starts a consistent snapshot of every database at the applied index. Checkpoints of the
-    /// databases wait until the reader is dropped.
+    /// Starts a consistent snapshot of every database at the applied index, from its main file
+    /// and WAL: no checkpoint is needed first. Checkpoints of the databases wait until the
+    /// reader is dropped.
+    ///
+    /// [`EngineError::NotSettled`] while some database's files are ahead of the applied index
+    /// (after a restart, until replay passes what its last checkpoint covered; see
+    /// [`Engine::database_image`]): the snapshot would mix states.
     pub fn snapshot(&mut self) -> Result<SnapshotReader, EngineError> {
+        if let Some((database, index)) = self.unsettled() {
+            return Err(EngineError::NotSettled { database, index });
+        }
+        self.snapshot_as_is()
+    }
+
+    /// [`Engine::snapshot`] without the check that every database is settled.
+    fn snapshot_as_is(&mut self) -> Result<SnapshotReader, EngineError> {
         let mut parts = Vec::new();
         for part in self.snapshot_parts() {
             parts.push(self.open_part(part)?);
@@ -449,7 +462,7 @@ impl Engine {
         self.wait_checkpoints();
         // Every database as it is (open ones under a read transaction, closed ones from their
         // main files), the restored one replaced by the file.
-        let mut stream = self.snapshot()?;
+        let mut stream = self.snapshot_as_is()?;
         stream.index = index;
         stream.parts.retain(|part| part.name != name);
         stream.parts.push(Part {

@@ -52,6 +52,7 @@ pub mod secret;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod sim_network;
+mod snapshot_job;
 mod timings;
 pub mod tls;
 mod values;
@@ -59,7 +60,7 @@ mod verify;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,20 +83,18 @@ use network::Network;
 use clients::{ChangeWaiter, Client};
 use config::NodeConfig;
 use inputs::{Clock, Inputs, Random};
+use snapshot_job::{Progress, SnapshotJob};
 
 /// The reactor timer token of the raft tick.
 const TICK_TOKEN: u64 = 1;
-/// Snapshot bytes copied from the engine to the snapshot file per loop turn: a snapshot of a
-/// large database spreads over many turns, so clients keep being served while it is written.
-const SNAPSHOT_BYTES_PER_TURN: usize = 1 << 20;
 /// A node that applied nothing for this long checkpoints every database (TRUNCATE), so that a
 /// restart replays little and the WAL files give their space back.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
 /// A snapshot from the leader that could not be stored for want of space: chunks are dropped
 /// unread this long before the next try (the leader resends them when it sees no progress).
 const SNAPSHOT_RECEIVE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// A snapshot attempt that could not start (a checkpoint was held back by a reader) is retried
-/// after this many more applied entries.
+/// A snapshot attempt that could not start (a database not settled after a restart, a full
+/// disk) is retried after this many more applied entries.
 const SNAPSHOT_RETRY_ENTRIES: u64 = 256;
 /// Largest transaction a node accepts (captured frame bytes): its command must fit one raft
 /// entry (`atoll_raft::codec::ENTRY_BYTES_MAX`, 32 MiB) with room for the command's headers.
@@ -371,16 +370,6 @@ pub struct Status {
     pub stale_last: Option<LogIndex>,
     /// The voters of the Raft configuration this node follows.
     pub voters: Vec<NodeId>,
-}
-
-/// A snapshot being copied from the engine into the snapshot store, a bounded piece per turn.
-struct SnapshotJob {
-    index: LogIndex,
-    reader: atoll_core::SnapshotReader,
-    writer: SnapshotWriter,
-    buffer: Vec<u8>,
-    /// Bytes written to `writer` so far.
-    written: u64,
 }
 
 /// A running node. Built by [`Node::open`], run by [`Node::run`].
@@ -717,13 +706,13 @@ impl Node {
                         meta.index
                     );
                 }
-                if cut
-                    || recovery
-                        .replay_from()
-                        .is_none_or(|from| from < meta.index.0)
-                {
-                    // The databases are older than the snapshot (an install from a leader was
-                    // interrupted): install it again, then replay the log after it.
+                // Databases behind the snapshot replay the log up to it when the log still
+                // holds every entry after them: a node's own snapshot is taken without a
+                // checkpoint, and the log is compacted no further than the checkpoints.
+                let replays = |from: u64| from >= meta.index.0 || log.first_index().0 <= from + 1;
+                if cut || recovery.replay_from().is_none_or(|from| !replays(from)) {
+                    // The databases are older than the snapshot and the log (an install from a
+                    // leader was interrupted): install it again, then replay the log after it.
                     info!("databases behind snapshot {}: installing it", meta.index);
                     let mut reader = log
                         .snapshots()
@@ -998,7 +987,9 @@ impl Node {
     /// checksums): its next turn must not wait for input. Otherwise nothing changes in it until
     /// an input arrives or one of its timers fires, so a host (the simulator) need not turn it.
     pub fn busy(&self) -> bool {
-        self.snapshot_job.is_some() || !self.proposals.is_empty() || self.verify.busy()
+        self.snapshot_job.as_ref().is_some_and(SnapshotJob::copying)
+            || !self.proposals.is_empty()
+            || self.verify.busy()
     }
 
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
@@ -1405,13 +1396,9 @@ impl Node {
             ready.persisted_messages.clear();
         }
         // 2. The log: install, truncate + append, hard state (durable before sends). A
-        //    compaction is done later, a segment file per turn (`compact_step`).
+        //    compaction is done later, a segment file per turn, never past the databases'
+        //    checkpoints (`compact_step`).
         if let Some((index, term)) = ready.compact.take() {
-            let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
-            assert!(
-                index.0 <= floor,
-                "compaction through {index} would pass the checkpoint index {floor}"
-            );
             if self.compact_target.is_none_or(|(target, _)| target < index) {
                 self.compact_target = Some((index, term));
             }
@@ -1982,58 +1969,27 @@ impl Node {
         now
     }
 
-    /// Every `snapshot_entries` applied entries: a forced checkpoint, then a snapshot of every
-    /// database at the applied index, copied a bounded piece per turn; once written, raft
-    /// compacts the log behind it and old snapshots go.
+    /// Every `snapshot_entries` applied entries: a snapshot of every database at the applied
+    /// index, read from their files and WALs as they are (no checkpoint first: on a large
+    /// database that stalled the loop past an election timeout), copied a bounded piece per
+    /// turn and made durable off the loop (`snapshot_job.rs`). Once written, raft compacts the
+    /// log behind it, no further than the databases' checkpoints, which are then brought up to
+    /// it in the background; old snapshots go.
     fn snapshot_policy(&mut self) -> Result<(), NodeError> {
         if self.install_pending.is_some() {
             return Ok(()); // The databases are behind raft's snapshot.
         }
         if let Some(job) = self.snapshot_job.as_mut() {
-            let mut copied = 0;
-            while copied < SNAPSHOT_BYTES_PER_TURN {
-                let read = job
-                    .reader
-                    .read(&mut job.buffer)
-                    .map_err(|e| fatal("reading the snapshot", e))?;
-                if read == 0 {
-                    break;
+            let index = job.index();
+            match job.turn(self.checkpoint_sync_in_background) {
+                Progress::Working => return Ok(()),
+                Progress::ReadFailed(e) => return Err(fatal("reading the snapshot", e)),
+                Progress::WriteFailed(why, e) => return self.snapshot_failed(&why, e),
+                Progress::Written(meta) => {
+                    self.snapshot_job = None;
+                    return self.snapshot_written(index, meta);
                 }
-                if let Err(e) = job.writer.write_all(&job.buffer[..read]) {
-                    let why = format!(
-                        "writing snapshot {} ({} bytes written)",
-                        job.index, job.written
-                    );
-                    return self.snapshot_failed(&why, e);
-                }
-                job.written += read as u64;
-                copied += read;
             }
-            if copied < SNAPSHOT_BYTES_PER_TURN {
-                let job = self.snapshot_job.take().expect("checked above");
-                let index = job.index;
-                let meta = match job.writer.finish() {
-                    Ok(meta) => meta,
-                    Err(e) => {
-                        let why = format!("finishing snapshot {index}");
-                        return self.snapshot_failed(&why, e);
-                    }
-                };
-                drop(job.reader);
-                if std::mem::take(&mut self.snapshot_postponed) {
-                    info!("disk space back: snapshots resume");
-                }
-                self.raft
-                    .snapshot_taken(job.index, meta.data_bytes)
-                    .map_err(|e| fatal("recording the snapshot", e))?;
-                self.stats.snapshots += 1;
-                info!(
-                    "snapshot at index {} written ({} bytes)",
-                    job.index, meta.data_bytes
-                );
-                self.prune_snapshots();
-            }
-            return Ok(());
         }
         let applied = self.raft.applied().0;
         if applied < self.snapshot_next_at {
@@ -2043,30 +1999,21 @@ impl Node {
         if self.raft.configuration_index().0 > applied {
             return Ok(()); // A configuration change is not applied yet: its snapshot waits.
         }
-        // The snapshot's index must not pass the checkpoint index, so that the compaction that
-        // follows never drops an entry recovery would need.
-        let checkpoint = match self.engine.checkpoint(true) {
-            Ok(checkpoint) => checkpoint,
-            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
-                return self.snapshot_failed("checkpointing before a snapshot", e);
-            }
-            Err(e) => return Err(fatal("checkpointing", e)),
-        };
-        if checkpoint.is_some_and(|index| index < applied) {
-            debug!("snapshot postponed: a checkpoint waits for a reader");
-            return Ok(());
-        }
-        self.checkpointed_at = applied;
         let index = LogIndex(applied);
         let term = self
             .raft
             .log_term(index)
             .ok_or_else(|| NodeError::Fatal(format!("no term for applied index {index}")))?;
         let configuration = self.raft.configuration().encode_to_vec();
-        let reader = self
-            .engine
-            .snapshot()
-            .map_err(|e| fatal("starting the snapshot", e))?;
+        let reader = match self.engine.snapshot() {
+            Ok(reader) => reader,
+            Err(atoll_core::EngineError::NotSettled { database, index }) => {
+                // After a restart, until replay passes what a checkpoint copied.
+                debug!("snapshot postponed: {database:?} settles at index {index}");
+                return Ok(());
+            }
+            Err(e) => return Err(fatal("starting the snapshot", e)),
+        };
         assert_eq!(reader.index(), applied);
         // A snapshot that would leave less than the margin writes keep is not started: it
         // would fail part-way, or take the space committed writes need.
@@ -2092,14 +2039,38 @@ impl Node {
             Ok(writer) => writer,
             Err(e) => return self.snapshot_failed(&format!("creating snapshot {index}"), e),
         };
-        self.snapshot_job = Some(SnapshotJob {
-            index,
-            reader,
-            writer,
-            buffer: vec![0; 64 * 1024],
-            written: 0,
-        });
+        self.snapshot_job = Some(SnapshotJob::new(index, reader, writer));
         self.snapshot_next_at = applied + snapshot_interval(&self.config, self.random.as_mut());
+        Ok(())
+    }
+
+    /// Snapshot `index` is durable: raft learns of it (and asks for the log behind it to be
+    /// compacted), and every database checkpoints up to it, so that the compaction can go on.
+    fn snapshot_written(
+        &mut self,
+        index: LogIndex,
+        meta: atoll_storage::SnapshotMeta,
+    ) -> Result<(), NodeError> {
+        if std::mem::take(&mut self.snapshot_postponed) {
+            info!("disk space back: snapshots resume");
+        }
+        self.raft
+            .snapshot_taken(index, meta.data_bytes)
+            .map_err(|e| fatal("recording the snapshot", e))?;
+        self.stats.snapshots += 1;
+        info!(
+            "snapshot at index {index} written ({} bytes)",
+            meta.data_bytes
+        );
+        self.prune_snapshots();
+        match self.engine.checkpoint_behind(index.0) {
+            Ok(floor) => debug!("checkpoints behind snapshot {index} started (floor {floor:?})"),
+            // The log waits for a later checkpoint; a full disk is handled where writes see it.
+            Err(atoll_core::EngineError::Io(e)) if disk::is_full(&e) => {
+                warn!("checkpoints up to snapshot {index} cut short by a full disk: {e}");
+            }
+            Err(e) => return Err(fatal("checkpointing up to the snapshot", e)),
+        }
         Ok(())
     }
 
@@ -2136,15 +2107,19 @@ impl Node {
             self.compact_target = None;
             return Ok(());
         }
-        let (index, term) = match log.oldest_segment_last_index() {
-            Some(last) if last < target => match self.raft.log_term(last) {
-                Some(term) => (last, term),
-                None => (target, target_term),
-            },
-            _ => (target, target_term),
+        // Recovery replays the log after each database's checkpoint: a snapshot ahead of them
+        // compacts whole segments up to them, and the rest once they pass it.
+        let floor = LogIndex(self.engine.min_checkpoint_index().unwrap_or(u64::MAX));
+        let segment = log
+            .oldest_segment_last_index()
+            .filter(|&last| last < target && last <= floor)
+            .and_then(|last| Some((last, self.raft.log_term(last)?)));
+        let (index, term) = match segment {
+            Some(segment) => segment,
+            None if target <= floor => (target, target_term),
+            None => return Ok(()), // The checkpoints catch up (`snapshot_policy`).
         };
-        let floor = self.engine.min_checkpoint_index().unwrap_or(u64::MAX);
-        assert!(index.0 <= floor, "compaction past the checkpoint index");
+        assert!(index <= floor, "compaction past the checkpoint index");
         if self.disk.is_full() {
             return Ok(()); // Tried again once space is back.
         }

@@ -3,6 +3,7 @@
 //! only once released), real files, real loopback clients. While a sync is held the loop keeps
 //! turning (it receives, executes, appends and sends), but nothing it covers counts as durable:
 //! a single voter commits nothing, and followers acknowledge nothing, until it is released.
+//! Snapshots too stay off the loop: no checkpoint before one, its file finished on a helper.
 
 use std::io;
 use std::net::TcpListener;
@@ -530,4 +531,137 @@ fn test_a_full_segment_closes_off_the_loop_and_the_writes_wait_for_it() {
     drive(&mut nodes, &clock, |_| count.is_finished());
     let rows = count.join().unwrap();
     assert_eq!(rows.rows, vec![vec![Value::Integer(40)]]);
+}
+
+#[test]
+fn test_a_snapshot_waits_for_no_checkpoint_and_the_log_keeps_what_recovery_needs() {
+    // One voter snapshotting every 32 entries, compacting right behind each snapshot. A client
+    // holds a read transaction: no checkpoint can pass it. Snapshots are still taken (from the
+    // databases' files and WALs, without a checkpoint on the loop), but the log is not
+    // compacted past the checkpoint, so that a restart replays the entries after it instead
+    // of installing the node's own snapshot; and every row is there.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_addresses(1).remove(0);
+    let mut config = NodeConfig::new(1, address.clone());
+    config.snapshot_entries = 32;
+    let mut configuration = Configuration::new();
+    configuration.insert(NodeId(1), address.clone(), MemberRole::Voter);
+    atoll_node::init_member(
+        atoll_storage::StdDisk::shared(),
+        &data,
+        &config,
+        &ClusterSecret::generate().unwrap(),
+        &configuration,
+        Some(64 << 10),
+    )
+    .unwrap();
+    let clock = ManualClock::new();
+    let options = || StartOptions {
+        log_segment_bytes: Some(64 << 10),
+        snapshot_trailing_entries: Some(0),
+        ..StartOptions::default()
+    };
+    let (node, _disk) = open_with(&data, &clock, 21, options());
+    let mut nodes = [node];
+    let write = |rows: std::ops::Range<i64>| {
+        let address = address.clone();
+        thread::spawn(move || {
+            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+            connection.open("db").unwrap();
+            connection
+                .exec_sql(
+                    "CREATE TABLE IF NOT EXISTS t(k INTEGER PRIMARY KEY, v)",
+                    &[],
+                )
+                .unwrap();
+            for row in rows {
+                connection
+                    .exec_sql(
+                        "INSERT INTO t VALUES (?, randomblob(2000))",
+                        &[Value::Integer(row)],
+                    )
+                    .unwrap();
+            }
+        })
+    };
+    let first = write(0..40);
+    drive(&mut nodes, &clock, |_| first.is_finished());
+    first.join().unwrap();
+
+    // A reader opens a transaction and holds it.
+    let (began_tx, began) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let address = address.clone();
+        thread::spawn(move || {
+            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+            connection.open("db").unwrap();
+            connection.exec_sql("BEGIN", &[]).unwrap();
+            let rows = connection.query_sql("SELECT count(*) FROM t", &[]).unwrap();
+            began_tx.send(rows.rows).unwrap();
+            let _ = release_rx.recv();
+            // The node may be gone by now (the test crashes it).
+            let _ = connection.exec_sql("COMMIT", &[]);
+        })
+    };
+    let mut seen = None;
+    drive(&mut nodes, &clock, |_| {
+        seen = began.try_recv().ok();
+        seen.is_some()
+    });
+    assert_eq!(seen.unwrap(), vec![vec![Value::Integer(40)]]);
+    let held_at = nodes[0].state();
+    let second = write(40..200);
+    drive(&mut nodes, &clock, |_| second.is_finished());
+    second.join().unwrap();
+    // The snapshots finish on a helper thread: a few more turns see them.
+    let taken = held_at.snapshots_taken;
+    drive(&mut nodes, &clock, |nodes| {
+        nodes[0].state().snapshots_taken >= taken + 3
+    });
+    let crashed = nodes[0].state();
+    let snapshot = crashed.snapshot.expect("a snapshot");
+    assert!(snapshot > held_at.applied, "{held_at:?} {crashed:?}");
+    assert!(
+        crashed.log_first <= held_at.applied.next(),
+        "the log was compacted past the reader's checkpoint: {held_at:?} {crashed:?}"
+    );
+
+    // A crash (no clean stop, which would checkpoint): the restart replays the log after the
+    // checkpoint, behind the snapshot, and serves every row.
+    let [node] = nodes;
+    drop(node);
+    release.send(()).unwrap();
+    reader.join().unwrap();
+    let (node, _disk) = open_with(&data, &clock, 22, options());
+    let reopened = node.state();
+    assert_eq!(reopened.snapshot, Some(snapshot));
+    assert!(
+        reopened.applied < snapshot,
+        "the snapshot was installed instead of the log replayed: {reopened:?}"
+    );
+    let mut nodes = [node];
+    let count = {
+        let address = address.clone();
+        thread::spawn(move || {
+            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+            connection.open("db").unwrap();
+            connection.query_sql("SELECT count(*) FROM t", &[]).unwrap()
+        })
+    };
+    drive(&mut nodes, &clock, |_| count.is_finished());
+    assert_eq!(count.join().unwrap().rows, vec![vec![Value::Integer(200)]]);
+
+    // With no reader left, the checkpoints that follow each snapshot catch up with it (far
+    // fewer frames than a checkpoint of its own needs), and the log is compacted past it while
+    // the writes go on (not only once the node idles, which checkpoints everything).
+    let third = write(200..300);
+    drive(&mut nodes, &clock, |nodes| {
+        third.is_finished() || nodes[0].state().log_first > snapshot
+    });
+    let state = nodes[0].state();
+    assert!(state.log_first > snapshot, "{state:?}");
+    drive(&mut nodes, &clock, |_| third.is_finished());
+    third.join().unwrap();
 }

@@ -46,18 +46,19 @@ pub struct RaftLog<L: LogRead> {
 }
 
 impl<L: LogRead> RaftLog<L> {
-    /// Wraps a store reopened after a restart: everything it holds is durable.
-    pub(crate) fn new(store: L, applied: LogIndex) -> RaftLog<L> {
+    /// Wraps a store reopened after a restart: everything it holds is durable, everything
+    /// through `committed` (the snapshot's index) is known committed.
+    pub(crate) fn new(store: L, applied: LogIndex, committed: LogIndex) -> RaftLog<L> {
         let last = store.last_index();
         let first = store.first_index();
         let compacted = first.prev();
         assert!(
-            applied <= last,
-            "applied {applied} beyond the log's last index {last}"
+            applied <= last && committed <= last,
+            "applied {applied} or committed {committed} beyond the log's last index {last}"
         );
-        // Entries at or below the compaction point and up to the host's applied index are
-        // committed; nothing else is known to be.
-        let committed = applied.max(compacted);
+        // Entries at or below the compaction point, the snapshot and the host's applied index
+        // are committed; nothing else is known to be.
+        let committed = applied.max(compacted).max(committed);
         RaftLog {
             store,
             unstable: Vec::new(),
@@ -510,7 +511,7 @@ mod tests {
             .collect();
         store.append(&entries).unwrap();
         store.sync().unwrap();
-        RaftLog::new(store, LogIndex(0))
+        RaftLog::new(store, LogIndex(0), LogIndex(0))
     }
 
     /// Hands the unstable entries to the store, as a host does between calls.

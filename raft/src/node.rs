@@ -217,7 +217,17 @@ impl<L: LogRead> RawNode<L> {
             }
             None => (LogIndex(0), Configuration::new()),
         };
-        let applied = applied.max(base_index.min(last));
+        // The host's state machine may lag its own snapshot when the log still holds the
+        // entries after what it applied (a host that snapshots without checkpointing first
+        // compacts no further than its checkpoints): those entries are handed out again, as
+        // committed. Otherwise the snapshot is what it has applied.
+        let replays = applied < base_index && first <= applied.next() && base_index <= last;
+        let committed = base_index.min(last);
+        let applied = if replays {
+            applied
+        } else {
+            applied.max(committed)
+        };
         if applied > last {
             return Err(Error::InvalidRequest(
                 "applied index beyond the log's last index",
@@ -254,7 +264,7 @@ impl<L: LogRead> RawNode<L> {
             vote: hard_state.vote,
             role: StateRole::Follower,
             leader_id: None,
-            log: RaftLog::new(log, applied),
+            log: RaftLog::new(log, applied, committed),
             configurations,
             snapshot,
             election_elapsed: 0,

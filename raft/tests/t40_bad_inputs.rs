@@ -207,6 +207,72 @@ fn test_invalid_configs_and_logs_are_refused_at_construction() {
     assert!(matches!(node.campaign(), Err(Error::InvalidRequest(_))));
 }
 
+/// A host may snapshot without bringing its state machine's durable state up to the snapshot
+/// (atoll snapshots its databases without a checkpoint) and compact no further than that
+/// state. Restarted behind its snapshot, with the log holding every entry after what it
+/// applied, it gets those entries again, as committed; without them, the snapshot is its
+/// state (the host installs it).
+#[test]
+fn test_a_host_behind_its_own_snapshot_replays_the_entries_it_kept() {
+    use atoll_storage::LogStore;
+    let mut configuration = atoll_raft::Configuration::new();
+    configuration.insert(NodeId(1), "n1", MemberRole::Voter);
+    configuration.insert(NodeId(2), "n2", MemberRole::Voter);
+    let log = |first: u64| {
+        let mut log = MemLog::new();
+        let mut entries = vec![atoll_raft::bootstrap_entry(&configuration)];
+        entries.extend((2..=10).map(|index| Entry {
+            index: LogIndex(index),
+            term: Term(1),
+            kind: EntryKind::Command,
+            payload: Payload::from_vec(vec![index as u8]),
+        }));
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+        if first > 1 {
+            log.compact_through(LogIndex(first - 1), Term(1)).unwrap();
+        }
+        log
+    };
+    let snapshot = atoll_raft::SnapshotMeta {
+        index: LogIndex(8),
+        term: Term(1),
+        size_bytes: 100,
+        configuration: configuration.clone(),
+    };
+    let hard_state = HardState {
+        term: Term(1),
+        vote: None,
+    };
+    // The log kept everything after index 3: entries 4..=8 are handed out again.
+    let mut node = RawNode::new(
+        Config::new(NodeId(1)),
+        log(4),
+        hard_state,
+        Some(snapshot.clone()),
+        LogIndex(3),
+    )
+    .unwrap();
+    assert_eq!(node.applied(), LogIndex(3));
+    assert_eq!(node.commit_index(), LogIndex(8));
+    let ready = node.ready();
+    let handed: Vec<u64> = ready.committed_entries.iter().map(|e| e.index.0).collect();
+    assert_eq!(handed, vec![4, 5, 6, 7, 8]);
+    node.advance(&ready);
+    assert_eq!(node.applied(), LogIndex(8));
+    // Entry 4 is gone: the snapshot stands for everything through 8.
+    let mut node = RawNode::new(
+        Config::new(NodeId(1)),
+        log(5),
+        hard_state,
+        Some(snapshot),
+        LogIndex(3),
+    )
+    .unwrap();
+    assert_eq!(node.applied(), LogIndex(8));
+    assert!(node.ready().committed_entries.is_empty());
+}
+
 /// A log that starts failing reads on demand.
 struct FlakyLog {
     inner: MemLog,

@@ -43,28 +43,42 @@ impl Engine {
     pub fn checkpoint(&mut self, force: bool) -> Result<Option<u64>, EngineError> {
         if force {
             self.wait_checkpoints();
+            self.checkpoint_some(true, self.applied_index)
+        } else {
+            self.checkpoint_some(false, 0)
         }
+    }
+
+    /// Checkpoints every database whose checkpoint index is below `index` (a snapshot's), however
+    /// few frames its WAL holds, the way its WAL's own policy would (a PASSIVE copy; the sync
+    /// and record in the background when the engine does that): the log behind a snapshot is
+    /// compacted once every checkpoint passes it. Idle databases only have their index
+    /// advanced. One whose sync is still running, or whose frames a reader holds, is left for
+    /// a later call. Returns the minimum checkpoint index (of the records durable so far).
+    pub fn checkpoint_behind(&mut self, index: u64) -> Result<Option<u64>, EngineError> {
+        self.checkpoint_some(false, index)
+    }
+
+    /// [`Engine::checkpoint`] and [`Engine::checkpoint_behind`]: the databases with enough
+    /// frames, those (open or closed) whose checkpoint index is below `behind`, all of them
+    /// with `force`.
+    fn checkpoint_some(&mut self, force: bool, behind: u64) -> Result<Option<u64>, EngineError> {
         let names: Vec<String> = self.databases.keys().cloned().collect();
         for name in names {
-            let frames = self.databases[&name]
-                .files
-                .index_header()?
-                .map(|h| h.max_frame)
-                .unwrap_or(0);
-            if force || frames >= self.config.checkpoint_frames {
+            let db = &self.databases[&name];
+            let lagging = db.record.checkpoint_index < behind;
+            let frames = db.files.index_header()?.map(|h| h.max_frame).unwrap_or(0);
+            if force || lagging || frames >= self.config.checkpoint_frames {
                 self.checkpoint_database(&name, force)?;
             }
         }
-        if force {
-            // Closed databases are idle with an empty WAL: only their index moves.
-            let target = self.applied_index;
-            let behind = self
-                .closed
-                .iter()
-                .filter(|(_, closed)| closed.record.checkpoint_index < target)
-                .map(|(name, _)| name.clone());
-            self.idle_found.extend(behind);
-        }
+        // Closed databases are idle with an empty WAL: only their index moves.
+        let lagging = self
+            .closed
+            .iter()
+            .filter(|(_, closed)| closed.record.checkpoint_index < behind)
+            .map(|(name, _)| name.clone());
+        self.idle_found.extend(lagging);
         let idle = std::mem::take(&mut self.idle_found);
         match idle.as_slice() {
             [] => {}

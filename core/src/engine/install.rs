@@ -32,6 +32,22 @@ impl Engine {
         Some(db.recovering_until.max(db.last_command_index))
     }
 
+    /// A database (open or closed) whose files are ahead of the applied index, with the
+    /// index it settles at; `None` when every one holds its state as of the applied index.
+    pub(crate) fn unsettled(&self) -> Option<(String, u64)> {
+        let open = self.databases.keys().filter_map(|name| {
+            let settled = self.settled_at(name)?;
+            Some((name, settled))
+        });
+        let closed = self
+            .closed
+            .iter()
+            .map(|(name, closed)| (name, closed.last_command_index));
+        open.chain(closed)
+            .find(|&(_, index)| index > self.applied_index)
+            .map(|(name, index)| (name.clone(), index))
+    }
+
     /// Drops every connection and session state of all databases and forgets them (before a
     /// snapshot replaces them). Sessions stay open but must open their databases again.
     pub(crate) fn detach_all(&mut self, reason: &str) {
