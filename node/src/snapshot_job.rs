@@ -29,6 +29,8 @@ enum Stage {
         buffer: Vec<u8>,
         /// Bytes written so far.
         written: u64,
+        /// Bytes the whole stream has.
+        total: u64,
     },
     /// Every byte is written; a helper thread syncs the file and renames it into place.
     Finishing {
@@ -58,6 +60,7 @@ impl SnapshotJob {
         SnapshotJob {
             index,
             stage: Stage::Copying {
+                total: reader.len_bytes(),
                 reader: Box::new(reader),
                 writer: Box::new(writer),
                 buffer: vec![0; 64 * 1024],
@@ -87,11 +90,15 @@ impl SnapshotJob {
                 writer,
                 buffer,
                 written,
+                total,
             } => {
                 let mut copied = 0;
-                while copied < BYTES_PER_TURN {
+                loop {
+                    if copied >= BYTES_PER_TURN {
+                        return Progress::Working;
+                    }
                     let read = match reader.read(buffer) {
-                        Ok(0) => break,
+                        Ok(0) => break, // The end of the stream.
                         Ok(read) => read,
                         Err(e) => return Progress::ReadFailed(e),
                     };
@@ -103,8 +110,14 @@ impl SnapshotJob {
                     *written += read as u64;
                     copied += read;
                 }
-                if copied == BYTES_PER_TURN {
-                    return Progress::Working;
+                if written != total {
+                    // Never a snapshot that is not whole: its install would fail on every
+                    // follower sent it.
+                    let why = format!(
+                        "snapshot {}: the stream ended after {written} of {total} bytes",
+                        self.index
+                    );
+                    return Progress::ReadFailed(io::Error::new(io::ErrorKind::InvalidData, why));
                 }
                 self.finish(background)
             }

@@ -535,7 +535,8 @@ fn test_a_full_segment_closes_off_the_loop_and_the_writes_wait_for_it() {
 
 #[test]
 fn test_a_snapshot_waits_for_no_checkpoint_and_the_log_keeps_what_recovery_needs() {
-    // One voter snapshotting every 32 entries, compacting right behind each snapshot. A client
+    // One voter snapshotting every 32 entries (of a database larger than what a turn copies),
+    // compacting right behind each snapshot. A client
     // holds a read transaction: no checkpoint can pass it. Snapshots are still taken (from the
     // databases' files and WALs, without a checkpoint on the loop), but the log is not
     // compacted past the checkpoint, so that a restart replays the entries after it instead
@@ -578,7 +579,7 @@ fn test_a_snapshot_waits_for_no_checkpoint_and_the_log_keeps_what_recovery_needs
             for row in rows {
                 connection
                     .exec_sql(
-                        "INSERT INTO t VALUES (?, randomblob(2000))",
+                        "INSERT INTO t VALUES (?, randomblob(9000))",
                         &[Value::Integer(row)],
                     )
                     .unwrap();
