@@ -91,7 +91,8 @@ fn main() -> ExitCode {
         eprint!("{}", usage());
         return ExitCode::from(2);
     };
-    if name == "--help" || name == "-h" {
+    // `atoll-bench kv --help` too: a suite must not start a run when asked what it does.
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
         print!("{}", usage());
         return ExitCode::SUCCESS;
     }

@@ -156,9 +156,10 @@ pub struct Inputs {
     pub random: Box<dyn Random>,
     /// The transport; `None` binds the mio reactor on the configured address (production).
     pub network: Option<Box<dyn Network>>,
-    /// Whether checkpoints sync their database file on a helper thread (production: the loop
-    /// does not stall on the fdatasync). A simulation keeps everything on its one thread, so
-    /// that a seed replays identically.
+    /// Whether the node's slow file work runs on helper threads (production: the loop does not
+    /// stall on it): a checkpoint's fdatasync, a snapshot file's sync and rename, deleting
+    /// files no longer needed. A simulation keeps everything on its one thread, so that a seed
+    /// replays identically.
     pub checkpoint_sync_in_background: bool,
     /// Runs the log's syncs off the loop; `None` starts a thread that wakes the transport
     /// (production; the transport must give a waker).

@@ -37,6 +37,7 @@ pub mod config;
 pub mod database_header;
 mod disk;
 pub mod inputs;
+mod janitor;
 mod join;
 pub mod log_sync;
 mod memory;
@@ -512,6 +513,8 @@ pub struct Node {
     files: Arc<dyn Disk>,
     /// From the `Inputs` (kept by a restart in place).
     checkpoint_sync_in_background: bool,
+    /// Deletes the files the node no longer needs (`janitor.rs`).
+    janitor: janitor::Janitor,
     /// Runs the log's syncs off the loop (`log_sync.rs`): a thread, or the simulated disk.
     log_sync: Box<dyn log_sync::LogSync>,
     /// The `LogSync` came with the `Inputs` (kept by a restart in place).
@@ -782,6 +785,8 @@ impl Node {
         // A full segment is closed by the log sync (flush, rename, directory sync off the
         // loop); its entries wait in raft meanwhile (`log_sync.rs`).
         log.set_background_close(true);
+        // Segments behind a compaction are deleted by the janitor, off the loop.
+        log.set_background_removal(true);
         let raft = RawNode::new(
             raft_config,
             log,
@@ -846,6 +851,8 @@ impl Node {
                 )
             }
         };
+        let janitor = janitor::Janitor::start(checkpoint_sync_in_background)
+            .map_err(|e| start(format!("starting the janitor thread: {e}")))?;
         let snapshot_next_at = applied + snapshot_interval(&config, random.as_mut());
         let tick = Duration::from_millis(config.tick_ms);
         let now = clock.now();
@@ -917,6 +924,7 @@ impl Node {
             random,
             network_given,
             checkpoint_sync_in_background,
+            janitor,
             log_sync,
             log_sync_given,
             durability: log_sync::Durability::default(),
@@ -1920,6 +1928,10 @@ impl Node {
         self.check_changes();
         let step = self.clock.now();
         self.compact_step()?;
+        // The segments a compaction (this one, or a snapshot's install) took out of the log.
+        if let Some(removal) = self.raft.log_mut().take_removals() {
+            self.janitor.remove(removal);
+        }
         let step = self.after_step("compact", step);
         self.expire_reads();
         self.roles_step();
@@ -2158,11 +2170,14 @@ impl Node {
         let store = self.raft.log().snapshots();
         let result = store.list().and_then(|list| {
             let keep = list.iter().filter(|m| m.index >= oldest).count();
-            store.prune(keep)
+            store.prunable(keep)
         });
         match result {
-            Ok(0) => {}
-            Ok(removed) => debug!("removed {removed} old snapshot(s)"),
+            Ok(removal) if removal.paths().is_empty() => {}
+            Ok(removal) => {
+                debug!("removing {} old snapshot(s)", removal.paths().len());
+                self.janitor.remove(removal);
+            }
             Err(e) => warn!("removing old snapshots: {e}"),
         }
     }

@@ -665,4 +665,27 @@ fn test_a_snapshot_waits_for_no_checkpoint_and_the_log_keeps_what_recovery_needs
     assert!(state.log_first > snapshot, "{state:?}");
     drive(&mut nodes, &clock, |_| third.is_finished());
     third.join().unwrap();
+
+    // The files behind are deleted off the loop (the stop waits for that): no closed segment
+    // wholly before the log's first entry, and one snapshot file.
+    let state = nodes[0].state();
+    let [mut node] = nodes;
+    node.stop();
+    drop(node);
+    let names = |dir: PathBuf| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    for name in names(data.join("raft")) {
+        if let Some((_, last)) = name.split_once('-').filter(|_| !name.starts_with("open-")) {
+            if let Ok(last) = last.parse::<u64>() {
+                assert!(last >= state.log_first.0, "{name} left behind: {state:?}");
+            }
+        }
+    }
+    let snapshots = names(data.join("raft").join("snapshots"));
+    let finished: Vec<&String> = snapshots.iter().filter(|n| !n.ends_with(".tmp")).collect();
+    assert_eq!(finished.len(), 1, "{snapshots:?}");
 }

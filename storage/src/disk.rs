@@ -127,6 +127,50 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     }
 }
 
+/// Files to delete from one directory, then the directory synced: space given back off the
+/// caller's thread (a large file's unlink and the directory's fsync take milliseconds). Only
+/// for files whose removal no reader depends on: old snapshots, and log segments a durable
+/// compaction point already covers (recovery deletes any a crash leaves).
+#[derive(Debug)]
+pub struct Removal {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl Removal {
+    /// The removal of `paths`, all in `dir`.
+    pub fn new(disk: Arc<dyn Disk>, dir: PathBuf, paths: Vec<PathBuf>) -> Removal {
+        Removal { disk, dir, paths }
+    }
+
+    /// The files to delete.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Deletes the files (one already gone is no error), then syncs the directory. A file
+    /// that cannot be deleted is logged and left for later; the first such error is returned
+    /// once the rest are done.
+    pub fn run(&self) -> io::Result<()> {
+        let mut first_error = None;
+        for path in &self.paths {
+            match self.disk.remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    log::warn!("could not remove {}: {error}", path.display());
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if !self.paths.is_empty() {
+            self.disk.sync_dir(&self.dir)?;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
 impl dyn DiskFile + '_ {
     /// Fills `buf` from `offset`; `UnexpectedEof` if the file ends before.
     pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {

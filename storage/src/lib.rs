@@ -77,7 +77,7 @@ pub mod snapshot;
 pub mod testing;
 pub mod types;
 
-pub use disk::{Disk, DiskFile, FileCursor, FileMetadata, OpenMode, StdDisk};
+pub use disk::{Disk, DiskFile, FileCursor, FileMetadata, OpenMode, Removal, StdDisk};
 pub use error::{is_closing, LogError};
 pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;

@@ -55,7 +55,9 @@
 //!   later segments newest first with a directory sync after each; a closed segment that must be
 //!   cut is first renamed to a new `open-M`, so no two files ever claim the same entries.
 //! - Compaction saves the new compaction point in the metadata first, then deletes the
-//!   segments it covers; recovery finishes an interrupted deletion.
+//!   segments it covers; recovery finishes an interrupted deletion. With
+//!   [`SegmentLog::set_background_removal`] the deletion is the caller's, off its thread
+//!   ([`SegmentLog::take_removals`]); a crash before it is the same interrupted deletion.
 //! - Recovery truncates a torn tail of an open segment (the bytes after the last valid record
 //!   are zeroed, with a warning), and refuses, naming file and byte offset, any damage in a
 //!   closed segment, any gap between segments, or a second open segment holding entries.
@@ -83,7 +85,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::disk::{Disk, DiskFile, OpenMode};
+use crate::disk::{Disk, DiskFile, OpenMode, Removal};
 use crate::error::LogError;
 use crate::log_store::{LogRead, LogStore};
 use crate::meta::{self, Metadata, MetadataStore, METADATA_FILE_NAMES};
@@ -194,6 +196,11 @@ pub struct SegmentLog {
     /// A sync request closing the open segment is out: appends, truncations, compactions and
     /// new spares wait for its end, so that no file of the log changes meanwhile.
     closing: Option<usize>,
+    /// Compactions leave the files they cover for the caller to delete off its thread
+    /// ([`SegmentLog::take_removals`]); off by default.
+    background_removal: bool,
+    /// The segment files compactions took out of the log, not yet handed out.
+    removals: Vec<PathBuf>,
     snapshots: SnapshotStore,
     #[cfg(any(test, feature = "testing"))]
     faults: Faults,
@@ -567,6 +574,8 @@ impl SegmentLog {
             background_close: false,
             close_wanted: None,
             closing: None,
+            background_removal: false,
+            removals: Vec::new(),
             snapshots,
             #[cfg(any(test, feature = "testing"))]
             faults: Faults::default(),
@@ -1194,6 +1203,28 @@ impl SegmentLog {
         self.background_close = on;
     }
 
+    /// Leaves the deletion of the segments a compaction covers to the caller
+    /// ([`SegmentLog::take_removals`]): the compaction point is durable on return, as always,
+    /// and the files it covers are only space, which recovery gives back if a crash comes
+    /// first (see "Crash safety, step by step").
+    pub fn set_background_removal(&mut self, on: bool) {
+        self.background_removal = on;
+    }
+
+    /// The segment files compactions took out of the log since the last call, to delete (and
+    /// then sync the directory) on another thread; `None` if there are none.
+    pub fn take_removals(&mut self) -> Option<Removal> {
+        if self.removals.is_empty() {
+            return None;
+        }
+        let paths = std::mem::take(&mut self.removals);
+        Some(Removal::new(
+            Arc::clone(&self.disk),
+            self.dir.clone(),
+            paths,
+        ))
+    }
+
     /// A full segment waits to be closed by the next sync request, or is being closed by the
     /// one out: appends are refused meanwhile.
     pub fn close_pending(&self) -> bool {
@@ -1420,6 +1451,13 @@ impl SegmentLog {
         {
             let open = self.open.take().expect("checked above");
             removed.push(open.name);
+        }
+        if self.background_removal {
+            let dir = &self.dir;
+            self.removals
+                .extend(removed.iter().map(|name| dir.join(name)));
+            self.check_invariants();
+            return Ok(());
         }
         for name in &removed {
             let crash = self.file_operation();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian};
 
-use crate::disk::{Disk, DiskFile, FileCursor, OpenMode};
+use crate::disk::{Disk, DiskFile, FileCursor, OpenMode, Removal};
 use crate::error::LogError;
 use crate::types::{LogIndex, Term};
 
@@ -256,7 +256,20 @@ impl SnapshotStore {
         let mut found = Vec::new();
         for name in list_dir(&*self.disk, &self.dir)? {
             if let Some((index, term)) = parse_snapshot_file_name(&name) {
-                let (meta, _) = self.read_meta(&self.dir.join(&name))?;
+                let path = self.dir.join(&name);
+                let (meta, _) = match self.read_meta(&path) {
+                    Ok(found) => found,
+                    // Removed since the directory was read (an old one pruned meanwhile).
+                    Err(_)
+                        if self
+                            .disk
+                            .metadata(&path)
+                            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound) =>
+                    {
+                        continue
+                    }
+                    Err(error) => return Err(error.into()),
+                };
                 if (meta.index, meta.term) != (index, term) {
                     return Err(LogError::corrupt(
                         self.dir.join(&name),
@@ -317,18 +330,27 @@ impl SnapshotStore {
 
     /// Removes every snapshot but the newest `keep`, oldest first; returns how many it removed.
     pub fn prune(&self, keep: usize) -> io::Result<usize> {
+        let removal = self.prunable(keep)?;
+        removal
+            .run()
+            .map_err(|error| LogError::io("removing old snapshots", &self.dir, error))?;
+        Ok(removal.paths().len())
+    }
+
+    /// What [`SnapshotStore::prune`] would delete, to delete on another thread: a large file's
+    /// unlink takes milliseconds. Until it runs, the files are still listed.
+    pub fn prunable(&self, keep: usize) -> io::Result<Removal> {
         let snapshots = self.list()?;
         let excess = snapshots.len().saturating_sub(keep);
-        for meta in &snapshots[..excess] {
-            let path = self.dir.join(meta.file_name());
-            self.disk
-                .remove_file(&path)
-                .map_err(|error| LogError::io("removing old snapshot", &path, error))?;
-        }
-        if excess > 0 {
-            sync_dir(&*self.disk, &self.dir)?;
-        }
-        Ok(excess)
+        let paths = snapshots[..excess]
+            .iter()
+            .map(|meta| self.dir.join(meta.file_name()))
+            .collect();
+        Ok(Removal::new(
+            Arc::clone(&self.disk),
+            self.dir.clone(),
+            paths,
+        ))
     }
 
     /// Reads and checks the header and configuration of the snapshot at `path`, and its length;
@@ -569,10 +591,15 @@ mod tests {
         at.read_at(20_000 - 4096, &mut piece).unwrap();
         assert!(at.read_at(20_000 - 4095, &mut piece).is_err());
         assert!(store.open_data(LogIndex(20), Term(2)).is_err());
+        // What a prune deletes can be handed to another thread: listed until it runs.
+        let removal = store.prunable(2).unwrap();
+        assert_eq!(removal.paths().len(), 1);
+        assert_eq!(store.list().unwrap().len(), 3);
         assert_eq!(store.prune(2).unwrap(), 1);
         let indexes: Vec<u64> = store.list().unwrap().iter().map(|m| m.index.0).collect();
         assert_eq!(indexes, [20, 30]);
-        // Reopening the store finds the same snapshots.
+        removal.run().unwrap(); // Already gone: no error.
+                                // Reopening the store finds the same snapshots.
         drop(store);
         let store = SnapshotStore::open(dir.path()).unwrap();
         assert_eq!(store.latest().unwrap().unwrap().index, LogIndex(30));

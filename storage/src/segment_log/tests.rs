@@ -1486,3 +1486,57 @@ fn test_background_close_cut_by_a_crash_recovers_every_synced_entry() {
     let log = SegmentLog::open_on(disk.shared(), dir, options(4096)).unwrap();
     assert_eq!(log.last_index(), LogIndex(4));
 }
+
+#[test]
+fn test_background_removal_leaves_the_files_to_the_caller_and_a_crash_before_is_safe() {
+    // 1000-byte entries in 4 KiB segments: entries 1..=9 fill three closed segments. With
+    // background removal a compaction through 6 saves its point and takes the two segments it
+    // covers out of the log, but leaves their files: `take_removals` hands them out once. A
+    // reopen before they are deleted (a crash) deletes them itself; deleting them later finds
+    // them gone, which is no error. On the live log, running the removal deletes them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.set_background_removal(true);
+    for index in 1..=10 {
+        log.append(&entries(index..=index, 1, 1000)).unwrap();
+    }
+    log.sync().unwrap();
+    let before = segment_names(dir.path());
+    log.compact_through(LogIndex(6), Term(1)).unwrap();
+    assert_eq!(log.first_index(), LogIndex(7));
+    assert_eq!(segment_names(dir.path()), before, "nothing deleted yet");
+    let removal = log.take_removals().expect("two segments to delete");
+    let covered: Vec<String> = removal
+        .paths()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        covered,
+        [
+            closed_name(LogIndex(1), LogIndex(3)),
+            closed_name(LogIndex(4), LogIndex(6))
+        ]
+    );
+    assert!(log.take_removals().is_none(), "handed out once");
+    let written = read_all(&log, 7, 11);
+
+    // A crash before the removal ran: the reopen finishes the compaction.
+    drop(log);
+    let log = SegmentLog::open(dir.path(), options(4096)).unwrap();
+    assert_eq!(log.first_index(), LogIndex(7));
+    assert_eq!(read_all(&log, 7, 11), written);
+    let names = segment_names(dir.path());
+    assert!(covered.iter().all(|n| !names.contains(n)), "{names:?}");
+    removal.run().unwrap();
+
+    // On a live log, running it deletes the files.
+    let mut log = log;
+    log.set_background_removal(true);
+    log.compact_through(LogIndex(9), Term(1)).unwrap();
+    let removal = log.take_removals().expect("a segment to delete");
+    assert!(removal.paths().iter().all(|p| p.exists()));
+    removal.run().unwrap();
+    assert!(removal.paths().iter().all(|p| !p.exists()));
+    assert_eq!(read_all(&log, 10, 11), written[3..].to_vec());
+}
