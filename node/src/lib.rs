@@ -1404,8 +1404,8 @@ impl Node {
             ready.persisted_messages.clear();
         }
         // 2. The log: install, truncate + append, hard state (durable before sends). A
-        //    compaction is done later, a segment file per turn, never past the databases'
-        //    checkpoints (`compact_step`).
+        //    compaction is done later, never past the databases' checkpoints, its files
+        //    deleted off the loop (`compact_step`).
         if let Some((index, term)) = ready.compact.take() {
             if self.compact_target.is_none_or(|(target, _)| target < index) {
                 self.compact_target = Some((index, term));
@@ -2107,9 +2107,10 @@ impl Node {
         Ok(())
     }
 
-    /// One step of the compaction raft asked for: through the oldest closed segment (one file
-    /// removed), or through the target when it lies in the open segment. Raft's `compact` is
-    /// permission, not an order: entries kept a little longer are still valid log.
+    /// The compaction raft asked for, in one save of the compaction point (the janitor deletes
+    /// the files it covers, off the loop): through the target once every database's checkpoint
+    /// has reached it, through the newest closed segment they passed until then. Raft's
+    /// `compact` is permission, not an order: entries kept a little longer are still valid log.
     fn compact_step(&mut self) -> Result<(), NodeError> {
         let Some((target, target_term)) = self.compact_target else {
             return Ok(());
@@ -2122,14 +2123,17 @@ impl Node {
         // Recovery replays the log after each database's checkpoint: a snapshot ahead of them
         // compacts whole segments up to them, and the rest once they pass it.
         let floor = LogIndex(self.engine.min_checkpoint_index().unwrap_or(u64::MAX));
-        let segment = log
-            .oldest_segment_last_index()
-            .filter(|&last| last < target && last <= floor)
-            .and_then(|last| Some((last, self.raft.log_term(last)?)));
-        let (index, term) = match segment {
-            Some(segment) => segment,
-            None if target <= floor => (target, target_term),
-            None => return Ok(()), // The checkpoints catch up (`snapshot_policy`).
+        let (index, term) = if target <= floor {
+            (target, target_term)
+        } else {
+            let segment = log
+                .closed_segment_last_at_most(floor)
+                .filter(|&last| last >= log.first_index())
+                .and_then(|last| Some((last, self.raft.log_term(last)?)));
+            match segment {
+                Some(segment) => segment,
+                None => return Ok(()), // The checkpoints catch up (`snapshot_policy`).
+            }
         };
         assert!(index <= floor, "compaction past the checkpoint index");
         if self.disk.is_full() {

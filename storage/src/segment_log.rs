@@ -630,11 +630,15 @@ impl SegmentLog {
         self.cache.borrow().bytes
     }
 
-    /// The last index of the oldest closed segment: compacting through it frees one file. A
-    /// host that compacts a long stretch a segment at a time (spreading the file removals and
-    /// their syncs over several turns of its loop) steps through these.
-    pub fn oldest_segment_last_index(&self) -> Option<LogIndex> {
-        self.closed.first().map(|segment| segment.last)
+    /// The last index of the newest closed segment that ends at or before `limit`: compacting
+    /// through it frees every closed file it can, in one save of the compaction point. `None`
+    /// when no closed segment ends by `limit`.
+    pub fn closed_segment_last_at_most(&self, limit: LogIndex) -> Option<LogIndex> {
+        self.closed
+            .iter()
+            .map(|segment| segment.last)
+            .take_while(|&last| last <= limit)
+            .last()
     }
 
     /// The open segment's bytes written but not synced yet, as (file, offset, length): what a
