@@ -1949,8 +1949,18 @@ impl Node {
         if self.disk.is_full() {
             // Leaves the full state once space is back and nothing is stalled.
             self.disk.check(self.clock.now());
-        } else if self.proposals.is_empty() {
-            if let Err(e) = self.raft.log_mut().prepare_next_segment() {
+        } else if self.checkpoint_sync_in_background || self.proposals.is_empty() {
+            match self.raft.log_mut().spare_request() {
+                Ok(Some(request)) => self.janitor.prepare(request),
+                Ok(None) => {}
+                Err(e) => return Err(fatal("preparing the next log segment", e)),
+            }
+        }
+        // The next log segment, prepared by the janitor (off the loop; on a simulated disk, at
+        // once): a spare ready before the open segment fills keeps the append path free of
+        // file creation and preallocation.
+        if let Some((request, result)) = self.janitor.spare_done() {
+            if let Err(e) = self.raft.log_mut().spare_ready(request, result) {
                 if disk::is_full(&e) {
                     if self
                         .disk

@@ -83,7 +83,9 @@ pub use log_store::{LogRead, LogStore};
 pub use mem_log::MemLog;
 pub use mmap::{available_bytes, available_inodes, release_free_heap};
 pub use segment::PAYLOAD_BYTES_MAX;
-pub use segment_log::{read_hard_state, read_hard_state_on, Options, SegmentLog, SyncRequest};
+pub use segment_log::{
+    read_hard_state, read_hard_state_on, Options, SegmentLog, SpareRequest, SyncRequest,
+};
 pub use sim_disk::{PowerLoss, SimDisk, SimFaults, SimOp};
 pub use snapshot::{SnapshotData, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Payload, Term};

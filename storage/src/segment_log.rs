@@ -201,6 +201,8 @@ pub struct SegmentLog {
     background_removal: bool,
     /// The segment files compactions took out of the log, not yet handed out.
     removals: Vec<PathBuf>,
+    /// A spare is being prepared off the caller's thread ([`SegmentLog::spare_request`]).
+    spare_preparing: bool,
     snapshots: SnapshotStore,
     #[cfg(any(test, feature = "testing"))]
     faults: Faults,
@@ -327,6 +329,41 @@ struct Replacement {
     body_bytes: usize,
     file: Arc<dyn DiskFile>,
     capacity: usize,
+}
+
+/// The preparation of the next segment, taken out of the log by [`SegmentLog::spare_request`]
+/// to run on another thread; hand it back to [`SegmentLog::spare_ready`].
+pub struct SpareRequest {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    counter: u64,
+    capacity: usize,
+    /// The prepared file, once `run` succeeded.
+    file: Option<Arc<dyn DiskFile>>,
+}
+
+impl SpareRequest {
+    fn name(&self) -> String {
+        format!("{OPEN_PREFIX}{}", self.counter)
+    }
+
+    /// Creates the segment under a temporary name, preallocates it, writes its header and
+    /// renames it `open-N` (its directory entry is synced before it takes an entry, as for any
+    /// spare). On a full disk the temporary file is removed and nothing is left.
+    pub fn run(&mut self) -> io::Result<()> {
+        let name = self.name();
+        let temp_path = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
+        let file = self.disk.open(&temp_path, OpenMode::CreateNew)?;
+        if let Err(error) = file.allocate(self.capacity as u64) {
+            drop(file);
+            let _ = self.disk.remove_file(&temp_path);
+            return Err(error);
+        }
+        file.write_all_at(&segment::encode_segment_header(), 0)?;
+        self.disk.rename(&temp_path, &self.dir.join(&name))?;
+        self.file = Some(file);
+        Ok(())
+    }
 }
 
 struct Spare {
@@ -576,6 +613,7 @@ impl SegmentLog {
             closing: None,
             background_removal: false,
             removals: Vec::new(),
+            spare_preparing: false,
             snapshots,
             #[cfg(any(test, feature = "testing"))]
             faults: Faults::default(),
@@ -689,6 +727,61 @@ impl SegmentLog {
             return Ok(());
         }
         Ok(self.prepare_spare(default)?)
+    }
+
+    /// [`SegmentLog::prepare_next_segment`] off the caller's thread: the next segment's
+    /// preparation (create, preallocate, header, rename to `open-N`: a few to tens of
+    /// milliseconds) as a request to [`SpareRequest::run`] elsewhere and hand back to
+    /// [`SegmentLog::spare_ready`]. `None` when a spare is ready or being prepared, or while a
+    /// segment is being closed (no file of the log changes meanwhile). A crash while it runs
+    /// leaves a temporary file or an empty spare, which recovery removes or keeps as a spare.
+    pub fn spare_request(&mut self) -> Result<Option<SpareRequest>, LogError> {
+        self.check_usable()?;
+        let capacity = self.capacity_for(0);
+        if self.spare_preparing
+            || self.closing.is_some()
+            || self.spares.iter().any(|spare| spare.capacity >= capacity)
+        {
+            return Ok(None);
+        }
+        let counter = self.open_counter_next;
+        self.open_counter_next += 1;
+        self.spare_preparing = true;
+        Ok(Some(SpareRequest {
+            disk: Arc::clone(&self.disk),
+            dir: self.dir.clone(),
+            counter,
+            capacity,
+            file: None,
+        }))
+    }
+
+    /// Takes back a [`SpareRequest`] with what its run returned: a prepared spare joins the
+    /// others. A full disk changed nothing (the request removed its file); any other failure is
+    /// a failed write: the log refuses changes until reopened.
+    pub fn spare_ready(&mut self, request: SpareRequest, result: io::Result<()>) -> io::Result<()> {
+        self.spare_preparing = false;
+        let name = request.name();
+        match (result, request.file) {
+            (Ok(()), Some(file)) => {
+                self.dir_sync_pending = true;
+                self.spares.push(Spare {
+                    counter: request.counter,
+                    name,
+                    file,
+                    capacity: request.capacity,
+                });
+                Ok(())
+            }
+            (Err(error), _) if error.kind() == io::ErrorKind::StorageFull => {
+                Err(LogError::io("preallocating segment", request.dir.join(name), error).into())
+            }
+            (result, _) => {
+                let error = result.err().unwrap_or_else(|| io::Error::other("no file"));
+                let error = LogError::io("preparing segment", request.dir.join(name), error);
+                Ok(self.sticky(Err(error))?)
+            }
+        }
     }
 
     /// Makes the `count`-th mutating call from now (0 = the next one) fail, and every one after

@@ -1540,3 +1540,85 @@ fn test_background_removal_leaves_the_files_to_the_caller_and_a_crash_before_is_
     assert!(removal.paths().iter().all(|p| !p.exists()));
     assert_eq!(read_all(&log, 10, 11), written[3..].to_vec());
 }
+
+#[test]
+fn test_a_spare_prepared_on_another_thread_takes_the_next_entries() {
+    // 1000-byte entries in 4 KiB segments. The next segment is prepared by a request run on
+    // another thread; none is asked for while one is out or ready. Handed back, it is the
+    // segment the next rollover opens (no other file is made), and a reopen finds every entry.
+    // A request whose run never came back (a crash) leaves a spare the reopen keeps.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.append(&entries(1..=2, 1, 1000)).unwrap();
+    let files = segment_names(dir.path()).len();
+    let mut request = log.spare_request().unwrap().expect("no spare yet");
+    assert!(log.spare_request().unwrap().is_none(), "one out at a time");
+    let (request, result) = std::thread::spawn(move || {
+        let result = request.run();
+        (request, result)
+    })
+    .join()
+    .unwrap();
+    log.spare_ready(request, result).unwrap();
+    assert_eq!(segment_names(dir.path()).len(), files + 1);
+    assert!(log.spare_request().unwrap().is_none(), "a spare is ready");
+    log.append(&entries(3..=5, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.closed.len(), 1);
+    assert_eq!(
+        segment_names(dir.path()).len(),
+        files + 1,
+        "the rollover used it"
+    );
+    let written = read_all(&log, 1, 6);
+
+    let mut lost = log.spare_request().unwrap().expect("the spare was used");
+    lost.run().unwrap();
+    drop(lost);
+    drop(log);
+    let mut log = SegmentLog::open(dir.path(), options(4096)).unwrap();
+    assert_eq!(read_all(&log, 1, 6), written);
+    assert!(
+        log.spare_request().unwrap().is_none(),
+        "the reopen kept it as a spare"
+    );
+}
+
+#[test]
+fn test_a_spare_that_finds_the_disk_full_leaves_nothing_and_changes_nothing() {
+    // A spare request on a simulated disk with no room: its run fails with a full disk, its
+    // temporary file is gone, the log takes it back as a plain full-disk error (not sticky),
+    // and a later request succeeds once there is room.
+    let disk = crate::SimDisk::new(7);
+    let dir = std::path::PathBuf::from("/log");
+    let mut log = SegmentLog::open_on(disk.shared(), &dir, options(4096)).unwrap();
+    log.append(&entries(1..=2, 1, 1000)).unwrap();
+    let names = |disk: &crate::SimDisk| {
+        let mut names: Vec<String> = disk
+            .shared()
+            .read_dir(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|n| n.into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = names(&disk);
+    disk.set_budget(Some(disk.used_bytes()));
+    let mut request = log.spare_request().unwrap().unwrap();
+    let result = request.run();
+    assert_eq!(
+        result.as_ref().unwrap_err().kind(),
+        io::ErrorKind::StorageFull
+    );
+    let error = log.spare_ready(request, result).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
+    assert_eq!(names(&disk), before);
+    disk.set_budget(None);
+    let mut request = log.spare_request().unwrap().expect("usable still");
+    let result = request.run();
+    log.spare_ready(request, result).unwrap();
+    log.append(&entries(3..=4, 1, 1000)).unwrap();
+    log.sync().unwrap();
+}
