@@ -645,12 +645,13 @@ impl Node {
         );
         engine_config.transaction_bytes_max = TRANSACTION_BYTES_MAX;
         engine_config.chain_max = CHAIN_MAX;
-        // Checkpoints stall the loop: small ones (4 MiB of pages: a few milliseconds of copy),
-        // their fdatasync and record on a helper thread (`poll_checkpoints` each turn takes
-        // the results), and jitter so that nodes, which apply the same entries, do not
-        // checkpoint together. With 64 writers and a 20 ms election timeout this took needless
-        // elections from 11-12 to none in 20 s (bench/RESULTS.md).
-        engine_config.checkpoint_frames = 1024;
+        // Checkpoints stall the loop: small ones (1 MiB of pages: a few milliseconds of copy
+        // and the intent record's fdatasync), their fdatasync and record on a helper thread
+        // (`poll_checkpoints` each turn takes the results), and jitter so that nodes, which
+        // apply the same entries, do not checkpoint together. With 64 writers and a 10 ms
+        // election timeout, 256 frames rather than 1024 took the longest apply turns from
+        // 10-25 ms to 8-10 ms, and elections from 2-5 to 0-2 in 20 s (same throughput).
+        engine_config.checkpoint_frames = 256;
         engine_config.checkpoint_jitter_frames = engine_config.checkpoint_frames / 2;
         engine_config.checkpoint_sync_in_background = checkpoint_sync_in_background;
         engine_config.checkpoint_jitter_seed = random.next_u64();

@@ -203,6 +203,9 @@ pub struct SegmentLog {
     removals: Vec<PathBuf>,
     /// A spare is being prepared off the caller's thread ([`SegmentLog::spare_request`]).
     spare_preparing: bool,
+    /// A spare handed back while a close was out: its rename may have come after the close's
+    /// directory sync, so it joins the spares only at the close's end, its name not durable.
+    spare_after_close: Option<Spare>,
     snapshots: SnapshotStore,
     #[cfg(any(test, feature = "testing"))]
     faults: Faults,
@@ -614,6 +617,7 @@ impl SegmentLog {
             background_removal: false,
             removals: Vec::new(),
             spare_preparing: false,
+            spare_after_close: None,
             snapshots,
             #[cfg(any(test, feature = "testing"))]
             faults: Faults::default(),
@@ -764,13 +768,18 @@ impl SegmentLog {
         let name = request.name();
         match (result, request.file) {
             (Ok(()), Some(file)) => {
-                self.dir_sync_pending = true;
-                self.spares.push(Spare {
+                let spare = Spare {
                     counter: request.counter,
                     name,
                     file,
                     capacity: request.capacity,
-                });
+                };
+                if self.closing.is_some() {
+                    self.spare_after_close = Some(spare);
+                } else {
+                    self.dir_sync_pending = true;
+                    self.spares.push(spare);
+                }
                 Ok(())
             }
             (Err(error), _) if error.kind() == io::ErrorKind::StorageFull => {
@@ -1289,6 +1298,12 @@ impl SegmentLog {
             if let Err(error) = self.open_spare(position) {
                 log::warn!("mapping the next segment: {error}");
             }
+        }
+        // A spare prepared elsewhere and handed back meanwhile takes entries only after a
+        // directory sync of its own (the next close's, or a rollover's).
+        if let Some(spare) = self.spare_after_close.take() {
+            self.spares.push(spare);
+            self.dir_sync_pending = true;
         }
     }
 

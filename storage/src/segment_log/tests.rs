@@ -1622,3 +1622,39 @@ fn test_a_spare_that_finds_the_disk_full_leaves_nothing_and_changes_nothing() {
     log.append(&entries(3..=4, 1, 1000)).unwrap();
     log.sync().unwrap();
 }
+
+#[test]
+fn test_a_spare_handed_back_during_a_close_waits_for_a_directory_sync_of_its_own() {
+    // A spare asked for before the open segment filled comes back while the close is out: its
+    // rename may have come after the close's directory sync, so the close's end opens the
+    // spare that sync covered, and this one joins the spares with a directory sync owed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 4096);
+    log.set_background_close(true);
+    log.append(&entries(1..=1, 1, 1000)).unwrap();
+    let mut request = log.spare_request().unwrap().expect("no spare yet");
+    log.append(&entries(2..=3, 1, 1000)).unwrap();
+    let refused = log.append(&entries(4..=4, 1, 1000)).unwrap_err();
+    assert!(crate::is_closing(&refused), "{refused}");
+    let close = log.sync_begin().unwrap();
+    assert!(close.closes_segment());
+    let result = request.run();
+    log.spare_ready(request, result).unwrap();
+    assert_eq!(log.spares.len(), 1, "held back until the close ends");
+    let result = close.run();
+    log.sync_end(close, result).unwrap();
+    let open = log
+        .open
+        .as_ref()
+        .expect("the covered spare is open")
+        .counter;
+    assert_eq!(log.spares.len(), 1);
+    assert_ne!(log.spares[0].counter, open);
+    assert!(log.dir_sync_pending, "its name is not durable yet");
+    log.append(&entries(4..=6, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    let written = read_all(&log, 1, 7);
+    drop(log);
+    let log = SegmentLog::open(dir.path(), options(4096)).unwrap();
+    assert_eq!(read_all(&log, 1, 7), written);
+}
