@@ -143,6 +143,71 @@ fn drive(nodes: &mut [Node], clock: &ManualClock, mut done: impl FnMut(&[Node]) 
     panic!("the nodes never got there: {statuses:#?}");
 }
 
+/// A data directory at `data` for a single voter at `address`, with 64 KiB log segments.
+fn init_single_voter(data: &Path, config: &NodeConfig) {
+    let mut configuration = Configuration::new();
+    configuration.insert(NodeId(1), config.address.clone(), MemberRole::Voter);
+    atoll_node::init_member(
+        atoll_storage::StdDisk::shared(),
+        data,
+        config,
+        &ClusterSecret::generate().unwrap(),
+        &configuration,
+        Some(64 << 10),
+    )
+    .unwrap();
+}
+
+/// A client thread that creates table `t` in `database` if needed and inserts `rows`, each
+/// with a random blob of `blob` bytes.
+fn write_rows(
+    address: &str,
+    database: &'static str,
+    blob: usize,
+    rows: std::ops::Range<i64>,
+) -> thread::JoinHandle<()> {
+    let address = address.to_owned();
+    thread::spawn(move || {
+        let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+        connection.open(database).unwrap();
+        connection
+            .exec_sql(
+                "CREATE TABLE IF NOT EXISTS t(k INTEGER PRIMARY KEY, v)",
+                &[],
+            )
+            .unwrap();
+        let insert = format!("INSERT INTO t VALUES (?, randomblob({blob}))");
+        for row in rows {
+            connection
+                .exec_sql(&insert, &[Value::Integer(row)])
+                .unwrap();
+        }
+    })
+}
+
+/// The rows of table `t` in `database`, counted by a client while the nodes turn.
+fn count_rows(
+    nodes: &mut [Node],
+    clock: &ManualClock,
+    address: &str,
+    database: &'static str,
+) -> i64 {
+    let address = address.to_owned();
+    let count = thread::spawn(move || {
+        let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
+        connection.open(database).unwrap();
+        connection.query_sql("SELECT count(*) FROM t", &[]).unwrap()
+    });
+    drive(nodes, clock, |_| count.is_finished());
+    match count.join().unwrap().rows.as_slice() {
+        [row] => match row.as_slice() {
+            [Value::Integer(count)] => *count,
+            other => panic!("count(*) gave {other:?}"),
+        },
+        other => panic!("count(*) gave {other:?}"),
+    }
+}
+
 /// Turns every node `rounds` times (a millisecond each).
 fn turn_for(nodes: &mut [Node], clock: &ManualClock, rounds: usize) {
     let mut left = rounds;
@@ -427,18 +492,7 @@ fn test_a_full_segment_closes_off_the_loop_and_the_writes_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let address = free_addresses(1).remove(0);
-    let config = NodeConfig::new(1, address.clone());
-    let mut configuration = Configuration::new();
-    configuration.insert(NodeId(1), address.clone(), MemberRole::Voter);
-    atoll_node::init_member(
-        atoll_storage::StdDisk::shared(),
-        &data,
-        &config,
-        &ClusterSecret::generate().unwrap(),
-        &configuration,
-        Some(64 << 10),
-    )
-    .unwrap();
+    init_single_voter(&data, &NodeConfig::new(1, address.clone()));
     let clock = ManualClock::new();
     let options = StartOptions {
         log_segment_bytes: Some(64 << 10),
@@ -446,27 +500,7 @@ fn test_a_full_segment_closes_off_the_loop_and_the_writes_wait_for_it() {
     };
     let (node, disk) = open_with(&data, &clock, 11, options);
     let mut nodes = [node];
-    let write = |rows: std::ops::Range<i64>| {
-        let address = address.clone();
-        thread::spawn(move || {
-            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
-            connection.open("big").unwrap();
-            connection
-                .exec_sql(
-                    "CREATE TABLE IF NOT EXISTS t(k INTEGER PRIMARY KEY, v)",
-                    &[],
-                )
-                .unwrap();
-            for row in rows {
-                connection
-                    .exec_sql(
-                        "INSERT INTO t VALUES (?, randomblob(8192))",
-                        &[Value::Integer(row)],
-                    )
-                    .unwrap();
-            }
-        })
-    };
+    let write = |rows| write_rows(&address, "big", 8192, rows);
     let first = write(0..20);
     drive(&mut nodes, &clock, |_| first.is_finished());
     first.join().unwrap();
@@ -520,17 +554,7 @@ fn test_a_full_segment_closes_off_the_loop_and_the_writes_wait_for_it() {
         },
     );
     let mut nodes = [node];
-    let count = {
-        let address = address.clone();
-        thread::spawn(move || {
-            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
-            connection.open("big").unwrap();
-            connection.query_sql("SELECT count(*) FROM t", &[]).unwrap()
-        })
-    };
-    drive(&mut nodes, &clock, |_| count.is_finished());
-    let rows = count.join().unwrap();
-    assert_eq!(rows.rows, vec![vec![Value::Integer(40)]]);
+    assert_eq!(count_rows(&mut nodes, &clock, &address, "big"), 40);
 }
 
 #[test]
@@ -546,17 +570,7 @@ fn test_a_snapshot_waits_for_no_checkpoint_and_the_log_keeps_what_recovery_needs
     let address = free_addresses(1).remove(0);
     let mut config = NodeConfig::new(1, address.clone());
     config.snapshot_entries = 32;
-    let mut configuration = Configuration::new();
-    configuration.insert(NodeId(1), address.clone(), MemberRole::Voter);
-    atoll_node::init_member(
-        atoll_storage::StdDisk::shared(),
-        &data,
-        &config,
-        &ClusterSecret::generate().unwrap(),
-        &configuration,
-        Some(64 << 10),
-    )
-    .unwrap();
+    init_single_voter(&data, &config);
     let clock = ManualClock::new();
     let options = || StartOptions {
         log_segment_bytes: Some(64 << 10),
@@ -565,27 +579,7 @@ fn test_a_snapshot_waits_for_no_checkpoint_and_the_log_keeps_what_recovery_needs
     };
     let (node, _disk) = open_with(&data, &clock, 21, options());
     let mut nodes = [node];
-    let write = |rows: std::ops::Range<i64>| {
-        let address = address.clone();
-        thread::spawn(move || {
-            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
-            connection.open("db").unwrap();
-            connection
-                .exec_sql(
-                    "CREATE TABLE IF NOT EXISTS t(k INTEGER PRIMARY KEY, v)",
-                    &[],
-                )
-                .unwrap();
-            for row in rows {
-                connection
-                    .exec_sql(
-                        "INSERT INTO t VALUES (?, randomblob(9000))",
-                        &[Value::Integer(row)],
-                    )
-                    .unwrap();
-            }
-        })
-    };
+    let write = |rows| write_rows(&address, "db", 9000, rows);
     let first = write(0..40);
     drive(&mut nodes, &clock, |_| first.is_finished());
     first.join().unwrap();
@@ -643,16 +637,7 @@ fn test_a_snapshot_waits_for_no_checkpoint_and_the_log_keeps_what_recovery_needs
         "the snapshot was installed instead of the log replayed: {reopened:?}"
     );
     let mut nodes = [node];
-    let count = {
-        let address = address.clone();
-        thread::spawn(move || {
-            let mut connection = Connection::connect(&address, &ClientConfig::default()).unwrap();
-            connection.open("db").unwrap();
-            connection.query_sql("SELECT count(*) FROM t", &[]).unwrap()
-        })
-    };
-    drive(&mut nodes, &clock, |_| count.is_finished());
-    assert_eq!(count.join().unwrap().rows, vec![vec![Value::Integer(200)]]);
+    assert_eq!(count_rows(&mut nodes, &clock, &address, "db"), 200);
 
     // With no reader left, the checkpoints that follow each snapshot catch up with it (far
     // fewer frames than a checkpoint of its own needs), and the log is compacted past it while
