@@ -2329,7 +2329,20 @@ impl Node {
             self.stats.snapshots_installed,
             self.stats.messages_refused
         );
-        self.snapshot_job = None;
+        // A snapshot whose file is being finished is waited for and recorded, as its next
+        // turn would have; one still being copied is dropped (its unfinished file removed).
+        if let Some(job) = self.snapshot_job.take() {
+            let index = job.index();
+            match job.wait_finished() {
+                None => {}
+                Some(Ok(meta)) => {
+                    if let Err(e) = self.snapshot_written(index, meta) {
+                        error!("recording snapshot {index} at stop failed: {e}");
+                    }
+                }
+                Some(Err(e)) => warn!("snapshot {index} not finished at stop: {e}"),
+            }
+        }
         // What was appended is durable when the node stops (a sync may still be in flight;
         // its outcome is not waited for, but a segment's close is: the log's files must not
         // change under the next open).

@@ -137,6 +137,21 @@ impl SnapshotJob {
         }
     }
 
+    /// For a stop: a snapshot whose file a helper is finishing is waited for, and its outcome
+    /// returned; one still being copied is dropped (its unfinished file removed): `None`.
+    pub(crate) fn wait_finished(mut self) -> Option<io::Result<SnapshotMeta>> {
+        let Stage::Finishing { done, thread } = &mut self.stage else {
+            return None;
+        };
+        let result = done
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the helper thread died")));
+        if let Some(thread) = thread.take() {
+            let _ = thread.join();
+        }
+        Some(result)
+    }
+
     /// The stream is all written: the file is finished.
     fn finish(&mut self, background: bool) -> Progress {
         let (done_tx, done) = mpsc::channel();

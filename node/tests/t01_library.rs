@@ -97,7 +97,14 @@ fn test_in_process_node_snapshots_and_recovers_seen_through_its_status() {
         "{before:?}"
     );
     assert_eq!(before.log_last, before.commit, "{before:?}");
+    // The stop waits for a snapshot whose file is being finished, and records it.
     node.stop();
+    let stopped = node.state();
+    assert!(
+        stopped.snapshot >= before.snapshot && stopped.snapshot <= Some(stopped.applied),
+        "{stopped:?}"
+    );
+    let snapshot = stopped.snapshot.expect("a snapshot");
     drop(node);
 
     // Reopened: recovery reaches the same applied index, from the snapshot and the log.
