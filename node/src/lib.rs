@@ -513,7 +513,8 @@ pub struct Node {
     files: Arc<dyn Disk>,
     /// From the `Inputs` (kept by a restart in place).
     checkpoint_sync_in_background: bool,
-    /// Deletes the files the node no longer needs (`janitor.rs`).
+    /// Deletes the files the node no longer needs and prepares the log's next segment, off
+    /// the loop (`janitor.rs`).
     janitor: janitor::Janitor,
     /// Runs the log's syncs off the loop (`log_sync.rs`): a thread, or the simulated disk.
     log_sync: Box<dyn log_sync::LogSync>,
