@@ -12,10 +12,9 @@
 //!
 //! # Durability
 //!
-//! - `append` copies entries into the open segment's map: readable at once, durable after the
-//!   next `sync` (an `msync(MS_SYNC)` of the dirty pages, which on Linux also commits the
-//!   metadata needed to read them, like `fdatasync`). Closing a full segment during `append`
-//!   syncs it first, so entries in closed segments are always durable.
+//! - `append` writes entries into the open segment's file (`pwrite`; readable at once through
+//!   its map), durable after the next `sync` (an `fdatasync` of the segment). Closing a full
+//!   segment during `append` syncs it first, so entries in closed segments are always durable.
 //! - A sync may also run off the caller's thread: [`SegmentLog::sync_begin`] takes out a
 //!   [`SyncRequest`] (a shared handle on the open segment's map and the byte range to flush),
 //!   anyone runs it ([`SyncRequest::run`]) while the log goes on appending, truncating and
@@ -46,7 +45,8 @@
 //!
 //! # Crash safety, step by step
 //!
-//! - A segment is prepared under a temporary name (preallocated, header written), then renamed
+//! - A segment is prepared under a temporary name (preallocated, header written, the rest
+//!   filled with zeros and synced, so that a log sync has no extent to commit), then renamed
 //!   to `open-N`; one directory sync covers that rename and the closing rename of the full
 //!   segment before the new one takes an entry. A crash can leave an all-zero `open-N` (it
 //!   never held an entry), which recovery removes; any other `open-N` has a valid header.
@@ -350,9 +350,10 @@ impl SpareRequest {
         format!("{OPEN_PREFIX}{}", self.counter)
     }
 
-    /// Creates the segment under a temporary name, preallocates it, writes its header and
-    /// renames it `open-N` (its directory entry is synced before it takes an entry, as for any
-    /// spare). On a full disk the temporary file is removed and nothing is left.
+    /// Creates the segment under a temporary name, preallocates it, writes its header, fills
+    /// it with zeros ([`DiskFile::write_zeros`]: the log's syncs then flush only data), syncs
+    /// it and renames it `open-N` (its directory entry is synced before it takes an entry, as
+    /// for any spare). On a full disk the temporary file is removed and nothing is left.
     pub fn run(&mut self) -> io::Result<()> {
         let name = self.name();
         let temp_path = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
@@ -363,6 +364,11 @@ impl SpareRequest {
             return Err(error);
         }
         file.write_all_at(&segment::encode_segment_header(), 0)?;
+        self.disk.write_zeros(
+            &temp_path,
+            SEGMENT_HEADER_BYTES as u64..self.capacity as u64,
+        )?;
+        file.sync()?;
         self.disk.rename(&temp_path, &self.dir.join(&name))?;
         self.file = Some(file);
         Ok(())
@@ -876,8 +882,8 @@ impl SegmentLog {
 
     /// Creates a segment file at `dir/name.tmp`: blocks preallocated, header and `body` (records
     /// copied from another segment) written, and, if `durable`, synced. Returns the file; the
-    /// caller renames it. A spare needs no sync: the first `sync` of an entry in it flushes
-    /// the header page and the file's size with it, and recovery removes an all-zero spare.
+    /// caller renames it. A spare is not synced here: its caller fills it with zeros and then
+    /// syncs it.
     /// Fails cleanly (and removes the temporary file) when the disk is full; `Err((_, true))`
     /// means a write or sync failed, which is sticky.
     fn create_segment_file(
@@ -930,6 +936,15 @@ impl SegmentLog {
                 }
             }
         };
+        // As `SpareRequest::run` does: zeros written and synced, so the log's syncs flush only
+        // data.
+        let temp_path = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
+        let filled = self
+            .disk
+            .write_zeros(&temp_path, SEGMENT_HEADER_BYTES as u64..capacity as u64)
+            .and_then(|()| file.sync())
+            .map_err(|error| LogError::io("writing new segment", &temp_path, error));
+        self.sticky(filled)?;
         let renamed = self.rename(&format!("{name}{TEMP_SUFFIX}"), &name);
         self.sticky(renamed)?;
         self.dir_sync_pending = true;
@@ -1040,13 +1055,16 @@ impl SegmentLog {
     /// Makes the spare at `position` the open segment, mapped; on failure it stays a spare.
     fn open_spare(&mut self, position: usize) -> io::Result<()> {
         let spare = self.spares.remove(position);
-        let writer = match SegmentMap::open_writable(&spare.file, spare.capacity, 0) {
-            Ok((_, writer)) => writer,
-            Err(error) => {
-                self.spares.insert(position, spare);
-                return Err(error);
-            }
-        };
+        // The header is written: frozen, so that the writer keeps it (past `frozen` it writes
+        // over zeros).
+        let writer =
+            match SegmentMap::open_writable(&spare.file, spare.capacity, SEGMENT_HEADER_BYTES) {
+                Ok((_, writer)) => writer,
+                Err(error) => {
+                    self.spares.insert(position, spare);
+                    return Err(error);
+                }
+            };
         self.open = Some(OpenSegment {
             counter: spare.counter,
             name: spare.name,
@@ -1098,9 +1116,8 @@ impl SegmentLog {
             .map_err(|error| LogError::io("mapping segment", &path, error))
     }
 
-    /// Copies one entry into the open segment, which has room for it. Fails only when the
-    /// segment is written through to a file (a simulated disk) and that write fails: the entry
-    /// is not in the log then, and the caller makes the failure sticky.
+    /// Writes one entry into the open segment, which has room for it. If the write fails, the
+    /// entry is not in the log, and the caller makes the failure sticky.
     fn write_entry(&mut self, entry: &Entry) -> Result<(), LogError> {
         let open = self.open.as_mut().expect("an open segment with room");
         let record = segment::record_bytes(entry.payload.len());
@@ -1109,11 +1126,7 @@ impl SegmentLog {
             segment::encode_record_header(entry.index, entry.term, entry.kind, &entry.payload);
         let offset = open.end;
         open.writer
-            .write(offset, &header)
-            .and_then(|()| {
-                open.writer
-                    .write(offset + RECORD_HEADER_BYTES, &entry.payload)
-            })
+            .write(offset, &[&header, &entry.payload])
             .map_err(|error| LogError::io("writing entry", self.dir.join(&open.name), error))?;
         // The padding is already zero: nothing was ever written past `end`.
         open.writer.freeze(offset + record);

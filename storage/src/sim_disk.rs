@@ -28,6 +28,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -53,7 +54,7 @@ pub enum SimOp {
     Open,
     /// [`DiskFile::read_at`].
     Read,
-    /// [`DiskFile::write_all_at`].
+    /// [`DiskFile::write_all_at`] and [`Disk::write_zeros`].
     Write,
     /// [`DiskFile::set_len`] and [`DiskFile::allocate`].
     SetLen,
@@ -840,6 +841,18 @@ impl Disk for SimDisk {
         dir.durable = dir.live.clone();
         state.stats.syncs += 1;
         state.collect();
+        Ok(())
+    }
+
+    fn write_zeros(&self, path: &Path, range: Range<u64>) -> io::Result<()> {
+        // No extents to turn written, and allocated bytes read as zeros already: nothing to
+        // write. The file must cover the range, as after a real preallocation.
+        let mut state = self.lock();
+        state.begin(SimOp::Write)?;
+        let inode = state.lookup(&State::components(path))?;
+        if state.file(inode)?.live.len < range.end {
+            return Err(io::Error::other("writing zeros past the end of a file"));
+        }
         Ok(())
     }
 

@@ -1052,8 +1052,9 @@ fn test_read_hard_state_reads_the_metadata_without_opening_the_log() {
 
 #[test]
 fn test_mapped_pages_leave_memory_and_entries_stay_readable() {
-    // Appending 6 MiB to an 8 MiB segment in synced batches writes every page through the map,
-    // yet only the newest OPEN_RESIDENT_BYTES to twice that stay resident; release_memory drops
+    // Appending 6 MiB to an 8 MiB segment in synced batches, each read back through the map
+    // (as a leader reads what it sends; writes go through the file and map nothing in), yet
+    // only the newest OPEN_RESIDENT_BYTES to twice that stay resident; release_memory drops
     // the rest, a segment closed by a rollover leaves memory at once, and every entry still
     // reads back as written (from the page cache).
     let dir = tempfile::tempdir().unwrap();
@@ -1067,6 +1068,7 @@ fn test_mapped_pages_leave_memory_and_entries_stay_readable() {
     for first in (1..=384u64).step_by(batch) {
         let batch_entries = entries(first..=first + batch as u64 - 1, 1, payload);
         log.append(&batch_entries).unwrap();
+        assert_eq!(read_all(&log, first, first + batch as u64), batch_entries);
         log.sync().unwrap();
         written.extend(batch_entries);
         let resident = resident_kib_under(dir.path());
