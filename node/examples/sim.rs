@@ -1,7 +1,8 @@
 //! The whole-stack deterministic simulator (see `atoll_node::sim`): runs seeds, prints each
 //! failing seed with a one-line reproducer, and last
 //! `sim: <n> seeds, <v> violations, <c> commits, <e> elections, <k> commands chained (longest
-//! chain <l>), <a> in flight at a leader change`; exits 1 on any violation.
+//! chain <l>), <a> in flight at a leader change, <y> applies cut short`; exits 1 on any
+//! violation.
 //!
 //! ```text
 //! cargo run --release -p atoll-node --example sim -- --seeds 0..100 [--nodes 3] [--fault-ms 10000]
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
     let started = MonotonicClock.now();
     let (mut count, mut violations, mut commits, mut elections) = (0u64, 0u64, 0u64, 0u64);
     let (mut chained, mut chain_longest, mut abandoned) = (0u64, 0u64, 0u64);
+    let mut apply_yields = 0u64;
     for seed in seeds {
         let config = SimConfig {
             seed,
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         elections += report.elections;
         chained += report.chained;
         chain_longest = chain_longest.max(report.chain_longest);
+        apply_yields += report.apply_yields;
         abandoned += report.abandoned;
         if verbose {
             println!(
@@ -150,7 +153,7 @@ fn main() -> ExitCode {
     println!(
         "sim: {count} seeds, {violations} violations, {commits} commits, {elections} elections, \
          {chained} commands chained (longest chain {chain_longest}), {abandoned} in flight at a \
-         leader change"
+         leader change, {apply_yields} applies cut short"
     );
     if violations > 0 {
         ExitCode::FAILURE

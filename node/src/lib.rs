@@ -88,6 +88,14 @@ use snapshot_job::{Progress, SnapshotJob};
 
 /// The reactor timer token of the raft tick.
 const TICK_TOKEN: u64 = 1;
+
+/// The most committed entries one turn applies; the rest wait for the next turn (`busy`), so
+/// that messages and timers are seen in between. Applying also stops once a quarter of the
+/// shortest election timeout has passed, but never before [`APPLY_TURN_MIN`].
+const APPLY_TURN_ENTRIES_MAX: usize = 32;
+
+/// The shortest apply budget of a turn, however short the election timeout.
+const APPLY_TURN_MIN: Duration = Duration::from_millis(1);
 /// A node that applied nothing for this long checkpoints every database (TRUNCATE), so that a
 /// restart replays little and the WAL files give their space back.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
@@ -311,6 +319,7 @@ fn create(
 #[derive(Debug, Default)]
 struct Stats {
     entries_proposed: u64,
+    apply_yields: u64,
     commands_chained: u64,
     chain_longest: u64,
     commands_abandoned: u64,
@@ -355,6 +364,9 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// Commands applied to the engine since it opened.
     pub commands_applied: u64,
+    /// Turns whose apply stopped at its budget, leaving committed entries to the next turn,
+    /// since it opened.
+    pub apply_yields: u64,
     /// Commands this node proposed on top of others of their database still in flight (chains
     /// longer than one), since it opened.
     pub commands_chained: u64,
@@ -524,6 +536,9 @@ pub struct Node {
     durability: log_sync::Durability,
     /// When to give memory back (`memory.rs`).
     idle_release: memory::IdleRelease,
+    /// A turn's apply stopped at its budget ([`APPLY_TURN_ENTRIES_MAX`], or a quarter of the
+    /// shortest election timeout) with committed entries left: the next turn comes at once.
+    apply_yielded: bool,
 }
 
 impl Node {
@@ -914,6 +929,7 @@ impl Node {
             restore_waiting: Vec::new(),
             checkpointed_at: applied,
             idle_release: memory::IdleRelease::new(now),
+            apply_yielded: false,
             idle_checkpoint_retry_at: now,
             replay: Some((applied, last.0)),
             disk: disk::Disk::new(Arc::clone(&files), data_dir.to_path_buf()),
@@ -984,6 +1000,7 @@ impl Node {
             snapshots_taken: self.stats.snapshots,
             snapshots_installed: self.stats.snapshots_installed,
             commands_applied: self.stats.commands_applied,
+            apply_yields: self.stats.apply_yields,
             commands_chained: self.stats.commands_chained,
             chain_longest: self.stats.chain_longest,
             commands_abandoned: self.stats.commands_abandoned,
@@ -1000,6 +1017,7 @@ impl Node {
         self.snapshot_job.as_ref().is_some_and(SnapshotJob::copying)
             || !self.proposals.is_empty()
             || self.verify.busy()
+            || self.apply_yielded
     }
 
     /// A handle that interrupts [`Node::run`]'s wait, for the signal thread.
@@ -1275,6 +1293,7 @@ impl Node {
     /// lets the next group of its database run on top of it (`run_queued`), proposed in the
     /// same turn: so the turn's proposals go in rounds, one command per database and round.
     fn drive_raft(&mut self) -> Result<(), NodeError> {
+        self.apply_yielded = false;
         // Bounded: a round with nothing to propose ends it, and each round's new commands are
         // links of chains of at most `CHAIN_MAX`.
         for _ in 0..=CHAIN_MAX {
@@ -1503,8 +1522,22 @@ impl Node {
                 self.read_dropped(read.context);
             }
         }
-        for entry in &ready.committed_entries {
+        let apply_budget = (self.tick * self.config.election_ticks_min / 4).max(APPLY_TURN_MIN);
+        for (applied, entry) in ready.committed_entries.iter().enumerate() {
             let index = entry.index.0;
+            if applied > 0
+                && (applied >= APPLY_TURN_ENTRIES_MAX
+                    || self.clock.now().saturating_duration_since(apply_start) >= apply_budget)
+            {
+                // The rest waits for the next turn, which comes at once (`busy`): a follower
+                // catching up, or applying a burst, still hears heartbeats in time, and a
+                // leader still sends them.
+                self.apply_again_from(entry.index, &mut ready)?;
+                self.apply_yielded = true;
+                self.stats.apply_yields += 1;
+                stalled = true;
+                break;
+            }
             match entry.kind {
                 EntryKind::Command if verify::decode_point(&entry.payload).is_some() => {
                     self.engine.note_applied(index);
@@ -2019,10 +2052,14 @@ impl Node {
         if applied < self.snapshot_next_at {
             return Ok(());
         }
-        self.snapshot_next_at = applied + SNAPSHOT_RETRY_ENTRIES;
-        if self.raft.configuration_index().0 > applied {
-            return Ok(()); // A configuration change is not applied yet: its snapshot waits.
+        let configuration_index = self.raft.configuration_index().0;
+        if configuration_index > applied {
+            // A configuration change is not applied yet (or a replay after a restart is not
+            // past the snapshot's): tried again once it is.
+            self.snapshot_next_at = configuration_index;
+            return Ok(());
         }
+        self.snapshot_next_at = applied + SNAPSHOT_RETRY_ENTRIES;
         let index = LogIndex(applied);
         let term = self
             .raft
@@ -2032,8 +2069,10 @@ impl Node {
         let reader = match self.engine.snapshot() {
             Ok(reader) => reader,
             Err(atoll_core::EngineError::NotSettled { database, index }) => {
-                // After a restart, until replay passes what a checkpoint copied.
+                // After a restart, until replay passes what a checkpoint copied: tried again
+                // as soon as it has (a replay is applied over several turns).
                 debug!("snapshot postponed: {database:?} settles at index {index}");
+                self.snapshot_next_at = self.snapshot_next_at.min(index.max(applied + 1));
                 return Ok(());
             }
             Err(e) => return Err(fatal("starting the snapshot", e)),

@@ -45,10 +45,10 @@
 //!
 //! # Crash safety, step by step
 //!
-//! - A segment is prepared under a temporary name (preallocated, header written, the rest
-//!   filled with zeros and synced, so that a log sync has no extent to commit), then renamed
-//!   to `open-N`; one directory sync covers that rename and the closing rename of the full
-//!   segment before the new one takes an entry. A crash can leave an all-zero `open-N` (it
+//! - A segment is prepared under a temporary name (preallocated, header written; a spare
+//!   prepared off the caller's thread is also filled with zeros and synced, so that a log sync
+//!   has no extent to commit), then renamed to `open-N`; one directory sync covers that rename
+//!   and the closing rename of the full segment before the new one takes an entry. A crash can leave an all-zero `open-N` (it
 //!   never held an entry), which recovery removes; any other `open-N` has a valid header.
 //! - Entries are never written twice in place. Truncation builds a new file holding the kept
 //!   prefix, syncs it and renames it *over* the segment it replaces (atomic), after deleting
@@ -882,8 +882,8 @@ impl SegmentLog {
 
     /// Creates a segment file at `dir/name.tmp`: blocks preallocated, header and `body` (records
     /// copied from another segment) written, and, if `durable`, synced. Returns the file; the
-    /// caller renames it. A spare is not synced here: its caller fills it with zeros and then
-    /// syncs it.
+    /// caller renames it. A spare needs no sync: the first `sync` of an entry in it flushes
+    /// the header and the file's size with it, and recovery removes an all-zero spare.
     /// Fails cleanly (and removes the temporary file) when the disk is full; `Err((_, true))`
     /// means a write or sync failed, which is sticky.
     fn create_segment_file(
@@ -936,15 +936,9 @@ impl SegmentLog {
                 }
             }
         };
-        // As `SpareRequest::run` does: zeros written and synced, so the log's syncs flush only
-        // data.
-        let temp_path = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
-        let filled = self
-            .disk
-            .write_zeros(&temp_path, SEGMENT_HEADER_BYTES as u64..capacity as u64)
-            .and_then(|()| file.sync())
-            .map_err(|error| LogError::io("writing new segment", &temp_path, error));
-        self.sticky(filled)?;
+        // Not filled with zeros, unlike a spare of `SpareRequest::run`: this runs on the
+        // caller's thread when no spare was prepared in time, and writing a segment's worth of
+        // zeros takes milliseconds. The segment's syncs then commit its extents as they go.
         let renamed = self.rename(&format!("{name}{TEMP_SUFFIX}"), &name);
         self.sticky(renamed)?;
         self.dir_sync_pending = true;

@@ -149,6 +149,8 @@ pub struct SeedReport {
     pub compacted: u64,
     /// Commands proposed on top of others of their database still in flight, all nodes.
     pub chained: u64,
+    /// Turns whose apply stopped at its budget with entries left for the next, all nodes.
+    pub apply_yields: u64,
     /// The most commands of one database in flight at once, on any node.
     pub chain_longest: u64,
     /// Commands in flight when their leader lost leadership (chains discarded), all nodes.
@@ -221,6 +223,7 @@ struct Cluster {
     snapshots_installed: u64,
     compacted: u64,
     chained: u64,
+    apply_yields: u64,
     chain_longest: u64,
     abandoned: u64,
     /// Size of the nodes' log segment files.
@@ -413,6 +416,7 @@ impl Cluster {
         self.snapshots_installed += state.snapshots_installed;
         self.compacted += u64::from(state.log_first.0 > 1);
         self.chained += state.commands_chained;
+        self.apply_yields += state.apply_yields;
         self.chain_longest = self.chain_longest.max(state.chain_longest);
         self.abandoned += state.commands_abandoned;
     }
@@ -1263,6 +1267,7 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
         snapshots_installed: 0,
         compacted: 0,
         chained: 0,
+        apply_yields: 0,
         chain_longest: 0,
         abandoned: 0,
         log_segment_bytes,
@@ -1335,6 +1340,7 @@ pub fn run_seed(config: &SimConfig) -> SeedReport {
     run.report.snapshots_installed = run.cluster.snapshots_installed;
     run.report.compacted = run.cluster.compacted;
     run.report.chained = run.cluster.chained;
+    run.report.apply_yields = run.cluster.apply_yields;
     run.report.chain_longest = run.cluster.chain_longest;
     run.report.abandoned = run.cluster.abandoned;
     for disk in &run.cluster.disks {
