@@ -63,28 +63,37 @@ pub(crate) struct SegmentMap {
 /// The one writer of a [`SegmentMap`] mapped read-write. Not `Clone`: uniqueness is what makes
 /// the unsynchronized writes sound.
 ///
-/// It writes whole [`WRITE_BLOCK_BYTES`] blocks: a write that covers only part of a block
-/// whose page is not cached makes the kernel read the block from disk first, and segments are
-/// filled with zeros by `O_DIRECT`, which leaves nothing of them cached. So the writer keeps a
-/// copy of the written bytes of the block it last wrote into (`tail`) and writes each record
-/// as the blocks it touches: that copy, zeros up to the record (never-written bytes of a
-/// segment are zeros), the record, and zeros to the block's end.
+/// Writes are staged ([`SegmentWriter::write`]) and go to the file together
+/// ([`SegmentWriter::flush_staged`]: one `pwrite` for a batch of entries), as whole
+/// [`WRITE_BLOCK_BYTES`] blocks: a write that covers only part of a block whose page is not
+/// cached makes the kernel read the block from disk first, and segments are filled with zeros
+/// by `O_DIRECT`, which leaves nothing of them cached. So the writer keeps a copy of the
+/// written bytes of the block it last wrote into (`tail`), and a flush writes the blocks the
+/// staged bytes touch: that copy, the staged bytes with zeros in their gaps (never-written
+/// bytes of a segment are zeros), and zeros to the last block's end.
 pub(crate) struct SegmentWriter {
     map: Arc<SegmentMap>,
-    /// The end of the bytes written so far; writes only go forward from it.
+    /// The end of the bytes written to the file so far.
     written: usize,
     /// The bytes from the start of the block holding `written` up to `written`.
     tail: Vec<u8>,
-    /// The blocks of the write being made, reused from write to write.
+    /// The staged blocks, from `staged_start`: bytes not in the file yet.
     staging: Vec<u8>,
+    /// Where `staging` starts in the segment (a block boundary), when it holds anything.
+    staged_start: usize,
+    /// The first staged byte (after the bytes of `tail` copied in front of it).
+    staged_first: usize,
+    /// The end of the staged bytes; writes only go forward from it.
+    staged_end: usize,
 }
 
 /// The unit the writer writes in: a file system block (4 KiB on ext4 and XFS by default; a
 /// multiple of smaller blocks). Not the memory page, which is 64 KiB on some aarch64 kernels.
 pub(crate) const WRITE_BLOCK_BYTES: usize = 4096;
 
-/// The most `staging` keeps between writes; a larger record's buffer is given back.
-const STAGING_KEPT_BYTES: usize = 1 << 20;
+/// Staged bytes past which the caller should flush: the buffer stays small (a batch of large
+/// entries is written in pieces of about this size).
+pub(crate) const STAGING_FLUSH_BYTES: usize = 256 << 10;
 
 impl SegmentMap {
     /// Maps all of `file` read-only; every byte is frozen at once.
@@ -148,6 +157,9 @@ impl SegmentMap {
             written: frozen,
             tail,
             staging: Vec::new(),
+            staged_start: 0,
+            staged_first: frozen,
+            staged_end: frozen,
         };
         Ok((map, writer))
     }
@@ -237,24 +249,24 @@ impl SegmentWriter {
         &self.map
     }
 
-    /// Writes `parts`, one after the other, at `offset`, which must be at or above the frozen
+    /// Stages `parts`, one after the other, at `offset`, which must be at or above the frozen
     /// mark and the end of the last write, and end within the map (panics otherwise). The
-    /// bytes are not readable until frozen. A failed write leaves any part of them in the file
-    /// (the caller treats it as a failed write, for good).
-    pub(crate) fn write(&mut self, offset: usize, parts: &[&[u8]]) -> io::Result<()> {
+    /// bytes reach the file at the next [`SegmentWriter::flush_staged`]; they are not readable
+    /// until flushed and frozen.
+    pub(crate) fn write(&mut self, offset: usize, parts: &[&[u8]]) {
         assert!(
             offset >= self.map.frozen(),
             "writing over frozen bytes at offset {offset}"
         );
         assert!(
-            offset >= self.written,
+            offset >= self.staged_end,
             "writing at {offset}, behind the last write"
         );
         let len: usize = parts.iter().map(|part| part.len()).sum();
         let end = offset.checked_add(len).expect("offset overflow");
         assert!(end <= self.map.len(), "writing past the end of the map");
         if len == 0 {
-            return Ok(());
+            return;
         }
         if self.map.anonymous {
             let mut at = offset;
@@ -263,17 +275,41 @@ impl SegmentWriter {
                 at += part.len();
             }
         }
-        // The blocks `start..stop` the write touches, as they will read after it.
-        let start = offset - offset % WRITE_BLOCK_BYTES;
-        let stop = end.next_multiple_of(WRITE_BLOCK_BYTES).min(self.map.len());
-        self.staging.clear();
-        if start == self.written - self.tail.len() {
-            self.staging.extend_from_slice(&self.tail);
+        if self.staging.is_empty() {
+            let start = offset - offset % WRITE_BLOCK_BYTES;
+            self.staged_start = start;
+            self.staged_first = offset;
+            if start == self.written - self.tail.len() {
+                self.staging.extend_from_slice(&self.tail);
+            }
         }
-        self.staging.resize(offset - start, 0);
+        self.staging.resize(offset - self.staged_start, 0);
         for part in parts {
             self.staging.extend_from_slice(part);
         }
+        self.staged_end = end;
+    }
+
+    /// The bytes staged and not flushed yet.
+    pub(crate) fn staged_bytes(&self) -> usize {
+        self.staging.len()
+    }
+
+    /// The offset of the first byte staged and not flushed yet, if any.
+    pub(crate) fn staged_from(&self) -> Option<usize> {
+        (!self.staging.is_empty()).then_some(self.staged_first)
+    }
+
+    /// Writes the staged bytes to the file, as the whole blocks they touch (one `pwrite`). A
+    /// failed write leaves any part of them in the file (the caller treats it as a failed
+    /// write, for good).
+    pub(crate) fn flush_staged(&mut self) -> io::Result<()> {
+        if self.staging.is_empty() {
+            return Ok(());
+        }
+        let start = self.staged_start;
+        let end = self.staged_end;
+        let stop = end.next_multiple_of(WRITE_BLOCK_BYTES).min(self.map.len());
         self.staging.resize(stop - start, 0);
         let file = self.map.file.as_ref().expect("a writer's map has its file");
         let written = file.write_all_at(&self.staging, start as u64);
@@ -282,9 +318,7 @@ impl SegmentWriter {
         self.tail
             .extend_from_slice(&self.staging[last_block - start..end - start]);
         self.written = end;
-        if self.staging.capacity() > STAGING_KEPT_BYTES {
-            self.staging = Vec::new();
-        }
+        self.staging.clear();
         written
     }
 
@@ -309,9 +343,14 @@ impl SegmentWriter {
         }
     }
 
-    /// Makes `0..end` readable and immutable. `end` never moves backwards.
+    /// Makes `0..end` readable and immutable. `end` never moves backwards, and never passes
+    /// a staged byte not flushed yet.
     pub(crate) fn freeze(&mut self, end: usize) {
         assert!(end <= self.map.len());
+        assert!(
+            self.staging.is_empty() || end <= self.staged_first,
+            "freezing staged bytes not in the file yet"
+        );
         assert!(
             end >= self.map.frozen(),
             "the frozen mark never moves backwards"
@@ -492,10 +531,12 @@ pub(crate) mod tests {
         assert_eq!(file.metadata().unwrap().len(), 8192);
         let file = std_file(file);
         let (map, mut writer) = SegmentMap::open_writable(&file, 8192, 0).unwrap();
-        writer.write(0, &[b"hello"]).unwrap();
+        writer.write(0, &[b"hello"]);
+        writer.flush_staged().unwrap();
         writer.freeze(5);
         assert_eq!(map.slice(0..5), b"hello");
-        writer.write(5, &[b" world"]).unwrap();
+        writer.write(5, &[b" world"]);
+        writer.flush_staged().unwrap();
         writer.freeze(11);
         writer.flush(0..11).unwrap();
         let reader = SegmentMap::open_read_only(&StdFile::new(File::open(&path).unwrap())).unwrap();
@@ -523,7 +564,8 @@ pub(crate) mod tests {
         expected[..6].copy_from_slice(b"HEADER");
         let (map, mut writer) = SegmentMap::open_writable(&file, len, 6).unwrap();
         let mut put = |writer: &mut SegmentWriter, offset: usize, parts: &[&[u8]]| {
-            writer.write(offset, parts).unwrap();
+            writer.write(offset, parts);
+            writer.flush_staged().unwrap();
             let mut at = offset;
             for part in parts {
                 expected[at..at + part.len()].copy_from_slice(part);
@@ -627,7 +669,8 @@ pub(crate) mod tests {
         let file = std_file(file);
         let (map, mut writer) = SegmentMap::open_writable(&file, len, 0).unwrap();
         let bytes: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
-        writer.write(0, &[&bytes]).unwrap();
+        writer.write(0, &[&bytes]);
+        writer.flush_staged().unwrap();
         writer.freeze(len - 100);
         assert!(map.slice(0..len - 100) == &bytes[..len - 100]);
         assert!(resident_kib_under(&path) >= 1000);
@@ -673,7 +716,8 @@ pub(crate) mod tests {
         file.sync().unwrap();
         let (map, mut writer) = SegmentMap::open_writable(&file, 8192, 4).unwrap();
         assert_eq!(map.slice(0..4), b"head");
-        writer.write(4, &[b"-tail"]).unwrap();
+        writer.write(4, &[b"-tail"]);
+        writer.flush_staged().unwrap();
         writer.freeze(9);
         assert_eq!(map.slice(0..9), b"head-tail");
         let mut buf = [0u8; 9];
@@ -702,7 +746,8 @@ pub(crate) mod tests {
         let file = new_file(&dir.path().join("segment"));
         preallocate(&file, 4096).unwrap();
         let (map, mut writer) = SegmentMap::open_writable(&std_file(file), 4096, 0).unwrap();
-        writer.write(0, &[b"abc"]).unwrap();
+        writer.write(0, &[b"abc"]);
+        writer.flush_staged().unwrap();
         let _ = map.slice(0..3);
     }
 
@@ -713,6 +758,6 @@ pub(crate) mod tests {
         let file = new_file(&dir.path().join("segment"));
         preallocate(&file, 4096).unwrap();
         let (_map, mut writer) = SegmentMap::open_writable(&std_file(file), 4096, 16).unwrap();
-        let _ = writer.write(8, &[b"abc"]);
+        writer.write(8, &[b"abc"]);
     }
 }

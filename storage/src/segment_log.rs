@@ -1110,20 +1110,18 @@ impl SegmentLog {
             .map_err(|error| LogError::io("mapping segment", &path, error))
     }
 
-    /// Writes one entry into the open segment, which has room for it. If the write fails, the
-    /// entry is not in the log, and the caller makes the failure sticky.
-    fn write_entry(&mut self, entry: &Entry) -> Result<(), LogError> {
+    /// Stages one entry in the open segment, which has room for it; `flush_written` writes it
+    /// to the file and makes it readable.
+    fn write_entry(&mut self, entry: &Entry) {
         let open = self.open.as_mut().expect("an open segment with room");
         let record = segment::record_bytes(entry.payload.len());
         assert!(open.end + record <= open.capacity);
         let header =
             segment::encode_record_header(entry.index, entry.term, entry.kind, &entry.payload);
         let offset = open.end;
-        open.writer
-            .write(offset, &[&header, &entry.payload])
-            .map_err(|error| LogError::io("writing entry", self.dir.join(&open.name), error))?;
-        // The padding is already zero: nothing was ever written past `end`.
-        open.writer.freeze(offset + record);
+        open.writer.write(offset, &[&header, &entry.payload]);
+        // The padding is already zero: nothing was ever written past `end`. The entry is
+        // frozen (readable) once the batch is flushed (`flush_written`).
         if open.offsets.is_empty() {
             open.first = entry.index;
         }
@@ -1132,7 +1130,6 @@ impl SegmentLog {
         open.end = offset + record;
         self.runs.push(entry.index, entry.term);
         self.last_index = entry.index;
-        Ok(())
     }
 
     fn append_entries(&mut self, entries: &[Entry]) -> Result<(), LogError> {
@@ -1179,12 +1176,52 @@ impl SegmentLog {
                 .as_ref()
                 .is_some_and(|open| open.end + record <= open.capacity);
             if !fits {
+                let flushed = self.flush_written();
+                self.sticky(flushed)?;
                 let rolled = self.roll_over(record);
                 self.sticky(rolled)?;
             }
-            let written = self.write_entry(entry);
-            self.sticky(written)?;
+            self.write_entry(entry);
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|open| open.writer.staged_bytes() >= mmap::STAGING_FLUSH_BYTES)
+            {
+                let flushed = self.flush_written();
+                self.sticky(flushed)?;
+            }
         }
+        let flushed = self.flush_written();
+        self.sticky(flushed)
+    }
+
+    /// Writes the entries staged in the open segment to its file (one `pwrite`) and makes
+    /// them readable.
+    /// On failure the entries not written are forgotten (they were never readable), and
+    /// the caller makes the failure sticky.
+    fn flush_written(&mut self) -> Result<(), LogError> {
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let Some(from) = open.writer.staged_from() else {
+            return Ok(());
+        };
+        if let Err(error) = open.writer.flush_staged() {
+            let kept = open
+                .offsets
+                .partition_point(|&offset| (offset as usize) < from);
+            let forgotten = (open.offsets.len() - kept) as u64;
+            open.offsets.truncate(kept);
+            open.end = from;
+            self.last_index = LogIndex(self.last_index.0 - forgotten);
+            self.runs.truncate_after(self.last_index);
+            return Err(LogError::io(
+                "writing entries",
+                self.dir.join(&open.name),
+                error,
+            ));
+        }
+        open.writer.freeze(open.end);
         Ok(())
     }
 
