@@ -366,6 +366,10 @@ impl Node {
             // Appends in flight may be lost: probe instead of pipelining into the void.
             self.raft.report_unreachable(NodeId(node));
         }
+        if matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_)) {
+            // Closed by the other end, or reset: the leader's process ended, most likely.
+            self.raft.leader_connection_closed(NodeId(node));
+        }
     }
 
     /// Makes the reactor's peer addresses follow the configurations: the address (or route) of

@@ -454,7 +454,28 @@ impl Fabric {
             conn.closed_at.get_or_insert(now + DELAY_MIN);
         }
         let others: Vec<u64> = state.nodes.keys().copied().filter(|&n| n != id).collect();
+        // A process that dies has its sockets closed by the kernel, and its peers read the end
+        // of their connections from it; a machine that loses power closes nothing. Half the
+        // crashes are of each kind.
+        let closes = state.chance(500_000);
         for other in others {
+            let connected = state
+                .nodes
+                .get(&other)
+                .is_some_and(|o| o.inbound.contains(&id));
+            if closes && connected {
+                let at = now + DELAY_MIN;
+                state.deliver(
+                    other,
+                    at,
+                    Event::PeerDisconnected {
+                        node: id,
+                        direction: PeerDirection::Inbound,
+                        reason: CloseReason::PeerClosed,
+                        frames_dropped: 0,
+                    },
+                );
+            }
             state.link_down(other, id);
         }
         state.outbound_drop(id, None);

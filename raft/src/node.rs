@@ -712,6 +712,28 @@ impl<L: LogRead> RawNode<L> {
         indexes
     }
 
+    /// The host saw its connection with `id` closed by the other end (a process that exits or
+    /// dies closes its sockets), not time out. If `id` is this follower's leader, the follower
+    /// stops counting on it: it leaves the leader lease (others' pre-votes and votes are heard)
+    /// and campaigns once the random part of its election timeout has passed, unless a leader
+    /// is heard first. The fixed part is skipped: a crashed leader is replaced in a few ticks,
+    /// not a whole election timeout. Liveness only: a node whose connection alone broke cannot
+    /// depose a live leader (the others still hear it and refuse its pre-votes).
+    pub fn leader_connection_closed(&mut self, id: NodeId) {
+        if self.role != StateRole::Follower || self.leader_id != Some(id) {
+            return;
+        }
+        log::info!(
+            "{}: connection with leader {id} closed by it: campaigning without waiting out \
+             the election timeout's fixed part",
+            self.id
+        );
+        self.leader_id = None;
+        self.election_elapsed = self
+            .election_elapsed
+            .max(self.config.election_timeout_ticks_min);
+    }
+
     /// The host could not reach `id` (a connection failed): stop pipelining to it and probe.
     pub fn report_unreachable(&mut self, id: NodeId) {
         if self.role != StateRole::Leader || id == self.id {

@@ -8,7 +8,8 @@
 //! `deliver [N]`, `tick N [COUNT]`, `propose N DATA`, `put N KEY VALUE`, `isolate N`, `heal`,
 //! `crash N`, `restart N`, `status`, `log N`, `add N ID ROLE`, `assign N ID ROLE`,
 //! `remove N ID`, `transfer N [ID]`, `read-index N CONTEXT`, `read-states N`, `snapshot N`,
-//! `disk-stall N`, `disk-release N`.
+//! `disk-stall N`, `disk-release N`, `connection-closed N FROM` (N's connection with FROM was
+//! closed by FROM).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -200,6 +201,13 @@ impl Runner {
                     .get_mut(&id)
                     .expect("node")
                     .disk_stalled = true;
+                "ok\n".to_string()
+            }
+            "connection-closed" => {
+                let from = NodeId(number(2));
+                self.network()
+                    .node_mut(number(1))
+                    .leader_connection_closed(from);
                 "ok\n".to_string()
             }
             "disk-release" => {
