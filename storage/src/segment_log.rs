@@ -48,8 +48,9 @@
 //! - A segment is prepared under a temporary name (preallocated, header written; a spare
 //!   prepared off the caller's thread is also filled with zeros and synced, so that a log sync
 //!   has no extent to commit), then renamed to `open-N`; one directory sync covers that rename
-//!   and the closing rename of the full segment before the new one takes an entry. A crash can leave an all-zero `open-N` (it
-//!   never held an entry), which recovery removes; any other `open-N` has a valid header.
+//!   and the closing rename of the full segment before the new one takes an entry. A crash
+//!   can leave an all-zero `open-N` (it never held an entry), which recovery removes; any
+//!   other `open-N` has a valid header.
 //! - Entries are never written twice in place. Truncation builds a new file holding the kept
 //!   prefix, syncs it and renames it *over* the segment it replaces (atomic), after deleting
 //!   later segments newest first with a directory sync after each; a closed segment that must be
