@@ -352,7 +352,7 @@ impl SpareRequest {
     }
 
     /// Creates the segment under a temporary name, preallocates it, writes its header, fills
-    /// it with zeros ([`DiskFile::write_zeros`]: the log's syncs then flush only data), syncs
+    /// it with zeros ([`Disk::write_zeros`]: the log's syncs then flush only data), syncs
     /// it and renames it `open-N` (its directory entry is synced before it takes an entry, as
     /// for any spare). On a full disk the temporary file is removed and nothing is left.
     pub fn run(&mut self) -> io::Result<()> {
