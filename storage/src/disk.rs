@@ -79,8 +79,8 @@ pub trait Disk: Send + Sync + fmt::Debug {
     /// Writes zeros over `range` of the file at `path`, whose blocks there are allocated
     /// ([`DiskFile::allocate`]), so that later writes into it overwrite blocks the file system
     /// counts as written. A preallocated block is *unwritten* until then (ext4, XFS): its first
-    /// write changes the file's extent map, and the `fdatasync` after it must commit a journal
-    /// transaction; an overwrite leaves `fdatasync` only the data to flush. The caller syncs
+    /// write changes the file's extent map, and the `fdatasync` after it must write that too (a
+    /// journal commit, or the inode without a journal); an overwrite leaves only the data. The caller syncs
     /// the file afterwards. This default writes through an ordinary handle.
     fn write_zeros(&self, path: &Path, range: Range<u64>) -> io::Result<()> {
         let file = self.open(path, OpenMode::Write)?;
