@@ -80,8 +80,8 @@ pub trait Disk: Send + Sync + fmt::Debug {
     /// ([`DiskFile::allocate`]), so that later writes into it overwrite blocks the file system
     /// counts as written. A preallocated block is *unwritten* until then (ext4, XFS): its first
     /// write changes the file's extent map, and the `fdatasync` after it must write that too (a
-    /// journal commit, or the inode without a journal); an overwrite leaves only the data. The caller syncs
-    /// the file afterwards. This default writes through an ordinary handle.
+    /// journal commit, or the inode without a journal); an overwrite leaves only the data.
+    /// The caller syncs the file afterwards. This default writes through an ordinary handle.
     fn write_zeros(&self, path: &Path, range: Range<u64>) -> io::Result<()> {
         let file = self.open(path, OpenMode::Write)?;
         write_zeros_at(&*file, range)
